@@ -1,0 +1,66 @@
+"""`sparse-circuits info`: list the embedded models and dictionaries with sizes and figures."""
+
+from __future__ import annotations
+
+import argparse
+
+from replacement import zoo
+
+
+def _figures(card: dict, keys: tuple[str, ...]) -> str:
+    parts = []
+    for key in keys:
+        value = card.get(key)
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        elif value is not None:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print the zoo."""
+    models = zoo.list_models()
+    print("Embedded models:")
+    if not models:
+        print("  (none shipped)")
+    for entry in models:
+        card = entry.card
+        print(f"  {entry.name:<22} {entry.size_bytes / 1e6:6.2f} MB  {entry.path}")
+        arch = _figures(card, ("n_layers", "d_model", "n_heads", "d_mlp", "vocab_size", "n_ctx"))
+        quality = _figures(card, ("heldout_loss", "bigram_loss", "unigram_loss", "training_tokens"))
+        print(f"      {arch}")
+        print(f"      {quality}")
+    sets = zoo.list_dictionary_sets()
+    print("Embedded dictionary sets:")
+    if not sets:
+        print("  (none shipped)")
+    for entry in sets:
+        card = entry.card
+        print(f"  {entry.name:<22} {entry.size_bytes / 1e6:6.2f} MB  {card.get('description', '')}")
+        for layer in card.get("layers", []):
+            print(
+                "      "
+                + _figures(
+                    layer,
+                    (
+                        "layer",
+                        "n_features",
+                        "l0",
+                        "fvu",
+                        "ce_increase",
+                        "frac_recovered",
+                        "dead_share",
+                        "training_tokens",
+                    ),
+                )
+            )
+    total = sum(e.size_bytes for e in models + sets)
+    print(f"Total package data: {total / 1e6:.2f} MB (budget 40 MB)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `info` subcommand."""
+    parser = subparsers.add_parser("info", help="list the embedded models and dictionaries")
+    parser.set_defaults(func=run_info)

@@ -1,0 +1,160 @@
+"""Load a language model as a TransformerLens 4 `TransformerBridge` in compatibility mode.
+
+Every other module talks to the model through TransformerLens hook names and weight
+properties, never through Hugging Face internals, so that GPT-2, Pythia, Llama, Gemma and the
+embedded default model are handled by one code path.
+
+BOS handling is explicit: `to_tokens(model, text)` prepends the tokenizer's BOS token exactly
+once (pass `prepend_bos=False` for text that already starts with it). Position 0 then holds
+BOS, and the metrics and attribution graphs of this project leave position 0 out.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from replacement.errors import ModelLoadError
+
+DEFAULT_MODEL_DIR = Path(str(resources.files("replacement") / "zoo" / "default_model"))
+"""Folder of the embedded default model (Hugging Face format, shipped as package data)."""
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+
+
+def _check_local_folder(path: Path) -> None:
+    """Raise a clear error if `path` is not a usable Hugging Face model folder."""
+    if not path.is_dir():
+        raise ModelLoadError(f"model folder {str(path)!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"model folder {str(path)!r} has no config.json; expected a Hugging Face model folder "
+            "(config.json, model.safetensors, tokenizer files)"
+        )
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise ModelLoadError(
+            f"model folder {str(path)!r} has no weights; expected one of {list(_WEIGHT_FILES)}"
+        )
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises several types for corrupt files
+            raise ModelLoadError(
+                f"weights file {str(weights)!r} is not a valid safetensors file: {exc}"
+            ) from exc
+
+
+def _tokenizer_with_path(tokenizer: Any) -> Any:
+    """TransformerLens reloads the tokenizer from its `name_or_path`; give an in-memory one a path."""
+    if tokenizer is None or tokenizer.init_kwargs.get("name_or_path"):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    folder = tempfile.mkdtemp(prefix="sparse_circuits_tok_")
+    tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def load_model(
+    source: str | Path | torch.nn.Module = "default",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    tokenizer: Any = None,
+) -> Any:
+    """Load a model as a TransformerLens `TransformerBridge` in compatibility mode.
+
+    Args:
+        source: `"default"` (the embedded model), a local Hugging Face folder, a Hugging Face
+            model name (downloaded by `transformers` unless cached), or an in-memory Hugging
+            Face causal LM (then pass `tokenizer`).
+        device: where to put the model; defaults to CPU.
+        dtype: parameter dtype; defaults to float32.
+        tokenizer: a Hugging Face tokenizer, required with an in-memory model.
+
+    Returns:
+        The bridge, in eval mode, with compatibility-mode weight processing (LayerNorm folded,
+        writing weights centred; the unembedding is *not* centred, so logits equal the Hugging
+        Face model's).
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    device = str(device) if device is not None else "cpu"
+    dtype = dtype or torch.float32
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if isinstance(source, torch.nn.Module):
+            if tokenizer is None:
+                raise ModelLoadError(
+                    "an in-memory model needs its tokenizer: load_model(model, tokenizer=...)"
+                )
+            name = getattr(getattr(source, "config", None), "_name_or_path", "") or "in-memory"
+            bridge = TransformerBridge.boot_transformers(
+                name,
+                hf_model=source,
+                tokenizer=_tokenizer_with_path(tokenizer),
+                device=device,
+                dtype=dtype,
+            )
+        else:
+            if str(source) == "default":
+                path: Path | None = DEFAULT_MODEL_DIR
+            else:
+                path = Path(source).expanduser()
+                looks_local = path.exists() or str(source).startswith((".", "/", "~"))
+                path = path if looks_local else None
+            if path is not None:
+                _check_local_folder(path)
+            try:
+                bridge = TransformerBridge.boot_transformers(
+                    str(path) if path is not None else str(source),
+                    device=device,
+                    dtype=dtype,
+                    tokenizer=_tokenizer_with_path(tokenizer),
+                )
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(f"could not load model {str(source)!r}: {exc}") from exc
+            if str(source) == "default":
+                bridge.cfg.model_name = "sparse-circuits-default"
+        bridge.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
+    bridge.eval()
+    for param in bridge.parameters():
+        param.requires_grad_(False)
+    return bridge
+
+
+def model_name(model: Any) -> str:
+    """The name recorded in dictionaries trained on `model` (checked when splicing)."""
+    return str(getattr(model.cfg, "model_name", "") or "")
+
+
+def to_tokens(
+    model: Any, text: str | list[str], prepend_bos: bool = True
+) -> Int[Tensor, "batch pos"]:
+    """Tokenize `text` for `model`, prepending BOS exactly once unless `prepend_bos=False`."""
+    texts = [text] if isinstance(text, str) else list(text)
+    tokenizer = model.tokenizer
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    bos = tokenizer.bos_token_id
+    if prepend_bos:
+        if bos is None:
+            raise ModelLoadError("the tokenizer has no BOS token; call with prepend_bos=False")
+        rows = [[bos, *row] for row in rows]
+    width = max(len(row) for row in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out.to(model.cfg.device)

@@ -1,0 +1,163 @@
+"""Splice dictionaries into a model: replace each out_hook activation by its reconstruction.
+
+    with splice(model, [tc0, tc1], error_term=False) as state:
+        logits = model(tokens)
+        state.acts["blocks.0.hook_mlp_out"]      # feature activations, if record=True
+
+With `error_term=True` the reconstruction error `y - y_hat` is added back (detached), so the
+forward pass is exact while gradients flow through the dictionary only. Hooks are installed
+on entry and always removed on exit, also when the block raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from replacement.dictionary import Dictionary
+from replacement.errors import ShapeError, SparseCircuitsError
+from replacement.hooks import check_hook
+from replacement.model import model_name
+
+
+@dataclass
+class SpliceState:
+    """What the spliced forward passes saw, keyed by each dictionary's out_hook."""
+
+    record: bool = False
+    """Whether to keep inputs, activations, targets and reconstructions of the last pass."""
+    inputs: dict[str, Tensor] = field(default_factory=dict)
+    acts: dict[str, Tensor] = field(default_factory=dict)
+    targets: dict[str, Tensor] = field(default_factory=dict)
+    recons: dict[str, Tensor] = field(default_factory=dict)
+
+
+def as_dict_map(
+    dictionaries: Dictionary | Sequence[Dictionary] | Mapping[str, Dictionary],
+) -> dict[str, Dictionary]:
+    """Dictionaries keyed by out_hook; refuses two dictionaries writing the same hook."""
+    if isinstance(dictionaries, Dictionary):
+        dictionaries = [dictionaries]
+    items = list(dictionaries.values()) if isinstance(dictionaries, Mapping) else list(dictionaries)
+    out: dict[str, Dictionary] = {}
+    for d in items:
+        if d.out_hook in out:
+            raise SparseCircuitsError(f"two dictionaries write the same hook {d.out_hook!r}")
+        out[d.out_hook] = d
+    return out
+
+
+def check_compatible(model: Any, dictionary: Dictionary, check_model: bool = True) -> None:
+    """Raise if the dictionary's hooks, widths or recorded model do not fit `model`."""
+    check_hook(model, dictionary.in_hook)
+    check_hook(model, dictionary.out_hook)
+    name = model_name(model)
+    if check_model and dictionary.model_name and name and dictionary.model_name != name:
+        raise SparseCircuitsError(
+            f"dictionary at {dictionary.out_hook!r} was trained on model "
+            f"{dictionary.model_name!r}, but the model is {name!r} "
+            "(pass check_model=False to splice anyway)"
+        )
+    d_model = model.cfg.d_model
+    for hook, width, label in (
+        (dictionary.in_hook, dictionary.d_in, "d_in"),
+        (dictionary.out_hook, dictionary.d_out, "d_out"),
+    ):
+        if _is_residual_width(hook) and width != d_model:
+            raise ShapeError(
+                f"dictionary {label}={width} does not match hook {hook!r}, which has width "
+                f"d_model={d_model}"
+            )
+
+
+def _is_residual_width(hook: str) -> bool:
+    return hook.endswith(
+        ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
+    ) or hook.endswith("hook_normalized")
+
+
+def _flat(act: Tensor, width: int, hook: str, label: str) -> Tensor:
+    """View an activation as [..., width], folding a head axis (e.g. attn.hook_z) if needed."""
+    if act.shape[-1] == width:
+        return act
+    if act.dim() >= 2 and act.shape[-1] * act.shape[-2] == width:
+        return act.flatten(-2)
+    raise ShapeError(
+        f"hook {hook!r} gives activations of shape {tuple(act.shape)}, but the dictionary "
+        f"expects {label}={width}"
+    )
+
+
+def _cast(x: Tensor, like: Tensor) -> Tensor:
+    return x if (x.dtype == like.dtype and x.device == like.device) else x.to(like)
+
+
+@contextlib.contextmanager
+def splice(
+    model: Any,
+    dictionaries: Dictionary | Sequence[Dictionary] | Mapping[str, Dictionary],
+    error_term: bool = False,
+    record: bool = False,
+    check_model: bool = True,
+) -> Iterator[SpliceState]:
+    """Context manager that replaces each dictionary's out_hook activation by its output.
+
+    Args:
+        model: a `TransformerBridge` from `load_model`.
+        dictionaries: one or several dictionaries (any layers, SAEs and transcoders mixed).
+        error_term: add the detached reconstruction error back, making the forward exact.
+        record: keep inputs, activations, targets and reconstructions in the yielded state.
+        check_model: refuse dictionaries whose recorded model name differs from the model's.
+    """
+    by_out = as_dict_map(dictionaries)
+    for d in by_out.values():
+        check_compatible(model, d, check_model)
+    state = SpliceState(record=record)
+    inputs: dict[str, Tensor] = {}
+    hooks = []
+
+    def make_in_hook(out_hook: str, d: Dictionary):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            inputs[out_hook] = _flat(act, d.d_in, d.in_hook, "d_in")
+            return act
+
+        return hook
+
+    def make_out_hook(out_hook: str, d: Dictionary):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            if d.in_hook == d.out_hook:
+                x = _flat(act, d.d_in, d.in_hook, "d_in")
+            else:
+                x = inputs.pop(out_hook)
+            y = _flat(act, d.d_out, d.out_hook, "d_out")
+            x_d = _cast(x, d.W_enc)
+            acts = d.encode(x_d)
+            y_hat = d.decode(acts) + (d.skip(x_d) if d.W_skip is not None else 0)
+            y_hat = y_hat.to(y)
+            if error_term:
+                y_hat = y_hat + (y - y_hat).detach()
+            if state.record:
+                state.inputs[out_hook], state.acts[out_hook] = x, acts
+                state.targets[out_hook], state.recons[out_hook] = y, y_hat
+            return y_hat.reshape(act.shape)
+
+        return hook
+
+    for out_hook, d in by_out.items():
+        if d.in_hook != d.out_hook:
+            hooks.append((d.in_hook, make_in_hook(out_hook, d)))
+        hooks.append((out_hook, make_out_hook(out_hook, d)))
+    with model.hooks(fwd_hooks=hooks):
+        yield state
+
+
+@torch.no_grad()
+def move_to_model(dictionary: Dictionary, model: Any) -> Dictionary:
+    """Put a dictionary on the model's device (its dtype is kept; activations are cast)."""
+    device = torch.device(model.cfg.device)
+    return dictionary if dictionary.W_enc.device == device else dictionary.to(device)

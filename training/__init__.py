@@ -1,0 +1,1 @@
+"""Token data, activation buffers, losses, the trainer, distributed runs."""
