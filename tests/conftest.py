@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random models of two architectures, loaded through `load_model`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from replacement import load_model  # noqa: E402
+from tests.tiny_models import make_gpt2, make_llama, make_tokenizer, save_hf  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """Byte-level BPE tokenizer with 300 tokens trained on a few lines of text."""
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer):
+    """Folder of a random 2-layer GPT-2 (d_model 32)."""
+    model = make_gpt2(len(tiny_tokenizer))
+    return save_hf(model, tiny_tokenizer, tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
+    """Folder of a random 2-layer Llama (d_model 32)."""
+    model = make_llama(len(tiny_tokenizer))
+    return save_hf(model, tiny_tokenizer, tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_dir):
+    """The tiny GPT-2 as a TransformerBridge (shared: do not modify its weights)."""
+    return load_model(tiny_gpt2_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir):
+    """The tiny Llama as a TransformerBridge (shared: do not modify its weights)."""
+    return load_model(tiny_llama_dir)
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama"])
+def tiny_model(request):
+    """Each tiny architecture in turn."""
+    return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded default model."""
+    return load_model("default")

@@ -1,0 +1,84 @@
+"""Tiny random Hugging Face models and a tokenizer trained in the test, for offline tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+TEXT = [
+    "def add(a, b):\n    return a + b\n",
+    "class Stack:\n    def push(self, item):\n        self.items.append(item)\n",
+    "for i in range(10):\n    print(i * i)\n",
+    "import os\nprint(os.path.join('a', 'b'))\n",
+    "When Mary and John went to the store, John gave a drink to Mary.\n",
+] * 20
+
+
+def make_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with `<|endoftext|>` (id 0) as BOS, EOS and pad."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TEXT, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+
+
+def make_gpt2(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 32):
+    """A random GPT-2 (LayerNorm + GELU MLP)."""
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=64,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=4,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def make_llama(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 32):
+    """A random Llama (RMSNorm + gated SiLU MLP, grouped-query attention)."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def save_hf(model, tokenizer, folder: Path) -> Path:
+    """Save a model and tokenizer as a Hugging Face folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
