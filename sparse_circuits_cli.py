@@ -14,7 +14,9 @@ _COMMAND_MODULES = (
     "replacement.cli",
     "replacement.evaluate_cli",
     "training.cli",
+    "training.default_model.__main__",
     "circuits.cli",
+    "circuits.global_cli",
     "analysis.cli",
 )
 

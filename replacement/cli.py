@@ -26,11 +26,17 @@ def run_info(args: argparse.Namespace) -> int:
         print("  (none shipped)")
     for entry in models:
         card = entry.card
+        arch, evaluation = card.get("architecture", {}), card.get("evaluation", {})
+        induction = evaluation.get("induction", {})
         print(f"  {entry.name:<22} {entry.size_bytes / 1e6:6.2f} MB  {entry.path}")
-        arch = _figures(card, ("n_layers", "d_model", "n_heads", "d_mlp", "vocab_size", "n_ctx"))
-        quality = _figures(card, ("heldout_loss", "bigram_loss", "unigram_loss", "training_tokens"))
-        print(f"      {arch}")
-        print(f"      {quality}")
+        print("      " + _figures(arch, ("n_layer", "d_model", "n_head", "d_mlp", "vocab_size")))
+        print(
+            "      held-out loss "
+            + _figures(evaluation, ("heldout_loss", "bigram_loss", "unigram_loss"))
+        )
+        if induction:
+            print("      induction loss " + _figures(induction, ("first_copy", "second_copy")))
+        print("      " + _figures(card.get("training", {}), ("tokens", "steps")))
     sets = zoo.list_dictionary_sets()
     print("Embedded dictionary sets:")
     if not sets:
