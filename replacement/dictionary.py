@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from replacement.activations import Activation, make_activation
+from replacement.errors import SparseCircuitsError
 from replacement.sparse import SparseActs
 
 KINDS = ("sae", "transcoder", "skip_transcoder")
@@ -191,10 +192,10 @@ class Dictionary(nn.Module):
         for name, tensor in self.named_parameters():
             if not torch.isfinite(tensor).all():
                 bad = (~torch.isfinite(tensor)).sum().item()
-                raise ValueError(f"{source}: tensor {name!r} has {bad} NaN/inf values")
+                raise SparseCircuitsError(f"{source}: tensor {name!r} has {bad} NaN/inf values")
         for name, tensor in self.named_buffers():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise ValueError(f"{source}: buffer {name!r} has NaN/inf values")
+                raise SparseCircuitsError(f"{source}: buffer {name!r} has NaN/inf values")
 
 
 class GatedDictionary(Dictionary):

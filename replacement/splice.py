@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import ShapeError, SparseCircuitsError
 from replacement.hooks import check_hook
@@ -100,23 +101,34 @@ def _cast(x: Tensor, like: Tensor) -> Tensor:
 @contextlib.contextmanager
 def splice(
     model: Any,
-    dictionaries: Dictionary | Sequence[Dictionary] | Mapping[str, Dictionary],
+    dictionaries: Dictionary
+    | CrossLayerTranscoder
+    | Sequence[Dictionary | CrossLayerTranscoder]
+    | Mapping[str, Dictionary | CrossLayerTranscoder],
     error_term: bool = False,
     record: bool = False,
     check_model: bool = True,
+    sparse: bool = False,
 ) -> Iterator[SpliceState]:
     """Context manager that replaces each dictionary's out_hook activation by its output.
 
     Args:
         model: a `TransformerBridge` from `load_model`.
-        dictionaries: one or several dictionaries (any layers, SAEs and transcoders mixed).
+        dictionaries: one or several dictionaries (any layers, SAEs and transcoders mixed),
+            cross-layer transcoders included (each layer's out_hook then receives the sum of
+            the decoders of features from layers <= it).
         error_term: add the detached reconstruction error back, making the forward exact.
         record: keep inputs, activations, targets and reconstructions in the yielded state.
         check_model: refuse dictionaries whose recorded model name differs from the model's.
+        sparse: compute each (per-site) dictionary through its sparse path (`forward_sparse`),
+            which is faster for TopK/JumpReLU dictionaries; recorded acts are then `SparseActs`.
     """
-    by_out = as_dict_map(dictionaries)
+    by_out, clts = _split_crosslayer(dictionaries)
     for d in by_out.values():
         check_compatible(model, d, check_model)
+    for clt in clts:
+        for view in _layer_views(clt):
+            check_compatible(model, view, check_model)
     state = SpliceState(record=record)
     inputs: dict[str, Tensor] = {}
     hooks = []
@@ -136,8 +148,12 @@ def splice(
                 x = inputs.pop(out_hook)
             y = _flat(act, d.d_out, d.out_hook, "d_out")
             x_d = _cast(x, d.W_enc)
-            acts = d.encode(x_d)
-            y_hat = d.decode(acts) + (d.skip(x_d) if d.W_skip is not None else 0)
+            if sparse:
+                y_hat, acts = d.forward_sparse(x_d.reshape(-1, d.d_in))
+                y_hat = y_hat.reshape(y.shape)
+            else:
+                acts = d.encode(x_d)
+                y_hat = d.decode(acts) + (d.skip(x_d) if d.W_skip is not None else 0)
             y_hat = y_hat.to(y)
             if error_term:
                 y_hat = y_hat + (y - y_hat).detach()
@@ -152,8 +168,84 @@ def splice(
         if d.in_hook != d.out_hook:
             hooks.append((d.in_hook, make_in_hook(out_hook, d)))
         hooks.append((out_hook, make_out_hook(out_hook, d)))
+    for clt in clts:
+        hooks.extend(_crosslayer_hooks(clt, state, error_term))
     with model.hooks(fwd_hooks=hooks):
         yield state
+
+
+def _split_crosslayer(
+    dictionaries: Any,
+) -> tuple[dict[str, Dictionary], list[CrossLayerTranscoder]]:
+    """Per-site dictionaries keyed by out_hook, and the cross-layer transcoders apart."""
+    if isinstance(dictionaries, (Dictionary, CrossLayerTranscoder)):
+        dictionaries = [dictionaries]
+    items = list(dictionaries.values()) if isinstance(dictionaries, Mapping) else list(dictionaries)
+    clts = [d for d in items if isinstance(d, CrossLayerTranscoder)]
+    by_out = as_dict_map([d for d in items if not isinstance(d, CrossLayerTranscoder)])
+    taken = set(by_out)
+    for clt in clts:
+        for hook in clt.out_hooks:
+            if hook in taken:
+                raise SparseCircuitsError(f"two dictionaries write the same hook {hook!r}")
+            taken.add(hook)
+    return by_out, clts
+
+
+def _layer_views(clt: CrossLayerTranscoder) -> list[Any]:
+    """One (in_hook, out_hook, widths, model) record per layer, for `check_compatible`."""
+    from types import SimpleNamespace
+
+    return [
+        SimpleNamespace(
+            in_hook=clt.in_hook(layer),
+            out_hook=clt.out_hook(layer),
+            d_in=clt.d_model,
+            d_out=clt.d_model,
+            model_name=clt.model_name,
+        )
+        for layer in range(clt.n_layers)
+    ]
+
+
+def _crosslayer_hooks(clt: CrossLayerTranscoder, state: SpliceState, error_term: bool) -> list:
+    """Hooks splicing a CLT: each layer's output becomes the sum of decoders from layers <= it."""
+    inputs: dict[int, Tensor] = {}
+    acts: dict[int, Tensor] = {}
+
+    def make_in_hook(layer: int):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            x = _flat(act, clt.d_model, clt.in_hook(layer), "d_in")
+            inputs[layer] = x
+            acts[layer] = clt.encode_layer(layer, _cast(x, clt.b_dec))
+            return act
+
+        return hook
+
+    def make_out_hook(layer: int):
+        out_hook = clt.out_hook(layer)
+
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            y = _flat(act, clt.d_model, out_hook, "d_out")
+            x = inputs[layer]
+            y_hat = clt.decode_to(layer, acts)
+            if clt.W_skip is not None:
+                y_hat = y_hat + clt.skip(layer, _cast(x, clt.b_dec))
+            y_hat = y_hat.to(y)
+            if error_term:
+                y_hat = y_hat + (y - y_hat).detach()
+            if state.record:
+                state.inputs[out_hook], state.acts[out_hook] = x, acts[layer]
+                state.targets[out_hook], state.recons[out_hook] = y, y_hat
+            return y_hat.reshape(act.shape)
+
+        return hook
+
+    hooks = []
+    for layer in range(clt.n_layers):
+        hooks.append((clt.in_hook(layer), make_in_hook(layer)))
+        hooks.append((clt.out_hook(layer), make_out_hook(layer)))
+    return hooks
 
 
 @torch.no_grad()

@@ -1,0 +1,562 @@
+"""Spliced-model loss: how much of the model's next-token loss survives replacing sites by dictionaries.
+
+For each dictionary alone and for all of them together, `spliced_loss` reports the CE of the
+spliced model, its increase over the original, KL(p_orig || p_spliced), and the fraction of
+loss recovered against zero- and mean-ablating the same sites:
+
+    recovered = (CE_ablated - CE_spliced) / (CE_ablated - CE_original)
+
+plus the local metrics of each dictionary on the original activations: FVU, explained
+variance, L0, share of dead features and shrinkage gamma = E||y_hat||^2 / E<y, y_hat>.
+
+Position 0 (BOS) is excluded everywhere: its activations from the local metrics and the
+prediction made at position 0 from the losses. Padding of ragged text is excluded likewise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from replacement.crosslayer import CrossLayerTranscoder
+from replacement.dictionary import Dictionary
+from replacement.errors import ShapeError, SparseCircuitsError
+from replacement.model import to_tokens
+from replacement.splice import _flat, _layer_views, _split_crosslayer, check_compatible, splice
+
+Unit = Dictionary | CrossLayerTranscoder
+ABLATIONS = ("zero", "mean")
+
+
+# ---- results ------------------------------------------------------------------------------------
+@dataclass
+class SplicedLossRow:
+    """Figures of one dictionary spliced alone, or of all dictionaries together (name "all")."""
+
+    name: str
+    """The dictionary's out_hook (a CLT: `clt:<first>..<last>`), or "all"."""
+    hooks: list[str]
+    """The hooks this row replaces."""
+    ce_spliced: float | None = None
+    """Mean CE of the spliced model (None when this row's spliced pass was not run)."""
+    ce_increase: float | None = None
+    """ce_spliced - ce_original."""
+    kl: float | None = None
+    """Mean over tokens of KL(p_original || p_spliced), in nats."""
+    ce_zero_ablated: float | None = None
+    """Mean CE with the same hooks set to zero."""
+    ce_mean_ablated: float | None = None
+    """Mean CE with the same hooks set to their mean over the evaluated tokens."""
+    recovered_zero: float | None = None
+    """Fraction of loss recovered against zero ablation."""
+    recovered_mean: float | None = None
+    """Fraction of loss recovered against mean ablation."""
+    fvu: float | None = None
+    """Fraction of variance unexplained on the original activations (None for "all")."""
+    explained_variance: float | None = None
+    """1 - FVU."""
+    l0: float | None = None
+    """Mean number of active features per token (summed over a CLT's layers)."""
+    dead_share: float | None = None
+    """Share of features that never fired on the evaluated tokens."""
+    shrinkage: float | None = None
+    """E||y_hat||^2 / E<y, y_hat>; 1 means no shrinkage."""
+
+
+@dataclass
+class SplicedLossReport:
+    """Result of `spliced_loss`: the original CE and one row per dictionary plus "all"."""
+
+    ce_original: float
+    """Mean CE of the unspliced model on the evaluated predictions."""
+    n_predictions: int
+    """Number of next-token predictions evaluated (position 0 and padding excluded)."""
+    n_sequences: int
+    """Number of sequences (after chunking text to ctx_len)."""
+    rows: list[SplicedLossRow] = field(default_factory=list)
+    """Per-dictionary rows, then "all" when there are several dictionaries."""
+
+    def row(self, name: str) -> SplicedLossRow:
+        """The row called `name` (an out_hook, a CLT name, or "all")."""
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no row {name!r}; rows: {[r.name for r in self.rows]}")
+
+    @property
+    def all(self) -> SplicedLossRow:
+        """The row of every dictionary spliced together."""
+        return self.row("all") if len(self.rows) > 1 else self.rows[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (NaN becomes None)."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            return value
+
+        return clean(asdict(self))
+
+    def __str__(self) -> str:
+        columns = [
+            ("name", "name"),
+            ("CE", "ce_spliced"),
+            ("dCE", "ce_increase"),
+            ("KL", "kl"),
+            ("rec0", "recovered_zero"),
+            ("recmean", "recovered_mean"),
+            ("FVU", "fvu"),
+            ("EV", "explained_variance"),
+            ("L0", "l0"),
+            ("dead", "dead_share"),
+            ("gamma", "shrinkage"),
+        ]
+        table = [[title for title, _ in columns]]
+        for row in self.rows:
+            cells = []
+            for _, key in columns:
+                value = getattr(row, key)
+                cells.append(value if isinstance(value, str) else _fmt(value))
+            table.append(cells)
+        widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+        lines = [
+            f"original CE {self.ce_original:.4f} nats over {self.n_predictions} predictions "
+            f"({self.n_sequences} sequences)"
+        ]
+        for i, cells in enumerate(table):
+            first = cells[0].ljust(widths[0])
+            rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+            lines.append("  ".join([first, *rest]))
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan"
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+
+
+# ---- tokens -------------------------------------------------------------------------------------
+def prepare_tokens(
+    model: Any,
+    tokens_or_text: Int[Tensor, "batch pos"] | str | Sequence[str],
+    ctx_len: int | None = None,
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
+    """Token rows and their lengths: text is tokenized, chunked to ctx_len and BOS-prefixed.
+
+    A LongTensor is used as given (each row its full length); it must fit in n_ctx.
+    """
+    n_ctx = int(model.cfg.n_ctx)
+    ctx = min(int(ctx_len or n_ctx), n_ctx)
+    if ctx < 3:
+        raise SparseCircuitsError(f"ctx_len must be at least 3 (BOS + two tokens), got {ctx}")
+    if isinstance(tokens_or_text, Tensor):
+        tokens = tokens_or_text
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ShapeError(
+                f"tokens should be an integer tensor [batch, pos], got {tuple(tokens.shape)} "
+                f"{tokens.dtype}"
+            )
+        if tokens.shape[1] > n_ctx:
+            raise ShapeError(
+                f"tokens have {tokens.shape[1]} positions, the model's n_ctx is {n_ctx}"
+            )
+        lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long)
+        return tokens.long(), lengths
+    texts = [tokens_or_text] if isinstance(tokens_or_text, str) else list(tokens_or_text)
+    bos = model.tokenizer.bos_token_id
+    if bos is None:
+        raise SparseCircuitsError("the tokenizer has no BOS token; pass a token tensor instead")
+    rows: list[list[int]] = []
+    for text in texts:
+        ids = to_tokens(model, text, prepend_bos=False)[0].tolist() if text else []
+        for start in range(0, len(ids), ctx - 1):
+            rows.append([bos, *ids[start : start + ctx - 1]])
+    rows = [r for r in rows if len(r) >= 3]
+    if not rows:
+        raise SparseCircuitsError("the text gives no sequence of at least 3 tokens to evaluate")
+    width = max(len(r) for r in rows)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else bos
+    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return tokens, torch.tensor([len(r) for r in rows], dtype=torch.long)
+
+
+# ---- accumulators -------------------------------------------------------------------------------
+class _Local:
+    """Streaming local metrics of one dictionary (pooled over a CLT's layers)."""
+
+    def __init__(self, n_features: int, device: torch.device):
+        self.n = 0
+        self.err2 = self.y2 = self.yhat2 = self.dot = self.l0 = 0.0
+        self.sum_y: dict[int, Tensor] = {}
+        self.count_site: dict[int, int] = {}
+        self.fired = torch.zeros(n_features, dtype=torch.bool, device=device)
+
+    def add(self, site: int, y: Tensor, y_hat: Tensor) -> None:
+        y, y_hat = y.double(), y_hat.double()
+        self.err2 += float((y - y_hat).pow(2).sum())
+        self.y2 += float(y.pow(2).sum())
+        self.yhat2 += float(y_hat.pow(2).sum())
+        self.dot += float((y * y_hat).sum())
+        self.sum_y[site] = self.sum_y.get(site, 0) + y.sum(0)
+        self.count_site[site] = self.count_site.get(site, 0) + y.shape[0]
+
+    def add_acts(
+        self, n_tokens: int, feature_idx: Tensor, offset: int = 0, new_tokens=True
+    ) -> None:
+        self.l0 += float(feature_idx.numel())
+        if new_tokens:
+            self.n += n_tokens
+        self.fired[feature_idx + offset] = True
+
+    def fill(self, row: SplicedLossRow) -> None:
+        total_var = self.y2 - sum(
+            float(s.pow(2).sum()) / self.count_site[k] for k, s in self.sum_y.items()
+        )
+        row.fvu = self.err2 / total_var if total_var > 0 else float("nan")
+        row.explained_variance = 1.0 - row.fvu
+        row.l0 = self.l0 / max(self.n, 1)
+        row.dead_share = float((~self.fired).float().mean())
+        row.shrinkage = self.yhat2 / self.dot if self.dot != 0 else float("nan")
+
+
+class _LossSums:
+    """Streaming sums of CE and KL over predictions."""
+
+    def __init__(self):
+        self.ce = self.kl = 0.0
+        self.n = 0
+
+    def add(self, logp: Tensor, targets: Tensor, logp_orig: Tensor | None) -> None:
+        self.ce -= float(logp.gather(-1, targets[:, None]).double().sum())
+        if logp_orig is not None:
+            self.kl += float((logp_orig.exp() * (logp_orig - logp)).sum(-1).double().sum())
+        self.n += targets.shape[0]
+
+    @property
+    def mean_ce(self) -> float:
+        return self.ce / max(self.n, 1)
+
+    @property
+    def mean_kl(self) -> float:
+        return self.kl / max(self.n, 1)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once every needed activation was seen."""
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _unit_name(unit: Unit) -> str:
+    if isinstance(unit, CrossLayerTranscoder):
+        return f"clt:{unit.out_hooks[0]}..{unit.out_hooks[-1]}"
+    return unit.out_hook
+
+
+def _out_hooks(unit: Unit) -> list[str]:
+    return list(unit.out_hooks) if isinstance(unit, CrossLayerTranscoder) else [unit.out_hook]
+
+
+def _in_hooks(unit: Unit) -> list[str]:
+    return list(unit.in_hooks) if isinstance(unit, CrossLayerTranscoder) else [unit.in_hook]
+
+
+def _width(unit: Unit) -> int:
+    return unit.d_model if isinstance(unit, CrossLayerTranscoder) else unit.d_out
+
+
+def _log_probs(logits: Tensor, pred_mask: Tensor) -> Tensor:
+    return F.log_softmax(logits[:, :-1][pred_mask].float(), dim=-1)
+
+
+def _replace_hooks(values: dict[str, Callable[[Tensor], Tensor]]) -> list:
+    def make(fn):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            return fn(act)
+
+        return hook
+
+    return [(name, make(fn)) for name, fn in values.items()]
+
+
+def _local_outputs(
+    unit: Unit, xs: list[Tensor], local: _Local, act_mask: Tensor, ys: list[Tensor]
+) -> list[Tensor]:
+    """Reconstructions of a unit from original activations [B, T, d]; feeds the local metrics."""
+    flat_mask = act_mask.reshape(-1)
+    outs = []
+    if isinstance(unit, CrossLayerTranscoder):
+        acts = [unit.encode_layer(layer, x.to(unit.b_dec.dtype)) for layer, x in enumerate(xs)]
+        offset = 0
+        for layer in range(unit.n_layers):
+            y_hat = unit.decode_to(layer, acts)
+            if unit.W_skip is not None:
+                y_hat = y_hat + unit.skip(layer, xs[layer].to(unit.b_dec.dtype))
+            y_hat = y_hat.to(ys[layer].dtype)
+            outs.append(y_hat)
+            a = acts[layer].reshape(-1, unit.n_features[layer])[flat_mask]
+            _, feats = a.nonzero(as_tuple=True)
+            local.add_acts(a.shape[0], feats, offset, new_tokens=layer == 0)
+            offset += unit.n_features[layer]
+            d = unit.d_model
+            local.add(layer, ys[layer].reshape(-1, d)[flat_mask], y_hat.reshape(-1, d)[flat_mask])
+        return outs
+    x = xs[0]
+    shape = x.shape[:-1]
+    y_hat, sp = unit.forward_sparse(x.reshape(-1, unit.d_in).to(unit.W_enc.dtype))
+    y_hat = y_hat.to(ys[0].dtype).reshape(*shape, unit.d_out)
+    keep = flat_mask[sp.token_idx]
+    local.add_acts(int(flat_mask.sum()), sp.feature_idx[keep])
+    local.add(0, ys[0].reshape(-1, unit.d_out)[flat_mask], y_hat.reshape(-1, unit.d_out)[flat_mask])
+    return [y_hat]
+
+
+# ---- main ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def spliced_loss(
+    model: Any,
+    dictionaries: Unit | Sequence[Unit],
+    tokens_or_text: Int[Tensor, "batch pos"] | str | Sequence[str],
+    batch_size: int = 8,
+    ctx_len: int | None = None,
+    verbose: bool = True,
+    ablations: Sequence[str] = ABLATIONS,
+    per_layer: bool = True,
+    check_model: bool = True,
+) -> SplicedLossReport:
+    """CE, CE increase, KL, loss recovered and local metrics of dictionaries spliced into `model`.
+
+    Args:
+        model: a `TransformerBridge` from `load_model`.
+        dictionaries: one or several dictionaries / cross-layer transcoders (different hooks).
+        tokens_or_text: a LongTensor [batch, pos] (BOS at position 0), one string (chunked to
+            `ctx_len`), or a list of strings (each chunked; shorter ones padded and masked).
+        batch_size: sequences per forward pass.
+        ctx_len: chunk length for text, at most the model's n_ctx (default n_ctx).
+        verbose: show a tqdm progress bar.
+        ablations: baselines of the fraction of loss recovered: "zero" and/or "mean".
+        per_layer: also splice (and ablate) each dictionary alone; without it only "all" runs.
+        check_model: refuse dictionaries whose recorded model name differs from the model's.
+
+    Returns:
+        A `SplicedLossReport` (prints as a table; `.to_dict()` for JSON).
+    """
+    unknown = [a for a in ablations if a not in ABLATIONS]
+    if unknown:
+        raise SparseCircuitsError(f"unknown ablations {unknown}; expected a subset of {ABLATIONS}")
+    if isinstance(dictionaries, (Dictionary, CrossLayerTranscoder)):
+        dictionaries = [dictionaries]
+    by_out, clts = _split_crosslayer(dictionaries)
+    units: list[Unit] = [*by_out.values(), *clts]
+    if not units:
+        raise SparseCircuitsError("spliced_loss needs at least one dictionary")
+    for unit in by_out.values():
+        check_compatible(model, unit, check_model)
+    for clt in clts:
+        for view in _layer_views(clt):
+            check_compatible(model, view, check_model)
+    device = torch.device(model.cfg.device)
+    tokens, lengths = prepare_tokens(model, tokens_or_text, ctx_len)
+    tokens, lengths = tokens.to(device), lengths.to(device)
+    batches = [
+        (tokens[i : i + batch_size], lengths[i : i + batch_size])
+        for i in range(0, tokens.shape[0], batch_size)
+    ]
+    all_sites = [h for u in units for h in _out_hooks(u)]
+    several = len(units) > 1
+    alone = per_layer and several
+
+    means = _site_means(model, batches, units, verbose) if "mean" in ablations else {}
+
+    orig = _LossSums()
+    locals_ = {_unit_name(u): _Local(sum(_features(u)), device) for u in units}
+    spliced = {name: _LossSums() for name in [*locals_, "all"]}
+    ablated = {(name, a): _LossSums() for name in [*locals_, "all"] for a in ablations}
+
+    def evaluate(batch: Tensor, lens: Tensor) -> None:
+        pos = torch.arange(batch.shape[1], device=device)
+        act_mask: Bool[Tensor, "b t"] = (pos[None] >= 1) & (pos[None] < lens[:, None])
+        pred_mask = act_mask[:, :-1] & (pos[None, 1:] < lens[:, None])
+        targets = batch[:, 1:][pred_mask]
+
+        # original pass, capturing every dictionary's input and target
+        captured: dict[str, Tensor] = {}
+        wanted = {h for u in units for h in _in_hooks(u) + _out_hooks(u)}
+
+        def capture(name: str):
+            # key by the requested name: the bridge may report an alias's canonical name
+            def hook(act: Tensor, hook: Any) -> Tensor:
+                captured[name] = act
+                return act
+
+            return hook
+
+        logits = model.run_with_hooks(batch, fwd_hooks=[(h, capture(h)) for h in sorted(wanted)])
+        logp_orig = _log_probs(logits, pred_mask)
+        orig.add(logp_orig, targets, None)
+
+        recon: dict[str, Tensor] = {}
+        for unit in units:
+            name = _unit_name(unit)
+            xs = [_flat(captured[h], _width_in(unit), h, "d_in") for h in _in_hooks(unit)]
+            ys = [_flat(captured[h], _width(unit), h, "d_out") for h in _out_hooks(unit)]
+            outs = _local_outputs(unit, xs, locals_[name], act_mask, ys)
+            for h, y_hat in zip(_out_hooks(unit), outs, strict=True):
+                recon[h] = y_hat
+
+        def run(hooks: list, sums: _LossSums) -> None:
+            out = model.run_with_hooks(batch, fwd_hooks=hooks)
+            sums.add(_log_probs(out, pred_mask), targets, logp_orig)
+
+        def ablate(sites: list[str], kind: str) -> list:
+            if kind == "zero":
+                return _replace_hooks({h: torch.zeros_like for h in sites})
+            return _replace_hooks({h: _filler(means[h]) for h in sites})
+
+        for unit in units if (alone or not several) else []:
+            name = _unit_name(unit)
+            sites = _out_hooks(unit)
+            if isinstance(unit, CrossLayerTranscoder):
+                # later layers of a CLT read the spliced stream: recompute
+                with splice(model, [unit], check_model=check_model, sparse=True):
+                    out = model(batch)
+                spliced[name].add(_log_probs(out, pred_mask), targets, logp_orig)
+            else:
+                # upstream of a lone dictionary is unchanged: reuse the reconstruction
+                run(_replace_hooks({h: _stored(recon[h]) for h in sites}), spliced[name])
+            for kind in ablations:
+                run(ablate(sites, kind), ablated[(name, kind)])
+        if several:
+            with splice(model, units, check_model=check_model, sparse=True):
+                out = model(batch)
+            spliced["all"].add(_log_probs(out, pred_mask), targets, logp_orig)
+            for kind in ablations:
+                run(ablate(all_sites, kind), ablated[("all", kind)])
+
+    bar = tqdm(batches, desc="spliced loss", disable=not verbose, unit="batch")
+    for batch, lens in bar:
+        evaluate(batch, lens)
+        bar.set_postfix(ce=f"{orig.mean_ce:.3f}")
+
+    return _report(orig, units, locals_, spliced, ablated, ablations, several, alone, tokens)
+
+
+def _features(unit: Unit) -> list[int]:
+    return list(unit.n_features) if isinstance(unit, CrossLayerTranscoder) else [unit.n_features]
+
+
+def _width_in(unit: Unit) -> int:
+    return unit.d_model if isinstance(unit, CrossLayerTranscoder) else unit.d_in
+
+
+def _stored(value: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda act: value.reshape(act.shape).to(act.dtype)
+
+
+def _filler(mean: Tensor) -> Callable[[Tensor], Tensor]:
+    # means are stored flat over the trailing axes of [batch, pos, ...]
+    return lambda act: mean.to(act.dtype).reshape(act.shape[2:]).expand(act.shape).clone()
+
+
+def _site_means(model: Any, batches: list, units: list[Unit], verbose: bool) -> dict[str, Tensor]:
+    """Mean of every out_hook activation over the evaluated tokens (first pass, stops early)."""
+    sites = [h for u in units for h in _out_hooks(u)]
+    sums: dict[str, Tensor] = {}
+    count = 0
+    for batch, lens in tqdm(batches, desc="site means", disable=not verbose, unit="batch"):
+        count += _add_site_sums(model, batch, lens, sites, sums)
+    return {h: (s / max(count, 1)).float() for h, s in sums.items()}
+
+
+def _report(
+    orig: _LossSums,
+    units: list[Unit],
+    locals_: dict[str, _Local],
+    spliced: dict[str, _LossSums],
+    ablated: dict[tuple[str, str], _LossSums],
+    ablations: Sequence[str],
+    several: bool,
+    alone: bool,
+    tokens: Tensor,
+) -> SplicedLossReport:
+    report = SplicedLossReport(orig.mean_ce, orig.n, int(tokens.shape[0]))
+    for unit in units:
+        name = _unit_name(unit)
+        row = SplicedLossRow(name, _out_hooks(unit))
+        locals_[name].fill(row)
+        if alone or not several:
+            _fill_losses(row, orig, spliced[name], ablated, name, ablations)
+        report.rows.append(row)
+    if several:
+        row = SplicedLossRow("all", [h for u in units for h in _out_hooks(u)])
+        _fill_losses(row, orig, spliced["all"], ablated, "all", ablations)
+        report.rows.append(row)
+    return report
+
+
+def _fill_losses(
+    row: SplicedLossRow,
+    orig: _LossSums,
+    spliced: _LossSums,
+    ablated: dict[tuple[str, str], _LossSums],
+    name: str,
+    ablations: Sequence[str],
+) -> None:
+    row.ce_spliced = spliced.mean_ce
+    row.ce_increase = spliced.mean_ce - orig.mean_ce
+    row.kl = spliced.mean_kl
+    for kind in ablations:
+        ce_abl = ablated[(name, kind)].mean_ce
+        gap = ce_abl - orig.mean_ce
+        recovered = (ce_abl - spliced.mean_ce) / gap if gap != 0 else float("nan")
+        if kind == "zero":
+            row.ce_zero_ablated, row.recovered_zero = ce_abl, recovered
+        else:
+            row.ce_mean_ablated, row.recovered_mean = ce_abl, recovered
+
+
+def _add_site_sums(
+    model: Any, batch: Tensor, lens: Tensor, sites: list[str], sums: dict[str, Tensor]
+) -> int:
+    """Add one batch's sums of the site activations; returns the number of tokens counted."""
+    pos = torch.arange(batch.shape[1], device=batch.device)
+    mask = (pos[None] >= 1) & (pos[None] < lens[:, None])
+    seen: set[str] = set()
+
+    def make(name: str):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            flat = act.reshape(*act.shape[:2], -1)[mask].double().sum(0)
+            sums[name] = sums.get(name, 0) + flat
+            seen.add(name)
+            if len(seen) == len(sites):
+                raise _Stop  # the rest of the forward pass is not needed
+            return act
+
+        return hook
+
+    try:
+        model.run_with_hooks(batch, fwd_hooks=[(h, make(h)) for h in sites])
+    except _Stop:
+        pass
+    return int(mask.sum())
