@@ -1,1 +1,6 @@
-"""circuits package of sparse-circuits."""
+"""Circuits: prompt attribution graphs, pruning, interventions, exports and drawing."""
+
+from circuits.attribute import attribute
+from circuits.graph import AttributionGraph, GraphScores
+
+__all__ = ["AttributionGraph", "GraphScores", "attribute"]

@@ -93,6 +93,9 @@ def load_model(
     device = str(device) if device is not None else "cpu"
     dtype = dtype or torch.float32
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every load
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if isinstance(source, torch.nn.Module):

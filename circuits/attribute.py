@@ -1,0 +1,350 @@
+"""Prompt attribution graphs: `attribute(model, dictionaries, prompt) -> AttributionGraph`.
+
+Method (REFERENCE.md, "Prompt attribution graphs"): in the frozen local replacement model
+(`circuits.replacement_forward`), every edge is linear, so
+
+    A[t, s] = (source vector of s) . d(readout of t) / d(activation at s's out_hook)
+
+with the readout of a feature target its encoder column at its in_hook, and of a logit target
+the demeaned unembedding column at the final norm's output (last position). Sources are the
+active features (a_s W_dec[s]), the error nodes (y - y_hat, per layer and position) and the
+token embeddings. Target rows are computed many at a time: the prompt is repeated along the
+batch, each batch row reads out a different target, and one backward pass gives all rows.
+
+Position 0 (BOS) has a token node but no feature or error nodes, and is never a target.
+Rows go to the CPU as soon as they are computed; the dense adjacency never sits on the
+accelerator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuits.graph import AttributionGraph
+from circuits.replacement_forward import frozen_forward
+from circuits.sources import PromptSources, collect_sources
+from replacement.dictionary import Dictionary
+from replacement.errors import SparseCircuitsError
+from replacement.model import to_tokens
+
+
+def _prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
+    if isinstance(prompt, str):
+        tokens = to_tokens(model, prompt)[0]
+    else:
+        tokens = torch.as_tensor(prompt).reshape(-1).to(model.cfg.device)
+    if tokens.numel() > model.cfg.n_ctx:
+        raise SparseCircuitsError(
+            f"the prompt has {tokens.numel()} tokens (BOS included), more than the model's "
+            f"context n_ctx={model.cfg.n_ctx}"
+        )
+    if tokens.numel() < 2:
+        raise SparseCircuitsError("the prompt needs at least one token after BOS")
+    return tokens
+
+
+def _logit_targets(
+    model: Any,
+    probs: Float[Tensor, " vocab"],
+    max_n_logits: int,
+    desired_logit_prob: float,
+    target_tokens: Sequence[int | str] | None,
+) -> list[int]:
+    if target_tokens is not None:
+        ids = []
+        for tok in target_tokens:
+            if isinstance(tok, str):
+                enc = model.tokenizer(tok, add_special_tokens=False)["input_ids"]
+                if len(enc) != 1:
+                    raise SparseCircuitsError(
+                        f"target {tok!r} is {len(enc)} tokens; expected exactly one"
+                    )
+                tok = enc[0]
+            ids.append(int(tok))
+        return ids
+    order = probs.argsort(descending=True)[:max_n_logits]
+    cumulative = probs[order].cumsum(0)
+    n = int((cumulative < desired_logit_prob).sum().item()) + 1
+    return order[: min(n, max_n_logits)].tolist()
+
+
+def attribute(
+    model: Any,
+    dictionaries: Sequence[Dictionary],
+    prompt: str | Int[Tensor, " pos"],
+    *,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    target_tokens: Sequence[int | str] | None = None,
+    target_direction: Float[Tensor, " d_model"] | tuple[int | str, int | str] | None = None,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 64,
+    verbose: bool = True,
+) -> AttributionGraph:
+    """Attribution graph of `prompt` through the dictionaries spliced into `model`.
+
+    Args:
+        model: a `TransformerBridge` from `replacement.load_model`.
+        dictionaries: transcoders or skip transcoders (MLP input -> MLP output) or SAEs, one
+            per out_hook; layers without a dictionary keep their real MLP (frozen, but not a node).
+        prompt: text (BOS is prepended) or token ids that already start with BOS.
+        max_n_logits, desired_logit_prob: logit targets are the most probable next tokens, up
+            to `max_n_logits` or until their cumulative probability reaches the desired value.
+        target_tokens: explicit logit targets (ids or single-token strings) instead.
+        target_direction: a custom target instead of logits: a [d_model] direction read at the
+            final norm's output, or a pair of tokens (a, b) for logit(a) - logit(b).
+        max_feature_nodes: keep at most this many feature nodes, chosen in order of influence
+            on the targets, estimated from the rows computed so far; None keeps every active one.
+        batch_size: target rows per backward pass.
+        verbose: show a progress bar.
+    """
+    start = time.perf_counter()
+    dictionaries = sorted(dictionaries, key=lambda d: d.out_hook)
+    tokens = _prompt_tokens(model, prompt)
+    n_pos = tokens.numel()
+    sources = collect_sources(model, dictionaries, tokens)
+    probs = sources.logits[-1].float().softmax(-1)
+
+    W_U = model.W_U.detach()
+    demeaned = W_U - W_U.mean(dim=1, keepdim=True)
+    if target_direction is not None:
+        if isinstance(target_direction, tuple):
+            a, b = _logit_targets(model, probs, 2, 1.0, list(target_direction))
+            direction = (W_U[:, a] - W_U[:, b]).float()
+            label = (
+                f"logit({model.tokenizer.decode([a])!r}) - logit({model.tokenizer.decode([b])!r})"
+            )
+        else:
+            direction = torch.as_tensor(target_direction, dtype=torch.float32)
+            label = "custom direction"
+        logit_dirs = direction.reshape(1, -1)
+        logit_ids, logit_weights, logit_labels = [-1], torch.ones(1), [label]
+    else:
+        logit_ids = _logit_targets(model, probs, max_n_logits, desired_logit_prob, target_tokens)
+        logit_dirs = demeaned[:, logit_ids].T.float()
+        logit_weights = probs[logit_ids].cpu()
+        logit_labels = [
+            f"logit {model.tokenizer.decode([t])!r} p={probs[t].item():.3f}" for t in logit_ids
+        ]
+
+    n_feat = sources.n_features
+    n_src = sources.n_sources  # features, then errors, then tokens
+    n_logit = len(logit_ids)
+    engine = _RowEngine(model, dictionaries, tokens, sources, batch_size)
+
+    # rows: logits first, then features in order of estimated influence
+    logit_rows = engine.rows_for_logits(logit_dirs, verbose)  # [n_logit, n_src]
+    budget = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
+    feature_rows = torch.zeros(n_feat, n_src)
+    visited = torch.zeros(n_feat, dtype=torch.bool)
+    bar = tqdm(total=budget, desc="feature rows", disable=not verbose, leave=False)
+    while int(visited.sum()) < budget:
+        infl = _estimated_influence(logit_rows, feature_rows, visited, logit_weights, n_feat)
+        infl[visited] = -1.0
+        take = min(batch_size, budget - int(visited.sum()))
+        chosen = infl.argsort(descending=True)[:take]
+        feature_rows[chosen] = engine.rows_for_features(chosen)
+        visited[chosen] = True
+        bar.update(len(chosen))
+    bar.close()
+
+    keep = visited.nonzero().flatten()  # feature nodes kept, in source order
+    src_keep = torch.cat([keep, torch.arange(n_feat, n_src)])
+    n_keep = len(keep)
+    n_nodes = n_keep + (n_src - n_feat) + n_logit
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    adjacency[:n_keep, : n_keep + n_src - n_feat] = feature_rows[keep][:, src_keep]
+    adjacency[n_nodes - n_logit :, : n_keep + n_src - n_feat] = logit_rows[:, src_keep]
+
+    token_strs = [model.tokenizer.decode([t]) for t in tokens.tolist()]
+    graph = _assemble(
+        model,
+        dictionaries,
+        tokens,
+        token_strs,
+        sources,
+        keep,
+        adjacency,
+        logit_ids,
+        logit_weights,
+        logit_labels,
+    )
+    graph.metadata.update(
+        {
+            "max_n_logits": max_n_logits,
+            "desired_logit_prob": desired_logit_prob,
+            "max_feature_nodes": max_feature_nodes,
+            "n_active_features": n_feat,
+            "batch_size": batch_size,
+            "seconds": time.perf_counter() - start,
+            "n_pos": n_pos,
+        }
+    )
+    return graph
+
+
+def _estimated_influence(
+    logit_rows: Tensor, feature_rows: Tensor, visited: Tensor, weights: Tensor, n_feat: int
+) -> Float[Tensor, " n_feat"]:
+    """Influence of every feature on the logits through the rows computed so far."""
+    a_logit = logit_rows.abs()
+    a_logit = a_logit / a_logit.sum(1, keepdim=True).clamp_min(1e-30)
+    a_feat = feature_rows[:, :n_feat].abs()
+    a_feat = a_feat / feature_rows.abs().sum(1, keepdim=True).clamp_min(1e-30)
+    term = weights.float() @ a_logit[:, :n_feat]
+    total = term.clone()
+    for _ in range(64):  # paths through at most 64 feature hops
+        term = (term * visited) @ a_feat
+        if not term.abs().max() > 1e-12:
+            break
+        total += term
+    return total
+
+
+class _RowEngine:
+    """Computes adjacency rows by backward passes over a batch of repeated prompts."""
+
+    def __init__(self, model, dictionaries, tokens, sources: PromptSources, batch_size: int):
+        self.model, self.dictionaries, self.sources = model, dictionaries, sources
+        self.tokens, self.batch_size = tokens, batch_size
+        self._batch = -1
+        self._state = None
+        self._ctx = None
+
+    def _forward(self, batch: int):
+        """Run (once per batch size) the frozen forward with the prompt repeated."""
+        if self._batch == batch:
+            return self._state
+        self.close()
+        self._ctx = frozen_forward(self.model, self.dictionaries)
+        state = self._ctx.__enter__()
+        with torch.enable_grad():
+            self.model(self.tokens.unsqueeze(0).expand(batch, -1))
+        self._ctx.__exit__(None, None, None)  # hooks off; the autograd graph stays
+        self._ctx, self._state, self._batch = None, state, batch
+        return state
+
+    def close(self) -> None:
+        self._state, self._batch = None, -1
+
+    def _rows(self, objective_fn, n: int) -> Float[Tensor, "n n_src"]:
+        state = self._forward(self.batch_size)
+        outputs = [state.outputs[d.out_hook] for d in self.dictionaries]
+        with torch.enable_grad():
+            objective = objective_fn(state, n)
+            grads = torch.autograd.grad(
+                objective, [*outputs, state.embed], retain_graph=True, allow_unused=True
+            )
+        return self.sources.rows_from_grads(grads[:-1], grads[-1], n)
+
+    def rows_for_logits(self, directions: Float[Tensor, "n d_model"], verbose: bool) -> Tensor:
+        out = []
+        for start in range(0, len(directions), self.batch_size):
+            dirs = directions[start : start + self.batch_size].to(self.tokens.device)
+
+            def objective(state, n, dirs=dirs):
+                final = state.final[:n, -1]
+                return (final * dirs.to(final.dtype)).sum()
+
+            out.append(self._rows(objective, len(dirs)))
+        return torch.cat(out)
+
+    def rows_for_features(self, chosen: Int[Tensor, " n"]) -> Tensor:
+        src = self.sources
+        out = []
+        for start in range(0, len(chosen), self.batch_size):
+            idx = chosen[start : start + self.batch_size]
+
+            def objective(state, n, idx=idx):
+                total = 0.0
+                rows = torch.arange(n, device=self.tokens.device)
+                for k, d in enumerate(self.dictionaries):
+                    mine = src.feat_dict[idx] == k
+                    if not mine.any():
+                        continue
+                    readout = state.readouts[d.out_hook]
+                    pos = src.feat_pos[idx][mine].to(readout.device)
+                    enc = d.W_enc[:, src.feat_index[idx][mine].to(d.W_enc.device)].T
+                    x = readout[rows[mine.to(rows.device)], pos]
+                    total = total + (x * enc.to(x.dtype)).sum()
+                return total
+
+            out.append(self._rows(objective, len(idx)))
+        return torch.cat(out)
+
+
+def _assemble(
+    model,
+    dictionaries,
+    tokens,
+    token_strs,
+    sources,
+    keep,
+    adjacency,
+    logit_ids,
+    logit_weights,
+    logit_labels,
+) -> AttributionGraph:
+    """Build the node table in the order features, errors, tokens, logits."""
+    from replacement.hooks import hook_layer
+
+    n_pos = tokens.numel()
+    layers = [hook_layer(d.out_hook) for d in dictionaries]
+    kinds, layer_col, pos_col, feat_col, act_col, labels = [], [], [], [], [], []
+    for i in keep.tolist():
+        k, p, f = int(sources.feat_dict[i]), int(sources.feat_pos[i]), int(sources.feat_index[i])
+        kinds.append("feature")
+        layer_col.append(layers[k])
+        pos_col.append(p)
+        feat_col.append(f)
+        act_col.append(float(sources.feat_act[i]))
+        labels.append(f"L{layers[k]} F{f} @{p} {token_strs[p]!r}")
+    for k, layer in enumerate(layers):
+        for p in range(1, n_pos):
+            kinds.append("error")
+            layer_col.append(layer)
+            pos_col.append(p)
+            feat_col.append(-1)
+            act_col.append(float(sources.error_norm[k, p - 1]))
+            labels.append(f"L{layer} error @{p} {token_strs[p]!r}")
+    for p in range(n_pos):
+        kinds.append("token")
+        layer_col.append(-1)
+        pos_col.append(p)
+        feat_col.append(int(tokens[p]))
+        act_col.append(0.0)
+        labels.append(f"{token_strs[p]!r} @{p}")
+    for tok, weight, label in zip(logit_ids, logit_weights.tolist(), logit_labels, strict=True):
+        kinds.append("logit")
+        layer_col.append(model.cfg.n_layers)
+        pos_col.append(n_pos - 1)
+        feat_col.append(tok)
+        act_col.append(weight)
+        labels.append(label)
+    names = [
+        str(d.metadata.get("source", f"{d.kind}/{d.activation_name} {d.out_hook}"))
+        for d in dictionaries
+    ]
+    return AttributionGraph(
+        prompt=model.tokenizer.decode(tokens[1:].tolist()),
+        tokens=tokens.cpu(),
+        token_strs=token_strs,
+        node_kind=kinds,
+        node_layer=torch.tensor(layer_col, dtype=torch.long),
+        node_pos=torch.tensor(pos_col, dtype=torch.long),
+        node_feature=torch.tensor(feat_col, dtype=torch.long),
+        node_activation=torch.tensor(act_col, dtype=torch.float32),
+        node_label=labels,
+        adjacency=adjacency,
+        n_layers=model.cfg.n_layers,
+        model_name=str(getattr(model.cfg, "model_name", "")),
+        dictionary_names=names,
+        metadata={},
+    )

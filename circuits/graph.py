@@ -1,0 +1,257 @@
+"""`AttributionGraph`: the node table and dense adjacency of a prompt's attribution graph.
+
+Nodes come in four kinds, in this order: active features, error nodes (one per layer and
+position), token embeddings (one per position), and logits. The adjacency is dense and on the
+CPU, rows are targets and columns are sources: `adjacency[t, s]` is the direct effect of
+source s on target t's pre-activation (for a logit: on its demeaned logit).
+
+Fields:
+    prompt, tokens [pos] (BOS at 0), token_strs, node_kind, node_layer [n] (tokens -1, logits
+    n_layers), node_pos [n], node_feature [n] (feature index; token id for tokens; vocab id for
+    logits; -1 for errors), node_activation [n] (feature activation; logit probability; error
+    norm; 0 for tokens), node_label, adjacency [n, n], n_layers, model_name, dictionary_names,
+    metadata, node_influence [n] | None (cumulative-influence fraction, set by `prune`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from jaxtyping import Bool, Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from replacement.atomic import atomic_path, write_json
+from replacement.errors import SparseCircuitsError
+
+KINDS = ("feature", "error", "token", "logit")
+_TENSOR_FIELDS = (
+    "tokens",
+    "node_layer",
+    "node_pos",
+    "node_feature",
+    "node_activation",
+    "adjacency",
+)
+GRAPH_FORMAT_VERSION = 1
+
+
+class GraphScores(NamedTuple):
+    """How much of the graph's influence on the logits is explained without error nodes."""
+
+    replacement: float
+    """Influence from tokens / (influence from tokens + influence from error nodes)."""
+    completeness: float
+    """Influence-weighted share of node inputs that do not come from error nodes."""
+
+
+@dataclass
+class AttributionGraph:
+    """Attribution graph of one prompt (see the module docstring for the fields)."""
+
+    prompt: str
+    tokens: Int[Tensor, " pos"]
+    token_strs: list[str]
+    node_kind: list[str]
+    node_layer: Int[Tensor, " n"]
+    node_pos: Int[Tensor, " n"]
+    node_feature: Int[Tensor, " n"]
+    node_activation: Float[Tensor, " n"]
+    node_label: list[str]
+    adjacency: Float[Tensor, "n n"]
+    n_layers: int
+    model_name: str = ""
+    dictionary_names: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    node_influence: Float[Tensor, " n"] | None = None
+
+    # ---- node table ----------------------------------------------------------------------
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes."""
+        return len(self.node_kind)
+
+    def mask(self, kind: str) -> Bool[Tensor, " n"]:
+        """Boolean mask of the nodes of one kind."""
+        if kind not in KINDS:
+            raise SparseCircuitsError(f"unknown node kind {kind!r}; expected one of {KINDS}")
+        return torch.tensor([k == kind for k in self.node_kind], dtype=torch.bool)
+
+    @property
+    def logit_weights(self) -> Float[Tensor, " n"]:
+        """Logit probabilities on logit nodes, zero elsewhere (the `w` of influence)."""
+        return torch.where(self.mask("logit"), self.node_activation, 0.0).to(self.adjacency.dtype)
+
+    def feature_ids(self) -> list[tuple[int, int, int]]:
+        """(layer, position, feature) of every feature node, in node order."""
+        idx = self.mask("feature").nonzero().flatten().tolist()
+        return [
+            (int(self.node_layer[i]), int(self.node_pos[i]), int(self.node_feature[i])) for i in idx
+        ]
+
+    def find(
+        self,
+        kind: str,
+        layer: int | None = None,
+        pos: int | None = None,
+        feature: int | None = None,
+    ) -> list[int]:
+        """Indices of nodes matching the given kind and optional layer, position, feature."""
+        hits = self.mask(kind)
+        if layer is not None:
+            hits &= self.node_layer == layer
+        if pos is not None:
+            hits &= self.node_pos == pos
+        if feature is not None:
+            hits &= self.node_feature == feature
+        return hits.nonzero().flatten().tolist()
+
+    def subgraph(self, keep: Bool[Tensor, " n"]) -> AttributionGraph:
+        """The graph restricted to the nodes in `keep` (order preserved)."""
+        idx = keep.nonzero().flatten()
+        pick = idx.tolist()
+        return replace(
+            self,
+            node_kind=[self.node_kind[i] for i in pick],
+            node_layer=self.node_layer[idx],
+            node_pos=self.node_pos[idx],
+            node_feature=self.node_feature[idx],
+            node_activation=self.node_activation[idx],
+            node_label=[self.node_label[i] for i in pick],
+            adjacency=self.adjacency[idx][:, idx],
+            node_influence=None if self.node_influence is None else self.node_influence[idx],
+            metadata=dict(self.metadata),
+        )
+
+    # ---- analysis ------------------------------------------------------------------------
+    def influence(self) -> Float[Tensor, " n"]:
+        """Each node's total influence on the logits, w (A_hat + A_hat^2 + ...)."""
+        from circuits.prune import node_influence
+
+        return node_influence(self.adjacency, self.logit_weights)
+
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> AttributionGraph:
+        """Pruned copy: see `circuits.prune.prune_graph`."""
+        from circuits.prune import prune_graph
+
+        return prune_graph(self, node_threshold, edge_threshold)
+
+    def scores(self) -> GraphScores:
+        """Replacement and completeness scores (see `circuits.prune.graph_scores`)."""
+        from circuits.prune import graph_scores
+
+        return graph_scores(self)
+
+    def top_features(self, n: int = 10) -> list[tuple[int, float]]:
+        """The n feature nodes of largest influence on the logits: (node index, influence)."""
+        infl = self.influence()
+        feats = self.mask("feature").nonzero().flatten()
+        order = infl[feats].argsort(descending=True)[:n]
+        return [(int(feats[i]), float(infl[feats[i]])) for i in order]
+
+    # ---- files and exports ---------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write `<path>.safetensors` (tensors) and `<path>.json` (the rest), atomically."""
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+        tensors = {name: getattr(self, name).contiguous() for name in _TENSOR_FIELDS}
+        if self.node_influence is not None:
+            tensors["node_influence"] = self.node_influence.contiguous()
+        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+            save_file(tensors, str(tmp))
+        meta = {
+            "format_version": GRAPH_FORMAT_VERSION,
+            "prompt": self.prompt,
+            "token_strs": self.token_strs,
+            "node_kind": self.node_kind,
+            "node_label": self.node_label,
+            "n_layers": self.n_layers,
+            "model_name": self.model_name,
+            "dictionary_names": self.dictionary_names,
+            "metadata": self.metadata,
+        }
+        write_json(stem.with_suffix(".json"), meta)
+        return stem.with_suffix(".json")
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttributionGraph:
+        """Read a graph written by `save`."""
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+        json_path, tensor_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+        for p in (json_path, tensor_path):
+            if not p.is_file():
+                raise SparseCircuitsError(f"graph file {str(p)!r} does not exist")
+        meta = json.loads(json_path.read_text())
+        try:
+            tensors = load_file(str(tensor_path))
+        except Exception as exc:  # safetensors raises several types on corrupt files
+            raise SparseCircuitsError(
+                f"{str(tensor_path)!r} is not valid safetensors: {exc}"
+            ) from exc
+        missing = [name for name in _TENSOR_FIELDS if name not in tensors]
+        if missing:
+            raise SparseCircuitsError(f"{str(tensor_path)!r} lacks the tensors {missing}")
+        return cls(
+            prompt=meta["prompt"],
+            token_strs=meta["token_strs"],
+            node_kind=meta["node_kind"],
+            node_label=meta["node_label"],
+            n_layers=meta["n_layers"],
+            model_name=meta.get("model_name", ""),
+            dictionary_names=meta.get("dictionary_names", []),
+            metadata=meta.get("metadata", {}),
+            node_influence=tensors.get("node_influence"),
+            **{name: tensors[name] for name in _TENSOR_FIELDS},
+        )
+
+    def to_json(
+        self,
+        slug: str = "graph",
+        path: str | Path | None = None,
+        node_threshold: float | None = None,
+    ) -> dict[str, Any]:
+        """The circuit-tracer / Neuronpedia JSON (validated against the project's schema)."""
+        from circuits.export import graph_to_json
+
+        return graph_to_json(self, slug=slug, path=path, node_threshold=node_threshold)
+
+    def to_networkx(self):
+        """A networkx DiGraph (edges source -> target, attribute `weight`)."""
+        from circuits.export import graph_to_networkx
+
+        return graph_to_networkx(self)
+
+    def to_graphml(self, path: str | Path) -> Path:
+        """Write GraphML (atomically)."""
+        from circuits.export import graph_to_graphml
+
+        return graph_to_graphml(self, path)
+
+    def draw(self, **kwargs: Any):
+        """A matplotlib figure of the graph (see `circuits.draw.draw_graph`)."""
+        from circuits.draw import draw_graph
+
+        return draw_graph(self, **kwargs)
+
+    def to_html(self, path: str | Path, **kwargs: Any) -> Path:
+        """A self-contained interactive HTML page (see `circuits.html_page.write_html`)."""
+        from circuits.html_page import write_html
+
+        return write_html(self, path, **kwargs)
+
+    def _repr_png_(self) -> bytes:
+        from circuits.draw import graph_png
+
+        return graph_png(self)
+
+    def __repr__(self) -> str:
+        counts = {k: self.node_kind.count(k) for k in KINDS}
+        return (
+            f"AttributionGraph(prompt={self.prompt!r}, nodes={self.n_nodes} {counts}, "
+            f"edges={int((self.adjacency != 0).sum())}, model={self.model_name!r})"
+        )

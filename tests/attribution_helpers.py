@@ -1,0 +1,112 @@
+"""Shared by the attribution tests: random dictionaries and an independent intervention.
+
+`frozen_effect` is written without the attribution code: it runs the model with attention
+patterns, norm scales and every dictionary's (out - skip) held at their clean values (the
+local replacement model), adds `delta * source vector` at one source, and returns how much
+each feature pre-activation and logit direction moved.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from replacement.dictionary import Dictionary
+from replacement.hooks import layer_hooks
+
+
+def random_transcoders(model, activation="relu", skip=True, n_features=48, seed=0, **params):
+    """One random (skip) transcoder per layer, biased so that a fair share of features fire."""
+    gen = torch.Generator().manual_seed(seed)
+    d = model.cfg.d_model
+    out = []
+    for layer in range(model.cfg.n_layers):
+        hooks = layer_hooks(layer)
+        tc = Dictionary(
+            d,
+            d,
+            n_features,
+            hooks.mlp_in,
+            hooks.mlp_out,
+            activation,
+            skip=skip,
+            activation_params=params,
+            dtype=model.W_E.dtype,
+        )
+        with torch.no_grad():
+            tc.W_enc.copy_(torch.randn(d, n_features, generator=gen) / d**0.5)
+            tc.b_enc.copy_(torch.rand(n_features, generator=gen) * 0.5)
+            tc.W_dec.copy_(torch.randn(n_features, d, generator=gen) * 0.1)
+            tc.b_dec.copy_(torch.randn(d, generator=gen) * 0.01)
+            if skip:
+                tc.W_skip.copy_(torch.randn(d, d, generator=gen) * 0.2 / d**0.5)
+            if activation == "jumprelu":
+                tc.activation.log_threshold.fill_(torch.tensor(0.05).log().item())
+        out.append(tc.to(model.W_E.dtype).eval())
+    return out
+
+
+@torch.no_grad()
+def frozen_effect(model, dictionaries, tokens, source, delta, targets):
+    """Change of each target's readout when `delta * source` is added, in the frozen model.
+
+    source: ("feature", dict_index, pos, feature) | ("error", dict_index, pos) | ("token", pos)
+    targets: list of ("feature", dict_index, pos, feature) | ("logit", direction[d_model])
+    """
+    n_layers = model.cfg.n_layers
+    clean: dict[str, torch.Tensor] = {}
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)]
+    names += [n for n in model.hook_dict if n.endswith("hook_scale")]
+    for d in dictionaries:
+        names += [d.in_hook, d.out_hook]
+    names += ["hook_embed", "ln_final.hook_normalized"]
+
+    def run(perturb: bool):
+        seen: dict[str, torch.Tensor] = {}
+
+        def make(name):
+            def hook(act, hook):
+                if name.endswith(("hook_pattern", "hook_scale")) and perturb:
+                    act = clean[name]
+                if name == "hook_embed" and perturb and source[0] == "token":
+                    act = act.clone()
+                    act[:, source[1]] += delta * clean[name][:, source[1]]
+                for k, d in enumerate(dictionaries):
+                    if name == d.out_hook and perturb:
+                        x_now = seen[d.in_hook] if d.in_hook != d.out_hook else act
+                        act = clean[name] - d.skip(clean[d.in_hook]) + d.skip(x_now)
+                        if source[0] in ("feature", "error") and source[1] == k:
+                            pos = source[2]
+                            x = clean[d.in_hook][0, pos]
+                            if source[0] == "feature":
+                                a = d.encode(x)[source[3]]
+                                vec = a * d.W_dec[source[3]]
+                            else:
+                                vec = clean[name][0, pos] - d(x)
+                            act = act.clone()
+                            act[:, pos] += delta * vec
+                seen[name] = act
+                return act
+
+            return hook
+
+        with model.hooks(fwd_hooks=[(n, make(n)) for n in dict.fromkeys(names)]):
+            model(tokens.unsqueeze(0))
+        if not perturb:
+            clean.update(seen)
+        return seen
+
+    base = run(False)
+    moved = run(True)
+    out = []
+    for target in targets:
+        if target[0] == "feature":
+            _, k, pos, f = target
+            d = dictionaries[k]
+            r0, r1 = base[d.in_hook][0, pos], moved[d.in_hook][0, pos]
+            out.append(float((r1 - r0) @ d.W_enc[:, f]))
+        else:
+            direction = target[1]
+            r0 = base["ln_final.hook_normalized"][0, -1]
+            r1 = moved["ln_final.hook_normalized"][0, -1]
+            out.append(float((r1 - r0) @ direction))
+    return torch.tensor(out, dtype=torch.float64) / delta

@@ -1,0 +1,153 @@
+"""Attribution edges equal the measured effect of interventions in the frozen model.
+
+For every dictionary kind (ReLU, TopK, JumpReLU; with and without W_skip) on a LayerNorm+GELU
+GPT-2 and an RMSNorm+gated-MLP Llama: adding delta to a feature's, an error node's or a token
+embedding's output changes every downstream feature pre-activation and logit direction by
+delta * A[t, s] (1e-4 relative).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits.attribute import attribute
+from replacement import load_model
+from tests.attribution_helpers import frozen_effect, random_transcoders
+from tests.tiny_models import make_gpt2, make_llama
+
+PROMPT = "def add(a, b):\n    return"
+KINDS = [("relu", {}), ("topk", {"k": 6}), ("jumprelu", {})]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def model64(request, tiny_tokenizer):
+    make = make_gpt2 if request.param == "gpt2" else make_llama
+    return load_model(
+        make(len(tiny_tokenizer), seed=1).double(), tokenizer=tiny_tokenizer, dtype=torch.float64
+    )
+
+
+def _targets(graph, model):
+    W_U = model.W_U
+    demeaned = W_U - W_U.mean(dim=1, keepdim=True)
+    feats, logits = graph.find("feature"), graph.find("logit")
+    targets = [
+        ("feature", int(graph.node_layer[i]), int(graph.node_pos[i]), int(graph.node_feature[i]))
+        for i in feats
+    ]
+    targets += [("logit", demeaned[:, int(graph.node_feature[i])]) for i in logits]
+    return feats + logits, targets
+
+
+def _source(graph, i):
+    kind, layer, pos = graph.node_kind[i], int(graph.node_layer[i]), int(graph.node_pos[i])
+    if kind == "feature":
+        return ("feature", layer, pos, int(graph.node_feature[i]))
+    return ("error", layer, pos) if kind == "error" else ("token", pos)
+
+
+def check_columns(model, dicts, graph, sources):
+    rows, targets = _targets(graph, model)
+    effects, predicted = [], []
+    for s in sources:
+        effects.append(frozen_effect(model, dicts, graph.tokens, _source(graph, s), 0.7, targets))
+        predicted.append(graph.adjacency[rows, s].double())
+    effects, predicted = torch.stack(effects), torch.stack(predicted)
+    scale = effects.abs().max()
+    assert scale > 1e-3, "the chosen sources have no measurable effect; the test is vacuous"
+    assert (effects - predicted).abs().max() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("skip", [True, False], ids=["skip", "noskip"])
+@pytest.mark.parametrize("kind,params", KINDS, ids=[k for k, _ in KINDS])
+def test_edges_equal_interventions(model64, kind, params, skip):
+    dicts = random_transcoders(model64, kind, skip=skip, **params)
+    graph = attribute(model64, dicts, PROMPT, batch_size=16, verbose=False)
+    feats, errors, tokens = graph.find("feature"), graph.find("error"), graph.find("token")
+    layer0 = [i for i in feats if graph.node_layer[i] == 0]
+    assert len(layer0) > 5
+    sources = [
+        layer0[0],
+        layer0[len(layer0) // 2],
+        layer0[-1],
+        errors[0],
+        errors[len(errors) // 3],
+        tokens[1],
+        tokens[len(tokens) // 2],
+    ]
+    check_columns(model64, dicts, graph, sources)
+
+
+def test_feature_budget_keeps_most_influential(model64):
+    dicts = random_transcoders(model64, "relu", skip=True)
+    full = attribute(model64, dicts, PROMPT, batch_size=16, verbose=False)
+    budget = 40
+    small = attribute(
+        model64, dicts, PROMPT, batch_size=16, verbose=False, max_feature_nodes=budget
+    )
+    assert small.node_kind.count("feature") == budget
+    # rows of kept features equal the full graph's rows over the shared columns
+    full_index = {
+        (int(full.node_layer[i]), int(full.node_pos[i]), int(full.node_feature[i])): i
+        for i in full.find("feature")
+    }
+    kept = [full_index[key] for key in small.feature_ids()]
+    infl = full.influence()
+    feats = torch.tensor(full.find("feature"))
+    top = set(feats[infl[feats].argsort(descending=True)[:10]].tolist())
+    # the ten most influential features of the full graph are all in the budgeted one
+    assert top <= set(kept)
+    logits_full, logits_small = full.find("logit"), small.find("logit")
+    cols_small = small.find("feature")
+    torch.testing.assert_close(
+        small.adjacency[logits_small][:, cols_small], full.adjacency[logits_full][:, kept]
+    )
+
+
+def test_logit_selection_and_custom_targets(model64):
+    dicts = random_transcoders(model64, "topk", skip=True, k=6)
+    graph = attribute(
+        model64, dicts, PROMPT, verbose=False, max_n_logits=3, desired_logit_prob=0.999
+    )
+    probs = graph.node_activation[graph.mask("logit")]
+    assert len(probs) == 3 and torch.all(probs[:-1] >= probs[1:])
+    pair = attribute(model64, dicts, PROMPT, verbose=False, target_direction=(5, 7))
+    single = attribute(model64, dicts, PROMPT, verbose=False, target_tokens=[5, 7])
+    rows = single.find("logit")
+    # logit(5) - logit(7) is the difference of the two demeaned rows
+    n_src = pair.n_nodes - 1
+    torch.testing.assert_close(
+        pair.adjacency[pair.find("logit")[0], :n_src],
+        (single.adjacency[rows[0]] - single.adjacency[rows[1]])[:n_src],
+        atol=1e-5,
+        rtol=1e-4,
+    )
+
+
+def test_prompt_longer_than_context(tiny_gpt2):
+    dicts = random_transcoders(tiny_gpt2, "relu")
+    from replacement.errors import SparseCircuitsError
+
+    with pytest.raises(SparseCircuitsError, match="n_ctx=64"):
+        attribute(tiny_gpt2, dicts, torch.zeros(65, dtype=torch.long), verbose=False)
+
+
+def test_default_model_edges_equal_interventions(default_model):
+    dicts = random_transcoders(default_model, "topk", skip=True, n_features=256, k=8)
+    graph = attribute(
+        default_model,
+        dicts,
+        "import os\nimport sys\n\ndef main",
+        verbose=False,
+        max_feature_nodes=64,
+        batch_size=32,
+    )
+    feats, errors, tokens = graph.find("feature"), graph.find("error"), graph.find("token")
+    sources = [feats[0], feats[10], feats[-1], errors[3], tokens[2], tokens[-1]]
+    # float32 model: a looser but still tight tolerance
+    rows, targets = _targets(graph, default_model)
+    for s in sources:
+        eff = frozen_effect(default_model, dicts, graph.tokens, _source(graph, s), 1.0, targets)
+        pred = graph.adjacency[rows, s].double()
+        assert (eff - pred).abs().max() <= 2e-3 * max(eff.abs().max(), 1e-2)
