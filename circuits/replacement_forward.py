@@ -49,7 +49,7 @@ def frozen_forward(
     """Install the freezing hooks; yields the tensors captured by each forward pass."""
     state = FrozenTensors()
     n_layers = model.cfg.n_layers
-    hooks: list = [(f"blocks.{l}.attn.hook_pattern", _detach) for l in range(n_layers)]
+    hooks: list = [(f"blocks.{i}.attn.hook_pattern", _detach) for i in range(n_layers)]
     for layer in range(n_layers):
         for norm in ("ln1", "ln2"):
             name = f"blocks.{layer}.{norm}.hook_scale"

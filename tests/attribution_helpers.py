@@ -54,7 +54,7 @@ def frozen_effect(model, dictionaries, tokens, source, delta, targets):
     """
     n_layers = model.cfg.n_layers
     clean: dict[str, torch.Tensor] = {}
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)]
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(n_layers)]
     names += [n for n in model.hook_dict if n.endswith("hook_scale")]
     for d in dictionaries:
         names += [d.in_hook, d.out_hook]
