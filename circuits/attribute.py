@@ -142,25 +142,28 @@ def attribute(
     # rows: logits first, then features in order of estimated influence
     logit_rows = engine.rows_for_logits(logit_dirs, verbose)  # [n_logit, n_src]
     budget = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
-    feature_rows = torch.zeros(n_feat, n_src)
-    visited = torch.zeros(n_feat, dtype=torch.bool)
+    # only the rows of visited features are stored: [budget, n_src], never [n_feat, n_src]
+    feature_rows = torch.zeros(budget, n_src)
+    order = torch.empty(0, dtype=torch.long)  # feature index of each stored row
     bar = tqdm(total=budget, desc="feature rows", disable=not verbose, leave=False)
-    while int(visited.sum()) < budget:
-        infl = _estimated_influence(logit_rows, feature_rows, visited, logit_weights, n_feat)
-        infl[visited] = -1.0
-        take = min(batch_size, budget - int(visited.sum()))
+    while len(order) < budget:
+        infl = _estimated_influence(
+            logit_rows, feature_rows[: len(order)], order, logit_weights, n_feat
+        )
+        infl[order] = -1.0
+        take = min(batch_size, budget - len(order))
         chosen = infl.argsort(descending=True)[:take]
-        feature_rows[chosen] = engine.rows_for_features(chosen)
-        visited[chosen] = True
-        bar.update(len(chosen))
+        feature_rows[len(order) : len(order) + take] = engine.rows_for_features(chosen)
+        order = torch.cat([order, chosen])
+        bar.update(take)
     bar.close()
 
-    keep = visited.nonzero().flatten()  # feature nodes kept, in source order
+    keep, perm = order.sort()  # feature nodes kept, in source order
     src_keep = torch.cat([keep, torch.arange(n_feat, n_src)])
     n_keep = len(keep)
     n_nodes = n_keep + (n_src - n_feat) + n_logit
     adjacency = torch.zeros(n_nodes, n_nodes)
-    adjacency[:n_keep, : n_keep + n_src - n_feat] = feature_rows[keep][:, src_keep]
+    adjacency[:n_keep, : n_keep + n_src - n_feat] = feature_rows[perm][:, src_keep]
     adjacency[n_nodes - n_logit :, : n_keep + n_src - n_feat] = logit_rows[:, src_keep]
 
     token_strs = [model.tokenizer.decode([t]) for t in tokens.tolist()]
@@ -191,17 +194,23 @@ def attribute(
 
 
 def _estimated_influence(
-    logit_rows: Tensor, feature_rows: Tensor, visited: Tensor, weights: Tensor, n_feat: int
+    logit_rows: Tensor, feature_rows: Tensor, order: Tensor, weights: Tensor, n_feat: int
 ) -> Float[Tensor, " n_feat"]:
-    """Influence of every feature on the logits through the rows computed so far."""
-    a_logit = logit_rows.abs()
-    a_logit = a_logit / a_logit.sum(1, keepdim=True).clamp_min(1e-30)
-    a_feat = feature_rows[:, :n_feat].abs()
-    a_feat = a_feat / feature_rows.abs().sum(1, keepdim=True).clamp_min(1e-30)
-    term = weights.float() @ a_logit[:, :n_feat]
+    """Influence of every feature on the logits through the rows computed so far.
+
+    `feature_rows[i]` is the row of feature `order[i]`; rows not computed yet count as zero.
+    """
+
+    def normalise(rows: Tensor) -> Tensor:
+        return rows[:, :n_feat].abs() / rows.abs().sum(1, keepdim=True).clamp_min(1e-30)
+
+    a_logit, a_feat = normalise(logit_rows), normalise(feature_rows)
+    term = weights.float() @ a_logit
     total = term.clone()
     for _ in range(64):  # paths through at most 64 feature hops
-        term = (term * visited) @ a_feat
+        if len(order) == 0:
+            break
+        term = term[order] @ a_feat
         if not term.abs().max() > 1e-12:
             break
         total += term

@@ -65,9 +65,9 @@ class PromptSources:
             g = grad[:n].float()
             mine = self.feat_dict == k
             pos, idx, act = self.feat_pos[mine], self.feat_index[mine], self.feat_act[mine]
-            # a_s * (W_dec[s] . grad at the source's position)
-            dots = (g[:, pos, :] * w_dec[idx].float().unsqueeze(0)).sum(-1)
-            feature_cols.append(dots * act.float())
+            # a_s * (W_dec[s] . grad at the source's position): one matmul, then a gather
+            dots = g @ w_dec.float().T  # [n, pos, F]
+            feature_cols.append(dots[:, pos, idx] * act.float())
             error_cols.append((g[:, 1:, :] * err[1:].float().unsqueeze(0)).sum(-1))
         if grad_embed is None:
             token_cols = torch.zeros(n, n_pos, device=device)
