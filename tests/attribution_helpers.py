@@ -60,11 +60,13 @@ def frozen_effect(model, dictionaries, tokens, source, delta, targets):
         names += [d.in_hook, d.out_hook]
     names += ["hook_embed", "ln_final.hook_normalized"]
 
-    def run(perturb: bool):
+    def run(perturb: bool, delta: float = delta):
         seen: dict[str, torch.Tensor] = {}
+        incoming: dict[str, torch.Tensor] = {}
 
         def make(name):
             def hook(act, hook):
+                incoming[name] = act
                 if name.endswith(("hook_pattern", "hook_scale")) and perturb:
                     act = clean[name]
                 if name == "hook_embed" and perturb and source[0] == "token":
@@ -93,9 +95,13 @@ def frozen_effect(model, dictionaries, tokens, source, delta, targets):
             model(tokens.unsqueeze(0))
         if not perturb:
             clean.update(seen)
-        return seen
+        # encoders read what arrives at their hook (for an SAE, before it is replaced)
+        return {**seen, **{d.in_hook: incoming[d.in_hook] for d in dictionaries}}
 
-    base = run(False)
+    run(False)  # capture the clean values
+    # the baseline goes through the same (frozen) code path as the perturbed run, so that
+    # float rounding of norms computed in float32 by some models cancels
+    base = run(True, delta=0.0)
     moved = run(True)
     out = []
     for target in targets:

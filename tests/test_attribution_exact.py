@@ -151,3 +151,28 @@ def test_default_model_edges_equal_interventions(default_model):
         eff = frozen_effect(default_model, dicts, graph.tokens, _source(graph, s), 1.0, targets)
         pred = graph.adjacency[rows, s].double()
         assert (eff - pred).abs().max() <= 2e-3 * max(eff.abs().max(), 1e-2)
+
+
+def test_sae_edges_are_local_linear_estimates(model64):
+    """SAEs at the MLP output: the target's own MLP is differentiated through, so an edge is
+    the derivative of the effect (checked with a small finite difference)."""
+    from replacement.dictionary import Dictionary
+
+    gen = torch.Generator().manual_seed(3)
+    d_model = model64.cfg.d_model
+    saes = []
+    for layer in range(model64.cfg.n_layers):
+        sae = Dictionary(d_model, d_model, 48, f"blocks.{layer}.hook_mlp_out", dtype=torch.float64)
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(d_model, 48, generator=gen, dtype=torch.float64))
+            sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.norm(dim=0)[:, None])
+            sae.b_enc.fill_(0.3)
+        saes.append(sae.eval())
+    graph = attribute(model64, saes, PROMPT, batch_size=16, verbose=False)
+    rows, targets = _targets(graph, model64)
+    feats = [i for i in graph.find("feature") if graph.node_layer[i] == 0]
+    for s in (feats[0], graph.find("token")[2]):
+        eff = frozen_effect(model64, saes, graph.tokens, _source(graph, s), 1e-6, targets)
+        pred = graph.adjacency[rows, s].double()
+        assert eff.abs().max() > 1e-3
+        assert (eff - pred).abs().max() <= 1e-3 * eff.abs().max()
