@@ -1,0 +1,109 @@
+"""`sparse-circuits global`: a global feature graph between two transcoder layers.
+
+Writes `<out>/global_L{a}_L{b}.json` (circuit-tracer schema), `.graphml`, the graph's own
+`.safetensors`/`.json` pair (`AttributionGraph.save`, as `graph.*`) and, when drawing is
+available, a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from circuits.global_graph import global_graph
+from replacement.errors import SparseCircuitsError
+
+
+def _token_set(model, n_tokens: int, seq_len: int) -> torch.Tensor:
+    """[n, 1 + seq_len] rows of BOS + held-out text of the default model's training domain."""
+    import sysconfig
+
+    from replacement.model import to_tokens
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    bos = int(to_tokens(model, "x")[0, 0])
+    ids: list[int] = []
+    for name in ("bisect.py", "heapq.py", "textwrap.py", "string.py", "fnmatch.py"):
+        if (stdlib / name).is_file() and len(ids) < n_tokens:
+            ids += model.tokenizer((stdlib / name).read_text())["input_ids"]
+    n_rows = min(len(ids), n_tokens) // seq_len
+    if n_rows == 0:
+        raise SparseCircuitsError(f"could not gather {n_tokens} tokens of text to average over")
+    return torch.tensor([[bos] + ids[k * seq_len : (k + 1) * seq_len] for k in range(n_rows)])
+
+
+def run_global(args: argparse.Namespace) -> int:
+    """Build and write the graph."""
+    from replacement.formats.detect import load_dictionaries
+    from replacement.model import load_model
+    from replacement.zoo import DEFAULT_DICTIONARY_SET
+
+    model = load_model(args.model)
+    dictionaries = load_dictionaries(args.dictionaries or DEFAULT_DICTIONARY_SET, model=model)
+    seq_len = min(64, model.cfg.n_ctx - 1)
+    need_tokens = args.data_weighted or args.norm == "mean"
+    tokens = _token_set(model, args.tokens, seq_len) if need_tokens else None
+    graph = global_graph(
+        dictionaries,
+        model,
+        args.layer_from,
+        args.layer_to,
+        args.top_k,
+        data_weighted=args.data_weighted,
+        tokens=tokens,
+        norm=args.norm,
+        include_attention=args.include_attention,
+        max_sources=args.max_sources or None,
+        verbose=True,
+    )
+    out = Path(args.out)
+    stem = out / f"global_L{args.layer_from}_L{args.layer_to}"
+    graph.to_json(slug=stem.name, path=stem.with_suffix(".json"))
+    graph.to_graphml(stem.with_suffix(".graphml"))
+    graph.save(out / "graph")
+    written = [stem.with_suffix(".json"), stem.with_suffix(".graphml"), out / "graph.json"]
+    try:
+        from circuits.draw import graph_png
+    except ModuleNotFoundError:
+        graph_png = None
+    if graph_png is not None:
+        from replacement.atomic import atomic_path
+
+        with atomic_path(stem.with_suffix(".png")) as tmp:
+            tmp.write_bytes(graph_png(graph))
+        written.append(stem.with_suffix(".png"))
+    print(f"{graph!r}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `global` subcommand."""
+    p = subparsers.add_parser(
+        "global",
+        help="input-invariant feature graph between two transcoder layers",
+        description="Top-k virtual-weight (or data-weighted) connections between two layers.",
+    )
+    p.add_argument("--layer-from", type=int, required=True, help="upstream layer")
+    p.add_argument("--layer-to", type=int, required=True, help="downstream layer")
+    p.add_argument("--top-k", type=int, default=5, help="partners kept per upstream feature")
+    p.add_argument("--model", default="default", help="model name, folder or HF name")
+    p.add_argument("--dictionaries", default=None, help="dictionary set name or path")
+    p.add_argument(
+        "--data-weighted",
+        action="store_true",
+        help="weight by co-activation over a token set: E[a_i v_ij 1[a_j > 0]]",
+    )
+    p.add_argument("--tokens", type=int, default=4096, help="tokens for --data-weighted / mean")
+    p.add_argument(
+        "--norm", choices=("ignore", "mean"), default="mean", help="norm-scale treatment"
+    )
+    p.add_argument("--include-attention", action="store_true", help="add single-head OV paths")
+    p.add_argument(
+        "--max-sources", type=int, default=256, help="upstream features kept (0 keeps all)"
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run_global)
