@@ -152,14 +152,15 @@ def _override_native(d: AnyDictionary, hooks: tuple[str, str] | None) -> AnyDict
     return d
 
 
-def _fit_to_model(d: AnyDictionary, model: Any) -> AnyDictionary:
+def _fit_to_model(d: AnyDictionary, model: Any, dtype: torch.dtype | None) -> AnyDictionary:
     hooks = (
         d.in_hooks + d.out_hooks if isinstance(d, CrossLayerTranscoder) else [d.in_hook, d.out_hook]
     )
     for hook in hooks:
         check_hook(model, hook)
     device = torch.device(model.cfg.device)
-    return d.to(device)
+    # without an explicit dtype, compute in the model's (fp16 zoo files would be slow on CPU)
+    return d.to(device=device, dtype=dtype or model.W_E.dtype)
 
 
 def load_dictionaries(
@@ -175,14 +176,15 @@ def load_dictionaries(
         model: if given, check each dictionary's hooks exist and move it to the model's device.
         hooks: override hooks: one name / (in_hook, out_hook) for a single dictionary, or a
             mapping from file/folder name (or layer, for circuit-tracer sets) to such a value.
-        dtype: convert to this dtype (default: as stored).
+        dtype: convert to this dtype (default: the model's dtype when `model` is given, else
+            as stored).
 
     Returns:
         Dictionaries (and cross-layer transcoders), in layer order where the layout has one.
     """
     dictionaries = _load_all(_resolve(path_or_set_name), hooks, dtype)
     if model is not None:
-        dictionaries = [_fit_to_model(d, model) for d in dictionaries]
+        dictionaries = [_fit_to_model(d, model, dtype) for d in dictionaries]
     return dictionaries
 
 
