@@ -1,0 +1,335 @@
+"""The training package: data, losses, every kind and objective, resume, NaN stop, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from replacement.dictionary import Dictionary, GatedDictionary
+from replacement.formats.native import load_native
+from training.config import ConfigError, TrainConfig
+from training.data import (
+    TokenData,
+    chunk_documents,
+    load_token_data,
+    sample_indices,
+    token_mask,
+)
+from training.default_model.corpus import stdlib_dir
+from training.losses import LossScale, auxk_loss, sparsity_loss, step_l0
+from training.trainer import Trainer, TrainingDivergedError
+
+CTX = 64
+K = 8
+F = 128
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    files = sorted((stdlib_dir() / "json").glob("*.py"))
+    return [p.read_text() for p in files]
+
+
+@pytest.fixture(scope="module")
+def token_data(default_model, texts) -> TokenData:
+    return load_token_data(default_model, texts, CTX)
+
+
+def _config(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        layers=[0, 1],
+        n_features=F,
+        k=K,
+        batch_tokens=512,
+        total_tokens=512 * 60,
+        ctx_len=CTX,
+        buffer_tokens=4096,
+        out_dir=str(tmp_path / "run"),
+        verbose=False,
+        evaluate=False,
+        warmup_steps=5,
+        lr=3e-3,
+        checkpoint_every=0,
+        log_every=5,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _metrics(config: TrainConfig) -> list[dict]:
+    with open(f"{config.out_dir}/metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+# ---- data ------------------------------------------------------------------------------------------
+def test_chunking_puts_bos_first_and_between_documents():
+    rows = chunk_documents([[1, 2, 3], [4, 5], [0, 6, 7], [], [8]], bos=0, ctx_len=4)
+    assert rows.tolist() == [[0, 1, 2, 3], [0, 0, 4, 5], [0, 0, 6, 7]]
+    mask = token_mask(rows, [0])
+    assert not mask[:, 0].any()
+    assert not mask[rows == 0].any()
+    assert mask[rows != 0].all()
+
+
+def test_token_data_rows_and_split(default_model, texts, token_data):
+    bos = token_data.bos
+    assert (token_data.train[:, 0] == bos).all() and (token_data.val[:, 0] == bos).all()
+    assert token_data.train.shape[1] == CTX
+    again = load_token_data(default_model, texts, CTX)
+    assert torch.equal(again.val, token_data.val) and torch.equal(again.train, token_data.train)
+    train_rows = {tuple(r) for r in token_data.train.tolist()}
+    assert not any(tuple(r) in train_rows for r in token_data.val.tolist())
+    from_tensor = load_token_data(default_model, token_data.train, CTX)
+    assert from_tensor.train.shape[1] == CTX and (from_tensor.train[:, 0] == bos).all()
+
+
+def test_sample_indices_is_a_pure_function_of_position():
+    whole = sample_indices(10, 0, 35, seed=3)
+    parts = torch.cat([sample_indices(10, s, 5, seed=3) for s in range(0, 35, 5)])
+    assert torch.equal(whole, parts)
+    for epoch in range(3):
+        assert sorted(whole[epoch * 10 : epoch * 10 + 10].tolist()) == list(range(10))
+    assert not torch.equal(whole, sample_indices(10, 0, 35, seed=4))
+
+
+# ---- losses ----------------------------------------------------------------------------------------
+def test_gated_aux_gives_no_gradient_to_the_decoder():
+    torch.manual_seed(0)
+    d = GatedDictionary(16, 16, 32, "blocks.0.hook_mlp_out")
+    with torch.no_grad():
+        for p in (d.W_enc, d.W_dec, d.b_dec, d.b_enc):
+            p.normal_()
+    x = torch.randn(20, 16)
+    terms = sparsity_loss(
+        d,
+        x,
+        x,
+        d(x),
+        d.encode(x),
+        LossScale.of(x),
+        l1_coefficient=0.0,
+        l0_coefficient=0.0,
+        aux_k_coefficient=0.0,
+    )
+    terms["gate_aux_loss"].backward()
+    assert d.W_dec.grad is None or torch.count_nonzero(d.W_dec.grad) == 0
+    assert d.b_dec.grad is not None  # reaches b_dec only through the encoder input (x - b_dec)
+    assert torch.count_nonzero(d.W_enc.grad) > 0
+
+
+def test_auxk_gradient_reaches_only_dead_latents():
+    torch.manual_seed(0)
+    d = Dictionary(
+        16,
+        16,
+        40,
+        "blocks.0.ln2.hook_normalized",
+        "blocks.0.hook_mlp_out",
+        "topk",
+        activation_params={"k": 4},
+    )
+    with torch.no_grad():
+        for p in (d.W_enc, d.W_dec, d.b_enc):
+            p.normal_()
+    x, y = torch.randn(30, 16), torch.randn(30, 16)
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[:12] = True
+    loss = auxk_loss(d, d.pre_acts(x), y, d(x), dead, LossScale.of(y))
+    loss.backward()
+    assert torch.count_nonzero(d.W_enc.grad[:, ~dead]) == 0
+    assert torch.count_nonzero(d.b_enc.grad[~dead]) == 0
+    assert torch.count_nonzero(d.W_dec.grad[~dead]) == 0
+    assert torch.count_nonzero(d.W_dec.grad[dead]) > 0
+    assert torch.count_nonzero(d.W_enc.grad[:, dead]) > 0
+
+
+def test_jumprelu_l0_straight_through_gradient():
+    log_theta = torch.tensor([0.5, 1.0]).log().requires_grad_()
+    pre = torch.tensor([[0.51, 0.2], [0.6, 1.01], [0.49, 3.0]])
+    l0 = step_l0(pre, log_theta, 0.05)
+    assert float(l0.detach()) == 4.0  # 0.51, 0.6, 1.01, 3.0 exceed their thresholds
+    l0.backward()
+    # d/dtheta = -(1/bw) * (#pre within bw/2 of theta); d/dlog theta = theta * that
+    expected = torch.tensor([-(1 / 0.05) * 2 * 0.5, -(1 / 0.05) * 1 * 1.0])
+    assert torch.allclose(log_theta.grad, expected)
+
+
+# ---- training by kind and objective ------------------------------------------------------------------
+KIND_CASES = [
+    ("sae", "relu", {"l1_coefficient": 0.15, "total_tokens": 512 * 100}),
+    ("sae", "gated", {"l1_coefficient": 0.3}),
+    ("sae", "jumprelu", {"l0_coefficient": 1e-2}),
+    ("sae", "topk", {}),
+    ("transcoder", "batchtopk", {}),
+    ("skip_transcoder", "topk", {"dead_after_tokens": 2048}),
+]
+
+
+@pytest.mark.parametrize(("kind", "activation", "extra"), KIND_CASES)
+def test_local_training_reduces_fvu_and_keeps_l0(
+    default_model, token_data, tmp_path, kind, activation, extra
+):
+    cfg = _config(tmp_path, kind=kind, activation=activation, log_every=1, **extra)
+    trainer = Trainer(cfg, default_model, token_data)
+    dicts = trainer.train()
+    rows = _metrics(cfg)
+    for layer in cfg.layers:
+        first, last = rows[0][f"layer_{layer}"], rows[-1][f"layer_{layer}"]
+        assert last["fvu"] < 0.7 * first["fvu"] and last["fvu"] < 0.6, (layer, first, last)
+    batch = trainer.buffer.batch(3)
+    for d in dicts.values():
+        assert not d.training
+        with torch.no_grad():
+            l0 = (d.encode(batch[d.in_hook]) > 0).sum(-1).float()
+        if activation == "topk":
+            assert l0.max() == K and l0.mean() > 0.85 * K  # k largest of ReLU(pre): <= k
+        elif activation in ("batchtopk", "jumprelu"):
+            assert K / 3 < l0.mean() < 3 * K, float(l0.mean())
+        else:
+            assert l0.mean() < F / 4, float(l0.mean())
+        if kind == "sae":
+            assert torch.allclose(d.W_dec.norm(dim=-1), torch.ones(F), atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["e2e", "e2e_ds"])
+def test_e2e_objectives_reduce_kl(default_model, token_data, tmp_path, objective):
+    cfg = _config(
+        tmp_path,
+        kind="skip_transcoder",
+        activation="topk",
+        objective=objective,
+        layers=[0, 2],
+        total_tokens=504 * 40,
+        batch_tokens=504,
+    )
+    Trainer(cfg, default_model, token_data).train()
+    rows = _metrics(cfg)
+    assert rows[-1]["kl"] < 0.7 * rows[0]["kl"], (rows[0]["kl"], rows[-1]["kl"])
+    assert all(rows[-1][f"layer_{layer}"]["l0"] <= K for layer in cfg.layers)
+    if objective == "e2e_ds":
+        hooks = [k for k in rows[0] if k.startswith("ds_")]
+        assert len(hooks) == 4  # resid_post of blocks 0..3
+        assert sum(rows[-1][h] for h in hooks) < sum(rows[0][h] for h in hooks)
+
+
+# ---- resume and failure ----------------------------------------------------------------------------
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("objective", "activation"), [("local", "batchtopk"), ("e2e", "jumprelu")])
+def test_killed_and_resumed_run_equals_uninterrupted(
+    default_model, token_data, tmp_path, objective, activation
+):
+    kw = dict(
+        kind="transcoder",
+        activation=activation,
+        objective=objective,
+        layers=[1],
+        total_tokens=504 * 24,
+        batch_tokens=504,
+        checkpoint_every=10,
+    )
+    full = Trainer(_config(tmp_path / "a", **kw), default_model, token_data).train()
+
+    killed = Trainer(_config(tmp_path / "b", **kw), default_model, token_data)
+    step_fn = killed._train_step
+
+    def dying(step):
+        if step == 17:
+            raise _Killed
+        return step_fn(step)
+
+    killed._train_step = dying
+    with pytest.raises(_Killed):
+        killed.train()
+    assert torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=False)["step"] == 10
+    resumed = Trainer(_config(tmp_path / "b", **kw), default_model, token_data)
+    out = resumed.train()
+    for name, tensor in full[1].state_dict().items():
+        assert torch.equal(tensor, out[1].state_dict()[name]), name
+    assert _metrics(resumed.config) == _metrics(_config(tmp_path / "a", **kw))
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(default_model, token_data, tmp_path):
+    cfg = _config(
+        tmp_path,
+        kind="sae",
+        activation="topk",
+        layers=[0],
+        checkpoint_every=5,
+        total_tokens=512 * 20,
+    )
+    trainer = Trainer(cfg, default_model, token_data)
+    local = trainer._local_loss
+
+    def poisoned(step):
+        loss, metrics, n = local(step)
+        return (loss * float("nan") if step == 7 else loss), metrics, n
+
+    trainer._local_loss = poisoned
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    with pytest.raises(TrainingDivergedError, match="checkpoint"):
+        trainer.train()
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 5
+    assert all(torch.isfinite(t).all() for t in state["dictionaries"][0].values())
+    resumed = Trainer(cfg, default_model, token_data)
+    resumed.train()
+    assert resumed.step == cfg.total_steps
+
+
+# ---- configuration and CLI ----------------------------------------------------------------------------
+def test_config_file_errors(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"kind": "sae", "n_featurs": 3}))
+    with pytest.raises(ConfigError, match="n_featurs"):
+        TrainConfig.from_file(path)
+    path.write_text(json.dumps({"activation": "softmax"}))
+    with pytest.raises(ConfigError, match="activation"):
+        TrainConfig.from_file(path)
+    assert TrainConfig(n_features=2**14).learning_rate == pytest.approx(2e-4)
+
+
+def test_cli_with_config_file(default_model, texts, tmp_path):
+    from sparse_circuits_cli import main
+
+    data_dir = tmp_path / "text"
+    data_dir.mkdir()
+    for i, text in enumerate(texts):
+        (data_dir / f"doc{i}.txt").write_text(text)
+    cfg_path = tmp_path / "train.yaml"
+    cfg_path.write_text(
+        f"model: default\ndata: {data_dir}\nkind: skip_transcoder\nactivation: topk\n"
+        f"layers: [0]\nn_features: 64\nk: 4\nctx_len: {CTX}\nbatch_tokens: 256\n"
+        "total_tokens: 100000\nbuffer_tokens: 2048\nval_tokens: 640\nwarmup_steps: 2\n"
+    )
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(cfg_path),
+            "--tokens",
+            "5120",
+            "--layers",
+            "0,1",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    for layer in (0, 1):
+        d = load_native(out / f"layer_{layer}")
+        assert d.kind == "skip_transcoder" and d.n_features == 64
+        assert d.metadata["training"]["total_tokens"] == 5120
+        assert d.metadata["training"]["n_features"] == 64  # from the file
+        assert d.metadata["metrics"]["training_tokens"] == 5120
+        assert 0 < d.metadata["metrics"]["fvu"] < 1
+    report = json.loads((out / "report.json").read_text())
+    assert any(r["name"] == "all" for r in report["rows"])
+    card = json.loads((out / "card.json").read_text())
+    assert [row["layer"] for row in card["layers"]] == [0, 1]

@@ -1,0 +1,98 @@
+"""`sparse-circuits train`: train dictionaries from flags and/or a YAML/JSON config file.
+
+    sparse-circuits train --model default --kind skip_transcoder --activation topk \
+        --layers 0,1,2,3 --objective e2e --n-features 1024 --k 16 --tokens 2e6 --out DIR
+
+Flags given on the command line override the values of `--config FILE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Any
+
+from training.config import ACTIVATIONS, KINDS, OBJECTIVES, TrainConfig, field_docs, parse_layers
+
+# flag name -> (config field, type); None type means a store_true switch
+_FLAGS: dict[str, tuple[str, Any]] = {
+    "model": ("model", str),
+    "data": ("data", str),
+    "kind": ("kind", str),
+    "activation": ("activation", str),
+    "layers": ("layers", parse_layers),
+    "site": ("site", str),
+    "n-features": ("n_features", int),
+    "k": ("k", int),
+    "objective": ("objective", str),
+    "l1-coefficient": ("l1_coefficient", float),
+    "l0-coefficient": ("l0_coefficient", float),
+    "kl-coefficient": ("kl_coefficient", float),
+    "downstream-coefficient": ("downstream_coefficient", float),
+    "aux-k-coefficient": ("aux_k_coefficient", float),
+    "lr": ("lr", float),
+    "warmup-steps": ("warmup_steps", int),
+    "decay": ("decay", str),
+    "batch-tokens": ("batch_tokens", lambda v: int(float(v))),
+    "tokens": ("total_tokens", lambda v: int(float(v))),
+    "ctx-len": ("ctx_len", int),
+    "buffer-tokens": ("buffer_tokens", lambda v: int(float(v))),
+    "dead-after-tokens": ("dead_after_tokens", lambda v: int(float(v))),
+    "seed": ("seed", int),
+    "checkpoint-every": ("checkpoint_every", int),
+    "stop-after-steps": ("stop_after_steps", int),
+    "val-tokens": ("val_tokens", lambda v: int(float(v))),
+    "out": ("out_dir", str),
+    "device": ("device", str),
+    "grad-clip": ("grad_clip", float),
+}
+_CHOICES = {"kind": KINDS, "activation": ACTIVATIONS, "objective": OBJECTIVES}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config file's values (if any), overridden by every flag that was given."""
+    values: dict[str, Any] = {}
+    if args.config:
+        values = TrainConfig.from_file(args.config).to_dict()
+    for flag, (field_name, _) in _FLAGS.items():
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            values[field_name] = value
+    if args.quiet:
+        values["verbose"] = False
+    if args.no_resume:
+        values["resume"] = False
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train and print where the dictionaries went."""
+    from training.trainer import Trainer
+
+    config = config_from_args(args)
+    trainer = Trainer(config)
+    trainer.train()
+    if trainer.step < config.total_steps:
+        print(f"stopped after step {trainer.step}; checkpoint in {config.out_dir}")
+    else:
+        print(f"trained {len(config.layers)} dictionaries -> {config.out_dir}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` subcommand."""
+    parser = subparsers.add_parser("train", help="train sparse dictionaries (SAEs, transcoders)")
+    parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields")
+    docs = field_docs()
+    for flag, (field_name, typ) in _FLAGS.items():
+        parser.add_argument(
+            f"--{flag}",
+            type=typ,
+            default=None,
+            choices=_CHOICES.get(flag),
+            help=f"{docs.get(field_name, '')} [{field_name}]".replace("%", "%%"),
+        )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    parser.set_defaults(func=run_train)

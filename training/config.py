@@ -1,0 +1,209 @@
+"""The configuration of one dictionary-training run (`TrainConfig`), readable from YAML/JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from replacement.errors import SparseCircuitsError
+
+KINDS = ("sae", "transcoder", "skip_transcoder")
+ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+OBJECTIVES = ("local", "e2e", "e2e_ds")
+DECAYS = ("cosine", "linear", "none")
+
+
+class ConfigError(SparseCircuitsError):
+    """A training configuration value that is missing, unknown or out of range."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; equal configs give equal dictionaries."""
+
+    model: str = "default"
+    """Model to train on: "default" (the embedded model), a folder or a Hugging Face name."""
+    data: str | None = None
+    """Text file or folder of text files; None uses the default model's corpus (Python stdlib)."""
+    kind: str = "skip_transcoder"
+    """Dictionary kind: sae, transcoder or skip_transcoder."""
+    activation: str = "topk"
+    """Activation: relu, topk, batchtopk, jumprelu or gated."""
+    layers: list[int] = field(default_factory=lambda: [0])
+    """Block indices that get a dictionary (one per layer)."""
+    site: str = "hook_mlp_out"
+    """Hook inside `blocks.{l}.` an SAE reads and writes (transcoders: MLP input -> output)."""
+    n_features: int = 1024
+    """Number of features F of each dictionary."""
+    k: int = 16
+    """Active features per token for topk and batchtopk."""
+    objective: str = "local"
+    """local (reconstruct activations), e2e (KL of the spliced model) or e2e_ds (e2e + downstream MSE)."""
+    l1_coefficient: float = 0.1
+    """Weight of the decoder-norm-weighted L1 penalty (relu and gated)."""
+    l0_coefficient: float = 1e-3
+    """Weight of the straight-through L0 penalty (jumprelu), per feature per token."""
+    kl_coefficient: float = 1.0
+    """Weight of KL(p_orig || p_spliced) in the e2e objectives."""
+    downstream_coefficient: float = 2.5
+    """Total weight of the downstream resid_post MSE terms of e2e_ds (split evenly over layers)."""
+    aux_k_coefficient: float = 1 / 32
+    """Weight of the AuxK dead-latent loss (topk and batchtopk)."""
+    lr: float | None = None
+    """Adam learning rate; None uses 2e-4 / sqrt(F / 2^14)."""
+    adam_eps: float = 1e-6
+    """Adam epsilon (above torch's 1e-8 so rounding-noise gradients never make full-size steps)."""
+    warmup_steps: int = 50
+    """Steps of linear learning-rate warm-up from 0."""
+    decay: str = "cosine"
+    """Learning-rate decay to 0 over the last `decay_fraction` of steps: cosine, linear or none."""
+    decay_fraction: float = 0.2
+    """Fraction of the run (at its end) over which the learning rate decays to 0."""
+    grad_clip: float | None = 1.0
+    """Maximum global gradient norm (None: no clipping)."""
+    batch_tokens: int = 4096
+    """Tokens per optimiser step (e2e: rounded to whole sequences of ctx_len - 1 predicted tokens)."""
+    total_tokens: int = 2_000_000
+    """Training tokens in all; steps = total_tokens // batch_tokens."""
+    ctx_len: int = 128
+    """Sequence length, BOS included."""
+    buffer_tokens: int = 65536
+    """Activations per refill of the shuffled mixing buffer (local objective)."""
+    val_tokens: int = 32768
+    """Held-out tokens for report.json (taken from the validation split)."""
+    val_fraction: float = 0.02
+    """Share of the sequences set aside for validation when the data has no held-out part."""
+    dead_after_tokens: int | None = None
+    """A feature not firing for this many tokens counts as dead; None: min(1e7, total_tokens // 10)."""
+    seed: int = 0
+    """Seed of initialisation and data order (data order is a pure function of seed and step)."""
+    checkpoint_every: int = 500
+    """Steps between atomic checkpoints (0: only at the end)."""
+    log_every: int = 10
+    """Steps between lines of metrics.jsonl."""
+    out_dir: str = "runs/dictionaries"
+    """Folder of checkpoints, metrics.jsonl, layer_{l}.safetensors/json and report.json."""
+    resume: bool = True
+    """Continue from out_dir/checkpoint.pt when it exists."""
+    stop_after_steps: int | None = None
+    """Stop after this step keeping only the checkpoint (to split a run over several jobs)."""
+    evaluate: bool = True
+    """Write report.json (spliced loss on held-out tokens) at the end."""
+    verbose: bool = True
+    """Show a tqdm progress bar."""
+    device: str | None = None
+    """Torch device (None: the model's device, CUDA when available for loaded models)."""
+
+    # ---- derived values ----------------------------------------------------------------------
+    @property
+    def learning_rate(self) -> float:
+        """The lr in use: the configured one or 2e-4 / sqrt(F / 2^14)."""
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.n_features / 2**14)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run."""
+        return max(1, int(self.total_tokens) // int(self.batch_tokens))
+
+    @property
+    def dead_threshold(self) -> int:
+        """Tokens without firing after which a feature is dead."""
+        if self.dead_after_tokens is not None:
+            return int(self.dead_after_tokens)
+        return int(min(10_000_000, max(1, self.total_tokens // 10)))
+
+    # ---- checks and files ----------------------------------------------------------------------
+    def validate(self) -> TrainConfig:
+        """Raise `ConfigError` naming the first bad field; returns self."""
+        for name, value, allowed in (
+            ("kind", self.kind, KINDS),
+            ("activation", self.activation, ACTIVATIONS),
+            ("objective", self.objective, OBJECTIVES),
+            ("decay", self.decay, DECAYS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r} is unknown; expected one of {allowed}")
+        if self.activation == "gated" and self.kind != "sae":
+            raise ConfigError("activation 'gated' is implemented for kind 'sae' only")
+        if not self.layers:
+            raise ConfigError("layers is empty; expected at least one block index")
+        for name in ("n_features", "k", "batch_tokens", "total_tokens", "buffer_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ctx_len < 3:
+            raise ConfigError(f"ctx_len must be >= 3 (BOS + two tokens), got {self.ctx_len}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ConfigError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown keys raise `ConfigError` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown training config keys {unknown}; expected some of {sorted(known)}"
+            )
+        data = dict(data)
+        if isinstance(data.get("layers"), (int, str)):
+            data["layers"] = parse_layers(data["layers"])
+        for key in ("total_tokens", "batch_tokens", "buffer_tokens", "val_tokens"):
+            if isinstance(data.get(key), (float, str)):
+                data[key] = int(float(data[key]))
+        return cls(**data).validate()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML (.yaml/.yml) or JSON file of config fields."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"training config file {str(path)!r} does not exist")
+        text = path.read_text()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{str(path)!r} should hold a mapping of config fields")
+        return cls.from_dict(data)
+
+
+def field_docs() -> dict[str, str]:
+    """The one-line docstring of each TrainConfig field (read from the source), for --help."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(TrainConfig)).body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def parse_layers(value: int | str | list[int]) -> list[int]:
+    """`"0,1,2"`, `"0-3"`, `2` or `[0, 1]` -> a list of block indices."""
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [int(v) for v in value]
+    out: list[int] = []
+    for part in str(value).split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-")
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out

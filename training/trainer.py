@@ -1,0 +1,570 @@
+"""Train one dictionary per layer with a local, e2e or e2e+downstream objective.
+
+    trainer = Trainer(TrainConfig(kind="skip_transcoder", activation="topk", layers=[0, 1]))
+    dictionaries = trainer.train()        # {layer: Dictionary}, also saved under out_dir
+
+Objectives:
+- local: each layer's dictionary reconstructs its own activations (from a shuffled buffer
+  filled by one forward pass for all layers); loss = FVU + sparsity.
+- e2e (Braun et al. 2024): all listed layers are spliced at once; loss = kl_coefficient *
+  KL(p_orig || p_spliced) averaged over non-BOS positions + sparsity. We use KL(orig || spliced),
+  the direction the reference code computes.
+- e2e_ds: e2e plus the MSE (over the variance) between spliced and original
+  `blocks.{m}.hook_resid_post` for every layer m from the first spliced layer on, with weights
+  downstream_coefficient / (number of such layers).
+
+The data of step s is a pure function of (seed, s), so resuming from a checkpoint (weights,
+optimiser, scheduler, RNG states, dead-feature counters, step) continues exactly where an
+uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from replacement.atomic import atomic_path, write_json
+from replacement.dictionary import Dictionary, GatedDictionary
+from replacement.errors import SparseCircuitsError
+from replacement.hooks import layer_hooks
+from replacement.splice import splice
+from training.activations import ActivationBuffer
+from training.config import TrainConfig
+from training.data import TokenData, load_token_data, sample_indices, token_mask
+from training.distributed import DistContext, context
+from training.losses import (
+    LossScale,
+    init_b_dec,
+    init_jumprelu_threshold,
+    initialise,
+    normalise_decoder,
+    reconstruction_loss,
+    remove_parallel_grad,
+    sparsity_loss,
+)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+# Fields that may change between a run and its resumption without changing the result.
+_RESUMABLE_FIELDS = {
+    "resume",
+    "stop_after_steps",
+    "verbose",
+    "evaluate",
+    "checkpoint_every",
+    "out_dir",
+    "device",
+}
+
+
+class TrainingDivergedError(SparseCircuitsError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointMismatchError(SparseCircuitsError):
+    """out_dir holds a checkpoint of a run with a different configuration."""
+
+
+def build_dictionary(model: Any, config: TrainConfig, layer: int) -> Dictionary:
+    """An untrained dictionary of the configured kind at `layer` (weights not initialised)."""
+    d_model = int(model.cfg.d_model)
+    hooks = layer_hooks(layer)
+    if config.kind == "sae":
+        in_hook = out_hook = f"blocks.{layer}.{config.site}"
+    else:
+        in_hook, out_hook = hooks.mlp_in, hooks.mlp_out
+    kw: dict[str, Any] = {
+        "skip": config.kind == "skip_transcoder",
+        "model_name": str(getattr(model.cfg, "model_name", "") or ""),
+    }
+    if config.activation == "gated":
+        return GatedDictionary(d_model, d_model, config.n_features, in_hook, out_hook, **kw)
+    params = {"k": config.k} if config.activation in ("topk", "batchtopk") else {}
+    return Dictionary(
+        d_model,
+        d_model,
+        config.n_features,
+        in_hook,
+        out_hook,
+        config.activation,
+        activation_params=params,
+        **kw,
+    )
+
+
+class Trainer:
+    """Trains the dictionaries of `config.layers` on `model` with `data`.
+
+    Args:
+        config: the run's configuration.
+        model: a loaded bridge (default: `load_model(config.model)`).
+        data: a `TokenData`, or any source `load_token_data` reads (default: `config.data`,
+            then the default model's corpus).
+    """
+
+    def __init__(self, config: TrainConfig, model: Any = None, data: Any = None):
+        self.config = config.validate()
+        if model is None:
+            from replacement.model import load_model
+
+            model = load_model(config.model, device=config.device)
+        self.model = model
+        self.device = torch.device(config.device or model.cfg.device)
+        self.dist: DistContext = context(self.device)
+        if not isinstance(data, TokenData):
+            data = load_token_data(
+                model,
+                data if data is not None else config.data,
+                config.ctx_len,
+                config.val_fraction,
+            )
+        self.data = data
+        self.ctx_len = int(data.train.shape[1])
+        n_layers = int(model.cfg.n_layers)
+        bad = [layer for layer in config.layers if not 0 <= layer < n_layers]
+        if bad:
+            raise SparseCircuitsError(f"layers {bad} do not exist; the model has {n_layers} blocks")
+        gen = torch.Generator().manual_seed(config.seed)
+        self.dictionaries: dict[int, Dictionary] = {}
+        for layer in config.layers:
+            d = build_dictionary(model, config, layer)
+            initialise(d, gen)
+            self.dictionaries[layer] = d.to(self.device).train()
+        self.params = [p for d in self.dictionaries.values() for p in d.parameters()]
+        self.optimizer = torch.optim.Adam(self.params, lr=config.learning_rate, eps=config.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.step = 0
+        self.since_fired = {
+            layer: torch.zeros(config.n_features, dtype=torch.long) for layer in config.layers
+        }
+        self.out_dir = Path(config.out_dir)
+        self.buffer: ActivationBuffer | None = None
+        if config.objective == "local":
+            hooks = sorted({h for d in self.dictionaries.values() for h in (d.in_hook, d.out_hook)})
+            self.buffer = ActivationBuffer(
+                model, data, hooks, config.batch_tokens, config.buffer_tokens, config.seed
+            )
+        # sequences per e2e step: batch_tokens predicted tokens, ctx_len - 1 per sequence
+        self.rows_per_step = max(1, config.batch_tokens // (self.ctx_len - 1))
+        self.last_metrics: dict[str, Any] = {}
+
+    # ---- schedule ---------------------------------------------------------------------------
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the base lr at `step`: linear warm-up, flat, then decay to 0."""
+        cfg, total = self.config, self.config.total_steps
+        factor = 1.0
+        if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+            factor = (step + 1) / cfg.warmup_steps
+        start = int(total * (1 - cfg.decay_fraction))
+        if cfg.decay != "none" and step >= start and total > start:
+            p = (step - start) / (total - start)
+            factor *= 0.5 * (1 + math.cos(math.pi * p)) if cfg.decay == "cosine" else 1 - p
+        return factor
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Global training tokens consumed by one step."""
+        if self.config.objective == "local":
+            return self.config.batch_tokens
+        return self.rows_per_step * (self.ctx_len - 1)
+
+    def dead_mask(self, layer: int) -> Tensor:
+        """Features that have not fired for `dead_threshold` tokens."""
+        return (self.since_fired[layer] >= self.config.dead_threshold).to(self.device)
+
+    # ---- one step -----------------------------------------------------------------------------
+    def _init_b_dec(self, targets: dict[int, Tensor]) -> None:
+        for layer, y in targets.items():
+            y = y.detach().double()
+            stats = self.dist.reduce_sum(torch.cat([y.sum(0), y.new_tensor([y.shape[0]])]))
+            init_b_dec(self.dictionaries[layer], stats[:-1] / stats[-1])
+
+    def _init_thresholds(self, inputs: dict[int, Tensor]) -> None:
+        """JumpReLU thresholds from rank 0's first batch (broadcast by a masked sum)."""
+        for layer, x in inputs.items():
+            d = self.dictionaries[layer]
+            if d.activation_name != "jumprelu":
+                continue
+            with torch.no_grad():
+                thr = init_jumprelu_threshold(d, d.pre_acts(x.to(d.W_enc)), self.config.k)
+                thr = self.dist.reduce_sum(thr if self.dist.is_main else torch.zeros_like(thr))
+                d.activation.log_threshold.copy_(thr.log())
+
+    def _dictionary_terms(
+        self, layer: int, x: Tensor, y: Tensor, y_hat: Tensor, acts: Tensor, pre: Tensor | None
+    ) -> tuple[dict[str, Tensor], dict[str, float], Tensor, LossScale]:
+        """Sparsity terms, metrics (FVU, L0) and the fired mask of one layer."""
+        cfg, d = self.config, self.dictionaries[layer]
+        scale = LossScale.of(y, self.dist.reduce_sum)
+        terms = sparsity_loss(
+            d,
+            x,
+            y,
+            y_hat,
+            acts,
+            scale,
+            l1_coefficient=cfg.l1_coefficient,
+            l0_coefficient=cfg.l0_coefficient,
+            aux_k_coefficient=cfg.aux_k_coefficient,
+            dead=self.dead_mask(layer),
+            pre=pre,
+        )
+        with torch.no_grad():
+            active = acts > 0
+            sums = self.dist.reduce_sum(
+                torch.stack([(y - y_hat).double().pow(2).sum(), active.sum().double()])
+            )
+            fired = self.dist.reduce_sum(active.any(0).long()) > 0
+        metrics = {
+            "fvu": float(sums[0] / (scale.n_tokens * scale.var)),
+            "l0": float(sums[1] / scale.n_tokens),
+        }
+        return terms, metrics, fired, scale
+
+    def _local_loss(self, step: int) -> tuple[Tensor, dict[str, Any], int]:
+        assert self.buffer is not None
+        batch = self.buffer.batch(step)
+        shard = self.dist.shard(self.config.batch_tokens)
+        if step == 0 and not self._resumed:
+            self._init_b_dec(
+                {layer: batch[d.out_hook][shard] for layer, d in self.dictionaries.items()}
+            )
+            self._init_thresholds(
+                {layer: batch[d.in_hook][shard] for layer, d in self.dictionaries.items()}
+            )
+        total = torch.zeros((), device=self.device)
+        metrics: dict[str, Any] = {}
+        for layer, d in self.dictionaries.items():
+            x = batch[d.in_hook][shard].to(d.W_enc)
+            y = batch[d.out_hook][shard].to(d.W_enc)
+            if isinstance(d, GatedDictionary):
+                pre, acts = None, d.encode(x)
+            else:
+                pre = d.pre_acts(x)
+                acts = d.activation(pre)
+            y_hat = d.decode(acts) + (d.skip(x) if d.W_skip is not None else 0)
+            terms, m, fired, scale = self._dictionary_terms(layer, x, y, y_hat, acts, pre)
+            recon = reconstruction_loss(y, y_hat, scale)
+            total = total + recon + sum(terms.values(), torch.zeros((), device=self.device))
+            self._update_fired(layer, fired)
+            metrics[f"layer_{layer}"] = {
+                **m,
+                **{k: float(self.dist.reduce_sum(v.detach())) for k, v in terms.items()},
+            }
+        return total, metrics, self.config.batch_tokens
+
+    def _step_tokens(self, step: int) -> Int[Tensor, "rows ctx"]:
+        rows = sample_indices(
+            self.data.train.shape[0],
+            step * self.rows_per_step,
+            self.rows_per_step,
+            self.config.seed,
+        )
+        return self.data.train[rows][self.dist.shard(self.rows_per_step)]
+
+    def _e2e_loss(self, step: int) -> tuple[Tensor, dict[str, Any], int]:
+        cfg = self.config
+        tokens = self._step_tokens(step).to(self.device)
+        mask = token_mask(tokens, self.data.special_ids).to(self.device)
+        n_tokens = float(self.dist.reduce_sum(mask.sum().double()))
+        ds_layers = (
+            list(range(min(cfg.layers), int(self.model.cfg.n_layers)))
+            if cfg.objective == "e2e_ds"
+            else []
+        )
+        ds_hooks = [f"blocks.{m}.hook_resid_post" for m in ds_layers]
+        fresh = step == 0 and not self._resumed
+        firsts = [h for d in self.dictionaries.values() for h in (d.in_hook, d.out_hook)]
+        needed = sorted(set(ds_hooks + (firsts if fresh else [])))
+        with torch.no_grad():
+            captured: dict[str, Tensor] = {}
+            fwd = [(h, _capture(captured, h)) for h in needed]
+            logits_orig = (
+                self.model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else self.model(tokens)
+            )
+            logp_orig = torch.log_softmax(logits_orig.float(), dim=-1)
+        if fresh:
+            self._init_b_dec(
+                {layer: captured[d.out_hook][mask] for layer, d in self.dictionaries.items()}
+            )
+            self._init_thresholds(
+                {layer: captured[d.in_hook][mask] for layer, d in self.dictionaries.items()}
+            )
+        spliced_ds: dict[str, Tensor] = {}
+        with splice(self.model, list(self.dictionaries.values()), record=True) as state:
+            with self.model.hooks(
+                fwd_hooks=[(h, _capture(spliced_ds, h, detach=False)) for h in ds_hooks]
+            ):
+                logits = self.model(tokens)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        kl_tok = (logp_orig.exp() * (logp_orig - logp)).sum(-1)
+        kl = kl_tok[mask].sum() / n_tokens
+        total = cfg.kl_coefficient * kl
+        metrics: dict[str, Any] = {"kl": float(self.dist.reduce_sum(kl.detach()))}
+        for hook in ds_hooks:
+            orig = captured[hook][mask]
+            scale = LossScale.of(orig, self.dist.reduce_sum)
+            mse = (spliced_ds[hook][mask] - orig).pow(2).sum() / (scale.n_tokens * scale.var)
+            total = total + cfg.downstream_coefficient / len(ds_hooks) * mse
+            metrics[f"ds_{hook}"] = float(self.dist.reduce_sum(mse.detach()))
+        for layer, d in self.dictionaries.items():
+            out = d.out_hook
+            x, y = state.inputs[out][mask], state.targets[out][mask]
+            y_hat, acts = state.recons[out][mask], state.acts[out][mask]
+            terms, m, fired, _ = self._dictionary_terms(layer, x, y.detach(), y_hat, acts, None)
+            total = total + sum(terms.values(), torch.zeros((), device=self.device))
+            self._update_fired(layer, fired)
+            metrics[f"layer_{layer}"] = {
+                **m,
+                **{k: float(self.dist.reduce_sum(v.detach())) for k, v in terms.items()},
+            }
+        return total, metrics, int(n_tokens)
+
+    def _update_fired(self, layer: int, fired: Tensor) -> None:
+        self.since_fired[layer] += self.tokens_per_step
+        self.since_fired[layer][fired.cpu()] = 0
+
+    def _train_step(self, step: int) -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_fn = self._local_loss if self.config.objective == "local" else self._e2e_loss
+        loss, metrics, n_tokens = loss_fn(step)
+        global_loss = float(self.dist.reduce_sum(loss.detach().double()))
+        if not math.isfinite(global_loss):
+            where = (
+                f"the last good checkpoint {str(self.out_dir / CHECKPOINT_FILE)!r} is kept"
+                if (self.out_dir / CHECKPOINT_FILE).exists()
+                else "no checkpoint had been written yet"
+            )
+            raise TrainingDivergedError(
+                f"training loss became {global_loss} at step {step}; stopping ({where}). "
+                "Try a lower lr, stronger grad_clip or check the data for extreme activations."
+            )
+        loss.backward()
+        self.dist.reduce_grads(self.params)
+        for d in self.dictionaries.values():
+            remove_parallel_grad(d)
+        grad_norm = None
+        if self.config.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        for d in self.dictionaries.values():
+            normalise_decoder(d)
+        for layer in self.dictionaries:
+            metrics[f"layer_{layer}"]["dead_share"] = float(self.dead_mask(layer).float().mean())
+        return {
+            "step": step + 1,
+            "tokens": (step + 1) * self.tokens_per_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": global_loss,
+            "grad_norm": grad_norm,
+            **metrics,
+        }
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimiser, scheduler, RNG, counters."""
+        return {
+            "step": self.step,
+            "tokens": self.step * self.tokens_per_step,
+            "config": self.config.to_dict(),
+            "dictionaries": {layer: d.state_dict() for layer, d in self.dictionaries.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "since_fired": self.since_fired,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write out_dir/checkpoint.pt atomically (rank 0 only)."""
+        path = self.out_dir / CHECKPOINT_FILE
+        if self.dist.is_main:
+            with atomic_path(path) as tmp:
+                torch.save(self.checkpoint_state(), tmp)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a checkpoint written by `save_checkpoint` of a run with the same config."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        old, new = state["config"], self.config.to_dict()
+        diff = sorted(k for k in new if k not in _RESUMABLE_FIELDS and old.get(k) != new[k])
+        if diff:
+            raise CheckpointMismatchError(
+                f"checkpoint {str(path)!r} was written with different settings {diff}; "
+                "use another out_dir or resume=False"
+            )
+        for layer, d in self.dictionaries.items():
+            d.load_state_dict(state["dictionaries"][layer])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.since_fired = {int(k): v.clone() for k, v in state["since_fired"].items()}
+        torch.set_rng_state(state["rng_cpu"])
+        if state.get("rng_cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.step = int(state["step"])
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def train(self) -> dict[int, Dictionary]:
+        """Run (or resume) training; returns {layer: Dictionary} in eval mode.
+
+        Writes checkpoint.pt every `checkpoint_every` steps, metrics.jsonl, and at the end
+        layer_{l}.safetensors/json, report.json and card.json in out_dir.
+        """
+        cfg = self.config
+        ckpt = self.out_dir / CHECKPOINT_FILE
+        self._resumed = bool(cfg.resume and ckpt.exists())
+        if self._resumed:
+            self.load_checkpoint(ckpt)
+        self._trim_metrics()
+        total = cfg.total_steps
+        end = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
+        bar = tqdm(
+            range(self.step, end),
+            total=total,
+            initial=self.step,
+            desc="train",
+            disable=not (cfg.verbose and self.dist.is_main),
+            dynamic_ncols=True,
+        )
+        for step in bar:
+            record = self._train_step(step)
+            self.step = step + 1
+            self.last_metrics = record
+            if self.dist.is_main and (self.step % max(1, cfg.log_every) == 0 or self.step == end):
+                self._append_metrics(record)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            layers = [record[f"layer_{layer}"] for layer in self.dictionaries]
+            bar.set_postfix(
+                loss=f"{record['loss']:.4g}",
+                fvu=f"{sum(m['fvu'] for m in layers) / len(layers):.3f}",
+                l0=f"{sum(m['l0'] for m in layers) / len(layers):.1f}",
+                dead=f"{sum(m['dead_share'] for m in layers) / len(layers):.2f}",
+            )
+        bar.close()
+        if self.step < total:
+            self.save_checkpoint()
+            return self.dictionaries
+        self._debias_batchtopk_thresholds()
+        for d in self.dictionaries.values():
+            d.eval()
+        if cfg.checkpoint_every:
+            self.save_checkpoint()
+        if self.dist.is_main:
+            self._write_outputs()
+        return self.dictionaries
+
+    @torch.no_grad()
+    def _debias_batchtopk_thresholds(self) -> None:
+        """Undo the zero start of BatchTopK's running threshold (as Adam debiases moments).
+
+        The threshold is an exponential moving average started at 0; after t steps its weights
+        sum to 1 - (1 - momentum)^t, so short runs would otherwise keep a threshold far too
+        low and fire many more than k features per token at inference.
+        """
+        for d in self.dictionaries.values():
+            act = d.activation
+            if d.activation_name == "batchtopk":
+                act.threshold.div_(1 - (1 - act.momentum) ** max(1, self.step))
+
+    # ---- outputs -----------------------------------------------------------------------------
+    def _trim_metrics(self) -> None:
+        """Drop metrics lines beyond the resumed step (they will be recomputed)."""
+        path = self.out_dir / METRICS_FILE
+        if not self.dist.is_main:
+            return
+        if not self._resumed:
+            if path.exists():
+                path.unlink()
+            return
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln)["step"] <= self.step]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in keep))
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def validation_tokens(self) -> Int[Tensor, "rows ctx"]:
+        """Held-out rows used for report.json (about val_tokens tokens)."""
+        n = max(1, self.config.val_tokens // self.ctx_len)
+        return self.data.val[:n]
+
+    def _write_outputs(self) -> None:
+        from replacement.formats.native import save_dictionary
+        from replacement.loss import spliced_loss
+
+        cfg = self.config
+        tokens_seen = self.step * self.tokens_per_step
+        report = None
+        if cfg.evaluate:
+            report = spliced_loss(
+                self.model,
+                list(self.dictionaries.values()),
+                self.validation_tokens(),
+                verbose=cfg.verbose,
+            )
+            write_json(self.out_dir / "report.json", report.to_dict())
+        layers_card = []
+        for layer, d in self.dictionaries.items():
+            train_m = self.last_metrics.get(f"layer_{layer}", {})
+            final = {
+                "layer": layer,
+                "training_tokens": tokens_seen,
+                "train_fvu": train_m.get("fvu"),
+                "train_l0": train_m.get("l0"),
+                "train_dead_share": train_m.get("dead_share"),
+            }
+            if report is not None:
+                r = report.row(d.out_hook) if len(self.dictionaries) > 1 else report.all
+                final.update(
+                    n_features=d.n_features,
+                    fvu=r.fvu,
+                    l0=r.l0,
+                    dead_share=r.dead_share,
+                    ce_increase=r.ce_increase,
+                    kl=r.kl,
+                    frac_recovered=r.recovered_zero,
+                    frac_recovered_mean=r.recovered_mean,
+                    shrinkage=r.shrinkage,
+                )
+            d.metadata = {**d.metadata, "training": cfg.to_dict(), "metrics": final}
+            save_dictionary(d, self.out_dir / f"layer_{layer}")
+            layers_card.append(final)
+        card = {
+            "description": (
+                f"{cfg.kind} ({cfg.activation}, F={cfg.n_features}"
+                + (f", k={cfg.k}" if cfg.activation in ("topk", "batchtopk") else "")
+                + f") on {cfg.model}, objective {cfg.objective}, {tokens_seen:,} tokens"
+            ),
+            "model": cfg.model,
+            "training": cfg.to_dict(),
+            "layers": layers_card,
+        }
+        if report is not None:
+            card["all"] = {k: v for k, v in vars(report.all).items() if k != "hooks"}
+        write_json(self.out_dir / "card.json", card)
+
+
+def _capture(store: dict[str, Tensor], name: str, detach: bool = True):
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        store[name] = act.detach() if detach else act
+        return act
+
+    return hook
+
+
+def train(config: TrainConfig, model: Any = None, data: Any = None) -> dict[int, Dictionary]:
+    """`Trainer(config, model, data).train()`."""
+    return Trainer(config, model, data).train()
