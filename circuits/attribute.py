@@ -32,14 +32,19 @@ from circuits.replacement_forward import frozen_forward
 from circuits.sources import PromptSources, collect_sources
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
+from replacement.hooks import check_hook, hook_layer
 from replacement.model import to_tokens
 
 
-def _prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
+def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
+    """Token ids of a prompt with BOS at position 0 (prepended when missing), within n_ctx."""
     if isinstance(prompt, str):
         tokens = to_tokens(model, prompt)[0]
     else:
         tokens = torch.as_tensor(prompt).reshape(-1).to(model.cfg.device)
+        bos = getattr(model.tokenizer, "bos_token_id", None)
+        if bos is not None and (tokens.numel() == 0 or int(tokens[0]) != bos):
+            tokens = torch.cat([tokens.new_tensor([bos]), tokens])
     if tokens.numel() > model.cfg.n_ctx:
         raise SparseCircuitsError(
             f"the prompt has {tokens.numel()} tokens (BOS included), more than the model's "
@@ -48,6 +53,22 @@ def _prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
     if tokens.numel() < 2:
         raise SparseCircuitsError("the prompt needs at least one token after BOS")
     return tokens
+
+
+def _ordered(model: Any, dictionaries: Sequence[Dictionary]) -> list[Dictionary]:
+    """Dictionaries in layer order, checked: hooks exist, one dictionary per out_hook."""
+    if len(dictionaries) == 0:
+        raise SparseCircuitsError("attribute needs at least one dictionary")
+    seen: set[str] = set()
+    for d in dictionaries:
+        check_hook(model, d.in_hook)
+        check_hook(model, d.out_hook)
+        if d.out_hook in seen:
+            raise SparseCircuitsError(
+                f"two dictionaries write to {d.out_hook!r}; expected at most one per out_hook"
+            )
+        seen.add(d.out_hook)
+    return sorted(dictionaries, key=lambda d: (hook_layer(d.out_hook), d.out_hook))
 
 
 def _logit_targets(
@@ -87,14 +108,16 @@ def attribute(
     max_feature_nodes: int | None = None,
     batch_size: int = 64,
     verbose: bool = True,
+    offload_rows_to_cpu: bool = True,
 ) -> AttributionGraph:
     """Attribution graph of `prompt` through the dictionaries spliced into `model`.
 
     Args:
         model: a `TransformerBridge` from `replacement.load_model`.
         dictionaries: transcoders or skip transcoders (MLP input -> MLP output) or SAEs, one
-            per out_hook; layers without a dictionary keep their real MLP (frozen, but not a node).
-        prompt: text (BOS is prepended) or token ids that already start with BOS.
+            per out_hook. The MLP of a layer without a transcoder is differentiated through
+            (a local linear estimate, not a node), as is the MLP under an SAE.
+        prompt: text or token ids; BOS is prepended when it is not already at position 0.
         max_n_logits, desired_logit_prob: logit targets are the most probable next tokens, up
             to `max_n_logits` or until their cumulative probability reaches the desired value.
         target_tokens: explicit logit targets (ids or single-token strings) instead.
@@ -102,12 +125,22 @@ def attribute(
             final norm's output, or a pair of tokens (a, b) for logit(a) - logit(b).
         max_feature_nodes: keep at most this many feature nodes, chosen in order of influence
             on the targets, estimated from the rows computed so far; None keeps every active one.
-        batch_size: target rows per backward pass.
+        batch_size: target rows per backward pass (the prompt is repeated this many times).
         verbose: show a progress bar.
+        offload_rows_to_cpu: move each batch of rows to the CPU as it is computed (the
+            default); False keeps the visited rows on the model's device until the end, which
+            is faster on an accelerator with memory to spare. The returned adjacency is
+            always on the CPU.
+
+    Raises:
+        SparseCircuitsError: prompt longer than n_ctx, a missing hook, two dictionaries on
+            one out_hook, or a target token that is not a single token.
     """
     start = time.perf_counter()
-    dictionaries = sorted(dictionaries, key=lambda d: d.out_hook)
-    tokens = _prompt_tokens(model, prompt)
+    if batch_size < 1:
+        raise SparseCircuitsError(f"batch_size must be at least 1, got {batch_size}")
+    dictionaries = _ordered(model, dictionaries)
+    tokens = prompt_tokens(model, prompt)
     n_pos = tokens.numel()
     sources = collect_sources(model, dictionaries, tokens)
     probs = sources.logits[-1].float().softmax(-1)
@@ -122,7 +155,12 @@ def attribute(
                 f"logit({model.tokenizer.decode([a])!r}) - logit({model.tokenizer.decode([b])!r})"
             )
         else:
-            direction = torch.as_tensor(target_direction, dtype=torch.float32)
+            direction = torch.as_tensor(target_direction, dtype=torch.float32).detach()
+            if direction.shape != (model.cfg.d_model,):
+                raise SparseCircuitsError(
+                    f"target_direction has shape {tuple(direction.shape)}; expected "
+                    f"({model.cfg.d_model},) (d_model) or a pair of tokens"
+                )
             label = "custom direction"
         logit_dirs = direction.reshape(1, -1)
         logit_ids, logit_weights, logit_labels = [-1], torch.ones(1), [label]
@@ -137,34 +175,41 @@ def attribute(
     n_feat = sources.n_features
     n_src = sources.n_sources  # features, then errors, then tokens
     n_logit = len(logit_ids)
-    engine = _RowEngine(model, dictionaries, tokens, sources, batch_size)
-
-    # rows: logits first, then features in order of estimated influence
-    logit_rows = engine.rows_for_logits(logit_dirs, verbose)  # [n_logit, n_src]
     budget = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
-    # only the rows of visited features are stored: [budget, n_src], never [n_feat, n_src]
-    feature_rows = torch.zeros(budget, n_src)
-    order = torch.empty(0, dtype=torch.long)  # feature index of each stored row
-    bar = tqdm(total=budget, desc="feature rows", disable=not verbose, leave=False)
-    while len(order) < budget:
-        infl = _estimated_influence(
-            logit_rows, feature_rows[: len(order)], order, logit_weights, n_feat
-        )
-        infl[order] = -1.0
-        take = min(batch_size, budget - len(order))
-        chosen = infl.argsort(descending=True)[:take]
-        feature_rows[len(order) : len(order) + take] = engine.rows_for_features(chosen)
-        order = torch.cat([order, chosen])
-        bar.update(take)
+    row_device = torch.device("cpu") if offload_rows_to_cpu else tokens.device
+    bar = tqdm(total=n_logit + budget, desc="attribution rows", disable=not verbose, leave=False)
+    # no wider a batch than the most rows one backward pass will read
+    batch_size = min(batch_size, max(n_logit, budget))
+    with _RowEngine(model, dictionaries, tokens, sources, batch_size) as engine:
+        # rows: logits first, then features in order of estimated influence
+        logit_rows = engine.rows_for_logits(logit_dirs).to(row_device)  # [n_logit, n_src]
+        bar.update(n_logit)
+        logit_weights_dev = logit_weights.to(row_device)
+        # only the rows of visited features are stored: [budget, n_src], never [n_feat, n_src]
+        feature_rows = torch.zeros(budget, n_src, device=row_device)
+        order = torch.empty(0, dtype=torch.long, device=row_device)  # feature of each row
+        while len(order) < budget:
+            infl = _estimated_influence(
+                logit_rows, feature_rows[: len(order)], order, logit_weights_dev, n_feat
+            )
+            infl[order] = -1.0
+            take = min(batch_size, budget - len(order))
+            chosen = infl.argsort(descending=True)[:take]
+            rows = engine.rows_for_features(chosen.to(sources.feat_dict.device))
+            feature_rows[len(order) : len(order) + take] = rows.to(row_device)
+            order = torch.cat([order, chosen])
+            bar.update(take)
     bar.close()
 
-    keep, perm = order.sort()  # feature nodes kept, in source order
+    keep, perm = order.cpu().sort()  # feature nodes kept, in source order
     src_keep = torch.cat([keep, torch.arange(n_feat, n_src)])
     n_keep = len(keep)
     n_nodes = n_keep + (n_src - n_feat) + n_logit
     adjacency = torch.zeros(n_nodes, n_nodes)
-    adjacency[:n_keep, : n_keep + n_src - n_feat] = feature_rows[perm][:, src_keep]
-    adjacency[n_nodes - n_logit :, : n_keep + n_src - n_feat] = logit_rows[:, src_keep]
+    n_cols = n_keep + n_src - n_feat
+    adjacency[:n_keep, :n_cols] = feature_rows.cpu()[perm][:, src_keep]
+    adjacency[n_nodes - n_logit :, :n_cols] = logit_rows.cpu()[:, src_keep]
+    del feature_rows, logit_rows
 
     token_strs = [model.tokenizer.decode([t]) for t in tokens.tolist()]
     graph = _assemble(
@@ -217,34 +262,45 @@ def _estimated_influence(
     return total
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+def _stop_forward(act: Tensor, hook: Any) -> Tensor:
+    raise _StopForward
+
+
 class _RowEngine:
-    """Computes adjacency rows by backward passes over a batch of repeated prompts."""
+    """Computes adjacency rows by backward passes over a batch of repeated prompts.
+
+    A context manager: the frozen forward (and its autograd graph) is built on entry and
+    released on exit.
+    """
 
     def __init__(self, model, dictionaries, tokens, sources: PromptSources, batch_size: int):
         self.model, self.dictionaries, self.sources = model, dictionaries, sources
         self.tokens, self.batch_size = tokens, batch_size
-        self._batch = -1
         self._state = None
-        self._ctx = None
 
-    def _forward(self, batch: int):
-        """Run (once per batch size) the frozen forward with the prompt repeated."""
-        if self._batch == batch:
-            return self._state
-        self.close()
-        self._ctx = frozen_forward(self.model, self.dictionaries)
-        state = self._ctx.__enter__()
-        with torch.enable_grad():
-            self.model(self.tokens.unsqueeze(0).expand(batch, -1))
-        self._ctx.__exit__(None, None, None)  # hooks off; the autograd graph stays
-        self._ctx, self._state, self._batch = None, state, batch
-        return state
+    def __enter__(self) -> _RowEngine:
+        # hooks are installed only for this forward; the autograd graph outlives them. The
+        # forward stops after the final norm: batch x pos x vocab logits are never needed.
+        stop = [("ln_final.hook_normalized", _stop_forward)]
+        with frozen_forward(self.model, self.dictionaries, stop) as state, torch.enable_grad():
+            try:
+                self.model(self.tokens.unsqueeze(0).expand(self.batch_size, -1))
+            except _StopForward:
+                pass
+        if state.final is None:
+            raise SparseCircuitsError("the model has no ln_final.hook_normalized hook")
+        self._state = state
+        return self
 
-    def close(self) -> None:
-        self._state, self._batch = None, -1
+    def __exit__(self, *exc: object) -> None:
+        self._state = None
 
     def _rows(self, objective_fn, n: int) -> Float[Tensor, "n n_src"]:
-        state = self._forward(self.batch_size)
+        state = self._state
         outputs = [state.outputs[d.out_hook] for d in self.dictionaries]
         with torch.enable_grad():
             objective = objective_fn(state, n)
@@ -253,7 +309,7 @@ class _RowEngine:
             )
         return self.sources.rows_from_grads(grads[:-1], grads[-1], n)
 
-    def rows_for_logits(self, directions: Float[Tensor, "n d_model"], verbose: bool) -> Tensor:
+    def rows_for_logits(self, directions: Float[Tensor, "n d_model"]) -> Tensor:
         out = []
         for start in range(0, len(directions), self.batch_size):
             dirs = directions[start : start + self.batch_size].to(self.tokens.device)

@@ -1,6 +1,7 @@
-"""`sparse-circuits global`: a global feature graph between two transcoder layers.
+"""`sparse-circuits global`: a global feature graph between two dictionaries.
 
-Writes `<out>/global_L{a}_L{b}.json` (circuit-tracer schema), `.graphml`, the graph's own
+`--layer-from` / `--layer-to` name a dictionary by layer (transcoder sets) or by hook name
+(e.g. `blocks.1.hook_resid_post` for a residual SAE). Writes `<out>/global_L{a}_L{b}.json` (circuit-tracer schema), `.graphml`, the graph's own
 `.safetensors`/`.json` pair (`AttributionGraph.save`, as `graph.*`) and, when drawing is
 available, a PNG.
 """
@@ -14,6 +15,11 @@ import torch
 
 from circuits.global_graph import global_graph
 from replacement.errors import SparseCircuitsError
+
+
+def _site_key(text: str) -> int | str:
+    """A layer number or a hook name."""
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _token_set(model, n_tokens: int, seq_len: int) -> torch.Tensor:
@@ -55,18 +61,22 @@ def run_global(args: argparse.Namespace) -> int:
         tokens=tokens,
         norm=args.norm,
         include_attention=args.include_attention,
+        cut_at_saes=args.cut_at_saes,
         max_sources=args.max_sources or None,
         verbose=True,
     )
     out = Path(args.out)
-    stem = out / f"global_L{args.layer_from}_L{args.layer_to}"
+    layers = graph.metadata["layer_from"], graph.metadata["layer_to"]
+    stem = out / f"global_L{layers[0]}_L{layers[1]}"
     graph.to_json(slug=stem.name, path=stem.with_suffix(".json"))
     graph.to_graphml(stem.with_suffix(".graphml"))
     graph.save(out / "graph")
     written = [stem.with_suffix(".json"), stem.with_suffix(".graphml"), out / "graph.json"]
     try:
         from circuits.draw import graph_png
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as exc:  # drawing is optional until circuits.draw exists
+        if exc.name != "circuits.draw":
+            raise
         graph_png = None
     if graph_png is not None:
         from replacement.atomic import atomic_path
@@ -84,11 +94,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `global` subcommand."""
     p = subparsers.add_parser(
         "global",
-        help="input-invariant feature graph between two transcoder layers",
-        description="Top-k virtual-weight (or data-weighted) connections between two layers.",
+        help="input-invariant feature graph between two dictionaries (layers)",
+        description="Top-k virtual-weight (or data-weighted) connections between two "
+        "dictionaries: transcoder layers, or residual SAEs named by hook.",
     )
-    p.add_argument("--layer-from", type=int, required=True, help="upstream layer")
-    p.add_argument("--layer-to", type=int, required=True, help="downstream layer")
+    p.add_argument(
+        "--layer-from", type=_site_key, required=True, help="upstream layer (or hook name)"
+    )
+    p.add_argument(
+        "--layer-to", type=_site_key, required=True, help="downstream layer (or hook name)"
+    )
     p.add_argument("--top-k", type=int, default=5, help="partners kept per upstream feature")
     p.add_argument("--model", default="default", help="model name, folder or HF name")
     p.add_argument("--dictionaries", default=None, help="dictionary set name or path")
@@ -102,6 +117,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--norm", choices=("ignore", "mean"), default="mean", help="norm-scale treatment"
     )
     p.add_argument("--include-attention", action="store_true", help="add single-head OV paths")
+    p.add_argument(
+        "--cut-at-saes",
+        action="store_true",
+        help="residual SAEs in between block the paths (as in prompt graphs)",
+    )
     p.add_argument(
         "--max-sources", type=int, default=256, help="upstream features kept (0 keeps all)"
     )

@@ -1,6 +1,6 @@
-"""Global (prompt-independent) feature graphs between two transcoder layers.
+"""Global (prompt-independent) feature graphs between two dictionaries (e.g. transcoder layers).
 
-Two edge weights, both per pair (i in layer l, j in layer l'):
+Two edge weights, both per pair (i upstream in layer l, j downstream in layer l'):
 
 - virtual: v_ij = d_i T e_j, the input-invariant weight of `circuits.virtual_weights`;
 - data-weighted (expected attribution, TWERA-style), over a token set of T positions:
@@ -9,7 +9,8 @@ Two edge weights, both per pair (i in layer l, j in layer l'):
 
   the prompt-level same-position edge a_i v_ij, counted only where the target is active (as a
   prompt attribution graph has rows only for active features), averaged over every position.
-  Activations are the dictionaries' own sparse encodings of the clean model's MLP inputs; BOS
+  Activations are the dictionaries' own sparse encodings of the clean model's activations at
+  their in_hooks (v_ij carries the norm treatment, "mean" by default); BOS
   positions are left out (they hold no feature nodes in prompt graphs). The co-activation sum
   is a sparse [F_l, F_l'] product of the two sparse activation matrices, and v_ij is computed
   only for the pairs that co-occur, so memory follows the number of co-active pairs.
@@ -31,12 +32,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.graph import AttributionGraph
+from circuits.topk_graph import blocked_topk
 from circuits.virtual_weights import (
     NormSpec,
-    _resolve_norm,
-    blocked_topk,
-    layer_dictionaries,
+    SiteKey,
+    dictionary_sites,
     path_operators,
+    resolve_norm,
+    resolve_site,
 )
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
@@ -44,12 +47,12 @@ from replacement.sparse import SparseActs
 
 
 class DataWeighted(NamedTuple):
-    """Data-weighted connections between the co-active pairs of two layers (COO)."""
+    """Data-weighted connections between the co-active pairs of two dictionaries (COO)."""
 
-    layer_from: int
-    """Upstream layer."""
-    layer_to: int
-    """Downstream layer."""
+    hook_from: str
+    """Out_hook of the upstream dictionary."""
+    hook_to: str
+    """Out_hook of the downstream dictionary."""
     src: Int[Tensor, " pairs"]
     """Upstream feature of each co-active pair."""
     dst: Int[Tensor, " pairs"]
@@ -60,16 +63,16 @@ class DataWeighted(NamedTuple):
     """v_ij."""
     coactivation: Float[Tensor, " pairs"]
     """E_t[a_i(t) 1[a_j(t) > 0]]."""
-    mean_activation: dict[int, Tensor]
-    """Mean activation of every feature of both layers over the tokens."""
+    mean_from: Float[Tensor, " F_from"]
+    """Mean activation of every upstream feature over the tokens."""
+    mean_to: Float[Tensor, " F_to"]
+    """Mean activation of every downstream feature over the tokens."""
     n_tokens: int
     """Number of positions averaged over."""
 
     def to_dense(self) -> Float[Tensor, "F_from F_to"]:
         """The weights as a dense matrix (small dictionaries only)."""
-        out = torch.zeros(
-            len(self.mean_activation[self.layer_from]), len(self.mean_activation[self.layer_to])
-        )
+        out = torch.zeros(len(self.mean_from), len(self.mean_to))
         out[self.src, self.dst] = self.weight
         return out
 
@@ -79,27 +82,28 @@ def sparse_activations(
     model: Any,
     dictionaries: Sequence[Dictionary],
     tokens: Int[Tensor, "batch pos"],
-    layers: Sequence[int],
+    keys: Sequence[SiteKey],
     *,
     batch_size: int = 8,
     skip_bos: bool = True,
     verbose: bool = False,
-) -> dict[int, SparseActs]:
-    """Sparse activations of the transcoders at `layers` on every (non-BOS) position."""
-    dicts = layer_dictionaries(dictionaries, model)
+) -> list[SparseActs]:
+    """Sparse activations of the dictionaries named by `keys` (layer or hook) on every
+    (non-BOS) position of the clean model, one `SparseActs` per key."""
+    sites = dictionary_sites(dictionaries, model)
+    chosen = [resolve_site(sites, key).dictionary for key in keys]
     tokens = torch.as_tensor(tokens)
     tokens = tokens.unsqueeze(0) if tokens.ndim == 1 else tokens
-    names = {dicts[m].in_hook: m for m in layers}
-    parts: dict[int, list[SparseActs]] = {m: [] for m in layers}
+    names = {d.in_hook for d in chosen}
+    parts: list[list[SparseActs]] = [[] for _ in chosen]
     for batch in tqdm(tokens.split(batch_size), desc="activations", disable=not verbose):
         _, cache = model.run_with_cache(
             batch.to(model.cfg.device), names_filter=lambda n: n in names
         )
-        for name, m in names.items():
-            x = cache[name][:, 1:] if skip_bos else cache[name]
-            d = dicts[m]
-            parts[m].append(d.encode_sparse(x.reshape(-1, x.shape[-1]).to(d.W_enc.dtype)))
-    return {m: SparseActs.concat(parts[m], dicts[m].n_features) for m in layers}
+        for part, d in zip(parts, chosen, strict=True):
+            x = cache[d.in_hook][:, 1:] if skip_bos else cache[d.in_hook]
+            part.append(d.encode_sparse(x.reshape(-1, x.shape[-1]).to(d.W_enc.dtype)))
+    return [SparseActs.concat(p, d.n_features) for p, d in zip(parts, chosen, strict=True)]
 
 
 def _coo(sp: SparseActs, values: Tensor) -> Tensor:
@@ -107,15 +111,22 @@ def _coo(sp: SparseActs, values: Tensor) -> Tensor:
     return torch.sparse_coo_tensor(idx, values.cpu().double(), (sp.n_tokens, sp.n_features))
 
 
+def _mean_activation(sp: SparseActs) -> Tensor:
+    total = torch.zeros(sp.n_features, dtype=torch.float64)
+    total.index_add_(0, sp.feature_idx.cpu(), sp.values.cpu().double())
+    return (total / max(sp.n_tokens, 1)).float()
+
+
 def data_weighted_weights(
     dictionaries: Sequence[Dictionary],
     model: Any,
     tokens: Int[Tensor, "batch pos"],
-    layer_from: int,
-    layer_to: int,
+    layer_from: SiteKey,
+    layer_to: SiteKey,
     *,
     norm: NormSpec = "mean",
     include_attention: bool = False,
+    cut_at_saes: bool = False,
     skip_bos: bool = True,
     batch_size: int = 8,
     chunk_size: int = 65536,
@@ -124,29 +135,37 @@ def data_weighted_weights(
     """E_t[a_i(t) v_ij 1[a_j(t) > 0]] for every pair that co-occurs on the tokens.
 
     Args:
-        dictionaries, model: transcoders (one per layer) and their model.
+        dictionaries, model: transcoders (one per MLP) / residual SAEs, and their model.
         tokens: the token set [batch, pos] (each row starting with BOS).
-        layer_from, layer_to: the two layers.
+        layer_from, layer_to: the two dictionaries (layer or hook name).
         norm: norm treatment of the virtual weights; "mean" measures scales on `tokens`.
         include_attention: add single-head OV paths to v_ij (see `virtual_weights`).
+        cut_at_saes: residual SAEs in between block the paths (see `virtual_weights`).
         skip_bos: leave position 0 out of the averages.
         batch_size: sequences per forward pass; chunk_size: pairs per v_ij gather.
     """
-    dicts = layer_dictionaries(dictionaries, model)
-    norm = _resolve_norm(norm, model, tokens)
+    sites = dictionary_sites(dictionaries, model)
+    site_from, site_to = resolve_site(sites, layer_from), resolve_site(sites, layer_to)
+    norm = resolve_norm(norm, model, tokens)
     op = path_operators(
-        dictionaries, model, layer_from, layer_to, norm=norm, include_attention=include_attention
+        dictionaries,
+        model,
+        site_from.name,
+        site_to.name,
+        norm=norm,
+        include_attention=include_attention,
+        cut_at_saes=cut_at_saes,
+        per_head=False,
     ).total
-    acts = sparse_activations(
+    up, down = sparse_activations(
         model,
         dictionaries,
         tokens,
-        [layer_from, layer_to],
+        [site_from.name, site_to.name],
         batch_size=batch_size,
         skip_bos=skip_bos,
         verbose=verbose,
     )
-    up, down = acts[layer_from], acts[layer_to]
     n_tokens = up.n_tokens
     if n_tokens == 0:
         raise SparseCircuitsError("data-weighted weights need at least one token after BOS")
@@ -158,9 +177,10 @@ def data_weighted_weights(
     src, dst = co.indices()
     coact = co.values() / n_tokens
 
-    dec = dicts[layer_from].W_dec.detach()
-    left = dec @ op.to(dec.device, dec.dtype)  # [F_from, d]
-    enc_t = dicts[layer_to].W_enc.detach().T.to(dec.dtype)  # [F_to, d]
+    # v_ij only for the co-active pairs: rows of W_dec T against columns of W_enc
+    dec = site_from.dictionary.W_dec.detach()
+    left = dec @ op.to(dec)  # [F_from, d]
+    enc_t = site_to.dictionary.W_enc.detach().T.to(dec)  # [F_to, d]
     virtual = torch.empty(len(src), dtype=torch.float64)
     with torch.no_grad():
         for c0 in range(0, len(src), chunk_size):
@@ -168,20 +188,16 @@ def data_weighted_weights(
             t = dst[c0 : c0 + chunk_size].to(dec.device)
             virtual[c0 : c0 + chunk_size] = (left[s] * enc_t[t]).sum(-1).double().cpu()
 
-    def mean_act(sp: SparseActs) -> Tensor:
-        total = torch.zeros(sp.n_features, dtype=torch.float64)
-        total.index_add_(0, sp.feature_idx.cpu(), sp.values.cpu().double())
-        return (total / n_tokens).float()
-
     return DataWeighted(
-        layer_from,
-        layer_to,
+        site_from.name,
+        site_to.name,
         src,
         dst,
         (virtual * coact).float(),
         virtual.float(),
         coact.float(),
-        {layer_from: mean_act(up), layer_to: mean_act(down)},
+        _mean_activation(up),
+        _mean_activation(down),
         n_tokens,
     )
 
@@ -203,27 +219,31 @@ def top_k_per_source(
 def global_graph(
     dictionaries: Sequence[Dictionary],
     model: Any,
-    layer_from: int,
-    layer_to: int,
+    layer_from: SiteKey,
+    layer_to: SiteKey,
     top_k: int,
     *,
     data_weighted: bool = False,
     tokens: Int[Tensor, "batch pos"] | None = None,
     norm: NormSpec = "ignore",
     include_attention: bool = False,
+    cut_at_saes: bool = False,
     max_sources: int | None = 256,
-    block_size: int = 4096,
+    block_size: int | None = None,
     verbose: bool = False,
 ) -> AttributionGraph:
-    """A feature-to-feature `AttributionGraph` between two layers.
+    """A feature-to-feature `AttributionGraph` between two dictionaries (layer or hook name).
 
     Each upstream feature keeps its `top_k` downstream partners by |weight| (virtual weight,
     or the data-weighted one with `data_weighted=True`, which needs `tokens`). Then, to keep
     the dense adjacency small, only the `max_sources` upstream features of largest summed
     |weight| are kept (None keeps all). Node activation: the feature's mean activation over
-    `tokens` (data-weighted), else 0.
+    `tokens` (data-weighted), else 0. Nodes sit at position 0, labelled "L{l} F{f}".
     """
-    dicts = layer_dictionaries(dictionaries, model)
+    if top_k < 1:
+        raise SparseCircuitsError(f"top_k must be >= 1, got {top_k}")
+    sites = dictionary_sites(dictionaries, model)
+    site_from, site_to = resolve_site(sites, layer_from), resolve_site(sites, layer_to)
     norm_name = norm if isinstance(norm, str) else "explicit scales"
     if data_weighted:
         if tokens is None:
@@ -232,40 +252,44 @@ def global_graph(
             dictionaries,
             model,
             tokens,
-            layer_from,
-            layer_to,
+            site_from.name,
+            site_to.name,
             norm=norm,
             include_attention=include_attention,
+            cut_at_saes=cut_at_saes,
             verbose=verbose,
         )
         keep = top_k_per_source(dw.src, dw.weight, top_k)
         src, dst, weight = dw.src[keep], dw.dst[keep], dw.weight[keep]
-        mean_act = dw.mean_activation
+        mean_act = (dw.mean_from, dw.mean_to)
         kind = "data-weighted"
     else:
-        norm = _resolve_norm(norm, model, tokens)
         op = path_operators(
             dictionaries,
             model,
-            layer_from,
-            layer_to,
-            norm=norm,
+            site_from.name,
+            site_to.name,
+            norm=resolve_norm(norm, model, tokens),
             include_attention=include_attention,
+            cut_at_saes=cut_at_saes,
+            per_head=False,
         ).total
-        dec = dicts[layer_from].W_dec.detach()
+        dec = site_from.dictionary.W_dec.detach()
         with torch.no_grad():
-            left = dec @ op.to(dec.device, dec.dtype)
-            values, indices = blocked_topk(
-                left, dicts[layer_to].W_enc.detach().to(dec.dtype), top_k, block_size
-            )
+            left = dec @ op.to(dec)
+            enc = site_to.dictionary.W_enc.detach().to(dec)
+            values, indices = blocked_topk(left, enc, top_k, block_size)
         n, kk = indices.shape
         src = torch.arange(n).repeat_interleave(kk)
         dst, weight = indices.reshape(-1).cpu(), values.reshape(-1).float().cpu()
+        nonzero = weight != 0
+        src, dst, weight = src[nonzero], dst[nonzero], weight[nonzero]
         mean_act = None
         kind = "virtual"
 
     if max_sources is not None:
-        strength = torch.zeros(dicts[layer_from].n_features).index_add_(0, src, weight.abs())
+        strength = torch.zeros(site_from.dictionary.n_features)
+        strength.index_add_(0, src, weight.abs())
         chosen = strength.argsort(descending=True)[:max_sources]
         chosen = chosen[strength[chosen] > 0]
         mask = torch.isin(src, chosen)
@@ -274,7 +298,9 @@ def global_graph(
     up = torch.unique(src)
     down = torch.unique(dst)
     n_up = len(up)
-    layer = torch.cat([torch.full((n_up,), layer_from), torch.full((len(down),), layer_to)])
+    layer = torch.cat(
+        [torch.full((n_up,), site_from.layer), torch.full((len(down),), site_to.layer)]
+    )
     feature = torch.cat([up, down])
     row = n_up + torch.searchsorted(down, dst)
     col = torch.searchsorted(up, src)
@@ -284,10 +310,13 @@ def global_graph(
     if mean_act is None:
         activation = torch.zeros(n)
     else:
-        activation = torch.cat([mean_act[layer_from][up], mean_act[layer_to][down]])
-    names = [str(dicts[m].metadata.get("name", f"layer_{m}")) for m in (layer_from, layer_to)]
+        activation = torch.cat([mean_act[0][up], mean_act[1][down]])
+    names = [
+        str(s.dictionary.metadata.get("source", f"{s.dictionary.kind} {s.name}"))
+        for s in (site_from, site_to)
+    ]
     return AttributionGraph(
-        prompt=f"global graph L{layer_from} -> L{layer_to} ({kind})",
+        prompt=f"global graph {site_from.name} -> {site_to.name} ({kind})",
         tokens=torch.zeros(1, dtype=torch.long),
         token_strs=["<global>"],
         node_kind=["feature"] * n,
@@ -303,11 +332,14 @@ def global_graph(
         metadata={
             "global": True,
             "weight": kind,
-            "layer_from": layer_from,
-            "layer_to": layer_to,
+            "hook_from": site_from.name,
+            "hook_to": site_to.name,
+            "layer_from": site_from.layer,
+            "layer_to": site_to.layer,
             "top_k": top_k,
             "norm": norm_name,
             "include_attention": include_attention,
+            "cut_at_saes": cut_at_saes,
             "n_tokens": None if tokens is None else int(torch.as_tensor(tokens).numel()),
         },
     )

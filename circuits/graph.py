@@ -51,7 +51,26 @@ class GraphScores(NamedTuple):
 
 @dataclass
 class AttributionGraph:
-    """Attribution graph of one prompt (see the module docstring for the fields)."""
+    """Attribution graph of one prompt.
+
+    Fields (n nodes in the order features, errors, tokens, logits):
+        prompt: str; tokens [pos] (BOS at position 0); token_strs: decoded token per position;
+        node_kind: "feature" | "error" | "token" | "logit" per node;
+        node_layer [n]: block index (tokens -1, logits n_layers);
+        node_pos [n]: position in the prompt;
+        node_feature [n]: feature index; token id for tokens; vocab id for logits (-1 for a
+            custom target direction); -1 for errors;
+        node_activation [n]: feature activation; logit probability (1 for a custom
+            direction); error norm; 0 for tokens;
+        node_label: human-readable label per node;
+        adjacency [n, n]: dense, CPU, rows = targets, columns = sources;
+        n_layers, model_name, dictionary_names (per dictionary, where it came from), metadata
+        (settings, timings, pruning thresholds);
+        node_influence [n] | None: cumulative-influence fraction, filled by `prune`.
+    Methods: n_nodes, mask, find, feature_ids, logit_probs, logit_weights, subgraph,
+    influence, prune, scores, top_features, save/load, to_json, to_networkx, to_graphml,
+    draw, to_html, _repr_png_.
+    """
 
     prompt: str
     tokens: Int[Tensor, " pos"]
@@ -85,6 +104,11 @@ class AttributionGraph:
     def logit_weights(self) -> Float[Tensor, " n"]:
         """Logit probabilities on logit nodes, zero elsewhere (the `w` of influence)."""
         return torch.where(self.mask("logit"), self.node_activation, 0.0).to(self.adjacency.dtype)
+
+    @property
+    def logit_probs(self) -> Float[Tensor, " n_logits"]:
+        """Probability of each logit node (1 for a custom target direction), in node order."""
+        return self.node_activation[self.mask("logit")]
 
     def feature_ids(self) -> list[tuple[int, int, int]]:
         """(layer, position, feature) of every feature node, in node order."""
@@ -141,8 +165,8 @@ class AttributionGraph:
         return prune_graph(self, node_threshold, edge_threshold)
 
     def scores(self) -> GraphScores:
-        """Replacement and completeness scores (see `circuits.prune.graph_scores`)."""
-        from circuits.prune import graph_scores
+        """Replacement and completeness scores (see `circuits.scores.graph_scores`)."""
+        from circuits.scores import graph_scores
 
         return graph_scores(self)
 
@@ -245,9 +269,16 @@ class AttributionGraph:
         return write_html(self, path, **kwargs)
 
     def _repr_png_(self) -> bytes:
-        from circuits.draw import graph_png
+        """PNG of `draw()` for notebooks."""
+        import io
 
-        return graph_png(self)
+        import matplotlib.pyplot as plt
+
+        figure = self.draw()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", bbox_inches="tight")
+        plt.close(figure)
+        return buffer.getvalue()
 
     def __repr__(self) -> str:
         counts = {k: self.node_kind.count(k) for k in KINDS}

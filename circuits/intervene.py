@@ -18,10 +18,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from circuits.attribute import prompt_tokens
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer
-from replacement.model import to_tokens
 
 
 class Intervention(NamedTuple):
@@ -66,9 +66,22 @@ def intervene(
     interventions: Sequence[Intervention],
     constrained: bool = True,
 ) -> InterventionResult:
-    """Run `prompt` with features set or scaled; see the module docstring for the modes."""
-    tokens = to_tokens(model, prompt)[0] if isinstance(prompt, str) else torch.as_tensor(prompt)
-    tokens = tokens.reshape(1, -1).to(model.cfg.device)
+    """Run `prompt` with features set or scaled; see the module docstring for the modes.
+
+    Args:
+        model: a `TransformerBridge` from `replacement.load_model`.
+        dictionaries: the dictionaries of the replacement (one per out_hook).
+        prompt: text or token ids (BOS prepended when missing, as in `attribute`).
+        interventions: features to set or scale, each at one (layer, position).
+        constrained: True for the local replacement model (attention patterns, norm scales
+            and everything but the intervened features' decoder outputs and the skip paths
+            held at clean values), False for a free-running spliced model.
+
+    Returns:
+        InterventionResult(logits [pos, vocab], clean_logits [pos, vocab], activations
+        {layer: [pos, F]}).
+    """
+    tokens = prompt_tokens(model, prompt).unsqueeze(0)
     by_layer = {hook_layer(d.out_hook): d for d in dictionaries}
     for iv in interventions:
         if iv.layer not in by_layer:

@@ -1,10 +1,10 @@
-"""Influence, pruning and graph scores (circuit-tracer's method, restated in REFERENCE.md).
+"""Influence and pruning (circuit-tracer's method, restated in REFERENCE.md).
 
     A_hat      = |A| with each row normalised to sum 1 (rows = targets)
     influence  = w (A_hat + A_hat^2 + ...)        w = logit probabilities on logit nodes
 
-The graph is acyclic, so the series is finite; it is summed by repeated multiplication until
-it vanishes (at most one term per node on the longest path).
+The graph is acyclic, so the series is finite; it is summed exactly by repeated
+multiplication until it vanishes (one term per step of the longest path).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuits.graph import AttributionGraph, GraphScores
+from circuits.graph import AttributionGraph
+from replacement.errors import SparseCircuitsError
 
 
 def normalize_rows(adjacency: Float[Tensor, "n n"]) -> Float[Tensor, "n n"]:
@@ -23,17 +24,27 @@ def normalize_rows(adjacency: Float[Tensor, "n n"]) -> Float[Tensor, "n n"]:
 
 
 def influence_series(
-    a_hat: Float[Tensor, "n n"], weights: Float[Tensor, " n"], max_terms: int | None = None
+    a_hat: Float[Tensor, "n n"], weights: Float[Tensor, " n"]
 ) -> Float[Tensor, " n"]:
-    """w (A_hat + A_hat^2 + ...) for an acyclic (nilpotent) A_hat."""
+    """w (A_hat + A_hat^2 + ...) for an acyclic A_hat, summed exactly (in float64).
+
+    A_hat of an acyclic graph is nilpotent and its structural zeros stay exactly zero, so
+    the terms vanish after at most (longest path) steps; a term still non-zero after n steps
+    means the graph has a cycle.
+    """
     a_hat = a_hat.double()
     term = weights.double() @ a_hat
     total = term.clone()
-    for _ in range(max_terms or a_hat.shape[0]):
+    for _ in range(a_hat.shape[0]):
         if not term.abs().max() > 0:
-            break
+            return total.to(weights.dtype)
         term = term @ a_hat
         total += term
+    if term.abs().max() > 0:
+        raise SparseCircuitsError(
+            "the adjacency has a cycle: influence needs an acyclic graph (rows = targets, "
+            "columns = sources, every edge from an earlier layer or position)"
+        )
     return total.to(weights.dtype)
 
 
@@ -44,13 +55,26 @@ def node_influence(
     return influence_series(normalize_rows(adjacency), weights)
 
 
-def _cumulative_share(scores: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
-    """For each entry, the share of the total reached when entries are added largest first."""
-    order = scores.argsort(descending=True)
-    cumulative = scores[order].cumsum(0) / scores.sum().clamp_min(1e-30)
-    out = torch.empty_like(scores)
+def cumulative_share(scores: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
+    """For each entry, the share of the total reached when entries are added largest first
+    (ties in index order)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    cumulative = scores[order].double().cumsum(0) / scores.double().sum().clamp_min(1e-300)
+    out = torch.empty(scores.shape, dtype=torch.float64)
     out[order] = cumulative
-    return out
+    return out.to(scores.dtype)
+
+
+def cover_threshold(scores: Float[Tensor, " n"], fraction: float) -> float:
+    """The smallest score among the largest entries whose sum first reaches `fraction` of the
+    total (circuit-tracer's `find_threshold`): keeping `scores >= it` covers the fraction."""
+    ranked = torch.sort(scores.flatten().double(), descending=True).values
+    total = ranked.sum()
+    if not total > 0:
+        return float("inf")
+    cumulative = ranked.cumsum(0) / total
+    index = int(torch.searchsorted(cumulative, torch.tensor([fraction], dtype=torch.float64)))
+    return float(ranked[min(index, len(ranked) - 1)])
 
 
 def prune_graph(
@@ -58,13 +82,16 @@ def prune_graph(
 ) -> AttributionGraph:
     """Keep the nodes and edges that carry most of the influence on the logits.
 
-    1. Nodes: the smallest set of feature and error nodes whose influence adds up to
-       `node_threshold` of the total (tokens and logits are always kept).
-    2. Edges: score A_hat'[t, s] * (influence'[t] + w[t]) on the node-pruned graph and keep
-       the largest edges covering `edge_threshold` of the total score.
-    3. Drop feature/error nodes left without inputs or outputs; repeat 2-3 until stable.
-    The result's `node_influence` holds each node's cumulative-influence share (as in the
-    JSON export), and its metadata records the thresholds.
+    circuit-tracer's `prune_graph`:
+    1. Nodes: keep the nodes of largest influence whose sum first reaches `node_threshold` of
+       the total influence of all nodes; tokens and logits are always kept.
+    2. Edges, on the node-pruned graph: score A_hat'[t, s] * (influence'[t] + w[t]) and keep
+       the largest edges whose sum first reaches `edge_threshold` of the total score.
+    3. Drop feature and error nodes without a kept outgoing edge, and feature nodes without
+       a kept incoming edge, together with their edges; repeat until stable.
+    The result's `node_influence` holds each node's cumulative-influence share in the
+    unpruned graph (0 < share <= 1, smaller = more influential; as in the JSON export), and
+    its metadata records the thresholds.
     """
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 < value <= 1.0:
@@ -73,31 +100,23 @@ def prune_graph(
     always = graph.mask("token") | graph.mask("logit")
     is_feature = graph.mask("feature")
     infl = node_influence(graph.adjacency, weights)
-    share = _cumulative_share(torch.where(always, 0.0, infl))
-    keep: Bool[Tensor, " n"] = always | (share <= node_threshold)
-    # also keep the node that crosses the threshold, so the kept set covers it
-    crossing = torch.where(always | keep, 2.0, share).argmin()
-    if not always.all() and share[crossing] <= 1.0:
-        keep[crossing] = True
-    adjacency = graph.adjacency.clone()
+    keep: Bool[Tensor, " n"] = always | (infl >= cover_threshold(infl, node_threshold))
+
+    adjacency = graph.adjacency * keep[:, None] * keep[None, :]
+    a_hat = normalize_rows(adjacency)
+    edge_scores = a_hat * (influence_series(a_hat, weights) + weights)[:, None]
+    edges = (edge_scores >= cover_threshold(edge_scores, edge_threshold)) & (adjacency != 0)
     while True:
-        adjacency = adjacency * keep[:, None] * keep[None, :]
-        a_hat = normalize_rows(adjacency)
-        infl_kept = influence_series(a_hat, weights)
-        edge_scores = a_hat * (infl_kept + weights)[:, None]
-        edge_share = _cumulative_share(edge_scores.flatten()).reshape(edge_scores.shape)
-        edge_keep = (edge_share <= edge_threshold) & (adjacency != 0)
-        adjacency = adjacency * edge_keep
-        has_out = (adjacency != 0).any(dim=0)  # some kept node reads it
-        has_in = (adjacency != 0).any(dim=1)  # it reads some kept node
-        # error nodes are pure sources; features need both an input and an output
+        edges &= keep[:, None] & keep[None, :]
+        has_out = edges.any(dim=0)  # some kept node reads it
+        has_in = edges.any(dim=1)  # it reads some kept node
         new_keep = keep & (always | (has_out & (has_in | ~is_feature)))
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
     pruned = graph.subgraph(keep)
-    pruned.adjacency = adjacency[keep][:, keep]
-    pruned.node_influence = share[keep]
+    pruned.adjacency = torch.where(edges, graph.adjacency, 0.0)[keep][:, keep]
+    pruned.node_influence = cumulative_share(infl)[keep]
     pruned.metadata = {
         **graph.metadata,
         "node_threshold": node_threshold,
@@ -105,21 +124,3 @@ def prune_graph(
         "n_nodes_before_pruning": graph.n_nodes,
     }
     return pruned
-
-
-def graph_scores(graph: AttributionGraph) -> GraphScores:
-    """Replacement and completeness scores of a graph.
-
-    replacement  = influence(tokens) / (influence(tokens) + influence(errors))
-    completeness = sum_i (1 - error share of i's inputs)(infl_i + w_i) / sum_i (infl_i + w_i)
-    """
-    weights = graph.logit_weights
-    a_hat = normalize_rows(graph.adjacency)
-    infl = influence_series(a_hat, weights)
-    tokens, errors = graph.mask("token"), graph.mask("error")
-    token_infl, error_infl = infl[tokens].sum(), infl[errors].sum()
-    replacement = float(token_infl / (token_infl + error_infl).clamp_min(1e-30))
-    non_error = 1.0 - a_hat[:, errors].sum(dim=1)
-    output = infl + weights
-    completeness = float((non_error * output).sum() / output.sum().clamp_min(1e-30))
-    return GraphScores(replacement=replacement, completeness=completeness)

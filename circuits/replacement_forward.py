@@ -9,7 +9,8 @@ Inside `frozen_forward(...)`:
 - the token embedding (`hook_embed`) is returned detached, as a leaf that receives gradients.
 For an SAE (in_hook == out_hook) the readout is the incoming activation, which still depends on
 the layer's own MLP, so edges into SAE features differentiate through that MLP (local linear
-estimates, as in attribution patching) while edges out of them do not.
+estimates, as in attribution patching) while edges out of them do not. Likewise the MLP of a
+layer that has no dictionary is differentiated through (a local linear estimate, not a node).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from replacement.dictionary import Dictionary
+from replacement.errors import SparseCircuitsError
 
 
 @dataclass
@@ -48,15 +50,12 @@ def frozen_forward(
 ) -> Iterator[FrozenTensors]:
     """Install the freezing hooks; yields the tensors captured by each forward pass."""
     state = FrozenTensors()
-    n_layers = model.cfg.n_layers
-    hooks: list = [(f"blocks.{i}.attn.hook_pattern", _detach) for i in range(n_layers)]
-    for layer in range(n_layers):
-        for norm in ("ln1", "ln2"):
-            name = f"blocks.{layer}.{norm}.hook_scale"
-            if name in model.hook_dict:
-                hooks.append((name, _detach))
-    if "ln_final.hook_scale" in model.hook_dict:
-        hooks.append(("ln_final.hook_scale", _detach))
+    # every attention pattern and every norm scale the model has (ln1, ln2, ln_final, and any
+    # other norm such as q/k norms), so no nonlinearity outside the MLPs is left live
+    frozen = [n for n in model.hook_dict if n.endswith(("attn.hook_pattern", "hook_scale"))]
+    if not any(n.endswith("hook_pattern") for n in frozen):
+        raise SparseCircuitsError("the model has no attn.hook_pattern hooks to freeze")
+    hooks: list = [(name, _detach) for name in frozen]
 
     def embed_hook(act: Tensor, hook: Any) -> Tensor:
         state.embed = act.detach().requires_grad_(True)

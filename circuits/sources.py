@@ -55,7 +55,8 @@ class PromptSources:
     def rows_from_grads(
         self, grads: list[Tensor | None], grad_embed: Tensor | None, n: int
     ) -> Float[Tensor, "n n_src"]:
-        """Adjacency rows from gradients at each out_hook [batch, pos, d] and at the embedding."""
+        """Adjacency rows (on the model's device) from gradients at each out_hook
+        [batch, pos, d] and at the embedding."""
         n_pos = self.embed.shape[0]
         device = self.embed.device
         feature_cols, error_cols = [], []
@@ -65,15 +66,40 @@ class PromptSources:
             g = grad[:n].float()
             mine = self.feat_dict == k
             pos, idx, act = self.feat_pos[mine], self.feat_index[mine], self.feat_act[mine]
-            # a_s * (W_dec[s] . grad at the source's position): one matmul, then a gather
-            dots = g @ w_dec.float().T  # [n, pos, F]
-            feature_cols.append(dots[:, pos, idx] * act.float())
+            feature_cols.append(_feature_columns(g, w_dec, pos, idx, act))
             error_cols.append((g[:, 1:, :] * err[1:].float().unsqueeze(0)).sum(-1))
         if grad_embed is None:
             token_cols = torch.zeros(n, n_pos, device=device)
         else:
             token_cols = (grad_embed[:n].float() * self.embed.float().unsqueeze(0)).sum(-1)
-        return torch.cat([*feature_cols, *error_cols, token_cols], dim=1).cpu()
+        return torch.cat([*feature_cols, *error_cols, token_cols], dim=1)
+
+
+DENSE_DOT_LIMIT = 2**25
+"""Largest [rows, pos, F] product formed whole; bigger ones gather decoder rows in chunks."""
+
+
+def _feature_columns(
+    grad: Float[Tensor, "n pos d"],
+    w_dec: Float[Tensor, "F d"],
+    pos: Int[Tensor, " k"],
+    idx: Int[Tensor, " k"],
+    act: Float[Tensor, " k"],
+) -> Float[Tensor, "n k"]:
+    """a_s * (W_dec[s] . grad at the source's position) for the k active features."""
+    n, n_pos, d = grad.shape
+    w_dec = w_dec.float()
+    if n * n_pos * w_dec.shape[0] <= DENSE_DOT_LIMIT:
+        # small dictionaries: one matmul over every feature, then a gather (fastest)
+        return (grad @ w_dec.T)[:, pos, idx] * act.float()
+    # wide dictionaries: only the active features' decoder rows, in chunks of bounded size
+    chunk = max(1, DENSE_DOT_LIMIT // max(1, n * d))
+    cols = [
+        torch.einsum("nkd,kd->nk", grad[:, pos[i : i + chunk]], w_dec[idx[i : i + chunk]])
+        for i in range(0, len(pos), chunk)
+    ]
+    out = torch.cat(cols, dim=1) if cols else grad.new_zeros(n, 0)
+    return out * act.float()
 
 
 @torch.no_grad()

@@ -1,52 +1,65 @@
-"""Input-invariant (virtual) weights between the features of transcoders at different layers.
+"""Input-invariant (virtual) weights between the features of dictionaries at different sites.
 
-Setting. A transcoder at layer l reads the MLP input `blocks.l.ln2.hook_normalized` and writes
-`blocks.l.hook_mlp_out`. Feature i of layer l writes a_i d_i (d_i = W_dec[i], a row vector)
-into the residual stream; feature j of layer l' > l reads x e_j (e_j = W_enc[:, j]) from the
-normalised residual x at layer l'. In the frozen local replacement model (attention patterns
-and norm scales held fixed, each transcoder's output depending on its input only through its
-linear skip path `x W_skip`), the map from a_i to the pre-activation of j is linear:
+Setting. Every dictionary reads at its in_hook and writes at its out_hook:
+- a transcoder / skip transcoder at layer l reads the MLP input `blocks.l.ln2.hook_normalized`
+  (or the raw `blocks.l.hook_resid_mid`) and writes `blocks.l.hook_mlp_out`;
+- an SAE reads and writes one residual hook `blocks.l.hook_resid_{pre,mid,post}`.
+Feature i of an upstream dictionary writes a_i d_i (d_i = W_dec[i], a row vector) into the
+residual stream; feature j of a downstream dictionary reads x e_j (e_j = W_enc[:, j]) from
+what arrives at its in_hook. In the frozen local replacement model of prompt attribution
+(attention patterns and norm scales held fixed, each transcoder's output depending on its input
+only through its linear skip path `x W_skip`, MLPs without a transcoder left out), the map from
+a_i to the pre-activation of j is linear:
 
-    pre_j += a_i * d_i T e_j,        v_ij = d_i T e_j is the virtual weight.
+    pre_j += a_i * d_i T e_j,        v_ij = d_i T e_j is the virtual weight,
+
+T a [d_model, d_model] operator (row-vector convention: operators multiply on the right, in
+stream order). Stream order of a block l: resid_pre, attention, resid_mid, ln2 read, MLP,
+mlp_out write, resid_post; `resid_post` of block l comes before `resid_pre` of block l + 1.
+A pair (upstream, downstream) is valid when the upstream write comes before the downstream read.
 
 Norm treatment. With `fold_ln` the normalised input is the centred residual divided by the
-scale: N = C / s with C = I - 11^T/d for LayerNorm models (`cfg.normalization_type` "LN...")
-and N = I / s for RMSNorm. `norm` picks s:
+scale: N = C / s with C = I - 11^T/d (the centring projection x - mean(x)) for LayerNorm models
+(`cfg.normalization_type` starting with "LN") and N = I / s for RMSNorm. `norm` picks s:
     "ignore"  s = 1 (LayerNorm models are still centred);
-    "mean"    s = the average of `blocks.m.ln{1,2}.hook_scale` over a token set (`tokens`,
-              BOS positions left out), measured with `run_with_cache` (`mean_norm_scales`);
+    "mean"    a dataset average folded in: 1/s = the mean of 1/`blocks.m.ln{1,2}.hook_scale`
+              over a token set (`tokens`, BOS positions left out), measured with
+              `run_with_cache` (`mean_norm_scales`; it returns s = 1 / mean(1/scale));
     mapping   explicit scales: a key `m` (int) gives the ln2 scale of layer m; a hook name
               (`"blocks.m.ln1.hook_scale"` / `"blocks.m.ln2.hook_scale"`) gives that norm's
-              scale; values are floats or one-element tensors -- pass a prompt's exact
-              per-position scales at one position to reproduce that position's edge exactly.
+              scale; values are floats or one-element tensors -- pass a prompt's exact scales
+              at one position to reproduce that position's edge exactly.
+The downstream read is R = N_{l'} for a transcoder reading ln2, R = I for raw residual reads.
 
-Residual and skip paths (no attention). With S_m = I + N_m W_skip,m (the residual stream is
-the identity path, the skip transcoder the linear one; S_m = I at a layer whose dictionary
-has no W_skip or that has no dictionary -- such an MLP is left out of every path):
+Residual and skip paths. Each skip transcoder at a layer m whose MLP lies between the two
+sites contributes the factor S_m = I + R_m W_skip,m (identity: the residual stream; the other
+term: the linear skip path). An SAE between the two sites is, by default, transparent (its
+reconstruction plus error is the identity in the forward pass); with `cut_at_saes=True` it
+blocks every path (T = 0) -- that is what a prompt attribution graph does, where everything
+crossing a spliced residual SAE is routed through its feature and error nodes. Then
 
-    T_res = (prod_{m=l+1}^{l'-1} S_m) N_{l'}            (product taken exactly, in order).
+    T_res = (prod_{m between, in order} S_m) R          (the product taken exactly).
 
-Expanding the product gives one term per subset P of the skip layers in between:
-d_i (prod_{m in P} N_m W_skip,m) N_{l'} e_j -- the direct term (P = {}), each single W_skip,
-each pair, ... `breakdown=True` returns these terms keyed by the tuple P; they sum to the
-residual total exactly.
+Expanding the product gives one term per subset P of the skip layers in between,
+d_i (prod_{m in P} R_m W_skip,m) R e_j: the direct term (P = {}), each single W_skip, each
+pair, ... `breakdown=True` returns these terms keyed by the tuple P; they sum to T_res.
 
-Attention OV paths (`include_attention=True`), per head h of each layer m with l < m <= l'
-(layer l' attention sits before its MLP input, so it is in between too):
+Attention OV paths (`include_attention=True`), per head h of every layer m whose attention
+lies between the two sites (for a transcoder target, layer l' attention is before its read):
 
-    T_{m,h} = (prod_{k=l+1}^{m-1} S_k) N1_m W_V[m, h_kv] W_O[m, h] (prod_{k=m}^{l'-1} S_k) N_{l'}
+    T_{m,h} = S(up..m) N1_m W_V[m, h_kv] W_O[m, h] S(m..down) R
 
-with N1_m the ln1 treatment and, for grouped-query attention, h_kv = h // (H / H_kv). This is
-every path through exactly one head, with the skip paths around it; it equals the head's real
-contribution up to one input-dependent factor, the attention weight (for the same-position
-edge, the weight a query puts on its own position). Paths through two or more heads (products
-of attention weights) and the value/output biases (constants) are left out. Then
+with S(.. ..) the skip-path products on either side of the head, N1_m the ln1 treatment and,
+for grouped-query attention, h_kv = h // (H / H_kv). These are the paths through exactly one
+head with the skip paths around it; each equals the head's real contribution up to one
+input-dependent factor, the attention weight (for a same-position edge, the weight the query
+puts on its own position). Paths through two or more heads (products of attention weights)
+and the value/output biases (constants) are left out. Then
 
-    T = T_res + sum_{m,h} T_{m,h},       total = W_dec^{(l)} T W_enc^{(l')}   [F_l, F_l'].
+    T = T_res + sum_{m,h} T_{m,h},       total = W_dec^{up} T W_enc^{down}   [F_up, F_down].
 
-Top-k without the full matrix (`top_partners`, `topk_graph`): with D T precomputed ([F, d]),
-scores are computed block by block (`block_size` rows x `block_size` columns) and merged into
-a running top-k by absolute value, so memory stays O(block_size^2 + F k) for any F.
+Top-k without the full matrix is in `circuits.topk_graph`; data-weighted (expected)
+attribution in `circuits.global_graph`.
 """
 
 from __future__ import annotations
@@ -58,18 +71,44 @@ from typing import Any, NamedTuple
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer, layer_hooks
 
 NormSpec = str | Mapping[int | str, float | Tensor]
+SiteKey = int | str
+"""A dictionary named by its layer (when that layer has only one) or by its in/out hook."""
 _MAX_BREAKDOWN_LAYERS = 16  # 2^16 path terms is already far more than anyone reads
+
+# positions along the residual stream of block l: 4 l + offset
+_RESID_OFFSET = {"hook_resid_pre": 0.0, "hook_resid_mid": 2.0, "hook_resid_post": 3.75}
+_ATTN_OFFSET, _LN2_READ_OFFSET, _MLP_OFFSET, _MLP_WRITE_OFFSET = 1.0, 2.5, 3.0, 3.5
+
+
+class Site(NamedTuple):
+    """Where one dictionary reads and writes along the residual stream."""
+
+    index: int
+    """Position of the dictionary in the list given."""
+    name: str
+    """Its out_hook."""
+    layer: int
+    """Block index of its out_hook."""
+    kind: str
+    """"transcoder" (MLP replacement) or "sae" (residual hook)."""
+    read_at: float
+    """Stream position of the encoder's read."""
+    write_at: float
+    """Stream position of the decoder's write."""
+    reads_ln2: bool
+    """Whether the read is `ln2.hook_normalized` (so the ln2 norm treatment applies)."""
+    dictionary: Dictionary
+    """The dictionary itself."""
 
 
 class VirtualWeights(NamedTuple):
-    """Virtual weights from the features of one layer to those of a later layer."""
+    """Virtual weights from the features of one dictionary to those of a later one."""
 
     total: Float[Tensor, "F_from F_to"]
     """All paths: residual and skip paths, plus single-head paths when attention is included."""
@@ -82,7 +121,7 @@ class VirtualWeights(NamedTuple):
 
 
 class PathOperators(NamedTuple):
-    """The [d, d] operators T of the module docstring, between two layers."""
+    """The [d, d] operators T of the module docstring, between two sites."""
 
     total: Float[Tensor, "d d"]
     """T: residual and (if included) single-head paths."""
@@ -91,71 +130,89 @@ class PathOperators(NamedTuple):
     paths: dict[tuple[int, ...], Tensor] | None
     """Per subset of skip layers (with `breakdown`)."""
     heads: dict[tuple[int, int], Tensor] | None
-    """Per (layer, head) (with `include_attention`)."""
+    """Per (layer, head) (with `include_attention` and `per_head`)."""
 
 
-class TopPartners(NamedTuple):
-    """The k strongest partners of one feature in one other layer, by |virtual weight|."""
-
-    layer: int
-    """Layer of the partners."""
-    indices: Int[Tensor, " k"]
-    """Partner feature indices, strongest first."""
-    values: Float[Tensor, " k"]
-    """Signed virtual weights."""
-
-
-class TopKGraph(NamedTuple):
-    """COO edges: each feature's top-k downstream partners in every later layer."""
-
-    src_layer: Int[Tensor, " edges"]
-    """Layer of the upstream feature."""
-    src_feature: Int[Tensor, " edges"]
-    """Upstream feature index."""
-    dst_layer: Int[Tensor, " edges"]
-    """Layer of the downstream feature."""
-    dst_feature: Int[Tensor, " edges"]
-    """Downstream feature index."""
-    weight: Float[Tensor, " edges"]
-    """Signed virtual weight."""
-    n_features: dict[int, int]
-    """Number of features of each layer."""
-
-    def pair(self, layer_from: int, layer_to: int) -> Tensor:
-        """The edges between two layers as a sparse COO tensor [F_from, F_to]."""
-        keep = (self.src_layer == layer_from) & (self.dst_layer == layer_to)
-        idx = torch.stack([self.src_feature[keep], self.dst_feature[keep]])
-        size = (self.n_features[layer_from], self.n_features[layer_to])
-        return torch.sparse_coo_tensor(
-            idx, self.weight[keep], size, check_invariants=True
-        ).coalesce()
-
-
-# ---- dictionaries and norms ----------------------------------------------------------------
-def layer_dictionaries(dictionaries: Sequence[Dictionary], model: Any) -> dict[int, Dictionary]:
-    """The transcoders by layer; refuses anything that does not map ln2 input to MLP output."""
-    out: dict[int, Dictionary] = {}
-    for d in dictionaries:
-        layer = hook_layer(getattr(d, "in_hook", ""))
-        hooks = layer_hooks(layer)
-        if (getattr(d, "in_hook", None), getattr(d, "out_hook", None)) != (
-            hooks.mlp_in,
-            hooks.mlp_out,
-        ) or not isinstance(d, Dictionary):
+# ---- dictionaries and their sites ---------------------------------------------------------
+def _site(index: int, d: Any, model: Any) -> Site:
+    in_hook, out_hook = getattr(d, "in_hook", ""), getattr(d, "out_hook", "")
+    layer = hook_layer(out_hook or "")
+    expected = (
+        "transcoders reading 'blocks.l.ln2.hook_normalized' (or 'blocks.l.hook_resid_mid') and "
+        "writing 'blocks.l.hook_mlp_out', or SAEs at 'blocks.l.hook_resid_{pre,mid,post}'"
+    )
+    if not isinstance(d, Dictionary) or layer < 0:
+        raise SparseCircuitsError(f"virtual weights need {expected}; got {d!r}")
+    if layer >= model.cfg.n_layers:
+        raise SparseCircuitsError(
+            f"dictionary at {out_hook!r} but the model has {model.cfg.n_layers} layers"
+        )
+    hooks = layer_hooks(layer)
+    base = 4.0 * layer
+    if in_hook == out_hook:
+        suffix = out_hook.split(".")[-1]
+        if suffix not in _RESID_OFFSET or out_hook != f"blocks.{layer}.{suffix}":
             raise SparseCircuitsError(
-                f"virtual weights need transcoders reading 'blocks.l.ln2.hook_normalized' and "
-                f"writing 'blocks.l.hook_mlp_out'; got {d!r}"
+                f"an SAE at {out_hook!r} has no input-invariant path to other features; "
+                f"virtual weights need {expected}"
             )
-        if layer in out:
-            raise SparseCircuitsError(f"two dictionaries at layer {layer}; expected one per layer")
-        if layer >= model.cfg.n_layers:
-            raise SparseCircuitsError(
-                f"dictionary at layer {layer} but the model has {model.cfg.n_layers} layers"
-            )
-        out[layer] = d
-    return out
+        pos = base + _RESID_OFFSET[suffix]
+        return Site(index, out_hook, layer, "sae", pos, pos, False, d)
+    if out_hook == hooks.mlp_out and in_hook in (hooks.mlp_in, hooks.resid_mid):
+        read = base + (
+            _LN2_READ_OFFSET if in_hook == hooks.mlp_in else _RESID_OFFSET["hook_resid_mid"]
+        )
+        return Site(
+            index=index,
+            name=out_hook,
+            layer=layer,
+            kind="transcoder",
+            read_at=read,
+            write_at=base + _MLP_WRITE_OFFSET,
+            reads_ln2=in_hook == hooks.mlp_in,
+            dictionary=d,
+        )
+    raise SparseCircuitsError(
+        f"virtual weights need {expected}; got in_hook={in_hook!r}, out_hook={out_hook!r}"
+    )
 
 
+def dictionary_sites(dictionaries: Sequence[Dictionary], model: Any) -> list[Site]:
+    """The site of every dictionary (refuses kinds without input-invariant paths, duplicates)."""
+    sites = [_site(k, d, model) for k, d in enumerate(dictionaries)]
+    seen: set[str] = set()
+    for s in sites:
+        if s.name in seen:
+            raise SparseCircuitsError(f"two dictionaries write {s.name!r}; expected one per hook")
+        seen.add(s.name)
+    return sites
+
+
+def resolve_site(sites: Sequence[Site], key: SiteKey) -> Site:
+    """The site named by a layer (if only one dictionary sits there) or by an in/out hook."""
+    if isinstance(key, str):
+        found = [s for s in sites if key in (s.name, s.dictionary.in_hook)]
+    else:
+        found = [s for s in sites if s.layer == int(key)]
+    if len(found) == 1:
+        return found[0]
+    names = [s.name for s in sites]
+    if not found:
+        raise SparseCircuitsError(f"no dictionary at {key!r}; the dictionaries write {names}")
+    raise SparseCircuitsError(
+        f"layer {key} has several dictionaries ({[s.name for s in found]}); name one by its hook"
+    )
+
+
+def _check_pair(up: Site, down: Site) -> None:
+    if not up.write_at < down.read_at:
+        raise SparseCircuitsError(
+            f"{up.name!r} (layer {up.layer}) does not write before {down.name!r} "
+            f"(layer {down.layer}) reads; the upstream dictionary must come first"
+        )
+
+
+# ---- norms -------------------------------------------------------------------------------
 def _token_batches(tokens: Tensor, batch_size: int) -> list[Tensor]:
     tokens = torch.as_tensor(tokens)
     if tokens.ndim == 1:
@@ -171,7 +228,11 @@ def mean_norm_scales(
     batch_size: int = 16,
     skip_bos: bool = True,
 ) -> dict[str, float]:
-    """Average of every `blocks.m.ln{1,2}.hook_scale` over the tokens (BOS left out by default)."""
+    """Per `blocks.m.ln{1,2}.hook_scale`, the scale s with 1/s = mean of 1/scale over the tokens.
+
+    The inverse is averaged because the normalised input is x / scale: folding the mean
+    inverse in makes the operator the dataset-average one. BOS is left out by default.
+    """
     names = [
         f"blocks.{m}.{ln}.hook_scale"
         for m in range(model.cfg.n_layers)
@@ -180,19 +241,21 @@ def mean_norm_scales(
     ]
     sums = dict.fromkeys(names, 0.0)
     count = 0
+    start = 1 if skip_bos else 0
     for batch in _token_batches(tokens, batch_size):
-        batch = batch.to(model.cfg.device)
-        _, cache = model.run_with_cache(batch, names_filter=lambda n: n in sums)
-        start = 1 if skip_bos else 0
+        _, cache = model.run_with_cache(
+            batch.to(model.cfg.device), names_filter=lambda n: n in sums
+        )
         for name in names:
-            sums[name] += float(cache[name][:, start:].double().sum())
+            sums[name] += float(cache[name][:, start:].double().reciprocal().sum())
         count += batch[:, start:].numel()
     if count == 0:
         raise SparseCircuitsError("mean norm scales need at least one token after BOS")
-    return {name: total / count for name, total in sums.items()}
+    return {name: count / total for name, total in sums.items()}
 
 
-def _resolve_norm(norm: NormSpec, model: Any, tokens: Tensor | None) -> NormSpec:
+def resolve_norm(norm: NormSpec, model: Any, tokens: Tensor | None) -> NormSpec:
+    """Measure the scales of `norm="mean"` on `tokens`; check the other forms."""
     if isinstance(norm, str):
         if norm == "mean":
             if tokens is None:
@@ -234,130 +297,148 @@ def _norm_operator(model: Any, norm: NormSpec, layer: int, which: str) -> Tensor
     return op / scale
 
 
-def _skip_term(model: Any, dicts: dict[int, Dictionary], norm: NormSpec, m: int) -> Tensor | None:
-    """N_m W_skip,m, or None where the layer has no linear skip path."""
-    d = dicts.get(m)
-    if d is None or d.W_skip is None:
-        return None
-    return _norm_operator(model, norm, m, "ln2") @ d.W_skip.detach().cpu().double()
+# ---- path operators ----------------------------------------------------------------------
+class _Stream:
+    """The linear pieces of the frozen model between sites, in float64 on the CPU."""
 
+    def __init__(self, model: Any, sites: Sequence[Site], norm: NormSpec, cut_at_saes: bool):
+        self.model, self.sites, self.norm, self.cut = model, sites, norm, cut_at_saes
+        self.d = model.cfg.d_model
 
-def _chain(
-    model: Any, dicts: dict[int, Dictionary], norm: NormSpec, start: int, stop: int
-) -> Tensor:
-    """prod_{k=start}^{stop-1} (I + N_k W_skip,k), in layer order."""
-    out = torch.eye(model.cfg.d_model, dtype=torch.float64)
-    for k in range(start, stop):
-        term = _skip_term(model, dicts, norm, k)
-        if term is not None:
+    def read(self, site: Site) -> Tensor:
+        if site.reads_ln2:
+            return _norm_operator(self.model, self.norm, site.layer, "ln2")
+        return torch.eye(self.d, dtype=torch.float64)
+
+    def skips(self, start: float, stop: float) -> dict[int, Tensor]:
+        """R_m W_skip,m of every skip transcoder whose MLP lies in (start, stop)."""
+        out = {}
+        for s in sorted(self.sites, key=lambda s: s.layer):
+            mlp = 4.0 * s.layer + _MLP_OFFSET
+            w_skip = s.dictionary.W_skip
+            if s.kind == "transcoder" and w_skip is not None and start < mlp < stop:
+                out[s.layer] = self.read(s) @ w_skip.detach().cpu().double()
+        return out
+
+    def blocked(self, start: float, stop: float) -> bool:
+        """Whether a (cutting) SAE sits strictly between the two stream positions."""
+        return self.cut and any(s.kind == "sae" and start < s.read_at < stop for s in self.sites)
+
+    def chain(self, start: float, stop: float) -> Tensor:
+        """prod (I + R_m W_skip,m) over the MLPs in (start, stop), in order (0 if cut)."""
+        out = torch.eye(self.d, dtype=torch.float64)
+        if self.blocked(start, stop):
+            return out * 0.0
+        for term in self.skips(start, stop).values():
             out = out + out @ term
-    return out
-
-
-def _check_layers(model: Any, dicts: dict[int, Dictionary], layer_from: int, layer_to: int) -> None:
-    for layer in (layer_from, layer_to):
-        if layer not in dicts:
-            raise SparseCircuitsError(
-                f"no transcoder at layer {layer}; the dictionaries cover layers {sorted(dicts)}"
-            )
-    if not layer_from < layer_to:
-        raise SparseCircuitsError(f"layer_from ({layer_from}) must be below layer_to ({layer_to})")
+        return out
 
 
 def path_operators(
     dictionaries: Sequence[Dictionary],
     model: Any,
-    layer_from: int,
-    layer_to: int,
+    layer_from: SiteKey,
+    layer_to: SiteKey,
     *,
     norm: NormSpec = "ignore",
     tokens: Int[Tensor, "batch pos"] | None = None,
     include_attention: bool = False,
     breakdown: bool = False,
+    cut_at_saes: bool = False,
+    per_head: bool = True,
 ) -> PathOperators:
-    """The [d, d] operators T between two layers (module docstring), in float64 on the CPU."""
-    dicts = layer_dictionaries(dictionaries, model)
-    _check_layers(model, dicts, layer_from, layer_to)
-    norm = _resolve_norm(norm, model, tokens)
-    n_to = _norm_operator(model, norm, layer_to, "ln2")
-    residual = _chain(model, dicts, norm, layer_from + 1, layer_to) @ n_to
+    """The [d, d] operators T between two dictionaries (module docstring), float64 on the CPU.
+
+    `per_head=False` sums each layer's heads into one OV matrix first (cheaper; `heads` None).
+    """
+    sites = dictionary_sites(dictionaries, model)
+    up, down = resolve_site(sites, layer_from), resolve_site(sites, layer_to)
+    _check_pair(up, down)
+    stream = _Stream(model, sites, resolve_norm(norm, model, tokens), cut_at_saes)
+    w, r = up.write_at, down.read_at
+    read = stream.read(down)
+    residual = stream.chain(w, r) @ read
 
     paths = None
     if breakdown:
-        skips = {
-            m: t
-            for m in range(layer_from + 1, layer_to)
-            if (t := _skip_term(model, dicts, norm, m)) is not None
-        }
+        skips = stream.skips(w, r)
         if len(skips) > _MAX_BREAKDOWN_LAYERS:
             raise SparseCircuitsError(
                 f"a breakdown over {len(skips)} skip layers has 2^{len(skips)} terms; "
                 f"at most {_MAX_BREAKDOWN_LAYERS} layers are supported"
             )
+        gate = 0.0 if stream.blocked(w, r) else 1.0
         paths = {}
-        for r in range(len(skips) + 1):
-            for subset in itertools.combinations(sorted(skips), r):
-                op = torch.eye(model.cfg.d_model, dtype=torch.float64)
+        for n in range(len(skips) + 1):
+            for subset in itertools.combinations(sorted(skips), n):
+                op = torch.eye(model.cfg.d_model, dtype=torch.float64) * gate
                 for m in subset:
                     op = op @ skips[m]
-                paths[subset] = op @ n_to
+                paths[subset] = op @ read
 
     heads = None
     total = residual
     if include_attention:
-        heads = {}
+        heads = {} if per_head else None
         W_V = model.W_V.detach().cpu().double()
         W_O = model.W_O.detach().cpu().double()
         n_heads, n_kv = W_O.shape[1], W_V.shape[1]
-        group = n_heads // n_kv
-        for m in range(layer_from + 1, layer_to + 1):
-            pre = _chain(model, dicts, norm, layer_from + 1, m) @ _norm_operator(
-                model, norm, m, "ln1"
-            )
-            post = _chain(model, dicts, norm, m, layer_to) @ n_to
-            for h in range(n_heads):
-                heads[(m, h)] = pre @ W_V[m, h // group] @ W_O[m, h] @ post
-        total = residual + sum(heads.values())
+        group = n_heads // n_kv  # GQA: query head h reads kv head h // group
+        for m in range(model.cfg.n_layers):
+            at = 4.0 * m + _ATTN_OFFSET
+            if not w < at < r:
+                continue
+            pre = stream.chain(w, at) @ _norm_operator(model, stream.norm, m, "ln1")
+            post = stream.chain(at, r) @ read
+            if per_head:
+                for h in range(n_heads):
+                    # (pre W_V) (W_O post): d x d_head products, never a d^3 one per head
+                    heads[(m, h)] = (pre @ W_V[m, h // group]) @ (W_O[m, h] @ post)
+                    total = total + heads[(m, h)]
+            else:
+                ov = sum(W_V[m, h // group] @ W_O[m, h] for h in range(n_heads))
+                total = total + pre @ ov @ post
     return PathOperators(total, residual, paths, heads)
 
 
-def _decoder(d: Dictionary) -> Tensor:
-    return d.W_dec.detach()
-
-
-def _encoder(d: Dictionary) -> Tensor:
-    return d.W_enc.detach()
-
-
-def _apply(d_from: Dictionary, op: Tensor, d_to: Dictionary) -> Tensor:
-    dec = _decoder(d_from)
-    return (dec @ op.to(dec.device, dec.dtype)) @ _encoder(d_to).to(dec.dtype)
+def apply_operator(
+    d_from: Dictionary, op: Float[Tensor, "d d"], d_to: Dictionary
+) -> Float[Tensor, "F_from F_to"]:
+    """W_dec^{from} T W_enc^{to}, in the upstream dictionary's dtype and device."""
+    dec = d_from.W_dec.detach()
+    with torch.no_grad():
+        return (dec @ op.to(dec.device, dec.dtype)) @ d_to.W_enc.detach().to(dec)
 
 
 def virtual_weights(
     dictionaries: Sequence[Dictionary],
     model: Any,
-    layer_from: int,
-    layer_to: int,
+    layer_from: SiteKey,
+    layer_to: SiteKey,
     *,
     norm: NormSpec = "ignore",
     tokens: Int[Tensor, "batch pos"] | None = None,
     include_attention: bool = False,
     breakdown: bool = False,
+    cut_at_saes: bool = False,
 ) -> VirtualWeights:
-    """Dense virtual weights [F_from, F_to] from layer `layer_from`'s features to `layer_to`'s.
+    """Dense virtual weights [F_from, F_to] from one dictionary's features to a later one's.
 
     Args:
-        dictionaries: transcoders (ln2 input -> MLP output), one per layer.
+        dictionaries: transcoders / skip transcoders (one per MLP) and residual SAEs.
         model: the model they belong to (`replacement.load_model`).
-        layer_from, layer_to: the two layers, layer_from < layer_to.
+        layer_from, layer_to: the two dictionaries, by layer (if only one dictionary sits
+            there) or by hook name; the upstream one must write before the downstream reads.
         norm: "ignore", "mean" (needs `tokens`) or explicit scales (module docstring).
         tokens: token ids to measure mean norm scales on.
         include_attention: add the single-head OV paths, reported per head in `heads`.
         breakdown: also return the term of each subset of skip layers in `paths`.
-    Builds the full matrix: for large dictionaries use `top_partners` / `topk_graph`.
+        cut_at_saes: residual SAEs in between block every path (as in prompt graphs).
+    Builds the full matrix: for large dictionaries use `circuits.topk_graph`.
     """
-    dicts = layer_dictionaries(dictionaries, model)
+    sites = dictionary_sites(dictionaries, model)
+    d_from = resolve_site(sites, layer_from).dictionary
+    d_to = resolve_site(sites, layer_to).dictionary
     ops = path_operators(
         dictionaries,
         model,
@@ -367,146 +448,13 @@ def virtual_weights(
         tokens=tokens,
         include_attention=include_attention,
         breakdown=breakdown,
+        cut_at_saes=cut_at_saes,
     )
-    d_from, d_to = dicts[layer_from], dicts[layer_to]
-    with torch.no_grad():
-        total = _apply(d_from, ops.total, d_to)
-        residual = total if ops.heads is None else _apply(d_from, ops.residual, d_to)
-        paths = (
-            None
-            if ops.paths is None
-            else {k: _apply(d_from, v, d_to) for k, v in ops.paths.items()}
-        )
-        heads = (
-            None
-            if ops.heads is None
-            else {k: _apply(d_from, v, d_to) for k, v in ops.heads.items()}
-        )
+    total = apply_operator(d_from, ops.total, d_to)
+    residual = total if ops.heads is None else apply_operator(d_from, ops.residual, d_to)
+    paths = heads = None
+    if ops.paths is not None:
+        paths = {k: apply_operator(d_from, v, d_to) for k, v in ops.paths.items()}
+    if ops.heads is not None:
+        heads = {k: apply_operator(d_from, v, d_to) for k, v in ops.heads.items()}
     return VirtualWeights(total, residual, paths, heads)
-
-
-# ---- top-k without the full matrix --------------------------------------------------------
-def blocked_topk(
-    left: Float[Tensor, "rows d"],
-    right: Float[Tensor, "d cols"],
-    k: int,
-    block_size: int = 4096,
-) -> tuple[Float[Tensor, "rows k"], Int[Tensor, "rows k"]]:
-    """Per row of `left @ right`, the k entries of largest |value| (signed values, column ids).
-
-    Never holds more than a [block_size, block_size] block of the product.
-    """
-    n_rows, n_cols = left.shape[0], right.shape[1]
-    k = min(k, n_cols)
-    out_v = left.new_empty(n_rows, k)
-    out_i = torch.empty(n_rows, k, dtype=torch.long, device=left.device)
-    for r0 in range(0, n_rows, block_size):
-        rows = left[r0 : r0 + block_size]
-        best_v = rows.new_empty(rows.shape[0], 0)
-        best_i = torch.empty(rows.shape[0], 0, dtype=torch.long, device=left.device)
-        for c0 in range(0, n_cols, block_size):
-            block = rows @ right[:, c0 : c0 + block_size]
-            kk = min(k, block.shape[1])
-            idx = block.abs().topk(kk, dim=1).indices
-            cand_v = torch.cat([best_v, block.gather(1, idx)], dim=1)
-            cand_i = torch.cat([best_i, idx + c0], dim=1)
-            keep = cand_v.abs().topk(min(k, cand_v.shape[1]), dim=1).indices
-            best_v, best_i = cand_v.gather(1, keep), cand_i.gather(1, keep)
-        out_v[r0 : r0 + block_size], out_i[r0 : r0 + block_size] = best_v, best_i
-    return out_v, out_i
-
-
-def top_partners(
-    dictionaries: Sequence[Dictionary],
-    model: Any,
-    layer: int,
-    feature: int,
-    k: int,
-    direction: str = "down",
-    block_size: int = 4096,
-    *,
-    norm: NormSpec = "ignore",
-    tokens: Int[Tensor, "batch pos"] | None = None,
-    include_attention: bool = False,
-) -> dict[int, TopPartners]:
-    """The k strongest partners of one feature in every later ("down") or earlier ("up") layer.
-
-    Strength is |virtual weight|; the weight matrix is never built, only [d] vectors and
-    `block_size` slices of the other layer's encoder/decoder.
-    """
-    if direction not in ("down", "up"):
-        raise SparseCircuitsError(f'direction must be "down" or "up", got {direction!r}')
-    dicts = layer_dictionaries(dictionaries, model)
-    if layer not in dicts or not 0 <= feature < dicts[layer].n_features:
-        raise SparseCircuitsError(
-            f"no feature {feature} at layer {layer}; layers with transcoders: {sorted(dicts)}"
-        )
-    norm = _resolve_norm(norm, model, tokens)
-    others = [m for m in sorted(dicts) if (m > layer if direction == "down" else m < layer)]
-    out = {}
-    for other in others:
-        lo, hi = (layer, other) if direction == "down" else (other, layer)
-        op = path_operators(
-            dictionaries, model, lo, hi, norm=norm, include_attention=include_attention
-        ).total
-        if direction == "down":
-            dec = _decoder(dicts[layer])
-            vec = dec[feature : feature + 1] @ op.to(dec.device, dec.dtype)  # [1, d]
-            mat = _encoder(dicts[other]).to(dec.dtype)  # [d, F_other]
-        else:
-            enc = _encoder(dicts[layer])
-            vec = (op.to(enc.device, enc.dtype) @ enc[:, feature]).unsqueeze(0)  # [1, d]
-            mat = _decoder(dicts[other]).to(enc.dtype).T  # [d, F_other]
-        with torch.no_grad():
-            values, indices = blocked_topk(vec, mat, k, block_size)
-        out[other] = TopPartners(other, indices[0], values[0])
-    return out
-
-
-def topk_graph(
-    dictionaries: Sequence[Dictionary],
-    model: Any,
-    k: int,
-    block_size: int = 4096,
-    *,
-    norm: NormSpec = "ignore",
-    tokens: Int[Tensor, "batch pos"] | None = None,
-    include_attention: bool = False,
-    verbose: bool = True,
-) -> TopKGraph:
-    """Every feature's k strongest downstream partners in every later layer, as COO edges.
-
-    Memory: [F, d] for D T plus one [block_size, block_size] block and a [block_size, k]
-    running top-k -- never [F_l, F_l'].
-    """
-    dicts = layer_dictionaries(dictionaries, model)
-    norm = _resolve_norm(norm, model, tokens)
-    layers = sorted(dicts)
-    pairs = [(a, b) for a in layers for b in layers if a < b]
-    parts: list[tuple[Tensor, ...]] = []
-    for a, b in tqdm(pairs, desc="layer pairs", disable=not verbose, leave=False):
-        op = path_operators(
-            dictionaries, model, a, b, norm=norm, include_attention=include_attention
-        )
-        dec = _decoder(dicts[a])
-        with torch.no_grad():
-            left = dec @ op.total.to(dec.device, dec.dtype)
-            values, indices = blocked_topk(left, _encoder(dicts[b]).to(dec.dtype), k, block_size)
-        n, kk = indices.shape
-        src = torch.arange(n, device=indices.device).repeat_interleave(kk)
-        parts.append(
-            (
-                torch.full((n * kk,), a, dtype=torch.long),
-                src.cpu(),
-                torch.full((n * kk,), b, dtype=torch.long),
-                indices.reshape(-1).cpu(),
-                values.reshape(-1).cpu(),
-            )
-        )
-    if not parts:
-        empty = torch.empty(0, dtype=torch.long)
-        return TopKGraph(
-            empty, empty, empty, empty, torch.empty(0), {m: dicts[m].n_features for m in layers}
-        )
-    cols = [torch.cat(c) for c in zip(*parts, strict=True)]
-    return TopKGraph(*cols, n_features={m: dicts[m].n_features for m in layers})

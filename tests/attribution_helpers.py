@@ -47,7 +47,14 @@ def random_transcoders(model, activation="relu", skip=True, n_features=48, seed=
 
 @torch.no_grad()
 def frozen_effect(model, dictionaries, tokens, source, delta, targets):
-    """Change of each target's readout when `delta * source` is added, in the frozen model.
+    """Change of each target's readout per unit of `delta * source` (one source)."""
+    return frozen_effects(model, dictionaries, tokens, [source], delta, targets)[0]
+
+
+@torch.no_grad()
+def frozen_effects(model, dictionaries, tokens, sources, delta, targets):
+    """Change of each target's readout when `delta * source` is added, in the frozen model,
+    divided by delta: [n_sources, n_targets] (float64).
 
     source: ("feature", dict_index, pos, feature) | ("error", dict_index, pos) | ("token", pos)
     targets: list of ("feature", dict_index, pos, feature) | ("logit", direction[d_model])
@@ -60,7 +67,7 @@ def frozen_effect(model, dictionaries, tokens, source, delta, targets):
         names += [d.in_hook, d.out_hook]
     names += ["hook_embed", "ln_final.hook_normalized"]
 
-    def run(perturb: bool, delta: float = delta):
+    def run(perturb: bool, source=None, delta: float = 0.0):
         seen: dict[str, torch.Tensor] = {}
         incoming: dict[str, torch.Tensor] = {}
 
@@ -98,21 +105,29 @@ def frozen_effect(model, dictionaries, tokens, source, delta, targets):
         # encoders read what arrives at their hook (for an SAE, before it is replaced)
         return {**seen, **{d.in_hook: incoming[d.in_hook] for d in dictionaries}}
 
+    def readouts(run_out):
+        """What each target reads, before its encoder column or direction is applied."""
+        out = []
+        for target in targets:
+            if target[0] == "feature":
+                out.append(run_out[dictionaries[target[1]].in_hook][0, target[2]].double())
+            else:
+                out.append(run_out["ln_final.hook_normalized"][0, -1].double())
+        return out
+
+    def columns():
+        for target in targets:
+            if target[0] == "feature":
+                yield dictionaries[target[1]].W_enc[:, target[3]].double()
+            else:
+                yield target[1].double()
+
     run(False)  # capture the clean values
-    # the baseline goes through the same (frozen) code path as the perturbed run, so that
+    # the baseline goes through the same (frozen) code path as the perturbed runs, so that
     # float rounding of norms computed in float32 by some models cancels
-    base = run(True, delta=0.0)
-    moved = run(True)
-    out = []
-    for target in targets:
-        if target[0] == "feature":
-            _, k, pos, f = target
-            d = dictionaries[k]
-            r0, r1 = base[d.in_hook][0, pos], moved[d.in_hook][0, pos]
-            out.append(float((r1 - r0) @ d.W_enc[:, f]))
-        else:
-            direction = target[1]
-            r0 = base["ln_final.hook_normalized"][0, -1]
-            r1 = moved["ln_final.hook_normalized"][0, -1]
-            out.append(float((r1 - r0) @ direction))
-    return torch.tensor(out, dtype=torch.float64) / delta
+    base = readouts(run(True, ("token", 0), 0.0))
+    effects = []
+    for source in sources:
+        moved = readouts(run(True, source, delta))
+        effects.append([float((m - b) @ w) for m, b, w in zip(moved, base, columns(), strict=True)])
+    return torch.tensor(effects, dtype=torch.float64) / delta

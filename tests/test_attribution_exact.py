@@ -13,7 +13,7 @@ import torch
 
 from circuits.attribute import attribute
 from replacement import load_model
-from tests.attribution_helpers import frozen_effect, random_transcoders
+from tests.attribution_helpers import frozen_effect, frozen_effects, random_transcoders
 from tests.tiny_models import make_gpt2, make_llama
 
 PROMPT = "def add(a, b):\n    return"
@@ -49,11 +49,10 @@ def _source(graph, i):
 
 def check_columns(model, dicts, graph, sources):
     rows, targets = _targets(graph, model)
-    effects, predicted = [], []
-    for s in sources:
-        effects.append(frozen_effect(model, dicts, graph.tokens, _source(graph, s), 0.7, targets))
-        predicted.append(graph.adjacency[rows, s].double())
-    effects, predicted = torch.stack(effects), torch.stack(predicted)
+    effects = frozen_effects(
+        model, dicts, graph.tokens, [_source(graph, s) for s in sources], 0.7, targets
+    )
+    predicted = graph.adjacency[rows][:, sources].T.double()
     scale = effects.abs().max()
     assert scale > 1e-3, "the chosen sources have no measurable effect; the test is vacuous"
     assert (effects - predicted).abs().max() <= 1e-4 * scale
@@ -63,7 +62,8 @@ def check_columns(model, dicts, graph, sources):
 @pytest.mark.parametrize("kind,params", KINDS, ids=[k for k, _ in KINDS])
 def test_edges_equal_interventions(model64, kind, params, skip):
     dicts = random_transcoders(model64, kind, skip=skip, **params)
-    graph = attribute(model64, dicts, PROMPT, batch_size=16, verbose=False)
+    # a feature budget keeps the test fast; every row computed is checked in full
+    graph = attribute(model64, dicts, PROMPT, batch_size=32, verbose=False, max_feature_nodes=128)
     feats, errors, tokens = graph.find("feature"), graph.find("error"), graph.find("token")
     layer0 = [i for i in feats if graph.node_layer[i] == 0]
     assert len(layer0) > 5
@@ -176,3 +176,32 @@ def test_sae_edges_are_local_linear_estimates(model64):
         pred = graph.adjacency[rows, s].double()
         assert eff.abs().max() > 1e-3
         assert (eff - pred).abs().max() <= 1e-3 * eff.abs().max()
+
+
+def test_offload_and_wide_dictionary_paths_agree(tiny_gpt2, monkeypatch):
+    """Rows kept on the device, and decoder dot products gathered per active feature (the
+    path for wide dictionaries), give the same graph; token ids without BOS get it."""
+    from circuits import sources
+
+    dicts = random_transcoders(tiny_gpt2, "topk", skip=True, k=6)
+    ref = attribute(tiny_gpt2, dicts, PROMPT, batch_size=16, verbose=False)
+    monkeypatch.setattr(sources, "DENSE_DOT_LIMIT", 0)
+    other = attribute(
+        tiny_gpt2, dicts, ref.tokens[1:], batch_size=16, verbose=False, offload_rows_to_cpu=False
+    )
+    assert torch.equal(other.tokens, ref.tokens)
+    assert other.node_label == ref.node_label
+    torch.testing.assert_close(other.adjacency, ref.adjacency, rtol=1e-5, atol=1e-6)
+    assert other.adjacency.device.type == "cpu"
+
+
+def test_bad_arguments(tiny_gpt2):
+    from replacement.errors import SparseCircuitsError
+
+    dicts = random_transcoders(tiny_gpt2, "relu")
+    with pytest.raises(SparseCircuitsError, match="two dictionaries write to"):
+        attribute(tiny_gpt2, [dicts[0], dicts[0]], PROMPT, verbose=False)
+    with pytest.raises(SparseCircuitsError, match=r"expected \(32,\)"):
+        attribute(tiny_gpt2, dicts, PROMPT, verbose=False, target_direction=torch.ones(5))
+    with pytest.raises(SparseCircuitsError, match="exactly one"):
+        attribute(tiny_gpt2, dicts, PROMPT, verbose=False, target_tokens=["def add"])

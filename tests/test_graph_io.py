@@ -42,7 +42,7 @@ def test_load_errors(tmp_path):
 
 
 def test_json_export_follows_the_schema(tmp_path):
-    graph = hand_graph().prune(0.5, 1.0)
+    graph = hand_graph().prune(0.7, 1.0)
     doc = graph.to_json(slug="hand", path=tmp_path / "hand.json")
     assert json.loads((tmp_path / "hand.json").read_text()) == doc
     ids = {n["node_id"]: n for n in doc["nodes"]}
@@ -51,7 +51,7 @@ def test_json_export_follows_the_schema(tmp_path):
     assert ids["E_5_1"]["layer"] == "E" and ids["E_5_1"]["feature"] == 1
     assert ids["3_11_2"]["is_target_logit"] and ids["3_11_2"]["token_prob"] == 1.0
     assert {"source": "1_9_2", "target": "3_11_2", "weight": 2.0} in doc["links"]
-    assert doc["metadata"]["node_threshold"] == 0.5 and doc["metadata"]["schema_version"] == 1
+    assert doc["metadata"]["node_threshold"] == 0.7 and doc["metadata"]["schema_version"] == 1
     # the schema rejects a document that breaks it
     broken = dict(doc, nodes=[dict(doc["nodes"][0], layer=3)])
     import jsonschema
@@ -79,3 +79,11 @@ def test_networkx_and_graphml(tmp_path):
     back = nx.read_graphml(path)
     assert back.number_of_edges() == 6
     assert back.edges["0_7_1", "1_9_2"]["weight"] == 3.0
+
+
+def test_logit_probs_and_png():
+    graph = hand_graph()
+    assert graph.logit_probs.tolist() == [1.0]
+    assert graph.feature_ids() == [(0, 1, 7), (1, 2, 9)]
+    png = graph._repr_png_()
+    assert png.startswith(b"\x89PNG")

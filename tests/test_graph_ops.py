@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from circuits.graph import AttributionGraph
+from replacement.errors import SparseCircuitsError
 
 # nodes: f0, f1 (features), e0 (error), t0, t1 (tokens), L (logit, p = 1)
 KIND = ["feature", "feature", "error", "token", "token", "logit"]
@@ -49,30 +50,57 @@ def test_scores_by_hand():
 def test_prune_keeps_the_cover_and_tokens_and_logits():
     graph = hand_graph()
     assert graph.prune(1.0, 1.0).n_nodes == 6
+    # influence ranked (ties in node order): f1 .5, t0 .5, f0 .375, e0 .25, t1 .25, L 0 of
+    # 1.875; cumulative shares .267, .533, .733, .867, 1, 1
+    shares = torch.tensor([0.375 + 0.5 + 0.5, 0.5, 1.625, 1.0, 1.875, 1.875]) / 1.875
     pruned = graph.prune(node_threshold=0.5, edge_threshold=1.0)
-    # f1 (share .44) and f0 (the node crossing .5) are kept; the error node is not
+    # f1 and t0 reach .533 >= .5: f0 and e0 go; tokens and the logit stay
+    assert pruned.node_label == ["f1", "t0", "t1", "L"]
+    torch.testing.assert_close(pruned.node_influence, shares[[F1, T0, T1, L]])
+    assert pruned.adjacency[3, 0] == 2.0 and pruned.adjacency[0, 1] == -1.0
+    pruned = graph.prune(node_threshold=0.7, edge_threshold=1.0)
     assert pruned.node_label == ["f0", "f1", "t0", "t1", "L"]
-    # shares as exported: f1 .444, f0 .778
-    torch.testing.assert_close(pruned.node_influence[:2], torch.tensor([0.375 + 0.5, 0.5]) / 1.125)
+    torch.testing.assert_close(pruned.node_influence, shares[[F0, F1, T0, T1, L]])
     assert pruned.adjacency[4, 1] == 2.0 and pruned.adjacency[1, 0] == 3.0
 
 
 def test_edge_pruning_drops_weak_edges_and_dangling_nodes():
+    # edge scores A_hat[t, s] (influence[t] + w[t]): L<-f1 .5, f1<-f0 .375, f0<-t0 .375,
+    # L<-e0 .25, L<-t1 .25, f1<-t0 .125 (total 1.875; cumulative .267 .467 .667 .8 .933 1)
     graph = hand_graph()
-    graph.adjacency[F1, T0] = -1e-3  # a weak edge
-    graph.adjacency[F0, T1] = 1e-4  # f0's weakest input
     pruned = graph.prune(node_threshold=1.0, edge_threshold=0.9)
     idx = {label: i for i, label in enumerate(pruned.node_label)}
     a = pruned.adjacency
-    assert a[idx["f1"], idx["t0"]] == 0 and a[idx["f0"], idx["t1"]] == 0  # weak edges gone
-    assert a[idx["L"], idx["f1"]] == 2.0 and a[idx["f1"], idx["f0"]] == 3.0
-    assert a[idx["f0"], idx["t0"]] == 1.0
+    assert a[idx["f1"], idx["t0"]] == 0  # the weakest edge is the only one gone
+    assert int((a != 0).sum()) == 5 and a[idx["L"], idx["e0"]] == 1.0
 
-    # a feature whose only reader is pruned away is dropped as dangling
+    # at .6 only the three strongest edges stay: the error node loses its only reader
+    pruned = graph.prune(node_threshold=1.0, edge_threshold=0.6)
+    assert pruned.node_label == ["f0", "f1", "t0", "t1", "L"]
+    idx = {label: i for i, label in enumerate(pruned.node_label)}
+    kept = {(t, s) for t, s in (pruned.adjacency != 0).nonzero().tolist()}
+    assert kept == {(idx["L"], idx["f1"]), (idx["f1"], idx["f0"]), (idx["f0"], idx["t0"])}
+
+    # a feature of little influence loses its edges (scores ~.005 of 1.5) and is dropped
+    graph = hand_graph()
+    graph.adjacency[F1, F0] = 0.01
+    pruned = graph.prune(node_threshold=1.0, edge_threshold=0.98)
+    assert "f0" not in pruned.node_label and "f1" in pruned.node_label
+    idx = {label: i for i, label in enumerate(pruned.node_label)}
+    assert pruned.adjacency[idx["f1"], idx["t0"]] == -1.0
+
+    # a feature whose only reader is gone is dropped, and so is the feature feeding it
     graph = hand_graph()
     graph.adjacency[L, F1] = 0.0
     pruned = graph.prune(node_threshold=1.0, edge_threshold=1.0)
     assert "f1" not in pruned.node_label and "f0" not in pruned.node_label
+
+
+def test_influence_rejects_a_cycle():
+    graph = hand_graph()
+    graph.adjacency[F0, F1] = 1.0  # f0 <-> f1
+    with pytest.raises(SparseCircuitsError, match="cycle"):
+        graph.influence()
 
 
 def test_bad_thresholds():

@@ -22,7 +22,6 @@ def setup(tiny_gpt2):
 
 def test_constrained_logit_change_matches_adjacency(setup):
     model, dicts, graph = setup
-    W_U = model.W_U
     logit_rows = graph.find("logit")
     tok = int(graph.node_feature[logit_rows[0]])
     feats = graph.find("feature")
@@ -33,7 +32,6 @@ def test_constrained_logit_change_matches_adjacency(setup):
     result = intervene(model, dicts, graph.tokens, [Intervention(layer, pos, f, scale=3.0)])
     change = result.logits[-1] - result.clean_logits[-1]
     demeaned = change[tok] - change.mean()
-    del W_U
     # scaling by 3 adds 2 * a_s W_dec[s]: the demeaned logit moves by 2 * A[logit, s]
     expected = 2.0 * graph.adjacency[logit_rows[0], s]
     assert abs(expected) > 1e-3

@@ -1,0 +1,25 @@
+"""Replacement and completeness scores of an attribution graph (REFERENCE.md, "Pruning and
+graph scores"; circuit-tracer's `compute_graph_scores`)."""
+
+from __future__ import annotations
+
+from circuits.graph import AttributionGraph, GraphScores
+from circuits.prune import influence_series, normalize_rows
+
+
+def graph_scores(graph: AttributionGraph) -> GraphScores:
+    """Replacement and completeness scores of a graph.
+
+    replacement  = influence(tokens) / (influence(tokens) + influence(errors))
+    completeness = sum_i (1 - error share of i's inputs)(infl_i + w_i) / sum_i (infl_i + w_i)
+    """
+    weights = graph.logit_weights
+    a_hat = normalize_rows(graph.adjacency)
+    infl = influence_series(a_hat, weights)
+    tokens, errors = graph.mask("token"), graph.mask("error")
+    token_infl, error_infl = infl[tokens].sum(), infl[errors].sum()
+    replacement = float(token_infl / (token_infl + error_infl).clamp_min(1e-30))
+    non_error = 1.0 - a_hat[:, errors].sum(dim=1)
+    output = infl + weights
+    completeness = float((non_error * output).sum() / output.sum().clamp_min(1e-30))
+    return GraphScores(replacement=replacement, completeness=completeness)
