@@ -65,6 +65,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         ctx_len=args.ctx_len,
         verbose=not args.quiet,
         per_layer=not args.no_per_layer,
+        keep_bos=not args.splice_bos,
     )
     print(report)
     if args.out:
@@ -91,6 +92,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-per-layer", action="store_true", help="only splice all together")
+    parser.add_argument(
+        "--splice-bos",
+        action="store_true",
+        help="also splice and ablate position 0 (BOS), which by default keeps its own activation",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--out", help="write the report as JSON here")
     parser.set_defaults(func=run_evaluate)

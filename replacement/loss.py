@@ -11,6 +11,9 @@ variance, L0, share of dead features and shrinkage gamma = E||y_hat||^2 / E<y, y
 
 Position 0 (BOS) is excluded everywhere: its activations from the local metrics and the
 prediction made at position 0 from the losses. Padding of ragged text is excluded likewise.
+By default (`keep_bos=True`, as in `splice`) position 0 also keeps the model's own activation
+in the spliced and in the ablated passes, so "recovered" measures the dictionaries on the
+positions they were trained for; `keep_bos=False` splices and ablates BOS as well.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import ShapeError, SparseCircuitsError
 from replacement.model import to_tokens
-from replacement.splice import _flat, _layer_views, _split_crosslayer, check_compatible, splice
+from replacement.splice import (
+    _flat,
+    _layer_views,
+    _split_crosslayer,
+    check_compatible,
+    keep_first_position,
+    splice,
+)
 
 Unit = Dictionary | CrossLayerTranscoder
 ABLATIONS = ("zero", "mean")
@@ -81,6 +91,8 @@ class SplicedLossReport:
     """Number of next-token predictions evaluated (position 0 and padding excluded)."""
     n_sequences: int
     """Number of sequences (after chunking text to ctx_len)."""
+    keep_bos: bool = True
+    """Whether position 0 kept the model's own activation in the spliced and ablated passes."""
     rows: list[SplicedLossRow] = field(default_factory=list)
     """Per-dictionary rows, then "all" when there are several dictionaries."""
 
@@ -134,7 +146,8 @@ class SplicedLossReport:
         widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
         lines = [
             f"original CE {self.ce_original:.4f} nats over {self.n_predictions} predictions "
-            f"({self.n_sequences} sequences)"
+            f"({self.n_sequences} sequences); position 0 "
+            + ("kept exact" if self.keep_bos else "spliced and ablated too")
         ]
         for i, cells in enumerate(table):
             first = cells[0].ljust(widths[0])
@@ -290,10 +303,10 @@ def _log_probs(logits: Tensor, pred_mask: Tensor) -> Tensor:
     return F.log_softmax(logits[:, :-1][pred_mask].float(), dim=-1)
 
 
-def _replace_hooks(values: dict[str, Callable[[Tensor], Tensor]]) -> list:
+def _replace_hooks(values: dict[str, Callable[[Tensor], Tensor]], keep_bos: bool = False) -> list:
     def make(fn):
         def hook(act: Tensor, hook: Any) -> Tensor:
-            return fn(act)
+            return keep_first_position(fn(act), act) if keep_bos else fn(act)
 
         return hook
 
@@ -344,6 +357,7 @@ def spliced_loss(
     ablations: Sequence[str] = ABLATIONS,
     per_layer: bool = True,
     check_model: bool = True,
+    keep_bos: bool = True,
 ) -> SplicedLossReport:
     """CE, CE increase, KL, loss recovered and local metrics of dictionaries spliced into `model`.
 
@@ -358,6 +372,8 @@ def spliced_loss(
         ablations: baselines of the fraction of loss recovered: "zero" and/or "mean".
         per_layer: also splice (and ablate) each dictionary alone; without it only "all" runs.
         check_model: refuse dictionaries whose recorded model name differs from the model's.
+        keep_bos: position 0 keeps the model's own activation when spliced and when ablated
+            (see `splice`); False replaces it too.
 
     Returns:
         A `SplicedLossReport` (prints as a table; `.to_dict()` for JSON).
@@ -422,24 +438,23 @@ def spliced_loss(
             xs = [_flat(captured[h], _width_in(unit), h, "d_in") for h in _in_hooks(unit)]
             ys = [_flat(captured[h], _width(unit), h, "d_out") for h in _out_hooks(unit)]
             outs = _local_outputs(unit, xs, locals_[name], act_mask, ys)
-            for h, y_hat in zip(_out_hooks(unit), outs, strict=True):
-                recon[h] = y_hat
+            for h, y_hat, y in zip(_out_hooks(unit), outs, ys, strict=True):
+                recon[h] = keep_first_position(y_hat, y) if keep_bos else y_hat
 
         def run(hooks: list, sums: _LossSums) -> None:
             out = model.run_with_hooks(batch, fwd_hooks=hooks)
             sums.add(_log_probs(out, pred_mask), targets, logp_orig)
 
         def ablate(sites: list[str], kind: str) -> list:
-            if kind == "zero":
-                return _replace_hooks({h: torch.zeros_like for h in sites})
-            return _replace_hooks({h: _filler(means[h]) for h in sites})
+            fill = {h: torch.zeros_like if kind == "zero" else _filler(means[h]) for h in sites}
+            return _replace_hooks(fill, keep_bos)
 
         for unit in units if (alone or not several) else []:
             name = _unit_name(unit)
             sites = _out_hooks(unit)
             if isinstance(unit, CrossLayerTranscoder):
                 # later layers of a CLT read the spliced stream: recompute
-                with splice(model, [unit], check_model=check_model, sparse=True):
+                with splice(model, [unit], check_model=check_model, sparse=True, keep_bos=keep_bos):
                     out = model(batch)
                 spliced[name].add(_log_probs(out, pred_mask), targets, logp_orig)
             else:
@@ -448,7 +463,7 @@ def spliced_loss(
             for kind in ablations:
                 run(ablate(sites, kind), ablated[(name, kind)])
         if several:
-            with splice(model, units, check_model=check_model, sparse=True):
+            with splice(model, units, check_model=check_model, sparse=True, keep_bos=keep_bos):
                 out = model(batch)
             spliced["all"].add(_log_probs(out, pred_mask), targets, logp_orig)
             for kind in ablations:
@@ -459,7 +474,9 @@ def spliced_loss(
         evaluate(batch, lens)
         bar.set_postfix(ce=f"{orig.mean_ce:.3f}")
 
-    return _report(orig, units, locals_, spliced, ablated, ablations, several, alone, tokens)
+    report = _report(orig, units, locals_, spliced, ablated, ablations, several, alone, tokens)
+    report.keep_bos = keep_bos
+    return report
 
 
 def _features(unit: Unit) -> list[int]:

@@ -7,6 +7,14 @@
 With `error_term=True` the reconstruction error `y - y_hat` is added back (detached), so the
 forward pass is exact while gradients flow through the dictionary only. Hooks are installed
 on entry and always removed on exit, also when the block raises.
+
+Position 0 (BOS) keeps the model's own activation by default (`keep_bos=True`). Dictionaries
+are trained with BOS masked out (its activations are huge and constant), so they reconstruct
+it badly, and BOS is the attention sink every later position reads: splicing it can cost more
+loss than all other positions together (the default model's layer-1 skip transcoder recovers
+0.65 of the loss with BOS spliced, 0.93 without). Its activation does not depend on the prompt,
+so keeping it adds no information from the original model; attribution graphs likewise give
+position 0 no feature nodes.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from replacement.crosslayer import CrossLayerTranscoder
@@ -94,6 +103,15 @@ def _flat(act: Tensor, width: int, hook: str, label: str) -> Tensor:
     )
 
 
+def keep_first_position(
+    y_hat: Float[Tensor, "batch pos *d"], y: Float[Tensor, "batch pos *d"]
+) -> Float[Tensor, "batch pos *d"]:
+    """`y_hat` with position 0 (BOS) taken from `y`; gradients reach `y_hat` elsewhere only."""
+    if y_hat.dim() < 2 or y_hat.shape[1] == 0:
+        return y_hat
+    return torch.cat([y[:, :1].to(y_hat), y_hat[:, 1:]], dim=1)
+
+
 def _cast(x: Tensor, like: Tensor) -> Tensor:
     return x if (x.dtype == like.dtype and x.device == like.device) else x.to(like)
 
@@ -109,6 +127,7 @@ def splice(
     record: bool = False,
     check_model: bool = True,
     sparse: bool = False,
+    keep_bos: bool = True,
 ) -> Iterator[SpliceState]:
     """Context manager that replaces each dictionary's out_hook activation by its output.
 
@@ -122,6 +141,8 @@ def splice(
         check_model: refuse dictionaries whose recorded model name differs from the model's.
         sparse: compute each (per-site) dictionary through its sparse path (`forward_sparse`),
             which is faster for TopK/JumpReLU dictionaries; recorded acts are then `SparseActs`.
+        keep_bos: keep the model's own activation at position 0 (BOS) instead of the
+            dictionary's output (see the module docstring); False splices every position.
     """
     by_out, clts = _split_crosslayer(dictionaries)
     for d in by_out.values():
@@ -155,6 +176,8 @@ def splice(
                 acts = d.encode(x_d)
                 y_hat = d.decode(acts) + (d.skip(x_d) if d.W_skip is not None else 0)
             y_hat = y_hat.to(y)
+            if keep_bos:
+                y_hat = keep_first_position(y_hat, y)
             if error_term:
                 y_hat = y_hat + (y - y_hat).detach()
             if state.record:
@@ -169,7 +192,7 @@ def splice(
             hooks.append((d.in_hook, make_in_hook(out_hook, d)))
         hooks.append((out_hook, make_out_hook(out_hook, d)))
     for clt in clts:
-        hooks.extend(_crosslayer_hooks(clt, state, error_term))
+        hooks.extend(_crosslayer_hooks(clt, state, error_term, keep_bos))
     with model.hooks(fwd_hooks=hooks):
         yield state
 
@@ -208,7 +231,9 @@ def _layer_views(clt: CrossLayerTranscoder) -> list[Any]:
     ]
 
 
-def _crosslayer_hooks(clt: CrossLayerTranscoder, state: SpliceState, error_term: bool) -> list:
+def _crosslayer_hooks(
+    clt: CrossLayerTranscoder, state: SpliceState, error_term: bool, keep_bos: bool
+) -> list:
     """Hooks splicing a CLT: each layer's output becomes the sum of decoders from layers <= it."""
     inputs: dict[int, Tensor] = {}
     acts: dict[int, Tensor] = {}
@@ -232,6 +257,8 @@ def _crosslayer_hooks(clt: CrossLayerTranscoder, state: SpliceState, error_term:
             if clt.W_skip is not None:
                 y_hat = y_hat + clt.skip(layer, _cast(x, clt.b_dec))
             y_hat = y_hat.to(y)
+            if keep_bos:
+                y_hat = keep_first_position(y_hat, y)
             if error_term:
                 y_hat = y_hat + (y - y_hat).detach()
             if state.record:

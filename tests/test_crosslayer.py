@@ -72,9 +72,13 @@ def test_splice_clt(tiny_model, skip):
     base = tiny_model(TOKENS)
     with splice(tiny_model, [clt], error_term=True):
         torch.testing.assert_close(tiny_model(TOKENS), base, atol=1e-5, rtol=0)
-    with splice(tiny_model, clt, record=True) as state:
+    with splice(tiny_model, clt, record=True, keep_bos=False) as state:
         out = tiny_model(TOKENS)
     torch.testing.assert_close(out, _hand(tiny_model, _raw(clt), skip), atol=1e-5, rtol=1e-5)
+    with splice(tiny_model, clt, record=True) as kept:
+        tiny_model(TOKENS)
+    for hook, recon in kept.recons.items():  # BOS keeps the model's own output
+        assert torch.equal(recon[:, 0], kept.targets[hook][:, 0])
     assert (out - base).abs().max() > 1e-3
     assert state.acts["blocks.1.hook_mlp_out"].shape == (*TOKENS.shape, 24)
     torch.testing.assert_close(tiny_model(TOKENS), base)  # hooks gone

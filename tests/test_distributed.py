@@ -1,4 +1,7 @@
-"""Data-parallel training (torchrun-style, gloo on CPU) matches a single-process run."""
+"""Data-parallel training (torchrun-style, gloo on CPU) matches a single-process run.
+
+BatchTopK included: its batch rule is global, so the ranks must agree on one threshold.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +12,18 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from replacement.activations import BatchTopK
 from replacement.formats.native import load_native
 from training.config import TrainConfig
+from training.distributed import DistContext, GlobalBatchTopK
 
 CTX = 64
 
 
-def _config(out_dir: str, objective: str) -> TrainConfig:
+def _config(out_dir: str, objective: str, activation: str) -> TrainConfig:
     return TrainConfig(
         kind="skip_transcoder",
-        activation="topk",
+        activation=activation,
         objective=objective,
         layers=[0, 2],
         n_features=128,
@@ -35,6 +40,10 @@ def _config(out_dir: str, objective: str) -> TrainConfig:
         checkpoint_every=0,
         log_every=1,
         dead_after_tokens=1000,
+        # Adam divides by sqrt(v) + eps: with the default 1e-6, gradients that are zero up to
+        # rounding (b_dec's right after its mean initialisation) become lr-sized steps of
+        # random sign, and the two runs part by ~1e-5 for reasons unrelated to sharding
+        adam_eps=1e-3,
     )
 
 
@@ -44,19 +53,26 @@ def _texts() -> list[str]:
     return [p.read_text() for p in sorted((stdlib_dir() / "json").glob("*.py"))]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, objective: str) -> None:
+def _worker(
+    rank: int, world: int, port: int, out_dir: str, objective: str, activation: str
+) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
     )
     torch.set_num_threads(1)
     from replacement import load_model
-    from training.trainer import Trainer
 
     model = load_model("default")
     try:
-        Trainer(_config(out_dir, objective), model, _texts()).train()
+        _train(_config(out_dir, objective, activation), model)
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _train(config: TrainConfig, model) -> dict:
+    from training.trainer import Trainer
+
+    return Trainer(config, model, _texts()).train()
 
 
 def _free_port() -> int:
@@ -65,16 +81,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("objective", ["local", "e2e"])
-def test_two_ranks_match_one_process(default_model, tmp_path, objective):
-    from training.trainer import Trainer
-
-    single = Trainer(_config(str(tmp_path / "one"), objective), default_model, _texts()).train()
+@pytest.mark.parametrize(
+    ("objective", "activation"), [("local", "topk"), ("local", "batchtopk"), ("e2e", "batchtopk")]
+)
+def test_two_ranks_match_one_process(default_model, tmp_path, objective, activation):
+    single = _train(_config(str(tmp_path / "one"), objective, activation), default_model)
     out = tmp_path / "two"
-    mp.spawn(_worker, args=(2, _free_port(), str(out), objective), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(out), objective, activation), nprocs=2, join=True)
     for layer, d in single.items():
         other = load_native(out / f"layer_{layer}")
         for name, tensor in d.state_dict().items():
             assert torch.allclose(tensor, other.state_dict()[name], atol=1e-5, rtol=0), name
         # and it moved away from the initialisation (the comparison is not vacuous)
         assert d.W_dec.abs().max() > 1e-3
+        if activation == "batchtopk":
+            # the inference threshold (a buffer, compared above) was learned, not left at 0
+            assert d.activation.threshold > 1e-3
+
+
+# ---- the global BatchTopK rule on its own ------------------------------------------------------
+K_BATCH = 3
+
+
+def _pre() -> torch.Tensor:
+    """A batch of 10 tokens whose largest values all sit in the first 4 tokens (rank 0's
+    shard below), with a tie at the 30th largest value."""
+    gen = torch.Generator().manual_seed(0)
+    pre = torch.randn(10, 16, generator=gen) - 1.0
+    pre[:4] += 6.0
+    pre[1, 3] = pre[0, 0] = pre[:4].flatten().sort(descending=True).values[K_BATCH * 10 - 1]
+    return pre
+
+
+def _rule_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.distributed.init_process_group("gloo")
+    try:
+        ctx = DistContext(rank, world)
+        act = GlobalBatchTopK(K_BATCH, ctx, momentum=0.5).train()
+        shard = _pre()[[slice(0, 4), slice(4, 10)][rank]]
+        torch.save({"acts": act(shard), "threshold": act.threshold}, f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_global_batchtopk_keeps_what_one_process_keeps(tmp_path):
+    pre = _pre()
+    single = GlobalBatchTopK(K_BATCH, DistContext(), momentum=0.5).train()
+    acts = single(pre)
+    # the k*B largest of ReLU(pre), plus the one value tied with the (k*B)-th: kept as well
+    kept = acts > 0
+    assert int(kept.sum()) == K_BATCH * 10 + 1 and bool(kept[0, 0]) and bool(kept[1, 3])
+    assert torch.equal(acts[kept], pre[kept]) and pre[~kept].max() <= pre[0, 0]
+    # without ties, the rule is BatchTopK's own, running threshold included (also when
+    # fewer than k*B values are positive)
+    few = torch.full((10, 16), -1.0)
+    few[2, :5] = torch.arange(1.0, 6.0)
+    for batch in (pre + torch.arange(pre.numel()).reshape(pre.shape) * 1e-4, few):
+        plain = BatchTopK(K_BATCH, momentum=0.5).train()
+        ours = GlobalBatchTopK(K_BATCH, DistContext(), momentum=0.5).train()
+        assert torch.equal(ours(batch), plain(batch))
+        assert torch.equal(ours.threshold, plain.threshold) and plain.threshold > 0
+    # two ranks: rank 0 holds every kept value (its own top k*B_local would be 12, not 30)
+    mp.spawn(_rule_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert torch.equal(torch.cat([p["acts"] for p in parts]), acts)
+    for p in parts:
+        assert torch.equal(p["threshold"], single.threshold) and single.threshold > 0

@@ -44,7 +44,8 @@ def test_error_term_is_exact(tiny_model):
     assert state.acts == {}  # record=False keeps nothing
 
 
-def test_without_error_term_equals_hand_computation(tiny_model):
+@pytest.mark.parametrize("keep_bos", [True, False])
+def test_without_error_term_equals_hand_computation(tiny_model, keep_bos):
     d = _dict("blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out", "topk", skip=True)
     _, cache = tiny_model.run_with_cache(TOKENS)
     x = cache["blocks.0.ln2.hook_normalized"]
@@ -52,10 +53,12 @@ def test_without_error_term_equals_hand_computation(tiny_model):
     top = pre.topk(6, dim=-1)
     acts = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
     y_hat = (acts @ d.W_dec + d.b_dec + x @ d.W_skip).detach()
+    if keep_bos:  # position 0 keeps the model's own MLP output
+        y_hat[:, 0] = cache["blocks.0.hook_mlp_out"][:, 0]
     expected = tiny_model.run_with_hooks(
         TOKENS, fwd_hooks=[("blocks.0.hook_mlp_out", lambda act, hook: y_hat)]
     )
-    with splice(tiny_model, [d], record=True) as state:
+    with splice(tiny_model, [d], record=True, keep_bos=keep_bos) as state:
         out = tiny_model(TOKENS)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(state.acts["blocks.0.hook_mlp_out"], acts, atol=1e-6, rtol=1e-5)
@@ -111,6 +114,8 @@ def test_record_fills_state(tiny_llama):
     assert set(state.acts) == {d.out_hook for d in dicts}
     for d in dicts:
         assert state.acts[d.out_hook].shape == (*TOKENS.shape, 64)
+        recon = state.recons[d.out_hook]
         torch.testing.assert_close(
-            state.recons[d.out_hook], d(state.inputs[d.out_hook]), atol=1e-5, rtol=1e-5
+            recon[:, 1:], d(state.inputs[d.out_hook])[:, 1:], atol=1e-5, rtol=1e-5
         )
+        assert torch.equal(recon[:, 0], state.targets[d.out_hook][:, 0])  # BOS kept

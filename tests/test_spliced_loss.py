@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -44,21 +45,36 @@ def test_identity_dictionary_is_perfect(tiny_model):
     assert abs(row.shrinkage - 1) < 1e-5
 
 
-def test_zero_dictionary_recovers_nothing_and_ce_is_manual(tiny_gpt2):
-    report = spliced_loss(tiny_gpt2, [_zero(0)], TOKENS, batch_size=2, verbose=False)
+def _replaced(value: torch.Tensor, keep_bos: bool):
+    """A hook writing `value` (broadcast to the activation), position 0 kept if asked."""
+
+    def hook(act: torch.Tensor, hook) -> torch.Tensor:
+        out = value.expand_as(act).clone()
+        if keep_bos:
+            out[:, 0] = act[:, 0]
+        return out
+
+    return hook
+
+
+@pytest.mark.parametrize("keep_bos", [True, False])
+def test_zero_dictionary_recovers_nothing_and_ce_is_manual(tiny_gpt2, keep_bos):
+    report = spliced_loss(
+        tiny_gpt2, [_zero(0)], TOKENS, batch_size=2, verbose=False, keep_bos=keep_bos
+    )
     row = report.all
     assert row.recovered_zero == 0.0 and row.l0 == 0.0 and row.dead_share == 1.0
-    assert report.n_predictions == 3 * 14
+    assert report.n_predictions == 3 * 14 and report.keep_bos == keep_bos
     assert abs(report.ce_original - _manual_ce(tiny_gpt2(TOKENS), TOKENS)) < 1e-5
     zeroed = tiny_gpt2.run_with_hooks(
-        TOKENS, fwd_hooks=[("blocks.0.hook_mlp_out", lambda a, hook: torch.zeros_like(a))]
+        TOKENS, fwd_hooks=[("blocks.0.hook_mlp_out", _replaced(torch.zeros(32), keep_bos))]
     )
     assert abs(row.ce_spliced - _manual_ce(zeroed, TOKENS)) < 1e-5
     # mean ablation: the mean of mlp_out over positions >= 1
     _, cache = tiny_gpt2.run_with_cache(TOKENS)
     mean = cache["blocks.0.hook_mlp_out"][:, 1:].reshape(-1, 32).mean(0)
     meaned = tiny_gpt2.run_with_hooks(
-        TOKENS, fwd_hooks=[("blocks.0.hook_mlp_out", lambda a, hook: mean.expand_as(a))]
+        TOKENS, fwd_hooks=[("blocks.0.hook_mlp_out", _replaced(mean, keep_bos))]
     )
     assert abs(row.ce_mean_ablated - _manual_ce(meaned, TOKENS)) < 1e-5
     logp_o = F.log_softmax(tiny_gpt2(TOKENS)[:, 1:-1].double(), -1)

@@ -71,7 +71,8 @@ class TrainConfig:
     ctx_len: int = 128
     """Sequence length, BOS included."""
     buffer_tokens: int = 65536
-    """Activations per refill of the shuffled mixing buffer (local objective)."""
+    """Capacity of the shuffled mixing pool (local objective): activations held at once,
+    refilled half at a time, so every batch mixes tokens of two refills."""
     val_tokens: int = 32768
     """Held-out tokens for report.json (taken from the validation split)."""
     val_fraction: float = 0.02

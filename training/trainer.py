@@ -38,7 +38,7 @@ from replacement.splice import splice
 from training.activations import ActivationBuffer
 from training.config import TrainConfig
 from training.data import TokenData, load_token_data, sample_indices, token_mask
-from training.distributed import DistContext, context
+from training.distributed import DistContext, context, use_global_batchtopk
 from training.losses import (
     LossScale,
     init_b_dec,
@@ -136,6 +136,7 @@ class Trainer:
         for layer in config.layers:
             d = build_dictionary(model, config, layer)
             initialise(d, gen)
+            use_global_batchtopk(d, self.dist)
             self.dictionaries[layer] = d.to(self.device).train()
         self.params = [p for d in self.dictionaries.values() for p in d.parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=config.learning_rate, eps=config.adam_eps)
