@@ -12,7 +12,7 @@ Position 0 (BOS) keeps the model's own activation by default (`keep_bos=True`). 
 are trained with BOS masked out (its activations are huge and constant), so they reconstruct
 it badly, and BOS is the attention sink every later position reads: splicing it can cost more
 loss than all other positions together (the default model's layer-1 skip transcoder recovers
-0.65 of the loss with BOS spliced, 0.93 without). Its activation does not depend on the prompt,
+0.65 of the loss with BOS spliced, 0.95 without). Its activation does not depend on the prompt,
 so keeping it adds no information from the original model; attribution graphs likewise give
 position 0 no feature nodes.
 """

@@ -54,8 +54,20 @@ def test_data_weighted_equals_dense_formula(tiny_gpt2, tiny_tokenizer):
     torch.testing.assert_close(dw.mean_to.double(), b.mean(0), rtol=1e-5, atol=1e-7)
 
 
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks with ties given their average rank (trained dictionaries co-fire sparsely, so many
+    values are exactly 0; ordinal ranks of ties would follow the index order and fake a signal)."""
+    ordinal = torch.empty(x.numel(), dtype=torch.double)
+    ordinal[x.argsort()] = torch.arange(x.numel(), dtype=torch.double)
+    _, inverse = torch.unique(x, return_inverse=True)
+    sums = torch.zeros(int(inverse.max()) + 1, dtype=torch.double).index_add_(0, inverse, ordinal)
+    return (sums / torch.bincount(inverse).double())[inverse]
+
+
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ranks = torch.stack([a.argsort().argsort(), b.argsort().argsort()]).double()
+    ranks = torch.stack([_ranks(a), _ranks(b)])
+    if (ranks.std(dim=1) == 0).any():
+        return 0.0  # a constant side carries no ranking
     return float(torch.corrcoef(ranks)[0, 1])
 
 

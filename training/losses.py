@@ -125,11 +125,16 @@ def auxk_loss(
     k_aux = max(1, d.d_in // 2)
     k = min(k_aux, n_dead)
     residual = (y - y_hat).detach()
-    values, idx = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
+    # work on the dead columns only: few are dead once training settles, and a top-k over
+    # all F columns (masked) cost more than the rest of the sparsity terms together
+    dead_idx = dead.nonzero().squeeze(1).to(pre.device)
+    values, idx = pre.index_select(-1, dead_idx).topk(k, dim=-1, sorted=False)
     values = torch.relu(values)
-    # dense scatter then matmul: the backward of W_dec[idx] accumulates in parallel on CPU,
-    # which is not bitwise reproducible (and exact resume needs reproducible steps)
-    e_hat = torch.zeros_like(pre).scatter(-1, idx, values) @ d.W_dec
+    # dense scatter then matmul: the backward of W_dec[idx] with repeated rows accumulates in
+    # parallel on CPU, which is not bitwise reproducible (exact resume needs reproducible
+    # steps); the rows of dead_idx are distinct, so selecting them is
+    dense = pre.new_zeros(pre.shape[0], n_dead).scatter(-1, idx, values)
+    e_hat = dense @ d.W_dec.index_select(0, dead_idx)
     return min(n_dead / k_aux, 1.0) * (e_hat - residual).pow(2).sum() / (scale.n_tokens * scale.var)
 
 
