@@ -218,11 +218,11 @@ class Trainer:
             pre=pre,
         )
         with torch.no_grad():
-            # every activation is >= 0, so nonzero means fired; count_nonzero and amax are
-            # several times faster on CPU than summing and reducing a bool mask
-            n_active = torch.count_nonzero(acts).double()
-            sums = self.dist.reduce_sum(torch.stack([(y - y_hat).double().pow(2).sum(), n_active]))
-            fired = self.dist.reduce_sum((acts.amax(0) > 0).long()) > 0
+            active = acts > 0
+            sums = self.dist.reduce_sum(
+                torch.stack([(y - y_hat).double().pow(2).sum(), active.sum().double()])
+            )
+            fired = self.dist.reduce_sum(active.any(0).long()) > 0
         metrics = {
             "fvu": float(sums[0] / (scale.n_tokens * scale.var)),
             "l0": float(sums[1] / scale.n_tokens),
