@@ -371,7 +371,7 @@ def spliced_loss(
         verbose: show a tqdm progress bar.
         ablations: baselines of the fraction of loss recovered: "zero" and/or "mean".
         per_layer: also splice (and ablate) each dictionary alone; without it only "all" runs.
-        check_model: refuse dictionaries whose recorded model name differs from the model's.
+        check_model: warn about dictionaries whose recorded model name differs from the model's.
         keep_bos: position 0 keeps the model's own activation when spliced and when ablated
             (see `splice`); False replaces it too.
 

@@ -1,4 +1,10 @@
-"""Load a language model as a TransformerLens 4 `TransformerBridge` in compatibility mode.
+"""Load a language model as a TransformerLens 4 `TransformerBridge`, processed or not.
+
+`processing` (see `replacement.processing`) says what the hooks hold: "none" gives Hugging
+Face's activations (what SAELens, circuit-tracer and sparsify dictionaries are trained on),
+"folded" TransformerLens' compatibility mode (LayerNorm folded, writing weights centred; what
+the embedded model's dictionaries were trained on). The default picks per source, or from the
+dictionaries given as `for_dictionaries`.
 
 Every other module talks to the model through TransformerLens hook names and weight
 properties, never through Hugging Face internals, so that GPT-2, Pythia, Llama, Gemma and the
@@ -23,6 +29,12 @@ from jaxtyping import Int
 from torch import Tensor
 
 from replacement.errors import ModelLoadError
+from replacement.processing import (
+    PROCESSINGS,
+    choose_processing,
+    original_norms,
+    parse_processing,
+)
 
 DEFAULT_MODEL_DIR = Path(str(resources.files("replacement") / "zoo" / "default_model"))
 """Folder of the embedded default model (Hugging Face format, shipped as package data)."""
@@ -72,8 +84,10 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     tokenizer: Any = None,
+    processing: str = "auto",
+    for_dictionaries: Any = None,
 ) -> Any:
-    """Load a model as a TransformerLens `TransformerBridge` in compatibility mode.
+    """Load a model as a TransformerLens `TransformerBridge` (compatibility-mode hook names).
 
     Args:
         source: `"default"` (the embedded model), a local Hugging Face folder, a Hugging Face
@@ -82,14 +96,28 @@ def load_model(
         device: where to put the model; defaults to CPU.
         dtype: parameter dtype; defaults to float32.
         tokenizer: a Hugging Face tokenizer, required with an in-memory model.
+        processing: "none" (every hook equals the Hugging Face activation), "folded"
+            (LayerNorm weights folded, writing weights centred), "fold_ln", "centred", or
+            "auto": the processing `for_dictionaries` were trained with, else "folded" for the
+            embedded default model (its dictionaries expect it) and "none" for any other model.
+        for_dictionaries: dictionaries (from `load_dictionaries` without a model) the model is
+            for; with `processing="auto"` they choose it.
 
     Returns:
-        The bridge, in eval mode, with compatibility-mode weight processing (LayerNorm folded,
-        writing weights centred; the unembedding is *not* centred, so logits equal the Hugging
-        Face model's).
+        The bridge, in eval mode. Its processing is `model.sc_processing`; the unembedding is
+        never centred, so logits equal the Hugging Face model's. Norm weights and biases from
+        before folding are kept as `model.sc_original_norms` (dictionaries that read a norm's
+        output are converted with them).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if processing != "auto" and processing not in PROCESSINGS:
+        raise ModelLoadError(
+            f"unknown processing {processing!r}; expected 'auto' or one of {list(PROCESSINGS)}"
+        )
+    if processing == "auto":
+        chosen = choose_processing(for_dictionaries) if for_dictionaries is not None else None
+        processing = chosen or ("folded" if _is_default(source) else "none")
     device = str(device) if device is not None else "cpu"
     dtype = dtype or torch.float32
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
@@ -131,11 +159,32 @@ def load_model(
                 raise ModelLoadError(f"could not load model {str(source)!r}: {exc}") from exc
             if str(source) == "default":
                 bridge.cfg.model_name = "sparse-circuits-default"
-        bridge.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
+        bridge.sc_original_norms = original_norms(bridge)
+        flags = parse_processing(processing)
+        bridge.enable_compatibility_mode(
+            disable_warnings=True,
+            no_processing=not (flags.fold_ln or flags.centre),
+            fold_ln=flags.fold_ln,
+            fold_value_biases=flags.fold_ln,
+            center_writing_weights=flags.centre,
+            center_unembed=False,
+        )
+        bridge.sc_processing = processing
     bridge.eval()
     for param in bridge.parameters():
         param.requires_grad_(False)
     return bridge
+
+
+def _is_default(source: Any) -> bool:
+    if isinstance(source, torch.nn.Module):
+        return False
+    if str(source) == "default":
+        return True
+    try:
+        return Path(source).expanduser().resolve() == DEFAULT_MODEL_DIR.resolve()
+    except OSError:
+        return False
 
 
 def model_name(model: Any) -> str:

@@ -20,6 +20,7 @@ position 0 no feature nodes.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,28 @@ from replacement.dictionary import Dictionary
 from replacement.errors import ShapeError, SparseCircuitsError
 from replacement.hooks import check_hook
 from replacement.model import model_name
+from replacement.processing import ProcessingError, model_processing
+
+# names under which one model is known (compared after taking the last path component)
+_ALIASES = {
+    "gpt2-small": "gpt2",
+    "gpt2-base": "gpt2",
+    "pythia-70m-deduped-v0": "pythia-70m-deduped",
+}
+
+
+def _base_name(name: str) -> str:
+    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].lower()
+    return _ALIASES.get(base, base)
+
+
+def same_model_name(a: str, b: str) -> bool:
+    """Whether two recorded model names denote one model: last path component, known aliases.
+
+    `data/tiny-gpt2` (a folder as typed) and `tiny-gpt2` (what SAELens records) match, as do
+    `gpt2`, `gpt2-small` and `openai-community/gpt2`.
+    """
+    return _base_name(a) == _base_name(b)
 
 
 @dataclass
@@ -67,11 +90,27 @@ def check_compatible(model: Any, dictionary: Dictionary, check_model: bool = Tru
     check_hook(model, dictionary.in_hook)
     check_hook(model, dictionary.out_hook)
     name = model_name(model)
-    if check_model and dictionary.model_name and name and dictionary.model_name != name:
-        raise SparseCircuitsError(
-            f"dictionary at {dictionary.out_hook!r} was trained on model "
-            f"{dictionary.model_name!r}, but the model is {name!r} "
-            "(pass check_model=False to splice anyway)"
+    if (
+        check_model
+        and dictionary.model_name
+        and name
+        and not same_model_name(dictionary.model_name, name)
+    ):
+        # a name alone proves nothing (a local folder is named as typed); widths and hooks
+        # are checked below, so warn rather than refuse
+        warnings.warn(
+            f"dictionary at {dictionary.out_hook!r} records model {dictionary.model_name!r}, "
+            f"but the model is {name!r}; using it anyway (check_model=False silences this)",
+            stacklevel=3,
+        )
+    wanted = (getattr(dictionary, "metadata", None) or {}).get("processing")
+    have = model_processing(model)
+    if wanted and wanted != have:
+        raise ProcessingError(
+            f"dictionary at {dictionary.out_hook!r} expects activations of a model with "
+            f"processing {wanted!r}, but this model has {have!r}. Load it with "
+            "load_dictionaries(path, model=model), which converts it exactly where possible, or "
+            f"load the model with load_model(source, processing={wanted!r})"
         )
     d_model = model.cfg.d_model
     for hook, width, label in (
@@ -138,7 +177,7 @@ def splice(
             the decoders of features from layers <= it).
         error_term: add the detached reconstruction error back, making the forward exact.
         record: keep inputs, activations, targets and reconstructions in the yielded state.
-        check_model: refuse dictionaries whose recorded model name differs from the model's.
+        check_model: warn about dictionaries whose recorded model name differs from the model's.
         sparse: compute each (per-site) dictionary through its sparse path (`forward_sparse`),
             which is faster for TopK/JumpReLU dictionaries; recorded acts are then `SparseActs`.
         keep_bos: keep the model's own activation at position 0 (BOS) instead of the

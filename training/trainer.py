@@ -34,6 +34,7 @@ from replacement.atomic import atomic_path, write_json
 from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import layer_hooks
+from replacement.processing import model_processing
 from replacement.splice import splice
 from training.activations import ActivationBuffer
 from training.config import TrainConfig
@@ -83,6 +84,8 @@ def build_dictionary(model: Any, config: TrainConfig, layer: int) -> Dictionary:
     kw: dict[str, Any] = {
         "skip": config.kind == "skip_transcoder",
         "model_name": str(getattr(model.cfg, "model_name", "") or ""),
+        # the activations it is trained on: the model's processing (replacement.processing)
+        "metadata": {"processing": model_processing(model)},
     }
     if config.activation == "gated":
         return GatedDictionary(d_model, d_model, config.n_features, in_hook, out_hook, **kw)

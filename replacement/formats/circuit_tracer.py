@@ -9,8 +9,11 @@ Cross-layer transcoder (`model_kind: cross_layer_transcoder`): `W_enc_{i}.safete
 `W_skip_{i} [d, d]` (there applied as x @ W_skip, no transpose), and `W_dec_{i}.safetensors`
 holding `W_dec_{i} [F, n_layers - i, d]` (slot j writes to layer i + j).
 
-`feature_input_hook` / `feature_output_hook` are TransformerLens hook suffixes such as
+`feature_input_hook` / `feature_output_hook` are TransformerLens 2 hook suffixes such as
 `hook_resid_mid`, `ln2.hook_normalized` or `hook_mlp_out`; layer i uses `blocks.{i}.<suffix>`.
+circuit-tracer runs an unprocessed model (no LayerNorm folding, no centring), where TL2's
+`ln2.hook_normalized` is the LayerNorm output: TL4's `ln2.hook_out`. Loaded dictionaries record
+processing "none" and hooks in TL4 meaning.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from replacement.dictionary import Dictionary
 from replacement.errors import DictionaryFileError
 from replacement.formats.common import fill, finish, need, read_yaml, take
 from replacement.formats.native import read_safetensors
+from replacement.processing import tl2_to_tl4_hook
 
 CONFIG_FILE = "config.yaml"
 SET_KIND = "transcoder_set"
@@ -38,15 +42,18 @@ def is_circuit_tracer_folder(path: Path) -> bool:
 
 
 def _hook(template: str, layer: int) -> str:
-    """`blocks.{layer}.<suffix>` for a suffix, or a template with `{layer}` filled in."""
+    """`blocks.{layer}.<suffix>` for a suffix, or a template with `{layer}` filled in (TL4)."""
     if "{layer}" in template:
-        return template.format(layer=layer)
-    return template if template.startswith("blocks.") else f"blocks.{layer}.{template}"
+        hook = template.format(layer=layer)
+    else:
+        hook = template if template.startswith("blocks.") else f"blocks.{layer}.{template}"
+    return tl2_to_tl4_hook(hook, fold_ln=False)
 
 
 def _template(suffix: str) -> str:
-    """A hook template with `{layer}` for a suffix such as `hook_mlp_out`."""
-    return suffix if "{layer}" in suffix else "blocks.{layer}." + suffix
+    """A hook template with `{layer}` for a suffix such as `hook_mlp_out` (TL4 meaning)."""
+    template = suffix if "{layer}" in suffix else "blocks.{layer}." + suffix
+    return tl2_to_tl4_hook(template, fold_ln=False)
 
 
 def _numbered(folder: Path, pattern: str) -> dict[int, Path]:
@@ -108,7 +115,12 @@ def _load_layer(
         apply_b_dec_to_input=False,
         activation_params=params,
         model_name=str(cfg.get("model_name") or ""),
-        metadata={"source_format": "circuit_tracer", "source": src, "layer": layer},
+        metadata={
+            "source_format": "circuit_tracer",
+            "source": src,
+            "layer": layer,
+            "processing": "none",
+        },
         dtype=W_dec.dtype,
     )
     values = {
@@ -212,7 +224,11 @@ def load_circuit_tracer_clt(
         in_hook=templates[0],
         out_hook=templates[1],
         model_name=str(cfg.get("model_name") or ""),
-        metadata={"source_format": "circuit_tracer_clt", "source": str(folder)},
+        metadata={
+            "source_format": "circuit_tracer_clt",
+            "source": str(folder),
+            "processing": "none",
+        },
         dtype=first.dtype,
     )
     values: dict[str, torch.Tensor] = {}

@@ -25,6 +25,7 @@ from replacement.formats import circuit_tracer, saelens, sparsify
 from replacement.formats.common import parse_hooks, read_json
 from replacement.formats.native import load_native
 from replacement.hooks import check_hook
+from replacement.processing import fit_to_processing
 
 AnyDictionary = Dictionary | CrossLayerTranscoder
 HookSpec = str | tuple[str, str] | Mapping[Any, str | tuple[str, str]] | None
@@ -153,6 +154,8 @@ def _override_native(d: AnyDictionary, hooks: tuple[str, str] | None) -> AnyDict
 
 
 def _fit_to_model(d: AnyDictionary, model: Any, dtype: torch.dtype | None) -> AnyDictionary:
+    # read and write what this model's processing gives (exact conversion, or a clear error)
+    d = fit_to_processing(d, model)
     hooks = (
         d.in_hooks + d.out_hooks if isinstance(d, CrossLayerTranscoder) else [d.in_hook, d.out_hook]
     )
@@ -173,7 +176,9 @@ def load_dictionaries(
 
     Args:
         path_or_set_name: a file, a folder, or the name of a shipped dictionary set.
-        model: if given, check each dictionary's hooks exist and move it to the model's device.
+        model: if given, convert each dictionary to the model's processing (exactly, or raise
+            `ProcessingError` naming the `load_model` call that fits), check its hooks exist and
+            move it to the model's device.
         hooks: override hooks: one name / (in_hook, out_hook) for a single dictionary, or a
             mapping from file/folder name (or layer, for circuit-tracer sets) to such a value.
         dtype: convert to this dtype (default: the model's dtype when `model` is given, else

@@ -17,6 +17,7 @@ from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import DictionaryFileError
 from replacement.formats.common import fill, finish, need, parse_hooks, read_json, take
 from replacement.formats.native import read_safetensors
+from replacement.processing import parse_processing, processing_from_tl_kwargs, tl2_to_tl4_hook
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -41,6 +42,24 @@ def _lookup(cfg: dict[str, Any], key: str) -> Any:
     if cfg.get(key) is not None:
         return cfg[key]
     return (cfg.get("metadata") or {}).get(key)
+
+
+def saelens_processing(cfg: dict[str, Any]) -> str:
+    """The model processing a SAELens SAE was trained under.
+
+    SAELens loads its model with `from_pretrained_no_processing(**model_from_pretrained_kwargs)`
+    and records those kwargs; files without them (older releases) followed TransformerLens'
+    `from_pretrained` defaults (LayerNorm folded, writing weights centred).
+    """
+    meta = cfg.get("metadata") or {}
+    for place in (meta, cfg):
+        if "model_from_pretrained_kwargs" in place:
+            return processing_from_tl_kwargs(place["model_from_pretrained_kwargs"], True)
+    return processing_from_tl_kwargs(None, False)
+
+
+def _tl4(hook: Any, fold_ln: bool) -> str | None:
+    return tl2_to_tl4_hook(str(hook), fold_ln) if hook else None
 
 
 def _topk_k(cfg: dict[str, Any], source: Path) -> int | None:
@@ -80,8 +99,10 @@ def load_saelens(
     d_sae = int(need(cfg, "d_sae", cfg_path))
     transcoder = "transcoder" in arch
     d_out = int(cfg.get("d_out") or d_in)
-    in_hook = _lookup(cfg, "hook_name")
-    out_hook = _lookup(cfg, "hook_name_out") if transcoder else in_hook
+    processing = saelens_processing(cfg)
+    fold = parse_processing(processing).fold_ln
+    in_hook = _tl4(_lookup(cfg, "hook_name"), fold)
+    out_hook = _tl4(_lookup(cfg, "hook_name_out"), fold) if transcoder else in_hook
     override = parse_hooks(hooks)
     if override is not None:
         in_hook, out_hook = override
@@ -109,7 +130,12 @@ def load_saelens(
     common: dict[str, Any] = dict(
         apply_b_dec_to_input=bool(apply_b_dec) if apply_b_dec is not None else (not transcoder),
         model_name=str(_lookup(cfg, "model_name") or ""),
-        metadata={"source_format": "saelens", "source": str(folder), "architecture": arch},
+        metadata={
+            "source_format": "saelens",
+            "source": str(folder),
+            "architecture": arch,
+            "processing": processing,
+        },
         dtype=stored,
     )
     values = {

@@ -7,13 +7,15 @@ the k largest of ReLU(pre); an SAE (not `transcode`) subtracts b_dec from its in
 A folder is named after the Hugging Face module it hooked (`layers.3.mlp`, `h.3`,
 `gpt_neox.layers.3`); we map it to TransformerLens hooks:
 
-    transcoder on an MLP      blocks.3.ln2.hook_normalized -> blocks.3.hook_mlp_out
+    transcoder on an MLP      blocks.3.ln2.hook_out -> blocks.3.hook_mlp_out
     SAE on an MLP output      blocks.3.hook_mlp_out
     SAE on an attention out   blocks.3.hook_attn_out
     SAE on a layer's output   blocks.3.hook_resid_post
 
-The mapping of the MLP input is approximate for models whose LayerNorm weights TransformerLens
-folds into W_in; pass `hooks=` to choose other hooks.
+The MLP's input is the norm's output, `ln2.hook_out` in TransformerLens 4 (`hook_normalized`
+precedes the norm's weight and bias). sparsify trains on the unprocessed Hugging Face model, so
+loaded dictionaries record processing "none"; `load_dictionaries(..., model=...)` converts them
+exactly for a folded model. Pass `hooks=` to choose other hooks.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def sparsify_hooks(hookpoint: str, transcode: bool) -> tuple[str, str]:
     layer, rest = int(parts[at]), parts[at + 1 :]
     hooks = layer_hooks(layer)
     if rest and rest[0] == "mlp":
-        return (hooks.mlp_in, hooks.mlp_out) if transcode else (hooks.mlp_out, hooks.mlp_out)
+        mlp_input = f"blocks.{layer}.ln2.hook_out"  # the norm's output, as Hugging Face sees it
+        return (mlp_input, hooks.mlp_out) if transcode else (hooks.mlp_out, hooks.mlp_out)
     if rest and rest[0] in _ATTN and not transcode:
         return hooks.attn_out, hooks.attn_out
     if not rest:
@@ -127,7 +130,12 @@ def load_sparsify(
         skip=skip,
         apply_b_dec_to_input=not transcode,
         activation_params={"k": int(cfg["k"])},
-        metadata={"source_format": "sparsify", "source": str(folder), "hookpoint": folder.name},
+        metadata={
+            "source_format": "sparsify",
+            "source": str(folder),
+            "hookpoint": folder.name,
+            "processing": "none",
+        },
         dtype=W_dec.dtype,
     )
     values = {
