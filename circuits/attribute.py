@@ -6,7 +6,9 @@ Method (REFERENCE.md, "Prompt attribution graphs"): in the frozen local replacem
     A[t, s] = (source vector of s) . d(readout of t) / d(activation at s's out_hook)
 
 with the readout of a feature target its encoder column at its in_hook, and of a logit target
-the demeaned unembedding column at the final norm's output (last position). Sources are the
+the demeaned unembedding column at the final norm's output after its weight and bias
+(`ln_final.hook_out`, the unembedding's input, so logit rows are exact on unprocessed models
+too; last position). Sources are the
 active features (a_s W_dec[s]), the error nodes (y - y_hat, per layer and position) and the
 token embeddings. Target rows are computed many at a time: the prompt is repeated along the
 batch, each batch row reads out a different target, and one backward pass gives all rows.
@@ -28,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.graph import AttributionGraph
-from circuits.replacement_forward import frozen_forward
+from circuits.replacement_forward import FINAL_HOOK, frozen_forward
 from circuits.sources import PromptSources, collect_sources
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
@@ -285,14 +287,14 @@ class _RowEngine:
     def __enter__(self) -> _RowEngine:
         # hooks are installed only for this forward; the autograd graph outlives them. The
         # forward stops after the final norm: batch x pos x vocab logits are never needed.
-        stop = [("ln_final.hook_normalized", _stop_forward)]
+        stop = [(FINAL_HOOK, _stop_forward)]
         with frozen_forward(self.model, self.dictionaries, stop) as state, torch.enable_grad():
             try:
                 self.model(self.tokens.unsqueeze(0).expand(self.batch_size, -1))
             except _StopForward:
                 pass
         if state.final is None:
-            raise SparseCircuitsError("the model has no ln_final.hook_normalized hook")
+            raise SparseCircuitsError(f"the model has no {FINAL_HOOK} hook")
         self._state = state
         return self
 

@@ -26,6 +26,10 @@ from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 
 
+FINAL_HOOK = "ln_final.hook_out"
+"""Where logit directions are read: the final norm's output, the unembedding's input."""
+
+
 @dataclass
 class FrozenTensors:
     """Tensors of the last frozen forward pass, keyed by each dictionary's out_hook."""
@@ -37,7 +41,11 @@ class FrozenTensors:
     embed: Tensor | None = None
     """The token embedding leaf."""
     final: Tensor | None = None
-    """Final norm output (`ln_final.hook_normalized`), where logit directions are read."""
+    """Final norm output after its weight and bias (`ln_final.hook_out`): logits are this @ W_U.
+
+    Read after the affine so that an unprocessed model (ln_f weight not folded into W_U) gets
+    exact logit directions; on a folded model the affine is the identity and this equals
+    `ln_final.hook_normalized`."""
 
 
 def _detach(act: Tensor, hook: Any) -> Tensor:
@@ -66,7 +74,7 @@ def frozen_forward(
         return act
 
     hooks.append(("hook_embed", embed_hook))
-    hooks.append(("ln_final.hook_normalized", final_hook))
+    hooks.append((FINAL_HOOK, final_hook))
 
     for d in dictionaries:
         key = d.out_hook

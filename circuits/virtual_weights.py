@@ -30,6 +30,10 @@ scale: N = C / s with C = I - 11^T/d (the centring projection x - mean(x)) for L
               scale; values are floats or one-element tensors -- pass a prompt's exact scales
               at one position to reproduce that position's edge exactly.
 The downstream read is R = N_{l'} for a transcoder reading ln2, R = I for raw residual reads.
+A read of the norm's output (`ln2.hook_out`, what circuit-tracer and sparsify transcoders read
+on an unprocessed model) is R = N_{l'} diag(w_ln2), and attention reads N1_m diag(w_ln1), with
+w the model's current norm weight: on a folded model it is 1 (folded into the next weights),
+on an unprocessed one it is the norm's own weight (its bias is a constant and drops out).
 
 Residual and skip paths. Each skip transcoder at a layer m whose MLP lies between the two
 sites contributes the factor S_m = I + R_m W_skip,m (identity: the residual stream; the other
@@ -105,6 +109,8 @@ class Site(NamedTuple):
     """Whether the read is `ln2.hook_normalized` (so the ln2 norm treatment applies)."""
     dictionary: Dictionary
     """The dictionary itself."""
+    reads_norm_output: bool = False
+    """Whether the read is `ln2.hook_out`, after the norm's weight (and bias)."""
 
 
 class VirtualWeights(NamedTuple):
@@ -138,7 +144,8 @@ def _site(index: int, d: Any, model: Any) -> Site:
     in_hook, out_hook = getattr(d, "in_hook", ""), getattr(d, "out_hook", "")
     layer = hook_layer(out_hook or "")
     expected = (
-        "transcoders reading 'blocks.l.ln2.hook_normalized' (or 'blocks.l.hook_resid_mid') and "
+        "transcoders reading 'blocks.l.ln2.hook_normalized' (or 'blocks.l.ln2.hook_out', "
+        "'blocks.l.hook_resid_mid') and "
         "writing 'blocks.l.hook_mlp_out', or SAEs at 'blocks.l.hook_resid_{pre,mid,post}'"
     )
     if not isinstance(d, Dictionary) or layer < 0:
@@ -158,9 +165,10 @@ def _site(index: int, d: Any, model: Any) -> Site:
             )
         pos = base + _RESID_OFFSET[suffix]
         return Site(index, out_hook, layer, "sae", pos, pos, False, d)
-    if out_hook == hooks.mlp_out and in_hook in (hooks.mlp_in, hooks.resid_mid):
+    norm_out = f"blocks.{layer}.ln2.hook_out"
+    if out_hook == hooks.mlp_out and in_hook in (hooks.mlp_in, hooks.resid_mid, norm_out):
         read = base + (
-            _LN2_READ_OFFSET if in_hook == hooks.mlp_in else _RESID_OFFSET["hook_resid_mid"]
+            _RESID_OFFSET["hook_resid_mid"] if in_hook == hooks.resid_mid else _LN2_READ_OFFSET
         )
         return Site(
             index=index,
@@ -169,8 +177,9 @@ def _site(index: int, d: Any, model: Any) -> Site:
             kind="transcoder",
             read_at=read,
             write_at=base + _MLP_WRITE_OFFSET,
-            reads_ln2=in_hook == hooks.mlp_in,
+            reads_ln2=in_hook in (hooks.mlp_in, norm_out),
             dictionary=d,
+            reads_norm_output=in_hook == norm_out,
         )
     raise SparseCircuitsError(
         f"virtual weights need {expected}; got in_hook={in_hook!r}, out_hook={out_hook!r}"
@@ -268,8 +277,23 @@ def resolve_norm(norm: NormSpec, model: Any, tokens: Tensor | None) -> NormSpec:
     return norm
 
 
-def _norm_operator(model: Any, norm: NormSpec, layer: int, which: str) -> Tensor:
-    """N = C / s (LayerNorm) or I / s (RMSNorm) at `blocks.layer.{which}`, in float64."""
+def _norm_weight(model: Any, layer: int, which: str) -> Tensor | None:
+    """The current effective weight of `blocks.layer.{which}` (None without one), float64."""
+    module = getattr(model.blocks[layer], which, None)
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return None
+    weight = weight.detach().cpu().double()
+    return 1.0 + weight if getattr(module, "uses_weight_offset", False) else weight
+
+
+def _norm_operator(
+    model: Any, norm: NormSpec, layer: int, which: str, affine: bool = False
+) -> Tensor:
+    """N = C / s (LayerNorm) or I / s (RMSNorm) at `blocks.layer.{which}`, in float64.
+
+    `affine`: the read is the norm's output, so its current weight follows (N diag(w)).
+    """
     d = model.cfg.d_model
     kind = str(model.cfg.normalization_type or "")
     eye = torch.eye(d, dtype=torch.float64)
@@ -294,6 +318,9 @@ def _norm_operator(model: Any, norm: NormSpec, layer: int, which: str) -> Tensor
             )
         scale = float(scale[0])
     op = eye - 1.0 / d if kind.startswith("LN") else eye
+    weight = _norm_weight(model, layer, which) if affine else None
+    if weight is not None:
+        op = op * weight[None, :]
     return op / scale
 
 
@@ -307,7 +334,9 @@ class _Stream:
 
     def read(self, site: Site) -> Tensor:
         if site.reads_ln2:
-            return _norm_operator(self.model, self.norm, site.layer, "ln2")
+            return _norm_operator(
+                self.model, self.norm, site.layer, "ln2", affine=site.reads_norm_output
+            )
         return torch.eye(self.d, dtype=torch.float64)
 
     def skips(self, start: float, stop: float) -> dict[int, Tensor]:
@@ -388,7 +417,8 @@ def path_operators(
             at = 4.0 * m + _ATTN_OFFSET
             if not w < at < r:
                 continue
-            pre = stream.chain(w, at) @ _norm_operator(model, stream.norm, m, "ln1")
+            # attention reads ln1's output: its weight is part of the path (1 once folded)
+            pre = stream.chain(w, at) @ _norm_operator(model, stream.norm, m, "ln1", affine=True)
             post = stream.chain(at, r) @ read
             if per_head:
                 for h in range(n_heads):

@@ -122,12 +122,12 @@ def original_norms(model: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor | N
         weight = getattr(module, "weight", None)
         if weight is None:
             continue
-        weight = weight.detach().clone().float()
+        weight = weight.detach().clone()
         if getattr(module, "uses_weight_offset", False):
             weight = 1.0 + weight
         component = getattr(module, "original_component", None)
         bias = getattr(component, "bias", None) if not getattr(module, "uses_rms_norm", 0) else None
-        out[name] = (weight, bias.detach().clone().float() if bias is not None else None)
+        out[name] = (weight, bias.detach().clone() if bias is not None else None)
     return out
 
 

@@ -65,7 +65,7 @@ def frozen_effects(model, dictionaries, tokens, sources, delta, targets):
     names += [n for n in model.hook_dict if n.endswith("hook_scale")]
     for d in dictionaries:
         names += [d.in_hook, d.out_hook]
-    names += ["hook_embed", "ln_final.hook_normalized"]
+    names += ["hook_embed", "ln_final.hook_out"]
 
     def run(perturb: bool, source=None, delta: float = 0.0):
         seen: dict[str, torch.Tensor] = {}
@@ -112,7 +112,7 @@ def frozen_effects(model, dictionaries, tokens, sources, delta, targets):
             if target[0] == "feature":
                 out.append(run_out[dictionaries[target[1]].in_hook][0, target[2]].double())
             else:
-                out.append(run_out["ln_final.hook_normalized"][0, -1].double())
+                out.append(run_out["ln_final.hook_out"][0, -1].double())
         return out
 
     def columns():
