@@ -44,6 +44,7 @@ from replacement.splice import (
 
 Unit = Dictionary | CrossLayerTranscoder
 ABLATIONS = ("zero", "mean")
+CONVENTIONS = ("sparse-circuits", "saelens")
 
 
 # ---- results ------------------------------------------------------------------------------------
@@ -79,6 +80,8 @@ class SplicedLossRow:
     """Share of features that never fired on the evaluated tokens."""
     shrinkage: float | None = None
     """E||y_hat||^2 / E<y, y_hat>; 1 means no shrinkage."""
+    saelens: dict[str, float] | None = None
+    """With `conventions="saelens"`: SAELens' `run_evals` metrics under SAELens' names."""
 
 
 @dataclass
@@ -358,6 +361,7 @@ def spliced_loss(
     per_layer: bool = True,
     check_model: bool = True,
     keep_bos: bool = True,
+    conventions: str = "sparse-circuits",
 ) -> SplicedLossReport:
     """CE, CE increase, KL, loss recovered and local metrics of dictionaries spliced into `model`.
 
@@ -374,10 +378,17 @@ def spliced_loss(
         check_model: warn about dictionaries whose recorded model name differs from the model's.
         keep_bos: position 0 keeps the model's own activation when spliced and when ablated
             (see `splice`); False replaces it too.
+        conventions: "sparse-circuits" (this module's docstring) or "saelens": each dictionary
+            alone, measured as SAELens' `run_evals` measures it (`replacement.saelens_eval`):
+            special-token positions left out, KL over every other position including the
+            last, zero ablation of every position; rows then carry `saelens` with SAELens'
+            metric names, and `keep_bos`, `ablations` and `per_layer` do not apply.
 
     Returns:
         A `SplicedLossReport` (prints as a table; `.to_dict()` for JSON).
     """
+    if conventions not in CONVENTIONS:
+        raise SparseCircuitsError(f"unknown conventions {conventions!r}; expected {CONVENTIONS}")
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown:
         raise SparseCircuitsError(f"unknown ablations {unknown}; expected a subset of {ABLATIONS}")
@@ -393,6 +404,8 @@ def spliced_loss(
         for view in _layer_views(clt):
             check_compatible(model, view, check_model)
     device = torch.device(model.cfg.device)
+    if conventions == "saelens":
+        return _saelens_report(model, units, tokens_or_text, ctx_len, batch_size, verbose)
     tokens, lengths = prepare_tokens(model, tokens_or_text, ctx_len)
     tokens, lengths = tokens.to(device), lengths.to(device)
     batches = [
@@ -476,6 +489,39 @@ def spliced_loss(
 
     report = _report(orig, units, locals_, spliced, ablated, ablations, several, alone, tokens)
     report.keep_bos = keep_bos
+    return report
+
+
+def _saelens_report(
+    model: Any,
+    units: list[Unit],
+    tokens_or_text: Any,
+    ctx_len: int | None,
+    batch_size: int,
+    verbose: bool,
+) -> SplicedLossReport:
+    """`spliced_loss` under SAELens' conventions: one row per dictionary, spliced alone."""
+    from replacement.saelens_eval import saelens_metrics, special_token_mask
+
+    tokens, _ = prepare_tokens(model, tokens_or_text, ctx_len)
+    tokens = tokens.to(torch.device(model.cfg.device))
+    batches = list(tokens.split(batch_size))
+    n_pred = int(special_token_mask(model, tokens)[:, :-1].sum())
+    rows, ce_original = [], float("nan")
+    for unit in tqdm(units, desc="saelens metrics", disable=not verbose, unit="dictionary"):
+        m = saelens_metrics(model, unit, batches)
+        ce_original = m["ce_loss_without_sae"]
+        row = SplicedLossRow(_unit_name(unit), _out_hooks(unit), saelens=m)
+        row.ce_spliced, row.kl = m["ce_loss_with_sae"], m["kl_div_with_sae"]
+        row.ce_increase = m["ce_loss_with_sae"] - m["ce_loss_without_sae"]
+        row.ce_zero_ablated, row.recovered_zero = m["ce_loss_with_ablation"], m["ce_loss_score"]
+        row.explained_variance = m["explained_variance"]
+        row.fvu = 1.0 - m["explained_variance"]
+        row.l0, row.shrinkage = m["l0"], m["relative_reconstruction_bias"]
+        row.dead_share = m["dead_features"] / unit.n_features
+        rows.append(row)
+    report = SplicedLossReport(ce_original, n_pred, int(tokens.shape[0]), keep_bos=True)
+    report.rows = rows
     return report
 
 

@@ -38,7 +38,8 @@ def test_missing_hook(tiny_gpt2):
 def test_dictionary_for_another_model(tiny_gpt2):
     d = Dictionary(32, 32, 8, "blocks.0.hook_resid_pre", model_name="gpt2-small")
     name = tiny_gpt2.cfg.model_name
-    with pytest.raises(SparseCircuitsError, match=rf"gpt2-small.*{name}"):
+    # a name alone proves nothing (widths and hooks are checked): a warning, not an error
+    with pytest.warns(UserWarning, match=rf"gpt2-small.*{name}"):
         with splice(tiny_gpt2, [d]):
             pass
     with splice(tiny_gpt2, [d], check_model=False):

@@ -143,7 +143,7 @@ def test_sparsify_layouts_and_hook_mapping(tmp_path):
     t_res = _write_sparsify(root / "h.1", 5, False, False)
     mlp = load_dictionary(root / "layers.3.mlp")
     torch.testing.assert_close(mlp(X), _sparsify_expected(t_mlp, 4, True))
-    assert (mlp.in_hook, mlp.out_hook) == ("blocks.3.ln2.hook_normalized", "blocks.3.hook_mlp_out")
+    assert (mlp.in_hook, mlp.out_hook) == ("blocks.3.ln2.hook_out", "blocks.3.hook_mlp_out")
     both = load_dictionaries(root)
     assert [d.out_hook for d in both] == ["blocks.1.hook_resid_post", "blocks.3.hook_mlp_out"]
     torch.testing.assert_close(both[0](X), _sparsify_expected(t_res, 5, False))
@@ -176,7 +176,7 @@ def _write_ct_set(folder, activation=None, k=None, n_layers=2, threshold=True, s
 def test_circuit_tracer_transcoder_set(tmp_path):
     layers = _write_ct_set(tmp_path / "ct")
     loaded = load_dictionaries(tmp_path / "ct")
-    assert [d.in_hook for d in loaded] == [f"blocks.{i}.ln2.hook_normalized" for i in range(2)]
+    assert [d.in_hook for d in loaded] == [f"blocks.{i}.ln2.hook_out" for i in range(2)]
     for d, t in zip(loaded, layers, strict=True):
         pre = X @ t["W_enc"].T + t["b_enc"]
         acts = pre * (pre > t["activation_function.threshold"])

@@ -143,7 +143,7 @@ def test_single_head_paths_times_pattern_are_exact(arch, request, tiny_tokenizer
             )
             assert float(predicted) * a_i == pytest.approx(edge, rel=1e-4, abs=1e-7)
     summed = vw.residual + sum(vw.heads.values())
-    torch.testing.assert_close(vw.total, summed, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(vw.total, summed, rtol=1e-5, atol=1e-5)  # float32 sums
 
 
 def _residual_sae(model, hook, n_features, seed):
