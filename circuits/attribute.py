@@ -34,8 +34,9 @@ from circuits.replacement_forward import FINAL_HOOK, frozen_forward
 from circuits.sources import PromptSources, collect_sources
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
-from replacement.hooks import check_hook, hook_layer
+from replacement.hooks import hook_layer
 from replacement.model import to_tokens
+from replacement.splice import check_compatible
 
 
 def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
@@ -63,8 +64,8 @@ def _ordered(model: Any, dictionaries: Sequence[Dictionary]) -> list[Dictionary]
         raise SparseCircuitsError("attribute needs at least one dictionary")
     seen: set[str] = set()
     for d in dictionaries:
-        check_hook(model, d.in_hook)
-        check_hook(model, d.out_hook)
+        # hooks, widths and processing, with the errors `splice` gives (not a matmul error)
+        check_compatible(model, d)
         if d.out_hook in seen:
             raise SparseCircuitsError(
                 f"two dictionaries write to {d.out_hook!r}; expected at most one per out_hook"

@@ -88,7 +88,7 @@ def trace(
     from circuits.attribute import attribute
     from circuits.draw import graph_png
     from replacement.atomic import atomic_path
-    from replacement.formats.detect import load_dictionaries
+    from replacement.formats.detect import load_dictionaries, load_model_and_dictionaries
     from replacement.model import load_model
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
@@ -97,6 +97,13 @@ def trace(
         raise SparseCircuitsError('the slug "graph" is the full graph\'s file name; pick another')
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    if isinstance(model, str | Path) and (
+        dictionaries is None or isinstance(dictionaries, str | Path)
+    ):
+        # one call: the model gets the processing its dictionaries were trained under
+        model, dictionaries = load_model_and_dictionaries(
+            model, dictionaries or DEFAULT_DICTIONARY_SET
+        )
     if isinstance(model, str | Path):
         model = load_model(model)
     if dictionaries is None or isinstance(dictionaries, str | Path):

@@ -42,12 +42,13 @@ def _token_set(model, n_tokens: int, seq_len: int) -> torch.Tensor:
 
 def run_global(args: argparse.Namespace) -> int:
     """Build and write the graph."""
-    from replacement.formats.detect import load_dictionaries
-    from replacement.model import load_model
+    from replacement.formats.detect import load_model_and_dictionaries
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
-    model = load_model(args.model)
-    dictionaries = load_dictionaries(args.dictionaries or DEFAULT_DICTIONARY_SET, model=model)
+    # the model gets the processing its dictionaries were trained under
+    model, dictionaries = load_model_and_dictionaries(
+        args.model, args.dictionaries or DEFAULT_DICTIONARY_SET
+    )
     seq_len = min(64, model.cfg.n_ctx - 1)
     need_tokens = args.data_weighted or args.norm == "mean"
     tokens = _token_set(model, args.tokens, seq_len) if need_tokens else None

@@ -25,7 +25,6 @@ from torch import Tensor
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 
-
 FINAL_HOOK = "ln_final.hook_out"
 """Where logit directions are read: the final norm's output, the unembedding's input."""
 

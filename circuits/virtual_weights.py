@@ -79,6 +79,7 @@ from torch import Tensor
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer, layer_hooks
+from replacement.splice import check_compatible
 
 NormSpec = str | Mapping[int | str, float | Tensor]
 SiteKey = int | str
@@ -189,6 +190,8 @@ def _site(index: int, d: Any, model: Any) -> Site:
 def dictionary_sites(dictionaries: Sequence[Dictionary], model: Any) -> list[Site]:
     """The site of every dictionary (refuses kinds without input-invariant paths, duplicates)."""
     sites = [_site(k, d, model) for k, d in enumerate(dictionaries)]
+    for s in sites:  # hooks, widths and processing, as `splice` checks them
+        check_compatible(model, s.dictionary)
     seen: set[str] = set()
     for s in sites:
         if s.name in seen:

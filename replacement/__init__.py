@@ -5,7 +5,11 @@
 
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary, SparseActs
-from replacement.formats.detect import load_dictionaries, load_dictionary
+from replacement.formats.detect import (
+    load_dictionaries,
+    load_dictionary,
+    load_model_and_dictionaries,
+)
 from replacement.hooks import LayerHooks, check_hook, layer_hooks
 from replacement.loss import SplicedLossReport, spliced_loss
 from replacement.model import DEFAULT_MODEL_DIR, load_model, to_tokens
@@ -22,6 +26,7 @@ __all__ = [
     "layer_hooks",
     "load_dictionaries",
     "load_dictionary",
+    "load_model_and_dictionaries",
     "load_model",
     "splice",
     "spliced_loss",

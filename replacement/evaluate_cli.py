@@ -38,15 +38,63 @@ def heldout_text(n_tokens: int, model) -> str:
     return "\n".join(parts)
 
 
+def read_token_file(path: str | Path):
+    """Token ids [sequences, positions] from a .safetensors (one tensor, or `tokens`), .pt or .npy.
+
+    A 1-D file is one sequence. The ids are used as given (BOS at position 0 expected).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise SparseCircuitsError(f"token file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+            if "tokens" in tensors:
+                tokens = tensors["tokens"]
+            elif len(tensors) == 1:
+                tokens = next(iter(tensors.values()))
+            else:
+                raise SparseCircuitsError(
+                    f"{str(path)!r} holds {sorted(tensors)}; expected one tensor or 'tokens'"
+                )
+        elif suffix == ".pt":
+            tokens = torch.load(str(path), map_location="cpu", weights_only=True)
+        elif suffix == ".npy":
+            import numpy as np
+
+            tokens = torch.from_numpy(np.load(str(path), allow_pickle=False))
+        else:
+            raise SparseCircuitsError(
+                f"token file {str(path)!r}: expected .safetensors, .pt or .npy"
+            )
+    except SparseCircuitsError:
+        raise
+    except Exception as exc:  # each format raises its own types for corrupt files
+        raise SparseCircuitsError(f"token file {str(path)!r} cannot be read: {exc}") from exc
+    if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.dim() > 2:
+        raise SparseCircuitsError(
+            f"token file {str(path)!r} should hold integer ids [sequences, positions]"
+        )
+    return tokens.long().reshape(-1, tokens.shape[-1])
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Load the model and dictionaries, compute the spliced loss, print and save the report."""
-    from replacement.formats.detect import load_dictionaries
+    from replacement.formats.detect import load_model_and_dictionaries
     from replacement.loss import prepare_tokens, spliced_loss
-    from replacement.model import load_model
 
-    model = load_model(args.model, device=args.device)
-    dictionaries = load_dictionaries(args.dictionaries, model=model)
-    if args.text:
+    # the model gets the processing its dictionaries were trained under
+    model, dictionaries = load_model_and_dictionaries(
+        args.model, args.dictionaries, device=args.device, processing=args.processing
+    )
+    if args.token_file:
+        tokens = read_token_file(args.token_file)
+    elif args.text:
         path = Path(args.text)
         if not path.is_file():
             raise SparseCircuitsError(f"text file {str(path)!r} does not exist")
@@ -66,6 +114,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         verbose=not args.quiet,
         per_layer=not args.no_per_layer,
         keep_bos=not args.splice_bos,
+        check_model=not args.no_model_check,
+        conventions=args.conventions,
     )
     print(report)
     if args.out:
@@ -86,6 +136,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--text", help="a text file to evaluate on")
     source.add_argument(
+        "--token-file",
+        help="token ids [sequences, positions] with BOS first (.safetensors, .pt or .npy) to "
+        "evaluate exactly these tokens",
+    )
+    source.add_argument(
         "--tokens", type=int, default=20000, help="tokens of held-out stdlib text (default)"
     )
     parser.add_argument("--ctx-len", type=int, default=None, help="sequence length (<= n_ctx)")
@@ -96,6 +151,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--splice-bos",
         action="store_true",
         help="also splice and ablate position 0 (BOS), which by default keeps its own activation",
+    )
+    parser.add_argument(
+        "--conventions",
+        choices=["sparse-circuits", "saelens"],
+        default="sparse-circuits",
+        help="metric conventions; 'saelens' reproduces SAELens' run_evals (names included)",
+    )
+    parser.add_argument(
+        "--processing",
+        choices=["auto", "none", "folded", "fold_ln", "centred"],
+        default="auto",
+        help="model weight processing; 'auto' (default) uses what the dictionaries were "
+        "trained under",
+    )
+    parser.add_argument(
+        "--no-model-check",
+        action="store_true",
+        help="do not warn when a dictionary records another model name",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--out", help="write the report as JSON here")

@@ -127,7 +127,7 @@ def check_compatible(model: Any, dictionary: Dictionary, check_model: bool = Tru
 def _is_residual_width(hook: str) -> bool:
     return hook.endswith(
         ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
-    ) or hook.endswith("hook_normalized")
+    ) or hook.endswith(("hook_normalized", "ln1.hook_out", "ln2.hook_out", "ln_final.hook_out"))
 
 
 def _flat(act: Tensor, width: int, hook: str, label: str) -> Tensor:

@@ -128,3 +128,47 @@ def test_circuit_tracer_edges(plain_model, folded_model, processing):
     a_ours = graph.adjacency[index][:, index].double()
     row_max = a_theirs.abs().amax(1, keepdim=True).clamp_min(1e-12)
     assert float(((a_ours - a_theirs).abs() / row_max).max()) < 1e-4
+
+
+def test_evaluate_cli_token_file_and_saelens_conventions(tmp_path, capsys):
+    from sparse_circuits_cli import main
+
+    out = tmp_path / "report.json"
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(MODEL_DIR),
+            "--dictionaries",
+            str(REF / "saelens" / "resid_pre_1"),
+            "--token-file",
+            str(REF / "tokens.safetensors"),
+            "--conventions",
+            "saelens",
+            "--batch-size",
+            "16",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    row = json.loads(out.read_text())["rows"][0]
+    theirs = SAELENS["resid_pre_1"]["metrics"]
+    for key in ("explained_variance", "ce_loss_score", "kl_div_score", "l0", "l2_ratio"):
+        assert row["saelens"][key] == pytest.approx(theirs[key], rel=1e-4)
+    bad = tmp_path / "tokens.npy"
+    bad.write_bytes(b"not numpy")
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(MODEL_DIR),
+            "--dictionaries",
+            str(REF / "saelens" / "resid_pre_1"),
+            "--token-file",
+            str(bad),
+            "--quiet",
+        ]
+    )
+    assert code == 1 and "token file" in capsys.readouterr().err

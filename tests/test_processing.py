@@ -208,3 +208,17 @@ def test_model_name_mismatch_warns(tiny_gpt2):
         warnings.simplefilter("error")
         with splice(tiny_gpt2, [d], check_model=False):
             pass
+
+
+def test_trace_and_global_refuse_width_mismatch_clearly(tiny_gpt2):
+    from circuits.virtual_weights import virtual_weights as vw
+    from replacement.errors import ShapeError
+
+    wide = [
+        Dictionary(48, 32, 8, f"blocks.{i}.ln2.hook_normalized", f"blocks.{i}.hook_mlp_out")
+        for i in range(2)
+    ]
+    with pytest.raises(ShapeError, match=r"d_in=48.*d_model=32"):
+        attribute(tiny_gpt2, wide, PROMPT, verbose=False)
+    with pytest.raises(ShapeError, match=r"d_in=48.*d_model=32"):
+        vw(wide, tiny_gpt2, 0, 1)

@@ -193,6 +193,28 @@ def load_dictionaries(
     return dictionaries
 
 
+def load_model_and_dictionaries(
+    model_source: Any,
+    path_or_set_name: str | Path,
+    *,
+    processing: str = "auto",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    hooks: HookSpec = None,
+) -> tuple[Any, list[AnyDictionary]]:
+    """The model in the processing its dictionaries were trained under, and the dictionaries.
+
+    The dictionaries are read first, so that `load_model(..., for_dictionaries=...)` can pick
+    the processing (`processing="auto"`); they are then converted to it where needed and moved
+    to the model's device. What the CLI commands use.
+    """
+    from replacement.model import load_model
+
+    found = _load_all(_resolve(path_or_set_name), hooks, dtype)
+    model = load_model(model_source, device=device, processing=processing, for_dictionaries=found)
+    return model, [_fit_to_model(d, model, dtype) for d in found]
+
+
 def load_dictionary(
     path: str | Path,
     model: Any = None,
