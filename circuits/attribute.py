@@ -32,8 +32,9 @@ from circuits.replacement_forward import frozen_forward
 from circuits.sources import PromptSources, collect_sources
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
-from replacement.hooks import check_hook, hook_layer
+from replacement.hooks import hook_layer
 from replacement.model import to_tokens
+from replacement.splice import check_compatible
 
 
 def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
@@ -61,8 +62,7 @@ def _ordered(model: Any, dictionaries: Sequence[Dictionary]) -> list[Dictionary]
         raise SparseCircuitsError("attribute needs at least one dictionary")
     seen: set[str] = set()
     for d in dictionaries:
-        check_hook(model, d.in_hook)
-        check_hook(model, d.out_hook)
+        check_compatible(model, d, check_model=False)  # hooks and widths, before any matmul
         if d.out_hook in seen:
             raise SparseCircuitsError(
                 f"two dictionaries write to {d.out_hook!r}; expected at most one per out_hook"
@@ -139,6 +139,11 @@ def attribute(
     start = time.perf_counter()
     if batch_size < 1:
         raise SparseCircuitsError(f"batch_size must be at least 1, got {batch_size}")
+    if max_n_logits < 1 or not 0 < desired_logit_prob <= 1:
+        raise SparseCircuitsError(
+            f"max_n_logits must be >= 1 and desired_logit_prob in (0, 1], got {max_n_logits} "
+            f"and {desired_logit_prob}"
+        )
     dictionaries = _ordered(model, dictionaries)
     tokens = prompt_tokens(model, prompt)
     n_pos = tokens.numel()
