@@ -38,11 +38,6 @@ def _check_local_folder(path: Path, needs_tokenizer: bool = True) -> None:
             f"model folder {str(path)!r} does not exist (a name that is neither a folder nor a "
             "known Hugging Face model is taken as a folder; hub models are 'org/name')"
         )
-    if needs_tokenizer and not has_tokenizer_files(path):
-        raise ModelLoadError(
-            f"model folder {str(path)!r} has no tokenizer files; expected one of "
-            f"{list(TOKENIZER_FILES)} (save it with tokenizer.save_pretrained(folder))"
-        )
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"model folder {str(path)!r} has no config.json; expected a Hugging Face model folder "
@@ -51,6 +46,11 @@ def _check_local_folder(path: Path, needs_tokenizer: bool = True) -> None:
     if not any((path / name).is_file() for name in _WEIGHT_FILES):
         raise ModelLoadError(
             f"model folder {str(path)!r} has no weights; expected one of {list(_WEIGHT_FILES)}"
+        )
+    if needs_tokenizer and not has_tokenizer_files(path):
+        raise ModelLoadError(
+            f"model folder {str(path)!r} has no tokenizer files; expected one of "
+            f"{list(TOKENIZER_FILES)} (save it with tokenizer.save_pretrained(folder))"
         )
     weights = path / "model.safetensors"
     if weights.is_file():

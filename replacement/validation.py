@@ -202,15 +202,17 @@ def looks_binary(path: str | Path) -> bool:
     return control > 0.05 * max(1, len(sample))
 
 
-def check_text_file(path: str | Path, option: str) -> Path:
-    """`path` as a text input: an existing file that is not binary."""
+def check_text_file(
+    path: str | Path, option: str, error: type[SparseCircuitsError] = InputError
+) -> Path:
+    """`path` as a text input: an existing file that is not binary (else `error`)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise InputError(f"{option} {str(path)!r} does not exist")
+        raise error(f"{option} {str(path)!r} does not exist")
     if not path.is_file():
-        raise InputError(f"{option} {str(path)!r} is not a file")
+        raise error(f"{option} {str(path)!r} is not a file")
     if looks_binary(path):
-        raise InputError(
+        raise error(
             f"{option} {str(path)!r} looks binary (NUL bytes or non-text bytes); "
             "expected a UTF-8 text file"
         )
@@ -222,7 +224,9 @@ def read_text_file(path: str | Path, option: str) -> str:
     return check_text_file(path, option).read_text(encoding="utf-8", errors="replace")
 
 
-def check_text_source(path: str | Path, option: str) -> list[Path]:
+def check_text_source(
+    path: str | Path, option: str, error: type[SparseCircuitsError] = InputError
+) -> list[Path]:
     """A text file, or a folder of text files (hidden ones skipped): the files, all checked."""
     path = Path(path).expanduser()
     if path.is_dir():
@@ -232,9 +236,9 @@ def check_text_source(path: str | Path, option: str) -> list[Path]:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         if not files:
-            raise InputError(f"{option} folder {str(path)!r} holds no files")
-        return [check_text_file(p, option) for p in files]
-    return [check_text_file(path, option)]
+            raise error(f"{option} folder {str(path)!r} holds no files")
+        return [check_text_file(p, option, error) for p in files]
+    return [check_text_file(path, option, error)]
 
 
 def has_tokenizer_files(folder: str | Path) -> bool:

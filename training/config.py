@@ -216,7 +216,7 @@ class TrainConfig:
             raise ConfigError(
                 f"{_named('val_fraction')} must be in (0, 1), got {self.val_fraction}"
             )
-        if self.kind == "sae" and self.site not in BLOCK_SITES:
+        if self.site not in BLOCK_SITES:  # a typo fails even where only SAEs use it
             close = difflib.get_close_matches(self.site, BLOCK_SITES, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(

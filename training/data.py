@@ -52,7 +52,7 @@ def _read_files(path: Path) -> list[str]:
     if not path.exists():
         raise DataError(f"data path (--data) {str(path)!r} is neither a file nor a folder")
     # every file is checked for binary content first: decoded bytes would train silently
-    files = check_text_source(path, "--data")
+    files = check_text_source(path, "--data", DataError)
     return [p.read_text(encoding="utf-8", errors="replace") for p in files]
 
 

@@ -556,7 +556,7 @@ class Trainer:
             return
         if path.exists():
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln)["step"] <= self.step]
+            keep = [ln for ln in lines if _logged_step(ln) <= self.step]
             with atomic_path(path) as tmp:
                 tmp.write_text("".join(ln + "\n" for ln in keep))
 
@@ -629,6 +629,14 @@ class Trainer:
         written += ["report.json"] if report is not None else []
         # an earlier run in this folder (other layers, or with a report) leaves no stale files
         remove_stale_outputs(self.out_dir, written, earlier=_earlier_output)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a killed process counts as never logged."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 _LAYER_EXTS = ("safetensors", "json")
