@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from replacement.errors import SparseCircuitsError
@@ -39,17 +41,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(exc: OSError) -> str:
+    """One line for an OS error: what failed, on which file, and what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; free some space or write elsewhere (--out)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where}; choose a writable path"
+    return f"{exc.strerror or exc}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
+    """Entry point: every expected failure becomes one line on stderr and a non-zero exit.
+
+    Exit codes: 0 success, 1 an error (bad input, bad file, OS error), 2 bad command-line
+    arguments (argparse), 130 interrupted (Ctrl-C). Set SPARSE_CIRCUITS_TRACEBACK=1 to see
+    the traceback of an unexpected error.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prefix = f"sparse-circuits {args.command}"
+    hint = getattr(args, "on_interrupt", None)
     try:
         return int(args.func(args) or 0)
-    except (SparseCircuitsError, FileNotFoundError) as exc:
-        print(f"sparse-circuits {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\n{prefix}: interrupted", file=sys.stderr)
+        if hint:
+            print(f"{prefix}: {hint(args, argv)}", file=sys.stderr)
+        return 130
+    except SparseCircuitsError as exc:
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        if hint and getattr(exc, "checkpoint", None):
+            print(f"{prefix}: {hint(args, argv)}", file=sys.stderr)
+            return 130
+        return 1
+    except OSError as exc:
+        print(f"{prefix}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("SPARSE_CIRCUITS_TRACEBACK"):
+            raise
+        print(
+            f"{prefix}: unexpected error {type(exc).__name__}: {exc} (a bug; please report it, "
+            "with the traceback from SPARSE_CIRCUITS_TRACEBACK=1)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -142,6 +142,11 @@ def attribute(
     start = time.perf_counter()
     if batch_size < 1:
         raise SparseCircuitsError(f"batch_size must be at least 1, got {batch_size}")
+    if max_n_logits < 1 or not 0 < desired_logit_prob <= 1:
+        raise SparseCircuitsError(
+            f"max_n_logits must be >= 1 and desired_logit_prob in (0, 1], got {max_n_logits} "
+            f"and {desired_logit_prob}"
+        )
     dictionaries = _ordered(model, dictionaries)
     tokens = prompt_tokens(model, prompt)
     n_pos = tokens.numel()

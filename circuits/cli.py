@@ -16,6 +16,7 @@ a shell argument can hold code), unless `--raw` is given.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -24,6 +25,12 @@ from typing import Any, NamedTuple
 
 from circuits.graph import AttributionGraph, GraphScores
 from replacement.errors import SparseCircuitsError
+from replacement.validation import (
+    HelpFormatter,
+    fraction,
+    nonnegative_int,
+    positive_int,
+)
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
@@ -90,11 +97,13 @@ def trace(
     from replacement.atomic import atomic_path
     from replacement.formats.detect import load_dictionaries, load_model_and_dictionaries
     from replacement.model import load_model
+    from replacement.validation import check_output_dir, remove_stale_outputs
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
     slug = slug or prompt_slug(prompt)
     if slug == "graph":
         raise SparseCircuitsError('the slug "graph" is the full graph\'s file name; pick another')
+    out = check_output_dir(out, "--out")  # before the model loads, not after the work
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     if isinstance(model, str | Path) and (
@@ -138,9 +147,24 @@ def trace(
     with atomic_path(files["png"]) as tmp:
         tmp.write_bytes(graph_png(pruned))
     files["html"] = pruned.to_html(out / "graph.html")
+    # an earlier trace into this folder (another prompt) leaves no stale JSON behind
+    remove_stale_outputs(out, files.values(), earlier=_earlier_trace_file)
     seconds["write"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - start
     return TraceResult(graph, pruned, scores, pruned_scores, files, seconds)
+
+
+def _earlier_trace_file(path: Path) -> bool:
+    """Files an earlier `trace` wrote: the full graph, drawings, and pruned graph JSON."""
+    if path.name in ("graph.json", "graph.safetensors", "graph.png", "graph.html"):
+        return True
+    if path.suffix != ".json":
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"metadata", "nodes", "links", "qParams"} <= set(data)
 
 
 def format_report(result: TraceResult, n_features: int = 10) -> str:
@@ -216,6 +240,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Trace a prompt through the model's dictionaries (the local replacement "
         "model): attribution graph, pruning, scores, and the files to look at it. In PROMPT, "
         "\\n, \\t and \\\\ stand for a newline, a tab and a backslash (unless --raw).",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("prompt", help="the prompt (BOS is prepended)")
     p.add_argument("--model", default="default", help="'default', a model folder or HF name")
@@ -224,26 +249,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="dictionary set name or path (default: the shipped skip transcoders)",
     )
-    p.add_argument("--out", default="trace_out", help="output folder (default: ./trace_out)")
+    p.add_argument(
+        "--out",
+        default="trace_out",
+        help="output folder (files of an earlier trace there are replaced)",
+    )
     p.add_argument("--slug", default=None, help="name of the pruned JSON (default: from prompt)")
     p.add_argument(
         "--max-feature-nodes",
-        type=int,
+        type=nonnegative_int,
         default=1000,
-        help="keep at most this many features, most influential first (0: all active; "
-        "default 1000, which bounds the time on long prompts)",
+        help="maximum number of feature nodes, most influential first (0: every active one; "
+        "the limit bounds the time on long prompts)",
     )
-    p.add_argument("--max-n-logits", type=int, default=10, help="most probable logits traced")
+    p.add_argument(
+        "--max-n-logits",
+        type=positive_int,
+        default=10,
+        help="number of most probable logits traced",
+    )
     p.add_argument(
         "--desired-logit-prob",
-        type=float,
+        type=fraction,
         default=0.95,
         help="stop adding logits at this cumulative probability",
     )
-    p.add_argument("--node-threshold", type=float, default=0.8, help="pruning: influence kept")
-    p.add_argument("--edge-threshold", type=float, default=0.98, help="pruning: edge score kept")
-    p.add_argument("--batch-size", type=int, default=64, help="target rows per backward pass")
-    p.add_argument("--top-features", type=int, default=10, help="features listed in the report")
+    p.add_argument(
+        "--node-threshold", type=fraction, default=0.8, help="pruning: share of influence kept"
+    )
+    p.add_argument(
+        "--edge-threshold", type=fraction, default=0.98, help="pruning: share of edge score kept"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        help="number of target rows per backward pass",
+    )
+    p.add_argument(
+        "--top-features",
+        type=nonnegative_int,
+        default=10,
+        help="number of features listed in the report",
+    )
     p.add_argument("--raw", action="store_true", help="take the prompt literally (no escapes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_trace)

@@ -9,12 +9,20 @@ available, a PNG.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import torch
 
 from circuits.global_graph import global_graph
 from replacement.errors import SparseCircuitsError
+from replacement.validation import (
+    HelpFormatter,
+    check_output_dir,
+    nonnegative_int,
+    positive_int,
+    remove_stale_outputs,
+)
 
 
 def _site_key(text: str) -> int | str:
@@ -34,10 +42,25 @@ def _token_set(model, n_tokens: int, seq_len: int) -> torch.Tensor:
     for name in ("bisect.py", "heapq.py", "textwrap.py", "string.py", "fnmatch.py"):
         if (stdlib / name).is_file() and len(ids) < n_tokens:
             ids += model.tokenizer((stdlib / name).read_text())["input_ids"]
+    if n_tokens < seq_len:
+        raise SparseCircuitsError(
+            f"--tokens {n_tokens} is less than one sequence of {seq_len} tokens; "
+            f"use --tokens {seq_len} or more"
+        )
     n_rows = min(len(ids), n_tokens) // seq_len
     if n_rows == 0:
-        raise SparseCircuitsError(f"could not gather {n_tokens} tokens of text to average over")
+        raise SparseCircuitsError(
+            f"could gather only {len(ids)} tokens of held-out text, less than one sequence of "
+            f"{seq_len}"
+        )
     return torch.tensor([[bos] + ids[k * seq_len : (k + 1) * seq_len] for k in range(n_rows)])
+
+
+def _earlier_global_file(path: Path) -> bool:
+    """Files an earlier `global` wrote: the graph pair and global_L*_L* exports."""
+    return path.name in ("graph.json", "graph.safetensors") or bool(
+        re.fullmatch(r"global_L.+_L.+\.(json|graphml|png)", path.name)
+    )
 
 
 def run_global(args: argparse.Namespace) -> int:
@@ -45,6 +68,7 @@ def run_global(args: argparse.Namespace) -> int:
     from replacement.formats.detect import load_model_and_dictionaries
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
+    out = check_output_dir(args.out, "--out")  # before the model loads, not after the work
     # the model gets the processing its dictionaries were trained under
     model, dictionaries = load_model_and_dictionaries(
         args.model, args.dictionaries or DEFAULT_DICTIONARY_SET
@@ -66,7 +90,6 @@ def run_global(args: argparse.Namespace) -> int:
         max_sources=args.max_sources or None,
         verbose=True,
     )
-    out = Path(args.out)
     layers = graph.metadata["layer_from"], graph.metadata["layer_to"]
     stem = out / f"global_L{layers[0]}_L{layers[1]}"
     graph.to_json(slug=stem.name, path=stem.with_suffix(".json"))
@@ -85,6 +108,8 @@ def run_global(args: argparse.Namespace) -> int:
         with atomic_path(stem.with_suffix(".png")) as tmp:
             tmp.write_bytes(graph_png(graph))
         written.append(stem.with_suffix(".png"))
+    # an earlier run into this folder (other layers) leaves no stale files behind
+    remove_stale_outputs(out, [*written, out / "graph.safetensors"], earlier=_earlier_global_file)
     print(f"{graph!r}")
     for path in written:
         print(f"wrote {path}")
@@ -98,6 +123,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="input-invariant feature graph between two dictionaries (layers)",
         description="Top-k virtual-weight (or data-weighted) connections between two "
         "dictionaries: transcoder layers, or residual SAEs named by hook.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--layer-from", type=_site_key, required=True, help="upstream layer (or hook name)"
@@ -105,15 +131,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--layer-to", type=_site_key, required=True, help="downstream layer (or hook name)"
     )
-    p.add_argument("--top-k", type=int, default=5, help="partners kept per upstream feature")
+    p.add_argument(
+        "--top-k", type=positive_int, default=5, help="number of partners kept per upstream feature"
+    )
     p.add_argument("--model", default="default", help="model name, folder or HF name")
-    p.add_argument("--dictionaries", default=None, help="dictionary set name or path")
+    p.add_argument(
+        "--dictionaries",
+        default=None,
+        help="dictionary set name or path (default: the shipped skip transcoders)",
+    )
     p.add_argument(
         "--data-weighted",
         action="store_true",
         help="weight by co-activation over a token set: E[a_i v_ij 1[a_j > 0]]",
     )
-    p.add_argument("--tokens", type=int, default=4096, help="tokens for --data-weighted / mean")
+    p.add_argument(
+        "--tokens",
+        type=positive_int,
+        default=4096,
+        help="number of held-out tokens for --data-weighted and --norm mean (at least one "
+        "sequence of min(64, n_ctx - 1))",
+    )
     p.add_argument(
         "--norm", choices=("ignore", "mean"), default="mean", help="norm-scale treatment"
     )
@@ -124,7 +162,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="residual SAEs in between block the paths (as in prompt graphs)",
     )
     p.add_argument(
-        "--max-sources", type=int, default=256, help="upstream features kept (0 keeps all)"
+        "--max-sources",
+        type=nonnegative_int,
+        default=256,
+        help="number of upstream features kept (0 keeps all)",
     )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_global)

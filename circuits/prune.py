@@ -95,7 +95,7 @@ def prune_graph(
     """
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 < value <= 1.0:
-            raise ValueError(f"{name} must be in (0, 1], got {value}")
+            raise SparseCircuitsError(f"{name} must be in (0, 1], got {value}")
     weights = graph.logit_weights
     always = graph.mask("token") | graph.mask("logit")
     is_feature = graph.mask("feature")

@@ -9,6 +9,13 @@ from pathlib import Path
 from replacement.atomic import write_json
 from replacement.errors import SparseCircuitsError
 from replacement.model import DEFAULT_MODEL_DIR
+from replacement.validation import (
+    HelpFormatter,
+    check_output_file,
+    int_at_least,
+    positive_int,
+    read_text_file,
+)
 
 
 def heldout_text(n_tokens: int, model) -> str:
@@ -88,18 +95,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from replacement.formats.detect import load_model_and_dictionaries
     from replacement.loss import prepare_tokens, spliced_loss
 
+    # inputs and the output path are checked before the model loads
+    text = read_text_file(args.text, "--text") if args.text else None
+    if args.out:
+        check_output_file(args.out, "--out")
     # the model gets the processing its dictionaries were trained under
     model, dictionaries = load_model_and_dictionaries(
         args.model, args.dictionaries, device=args.device, processing=args.processing
     )
     if args.token_file:
         tokens = read_token_file(args.token_file)
-    elif args.text:
-        path = Path(args.text)
-        if not path.is_file():
-            raise SparseCircuitsError(f"text file {str(path)!r} does not exist")
-        data = path.read_text(errors="replace")
-        tokens, _ = prepare_tokens(model, data, args.ctx_len)
+    elif text is not None:
+        tokens, _ = prepare_tokens(model, text, args.ctx_len)
     else:
         tokens, lengths = prepare_tokens(model, heldout_text(args.tokens, model), args.ctx_len)
         # keep whole sequences until about N tokens
@@ -127,25 +134,41 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `evaluate` subcommand."""
     parser = subparsers.add_parser(
-        "evaluate", help="spliced-model loss (CE increase, KL, loss recovered, FVU, L0)"
+        "evaluate",
+        help="spliced-model loss (CE increase, KL, loss recovered, FVU, L0)",
+        description="Splice dictionaries into the model and report, per layer and all at once, "
+        "the CE increase, KL, fraction of loss recovered, FVU, L0 and dead features.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", default="default", help="model: 'default', folder or HF name")
     parser.add_argument(
         "--dictionaries", required=True, help="dictionary file/folder or a shipped set name"
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--text", help="a text file to evaluate on")
+    source.add_argument("--text", help="a text file to evaluate on (instead of --tokens)")
     source.add_argument(
         "--token-file",
         help="token ids [sequences, positions] with BOS first (.safetensors, .pt or .npy) to "
         "evaluate exactly these tokens",
     )
     source.add_argument(
-        "--tokens", type=int, default=20000, help="tokens of held-out stdlib text (default)"
+        "--tokens",
+        type=positive_int,
+        default=20000,
+        help="number of tokens of held-out stdlib text (whole sequences, at least one)",
     )
-    parser.add_argument("--ctx-len", type=int, default=None, help="sequence length (<= n_ctx)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--ctx-len",
+        type=int_at_least(3),
+        default=None,
+        help="sequence length in tokens, BOS included (at most the model's n_ctx; default n_ctx)",
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, help="number of sequences per forward pass"
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)"
+    )
     parser.add_argument("--no-per-layer", action="store_true", help="only splice all together")
     parser.add_argument(
         "--splice-bos",
@@ -171,5 +194,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not warn when a dictionary records another model name",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--out", help="write the report as JSON here")
+    parser.add_argument("--out", help="write the report as JSON to this file")
     parser.set_defaults(func=run_evaluate)

@@ -180,7 +180,12 @@ def prepare_tokens(
     A LongTensor is used as given (each row its full length); it must fit in n_ctx.
     """
     n_ctx = int(model.cfg.n_ctx)
-    ctx = min(int(ctx_len or n_ctx), n_ctx)
+    ctx = int(ctx_len or n_ctx)
+    if ctx > n_ctx:  # never clamp silently: the user asked for a length the model cannot see
+        raise ShapeError(
+            f"ctx_len (--ctx-len) {ctx} exceeds the model's context of {n_ctx} tokens; "
+            f"use {n_ctx} or less"
+        )
     if ctx < 3:
         raise SparseCircuitsError(f"ctx_len must be at least 3 (BOS + two tokens), got {ctx}")
     if isinstance(tokens_or_text, Tensor):

@@ -35,6 +35,7 @@ from replacement.processing import (
     original_norms,
     parse_processing,
 )
+from replacement.validation import TOKENIZER_FILES, has_tokenizer_files, looks_local
 
 DEFAULT_MODEL_DIR = Path(str(resources.files("replacement") / "zoo" / "default_model"))
 """Folder of the embedded default model (Hugging Face format, shipped as package data)."""
@@ -42,10 +43,13 @@ DEFAULT_MODEL_DIR = Path(str(resources.files("replacement") / "zoo" / "default_m
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
-def _check_local_folder(path: Path) -> None:
+def _check_local_folder(path: Path, needs_tokenizer: bool = True) -> None:
     """Raise a clear error if `path` is not a usable Hugging Face model folder."""
     if not path.is_dir():
-        raise ModelLoadError(f"model folder {str(path)!r} does not exist")
+        raise ModelLoadError(
+            f"model folder {str(path)!r} does not exist (a name that is neither a folder nor a "
+            "known Hugging Face model is taken as a folder; hub models are 'org/name')"
+        )
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"model folder {str(path)!r} has no config.json; expected a Hugging Face model folder "
@@ -54,6 +58,11 @@ def _check_local_folder(path: Path) -> None:
     if not any((path / name).is_file() for name in _WEIGHT_FILES):
         raise ModelLoadError(
             f"model folder {str(path)!r} has no weights; expected one of {list(_WEIGHT_FILES)}"
+        )
+    if needs_tokenizer and not has_tokenizer_files(path):
+        raise ModelLoadError(
+            f"model folder {str(path)!r} has no tokenizer files; expected one of "
+            f"{list(TOKENIZER_FILES)} (save it with tokenizer.save_pretrained(folder))"
         )
     weights = path / "model.safetensors"
     if weights.is_file():
@@ -144,10 +153,9 @@ def load_model(
                 path: Path | None = DEFAULT_MODEL_DIR
             else:
                 path = Path(source).expanduser()
-                looks_local = path.exists() or str(source).startswith((".", "/", "~"))
-                path = path if looks_local else None
+                path = path if looks_local(source) else None  # never send a folder to the hub
             if path is not None:
-                _check_local_folder(path)
+                _check_local_folder(path, needs_tokenizer=tokenizer is None)
             try:
                 bridge = TransformerBridge.boot_transformers(
                     str(path) if path is not None else str(source),

@@ -12,7 +12,15 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
-from training.config import ACTIVATIONS, KINDS, OBJECTIVES, TrainConfig, field_docs, parse_layers
+from training.config import (
+    ACTIVATIONS,
+    DECAYS,
+    KINDS,
+    OBJECTIVES,
+    TrainConfig,
+    field_docs,
+    parse_layers,
+)
 
 # flag name -> (config field, type); None type means a store_true switch
 _FLAGS: dict[str, tuple[str, Any]] = {
@@ -46,7 +54,7 @@ _FLAGS: dict[str, tuple[str, Any]] = {
     "device": ("device", str),
     "grad-clip": ("grad_clip", float),
 }
-_CHOICES = {"kind": KINDS, "activation": ACTIVATIONS, "objective": OBJECTIVES}
+_CHOICES = {"kind": KINDS, "activation": ACTIVATIONS, "objective": OBJECTIVES, "decay": DECAYS}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -68,9 +76,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train and print where the dictionaries went."""
+    from replacement.validation import check_output_dir, check_text_source
     from training.trainer import Trainer
 
     config = config_from_args(args)
+    check_output_dir(config.out_dir, "--out")
+    if config.data is not None:
+        check_text_source(config.data, "--data")
     trainer = Trainer(config)
     trainer.train()
     if trainer.step < config.total_steps:
@@ -80,19 +92,42 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """The command that continues an interrupted run (the same one, without --no-resume)."""
+    import shlex
+
+    out = args.out or (TrainConfig.from_file(args.config).out_dir if args.config else None)
+    again = [a for a in argv if a != "--no-resume"]
+    return (
+        f"progress is saved in {out or TrainConfig.out_dir}/checkpoint.pt; resume with: "
+        f"sparse-circuits {shlex.join(again)}"
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` subcommand."""
-    parser = subparsers.add_parser("train", help="train sparse dictionaries (SAEs, transcoders)")
+    parser = subparsers.add_parser(
+        "train",
+        help="train sparse dictionaries (SAEs, transcoders)",
+        description="Train one dictionary per layer. Flags override the values of --config; "
+        "rerunning the same command resumes from the checkpoint in --out (Ctrl-C saves one).",
+    )
     parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields")
     docs = field_docs()
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    defaults["layers"] = "0"
     for flag, (field_name, typ) in _FLAGS.items():
+        default = defaults.get(field_name)
+        shown = "automatic" if default is None else default
         parser.add_argument(
             f"--{flag}",
             type=typ,
             default=None,
             choices=_CHOICES.get(flag),
-            help=f"{docs.get(field_name, '')} [{field_name}]".replace("%", "%%"),
+            help=f"{docs.get(field_name, '')} [{field_name}; default: {shown}]".replace("%", "%%"),
         )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
-    parser.set_defaults(func=run_train)
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start over, ignoring a checkpoint in --out"
+    )
+    parser.set_defaults(func=run_train, on_interrupt=resume_hint)

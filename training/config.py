@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -16,8 +17,41 @@ OBJECTIVES = ("local", "e2e", "e2e_ds")
 DECAYS = ("cosine", "linear", "none")
 
 
+# Hooks inside `blocks.{l}.` that an SAE can read and write (TransformerLens 4 names); the
+# trainer also checks the chosen one against the loaded model.
+BLOCK_SITES = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_in",
+    "hook_mlp_out",
+    "ln1.hook_normalized",
+    "ln2.hook_normalized",
+    "attn.hook_z",
+)
+# Config fields whose CLI option is not simply --field-name
+_OPTIONS = {"total_tokens": "tokens", "out_dir": "out"}
+
+
 class ConfigError(SparseCircuitsError):
     """A training configuration value that is missing, unknown or out of range."""
+
+
+def option_name(field_name: str) -> str:
+    """The `train` flag of a config field (`total_tokens` -> `--tokens`)."""
+    return "--" + _OPTIONS.get(field_name, field_name).replace("_", "-")
+
+
+def _named(field_name: str) -> str:
+    """How error messages name a field: its flag and config key."""
+    return f"{option_name(field_name)} ({field_name})"
+
+
+def _at_least(config: Any, name: str, low: float) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
+        raise ConfigError(f"{_named(name)} must be a number >= {low}, got {value!r}")
 
 
 @dataclass
@@ -117,8 +151,11 @@ class TrainConfig:
         return int(min(10_000_000, max(1, self.total_tokens // 10)))
 
     # ---- checks and files ----------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()  # a bad value fails where it is set, before any model is loaded
+
     def validate(self) -> TrainConfig:
-        """Raise `ConfigError` naming the first bad field; returns self."""
+        """Raise `ConfigError` naming the first bad field, its CLI option and the fix; returns self."""
         for name, value, allowed in (
             ("kind", self.kind, KINDS),
             ("activation", self.activation, ACTIVATIONS),
@@ -126,18 +163,66 @@ class TrainConfig:
             ("decay", self.decay, DECAYS),
         ):
             if value not in allowed:
-                raise ConfigError(f"{name}={value!r} is unknown; expected one of {allowed}")
+                raise ConfigError(f"{_named(name)}={value!r} is unknown; expected one of {allowed}")
         if self.activation == "gated" and self.kind != "sae":
             raise ConfigError("activation 'gated' is implemented for kind 'sae' only")
         if not self.layers:
-            raise ConfigError("layers is empty; expected at least one block index")
-        for name in ("n_features", "k", "batch_tokens", "total_tokens", "buffer_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            raise ConfigError(f"{_named('layers')} is empty; expected at least one block index")
+        if any(int(layer) < 0 for layer in self.layers):
+            raise ConfigError(f"{_named('layers')} {self.layers} has a negative block index")
+        for name in (
+            "n_features",
+            "k",
+            "batch_tokens",
+            "total_tokens",
+            "buffer_tokens",
+            "log_every",
+        ):
+            _at_least(self, name, 1)
+        for name in ("warmup_steps", "checkpoint_every", "val_tokens", "seed"):
+            _at_least(self, name, 0)
+        for name in ("stop_after_steps", "dead_after_tokens"):
+            if getattr(self, name) is not None:
+                _at_least(self, name, 1)
+        for name in ("l1_coefficient", "l0_coefficient", "kl_coefficient"):
+            _at_least(self, name, 0.0)
+        for name in ("downstream_coefficient", "aux_k_coefficient"):
+            _at_least(self, name, 0.0)
+        if self.activation in ("topk", "batchtopk", "jumprelu") and self.k > self.n_features:
+            raise ConfigError(
+                f"{_named('k')}={self.k} active features per token exceeds "
+                f"{_named('n_features')}={self.n_features}; choose k <= n_features"
+            )
+        if self.lr is not None and not 0 < self.lr < math.inf:
+            raise ConfigError(
+                f"{_named('lr')} must be > 0, got {self.lr}; omit it for 2e-4 / sqrt(F / 2^14)"
+            )
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise ConfigError(
+                f"{_named('grad_clip')} must be > 0 (the largest gradient norm kept), got "
+                f"{self.grad_clip}; omit it for 1.0 (null in a config file turns clipping off)"
+            )
+        if not 0 < self.adam_eps < 1:
+            raise ConfigError(f"{_named('adam_eps')} must be in (0, 1), got {self.adam_eps}")
         if self.ctx_len < 3:
-            raise ConfigError(f"ctx_len must be >= 3 (BOS + two tokens), got {self.ctx_len}")
+            raise ConfigError(
+                f"{_named('ctx_len')} must be >= 3 (BOS + two tokens), got {self.ctx_len}"
+            )
         if not 0 <= self.decay_fraction <= 1:
-            raise ConfigError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
+            raise ConfigError(
+                f"{_named('decay_fraction')} must be in [0, 1], got {self.decay_fraction}"
+            )
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(
+                f"{_named('val_fraction')} must be in (0, 1), got {self.val_fraction}"
+            )
+        if self.site not in BLOCK_SITES:  # a typo fails even where only SAEs use it
+            close = difflib.get_close_matches(self.site, BLOCK_SITES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{_named('site')}={self.site!r} is not a hook inside a block; {hint}"
+                f"expected one of {', '.join(BLOCK_SITES)}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,12 +239,17 @@ class TrainConfig:
                 f"unknown training config keys {unknown}; expected some of {sorted(known)}"
             )
         data = dict(data)
-        if isinstance(data.get("layers"), (int, str)):
-            data["layers"] = parse_layers(data["layers"])
-        for key in ("total_tokens", "batch_tokens", "buffer_tokens", "val_tokens"):
-            if isinstance(data.get(key), (float, str)):
-                data[key] = int(float(data[key]))
-        return cls(**data).validate()
+        try:
+            if isinstance(data.get("layers"), (int, str)):
+                data["layers"] = parse_layers(data["layers"])
+            for key in ("total_tokens", "batch_tokens", "buffer_tokens", "val_tokens"):
+                if isinstance(data.get(key), (float, str)):
+                    data[key] = int(float(data[key]))
+            return cls(**data)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # a value of the wrong type in a config file
+            raise ConfigError(f"training config value of the wrong type: {exc}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
@@ -167,13 +257,22 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"training config file {str(path)!r} does not exist")
-        text = path.read_text()
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
 
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except ValueError as exc:  # JSONDecodeError and yaml.YAMLError's message
+            raise ConfigError(f"training config file {str(path)!r} is not valid: {exc}") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("yaml"):
+                raise ConfigError(
+                    f"training config file {str(path)!r} is not valid YAML: {exc}"
+                ) from None
+            raise
         if not isinstance(data, dict):
             raise ConfigError(f"{str(path)!r} should hold a mapping of config fields")
         return cls.from_dict(data)

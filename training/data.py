@@ -19,6 +19,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from replacement.errors import SparseCircuitsError
+from replacement.validation import check_text_source
 
 # Fixed seed of the validation split: the split must not move when the training seed does.
 _SPLIT_SEED = 1234
@@ -48,18 +49,11 @@ def _is_hf_dataset(data: Any) -> bool:
 
 
 def _read_files(path: Path) -> list[str]:
-    if path.is_file():
-        return [path.read_text(encoding="utf-8", errors="replace")]
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-        if not files:
-            raise DataError(f"data folder {str(path)!r} holds no files")
-        return [p.read_text(encoding="utf-8", errors="replace") for p in files]
-    raise DataError(f"data path {str(path)!r} is neither a file nor a folder")
+    if not path.exists():
+        raise DataError(f"data path (--data) {str(path)!r} is neither a file nor a folder")
+    # every file is checked for binary content first: decoded bytes would train silently
+    files = check_text_source(path, "--data", DataError)
+    return [p.read_text(encoding="utf-8", errors="replace") for p in files]
 
 
 def iter_documents(data: Any) -> Iterator[str | list[int]]:
@@ -164,7 +158,10 @@ def load_token_data(
     fixed-seed random `val_fraction` of rows (at least one).
     """
     bos, specials = special_token_ids(model)
-    ctx_len = min(int(ctx_len), int(model.cfg.n_ctx))
+    if int(ctx_len) > int(model.cfg.n_ctx):
+        raise DataError(
+            f"ctx_len (--ctx-len) {ctx_len} exceeds the model's context of {model.cfg.n_ctx} tokens"
+        )
     if data is None:
         from training.default_model.corpus import collect_corpus
 

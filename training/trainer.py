@@ -20,8 +20,13 @@ uninterrupted run would be.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +38,12 @@ from tqdm.auto import tqdm
 from replacement.atomic import atomic_path, write_json
 from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import SparseCircuitsError
-from replacement.hooks import layer_hooks
+from replacement.hooks import check_hook, layer_hooks
 from replacement.processing import model_processing
 from replacement.splice import splice
+from replacement.validation import remove_stale_outputs
 from training.activations import ActivationBuffer
-from training.config import TrainConfig
+from training.config import TrainConfig, option_name
 from training.data import TokenData, load_token_data, sample_indices, token_mask
 from training.distributed import DistContext, context, use_global_batchtopk
 from training.losses import (
@@ -71,6 +77,36 @@ class TrainingDivergedError(SparseCircuitsError):
 
 class CheckpointMismatchError(SparseCircuitsError):
     """out_dir holds a checkpoint of a run with a different configuration."""
+
+
+class TrainingInterrupted(SparseCircuitsError):
+    """Ctrl-C stopped training at a step boundary; a checkpoint of that step was written."""
+
+    def __init__(self, step: int, total: int, checkpoint: Path):
+        super().__init__(
+            f"interrupted after step {step} of {total}; checkpoint {str(checkpoint)!r} holds it, "
+            "and running again with the same settings resumes from there"
+        )
+        self.step, self.total, self.checkpoint = step, total, checkpoint
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(enabled: bool) -> Iterator[threading.Event]:
+    """Turn the first Ctrl-C into a flag read at step boundaries; a second one interrupts at once."""
+    flag = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        flag.set()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def build_dictionary(model: Any, config: TrainConfig, layer: int) -> Dictionary:
@@ -121,6 +157,7 @@ class Trainer:
         self.model = model
         self.device = torch.device(config.device or model.cfg.device)
         self.dist: DistContext = context(self.device)
+        self._check_against_model(model)
         if not isinstance(data, TokenData):
             data = load_token_data(
                 model,
@@ -130,10 +167,6 @@ class Trainer:
             )
         self.data = data
         self.ctx_len = int(data.train.shape[1])
-        n_layers = int(model.cfg.n_layers)
-        bad = [layer for layer in config.layers if not 0 <= layer < n_layers]
-        if bad:
-            raise SparseCircuitsError(f"layers {bad} do not exist; the model has {n_layers} blocks")
         gen = torch.Generator().manual_seed(config.seed)
         self.dictionaries: dict[int, Dictionary] = {}
         for layer in config.layers:
@@ -158,6 +191,24 @@ class Trainer:
         # sequences per e2e step: batch_tokens predicted tokens, ctx_len - 1 per sequence
         self.rows_per_step = max(1, config.batch_tokens // (self.ctx_len - 1))
         self.last_metrics: dict[str, Any] = {}
+
+    def _check_against_model(self, model: Any) -> None:
+        """Layers, hooks and ctx_len that the model has, checked before any data is read."""
+        config, n_layers = self.config, int(model.cfg.n_layers)
+        bad = [layer for layer in config.layers if not 0 <= layer < n_layers]
+        if bad:
+            raise SparseCircuitsError(
+                f"--layers {bad} do not exist; the model has {n_layers} blocks (0..{n_layers - 1})"
+            )
+        if config.ctx_len > int(model.cfg.n_ctx):
+            raise SparseCircuitsError(
+                f"--ctx-len {config.ctx_len} exceeds the model's context of {model.cfg.n_ctx} "
+                f"tokens; use --ctx-len {model.cfg.n_ctx} or less"
+            )
+        for layer in config.layers:
+            d = build_dictionary(model, config, layer)
+            check_hook(model, d.in_hook)
+            check_hook(model, d.out_hook)
 
     # ---- schedule ---------------------------------------------------------------------------
     def lr_factor(self, step: int) -> float:
@@ -399,11 +450,17 @@ class Trainer:
         """Restore a checkpoint written by `save_checkpoint` of a run with the same config."""
         state = torch.load(path, map_location="cpu", weights_only=False)
         old, new = state["config"], self.config.to_dict()
-        diff = sorted(k for k in new if k not in _RESUMABLE_FIELDS and old.get(k) != new[k])
+        diff = sorted(
+            k
+            for k in new
+            if k not in _RESUMABLE_FIELDS and not _same_setting(k, old.get(k), new[k])
+        )
         if diff:
+            changes = ", ".join(f"{option_name(k)} {old.get(k)!r} -> {new[k]!r}" for k in diff)
             raise CheckpointMismatchError(
-                f"checkpoint {str(path)!r} was written with different settings {diff}; "
-                "use another out_dir or resume=False"
+                f"checkpoint {str(path)!r} was written with different settings ({changes}); "
+                "rerun with the earlier values to resume, or start over with --no-resume "
+                "(resume=False) or another --out"
             )
         for layer, d in self.dictionaries.items():
             d.load_state_dict(state["dictionaries"][layer])
@@ -438,7 +495,27 @@ class Trainer:
             disable=not (cfg.verbose and self.dist.is_main),
             dynamic_ncols=True,
         )
+        with _stop_on_interrupt(self.dist.world_size == 1) as interrupted:
+            self._loop(bar, end, interrupted)
+        bar.close()
+        if self.step < total:
+            self.save_checkpoint()
+            return self.dictionaries
+        self._debias_batchtopk_thresholds()
+        for d in self.dictionaries.values():
+            d.eval()
+        if cfg.checkpoint_every:
+            self.save_checkpoint()
+        if self.dist.is_main:
+            self._write_outputs()
+        return self.dictionaries
+
+    def _loop(self, bar: Any, end: int, interrupted: threading.Event) -> None:
+        cfg = self.config
         for step in bar:
+            if interrupted.is_set():  # only between steps, so the checkpoint is exact
+                bar.close()
+                raise TrainingInterrupted(self.step, cfg.total_steps, self.save_checkpoint())
             record = self._train_step(step)
             self.step = step + 1
             self.last_metrics = record
@@ -453,18 +530,9 @@ class Trainer:
                 l0=f"{sum(m['l0'] for m in layers) / len(layers):.1f}",
                 dead=f"{sum(m['dead_share'] for m in layers) / len(layers):.2f}",
             )
-        bar.close()
-        if self.step < total:
-            self.save_checkpoint()
-            return self.dictionaries
-        self._debias_batchtopk_thresholds()
-        for d in self.dictionaries.values():
-            d.eval()
-        if cfg.checkpoint_every:
-            self.save_checkpoint()
-        if self.dist.is_main:
-            self._write_outputs()
-        return self.dictionaries
+        if interrupted.is_set() and self.step < cfg.total_steps:
+            bar.close()
+            raise TrainingInterrupted(self.step, cfg.total_steps, self.save_checkpoint())
 
     @torch.no_grad()
     def _debias_batchtopk_thresholds(self) -> None:
@@ -491,7 +559,7 @@ class Trainer:
             return
         if path.exists():
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln)["step"] <= self.step]
+            keep = [ln for ln in lines if _logged_step(ln) <= self.step]
             with atomic_path(path) as tmp:
                 tmp.write_text("".join(ln + "\n" for ln in keep))
 
@@ -559,6 +627,39 @@ class Trainer:
         if report is not None:
             card["all"] = {k: v for k, v in vars(report.all).items() if k != "hooks"}
         write_json(self.out_dir / "card.json", card)
+        written = [f"layer_{layer}.{ext}" for layer in self.dictionaries for ext in _LAYER_EXTS]
+        written += ["card.json", METRICS_FILE, CHECKPOINT_FILE]
+        written += ["report.json"] if report is not None else []
+        # an earlier run in this folder (other layers, or with a report) leaves no stale files
+        remove_stale_outputs(self.out_dir, written, earlier=_earlier_output)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a killed process counts as never logged."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+_LAYER_EXTS = ("safetensors", "json")
+
+
+def _earlier_output(path: Path) -> bool:
+    """Files a training run writes at its end (layer files, report and card)."""
+    return path.name in ("report.json", "card.json") or bool(
+        re.fullmatch(r"layer_\d+\.(json|safetensors)", path.name)
+    )
+
+
+def _same_setting(key: str, old: Any, new: Any) -> bool:
+    """Equal settings; `./x` and `x` (the same existing file or folder) count as equal."""
+    if old == new:
+        return True
+    if key in ("data", "model") and isinstance(old, str) and isinstance(new, str):
+        a, b = Path(old).expanduser(), Path(new).expanduser()
+        return a.exists() and b.exists() and a.resolve() == b.resolve()
+    return False
 
 
 def _capture(store: dict[str, Tensor], name: str, detach: bool = True):

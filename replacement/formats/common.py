@@ -34,7 +34,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise DictionaryFileError(f"config file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DictionaryFileError(f"{str(path)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise DictionaryFileError(f"{str(path)!r} should hold a YAML mapping")
