@@ -39,8 +39,10 @@ from training.activations import ActivationBuffer
 from training.config import TrainConfig
 from training.data import TokenData, load_token_data, sample_indices, token_mask
 from training.distributed import DistContext, context, use_global_batchtopk
+from training.fused_topk import fired_features, topk_reconstruct
 from training.losses import (
     LossScale,
+    auxk_loss_dead,
     init_b_dec,
     init_jumprelu_threshold,
     initialise,
@@ -245,6 +247,10 @@ class Trainer:
         for layer, d in self.dictionaries.items():
             x = batch[d.in_hook][shard].to(d.W_enc)
             y = batch[d.out_hook][shard].to(d.W_enc)
+            if d.activation_name == "topk":
+                loss, metrics[f"layer_{layer}"] = self._topk_local_loss(layer, x, y)
+                total = total + loss
+                continue
             if isinstance(d, GatedDictionary):
                 pre, acts = None, d.encode(x)
             else:
@@ -260,6 +266,40 @@ class Trainer:
                 **{k: float(self.dist.reduce_sum(v.detach())) for k, v in terms.items()},
             }
         return total, metrics, self.config.batch_tokens
+
+    def _topk_local_loss(self, layer: int, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """FVU + AuxK of a TopK dictionary through the sparse path (no dense [tokens, F])."""
+        cfg, d = self.config, self.dictionaries[layer]
+        x_enc = d._encoder_input(x)
+        out = topk_reconstruct(x_enc, d.W_enc, d.b_enc, d.W_dec, d.activation.k)
+        y_hat = out.y + d.b_dec
+        if d.W_skip is not None:
+            y_hat = y_hat + x @ d.W_skip
+        scale = LossScale.of(y, self.dist.reduce_sum)
+        loss = reconstruction_loss(y, y_hat, scale)
+        terms: dict[str, Tensor] = {}
+        dead = self.dead_mask(layer)
+        if cfg.aux_k_coefficient and bool(dead.any()):
+            dead_idx = dead.nonzero().squeeze(1)
+            dead_pre = torch.addmm(
+                d.b_enc.index_select(0, dead_idx), x_enc, d.W_enc.index_select(1, dead_idx)
+            )
+            aux = auxk_loss_dead(d, dead_pre, dead_idx, y, y_hat, scale)
+            terms["auxk_loss"] = cfg.aux_k_coefficient * aux
+            loss = loss + terms["auxk_loss"]
+        with torch.no_grad():
+            counts = fired_features(out.values, out.indices, d.n_features)
+            sums = self.dist.reduce_sum(
+                torch.stack([(y - y_hat).double().pow(2).sum(), counts.sum().double()])
+            )
+            fired = self.dist.reduce_sum(counts) > 0
+        self._update_fired(layer, fired)
+        metrics = {
+            "fvu": float(sums[0] / (scale.n_tokens * scale.var)),
+            "l0": float(sums[1] / scale.n_tokens),
+            **{k: float(self.dist.reduce_sum(v.detach())) for k, v in terms.items()},
+        }
+        return loss, metrics
 
     def _step_tokens(self, step: int) -> Int[Tensor, "rows ctx"]:
         rows = sample_indices(
