@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "replacement.cli",
     "replacement.evaluate_cli",
     "training.cli",
+    "training.cache_cli",
     "training.default_model.__main__",
     "circuits.cli",
     "circuits.global_cli",

@@ -26,6 +26,7 @@ from training.config import (
 _FLAGS: dict[str, tuple[str, Any]] = {
     "model": ("model", str),
     "data": ("data", str),
+    "activations": ("activations", str),
     "kind": ("kind", str),
     "activation": ("activation", str),
     "layers": ("layers", parse_layers),
@@ -74,15 +75,35 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
 
 
+def sweep_configs(base: TrainConfig, path: str) -> list[TrainConfig]:
+    """One config per entry of a YAML/JSON list of field overrides (each with its out_dir)."""
+    from training.config import ConfigError, read_config_file
+
+    entries = read_config_file(path)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"sweep file {path!r} should hold a list of mappings of config fields")
+    return [TrainConfig.from_dict({**base.to_dict(), **entry}) for entry in entries]
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Train and print where the dictionaries went."""
     from replacement.validation import check_output_dir, check_text_source
-    from training.trainer import Trainer
+    from training.progress import progress
+
+    progress(not args.quiet, "train: starting")
+    from training.trainer import Trainer, train_many
 
     config = config_from_args(args)
-    check_output_dir(config.out_dir, "--out")
     if config.data is not None:
         check_text_source(config.data, "--data")
+    if args.sweep:
+        configs = sweep_configs(config, args.sweep)
+        for entry in configs:
+            check_output_dir(entry.out_dir, "--out (sweep entry)")
+        train_many(configs)
+        print(f"trained {len(configs)} runs in one pass over {config.activations}")
+        return 0
+    check_output_dir(config.out_dir, "--out")
     trainer = Trainer(config)
     trainer.train()
     if trainer.step < config.total_steps:
@@ -126,6 +147,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             choices=_CHOICES.get(flag),
             help=f"{docs.get(field_name, '')} [{field_name}; default: {shown}]".replace("%", "%%"),
         )
+    parser.add_argument(
+        "--sweep",
+        help="YAML or JSON list of field overrides: one run each, all in one pass over --activations",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--no-resume", action="store_true", help="start over, ignoring a checkpoint in --out"

@@ -62,6 +62,9 @@ class TrainConfig:
     """Model to train on: "default" (the embedded model), a folder or a Hugging Face name."""
     data: str | None = None
     """Text file or folder of text files; None uses the default model's corpus (Python stdlib)."""
+    activations: str | None = None
+    """Activation cache folder (`sparse-circuits cache`) the local objective reads instead of
+    running the model; None runs the model."""
     kind: str = "skip_transcoder"
     """Dictionary kind: sae, transcoder or skip_transcoder."""
     activation: str = "topk"
@@ -254,28 +257,32 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a YAML (.yaml/.yml) or JSON file of config fields."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"training config file {str(path)!r} does not exist")
-        text = path.read_text(encoding="utf-8", errors="replace")
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except ValueError as exc:  # JSONDecodeError and yaml.YAMLError's message
-            raise ConfigError(f"training config file {str(path)!r} is not valid: {exc}") from None
-        except Exception as exc:
-            if type(exc).__module__.startswith("yaml"):
-                raise ConfigError(
-                    f"training config file {str(path)!r} is not valid YAML: {exc}"
-                ) from None
-            raise
+        data = read_config_file(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{str(path)!r} should hold a mapping of config fields")
         return cls.from_dict(data)
+
+
+def read_config_file(path: str | Path) -> Any:
+    """The content of a YAML (.yaml/.yml) or JSON file; a clear ConfigError if it is not valid."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text) or {}
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError and yaml.YAMLError's message
+        raise ConfigError(f"training config file {str(path)!r} is not valid: {exc}") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("yaml"):
+            raise ConfigError(
+                f"training config file {str(path)!r} is not valid YAML: {exc}"
+            ) from None
+        raise
 
 
 def field_docs() -> dict[str, str]:

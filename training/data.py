@@ -9,7 +9,7 @@ corpus's held-out files), and which rows make up the batch of a step is a pure f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from replacement.errors import SparseCircuitsError
 from replacement.validation import check_text_source
+from training.token_cache import cached_rows, texts_hash, tokenizer_hash
 
 # Fixed seed of the validation split: the split must not move when the training seed does.
 _SPLIT_SEED = 1234
@@ -150,13 +151,21 @@ def special_token_ids(model: Any) -> tuple[int, list[int]]:
 
 
 def load_token_data(
-    model: Any, data: Any = None, ctx_len: int = 128, val_fraction: float = 0.02
+    model: Any,
+    data: Any = None,
+    ctx_len: int = 128,
+    val_fraction: float = 0.02,
+    log: Callable[[str], None] | None = None,
 ) -> TokenData:
     """Tokenize and chunk a data source (None: the default model's stdlib corpus).
 
     The default corpus uses its held-out files as validation; other sources set aside a
-    fixed-seed random `val_fraction` of rows (at least one).
+    fixed-seed random `val_fraction` of rows (at least one). The default corpus and file or
+    folder sources go through the token cache (`training.token_cache`): a second run with
+    the same tokenizer, text and chunking reads its rows back instead of tokenizing.
+    `log` receives one-line progress messages.
     """
+    log = log or (lambda message: None)
     bos, specials = special_token_ids(model)
     if int(ctx_len) > int(model.cfg.n_ctx):
         raise DataError(
@@ -165,22 +174,49 @@ def load_token_data(
     if data is None:
         from training.default_model.corpus import collect_corpus
 
+        log("reading the default corpus (Python standard library)")
         corpus = collect_corpus()
-        train = chunk_documents(
-            tokenize_documents(model, (d.text for d in corpus.train)), bos, ctx_len
-        )
-        val = chunk_documents(
-            tokenize_documents(model, (d.text for d in corpus.heldout)), bos, ctx_len
-        )
-        return _checked(TokenData(train, val, bos, specials))
-    rows = chunk_documents(tokenize_documents(model, iter_documents(data)), bos, ctx_len)
+        docs = {"train": [d.text for d in corpus.train], "val": [d.text for d in corpus.heldout]}
+        key = {"source": texts_hash(docs["train"]) + texts_hash(docs["val"]), "split": "heldout"}
+
+        def build() -> dict[str, Tensor]:
+            log(f"tokenizing {len(docs['train']) + len(docs['val'])} documents (cached after)")
+            return {
+                part: chunk_documents(tokenize_documents(model, texts), bos, ctx_len)
+                for part, texts in docs.items()
+            }
+
+    elif isinstance(data, (str, Path)):
+        texts = _read_files(Path(data))
+        key = {"source": texts_hash(texts), "split": [_SPLIT_SEED, float(val_fraction)]}
+
+        def build() -> dict[str, Tensor]:
+            log(f"tokenizing {len(texts)} documents of {str(data)!r} (cached after)")
+            return _split(
+                chunk_documents(tokenize_documents(model, texts), bos, ctx_len),
+                ctx_len,
+                val_fraction,
+            )
+
+    else:
+        rows = chunk_documents(tokenize_documents(model, iter_documents(data)), bos, ctx_len)
+        parts = _split(rows, ctx_len, val_fraction)
+        return _checked(TokenData(parts["train"], parts["val"], bos, specials))
+    key.update(tokenizer=tokenizer_hash(model.tokenizer), ctx_len=ctx_len, bos=bos)
+    parts = cached_rows(key, build)
+    log(f"token data: {parts['train'].shape[0]} training rows of {ctx_len} tokens")
+    return _checked(TokenData(parts["train"], parts["val"], bos, specials))
+
+
+def _split(rows: Int[Tensor, "rows ctx"], ctx_len: int, val_fraction: float) -> dict[str, Tensor]:
+    """Fixed-seed random split of rows into training and validation."""
     if rows.shape[0] < 2:
         raise DataError(
             f"training data gives {rows.shape[0]} rows of {ctx_len} tokens; expected at least 2"
         )
     perm = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(_SPLIT_SEED))
     n_val = max(1, int(round(rows.shape[0] * val_fraction)))
-    return _checked(TokenData(rows[perm[n_val:]], rows[perm[:n_val]], bos, specials))
+    return {"train": rows[perm[n_val:]], "val": rows[perm[:n_val]]}
 
 
 def _checked(data: TokenData) -> TokenData:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from replacement.dictionary import Dictionary, GatedDictionary
@@ -119,21 +119,33 @@ def auxk_loss(
 
     Gradients reach only dead latents' encoder columns, biases and decoder rows.
     """
-    n_dead = int(dead.sum())
-    if n_dead == 0:
+    if not bool(dead.any()):
         return pre.new_zeros(())
-    k_aux = max(1, d.d_in // 2)
-    k = min(k_aux, n_dead)
-    residual = (y - y_hat).detach()
     # work on the dead columns only: few are dead once training settles, and a top-k over
     # all F columns (masked) cost more than the rest of the sparsity terms together
     dead_idx = dead.nonzero().squeeze(1).to(pre.device)
-    values, idx = pre.index_select(-1, dead_idx).topk(k, dim=-1, sorted=False)
+    return auxk_loss_dead(d, pre.index_select(-1, dead_idx), dead_idx, y, y_hat, scale)
+
+
+def auxk_loss_dead(
+    d: Dictionary,
+    dead_pre: Float[Tensor, "tokens n_dead"],
+    dead_idx: Int[Tensor, " n_dead"],
+    y: Float[Tensor, "tokens d"],
+    y_hat: Float[Tensor, "tokens d"],
+    scale: LossScale,
+) -> Tensor:
+    """AuxK from the pre-activations of the dead columns `dead_idx` only."""
+    n_dead = int(dead_idx.numel())
+    k_aux = max(1, d.d_in // 2)
+    k = min(k_aux, n_dead)
+    residual = (y - y_hat).detach()
+    values, idx = dead_pre.topk(k, dim=-1, sorted=False)
     values = torch.relu(values)
     # dense scatter then matmul: the backward of W_dec[idx] with repeated rows accumulates in
     # parallel on CPU, which is not bitwise reproducible (exact resume needs reproducible
     # steps); the rows of dead_idx are distinct, so selecting them is
-    dense = pre.new_zeros(pre.shape[0], n_dead).scatter(-1, idx, values)
+    dense = dead_pre.new_zeros(dead_pre.shape[0], n_dead).scatter(-1, idx, values)
     e_hat = dense @ d.W_dec.index_select(0, dead_idx)
     return min(n_dead / k_aux, 1.0) * (e_hat - residual).pow(2).sum() / (scale.n_tokens * scale.var)
 

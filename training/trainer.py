@@ -26,7 +26,7 @@ import math
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,15 @@ from replacement.hooks import check_hook, layer_hooks
 from replacement.processing import model_processing
 from replacement.splice import splice
 from replacement.validation import remove_stale_outputs
+from training.activation_cache import ActivationCache, CachedBatches, rank_shards
 from training.activations import ActivationBuffer
-from training.config import TrainConfig, option_name
+from training.config import ConfigError, TrainConfig, option_name
 from training.data import TokenData, load_token_data, sample_indices, token_mask
 from training.distributed import DistContext, context, use_global_batchtopk
+from training.fused_topk import fired_features, topk_reconstruct
 from training.losses import (
     LossScale,
+    auxk_loss_dead,
     init_b_dec,
     init_jumprelu_threshold,
     initialise,
@@ -56,6 +59,7 @@ from training.losses import (
     remove_parallel_grad,
     sparsity_loss,
 )
+from training.progress import progress
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -109,19 +113,38 @@ def _stop_on_interrupt(enabled: bool) -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def build_dictionary(model: Any, config: TrainConfig, layer: int) -> Dictionary:
-    """An untrained dictionary of the configured kind at `layer` (weights not initialised)."""
-    d_model = int(model.cfg.d_model)
-    hooks = layer_hooks(layer)
+def dictionary_hooks(config: TrainConfig, layer: int) -> tuple[str, str]:
+    """(in_hook, out_hook) of the configured kind's dictionary at `layer`."""
     if config.kind == "sae":
-        in_hook = out_hook = f"blocks.{layer}.{config.site}"
-    else:
-        in_hook, out_hook = hooks.mlp_in, hooks.mlp_out
+        return f"blocks.{layer}.{config.site}", f"blocks.{layer}.{config.site}"
+    hooks = layer_hooks(layer)
+    return hooks.mlp_in, hooks.mlp_out
+
+
+def build_dictionary(
+    model: Any,
+    config: TrainConfig,
+    layer: int,
+    d_model: int | None = None,
+    model_name: str | None = None,
+    processing: str | None = None,
+) -> Dictionary:
+    """An untrained dictionary of the configured kind at `layer` (weights not initialised).
+
+    `d_model`, `model_name` and `processing` default to the model's; pass them (and
+    model=None) to build without a model, e.g. from an activation cache's manifest.
+    """
+    d_model = int(model.cfg.d_model) if d_model is None else int(d_model)
+    if model_name is None:
+        model_name = str(getattr(model.cfg, "model_name", "") or "")
+    in_hook, out_hook = dictionary_hooks(config, layer)
+    if processing is None:
+        processing = model_processing(model)
     kw: dict[str, Any] = {
         "skip": config.kind == "skip_transcoder",
-        "model_name": str(getattr(model.cfg, "model_name", "") or ""),
+        "model_name": model_name,
         # the activations it is trained on: the model's processing (replacement.processing)
-        "metadata": {"processing": model_processing(model)},
+        "metadata": {"processing": processing},
     }
     if config.activation == "gated":
         return GatedDictionary(d_model, d_model, config.n_features, in_hook, out_hook, **kw)
@@ -143,34 +166,54 @@ class Trainer:
 
     Args:
         config: the run's configuration.
-        model: a loaded bridge (default: `load_model(config.model)`).
+        model: a loaded bridge (default: `load_model(config.model)`, loaded when first
+            needed: a run from an activation cache loads it only to evaluate at the end).
         data: a `TokenData`, or any source `load_token_data` reads (default: `config.data`,
-            then the default model's corpus).
+            then the default model's corpus; read when first needed, tokenized once and
+            kept in the token cache).
+        batches: a shared source of cached batches (`CachedBatches`), for `train_many`.
     """
 
-    def __init__(self, config: TrainConfig, model: Any = None, data: Any = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: Any = None,
+        data: Any = None,
+        batches: CachedBatches | None = None,
+    ):
         self.config = config.validate()
-        if model is None:
-            from replacement.model import load_model
-
-            model = load_model(config.model, device=config.device)
-        self.model = model
-        self.device = torch.device(config.device or model.cfg.device)
-        self.dist: DistContext = context(self.device)
-        self._check_against_model(model)
-        if not isinstance(data, TokenData):
-            data = load_token_data(
-                model,
-                data if data is not None else config.data,
-                config.ctx_len,
-                config.val_fraction,
+        self._model, self._data_source = model, data
+        self._data: TokenData | None = data if isinstance(data, TokenData) else None
+        self.cache: ActivationCache | None = None
+        if config.activations is not None:
+            if config.objective != "local":
+                raise ConfigError(
+                    f"activations={config.activations!r} serves the local objective only; "
+                    f"objective {config.objective!r} needs the model on every step"
+                )
+            self.cache = (
+                batches.cache if batches is not None else ActivationCache(config.activations)
             )
-        self.data = data
-        self.ctx_len = int(data.train.shape[1])
+            self.cache.check(
+                [h for layer in config.layers for h in dictionary_hooks(config, layer)],
+                None if model is None else str(getattr(model.cfg, "model_name", "") or ""),
+            )
+        default_device = "cpu" if model is None else model.cfg.device
+        self.device = torch.device(config.device or default_device)
+        self.dist: DistContext = context(self.device)
+        if self.cache is not None:
+            self.ctx_len = int(self.cache.manifest["ctx_len"])
+            d_model = self.cache.hooks[dictionary_hooks(config, config.layers[0])[0]]
+            model_name = str(self.cache.manifest.get("model", ""))
+            processing = str(self.cache.manifest.get("processing") or "folded")
+        else:
+            self._check_against_model(self.model)  # before any data is read
+            self.ctx_len = int(self.data.train.shape[1])
+            d_model, model_name, processing = None, None, None
         gen = torch.Generator().manual_seed(config.seed)
         self.dictionaries: dict[int, Dictionary] = {}
         for layer in config.layers:
-            d = build_dictionary(model, config, layer)
+            d = build_dictionary(self._model, config, layer, d_model, model_name, processing)
             initialise(d, gen)
             use_global_batchtopk(d, self.dist)
             self.dictionaries[layer] = d.to(self.device).train()
@@ -183,10 +226,16 @@ class Trainer:
         }
         self.out_dir = Path(config.out_dir)
         self.buffer: ActivationBuffer | None = None
-        if config.objective == "local":
-            hooks = sorted({h for d in self.dictionaries.values() for h in (d.in_hook, d.out_hook)})
+        self.batches: CachedBatches | None = batches
+        hooks = sorted({h for d in self.dictionaries.values() for h in (d.in_hook, d.out_hook)})
+        if self.cache is not None and batches is None:
+            shards = rank_shards(self.cache.n_shards, self.dist.rank, self.dist.world_size)
+            self.batches = CachedBatches(
+                self.cache, hooks, config.batch_tokens, config.seed, shards
+            )
+        elif config.objective == "local" and self.cache is None:
             self.buffer = ActivationBuffer(
-                model, data, hooks, config.batch_tokens, config.buffer_tokens, config.seed
+                self.model, self.data, hooks, config.batch_tokens, config.buffer_tokens, config.seed
             )
         # sequences per e2e step: batch_tokens predicted tokens, ctx_len - 1 per sequence
         self.rows_per_step = max(1, config.batch_tokens // (self.ctx_len - 1))
@@ -209,6 +258,35 @@ class Trainer:
             d = build_dictionary(model, config, layer)
             check_hook(model, d.in_hook)
             check_hook(model, d.out_hook)
+
+    def _log(self, message: str) -> None:
+        progress(self.config.verbose and self.dist.is_main, message)
+
+    @property
+    def model(self) -> Any:
+        """The bridge (loaded from `config.model` on first use)."""
+        if self._model is None:
+            from replacement.model import load_model
+
+            self._log(f"loading model {self.config.model!r}")
+            self._model = load_model(self.config.model, device=self.config.device)
+            if self.cache is not None:
+                self.cache.check([], str(getattr(self._model.cfg, "model_name", "") or ""))
+        return self._model
+
+    @property
+    def data(self) -> TokenData:
+        """Training and validation rows (tokenized on first use, through the token cache)."""
+        if self._data is None:
+            source = self._data_source if self._data_source is not None else self.config.data
+            self._data = load_token_data(
+                self.model,
+                source,
+                self.config.ctx_len,
+                self.config.val_fraction,
+                log=self._log,
+            )
+        return self._data
 
     # ---- schedule ---------------------------------------------------------------------------
     def lr_factor(self, step: int) -> float:
@@ -284,9 +362,12 @@ class Trainer:
         return terms, metrics, fired, scale
 
     def _local_loss(self, step: int) -> tuple[Tensor, dict[str, Any], int]:
-        assert self.buffer is not None
-        batch = self.buffer.batch(step)
-        shard = self.dist.shard(self.config.batch_tokens)
+        if self.batches is not None:  # already this rank's shards
+            batch, shard = self.batches.batch(step), slice(None)
+        else:
+            assert self.buffer is not None
+            batch = self.buffer.batch(step)
+            shard = self.dist.shard(self.config.batch_tokens)
         if step == 0 and not self._resumed:
             self._init_b_dec(
                 {layer: batch[d.out_hook][shard] for layer, d in self.dictionaries.items()}
@@ -299,6 +380,10 @@ class Trainer:
         for layer, d in self.dictionaries.items():
             x = batch[d.in_hook][shard].to(d.W_enc)
             y = batch[d.out_hook][shard].to(d.W_enc)
+            if d.activation_name == "topk":
+                loss, metrics[f"layer_{layer}"] = self._topk_local_loss(layer, x, y)
+                total = total + loss
+                continue
             if isinstance(d, GatedDictionary):
                 pre, acts = None, d.encode(x)
             else:
@@ -314,6 +399,40 @@ class Trainer:
                 **{k: float(self.dist.reduce_sum(v.detach())) for k, v in terms.items()},
             }
         return total, metrics, self.config.batch_tokens
+
+    def _topk_local_loss(self, layer: int, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """FVU + AuxK of a TopK dictionary through the sparse path (no dense [tokens, F])."""
+        cfg, d = self.config, self.dictionaries[layer]
+        x_enc = d._encoder_input(x)
+        out = topk_reconstruct(x_enc, d.W_enc, d.b_enc, d.W_dec, d.activation.k)
+        y_hat = out.y + d.b_dec
+        if d.W_skip is not None:
+            y_hat = y_hat + x @ d.W_skip
+        scale = LossScale.of(y, self.dist.reduce_sum)
+        loss = reconstruction_loss(y, y_hat, scale)
+        terms: dict[str, Tensor] = {}
+        dead = self.dead_mask(layer)
+        if cfg.aux_k_coefficient and bool(dead.any()):
+            dead_idx = dead.nonzero().squeeze(1)
+            dead_pre = torch.addmm(
+                d.b_enc.index_select(0, dead_idx), x_enc, d.W_enc.index_select(1, dead_idx)
+            )
+            aux = auxk_loss_dead(d, dead_pre, dead_idx, y, y_hat, scale)
+            terms["auxk_loss"] = cfg.aux_k_coefficient * aux
+            loss = loss + terms["auxk_loss"]
+        with torch.no_grad():
+            counts = fired_features(out.values, out.indices, d.n_features)
+            sums = self.dist.reduce_sum(
+                torch.stack([(y - y_hat).double().pow(2).sum(), counts.sum().double()])
+            )
+            fired = self.dist.reduce_sum(counts) > 0
+        self._update_fired(layer, fired)
+        metrics = {
+            "fvu": float(sums[0] / (scale.n_tokens * scale.var)),
+            "l0": float(sums[1] / scale.n_tokens),
+            **{k: float(self.dist.reduce_sum(v.detach())) for k, v in terms.items()},
+        }
+        return loss, metrics
 
     def _step_tokens(self, step: int) -> Int[Tensor, "rows ctx"]:
         rows = sample_indices(
@@ -479,26 +598,73 @@ class Trainer:
         Writes checkpoint.pt every `checkpoint_every` steps, metrics.jsonl, and at the end
         layer_{l}.safetensors/json, report.json and card.json in out_dir.
         """
+        end = self.begin()
+        bar = tqdm(
+            range(self.step, end),
+            total=self.config.total_steps,
+            initial=self.step,
+            desc="train",
+            disable=not (self.config.verbose and self.dist.is_main),
+            dynamic_ncols=True,
+        )
+        with _stop_on_interrupt(self.dist.world_size == 1) as interrupted:
+            for _ in bar:
+                if interrupted.is_set():  # only between steps, so the checkpoint is exact
+                    bar.close()
+                    raise TrainingInterrupted(
+                        self.step, self.config.total_steps, self.save_checkpoint()
+                    )
+                record = self.advance()
+            layers = [record[f"layer_{layer}"] for layer in self.dictionaries]
+            bar.set_postfix(
+                loss=f"{record['loss']:.4g}",
+                fvu=f"{sum(m['fvu'] for m in layers) / len(layers):.3f}",
+                l0=f"{sum(m['l0'] for m in layers) / len(layers):.1f}",
+                dead=f"{sum(m['dead_share'] for m in layers) / len(layers):.2f}",
+            )
+            if interrupted.is_set() and self.step < self.config.total_steps:
+                bar.close()
+                raise TrainingInterrupted(
+                    self.step, self.config.total_steps, self.save_checkpoint()
+                )
+        bar.close()
+        return self.finish()
+
+    def begin(self) -> int:
+        """Resume from out_dir's checkpoint if there is one; returns the step to stop after."""
         cfg = self.config
         ckpt = self.out_dir / CHECKPOINT_FILE
         self._resumed = bool(cfg.resume and ckpt.exists())
         if self._resumed:
+            self._log(f"resuming from {str(ckpt)!r}")
             self.load_checkpoint(ckpt)
         self._trim_metrics()
         total = cfg.total_steps
-        end = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
-        bar = tqdm(
-            range(self.step, end),
-            total=total,
-            initial=self.step,
-            desc="train",
-            disable=not (cfg.verbose and self.dist.is_main),
-            dynamic_ncols=True,
-        )
-        with _stop_on_interrupt(self.dist.world_size == 1) as interrupted:
-            self._loop(bar, end, interrupted)
-        bar.close()
-        if self.step < total:
+        self._end = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
+        if self.buffer is not None and self.step < self._end:
+            self._log(
+                f"filling the activation buffer ({cfg.buffer_tokens:,} tokens) from the model"
+            )
+        elif self.batches is not None:
+            self._log(f"reading activations from {str(self.cache.folder)!r}")
+        return self._end
+
+    def advance(self) -> dict[str, Any]:
+        """One optimiser step, with its metrics line and checkpoint; returns its record."""
+        cfg = self.config
+        record = self._train_step(self.step)
+        self.step += 1
+        self.last_metrics = record
+        if self.dist.is_main and (self.step % max(1, cfg.log_every) == 0 or self.step == self._end):
+            self._append_metrics(record)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        return record
+
+    def finish(self) -> dict[int, Dictionary]:
+        """After the last step: checkpoint a stopped run, or write the trained dictionaries."""
+        cfg = self.config
+        if self.step < cfg.total_steps:
             self.save_checkpoint()
             return self.dictionaries
         self._debias_batchtopk_thresholds()
@@ -509,30 +675,6 @@ class Trainer:
         if self.dist.is_main:
             self._write_outputs()
         return self.dictionaries
-
-    def _loop(self, bar: Any, end: int, interrupted: threading.Event) -> None:
-        cfg = self.config
-        for step in bar:
-            if interrupted.is_set():  # only between steps, so the checkpoint is exact
-                bar.close()
-                raise TrainingInterrupted(self.step, cfg.total_steps, self.save_checkpoint())
-            record = self._train_step(step)
-            self.step = step + 1
-            self.last_metrics = record
-            if self.dist.is_main and (self.step % max(1, cfg.log_every) == 0 or self.step == end):
-                self._append_metrics(record)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save_checkpoint()
-            layers = [record[f"layer_{layer}"] for layer in self.dictionaries]
-            bar.set_postfix(
-                loss=f"{record['loss']:.4g}",
-                fvu=f"{sum(m['fvu'] for m in layers) / len(layers):.3f}",
-                l0=f"{sum(m['l0'] for m in layers) / len(layers):.1f}",
-                dead=f"{sum(m['dead_share'] for m in layers) / len(layers):.2f}",
-            )
-        if interrupted.is_set() and self.step < cfg.total_steps:
-            bar.close()
-            raise TrainingInterrupted(self.step, cfg.total_steps, self.save_checkpoint())
 
     @torch.no_grad()
     def _debias_batchtopk_thresholds(self) -> None:
@@ -673,3 +815,56 @@ def _capture(store: dict[str, Tensor], name: str, detach: bool = True):
 def train(config: TrainConfig, model: Any = None, data: Any = None) -> dict[int, Dictionary]:
     """`Trainer(config, model, data).train()`."""
     return Trainer(config, model, data).train()
+
+
+def train_many(
+    configs: Sequence[TrainConfig], model: Any = None, data: Any = None
+) -> list[dict[int, Dictionary]]:
+    """Train several local runs in one pass over the same cached activations.
+
+    Every config reads `activations` from the same folder with the same batch_tokens and
+    seed, so each batch is read once and serves every run (different layers, kinds,
+    widths, k or sparsity coefficients). Each run keeps its own out_dir, checkpoint and
+    resume; the result equals training each config on its own.
+    """
+    if not configs:
+        return []
+    first = configs[0]
+    if first.activations is None:
+        raise ConfigError("train_many reads an activation cache: set activations on every config")
+    for cfg in configs:
+        for name in ("activations", "batch_tokens", "seed"):
+            if getattr(cfg, name) != getattr(first, name):
+                raise ConfigError(
+                    f"train_many needs one {name} for all runs; got {getattr(first, name)!r} "
+                    f"and {getattr(cfg, name)!r}"
+                )
+    if len({str(Path(c.out_dir).resolve()) for c in configs}) < len(configs):
+        raise ConfigError("train_many needs a different out_dir for every run")
+    cache = ActivationCache(first.activations)
+    hooks = sorted({h for c in configs for layer in c.layers for h in dictionary_hooks(c, layer)})
+    dist = context(first.device)
+    shards = rank_shards(cache.n_shards, dist.rank, dist.world_size)
+    batches = CachedBatches(cache, hooks, first.batch_tokens, first.seed, shards)
+    trainers = [Trainer(c, model, data, batches=batches) for c in configs]
+    ends = [t.begin() for t in trainers]
+    bar = tqdm(
+        total=sum(c.total_steps for c in configs),
+        initial=sum(t.step for t in trainers),
+        desc=f"train {len(configs)} runs",
+        disable=not (first.verbose and dist.is_main),
+        dynamic_ncols=True,
+    )
+    for step in range(min(t.step for t in trainers), max(ends)):
+        for trainer, end in zip(trainers, ends, strict=True):
+            if trainer.step == step < end:
+                trainer.advance()
+                bar.update(1)
+    bar.close()
+    if model is None and any(
+        t.config.evaluate and t.step >= t.config.total_steps for t in trainers
+    ):
+        model = trainers[0].model  # evaluation needs the model: load it once for every run
+        for t in trainers:
+            t._model = model
+    return [t.finish() for t in trainers]

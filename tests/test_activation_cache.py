@@ -1,0 +1,198 @@
+"""Activation cache, training from it (single runs, sweeps, resume), sparse TopK path, token cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from replacement.activations import TopK
+from replacement.formats.native import load_native
+from training.activation_cache import (
+    ActivationCache,
+    ActivationCacheError,
+    CachedBatches,
+    rank_shards,
+    token_source_hash,
+    write_activation_cache,
+)
+from training.activations import collect_activations
+from training.config import TrainConfig
+from training.data import TokenData, load_token_data, token_mask
+from training.fused_topk import topk_reconstruct
+from training.trainer import Trainer, train_many
+
+CTX = 32
+HOOKS = ["blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"]
+
+
+@pytest.fixture(scope="module")
+def small_data(default_model) -> TokenData:
+    from training.default_model.corpus import stdlib_dir
+
+    texts = [p.read_text() for p in sorted((stdlib_dir() / "json").glob("*.py"))]
+    return load_token_data(default_model, texts, CTX)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(default_model, small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("acts") / "cache"
+    return write_activation_cache(
+        default_model, small_data, HOOKS, out, dtype="float16", n_shards=4, verbose=False
+    )
+
+
+def _config(out_dir, cache_dir, **kw) -> TrainConfig:
+    base = dict(
+        activations=str(cache_dir),
+        kind="skip_transcoder",
+        activation="topk",
+        layers=[1],
+        n_features=64,
+        k=4,
+        batch_tokens=256,
+        total_tokens=256 * 12,
+        ctx_len=CTX,
+        warmup_steps=2,
+        lr=3e-3,
+        checkpoint_every=0,
+        log_every=1,
+        dead_after_tokens=512,
+        evaluate=False,
+        verbose=False,
+        out_dir=str(out_dir),
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_cache_holds_the_models_activations_and_describes_them(
+    default_model, small_data, cache_dir
+):
+    cache = ActivationCache(cache_dir)
+    m = cache.manifest
+    assert m["model"] == "sparse-circuits-default" and m["dtype"] == "float16"
+    assert m["token_source_sha256"] == token_source_hash(small_data.train)
+    assert m["processing"]["compatibility_mode"] is True
+    assert cache.n_shards == 4 and m["hooks"] == {h: 128 for h in HOOKS}
+    # shard 2 holds the masked tokens of its block of rows, in order, as float16
+    bounds = [small_data.train.shape[0] * s // 4 for s in range(5)]
+    rows = small_data.train[bounds[2] : bounds[3]]
+    acts = collect_activations(default_model, rows, HOOKS)
+    mask = token_mask(rows, small_data.special_ids)
+    for h in HOOKS:
+        stored = torch.from_numpy(cache.shard(2, h)[:].copy()).float()
+        assert torch.equal(stored, acts[h][mask].half().float())
+    with pytest.raises(ActivationCacheError, match="blocks.0.hook_mlp_out"):
+        cache.check(["blocks.0.hook_mlp_out"])
+    with pytest.raises(ActivationCacheError, match="not of 'gpt2'"):
+        cache.check(HOOKS, "gpt2")
+
+
+def test_bfloat16_cache_and_missing_folder(default_model, small_data, tmp_path):
+    rows = TokenData(small_data.train[:6], small_data.val, small_data.bos, small_data.special_ids)
+    folder = write_activation_cache(
+        default_model, rows, HOOKS[:1], tmp_path / "bf", dtype="bfloat16", n_shards=2, verbose=False
+    )
+    cache = ActivationCache(folder)
+    acts = collect_activations(default_model, rows.train[:3], HOOKS[:1])[HOOKS[0]]
+    want = acts[token_mask(rows.train[:3], rows.special_ids)].bfloat16().float()
+    got = cache.rows(0, HOOKS[0], torch.arange(cache.shard_tokens[0]))
+    assert torch.equal(got, want)
+    with pytest.raises(ActivationCacheError, match="sparse-circuits cache"):
+        ActivationCache(tmp_path / "nowhere")
+
+
+def test_rank_shards_together_make_the_single_process_batch(cache_dir):
+    cache = ActivationCache(cache_dir)
+    one = CachedBatches(cache, HOOKS, 250, seed=3).batch(7)
+    parts = [CachedBatches(cache, HOOKS, 250, 3, rank_shards(4, r, 2)).batch(7) for r in range(2)]
+    for h in HOOKS:
+        assert one[h].shape == (250, 128)
+        rows = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731
+        assert rows(torch.cat([p[h] for p in parts])) == rows(one[h])
+    # different steps draw different tokens; the same step the same ones
+    assert not torch.equal(one[HOOKS[0]], CachedBatches(cache, HOOKS, 250, 3).batch(8)[HOOKS[0]])
+    assert torch.equal(one[HOOKS[0]], CachedBatches(cache, HOOKS, 250, 3).batch(7)[HOOKS[0]])
+    with pytest.raises(ActivationCacheError, match="at least 8"):
+        rank_shards(4, 0, 8)
+
+
+def test_training_from_the_cache_learns_resumes_exactly_and_sweeps(cache_dir, tmp_path):
+    full = Trainer(_config(tmp_path / "full", cache_dir)).train()[1]
+    lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["layer_1"]["fvu"] < 0.7 * lines[0]["layer_1"]["fvu"]
+    # killed after 5 steps, resumed: the same weights bit for bit
+    Trainer(_config(tmp_path / "cut", cache_dir, stop_after_steps=5, checkpoint_every=5)).train()
+    resumed = Trainer(_config(tmp_path / "cut", cache_dir)).train()[1]
+    for name, t in full.state_dict().items():
+        assert torch.equal(t, resumed.state_dict()[name]), name
+    # a sweep over k and width in one pass equals each run on its own
+    sweep = [
+        _config(tmp_path / "k8", cache_dir, k=8),
+        _config(tmp_path / "wide", cache_dir, n_features=96, activation="relu"),
+        _config(tmp_path / "full2", cache_dir),
+    ]
+    together = train_many(sweep)
+    alone = Trainer(_config(tmp_path / "k8_alone", cache_dir, k=8)).train()[1]
+    for name, t in alone.state_dict().items():
+        assert torch.equal(t, together[0][1].state_dict()[name]), name
+    assert together[1][1].n_features == 96
+    assert torch.equal(together[2][1].W_dec, full.W_dec)
+    assert load_native(tmp_path / "wide" / "layer_1").n_features == 96
+
+
+def test_cache_refuses_other_objectives(cache_dir, tmp_path):
+    with pytest.raises(Exception, match="local objective only"):
+        Trainer(_config(tmp_path / "e", cache_dir, objective="e2e"))
+
+
+@pytest.mark.parametrize("subtract_b_dec", [False, True])
+def test_sparse_topk_path_matches_the_dense_gradients(subtract_b_dec):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 8, generator=gen)
+    w_enc = torch.randn(8, 32, generator=gen).requires_grad_()
+    b_enc = torch.randn(32, generator=gen).requires_grad_()
+    w_dec = torch.randn(32, 8, generator=gen).requires_grad_()
+    b_dec = torch.randn(8, generator=gen).requires_grad_(subtract_b_dec)
+    y = torch.randn(50, 8, generator=gen)
+    params = [w_enc, b_enc, w_dec] + ([b_dec] if subtract_b_dec else [])
+
+    def grads(fn):
+        for p in params:
+            p.grad = None
+        x_enc = x - b_dec if subtract_b_dec else x
+        (fn(x_enc) - y).pow(2).sum().backward()
+        return [p.grad.clone() for p in params]
+
+    dense = grads(lambda xe: TopK(5)(xe @ w_enc + b_enc) @ w_dec)
+    sparse = grads(lambda xe: topk_reconstruct(xe, w_enc, b_enc, w_dec, 5).y)
+    for a, b in zip(dense, sparse, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+        assert a.abs().max() > 0
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            sparse, grads(lambda xe: topk_reconstruct(xe, w_enc, b_enc, w_dec, 5).y), strict=True
+        )
+    )
+
+
+def test_token_cache_skips_tokenizing_on_the_second_run(default_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE_CIRCUITS_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "a.py").write_text("def f(x):\n    return x + 1\n" * 40)
+    (src / "b.py").write_text("import os\nprint(os.getcwd())\n" * 40)
+    first = load_token_data(default_model, str(src), CTX)
+
+    def refuse(*a, **k):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr("training.data.tokenize_documents", refuse)
+    second = load_token_data(default_model, str(src), CTX)
+    assert torch.equal(first.train, second.train) and torch.equal(first.val, second.val)
+    # a changed source is a new entry
+    (src / "b.py").write_text("x = 1\n" * 200)
+    with pytest.raises(AssertionError, match="tokenized again"):
+        load_token_data(default_model, str(src), CTX)

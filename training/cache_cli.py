@@ -1,0 +1,74 @@
+"""`sparse-circuits cache`: run the model once and store activations for many training runs.
+
+    sparse-circuits cache --model default --layers 0-3 --tokens 2e6 --dtype float16 \
+        --shards 4 --out acts/
+    sparse-circuits train --activations acts/ --layers 0-3 --kind skip_transcoder ...
+
+By default each layer's transcoder pair (MLP input and output) is stored; `--sites` picks
+other hooks inside `blocks.{l}.` (e.g. `hook_resid_pre`), `--hooks` full hook names.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from training.config import parse_layers
+
+
+def cache_hooks(layers: list[int], sites: str | None, hooks: str | None) -> list[str]:
+    """Hook names to cache: explicit `hooks`, else `sites` of each layer, else MLP in/out."""
+    from replacement.hooks import layer_hooks
+
+    if hooks:
+        return [h.strip() for h in hooks.split(",") if h.strip()]
+    if sites:
+        names = [s.strip() for s in sites.split(",") if s.strip()]
+        return [f"blocks.{layer}.{site}" for layer in layers for site in names]
+    return [h for layer in layers for h in (layer_hooks(layer).mlp_in, layer_hooks(layer).mlp_out)]
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    """Write the cache and print where it went."""
+    from training.progress import progress
+
+    verbose = not args.quiet
+    progress(verbose, "cache: starting")
+    from replacement.model import load_model
+    from training.activation_cache import write_activation_cache
+    from training.data import load_token_data
+
+    progress(verbose, f"loading model {args.model!r}")
+    model = load_model(args.model, device=args.device)
+    data = load_token_data(model, args.data, args.ctx_len, log=lambda m: progress(verbose, m))
+    layers = args.layers if args.layers is not None else list(range(model.cfg.n_layers))
+    hooks = cache_hooks(layers, args.sites, args.hooks)
+    folder = write_activation_cache(
+        model,
+        data,
+        hooks,
+        args.out,
+        dtype=args.dtype,
+        n_shards=args.shards,
+        max_tokens=args.tokens,
+        verbose=verbose,
+    )
+    print(f"cached {len(hooks)} hooks -> {folder}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `cache` subcommand."""
+    p = subparsers.add_parser("cache", help="store model activations once for training runs")
+    p.add_argument("--model", default="default", help="model name or folder [default]")
+    p.add_argument("--data", default=None, help="text file or folder (default: the stdlib corpus)")
+    p.add_argument("--layers", type=parse_layers, default=None, help="e.g. 0-3 (default: all)")
+    p.add_argument("--sites", default=None, help="hooks inside blocks.{l}., comma-separated")
+    p.add_argument("--hooks", default=None, help="full hook names, comma-separated")
+    p.add_argument("--tokens", type=lambda v: int(float(v)), default=None, help="tokens to store")
+    p.add_argument("--ctx-len", type=int, default=128, help="sequence length, BOS included")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--shards", type=int, default=4, help="shards (>= ranks of a parallel run)")
+    p.add_argument("--device", default=None, help="torch device")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_cache)
