@@ -29,9 +29,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits.crosslayer_slices import expand_crosslayer
 from circuits.graph import AttributionGraph
+from circuits.linear_rows import LinearRowEngine, auto_batch_size, linear_path_problem
 from circuits.replacement_forward import FINAL_HOOK, frozen_forward
 from circuits.sources import PromptSources, collect_sources
+from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer
@@ -58,10 +61,32 @@ def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
     return tokens
 
 
-def _ordered(model: Any, dictionaries: Sequence[Dictionary]) -> list[Dictionary]:
-    """Dictionaries in layer order, checked: hooks exist, one dictionary per out_hook."""
+def _choose_method(model: Any, dictionaries: list[Dictionary], method: str) -> str:
+    """"linear" or "autograd" for `method` "auto", "linear" or "autograd"."""
+    if method not in ("auto", "linear", "autograd"):
+        raise SparseCircuitsError(
+            f"method {method!r} is not known; expected 'auto', 'linear' or 'autograd'"
+        )
+    if method == "autograd":
+        return method
+    problem = linear_path_problem(model, dictionaries)
+    if problem is None:
+        return "linear"
+    if method == "linear":
+        raise SparseCircuitsError(f"method='linear' does not apply: {problem}")
+    return "autograd"
+
+
+def _ordered(
+    model: Any, dictionaries: Sequence[Dictionary | CrossLayerTranscoder]
+) -> list[Dictionary]:
+    """Dictionaries in layer order (a cross-layer transcoder as one slice per layer), checked:
+    hooks exist, one dictionary per out_hook."""
     if len(dictionaries) == 0:
         raise SparseCircuitsError("attribute needs at least one dictionary")
+    if isinstance(dictionaries, (Dictionary, CrossLayerTranscoder)):
+        dictionaries = [dictionaries]
+    dictionaries = expand_crosslayer(dictionaries)
     seen: set[str] = set()
     for d in dictionaries:
         # hooks, widths and processing, with the errors `splice` gives (not a matmul error)
@@ -101,7 +126,7 @@ def _logit_targets(
 
 def attribute(
     model: Any,
-    dictionaries: Sequence[Dictionary],
+    dictionaries: Sequence[Dictionary | CrossLayerTranscoder],
     prompt: str | Int[Tensor, " pos"],
     *,
     max_n_logits: int = 10,
@@ -109,15 +134,17 @@ def attribute(
     target_tokens: Sequence[int | str] | None = None,
     target_direction: Float[Tensor, " d_model"] | tuple[int | str, int | str] | None = None,
     max_feature_nodes: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     verbose: bool = True,
     offload_rows_to_cpu: bool = True,
+    method: str = "auto",
 ) -> AttributionGraph:
     """Attribution graph of `prompt` through the dictionaries spliced into `model`.
 
     Args:
         model: a `TransformerBridge` from `replacement.load_model`.
-        dictionaries: transcoders or skip transcoders (MLP input -> MLP output) or SAEs, one
+        dictionaries: transcoders or skip transcoders (MLP input -> MLP output), cross-layer
+            transcoders (a layer-l feature writes to every later MLP output) or SAEs, one
             per out_hook. The MLP of a layer without a transcoder is differentiated through
             (a local linear estimate, not a node), as is the MLP under an SAE.
         prompt: text or token ids; BOS is prepended when it is not already at position 0.
@@ -128,19 +155,26 @@ def attribute(
             final norm's output, or a pair of tokens (a, b) for logit(a) - logit(b).
         max_feature_nodes: keep at most this many feature nodes, chosen in order of influence
             on the targets, estimated from the rows computed so far; None keeps every active one.
-        batch_size: target rows per backward pass (the prompt is repeated this many times).
+        batch_size: target rows per pass; None chooses it from the prompt length and the
+            memory at hand (linear path) or takes 64 (autograd path, which repeats the prompt
+            this many times).
         verbose: show a progress bar.
         offload_rows_to_cpu: move each batch of rows to the CPU as it is computed (the
             default); False keeps the visited rows on the model's device until the end, which
             is faster on an accelerator with memory to spare. The returned adjacency is
             always on the CPU.
+        method: "linear" computes rows by the transposed frozen linear map
+            (`circuits.linear_rows`: no MLPs, no autograd graph); "autograd" by backward passes
+            through the frozen model (the reference); "auto" (default) takes "linear" wherever
+            it applies (every MLP replaced by a transcoder) and "autograd" elsewhere (SAEs,
+            layers without a transcoder). The method used is in `graph.metadata["method"]`.
 
     Raises:
         SparseCircuitsError: prompt longer than n_ctx, a missing hook, two dictionaries on
             one out_hook, or a target token that is not a single token.
     """
     start = time.perf_counter()
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise SparseCircuitsError(f"batch_size must be at least 1, got {batch_size}")
     if max_n_logits < 1 or not 0 < desired_logit_prob <= 1:
         raise SparseCircuitsError(
@@ -148,9 +182,16 @@ def attribute(
             f"and {desired_logit_prob}"
         )
     dictionaries = _ordered(model, dictionaries)
+    method = _choose_method(model, dictionaries, method)
     tokens = prompt_tokens(model, prompt)
     n_pos = tokens.numel()
     sources = collect_sources(model, dictionaries, tokens)
+    if batch_size is None:
+        batch_size = (
+            auto_batch_size(n_pos, model.cfg.d_model, sources.n_sources, tokens.device)
+            if method == "linear"
+            else 64
+        )
     probs = sources.logits[-1].float().softmax(-1)
 
     W_U = model.W_U.detach()
@@ -188,7 +229,8 @@ def attribute(
     bar = tqdm(total=n_logit + budget, desc="attribution rows", disable=not verbose, leave=False)
     # no wider a batch than the most rows one backward pass will read
     batch_size = min(batch_size, max(n_logit, budget))
-    with _RowEngine(model, dictionaries, tokens, sources, batch_size) as engine:
+    engine_class = LinearRowEngine if method == "linear" else _RowEngine
+    with engine_class(model, dictionaries, tokens, sources, batch_size) as engine:
         # rows: logits first, then features in order of estimated influence
         logit_rows = engine.rows_for_logits(logit_dirs).to(row_device)  # [n_logit, n_src]
         bar.update(n_logit)
@@ -239,6 +281,7 @@ def attribute(
             "max_feature_nodes": max_feature_nodes,
             "n_active_features": n_feat,
             "batch_size": batch_size,
+            "method": method,
             "seconds": time.perf_counter() - start,
             "n_pos": n_pos,
         }

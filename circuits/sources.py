@@ -15,7 +15,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from circuits.crosslayer_slices import later_decoders
 from replacement.dictionary import Dictionary
+from replacement.errors import SparseCircuitsError
 
 
 @dataclass
@@ -40,6 +42,9 @@ class PromptSources:
     """Token embeddings (the `hook_embed` activation)."""
     decoders: list[Tensor]
     """Per dictionary, W_dec [F, d_out]."""
+    later: list[list[tuple[int, Tensor]]]
+    """Per dictionary, its writes into later dictionaries' out_hooks (cross-layer transcoders):
+    (index of the dictionary written to, W_dec [F, d_out])."""
 
     @property
     def n_features(self) -> int:
@@ -66,7 +71,11 @@ class PromptSources:
             g = grad[:n].float()
             mine = self.feat_dict == k
             pos, idx, act = self.feat_pos[mine], self.feat_index[mine], self.feat_act[mine]
-            feature_cols.append(_feature_columns(g, w_dec, pos, idx, act))
+            cols = _feature_columns(g, w_dec, pos, idx, act)
+            for target, w_later in self.later[k]:
+                if grads[target] is not None:
+                    cols = cols + _feature_columns(grads[target][:n].float(), w_later, pos, idx, act)
+            feature_cols.append(cols)
             error_cols.append((g[:, 1:, :] * err[1:].float().unsqueeze(0)).sum(-1))
         if grad_embed is None:
             token_cols = torch.zeros(n, n_pos, device=device)
@@ -120,12 +129,21 @@ def collect_sources(
     with model.hooks(fwd_hooks=hooks):
         logits = model(tokens.unsqueeze(0))[0]
     feat_dict, feat_pos, feat_index, feat_act, errors, norms, decoders = [], [], [], [], [], [], []
+    later = later_writes(dictionaries)
+    all_acts = []
+    for d in dictionaries:
+        acts = d.encode(captured[d.in_hook].to(d.W_enc.dtype))
+        acts[0] = 0.0  # position 0 (BOS) holds no feature nodes
+        all_acts.append(acts)
     for k, d in enumerate(dictionaries):
         x = captured[d.in_hook].to(d.W_enc.dtype)
         y = captured[d.out_hook]
-        acts = d.encode(x)
-        acts[0] = 0.0  # position 0 (BOS) holds no feature nodes
+        acts = all_acts[k]
         y_hat = d.decode(acts) + d.skip(x)
+        for j, writes in enumerate(later):  # earlier layers of a cross-layer transcoder
+            for target, w_dec in writes:
+                if target == k:
+                    y_hat = y_hat + all_acts[j] @ w_dec.to(all_acts[j].dtype)
         y_hat[0] = y[0].to(y_hat.dtype)  # nor an error node
         err = (y - y_hat.to(y.dtype)).float()
         pos, idx = acts.nonzero(as_tuple=True)
@@ -146,4 +164,21 @@ def collect_sources(
         error_norm=torch.stack(norms).cpu(),
         embed=captured["hook_embed"].float(),
         decoders=decoders,
+        later=later,
     )
+
+
+def later_writes(dictionaries: list[Dictionary]) -> list[list[tuple[int, Tensor]]]:
+    """Per dictionary, (index of the dictionary it also writes to, W_dec) for each later write."""
+    index = {d.out_hook: k for k, d in enumerate(dictionaries)}
+    out = []
+    for d in dictionaries:
+        writes = []
+        for hook, w_dec in later_decoders(d):
+            if hook not in index:
+                raise SparseCircuitsError(
+                    f"a cross-layer transcoder writes to {hook!r}, which no dictionary slice reads"
+                )
+            writes.append((index[hook], w_dec.detach()))
+        out.append(writes)
+    return out
