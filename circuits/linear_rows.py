@@ -256,7 +256,9 @@ class LinearRowEngine:
         for start in range(0, len(directions), self.batch_size):
             dirs = directions[start : start + self.batch_size].to(self.tokens.device, self.dtype)
             g = torch.zeros(len(dirs), n_pos, d, dtype=self.dtype, device=dirs.device)
-            g[:, -1] = dirs
+            # directions are read at ln_final.hook_out (the unembedding's input): through
+            # ln_f's own weight first, which is 1 on a folded model
+            g[:, -1] = dirs if self.lnf_w is None else dirs * self.lnf_w
             g = self._norm_t(g, "ln_final.hook_scale")
             out.append(self._run(g, [], len(dirs)))
         return torch.cat(out)
