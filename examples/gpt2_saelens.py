@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         "--prompt", default="When Mary and John went to the store, John gave a drink to"
     )
     parser.add_argument("--tokens", help="evaluate on this token file instead of the text")
+    parser.add_argument("--max-feature-nodes", type=int, default=200)
     parser.add_argument("--out", default="gpt2_saelens_out", help="output folder")
     args = parser.parse_args(argv)
 
@@ -61,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
             "Save one with SAELens (sae.save_model(folder)) and pass its folder to --saes.",
         )
 
-    from circuits import attribute
     from replacement import load_model_and_dictionaries, spliced_loss
     from replacement.evaluate_cli import read_token_file
 
@@ -79,13 +79,23 @@ def main(argv: list[str] | None = None) -> int:
             f"kl_div_score {m['kl_div_score']:.4f}  dead {m['dead_features']}"
         )
 
-    graph = attribute(model, saes, args.prompt, max_feature_nodes=200, verbose=False)
-    pruned = graph.prune(node_threshold=0.8, edge_threshold=0.98)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pruned.to_json(slug="gpt2_saelens", path=out / "gpt2_saelens.json")
-    print(f"{len(pruned.node_kind)} nodes kept; scores {pruned.scores()}; wrote {out}")
+    trace_and_save(model, saes, args.prompt, Path(args.out), "gpt2_saelens", args.max_feature_nodes)
     return 0
+
+
+def trace_and_save(
+    model, dictionaries, prompt: str, out: Path, slug: str, max_feature_nodes: int
+) -> None:
+    """Attribute `prompt`, prune, and write the circuit-tracer/Neuronpedia JSON into `out`."""
+    from circuits import attribute
+
+    graph = attribute(
+        model, dictionaries, prompt, max_feature_nodes=max_feature_nodes, verbose=False
+    )
+    pruned = graph.prune(node_threshold=0.8, edge_threshold=0.98)
+    out.mkdir(parents=True, exist_ok=True)
+    pruned.to_json(slug=slug, path=out / f"{slug}.json")
+    print(f"{len(pruned.node_kind)} nodes kept; scores {pruned.scores()}; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpt2_saelens import missing  # noqa: E402
+from gpt2_saelens import missing, trace_and_save  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,22 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="llama_circuit_tracer_out", help="output folder")
     args = parser.parse_args(argv)
 
-    if not Path(args.model, "config.json").is_file():
-        return missing(
-            "The model",
-            args.model,
-            "Download it once (e.g. huggingface-cli download meta-llama/Llama-3.2-1B "
-            "--local-dir llama-3.2-1b) and pass its folder to --model.",
-        )
-    if not Path(args.transcoders, "config.yaml").is_file():
-        return missing(
-            "A circuit-tracer transcoder folder (config.yaml + layer_{i}.safetensors)",
+    needed = [
+        (args.model, "config.json", "The model", "meta-llama/Llama-3.2-1B", "--model"),
+        (
             args.transcoders,
-            "Download one (e.g. huggingface-cli download mntss/transcoder-Llama-3.2-1B "
-            "--local-dir llama-transcoders) and pass it to --transcoders.",
-        )
+            "config.yaml",
+            "A circuit-tracer transcoder folder (config.yaml + layer_{i}.safetensors)",
+            "mntss/transcoder-Llama-3.2-1B",
+            "--transcoders",
+        ),
+    ]
+    for folder, marker, what, repo, flag in needed:
+        if not Path(folder, marker).is_file():
+            how = f"Download it once (e.g. huggingface-cli download {repo} --local-dir DIR)"
+            return missing(what, folder, f"{how} and pass DIR to {flag}.")
 
-    from circuits import attribute
     from replacement import load_model_and_dictionaries
 
     # the same call as for SAELens SAEs (examples/gpt2_saelens.py)
@@ -56,14 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         f"model processing {model.sc_processing!r}; {len(transcoders)} transcoders "
         f"{transcoders[0].in_hook} -> {transcoders[0].out_hook}"
     )
-    graph = attribute(
-        model, transcoders, args.prompt, max_feature_nodes=args.max_feature_nodes, verbose=False
-    )
-    pruned = graph.prune(node_threshold=0.8, edge_threshold=0.98)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pruned.to_json(slug="llama_circuit_tracer", path=out / "llama_circuit_tracer.json")
-    print(f"{len(pruned.node_kind)} nodes kept; scores {pruned.scores()}; wrote {out}")
+    trace_and_save(
+        model, transcoders, args.prompt, out, "llama_circuit_tracer", args.max_feature_nodes
+    )
     return 0
 
 

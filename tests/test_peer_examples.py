@@ -31,6 +31,7 @@ def test_gpt2_saelens_example(tmp_path, capsys):
     main = _script("gpt2_saelens").main
     args = ["--model", str(REF / "tiny-gpt2"), "--saes", str(REF / "saelens")]
     args += ["--tokens", str(REF / "tokens.safetensors"), "--prompt", "def add(a, b):"]
+    args += ["--max-feature-nodes", "24"]
     assert main([*args, "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     expected = json.loads((REF / "saelens.json").read_text())["resid_pre_1"]["metrics"]
@@ -66,6 +67,7 @@ def test_llama_circuit_tracer_example(tiny_llama_dir, tmp_path, capsys):
     main = _script("llama_circuit_tracer").main
     _circuit_tracer_set(tmp_path / "tcs", d=32, n_layers=2)
     args = ["--model", str(tiny_llama_dir), "--transcoders", str(tmp_path / "tcs")]
+    args += ["--max-feature-nodes", "24"]
     assert main([*args, "--prompt", "def add(a, b):", "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "model processing 'none'" in printed

@@ -134,20 +134,17 @@ def test_evaluate_cli_token_file_and_saelens_conventions(tmp_path, capsys):
     from sparse_circuits_cli import main
 
     out = tmp_path / "report.json"
+    base = ["evaluate", "--model", str(MODEL_DIR), "--quiet"]
+    base += ["--dictionaries", str(REF / "saelens" / "resid_pre_1")]
     code = main(
         [
-            "evaluate",
-            "--model",
-            str(MODEL_DIR),
-            "--dictionaries",
-            str(REF / "saelens" / "resid_pre_1"),
+            *base,
             "--token-file",
             str(REF / "tokens.safetensors"),
             "--conventions",
             "saelens",
             "--batch-size",
             "16",
-            "--quiet",
             "--out",
             str(out),
         ]
@@ -159,16 +156,5 @@ def test_evaluate_cli_token_file_and_saelens_conventions(tmp_path, capsys):
         assert row["saelens"][key] == pytest.approx(theirs[key], rel=1e-4)
     bad = tmp_path / "tokens.npy"
     bad.write_bytes(b"not numpy")
-    code = main(
-        [
-            "evaluate",
-            "--model",
-            str(MODEL_DIR),
-            "--dictionaries",
-            str(REF / "saelens" / "resid_pre_1"),
-            "--token-file",
-            str(bad),
-            "--quiet",
-        ]
-    )
+    code = main([*base, "--token-file", str(bad)])
     assert code == 1 and "token file" in capsys.readouterr().err

@@ -222,3 +222,24 @@ def test_trace_and_global_refuse_width_mismatch_clearly(tiny_gpt2):
         attribute(tiny_gpt2, wide, PROMPT, verbose=False)
     with pytest.raises(ShapeError, match=r"d_in=48.*d_model=32"):
         vw(wide, tiny_gpt2, 0, 1)
+
+
+def test_native_files_record_processing_and_legacy_files_are_folded(tiny_gpt2, tmp_path):
+    import json
+
+    from replacement import load_dictionaries
+    from replacement.formats.native import save_dictionary
+    from training.config import TrainConfig
+    from training.trainer import build_dictionary
+
+    trained = build_dictionary(tiny_gpt2, TrainConfig(n_features=8), 0)
+    assert trained.metadata["processing"] == tiny_gpt2.sc_processing == "none"
+    path = save_dictionary(trained, tmp_path / "new" / "layer_0")
+    assert load_dictionaries(path.parent, model=tiny_gpt2)[0].metadata["processing"] == "none"
+    # a file from before processing was recorded was trained on a folded, centred model
+    cfg = json.loads(path.read_text())
+    del cfg["metadata"]["processing"]
+    path.write_text(json.dumps(cfg))
+    assert load_dictionaries(path.parent)[0].metadata["processing"] == "folded"
+    with pytest.raises(ProcessingError, match=r"processing='folded'"):
+        load_dictionaries(path.parent, model=tiny_gpt2)

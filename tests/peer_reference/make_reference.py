@@ -97,6 +97,12 @@ def make_model() -> None:
     save_file({"tokens": torch.tensor(rows, dtype=torch.long)}, str(TOKENS_FILE))
 
 
+def training_rows(tokenizer) -> list[list[int]]:
+    """The training text as rows of BOS + CTX - 1 tokens."""
+    ids = [t for text in TEXT for t in tokenizer(text)["input_ids"]]
+    return [[0, *ids[i : i + CTX - 1]] for i in range(0, len(ids) - CTX, CTX - 1)]
+
+
 def load_tokens() -> torch.Tensor:
     from safetensors.torch import load_file
 
@@ -172,10 +178,7 @@ def make_saelens() -> None:
 
     torch.manual_seed(0)
     model = tl2_model()
-    tokenizer = model.tokenizer
-    ids = [t for text in TEXT for t in tokenizer(text)["input_ids"]]
-    rows = [[0, *ids[i : i + CTX - 1]] for i in range(0, len(ids) - CTX, CTX - 1)]
-    train = Dataset.from_dict({"input_ids": rows})
+    train = Dataset.from_dict({"input_ids": training_rows(model.tokenizer)})
     out_root = HERE / "saelens"
     results = {}
     specs = {
@@ -280,8 +283,7 @@ def make_circuit_tracer() -> None:
     torch.manual_seed(0)
     model = tl2_model()
     tokenizer = model.tokenizer
-    ids = [t for text in TEXT for t in tokenizer(text)["input_ids"]]
-    rows = torch.tensor([[0, *ids[i : i + CTX - 1]] for i in range(0, len(ids) - CTX, CTX - 1)])
+    rows = torch.tensor(training_rows(tokenizer))
     n_layers, d = model.cfg.n_layers, model.cfg.d_model
     # TL2 `ln2.hook_normalized` on this unprocessed model is the LayerNorm output
     names = [f"blocks.{i}.ln2.hook_normalized" for i in range(n_layers)]
