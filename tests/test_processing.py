@@ -243,3 +243,22 @@ def test_native_files_record_processing_and_legacy_files_are_folded(tiny_gpt2, t
     assert load_dictionaries(path.parent)[0].metadata["processing"] == "folded"
     with pytest.raises(ProcessingError, match=r"processing='folded'"):
         load_dictionaries(path.parent, model=tiny_gpt2)
+
+
+@pytest.mark.parametrize("processing", ["none", "folded"])
+def test_constrained_intervention_moves_the_logit_by_the_edge(both, processing):
+    from circuits.intervene import Intervention, intervene
+
+    model = both[processing]
+    dicts = fitted(model, norm_output_transcoders(both["none"]))
+    graph = attribute(model, dicts, PROMPT, batch_size=32, verbose=False)
+    top = graph.find("logit")[0]
+    tok = int(graph.node_feature[top])
+    layer0 = [i for i in graph.find("feature") if graph.node_layer[i] == 0]
+    s = max(layer0, key=lambda i: abs(float(graph.adjacency[top, i])))
+    iv = Intervention(0, int(graph.node_pos[s]), int(graph.node_feature[s]), scale=3.0)
+    result = intervene(model, dicts, graph.tokens, [iv])
+    change = result.logits[-1] - result.clean_logits[-1]
+    expected = 2.0 * graph.adjacency[top, s]  # scaling by 3 adds 2 a_s W_dec[s]
+    assert abs(float(expected)) > 1e-3
+    assert float(change[tok] - change.mean()) == pytest.approx(float(expected), rel=1e-5)
