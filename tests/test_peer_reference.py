@@ -158,3 +158,29 @@ def test_evaluate_cli_token_file_and_saelens_conventions(tmp_path, capsys):
     bad.write_bytes(b"not numpy")
     code = main([*base, "--token-file", str(bad)])
     assert code == 1 and "token file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("processing", ["plain", "folded"])
+def test_sparsify_transcoder_reads_and_writes_what_sparsify_does(
+    plain_model, folded_model, processing
+):
+    from replacement import splice
+
+    model = plain_model if processing == "plain" else folded_model
+    (tc,) = load_dictionaries(REF / "sparsify", model=model)
+    ref = load_file(str(REF / "sparsify_reference.safetensors"))
+    tokens = load_file(str(REF / "tokens.safetensors"))["tokens"]
+    with splice(model, [tc], record=True) as state, torch.no_grad():
+        model(tokens)
+    acts = state.acts[tc.out_hook][:, 1:].reshape(-1, tc.n_features)
+    theirs = torch.zeros_like(acts).scatter(-1, ref["latent_indices"], ref["latent_acts"])
+    torch.testing.assert_close(acts, theirs, rtol=1e-4, atol=1e-5)
+    recon = state.recons[tc.out_hook][:, 1:].reshape(-1, tc.d_out)
+    sae_out = ref["sae_out"]
+    if processing == "folded":  # the centred model's MLP output is centred, and so is ours
+        sae_out = sae_out - sae_out.mean(-1, keepdim=True)
+    torch.testing.assert_close(recon, sae_out, rtol=1e-4, atol=1e-5)
+    if processing == "plain":
+        report = spliced_loss(model, [tc], tokens, verbose=False, ablations=())
+        fvu = json.loads((REF / "sparsify.json").read_text())["fvu"]
+        assert report.rows[0].fvu == pytest.approx(fvu, rel=1e-4)
