@@ -184,3 +184,20 @@ def test_sparsify_transcoder_reads_and_writes_what_sparsify_does(
         report = spliced_loss(model, [tc], tokens, verbose=False, ablations=())
         fvu = json.loads((REF / "sparsify.json").read_text())["fvu"]
         assert report.rows[0].fvu == pytest.approx(fvu, rel=1e-4)
+
+
+def test_token_files_of_each_format_read_the_same_ids(tmp_path):
+    import numpy as np
+
+    from replacement.errors import SparseCircuitsError
+    from replacement.evaluate_cli import read_token_file
+
+    tokens = load_file(str(REF / "tokens.safetensors"))["tokens"]
+    torch.save(tokens.int(), tmp_path / "t.pt")
+    np.save(tmp_path / "t.npy", tokens.numpy())
+    for name in ("t.pt", "t.npy"):
+        assert torch.equal(read_token_file(tmp_path / name), tokens)
+    assert torch.equal(read_token_file(REF / "tokens.safetensors"), tokens)
+    torch.save(tokens.float(), tmp_path / "f.pt")
+    with pytest.raises(SparseCircuitsError, match="integer ids"):
+        read_token_file(tmp_path / "f.pt")
