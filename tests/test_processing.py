@@ -262,3 +262,28 @@ def test_constrained_intervention_moves_the_logit_by_the_edge(both, processing):
     expected = 2.0 * graph.adjacency[top, s]  # scaling by 3 adds 2 a_s W_dec[s]
     assert abs(float(expected)) > 1e-3
     assert float(change[tok] - change.mean()) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_gated_norm_output_reader_converted_exactly(both):
+    from replacement.dictionary import GatedDictionary
+
+    gen = torch.Generator().manual_seed(3)
+    gated = GatedDictionary(
+        32,
+        32,
+        24,
+        "blocks.1.ln2.hook_out",
+        "blocks.1.hook_mlp_out",
+        metadata={"processing": "none"},
+        dtype=torch.float64,
+    )
+    with torch.no_grad():
+        for p in gated.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+    (converted,) = fitted(both["folded"], [gated])
+    ids = torch.tensor([[0, 5, 17, 42, 99, 7]])
+    x_none = both["none"].run_with_cache(ids)[1]["blocks.1.ln2.hook_out"]
+    x_folded = both["folded"].run_with_cache(ids)[1]["blocks.1.ln2.hook_normalized"]
+    expected = gated.encode(x_none)
+    assert (expected > 0).any()
+    torch.testing.assert_close(converted.encode(x_folded), expected, rtol=1e-6, atol=1e-6)
