@@ -8,10 +8,10 @@ Method (REFERENCE.md, "Prompt attribution graphs"): in the frozen local replacem
 with the readout of a feature target its encoder column at its in_hook, and of a logit target
 the demeaned unembedding column at the final norm's output after its weight and bias
 (`ln_final.hook_out`, the unembedding's input, so logit rows are exact on unprocessed models
-too; last position). Sources are the
-active features (a_s W_dec[s]), the error nodes (y - y_hat, per layer and position) and the
-token embeddings. Target rows are computed many at a time: the prompt is repeated along the
-batch, each batch row reads out a different target, and one backward pass gives all rows.
+too; last position). Sources are the active features (a_s W_dec[s]), the error nodes
+(y - y_hat, per layer and position) and the token embeddings. Target rows are computed many
+at a time: the prompt is repeated along the batch, each batch row reads out a different
+target, and one backward pass gives all rows.
 
 Position 0 (BOS) has a token node but no feature or error nodes, and is never a target.
 Rows go to the CPU as soon as they are computed; the dense adjacency never sits on the

@@ -27,7 +27,8 @@ class LayerHooks(NamedTuple):
     attn_scale: str
     """Scale of the norm in front of attention (ln1)."""
     mlp_in: str
-    """MLP input after its norm (`ln2.hook_normalized`): where transcoders read."""
+    """Normalised MLP input (`ln2.hook_normalized`, before the norm's weight and bias in
+    TransformerLens 4; the MLP's own input is `ln2.hook_out`): where our transcoders read."""
     mlp_out: str
     """MLP output: where transcoders write."""
     mlp_scale: str

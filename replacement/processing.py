@@ -216,6 +216,8 @@ def _fold_norm_into_encoder(d: Any, weight: torch.Tensor, bias: torch.Tensor | N
     b = bias.to(d.W_enc) if bias is not None else None
     if b is not None:
         d.b_enc.add_(b @ d.W_enc)
+        if getattr(d, "b_mag", None) is not None:  # a gated encoder's magnitude path
+            d.b_mag.add_(b @ (d.W_enc * d.r_mag.exp()))
         if getattr(d, "W_skip", None) is not None:
             d.b_dec.add_(b @ d.W_skip)
     d.W_enc.mul_(w[:, None])

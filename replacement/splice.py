@@ -36,12 +36,9 @@ from replacement.hooks import check_hook
 from replacement.model import model_name
 from replacement.processing import ProcessingError, model_processing
 
-# names under which one model is known (compared after taking the last path component)
-_ALIASES = {
-    "gpt2-small": "gpt2",
-    "gpt2-base": "gpt2",
-    "pythia-70m-deduped-v0": "pythia-70m-deduped",
-}
+# names under which one model is known (compared after taking the last path component);
+# TransformerLens calls GPT-2 small "gpt2-small", Hugging Face "gpt2"
+_ALIASES = {"gpt2-small": "gpt2"}
 
 
 def _base_name(name: str) -> str:

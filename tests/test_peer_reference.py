@@ -134,20 +134,17 @@ def test_evaluate_cli_token_file_and_saelens_conventions(tmp_path, capsys):
     from sparse_circuits_cli import main
 
     out = tmp_path / "report.json"
+    base = ["evaluate", "--model", str(MODEL_DIR), "--quiet"]
+    base += ["--dictionaries", str(REF / "saelens" / "resid_pre_1")]
     code = main(
         [
-            "evaluate",
-            "--model",
-            str(MODEL_DIR),
-            "--dictionaries",
-            str(REF / "saelens" / "resid_pre_1"),
+            *base,
             "--token-file",
             str(REF / "tokens.safetensors"),
             "--conventions",
             "saelens",
             "--batch-size",
             "16",
-            "--quiet",
             "--out",
             str(out),
         ]
@@ -159,16 +156,48 @@ def test_evaluate_cli_token_file_and_saelens_conventions(tmp_path, capsys):
         assert row["saelens"][key] == pytest.approx(theirs[key], rel=1e-4)
     bad = tmp_path / "tokens.npy"
     bad.write_bytes(b"not numpy")
-    code = main(
-        [
-            "evaluate",
-            "--model",
-            str(MODEL_DIR),
-            "--dictionaries",
-            str(REF / "saelens" / "resid_pre_1"),
-            "--token-file",
-            str(bad),
-            "--quiet",
-        ]
-    )
+    code = main([*base, "--token-file", str(bad)])
     assert code == 1 and "token file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("processing", ["plain", "folded"])
+def test_sparsify_transcoder_reads_and_writes_what_sparsify_does(
+    plain_model, folded_model, processing
+):
+    from replacement import splice
+
+    model = plain_model if processing == "plain" else folded_model
+    (tc,) = load_dictionaries(REF / "sparsify", model=model)
+    ref = load_file(str(REF / "sparsify_reference.safetensors"))
+    tokens = load_file(str(REF / "tokens.safetensors"))["tokens"]
+    with splice(model, [tc], record=True) as state, torch.no_grad():
+        model(tokens)
+    acts = state.acts[tc.out_hook][:, 1:].reshape(-1, tc.n_features)
+    theirs = torch.zeros_like(acts).scatter(-1, ref["latent_indices"], ref["latent_acts"])
+    torch.testing.assert_close(acts, theirs, rtol=1e-4, atol=1e-5)
+    recon = state.recons[tc.out_hook][:, 1:].reshape(-1, tc.d_out)
+    sae_out = ref["sae_out"]
+    if processing == "folded":  # the centred model's MLP output is centred, and so is ours
+        sae_out = sae_out - sae_out.mean(-1, keepdim=True)
+    torch.testing.assert_close(recon, sae_out, rtol=1e-4, atol=1e-5)
+    if processing == "plain":
+        report = spliced_loss(model, [tc], tokens, verbose=False, ablations=())
+        fvu = json.loads((REF / "sparsify.json").read_text())["fvu"]
+        assert report.rows[0].fvu == pytest.approx(fvu, rel=1e-4)
+
+
+def test_token_files_of_each_format_read_the_same_ids(tmp_path):
+    import numpy as np
+
+    from replacement.errors import SparseCircuitsError
+    from replacement.evaluate_cli import read_token_file
+
+    tokens = load_file(str(REF / "tokens.safetensors"))["tokens"]
+    torch.save(tokens.int(), tmp_path / "t.pt")
+    np.save(tmp_path / "t.npy", tokens.numpy())
+    for name in ("t.pt", "t.npy"):
+        assert torch.equal(read_token_file(tmp_path / name), tokens)
+    assert torch.equal(read_token_file(REF / "tokens.safetensors"), tokens)
+    torch.save(tokens.float(), tmp_path / "f.pt")
+    with pytest.raises(SparseCircuitsError, match="integer ids"):
+        read_token_file(tmp_path / "f.pt")

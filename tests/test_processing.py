@@ -222,3 +222,68 @@ def test_trace_and_global_refuse_width_mismatch_clearly(tiny_gpt2):
         attribute(tiny_gpt2, wide, PROMPT, verbose=False)
     with pytest.raises(ShapeError, match=r"d_in=48.*d_model=32"):
         vw(wide, tiny_gpt2, 0, 1)
+
+
+def test_native_files_record_processing_and_legacy_files_are_folded(tiny_gpt2, tmp_path):
+    import json
+
+    from replacement import load_dictionaries
+    from replacement.formats.native import save_dictionary
+    from training.config import TrainConfig
+    from training.trainer import build_dictionary
+
+    trained = build_dictionary(tiny_gpt2, TrainConfig(n_features=8), 0)
+    assert trained.metadata["processing"] == tiny_gpt2.sc_processing == "none"
+    path = save_dictionary(trained, tmp_path / "new" / "layer_0")
+    assert load_dictionaries(path.parent, model=tiny_gpt2)[0].metadata["processing"] == "none"
+    # a file from before processing was recorded was trained on a folded, centred model
+    cfg = json.loads(path.read_text())
+    del cfg["metadata"]["processing"]
+    path.write_text(json.dumps(cfg))
+    assert load_dictionaries(path.parent)[0].metadata["processing"] == "folded"
+    with pytest.raises(ProcessingError, match=r"processing='folded'"):
+        load_dictionaries(path.parent, model=tiny_gpt2)
+
+
+@pytest.mark.parametrize("processing", ["none", "folded"])
+def test_constrained_intervention_moves_the_logit_by_the_edge(both, processing):
+    from circuits.intervene import Intervention, intervene
+
+    model = both[processing]
+    dicts = fitted(model, norm_output_transcoders(both["none"]))
+    graph = attribute(model, dicts, PROMPT, batch_size=32, verbose=False)
+    top = graph.find("logit")[0]
+    tok = int(graph.node_feature[top])
+    layer0 = [i for i in graph.find("feature") if graph.node_layer[i] == 0]
+    s = max(layer0, key=lambda i: abs(float(graph.adjacency[top, i])))
+    iv = Intervention(0, int(graph.node_pos[s]), int(graph.node_feature[s]), scale=3.0)
+    result = intervene(model, dicts, graph.tokens, [iv])
+    change = result.logits[-1] - result.clean_logits[-1]
+    expected = 2.0 * graph.adjacency[top, s]  # scaling by 3 adds 2 a_s W_dec[s]
+    assert abs(float(expected)) > 1e-3
+    assert float(change[tok] - change.mean()) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_gated_norm_output_reader_converted_exactly(both):
+    from replacement.dictionary import GatedDictionary
+
+    gen = torch.Generator().manual_seed(3)
+    gated = GatedDictionary(
+        32,
+        32,
+        24,
+        "blocks.1.ln2.hook_out",
+        "blocks.1.hook_mlp_out",
+        metadata={"processing": "none"},
+        dtype=torch.float64,
+    )
+    with torch.no_grad():
+        for p in gated.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+    (converted,) = fitted(both["folded"], [gated])
+    ids = torch.tensor([[0, 5, 17, 42, 99, 7]])
+    x_none = both["none"].run_with_cache(ids)[1]["blocks.1.ln2.hook_out"]
+    x_folded = both["folded"].run_with_cache(ids)[1]["blocks.1.ln2.hook_normalized"]
+    expected = gated.encode(x_none)
+    assert (expected > 0).any()
+    torch.testing.assert_close(converted.encode(x_folded), expected, rtol=1e-6, atol=1e-6)

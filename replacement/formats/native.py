@@ -18,6 +18,9 @@ from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import DictionaryFileError
 
 FORMAT_VERSION = 1
+_LEGACY_PROCESSING = "folded"
+"""Processing of files that do not record one: they were written when `load_model` always
+folded LayerNorm and centred the writing weights (the zoo's files among them)."""
 _REQUIRED = ("kind", "activation", "in_hook", "out_hook", "d_in", "d_out", "n_features")
 
 
@@ -33,10 +36,13 @@ def save_dictionary(dictionary: Dictionary, path: str | Path) -> Path:
     Returns the path of the JSON file.
     """
     tensors_path, json_path = _paths(path)
+    config = dictionary.config()
+    # always present, so that a file without it is known to predate it (see `_LEGACY_PROCESSING`)
+    config["metadata"] = {"processing": None, **config["metadata"]}
     tensors = {k: v.detach().contiguous().cpu() for k, v in dictionary.state_dict().items()}
     with atomic_path(tensors_path) as tmp:
         save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-    write_json(json_path, {"format_version": FORMAT_VERSION, **dictionary.config()})
+    write_json(json_path, {"format_version": FORMAT_VERSION, **config})
     return json_path
 
 
@@ -71,11 +77,13 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def dictionary_from_config(cfg: dict[str, Any], dtype: torch.dtype) -> Dictionary:
     """An empty dictionary of the shape and kind a config describes."""
+    metadata = dict(cfg.get("metadata") or {})
+    metadata.setdefault("processing", _LEGACY_PROCESSING)
     common = dict(
         skip=cfg["kind"] == "skip_transcoder",
         apply_b_dec_to_input=cfg.get("apply_b_dec_to_input"),
         model_name=cfg.get("model_name", ""),
-        metadata=cfg.get("metadata", {}),
+        metadata=metadata,
         dtype=dtype,
     )
     shape = (cfg["d_in"], cfg["d_out"], cfg["n_features"], cfg["in_hook"], cfg["out_hook"])

@@ -5,6 +5,7 @@ Three steps, each run in its own environment (no download anywhere):
     python tests/peer_reference/make_reference.py model          # any env with transformers
     /work/venvs/saelens/bin/python tests/peer_reference/make_reference.py saelens
     /work/venvs/circuit_tracer/bin/python tests/peer_reference/make_reference.py circuit_tracer
+    /work/venvs/sparsify/bin/python tests/peer_reference/make_reference.py sparsify
 
 1. `model`: a seeded 3-layer GPT-2-style model (d_model 32, LayerNorm weights and biases away
    from 1 and 0, so that folding them matters) and a byte-level BPE tokenizer trained here,
@@ -18,6 +19,12 @@ Three steps, each run in its own environment (no download anywhere):
    in circuit-tracer's layout into `circuit_tracer/`, loaded by circuit-tracer, and
    `circuit_tracer.json` records its attribution graph of one prompt (active features with
    activations, the adjacency, logit tokens and probabilities).
+
+4. `sparsify` (EleutherAI sparsify): a skip transcoder on `transformer.h.1.mlp` trained by
+   sparsify's own Trainer on the Hugging Face model, its hookpoint folder copied to
+   `sparsify/`, and sparsify's own forward (reconstruction, top-k latents, FVU) on the
+   evaluation tokens' MLP inputs and outputs (BOS left out) in `sparsify_reference.safetensors`
+   and `sparsify.json`.
 
 The model is built once; TransformerLens 2 receives it as weights converted by TL2's own
 GPT-2 conversion, exactly as `from_pretrained(_no_processing)` would load it.
@@ -97,6 +104,12 @@ def make_model() -> None:
     save_file({"tokens": torch.tensor(rows, dtype=torch.long)}, str(TOKENS_FILE))
 
 
+def training_rows(tokenizer) -> list[list[int]]:
+    """The training text as rows of BOS + CTX - 1 tokens."""
+    ids = [t for text in TEXT for t in tokenizer(text)["input_ids"]]
+    return [[0, *ids[i : i + CTX - 1]] for i in range(0, len(ids) - CTX, CTX - 1)]
+
+
 def load_tokens() -> torch.Tensor:
     from safetensors.torch import load_file
 
@@ -172,10 +185,7 @@ def make_saelens() -> None:
 
     torch.manual_seed(0)
     model = tl2_model()
-    tokenizer = model.tokenizer
-    ids = [t for text in TEXT for t in tokenizer(text)["input_ids"]]
-    rows = [[0, *ids[i : i + CTX - 1]] for i in range(0, len(ids) - CTX, CTX - 1)]
-    train = Dataset.from_dict({"input_ids": rows})
+    train = Dataset.from_dict({"input_ids": training_rows(model.tokenizer)})
     out_root = HERE / "saelens"
     results = {}
     specs = {
@@ -280,8 +290,7 @@ def make_circuit_tracer() -> None:
     torch.manual_seed(0)
     model = tl2_model()
     tokenizer = model.tokenizer
-    ids = [t for text in TEXT for t in tokenizer(text)["input_ids"]]
-    rows = torch.tensor([[0, *ids[i : i + CTX - 1]] for i in range(0, len(ids) - CTX, CTX - 1)])
+    rows = torch.tensor(training_rows(tokenizer))
     n_layers, d = model.cfg.n_layers, model.cfg.d_model
     # TL2 `ln2.hook_normalized` on this unprocessed model is the LayerNorm output
     names = [f"blocks.{i}.ln2.hook_normalized" for i in range(n_layers)]
@@ -364,6 +373,65 @@ def make_circuit_tracer() -> None:
     (HERE / "circuit_tracer.json").write_text(json.dumps(summary, indent=1))
 
 
+# ---- step 4: sparsify ---------------------------------------------------------------------------
+def make_sparsify() -> None:
+    import shutil
+
+    from datasets import Dataset
+    from sparsify import SparseCoder, TrainConfig, Trainer, TranscoderConfig
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel.from_pretrained(MODEL_DIR).eval()
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    rows = training_rows(tokenizer) * 8  # sparsify trains one epoch
+    data = Dataset.from_dict({"input_ids": rows}).with_format("torch")
+    hookpoint = "h.1.mlp"  # (names inside the base model) a skip transcoder from the MLP's input to its output
+    run = HERE / "sparsify_run"
+    cfg = TrainConfig(
+        TranscoderConfig(num_latents=64, k=6, skip_connection=True),
+        hookpoints=[hookpoint],
+        batch_size=8,
+        lr=2e-3,
+        lr_warmup_steps=10,
+        log_to_wandb=False,
+        save_every=10_000,
+        save_dir=str(run),
+        run_name="tiny",
+    )
+    Trainer(cfg, data, hf).fit()
+    out = HERE / "sparsify" / hookpoint
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(run / "tiny" / hookpoint, out)  # the per-hookpoint folder sparsify wrote
+    shutil.rmtree(run)
+
+    # sparsify's own forward on the MLP inputs and outputs of the evaluation tokens
+    coder = SparseCoder.load_from_disk(out, device="cpu")
+    seen = {}
+    mlp = hf.transformer.h[1].mlp
+    handle = mlp.register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    with torch.no_grad():
+        hf(load_tokens())
+        handle.remove()
+        x = seen["x"][:, 1:].reshape(-1, seen["x"].shape[-1])  # BOS left out
+        y = seen["y"][:, 1:].reshape(-1, seen["y"].shape[-1])
+        result = coder(x, y)
+    from safetensors.torch import save_file
+
+    save_file(
+        {
+            "sae_out": result.sae_out.float().contiguous(),
+            "latent_acts": result.latent_acts.float().contiguous(),
+            "latent_indices": result.latent_indices.long().contiguous(),
+        },
+        str(HERE / "sparsify_reference.safetensors"),
+    )
+    (HERE / "sparsify.json").write_text(
+        json.dumps({"hookpoint": hookpoint, "fvu": float(result.fvu)}, indent=1)
+    )
+
+
 if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else ""
     if step == "model":
@@ -372,5 +440,7 @@ if __name__ == "__main__":
         make_saelens()
     elif step == "circuit_tracer":
         make_circuit_tracer()
+    elif step == "sparsify":
+        make_sparsify()
     else:
-        raise SystemExit("usage: make_reference.py model|saelens|circuit_tracer")
+        raise SystemExit("usage: make_reference.py model|saelens|circuit_tracer|sparsify")
