@@ -65,11 +65,13 @@ def _earlier_global_file(path: Path) -> bool:
 
 def run_global(args: argparse.Namespace) -> int:
     """Build and write the graph."""
-    from replacement.formats.detect import load_dictionaries
+    from replacement.formats.detect import describe, load_dictionaries
     from replacement.model import load_model
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
     out = check_output_dir(args.out, "--out")  # before the model loads, not after the work
+    if args.dictionaries:
+        describe(args.dictionaries)  # a missing location fails now
     model = load_model(args.model)
     dictionaries = load_dictionaries(args.dictionaries or DEFAULT_DICTIONARY_SET, model=model)
     seq_len = min(64, model.cfg.n_ctx - 1)

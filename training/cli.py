@@ -76,11 +76,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train and print where the dictionaries went."""
-    from replacement.validation import check_output_dir, check_text_source
+    from replacement.validation import check_device, check_output_dir, check_text_source
     from training.trainer import Trainer
 
     config = config_from_args(args)
     check_output_dir(config.out_dir, "--out")
+    check_device(config.device)
     if config.data is not None:
         check_text_source(config.data, "--data")
     trainer = Trainer(config)
