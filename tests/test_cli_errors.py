@@ -193,173 +193,53 @@ def _only_new_trace_files(env: dict) -> None:
 TRACE_TINY = (
     "trace {prompt} --model {{model}} --dictionaries {{dicts}} --out {{root}}/earlier_trace --quiet"
 )
+# fmt: off
 CASES = {
     # ---- silent wrong results before ----
-    "grad_clip_negative": Case(
-        [], TRAIN + " --grad-clip -1 --out {root}/a", 1, "--grad-clip (grad_clip) must be > 0"
-    ),
-    "grad_clip_zero": Case(
-        [], TRAIN + " --grad-clip 0 --out {root}/a", 1, "--grad-clip (grad_clip) must be > 0"
-    ),
-    "k_above_n_features": Case(
-        [],
-        "train --k 32 --n-features 16",
-        1,
-        "--k (k)=32 active features per token exceeds --n-features",
-    ),
-    "warmup_negative": Case(
-        [], "train --warmup-steps -5", 1, "--warmup-steps (warmup_steps) must be a number >= 0"
-    ),
-    "max_sources_negative": Case(
-        [],
-        "global --layer-from 0 --layer-to 1 --max-sources -5 --out {root}/g",
-        2,
-        "argument --max-sources: must be 0 or more",
-    ),
-    "evaluate_tokens_zero": Case(
-        [], "evaluate --dictionaries {dicts} --tokens 0", 2, "argument --tokens: must be at least 1"
-    ),
-    "evaluate_ctx_len_too_long": Case(
-        [],
-        "evaluate --model {model} --dictionaries {dicts} --text {text} --ctx-len 1000 --quiet",
-        1,
-        "--ctx-len) 1000 exceeds the model's context of 64",
-    ),
-    "train_ctx_len_too_long": Case(
-        [],
-        TRAIN.replace("--ctx-len 16", "--ctx-len 1000") + " --out {root}/ctx",
-        1,
-        "--ctx-len 1000 exceeds the model's context of 64",
-    ),
-    "train_binary_data": Case(
-        [], "train --data {binary} --out {root}/bin", 1, "--data '{binary}' looks binary"
-    ),
-    "evaluate_binary_text": Case(
-        [], "evaluate --dictionaries {dicts} --text {binary}", 1, "--text '{binary}' looks binary"
-    ),
-    "model_without_tokenizer": Case(
-        [], "evaluate --model {no_tokenizer} --dictionaries {dicts}", 1, "has no tokenizer files"
-    ),
+    "grad_clip_negative": Case([], TRAIN + " --grad-clip -1 --out {root}/a", 1, "--grad-clip (grad_clip) must be > 0"),
+    "grad_clip_zero": Case([], TRAIN + " --grad-clip 0 --out {root}/a", 1, "--grad-clip (grad_clip) must be > 0"),
+    "k_above_n_features": Case([], "train --k 32 --n-features 16", 1, "--k (k)=32 active features per token exceeds --n-features"),
+    "warmup_negative": Case([], "train --warmup-steps -5", 1, "--warmup-steps (warmup_steps) must be a number >= 0"),
+    "max_sources_negative": Case([], "global --layer-from 0 --layer-to 1 --max-sources -5 --out {root}/g", 2, "argument --max-sources: must be 0 or more"),
+    "evaluate_tokens_zero": Case([], "evaluate --dictionaries {dicts} --tokens 0", 2, "argument --tokens: must be at least 1"),
+    "evaluate_ctx_len_too_long": Case([], "evaluate --model {model} --dictionaries {dicts} --text {text} --ctx-len 1000 --quiet", 1, "--ctx-len) 1000 exceeds the model's context of 64"),
+    "train_ctx_len_too_long": Case([], TRAIN.replace("--ctx-len 16", "--ctx-len 1000") + " --out {root}/ctx", 1, "--ctx-len 1000 exceeds the model's context of 64"),
+    "train_binary_data": Case([], "train --data {binary} --out {root}/bin", 1, "--data '{binary}' looks binary"),
+    "evaluate_binary_text": Case([], "evaluate --dictionaries {dicts} --text {binary}", 1, "--text '{binary}' looks binary"),
+    "model_without_tokenizer": Case([], "evaluate --model {no_tokenizer} --dictionaries {dicts}", 1, "has no tokenizer files"),
     # ---- tracebacks before ----
-    "trace_out_is_a_file": Case(
-        [], "trace x --out {file}", 1, "--out '{file}' is an existing file"
-    ),
+    "trace_out_is_a_file": Case([], "trace x --out {file}", 1, "--out '{file}' is an existing file"),
     "trace_out_read_only": Case([], "trace x --out {readonly}", 1, "cannot write into"),
-    "node_threshold_zero": Case(
-        [], "trace x --node-threshold 0", 2, "argument --node-threshold: must be in (0, 1]"
-    ),
-    "node_threshold_above_one": Case(
-        [], "trace x --node-threshold 1.5", 2, "argument --node-threshold: must be in (0, 1]"
-    ),
-    "max_n_logits_zero": Case(
-        [], "trace x --max-n-logits 0", 2, "argument --max-n-logits: must be at least 1"
-    ),
-    "evaluate_batch_size_zero": Case(
-        [],
-        "evaluate --dictionaries {dicts} --batch-size 0",
-        2,
-        "argument --batch-size: must be at least 1",
-    ),
+    "node_threshold_zero": Case([], "trace x --node-threshold 0", 2, "argument --node-threshold: must be in (0, 1]"),
+    "node_threshold_above_one": Case([], "trace x --node-threshold 1.5", 2, "argument --node-threshold: must be in (0, 1]"),
+    "max_n_logits_zero": Case([], "trace x --max-n-logits 0", 2, "argument --max-n-logits: must be at least 1"),
+    "evaluate_batch_size_zero": Case([], "evaluate --dictionaries {dicts} --batch-size 0", 2, "argument --batch-size: must be at least 1"),
     "lr_negative": Case([], "train --lr -0.001", 1, "--lr (lr) must be > 0"),
-    "site_typo": Case(
-        [], "train --kind sae --site hook_mlp_outt", 1, "did you mean 'hook_mlp_out'"
-    ),
-    "trace_wrong_width": Case(
-        [],
-        "trace x --model {model} --dictionaries {narrow} --out {root}/w --quiet",
-        1,
-        "d_in=16 does not match hook",
-    ),
-    "ctrl_c_in_train": Case(
-        [],
-        TRAIN + " --out {root}/interrupted",
-        130,
-        "resume with: sparse-circuits train --model",
-        fault=_ctrl_c_at_step_1,
-    ),
+    "site_typo": Case([], "train --kind sae --site hook_mlp_outt", 1, "did you mean 'hook_mlp_out'"),
+    "trace_wrong_width": Case([], "trace x --model {model} --dictionaries {narrow} --out {root}/w --quiet", 1, "d_in=16 does not match hook"),
+    "ctrl_c_in_train": Case([], TRAIN + " --out {root}/interrupted", 130, "resume with: sparse-circuits train --model", fault=_ctrl_c_at_step_1),
     # ---- misleading before ----
-    "missing_relative_model_folder": Case(
-        [],
-        "evaluate --model no_such_dir --dictionaries {dicts}",
-        1,
-        "model folder 'no_such_dir' does not exist",
-    ),
-    "resume_mismatch_names_flag": Case(
-        [TRAIN + " --stop-after-steps 1 --out {root}/r"],
-        TRAIN + " --n-features 32 --out {root}/r",
-        1,
-        "start over with --no-resume",
-    ),
-    "relative_data_path_is_the_same": Case(
-        [TRAIN.replace("{text}", "corpus.txt") + " --stop-after-steps 2 --out rel"],
-        TRAIN.replace("{text}", "./corpus.txt") + " --out rel",
-        0,
-        "trained 1 dictionaries",
-        check=_resumed_at_2,
-    ),
-    "global_tokens_below_one_sequence": Case(
-        [],
-        "global --model {model} --dictionaries {dicts} --layer-from 0 --layer-to 1 --data-weighted --tokens 10 --out {root}/g",
-        1,
-        "--tokens 10 is less than one sequence of 63 tokens",
-    ),
-    "trace_into_earlier_folder": Case(
-        [TRACE_TINY.format(prompt="alpha")],
-        TRACE_TINY.format(prompt="beta"),
-        0,
-        "replacement score",
-        check=_only_new_trace_files,
-    ),
+    "missing_relative_model_folder": Case([], "evaluate --model no_such_dir --dictionaries {dicts}", 1, "model folder 'no_such_dir' does not exist"),
+    "resume_mismatch_names_flag": Case([TRAIN + " --stop-after-steps 1 --out {root}/r"], TRAIN + " --n-features 32 --out {root}/r", 1, "start over with --no-resume"),
+    "relative_data_path_is_the_same": Case([TRAIN.replace("{text}", "corpus.txt") + " --stop-after-steps 2 --out rel"], TRAIN.replace("{text}", "./corpus.txt") + " --out rel", 0, "trained 1 dictionaries", check=_resumed_at_2),
+    "global_tokens_below_one_sequence": Case([], "global --model {model} --dictionaries {dicts} --layer-from 0 --layer-to 1 --data-weighted --tokens 10 --out {root}/g", 1, "--tokens 10 is less than one sequence of 63 tokens"),
+    "trace_into_earlier_folder": Case([TRACE_TINY.format(prompt="alpha")], TRACE_TINY.format(prompt="beta"), 0, "replacement score", check=_only_new_trace_files),
     # ---- help ----
     "help_train_choices": Case([], "train --help", 0, "{{cosine,linear,none}}"),
     "help_train_defaults": Case([], "train --help", 0, "default: 1024]"),
-    "help_evaluate_defaults": Case(
-        [], "evaluate --help", 0, "number of sequences per forward pass (default: 8)"
-    ),
-    "help_trace_counts": Case(
-        [], "trace --help", 0, "number of most probable logits traced (default: 10)"
-    ),
-    "help_info_description": Case(
-        [], "info --help", 0, "List the model and dictionary sets shipped"
-    ),
+    "help_evaluate_defaults": Case([], "evaluate --help", 0, "number of sequences per forward pass (default: 8)"),
+    "help_trace_counts": Case([], "trace --help", 0, "number of most probable logits traced (default: 10)"),
+    "help_info_description": Case([], "info --help", 0, "List the model and dictionary sets shipped"),
     # ---- more found while fixing these ----
-    "full_disk": Case(
-        [],
-        "evaluate --model {model} --dictionaries {dicts} --text {text} --quiet --no-per-layer --out {root}/report.json",
-        1,
-        "no space left on the device ({root}/report.json)",
-        fault=_full_disk,
-        check=_report_intact,
-    ),
+    "full_disk": Case([], "evaluate --model {model} --dictionaries {dicts} --text {text} --quiet --no-per-layer --out {root}/report.json", 1, "no space left on the device ({root}/report.json)", fault=_full_disk, check=_report_intact),
     "bad_config_file": Case([], "train --config {bad_config}", 1, "is not valid"),
-    "corrupt_dictionary_file": Case(
-        [],
-        "evaluate --model {model} --dictionaries {corrupt} --text {text}",
-        1,
-        "layer_1.safetensors' is not a valid safetensors file",
-    ),
-    "missing_dictionaries": Case(
-        [],
-        "trace x --dictionaries {root}/nothing",
-        1,
-        "dictionary location '{root}/nothing' does not exist",
-    ),
-    "unknown_device": Case(
-        [],
-        "evaluate --dictionaries {dicts} --device banana",
-        1,
-        "--device 'banana' is not a torch device",
-    ),
-    "slug_with_a_path": Case(
-        [], "trace x --slug ../evil", 1, "--slug '../evil' is not a file name"
-    ),
-    "empty_prompt": Case(
-        [],
-        ["trace", "", "--model", "{model}", "--dictionaries", "{dicts}", "--out", "{root}/e"],
-        1,
-        "needs at least one token after BOS",
-    ),
+    "corrupt_dictionary_file": Case([], "evaluate --model {model} --dictionaries {corrupt} --text {text}", 1, "layer_1.safetensors' is not a valid safetensors file"),
+    "missing_dictionaries": Case([], "trace x --dictionaries {root}/nothing", 1, "dictionary location '{root}/nothing' does not exist"),
+    "unknown_device": Case([], "evaluate --dictionaries {dicts} --device banana", 1, "--device 'banana' is not a torch device"),
+    "slug_with_a_path": Case([], "trace x --slug ../evil", 1, "--slug '../evil' is not a file name"),
+    "empty_prompt": Case([], ["trace", "", "--model", "{model}", "--dictionaries", "{dicts}", "--out", "{root}/e"], 1, "needs at least one token after BOS"),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
