@@ -101,7 +101,9 @@ def test_no_feature_or_error_nodes_at_bos(tiny_gpt2):
 
 @pytest.fixture(scope="module")
 def small_graph(tiny_gpt2):
-    return attribute(tiny_gpt2, random_transcoders(tiny_gpt2, n_features=24), PROMPT, verbose=False)
+    tcs = random_transcoders(tiny_gpt2, n_features=24)
+    # few nodes: the export validates every link against the schema
+    return attribute(tiny_gpt2, tcs, PROMPT, max_feature_nodes=8, max_n_logits=2, verbose=False)
 
 
 def test_export_interrupted_mid_write_keeps_previous_file(small_graph, tmp_path, monkeypatch):
