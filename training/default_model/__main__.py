@@ -8,17 +8,38 @@ transformers plus the data folder), ``finish`` (evaluation and model card).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-from replacement.validation import HelpFormatter, positive_float, positive_int
 from training.default_model.train import TrainConfig
 
 DESCRIPTION = "Retrain the embedded default model on this interpreter's stdlib."
 
 
+def _positive(kind: type) -> Callable[[str], float]:
+    """argparse type: a number of `kind` > 0 (local: this package needs only torch and
+    transformers, so it does not import replacement.validation)."""
+
+    def parse(text: str):
+        try:
+            value = kind(float(text)) if kind is int else kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+positive_int, positive_float = _positive(int), _positive(float)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the command's arguments to `p` (shared by `python -m` and the console script)."""
-    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument(
+        "--out", type=Path, required=True, default=argparse.SUPPRESS, help="model folder to write"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
@@ -58,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train-default-model",
         help=DESCRIPTION,
         description=DESCRIPTION,
-        formatter_class=HelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(func=lambda args: run(args) or 0)
