@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prefix}: {hint(args, argv)}", file=sys.stderr)
         return 130
     except SparseCircuitsError as exc:
-        print(f"{prefix}: error: {exc}", file=sys.stderr)
-        if hint and getattr(exc, "checkpoint", None):
-            print(f"{prefix}: {hint(args, argv)}", file=sys.stderr)
+        if hint and getattr(exc, "checkpoint", None):  # stopped by Ctrl-C at a step boundary
+            print(f"\n{prefix}: {exc}\n{prefix}: {hint(args, argv)}", file=sys.stderr)
             return 130
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"{prefix}: error: {_os_error_line(exc)}", file=sys.stderr)

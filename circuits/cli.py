@@ -95,7 +95,7 @@ def trace(
     from circuits.attribute import attribute
     from circuits.draw import graph_png
     from replacement.atomic import atomic_path
-    from replacement.formats.detect import load_dictionaries, load_model_and_dictionaries
+    from replacement.formats.detect import describe, load_dictionaries, load_model_and_dictionaries
     from replacement.model import load_model
     from replacement.validation import check_output_dir, remove_stale_outputs
     from replacement.zoo import DEFAULT_DICTIONARY_SET
@@ -103,7 +103,13 @@ def trace(
     slug = slug or prompt_slug(prompt)
     if slug == "graph":
         raise SparseCircuitsError('the slug "graph" is the full graph\'s file name; pick another')
+    if not re.fullmatch(r"[\w][\w.-]*", slug):
+        raise SparseCircuitsError(
+            f"--slug {slug!r} is not a file name; use letters, digits, '.', '-' and '_'"
+        )
     out = check_output_dir(out, "--out")  # before the model loads, not after the work
+    if isinstance(dictionaries, str | Path):
+        describe(dictionaries)  # a missing location fails now, not after the model loads
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     if isinstance(model, str | Path) and (

@@ -65,10 +65,12 @@ def _earlier_global_file(path: Path) -> bool:
 
 def run_global(args: argparse.Namespace) -> int:
     """Build and write the graph."""
-    from replacement.formats.detect import load_model_and_dictionaries
+    from replacement.formats.detect import describe, load_model_and_dictionaries
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
     out = check_output_dir(args.out, "--out")  # before the model loads, not after the work
+    if args.dictionaries:
+        describe(args.dictionaries)  # a missing location fails now
     # the model gets the processing its dictionaries were trained under
     model, dictionaries = load_model_and_dictionaries(
         args.model, args.dictionaries or DEFAULT_DICTIONARY_SET

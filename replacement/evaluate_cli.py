@@ -11,6 +11,7 @@ from replacement.errors import SparseCircuitsError
 from replacement.model import DEFAULT_MODEL_DIR
 from replacement.validation import (
     HelpFormatter,
+    check_device,
     check_output_file,
     int_at_least,
     positive_int,
@@ -92,13 +93,15 @@ def read_token_file(path: str | Path):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Load the model and dictionaries, compute the spliced loss, print and save the report."""
-    from replacement.formats.detect import load_model_and_dictionaries
+    from replacement.formats.detect import describe, load_model_and_dictionaries
     from replacement.loss import prepare_tokens, spliced_loss
 
-    # inputs and the output path are checked before the model loads
+    # inputs, device, dictionaries and the output path are checked before the model loads
     text = read_text_file(args.text, "--text") if args.text else None
     if args.out:
         check_output_file(args.out, "--out")
+    check_device(args.device)
+    describe(args.dictionaries)  # raises if the location does not exist
     # the model gets the processing its dictionaries were trained under
     model, dictionaries = load_model_and_dictionaries(
         args.model, args.dictionaries, device=args.device, processing=args.processing

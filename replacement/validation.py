@@ -246,6 +246,23 @@ def has_tokenizer_files(folder: str | Path) -> bool:
     return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 
+def check_device(device: str | None, option: str = "--device") -> None:
+    """A torch device name that exists on this machine (None: the default)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise InputError(
+            f"{option} {device!r} is not a torch device; expected cpu, cuda or cuda:N"
+        ) from None
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind, True):
+        raise InputError(f"{option} {device!r}: no {kind} device on this machine; use --device cpu")
+
+
 # ---- model sources ----------------------------------------------------------------------------
 def _cached_on_hub(name: str) -> bool:
     try:

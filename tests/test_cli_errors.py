@@ -13,15 +13,20 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 import torch
 
+import replacement.atomic as atomic
 import replacement.model as model_module
 import sparse_circuits_cli
 from replacement.dictionary import Dictionary
 from replacement.formats.native import save_dictionary
+from training.trainer import Trainer
 
 TEXT = (
     "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, item):\n        pass\n"
@@ -62,6 +67,15 @@ def env(tmp_path_factory, tiny_gpt2_dir):
     for name in ("config.json", "model.safetensors"):
         (no_tokenizer / name).write_bytes((tiny_gpt2_dir / name).read_bytes())
     (root / "text.txt").write_text(TEXT)
+    (root / "corpus.txt").write_text(TEXT)
+    (root / "report.json").write_text('{"old": true}')
+    corrupt = _dictionary_set(root / "corrupt", 32)
+    (corrupt / "layer_1.safetensors").write_bytes(b"not safetensors")
+    stale = root / "earlier_trace"
+    stale.mkdir()
+    (stale / "notes.txt").write_text("the user's own file")
+    legacy = {"metadata": {}, "qParams": {}, "nodes": [], "links": []}  # written before manifests
+    (stale / "old-prompt.json").write_text(json.dumps(legacy))
     (root / "binary.bin").write_bytes(bytes(range(256)) * 64)
     (root / "existing_file").write_text("not a folder")
     (root / "bad_config.yaml").write_text("layers: [0\nk: 4\n")
@@ -73,6 +87,7 @@ def env(tmp_path_factory, tiny_gpt2_dir):
         "no_tokenizer": str(no_tokenizer),
         "dicts": str(_dictionary_set(root / "dicts", 32)),
         "narrow": str(_dictionary_set(root / "narrow", 16)),
+        "corrupt": str(corrupt),
         "text": str(root / "text.txt"),
         "binary": str(root / "binary.bin"),
         "file": str(root / "existing_file"),
@@ -109,8 +124,7 @@ def _cached(real):
 
 def run(argv: str | list[str], env: dict, capsys) -> tuple[int, str]:
     """Exit code and everything printed by `sparse-circuits ARGV`."""
-    if isinstance(argv, str):
-        argv = [a.format(**env) for a in argv.split()]
+    argv = [a.format(**env) for a in (argv.split() if isinstance(argv, str) else argv)]
     try:
         code = sparse_circuits_cli.main(argv)
     except SystemExit as exc:  # argparse errors and --help
@@ -119,209 +133,130 @@ def run(argv: str | list[str], env: dict, capsys) -> tuple[int, str]:
     return int(code or 0), captured.out + captured.err
 
 
-# id: (commands that must succeed first, argv, exit code, fragment of the output)
+class Case(NamedTuple):
+    """One mistake: what runs first, the command, and what the user must see."""
+
+    before: list[str]
+    """Commands that must succeed first (e.g. a run to resume)."""
+    argv: str
+    """The command (placeholders name paths of `env`)."""
+    code: int
+    """Exit code: 1 an error found by a check, 2 refused by argparse, 130 interrupted."""
+    fragment: str
+    """Part of the printed output."""
+    fault: Callable[[Any], None] | None = None
+    """Injects a fault, given pytest's monkeypatch."""
+    check: Callable[[dict], None] | None = None
+    """Further assertions on the files, given env."""
+
+
+def _full_disk(monkeypatch) -> None:
+    def replace(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+
+
+def _ctrl_c_at_step_1(monkeypatch) -> None:
+    original = Trainer._train_step
+
+    def step(self, s):
+        if s == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled between steps
+        return original(self, s)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+
+
+def _steps_logged(env: dict, run_dir: str) -> list[int]:
+    lines = (Path(env["root"]) / run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
+
+
+def _resumed_at_2(env: dict) -> None:
+    # logged at each run's last step; a restart would have cleared the first run's line
+    assert _steps_logged(env, "rel") == [2, 4]
+
+
+def _report_intact(env: dict) -> None:
+    assert (Path(env["root"]) / "report.json").read_text() == '{"old": true}'
+    assert not list(Path(env["root"]).glob(".report.json*"))  # no temporary left
+
+
+def _only_new_trace_files(env: dict) -> None:
+    folder = Path(env["root"]) / "earlier_trace"
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    files = ["beta.json", "graph.html", "graph.json", "graph.png", "graph.safetensors"]
+    assert names == sorted([*files, "notes.txt"])
+
+
+TRACE_TINY = (
+    "trace {prompt} --model {{model}} --dictionaries {{dicts}} --out {{root}}/earlier_trace --quiet"
+)
+# fmt: off
 CASES = {
     # ---- silent wrong results before ----
-    "grad_clip_negative": (
-        [],
-        TRAIN + " --grad-clip -1 --out {root}/a",
-        1,
-        "--grad-clip (grad_clip) must be > 0",
-    ),
-    "grad_clip_zero": (
-        [],
-        TRAIN + " --grad-clip 0 --out {root}/a",
-        1,
-        "--grad-clip (grad_clip) must be > 0",
-    ),
-    "k_above_n_features": (
-        [],
-        "train --k 32 --n-features 16",
-        1,
-        "--k (k)=32 active features per token exceeds --n-features",
-    ),
-    "warmup_negative": (
-        [],
-        "train --warmup-steps -5",
-        1,
-        "--warmup-steps (warmup_steps) must be a number >= 0",
-    ),
-    "max_sources_negative": (
-        [],
-        "global --layer-from 0 --layer-to 1 --max-sources -5 --out {root}/g",
-        2,
-        "argument --max-sources: must be 0 or more",
-    ),
-    "evaluate_tokens_zero": (
-        [],
-        "evaluate --dictionaries {dicts} --tokens 0",
-        2,
-        "argument --tokens: must be at least 1",
-    ),
-    "evaluate_ctx_len_too_long": (
-        [],
-        "evaluate --model {model} --dictionaries {dicts} --text {text} --ctx-len 1000 --quiet",
-        1,
-        "--ctx-len) 1000 exceeds the model's context of 64",
-    ),
-    "train_ctx_len_too_long": (
-        [],
-        TRAIN.replace("--ctx-len 16", "--ctx-len 1000") + " --out {root}/ctx",
-        1,
-        "--ctx-len 1000 exceeds the model's context of 64",
-    ),
-    "train_binary_data": (
-        [],
-        "train --data {binary} --out {root}/bin",
-        1,
-        "--data '{binary}' looks binary",
-    ),
-    "evaluate_binary_text": (
-        [],
-        "evaluate --dictionaries {dicts} --text {binary}",
-        1,
-        "--text '{binary}' looks binary",
-    ),
-    "model_without_tokenizer": (
-        [],
-        "evaluate --model {no_tokenizer} --dictionaries {dicts}",
-        1,
-        "has no tokenizer files",
-    ),
+    "grad_clip_negative": Case([], TRAIN + " --grad-clip -1 --out {root}/a", 1, "--grad-clip (grad_clip) must be > 0"),
+    "grad_clip_zero": Case([], TRAIN + " --grad-clip 0 --out {root}/a", 1, "--grad-clip (grad_clip) must be > 0"),
+    "k_above_n_features": Case([], "train --k 32 --n-features 16", 1, "--k (k)=32 active features per token exceeds --n-features"),
+    "warmup_negative": Case([], "train --warmup-steps -5", 1, "--warmup-steps (warmup_steps) must be a number >= 0"),
+    "max_sources_negative": Case([], "global --layer-from 0 --layer-to 1 --max-sources -5 --out {root}/g", 2, "argument --max-sources: must be 0 or more"),
+    "evaluate_tokens_zero": Case([], "evaluate --dictionaries {dicts} --tokens 0", 2, "argument --tokens: must be at least 1"),
+    "evaluate_ctx_len_too_long": Case([], "evaluate --model {model} --dictionaries {dicts} --text {text} --ctx-len 1000 --quiet", 1, "--ctx-len) 1000 exceeds the model's context of 64"),
+    "train_ctx_len_too_long": Case([], TRAIN.replace("--ctx-len 16", "--ctx-len 1000") + " --out {root}/ctx", 1, "--ctx-len 1000 exceeds the model's context of 64"),
+    "train_binary_data": Case([], "train --data {binary} --out {root}/bin", 1, "--data '{binary}' looks binary"),
+    "evaluate_binary_text": Case([], "evaluate --dictionaries {dicts} --text {binary}", 1, "--text '{binary}' looks binary"),
+    "model_without_tokenizer": Case([], "evaluate --model {no_tokenizer} --dictionaries {dicts}", 1, "has no tokenizer files"),
     # ---- tracebacks before ----
-    "trace_out_is_a_file": ([], "trace x --out {file}", 1, "--out '{file}' is an existing file"),
-    "trace_out_read_only": ([], "trace x --out {readonly}", 1, "cannot write into"),
-    "node_threshold_zero": (
-        [],
-        "trace x --node-threshold 0",
-        2,
-        "argument --node-threshold: must be in (0, 1]",
-    ),
-    "node_threshold_above_one": (
-        [],
-        "trace x --node-threshold 1.5",
-        2,
-        "argument --node-threshold: must be in (0, 1]",
-    ),
-    "max_n_logits_zero": (
-        [],
-        "trace x --max-n-logits 0",
-        2,
-        "argument --max-n-logits: must be at least 1",
-    ),
-    "evaluate_batch_size_zero": (
-        [],
-        "evaluate --dictionaries {dicts} --batch-size 0",
-        2,
-        "argument --batch-size: must be at least 1",
-    ),
-    "lr_negative": ([], "train --lr -0.001", 1, "--lr (lr) must be > 0"),
-    "site_typo": ([], "train --kind sae --site hook_mlp_outt", 1, "did you mean 'hook_mlp_out'"),
-    "trace_wrong_width": (
-        [],
-        "trace x --model {model} --dictionaries {narrow} --out {root}/w --quiet",
-        1,
-        "d_in=16 does not match hook",
-    ),
-    "bad_config_file": ([], "train --config {bad_config}", 1, "is not valid"),
+    "trace_out_is_a_file": Case([], "trace x --out {file}", 1, "--out '{file}' is an existing file"),
+    "trace_out_read_only": Case([], "trace x --out {readonly}", 1, "cannot write into"),
+    "node_threshold_zero": Case([], "trace x --node-threshold 0", 2, "argument --node-threshold: must be in (0, 1]"),
+    "node_threshold_above_one": Case([], "trace x --node-threshold 1.5", 2, "argument --node-threshold: must be in (0, 1]"),
+    "max_n_logits_zero": Case([], "trace x --max-n-logits 0", 2, "argument --max-n-logits: must be at least 1"),
+    "evaluate_batch_size_zero": Case([], "evaluate --dictionaries {dicts} --batch-size 0", 2, "argument --batch-size: must be at least 1"),
+    "lr_negative": Case([], "train --lr -0.001", 1, "--lr (lr) must be > 0"),
+    "site_typo": Case([], "train --kind sae --site hook_mlp_outt", 1, "did you mean 'hook_mlp_out'"),
+    "trace_wrong_width": Case([], "trace x --model {model} --dictionaries {narrow} --out {root}/w --quiet", 1, "d_in=16 does not match hook"),
+    "ctrl_c_in_train": Case([], TRAIN + " --out {root}/interrupted", 130, "resume with: sparse-circuits train --model", fault=_ctrl_c_at_step_1),
     # ---- misleading before ----
-    "missing_relative_model_folder": (
-        [],
-        "evaluate --model no_such_dir --dictionaries {dicts}",
-        1,
-        "model folder 'no_such_dir' does not exist",
-    ),
-    "resume_mismatch_names_flag": (
-        [TRAIN + " --stop-after-steps 1 --out {root}/r"],
-        TRAIN + " --n-features 32 --out {root}/r",
-        1,
-        "start over with --no-resume",
-    ),
-    "global_tokens_below_one_sequence": (
-        [],
-        "global --model {model} --dictionaries {dicts} --layer-from 0 --layer-to 1 --data-weighted --tokens 10 --out {root}/g",
-        1,
-        "--tokens 10 is less than one sequence of 63 tokens",
-    ),
+    "missing_relative_model_folder": Case([], "evaluate --model no_such_dir --dictionaries {dicts}", 1, "model folder 'no_such_dir' does not exist"),
+    "resume_mismatch_names_flag": Case([TRAIN + " --stop-after-steps 1 --out {root}/r"], TRAIN + " --n-features 32 --out {root}/r", 1, "start over with --no-resume"),
+    "relative_data_path_is_the_same": Case([TRAIN.replace("{text}", "corpus.txt") + " --stop-after-steps 2 --out rel"], TRAIN.replace("{text}", "./corpus.txt") + " --out rel", 0, "trained 1 dictionaries", check=_resumed_at_2),
+    "global_tokens_below_one_sequence": Case([], "global --model {model} --dictionaries {dicts} --layer-from 0 --layer-to 1 --data-weighted --tokens 10 --out {root}/g", 1, "--tokens 10 is less than one sequence of 63 tokens"),
+    "trace_into_earlier_folder": Case([TRACE_TINY.format(prompt="alpha")], TRACE_TINY.format(prompt="beta"), 0, "replacement score", check=_only_new_trace_files),
     # ---- help ----
-    "help_train_defaults_and_choices": ([], "train --help", 0, "{{cosine,linear,none}}"),
-    "help_train_shows_defaults": ([], "train --help", 0, "default: 1024]"),
-    "help_evaluate_defaults": (
-        [],
-        "evaluate --help",
-        0,
-        "number of sequences per forward pass (default: 8)",
-    ),
-    "help_trace_counts": (
-        [],
-        "trace --help",
-        0,
-        "number of most probable logits traced (default: 10)",
-    ),
-    "help_info_description": ([], "info --help", 0, "List the model and dictionary sets shipped"),
+    "help_train_choices": Case([], "train --help", 0, "{{cosine,linear,none}}"),
+    "help_train_defaults": Case([], "train --help", 0, "default: 1024]"),
+    "help_evaluate_defaults": Case([], "evaluate --help", 0, "number of sequences per forward pass (default: 8)"),
+    "help_trace_counts": Case([], "trace --help", 0, "number of most probable logits traced (default: 10)"),
+    "help_info_description": Case([], "info --help", 0, "List the model and dictionary sets shipped"),
+    # ---- more found while fixing these ----
+    "full_disk": Case([], "evaluate --model {model} --dictionaries {dicts} --text {text} --quiet --no-per-layer --out {root}/report.json", 1, "no space left on the device ({root}/report.json)", fault=_full_disk, check=_report_intact),
+    "bad_config_file": Case([], "train --config {bad_config}", 1, "is not valid"),
+    "corrupt_dictionary_file": Case([], "evaluate --model {model} --dictionaries {corrupt} --text {text}", 1, "layer_1.safetensors' is not a valid safetensors file"),
+    "missing_dictionaries": Case([], "trace x --dictionaries {root}/nothing", 1, "dictionary location '{root}/nothing' does not exist"),
+    "unknown_device": Case([], "evaluate --dictionaries {dicts} --device banana", 1, "--device 'banana' is not a torch device"),
+    "slug_with_a_path": Case([], "trace x --slug ../evil", 1, "--slug '../evil' is not a file name"),
+    "empty_prompt": Case([], ["trace", "", "--model", "{model}", "--dictionaries", "{dicts}", "--out", "{root}/e"], 1, "needs at least one token after BOS"),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cli_case(case, env, capsys):
-    before, argv, code, fragment = CASES[case]
-    for command in before:
-        assert run(command, env, capsys)[0] == 0
-    got, output = run(argv, env, capsys)
-    assert "Traceback" not in output
-    assert fragment.format(**env) in output, output
-    assert got == code, output
-    if code:
-        assert len([ln for ln in output.splitlines() if "error" in ln]) == 1, output
-
-
-def test_relative_data_path_resumes(env, capsys, monkeypatch):
-    """`--data ./x` and `--data x` are the same setting: the second run resumes the first."""
+def test_cli_case(case, env, capsys, monkeypatch):
+    c = CASES[case]
     monkeypatch.chdir(env["root"])
-    Path("corpus.txt").write_text(TEXT)
-    first = TRAIN.replace("{text}", "corpus.txt") + " --stop-after-steps 2 --out rel"
-    assert run(first, env, capsys)[0] == 0
-    code, output = run(TRAIN.replace("{text}", "./corpus.txt") + " --out rel", env, capsys)
-    assert code == 0 and "Traceback" not in output, output
-    steps = [json.loads(ln)["step"] for ln in Path("rel/metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 4  # resumed at 2, not restarted
-
-
-def test_trace_into_earlier_folder_removes_stale_files(env, capsys):
-    """A second trace into a folder removes the first one's pruned JSON, nothing else."""
-    out = Path(env["root"]) / "trace_twice"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    legacy = {"metadata": {}, "qParams": {}, "nodes": [], "links": []}  # before manifests
-    (out / "old-prompt.json").write_text(json.dumps(legacy))
-    base = "trace {prompt} --model {model} --dictionaries {dicts} --out " + str(out) + " --quiet"
-    assert run(base.replace("{prompt}", "alpha"), env, capsys)[0] == 0
-    assert (out / "alpha.json").is_file() and not (out / "old-prompt.json").exists()
-    assert run(base.replace("{prompt}", "beta"), env, capsys)[0] == 0
-    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert names == [
-        "beta.json",
-        "graph.html",
-        "graph.json",
-        "graph.png",
-        "graph.safetensors",
-        "notes.txt",
-    ]
-
-
-def test_full_disk_gives_one_line(env, capsys, monkeypatch):
-    """ENOSPC while writing the report: one line naming the cause, the old report intact."""
-    report = Path(env["root"]) / "report.json"
-    report.write_text('{"old": true}')
-    import replacement.atomic as atomic
-
-    def full(src, dst):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
-
-    monkeypatch.setattr(atomic.os, "replace", full)
-    argv = f"evaluate --model {{model}} --dictionaries {{dicts}} --text {{text}} --quiet --out {report}"
-    code, output = run(argv, env, capsys)
-    assert code == 1 and "Traceback" not in output
-    assert f"no space left on the device ({report})" in output
-    assert report.read_text() == '{"old": true}'
-    assert [p.name for p in report.parent.glob(".report.json*")] == []
+    for command in c.before:
+        code, output = run(command, env, capsys)
+        assert code == 0, output
+    if c.fault:
+        c.fault(monkeypatch)
+    got, output = run(c.argv, env, capsys)
+    assert "Traceback" not in output
+    assert c.fragment.format(**env) in output, output
+    assert got == c.code, output
+    if c.code:
+        lines = [ln for ln in output.splitlines() if ln.startswith("sparse-circuits ")]
+        assert len(lines) == (2 if c.code == 130 else 1), output  # one line (and the resume hint)
+    if c.check:
+        c.check(env)

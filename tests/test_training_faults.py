@@ -175,35 +175,19 @@ def test_ctrl_c_saves_checkpoint_and_says_how_to_resume(tiny_gpt2, data, referen
         assert torch.equal(resumed[0].state_dict()[name], tensor), name
 
 
-def test_ctrl_c_through_the_cli(tiny_gpt2_dir, tmp_path, capsys, monkeypatch):
-    """The CLI turns the interruption into two lines: what happened and the resume command."""
-    text = tmp_path / "t.txt"
-    text.write_text(TEXT)
-    original = Trainer._train_step
+def test_ctrl_c_before_the_first_step(tiny_gpt2_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the run is being set up (model, data) is one line and the resume hint.
 
-    def interrupt_at_1(self, step):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, step)
+    (Ctrl-C between steps through the CLI is a row of tests/test_cli_errors.py.)
+    """
 
-    monkeypatch.setattr(Trainer, "_train_step", interrupt_at_1)
-    argv = [
-        "train", "--model", str(tiny_gpt2_dir), "--data", str(text), "--n-features", "16",
-        "--k", "4", "--ctx-len", "16", "--batch-tokens", "64", "--tokens", "512",
-        "--buffer-tokens", "256", "--val-tokens", "64", "--quiet", "--no-resume",
-        "--out", str(tmp_path / "run"),
-    ]  # fmt: skip
-    code = sparse_circuits_cli.main(argv)
-    err = capsys.readouterr().err
-    assert code == 130 and "Traceback" not in err
-    assert "interrupted after step 2 of 8" in err
-    resume = err.split("resume with: ")[1].strip()
-    assert resume.startswith("sparse-circuits train --model") and "--no-resume" not in resume
-    # a Ctrl-C outside the step loop (here: while loading) is one line and the same hint
-    monkeypatch.setattr(
-        Trainer, "__init__", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
-    )
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "__init__", interrupted)
+    argv = ["train", "--model", str(tiny_gpt2_dir), "--no-resume", "--out", str(tmp_path / "r")]
     code = sparse_circuits_cli.main(argv)
     err = capsys.readouterr().err
     assert code == 130 and "Traceback" not in err and "train: interrupted" in err
-    assert "resume with: sparse-circuits train" in err
+    resume = err.split("resume with: ")[1].strip()
+    assert resume == f"sparse-circuits train --model {tiny_gpt2_dir} --out {tmp_path / 'r'}"

@@ -87,13 +87,14 @@ def sweep_configs(base: TrainConfig, path: str) -> list[TrainConfig]:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train and print where the dictionaries went."""
-    from replacement.validation import check_output_dir, check_text_source
+    from replacement.validation import check_device, check_output_dir, check_text_source
     from training.progress import progress
 
     progress(not args.quiet, "train: starting")
     from training.trainer import Trainer, train_many
 
     config = config_from_args(args)
+    check_device(config.device)
     if config.data is not None:
         check_text_source(config.data, "--data")
     if args.sweep:
@@ -116,13 +117,15 @@ def run_train(args: argparse.Namespace) -> int:
 def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     """The command that continues an interrupted run (the same one, without --no-resume)."""
     import shlex
+    from pathlib import Path
+
+    from training.trainer import CHECKPOINT_FILE
 
     out = args.out or (TrainConfig.from_file(args.config).out_dir if args.config else None)
+    checkpoint = Path(out or TrainConfig.out_dir) / CHECKPOINT_FILE
     again = [a for a in argv if a != "--no-resume"]
-    return (
-        f"progress is saved in {out or TrainConfig.out_dir}/checkpoint.pt; resume with: "
-        f"sparse-circuits {shlex.join(again)}"
-    )
+    saved = f"progress is saved in {checkpoint}" if checkpoint.is_file() else "no checkpoint yet"
+    return f"{saved}; resume with: sparse-circuits {shlex.join(again)}"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

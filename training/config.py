@@ -76,7 +76,7 @@ class TrainConfig:
     n_features: int = 1024
     """Number of features F of each dictionary."""
     k: int = 16
-    """Active features per token for topk and batchtopk."""
+    """Number of active features per token (topk and batchtopk)."""
     objective: str = "local"
     """local (reconstruct activations), e2e (KL of the spliced model) or e2e_ds (e2e + downstream MSE)."""
     l1_coefficient: float = 0.1
@@ -94,7 +94,7 @@ class TrainConfig:
     adam_eps: float = 1e-6
     """Adam epsilon (above torch's 1e-8 so rounding-noise gradients never make full-size steps)."""
     warmup_steps: int = 50
-    """Steps of linear learning-rate warm-up from 0."""
+    """Number of steps of linear learning-rate warm-up from 0."""
     decay: str = "cosine"
     """Learning-rate decay to 0 over the last `decay_fraction` of steps: cosine, linear or none."""
     decay_fraction: float = 0.2

@@ -8,6 +8,7 @@ transformers plus the data folder), ``finish`` (evaluation and model card).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from training.default_model.train import TrainConfig
@@ -15,22 +16,52 @@ from training.default_model.train import TrainConfig
 DESCRIPTION = "Retrain the embedded default model on this interpreter's stdlib."
 
 
+def _positive(kind: type) -> Callable[[str], float]:
+    """argparse type: a number of `kind` > 0 (local: this package needs only torch and
+    transformers, so it does not import replacement.validation)."""
+
+    def parse(text: str):
+        try:
+            value = kind(float(text)) if kind is int else kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+positive_int, positive_float = _positive(int), _positive(float)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the command's arguments to `p` (shared by `python -m` and the console script)."""
-    p.add_argument("--out", type=Path, required=True, help="model folder to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", type=Path, required=True, default=argparse.SUPPRESS, help="model folder to write"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--tokens", type=int, default=TrainConfig.tokens, help="training tokens")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument(
+        "--tokens", type=positive_int, default=TrainConfig.tokens, help="number of training tokens"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=TrainConfig.batch_size,
+        help="number of sequences per optimiser step",
+    )
+    p.add_argument("--lr", type=positive_float, default=TrainConfig.lr, help="peak learning rate")
+    p.add_argument(
+        "--vocab-size", type=positive_int, default=4096, help="number of tokenizer entries"
+    )
     p.add_argument(
         "--stage", choices=["all", "prepare", "train", "finish"], default="all", help="what to run"
     )
     p.add_argument(
         "--data", type=Path, default=None, help="token data folder (needed unless --stage all)"
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -44,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `sparse-circuits train-default-model`."""
-    parser = subparsers.add_parser("train-default-model", help=DESCRIPTION, description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "train-default-model",
+        help=DESCRIPTION,
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_arguments(parser)
     parser.set_defaults(func=lambda args: run(args) or 0)
 
