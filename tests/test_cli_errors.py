@@ -110,10 +110,17 @@ _CACHE: dict[str, object] = {}
 
 
 def _cached(real):
-    def load(source="default", device=None, dtype=None, tokenizer=None):
-        key = str(Path(str(source)).resolve()) if isinstance(source, (str, Path)) else None
+    def load(source="default", device=None, dtype=None, tokenizer=None, **kw):
+        # one model per folder and processing ("auto" resolves to what the dictionaries want)
+        key = None
+        if isinstance(source, (str, Path)):
+            key = f"{Path(str(source)).resolve()}|{kw.get('processing', 'auto')}"
+            if kw.get("for_dictionaries") is not None:
+                from replacement.processing import choose_processing
+
+                key += f"|{choose_processing(kw['for_dictionaries'])}"
         if key is None or key not in _CACHE:
-            model = real(source, device=device, dtype=dtype, tokenizer=tokenizer)
+            model = real(source, device=device, dtype=dtype, tokenizer=tokenizer, **kw)
             if key is None:
                 return model
             _CACHE[key] = model
