@@ -73,7 +73,7 @@ def test_cache_holds_the_models_activations_and_describes_them(
     m = cache.manifest
     assert m["model"] == "sparse-circuits-default" and m["dtype"] == "float16"
     assert m["token_source_sha256"] == token_source_hash(small_data.train)
-    assert m["processing"]["compatibility_mode"] is True
+    assert m["processing"] == "folded"  # the embedded model's processing (replacement.processing)
     assert cache.n_shards == 4 and m["hooks"] == {h: 128 for h in HOOKS}
     # shard 2 holds the masked tokens of its block of rows, in order, as float16
     bounds = [small_data.train.shape[0] * s // 4 for s in range(5)]

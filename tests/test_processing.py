@@ -232,7 +232,7 @@ def test_native_files_record_processing_and_legacy_files_are_folded(tiny_gpt2, t
     from training.config import TrainConfig
     from training.trainer import build_dictionary
 
-    trained = build_dictionary(tiny_gpt2, TrainConfig(n_features=8), 0)
+    trained = build_dictionary(tiny_gpt2, TrainConfig(n_features=8, k=4), 0)
     assert trained.metadata["processing"] == tiny_gpt2.sc_processing == "none"
     path = save_dictionary(trained, tmp_path / "new" / "layer_0")
     assert load_dictionaries(path.parent, model=tiny_gpt2)[0].metadata["processing"] == "none"
