@@ -85,7 +85,10 @@ class LinearRowEngine:
     """Rows of the adjacency for batches of targets, by the transposed frozen linear map.
 
     A context manager like the autograd `_RowEngine`: frozen patterns and scales are captured
-    by one no-grad forward on entry and released on exit.
+    by one no-grad forward on entry (and folded into per-layer matrices) and released on exit.
+    Gradients are laid out positions first, [pos, rows, d_model], so that the causal
+    truncation to the first p positions is a contiguous slice and every per-position product
+    is one batched matmul.
     """
 
     def __init__(
@@ -101,7 +104,7 @@ class LinearRowEngine:
         dtype = model.W_E.dtype
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.layered = norm_type_is_layernorm(model)
-        self._frozen: dict[str, Tensor] | None = None
+        self.device = tokens.device
 
     # ---- setup ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -109,8 +112,8 @@ class LinearRowEngine:
         model, cfg, dt = self.model, self.model.cfg, self.dtype
         names = ["ln_final.hook_scale"]
         for layer in range(cfg.n_layers):
-            names += [f"blocks.{layer}.{n}" for n in ("attn.hook_pattern", "ln1.hook_scale")]
-            names.append(f"blocks.{layer}.ln2.hook_scale")
+            b = f"blocks.{layer}"
+            names += [f"{b}.attn.hook_pattern", f"{b}.ln1.hook_scale", f"{b}.ln2.hook_scale"]
         frozen: dict[str, Tensor] = {}
 
         def keep(act: Tensor, hook: Any) -> Tensor:
@@ -119,133 +122,139 @@ class LinearRowEngine:
 
         with model.hooks(fwd_hooks=[(n, keep) for n in names]):
             model(self.tokens.unsqueeze(0))
-        self._frozen = frozen
-        # per layer: W_O [h, dh, d], W_V [h, d, dh] with ln1's weight folded in
+        self.inv_final = 1.0 / frozen["ln_final.hook_scale"]  # [pos, 1]
+        self.inv_ln2 = [1.0 / frozen[f"blocks.{i}.ln2.hook_scale"] for i in range(cfg.n_layers)]
         W_O, W_V = model.W_O.detach().to(dt), model.W_V.detach().to(dt)
-        if W_V.shape[1] != W_O.shape[1]:  # grouped-query attention: each kv head serves a group
-            W_V = W_V.repeat_interleave(W_O.shape[1] // W_V.shape[1], dim=1)
-        self.W_O, self.W_V = W_O, W_V
-        self.ln1_w = [_norm_weight(b.ln1, dt) for b in model.blocks]
-        self.ln2_w = [_norm_weight(b.ln2, dt) for b in model.blocks]
-        self.lnf_w = _norm_weight(model.ln_final, dt)
-        # per layer: the dictionary slice whose MLP it replaces and how it reads
+        n_heads, d_head = W_O.shape[1], W_O.shape[2]
+        if W_V.shape[1] != n_heads:  # grouped-query attention: each kv head serves a group
+            W_V = W_V.repeat_interleave(n_heads // W_V.shape[1], dim=1)
+        self.n_heads, self.d_head = n_heads, d_head
+        self.patterns, self.W_O_T, self.W_V_T = [], [], []
+        for layer, block in enumerate(model.blocks):
+            # P^T[h, k, q] with ln1's frozen 1/scale of the key position folded in
+            pattern = frozen[f"blocks.{layer}.attn.hook_pattern"]
+            inv_ln1 = 1.0 / frozen[f"blocks.{layer}.ln1.hook_scale"][:, 0]
+            self.patterns.append((pattern.transpose(1, 2) * inv_ln1[None, :, None]).contiguous())
+            self.W_O_T.append(W_O[layer].reshape(n_heads * d_head, -1).T.contiguous())
+            # rows of W_V^T diag(w1) C: ln1's weight and centring folded in
+            w_v = self._centre(_scaled_rows(W_V[layer], _norm_weight(block.ln1, dt)), dim=1)
+            self.W_V_T.append(w_v.permute(0, 2, 1).reshape(n_heads * d_head, -1).contiguous())
         self.by_layer = {hook_layer(d.out_hook): k for k, d in enumerate(self.dictionaries)}
         self.reads = [
             _READS[d.in_hook.removeprefix(f"blocks.{hook_layer(d.out_hook)}.")]
             for d in self.dictionaries
         ]
-        self.skips = [
-            None if d.W_skip is None else d.W_skip.detach().to(dt) for d in self.dictionaries
-        ]
+        self.read_t = [self._read_matrix(k) for k in range(len(self.dictionaries))]
+        self.skip_t = [self._skip_matrix(k) for k in range(len(self.dictionaries))]
         self._sources_by_layer()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._frozen = None
+        self.patterns = []
+
+    def _centre(self, m: Tensor, dim: int) -> Tensor:
+        """C m along `dim` for LayerNorm (the transposed centring), m for RMSNorm."""
+        return m - m.mean(dim, keepdim=True) if self.layered else m
+
+    def _read_matrix(self, k: int) -> Tensor | None:
+        """[d, d] taking a readout vector at dictionary k's in_hook to resid_mid (before 1/scale)."""
+        d = self.dictionaries[k]
+        layer, read = hook_layer(d.out_hook), self.reads[k]
+        if read == "resid":
+            return None
+        eye = torch.eye(d.d_in, dtype=self.dtype, device=self.device)
+        w2 = _norm_weight(self.model.blocks[layer].ln2, self.dtype) if read == "out" else None
+        return self._centre(_scaled_rows(eye, w2), dim=1)  # v -> C (w2 * v) as v @ diag(w2) C
+
+    def _skip_matrix(self, k: int) -> Tensor | None:
+        """W_skip^T followed by the read map: g_post [.., d_out] -> g_mid (before 1/scale)."""
+        d = self.dictionaries[k]
+        if d.W_skip is None:
+            return None
+        m = d.W_skip.detach().to(self.device, self.dtype).T  # [d_out, d_in]
+        read = self.read_t[k]
+        return (m if read is None else m @ read).contiguous()
 
     def _sources_by_layer(self) -> None:
         """For every out_hook, the feature columns written there, padded per position."""
-        src, n_pos = self.sources, self.tokens.numel()
-        device = self.tokens.device
-        n_feat = src.n_features
+        src, n_pos, device = self.sources, self.tokens.numel(), self.device
         self.writes: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
-        offset = 0
-        starts = []
-        for k in range(len(self.dictionaries)):
-            n_k = int((src.feat_dict == k).sum())
+        starts, offset = [], 0
+        for k in range(len(self.dictionaries)):  # sources are ordered by dictionary
             starts.append(offset)
-            offset += n_k
+            offset += int((src.feat_dict == k).sum())
+        self.n_feat = offset
         for k, d in enumerate(self.dictionaries):
-            mine = torch.arange(starts[k], starts[k] + int((src.feat_dict == k).sum()))
-            pos = src.feat_pos[mine.to(src.feat_pos.device)].to(device)
-            idx = src.feat_index[mine.to(src.feat_pos.device)].to(device)
-            act = src.feat_act[mine.to(src.feat_pos.device)].to(device, self.dtype)
+            mine = torch.arange(starts[k], starts[k + 1] if k + 1 < len(starts) else offset)
+            sel = mine.to(src.feat_pos.device)
+            pos, idx = src.feat_pos[sel].to(device), src.feat_index[sel].to(device)
+            act = src.feat_act[sel].to(device, self.dtype)
             # features of this dictionary grouped by position, padded to the fullest position
             counts = torch.bincount(pos, minlength=n_pos)
-            width = int(counts.max()) if len(pos) else 0
+            width = max(int(counts.max()) if len(pos) else 0, 1)
             slot = torch.arange(len(pos), device=device) - (counts.cumsum(0) - counts)[pos]
-            column = torch.full((n_pos, max(width, 1)), -1, dtype=torch.long, device=device)
+            column = torch.full((n_pos, width), -1, dtype=torch.long, device=device)
             column[pos, slot] = mine.to(device)
-            gather = torch.zeros(n_pos, max(width, 1), dtype=torch.long, device=device)
+            gather = torch.zeros(n_pos, width, dtype=torch.long, device=device)
             gather[pos, slot] = idx
-            scale = torch.zeros(n_pos, max(width, 1), dtype=self.dtype, device=device)
+            scale = torch.zeros(n_pos, width, dtype=self.dtype, device=device)
             scale[pos, slot] = act
-            layer_writes = [(d.out_hook, d.W_dec)] + list(getattr(d, "later_decoders", ()))
-            for hook, w_dec in layer_writes:
-                entry = (column, gather, scale, w_dec.detach())
+            for hook, w_dec in [(d.out_hook, d.W_dec), *getattr(d, "later_decoders", ())]:
+                entry = (column, gather, scale, w_dec.detach().to(device))
                 self.writes.setdefault(hook_layer(hook), []).append(entry)
-        self.n_feat = n_feat
-        assert offset == n_feat  # sources are ordered by dictionary
 
     # ---- the transposed map ----------------------------------------------------------------
-    def _norm_t(self, g: Tensor, scale_name: str) -> Tensor:
-        """Transpose of the frozen norm (before its weight) applied to g [n, p, d]."""
-        scale = self._frozen[scale_name][: g.shape[1]]  # [p, 1]
-        if self.layered:
-            g = g - g.mean(-1, keepdim=True)
-        return g / scale
-
-    def _into_resid(self, g: Tensor, read: str, layer: int) -> Tensor:
-        """Gradient at resid_mid of a readout vector given at an MLP-input hook."""
-        if read == "resid":
-            return g
-        if read == "out" and self.ln2_w[layer] is not None:
-            g = g * self.ln2_w[layer]
-        return self._norm_t(g, f"blocks.{layer}.ln2.hook_scale")
-
-    def _attention_t(self, g: Tensor, layer: int) -> Tensor:
-        """g at resid_mid [n, p, d] -> its contribution at resid_pre through frozen OV."""
-        p = g.shape[1]
-        pattern = self._frozen[f"blocks.{layer}.attn.hook_pattern"][:, :p, :p]  # [h, q, k]
-        gz = torch.einsum("npd,hed->nhpe", g, self.W_O[layer])  # [n, h, q, dh]
-        gv = pattern.transpose(1, 2).unsqueeze(0) @ gz  # [n, h, k, dh]
-        gx = torch.einsum("nhke,hde->nkd", gv, self.W_V[layer])
-        if self.ln1_w[layer] is not None:
-            gx = gx * self.ln1_w[layer]
-        return self._norm_t(gx, f"blocks.{layer}.ln1.hook_scale")
-
     def _read_sources(self, g: Tensor, layer: int, rows: Tensor) -> None:
-        """Add the columns of every source injected at layer `layer`'s out_hook."""
-        n, p, _ = g.shape
+        """Add the columns (rows is [n_src, n]) of every source injected at layer `layer`."""
+        p, n, _ = g.shape
         for column, gather, scale, w_dec in self.writes.get(layer, ()):
-            col, idx, act = column[:p], gather[:p], scale[:p]
-            if (col >= 0).sum() == 0:
-                continue
-            vec = w_dec[idx].to(self.dtype) * act.unsqueeze(-1)  # [p, m, d]
-            vals = torch.einsum("npd,pmd->npm", g, vec).reshape(n, -1)
-            flat = col.reshape(-1)
+            flat = column[:p].reshape(-1)
             live = flat >= 0
-            rows[:n, flat[live]] += vals[:, live].float()
+            if not bool(live.any()):
+                continue
+            vec = w_dec[gather[:p]].to(self.dtype) * scale[:p].unsqueeze(-1)  # [p, m, d]
+            vals = torch.bmm(vec, g.transpose(1, 2)).reshape(-1, n)  # [p * m, n]
+            rows.index_add_(0, flat[live], vals[live].float())
         k = self.by_layer[layer]
-        err = self.sources.errors[k][1:p].to(g.device, self.dtype)  # [p-1, d]
+        err = self.sources.errors[k][1:p].to(self.device, self.dtype)  # [p-1, d]
         start = self.n_feat + k * (self.tokens.numel() - 1)
-        rows[:n, start : start + p - 1] += torch.einsum("npd,pd->np", g[:, 1:], err).float()
+        rows[start : start + p - 1] += torch.bmm(g[1:], err.unsqueeze(-1))[..., 0].float()
 
-    def _run(self, g_top: Tensor | None, inject: list[tuple[int, Tensor]], n: int) -> Tensor:
-        """Rows [n, n_src] for targets already at the top (g_top [n_top, p, d]) and targets
-        entering at resid_mid of layer l (inject: (l, g [n_l, p, d]) in descending l, the rows
-        of each following the previous ones)."""
+    def _attention_t(self, g: Tensor, layer: int) -> None:
+        """g at resid_mid [p, n, d] += its path back to resid_pre through frozen OV (in place)."""
+        p, n, d = g.shape
+        h, e = self.n_heads, self.d_head
+        gz = (g.reshape(p * n, d) @ self.W_O_T[layer]).reshape(p, n, h, e)
+        gz = gz.permute(2, 0, 1, 3).reshape(h, p, n * e)
+        gv = torch.bmm(self.patterns[layer][:, :p, :p], gz)  # [h, k, n * e]
+        gv = gv.reshape(h, p, n, e).permute(1, 2, 0, 3).reshape(p * n, h * e)
+        g.view(p * n, d).addmm_(gv, self.W_V_T[layer])
+
+    def _run(self, g: Tensor | None, inject: list[tuple[int, Tensor]], n: int) -> Tensor:
+        """Rows [n, n_src] for targets already at the top (g [p, n_top, d]) and targets that
+        enter at resid_mid of layer l (inject: (l, g_l [p_l, n_l, d]) in descending l; the
+        rows of each follow the rows before them)."""
         src, n_pos = self.sources, self.tokens.numel()
-        rows = torch.zeros(n, src.n_sources, device=self.tokens.device)
-        g = g_top
+        rows = torch.zeros(src.n_sources, n, device=self.device)
         pending = list(inject)
         for layer in range(self.model.cfg.n_layers - 1, -1, -1):
+            k = self.by_layer[layer]
             if g is not None:
-                self._read_sources(g, layer, rows)
-                k = self.by_layer[layer]
-                if self.skips[k] is not None:
-                    up = g @ self.skips[k].T
-                    g = g + self._into_resid(up, self.reads[k], layer)
+                self._read_sources(g, layer, rows[:, : g.shape[1]])
+                if self.skip_t[k] is not None:
+                    up = g @ self.skip_t[k]
+                    if self.reads[k] == "resid":
+                        g += up
+                    else:
+                        g.addcmul_(up, self.inv_ln2[layer][: g.shape[0], :, None])
             while pending and pending[0][0] == layer:
-                _, g_new = pending.pop(0)
-                g = g_new if g is None else _stack(g, g_new)
+                g = pending.pop(0)[1] if g is None else _stack(g, pending.pop(0)[1])
             if g is not None:
-                g = g + self._attention_t(g, layer)
-        token_cols = torch.einsum("npd,pd->np", g, src.embed[: g.shape[1]].to(self.dtype))
-        rows[: g.shape[0], src.n_sources - n_pos : src.n_sources - n_pos + g.shape[1]] = (
-            token_cols.float()
-        )
-        return rows
+                self._attention_t(g, layer)
+        p = g.shape[0]
+        token_cols = torch.bmm(g, src.embed[:p].to(self.dtype).unsqueeze(-1))[..., 0]  # [p, n]
+        rows[src.n_sources - n_pos : src.n_sources - n_pos + p] = token_cols.float()
+        return rows.T
 
     # ---- the two kinds of rows ---------------------------------------------------------------
     @torch.no_grad()
@@ -254,51 +263,79 @@ class LinearRowEngine:
         out = []
         n_pos, d = self.tokens.numel(), self.model.cfg.d_model
         for start in range(0, len(directions), self.batch_size):
-            dirs = directions[start : start + self.batch_size].to(self.tokens.device, self.dtype)
-            g = torch.zeros(len(dirs), n_pos, d, dtype=self.dtype, device=dirs.device)
-            g[:, -1] = dirs
-            g = self._norm_t(g, "ln_final.hook_scale")
+            dirs = directions[start : start + self.batch_size].to(self.device, self.dtype)
+            g = torch.zeros(n_pos, len(dirs), d, dtype=self.dtype, device=self.device)
+            g[-1] = self._centre(dirs, dim=-1) * self.inv_final[-1]
             out.append(self._run(g, [], len(dirs)))
         return torch.cat(out)
 
     @torch.no_grad()
     def rows_for_features(self, chosen: Int[Tensor, " n"]) -> Tensor:
-        """Rows of feature targets (indices into the sources' active features)."""
+        """Rows of feature targets (indices into the sources' active features).
+
+        Each batch is split by target position into a few groups, each run only over the
+        positions up to its last target (the rest of its gradient is zero, causally).
+        """
         src, out = self.sources, []
         for start in range(0, len(chosen), self.batch_size):
             idx = chosen[start : start + self.batch_size].to(src.feat_dict.device)
-            dict_k = src.feat_dict[idx]
-            layers = torch.tensor(
-                [hook_layer(self.dictionaries[k].out_hook) for k in dict_k.tolist()]
-            )
-            order = torch.sort(layers, descending=True, stable=True).indices
-            inject = []
-            for layer in layers[order].unique_consecutive().tolist():
-                mine = order[layers[order] == layer].to(idx.device)
-                inject.append((layer, self._feature_targets(idx[mine], layer)))
-            rows = self._run(None, inject, len(idx))
-            unsorted = torch.empty_like(rows)
-            unsorted[order.to(rows.device)] = rows
-            out.append(unsorted)
+            by_pos = src.feat_pos[idx].argsort(stable=True)
+            group = max(POSITION_GROUP_MIN, -(-len(idx) // POSITION_GROUPS))
+            rows = torch.empty(len(idx), src.n_sources, device=self.device)
+            for g0 in range(0, len(idx), group):
+                part = by_pos[g0 : g0 + group]
+                rows[part.to(self.device)] = self._feature_group(idx[part])
+            out.append(rows)
         return torch.cat(out)
+
+    def _feature_group(self, idx: Tensor) -> Tensor:
+        """Rows of one group of feature targets, injected layer by layer from the top."""
+        src = self.sources
+        layers = torch.tensor(
+            [hook_layer(self.dictionaries[k].out_hook) for k in src.feat_dict[idx].tolist()]
+        )
+        order = torch.sort(layers, descending=True, stable=True).indices
+        inject = []
+        for layer in layers[order].unique_consecutive().tolist():
+            mine = order[layers[order] == layer].to(idx.device)
+            inject.append((layer, self._feature_targets(idx[mine], layer)))
+        rows = self._run(None, inject, len(idx))
+        unsorted = torch.empty_like(rows)
+        unsorted[order.to(rows.device)] = rows
+        return unsorted
 
     def _feature_targets(self, idx: Tensor, layer: int) -> Tensor:
         """Encoder columns of features (all of layer `layer`) as gradients at resid_mid."""
         src, k = self.sources, self.by_layer[layer]
         d = self.dictionaries[k]
-        pos = src.feat_pos[idx].to(self.tokens.device)
-        enc = d.W_enc.detach()[:, src.feat_index[idx].to(d.W_enc.device)].T.to(self.dtype)
-        p = int(pos.max()) + 1
-        g = torch.zeros(len(idx), p, enc.shape[-1], dtype=self.dtype, device=enc.device)
-        g[torch.arange(len(idx), device=enc.device), pos] = enc
-        return self._into_resid(g, self.reads[k], layer)
+        pos = src.feat_pos[idx].to(self.device)
+        enc = d.W_enc.detach()[:, src.feat_index[idx].to(d.W_enc.device)].T
+        enc = enc.to(self.device, self.dtype)
+        read = self.read_t[k]
+        if read is not None:
+            enc = (enc @ read) * self.inv_ln2[layer][pos]
+        g = torch.zeros(int(pos.max()) + 1, len(idx), enc.shape[-1], dtype=self.dtype)
+        g = g.to(self.device)
+        g[pos, torch.arange(len(idx), device=self.device)] = enc
+        return g
+
+
+POSITION_GROUPS = 4
+"""Groups a batch of feature rows is split into by target position."""
+POSITION_GROUP_MIN = 64
+"""Fewest rows in a position group (smaller groups cost more in overhead than they save)."""
+
+
+def _scaled_rows(m: Tensor, w: Tensor | None) -> Tensor:
+    """diag(w) m along m's second-to-last dimension (m unchanged when w is None)."""
+    return m if w is None else m * w[:, None]
 
 
 def _stack(g: Tensor, g_new: Tensor) -> Tensor:
-    """Rows of g then rows of g_new, padded to the longer position span."""
-    p = max(g.shape[1], g_new.shape[1])
-    pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, p - t.shape[1]))  # noqa: E731
-    return torch.cat([pad(g), pad(g_new)])
+    """Rows of g then rows of g_new ([pos, n, d] each), padded to the longer position span."""
+    p = max(g.shape[0], g_new.shape[0])
+    pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, 0, 0, p - t.shape[0]))  # noqa: E731
+    return torch.cat([pad(g), pad(g_new)], dim=1)
 
 
 ROW_MEMORY_BYTES = 2**30
