@@ -20,10 +20,12 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from circuits.graph import AttributionGraph, GraphScores
 from replacement.errors import SparseCircuitsError
+
+if TYPE_CHECKING:  # torch loads only when a trace runs, so that `--help` starts fast
+    from circuits.graph import AttributionGraph, GraphScores
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
@@ -235,7 +237,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--node-threshold", type=float, default=0.8, help="pruning: influence kept")
     p.add_argument("--edge-threshold", type=float, default=0.98, help="pruning: edge score kept")
-    p.add_argument("--batch-size", type=int, default=64, help="target rows per backward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="target rows per pass (default: chosen from the prompt length and memory)",
+    )
     p.add_argument("--top-features", type=int, default=10, help="features listed in the report")
     p.add_argument("--raw", action="store_true", help="take the prompt literally (no escapes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

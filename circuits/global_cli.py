@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from circuits.global_graph import global_graph
 from replacement.errors import SparseCircuitsError
+
+if TYPE_CHECKING:  # torch loads only when the command runs, so that `--help` starts fast
+    import torch
 
 
 def _site_key(text: str) -> int | str:
@@ -25,6 +26,8 @@ def _site_key(text: str) -> int | str:
 def _token_set(model, n_tokens: int, seq_len: int) -> torch.Tensor:
     """[n, 1 + seq_len] rows of BOS + held-out text of the default model's training domain."""
     import sysconfig
+
+    import torch
 
     from replacement.model import to_tokens
 
@@ -42,6 +45,7 @@ def _token_set(model, n_tokens: int, seq_len: int) -> torch.Tensor:
 
 def run_global(args: argparse.Namespace) -> int:
     """Build and write the graph."""
+    from circuits.global_graph import global_graph
     from replacement.formats.detect import load_dictionaries
     from replacement.model import load_model
     from replacement.zoo import DEFAULT_DICTIONARY_SET

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.default_model.train import TrainConfig
-
 DESCRIPTION = "Retrain the embedded default model on this interpreter's stdlib."
 
 
@@ -20,9 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--tokens", type=int, default=TrainConfig.tokens, help="training tokens")
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    # defaults (None) come from TrainConfig, read only when the command runs: importing it
+    # imports torch and transformers, which `sparse-circuits --help` should not wait for
+    p.add_argument("--tokens", type=int, default=None, help="training tokens (default: config)")
+    p.add_argument("--batch-size", type=int, default=None, help="(default: config)")
+    p.add_argument("--lr", type=float, default=None, help="(default: config)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument(
         "--stage", choices=["all", "prepare", "train", "finish"], default="all", help="what to run"
@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the stage(s) that parsed arguments ask for."""
+    from training.default_model.train import TrainConfig
+
     verbose = not args.quiet
+    for name in ("tokens", "batch_size", "lr"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(TrainConfig, name))
     overrides = {"batch_size": args.batch_size, "lr": args.lr}
     from training.default_model import pipeline
 
