@@ -72,7 +72,9 @@ def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | Non
         by_layer[layer] = d
     bare = [layer for layer in range(cfg.n_layers) if layer not in by_layer]
     if bare:
-        return f"the MLPs of layers {bare} have no transcoder (they would be differentiated through)"
+        return (
+            f"the MLPs of layers {bare} have no transcoder (they would be differentiated through)"
+        )
     return None
 
 

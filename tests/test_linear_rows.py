@@ -81,7 +81,8 @@ def test_norm_weights_are_part_of_the_map(tiny_tokenizer):
     """Norm weights away from 1 (as in a model loaded without folding) change the edges; the
     linear path follows them."""
     model = load_model(
-        make_gpt2(len(tiny_tokenizer), seed=2).double(), tokenizer=tiny_tokenizer,
+        make_gpt2(len(tiny_tokenizer), seed=2).double(),
+        tokenizer=tiny_tokenizer,
         dtype=torch.float64,
     )
     gen = torch.Generator().manual_seed(0)

@@ -143,7 +143,9 @@ def prepare(folder: Path, n_features: int, lengths: list[int], seed: int = 0) ->
             "W_skip": torch.randn(d, d) * 0.2 / d**0.5,
             "activation_function.threshold": threshold,
         }
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tc / f"layer_{layer}.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()}, str(tc / f"layer_{layer}.safetensors")
+        )
     (tc / "config.yaml").write_text(
         yaml.safe_dump(
             {
@@ -184,13 +186,21 @@ def worker_ours(folder: Path, n: int, budget: int | None, threads: int, device: 
         seconds = time.perf_counter() - start
     keys = []
     for kind, layer, pos, feat in zip(
-        graph.node_kind, graph.node_layer.tolist(), graph.node_pos.tolist(),
-        graph.node_feature.tolist(), strict=True,
+        graph.node_kind,
+        graph.node_layer.tolist(),
+        graph.node_pos.tolist(),
+        graph.node_feature.tolist(),
+        strict=True,
     ):
         keys.append(_key(kind, layer, pos, feat))
     torch.save({"keys": keys, "adjacency": graph.adjacency}, folder / f"ours_{n}.pt")
-    return {"seconds": seconds, "peak_mb": mem.peak_mb, "features": graph.node_kind.count("feature"),
-            "method": graph.metadata.get("method"), "batch": graph.metadata.get("batch_size")}
+    return {
+        "seconds": seconds,
+        "peak_mb": mem.peak_mb,
+        "features": graph.node_kind.count("feature"),
+        "method": graph.metadata.get("method"),
+        "batch": graph.metadata.get("batch_size"),
+    }
 
 
 def worker_ct(folder: Path, n: int, budget: int | None, threads: int, device: str) -> dict:
@@ -206,12 +216,19 @@ def worker_ct(folder: Path, n: int, budget: int | None, threads: int, device: st
     from transformer_lens import HookedTransformerConfig
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    cfg = HookedTransformerConfig(**json.loads((folder / "tl_config.json").read_text()), device=device)
+    cfg = HookedTransformerConfig(
+        **json.loads((folder / "tl_config.json").read_text()), device=device
+    )
     n_layers = cfg.n_layers
     paths = {i: str(folder / "transcoders" / f"layer_{i}.safetensors") for i in range(n_layers)}
     tcs = load_transcoder_set(
-        paths, "bench", INPUT_HOOK, OUTPUT_HOOK, device=torch.device(device),
-        lazy_encoder=False, lazy_decoder=False,
+        paths,
+        "bench",
+        INPUT_HOOK,
+        OUTPUT_HOOK,
+        device=torch.device(device),
+        lazy_encoder=False,
+        lazy_decoder=False,
     )
     # read the tokenizer.json directly: transformers 4.x cannot read a 5.x tokenizer config
     special = json.loads((folder / "tokenizer" / "special.json").read_text())
@@ -283,12 +300,29 @@ def ct_python(given: str | None) -> str:
 
 
 def run_worker(python: str, which: str, folder: Path, n: int, args) -> dict:
-    cmd = [python, str(HERE), "--worker", which, "--folder", str(folder), "--n", str(n),
-           "--threads", str(args.threads), "--device", args.device]
+    cmd = [
+        python,
+        str(HERE),
+        "--worker",
+        which,
+        "--folder",
+        str(folder),
+        "--n",
+        str(n),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+    ]
     if n > args.full_up_to:
         cmd += ["--max-feature-nodes", str(args.budget)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads),
-           "MKL_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "TQDM_DISABLE": "1",
+    }
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{which} worker failed on {n} tokens:\n{out.stderr[-3000:]}")
@@ -335,7 +369,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         prepare(folder, args.features, args.lengths)
-        results: dict[int, dict[str, list[dict]]] = {n: {"ours": [], "ct": []} for n in args.lengths}
+        results: dict[int, dict[str, list[dict]]] = {
+            n: {"ours": [], "ct": []} for n in args.lengths
+        }
         for rep in range(args.repeats):
             for n in args.lengths:  # interleaved: each length, each tool, every repeat
                 results[n]["ours"].append(run_worker(sys.executable, "ours", folder, n, args))
@@ -343,21 +379,35 @@ def main() -> None:
                 if rep == 0:
                     err, n_shared, n_feat = compare(folder, n)
                     results[n]["check"] = [{"err": err, "shared": n_shared, "feat": n_feat}]
-                print(f"repeat {rep} tokens {n}: ours {results[n]['ours'][-1]}, "
-                      f"circuit-tracer {results[n]['ct'][-1]}", flush=True)
-        print(f"\nthreads {args.threads}, device {args.device}, {args.features} features per "
-              f"layer, median of {args.repeats}; budget {args.budget} above {args.full_up_to} tokens")
-        print(f"{'tokens':>6} {'features':>8} {'ct s':>7} {'ours s':>7} {'time':>6} "
-              f"{'ct MB':>7} {'ours MB':>7} {'mem':>6} {'edge err':>9} {'shared nodes':>12}")
+                print(
+                    f"repeat {rep} tokens {n}: ours {results[n]['ours'][-1]}, "
+                    f"circuit-tracer {results[n]['ct'][-1]}",
+                    flush=True,
+                )
+        print(
+            f"\nthreads {args.threads}, device {args.device}, {args.features} features per "
+            f"layer, median of {args.repeats}; budget {args.budget} above {args.full_up_to} tokens"
+        )
+        print(
+            f"{'tokens':>6} {'features':>8} {'ct s':>7} {'ours s':>7} {'time':>6} "
+            f"{'ct MB':>7} {'ours MB':>7} {'mem':>6} {'edge err':>9} {'shared nodes':>12}"
+        )
         for n in args.lengths:
-            med = {t: {k: statistics.median(r[k] for r in results[n][t]) for k in ("seconds", "peak_mb")}
-                   for t in ("ours", "ct")}
+            med = {
+                t: {
+                    k: statistics.median(r[k] for r in results[n][t])
+                    for k in ("seconds", "peak_mb")
+                }
+                for t in ("ours", "ct")
+            }
             check = results[n]["check"][0]
-            print(f"{n:>6} {results[n]['ct'][0]['features']:>8} {med['ct']['seconds']:>7.2f} "
-                  f"{med['ours']['seconds']:>7.2f} {med['ours']['seconds'] / med['ct']['seconds']:>5.2f}x "
-                  f"{med['ct']['peak_mb']:>7.0f} {med['ours']['peak_mb']:>7.0f} "
-                  f"{med['ours']['peak_mb'] / max(med['ct']['peak_mb'], 1e-9):>5.2f}x "
-                  f"{check['err']:>9.1e} {check['shared']:>12}")
+            print(
+                f"{n:>6} {results[n]['ct'][0]['features']:>8} {med['ct']['seconds']:>7.2f} "
+                f"{med['ours']['seconds']:>7.2f} {med['ours']['seconds'] / med['ct']['seconds']:>5.2f}x "
+                f"{med['ct']['peak_mb']:>7.0f} {med['ours']['peak_mb']:>7.0f} "
+                f"{med['ours']['peak_mb'] / max(med['ct']['peak_mb'], 1e-9):>5.2f}x "
+                f"{check['err']:>9.1e} {check['shared']:>12}"
+            )
 
 
 if __name__ == "__main__":
