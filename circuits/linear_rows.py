@@ -178,97 +178,109 @@ class LinearRowEngine:
         return (m if read is None else m @ read).contiguous()
 
     def _sources_by_layer(self) -> None:
-        """For every out_hook, the feature columns written there, padded per position."""
+        """For every out_hook, the feature sources written there, grouped by position.
+
+        Each write is (column [pos, m], vectors [pos, m, d] or None): the adjacency column of
+        the m-th feature at a position (padding points at a spare row, `n_sources`) and its
+        injected vector a W_dec (kept when small, else gathered per batch from `recipe`).
+        """
         src, n_pos, device = self.sources, self.tokens.numel(), self.device
-        self.writes: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
+        self.writes: dict[int, list[tuple[Tensor, Tensor | None, tuple]]] = {}
         starts, offset = [], 0
         for k in range(len(self.dictionaries)):  # sources are ordered by dictionary
             starts.append(offset)
             offset += int((src.feat_dict == k).sum())
         self.n_feat = offset
+        kept = 0
         for k, d in enumerate(self.dictionaries):
             mine = torch.arange(starts[k], starts[k + 1] if k + 1 < len(starts) else offset)
             sel = mine.to(src.feat_pos.device)
             pos, idx = src.feat_pos[sel].to(device), src.feat_index[sel].to(device)
             act = src.feat_act[sel].to(device, self.dtype)
-            # features of this dictionary grouped by position, padded to the fullest position
             counts = torch.bincount(pos, minlength=n_pos)
             width = max(int(counts.max()) if len(pos) else 0, 1)
             slot = torch.arange(len(pos), device=device) - (counts.cumsum(0) - counts)[pos]
-            column = torch.full((n_pos, width), -1, dtype=torch.long, device=device)
+            column = torch.full((n_pos, width), src.n_sources, dtype=torch.long, device=device)
             column[pos, slot] = mine.to(device)
             gather = torch.zeros(n_pos, width, dtype=torch.long, device=device)
             gather[pos, slot] = idx
             scale = torch.zeros(n_pos, width, dtype=self.dtype, device=device)
             scale[pos, slot] = act
             for hook, w_dec in [(d.out_hook, d.W_dec), *getattr(d, "later_decoders", ())]:
-                entry = (column, gather, scale, w_dec.detach().to(device))
-                self.writes.setdefault(hook_layer(hook), []).append(entry)
+                recipe = (gather, scale, w_dec.detach().to(device))
+                size = n_pos * width * d.d_out
+                vectors = _vectors(*recipe) if kept + size <= KEPT_VECTORS else None
+                kept += size if vectors is not None else 0
+                self.writes.setdefault(hook_layer(hook), []).append((column, vectors, recipe))
 
     # ---- the transposed map ----------------------------------------------------------------
     def _read_sources(self, g: Tensor, layer: int, rows: Tensor) -> None:
-        """Add the columns (rows is [n_src, n]) of every source injected at layer `layer`."""
-        p, n, _ = g.shape
-        for column, gather, scale, w_dec in self.writes.get(layer, ()):
-            flat = column[:p].reshape(-1)
-            live = flat >= 0
-            if not bool(live.any()):
-                continue
-            vec = w_dec[gather[:p]].to(self.dtype) * scale[:p].unsqueeze(-1)  # [p, m, d]
-            vals = torch.bmm(vec, g.transpose(1, 2)).reshape(-1, n)  # [p * m, n]
-            rows.index_add_(0, flat[live], vals[live].float())
+        """Add the columns of every source injected at layer `layer`'s out_hook.
+
+        g: [n, p, d] gradients at the out_hook; rows: [n_sources + 1, n] (transposed rows).
+        """
+        n, p, _ = g.shape
+        g_pos = None
+        for column, vectors, recipe in self.writes.get(layer, ()):
+            vec = (
+                vectors[:p]
+                if vectors is not None
+                else _vectors(*(r[:p] for r in recipe[:2]), recipe[2])
+            )
+            if g_pos is None:
+                g_pos = g.transpose(0, 1).transpose(1, 2)  # [p, d, n]
+            vals = torch.bmm(vec, g_pos).reshape(-1, n)  # [p * m, n]
+            rows.index_add_(0, column[:p].reshape(-1), vals.to(rows.dtype))
         k = self.by_layer[layer]
         err = self.sources.errors[k][1:p].to(self.device, self.dtype)  # [p-1, d]
         start = self.n_feat + k * (self.tokens.numel() - 1)
-        rows[start : start + p - 1] += torch.bmm(g[1:], err.unsqueeze(-1))[..., 0].float()
+        rows[start : start + p - 1] += torch.einsum("npd,pd->pn", g[:, 1:], err).to(rows.dtype)
 
     def _attention_t(self, g: Tensor, layer: int) -> None:
-        """g at resid_mid [p, n, d] += its path back to resid_pre through frozen OV (in place)."""
-        p, n, d = g.shape
+        """g at resid_mid [n, p, d] += its path back to resid_pre through frozen OV (in place)."""
+        n, p, d = g.shape
         h, e = self.n_heads, self.d_head
-        gz = (g.reshape(p * n, d) @ self.W_O_T[layer]).reshape(p, n, h, e)
-        gz = gz.permute(2, 0, 1, 3).reshape(h, p, n * e)
+        gz = (g.reshape(n * p, d) @ self.W_O_T[layer]).reshape(n, p, h, e)
+        gz = gz.permute(2, 1, 0, 3).reshape(h, p, n * e)
         gv = torch.bmm(self.patterns[layer][:, :p, :p], gz)  # [h, k, n * e]
-        gv = gv.reshape(h, p, n, e).permute(1, 2, 0, 3).reshape(p * n, h * e)
-        g.view(p * n, d).addmm_(gv, self.W_V_T[layer])
+        gv = gv.reshape(h, p, n, e).permute(2, 1, 0, 3).reshape(n * p, h * e)
+        g.view(n * p, d).addmm_(gv, self.W_V_T[layer])
 
-    def _run(self, g: Tensor | None, inject: list[tuple[int, Tensor]], n: int) -> Tensor:
-        """Rows [n, n_src] for targets already at the top (g [p, n_top, d]) and targets that
-        enter at resid_mid of layer l (inject: (l, g_l [p_l, n_l, d]) in descending l; the
-        rows of each follow the rows before them)."""
+    def _run(self, g: Tensor, entered: list[int]) -> Tensor:
+        """Rows [n, n_src] of targets whose gradients g [n, p, d] are already in place at
+        their entry points; rows are sorted by entry, highest first: `entered[l]` rows enter
+        at layer l or above (`entered[n_layers]`: the logits, after the last layer)."""
         src, n_pos = self.sources, self.tokens.numel()
-        rows = torch.zeros(src.n_sources, n, device=self.device)
-        pending = list(inject)
+        n, p, _ = g.shape
+        rows = torch.zeros(src.n_sources + 1, n, device=self.device)  # last: padding
         for layer in range(self.model.cfg.n_layers - 1, -1, -1):
-            k = self.by_layer[layer]
-            if g is not None:
-                self._read_sources(g, layer, rows[:, : g.shape[1]])
+            k, above = self.by_layer[layer], entered[layer + 1]
+            if above:
+                top = g[:above]
+                self._read_sources(top, layer, rows[:, :above])
                 if self.skip_t[k] is not None:
-                    up = g @ self.skip_t[k]
+                    up = top @ self.skip_t[k]
                     if self.reads[k] == "resid":
-                        g += up
+                        top += up
                     else:
-                        g.addcmul_(up, self.inv_ln2[layer][: g.shape[0], :, None])
-            while pending and pending[0][0] == layer:
-                g = pending.pop(0)[1] if g is None else _stack(g, pending.pop(0)[1])
-            if g is not None:
-                self._attention_t(g, layer)
-        p = g.shape[0]
-        token_cols = torch.bmm(g, src.embed[:p].to(self.dtype).unsqueeze(-1))[..., 0]  # [p, n]
-        rows[src.n_sources - n_pos : src.n_sources - n_pos + p] = token_cols.float()
-        return rows.T
+                        top.addcmul_(up, self.inv_ln2[layer][:p])
+            if entered[layer]:
+                self._attention_t(g[: entered[layer]], layer)
+        token_cols = torch.einsum("npd,pd->pn", g, src.embed[:p].to(self.dtype))
+        rows[src.n_sources - n_pos : src.n_sources - n_pos + p] = token_cols.to(rows.dtype)
+        return rows[: src.n_sources].T
 
     # ---- the two kinds of rows ---------------------------------------------------------------
     @torch.no_grad()
     def rows_for_logits(self, directions: Float[Tensor, "n d_model"]) -> Tensor:
         """Rows of logit (or custom direction) targets read after the final norm, last position."""
         out = []
-        n_pos, d = self.tokens.numel(), self.model.cfg.d_model
+        n_pos, d, n_layers = self.tokens.numel(), self.model.cfg.d_model, self.model.cfg.n_layers
         for start in range(0, len(directions), self.batch_size):
             dirs = directions[start : start + self.batch_size].to(self.device, self.dtype)
-            g = torch.zeros(n_pos, len(dirs), d, dtype=self.dtype, device=self.device)
-            g[-1] = self._centre(dirs, dim=-1) * self.inv_final[-1]
-            out.append(self._run(g, [], len(dirs)))
+            g = torch.zeros(len(dirs), n_pos, d, dtype=self.dtype, device=self.device)
+            g[:, -1] = self._centre(dirs, dim=-1) * self.inv_final[-1]
+            out.append(self._run(g, [len(dirs)] * (n_layers + 1)))
         return torch.cat(out)
 
     @torch.no_grad()
@@ -291,37 +303,45 @@ class LinearRowEngine:
         return torch.cat(out)
 
     def _feature_group(self, idx: Tensor) -> Tensor:
-        """Rows of one group of feature targets, injected layer by layer from the top."""
-        src = self.sources
+        """Rows of one group of feature targets, each entering at its own layer."""
+        src, n_layers = self.sources, self.model.cfg.n_layers
         layers = torch.tensor(
             [hook_layer(self.dictionaries[k].out_hook) for k in src.feat_dict[idx].tolist()]
         )
         order = torch.sort(layers, descending=True, stable=True).indices
-        inject = []
-        for layer in layers[order].unique_consecutive().tolist():
-            mine = order[layers[order] == layer].to(idx.device)
-            inject.append((layer, self._feature_targets(idx[mine], layer)))
-        rows = self._run(None, inject, len(idx))
+        idx, layers = idx[order.to(idx.device)], layers[order]
+        pos = src.feat_pos[idx].to(self.device)
+        g = torch.zeros(len(idx), int(pos.max()) + 1, self.model.cfg.d_model, dtype=self.dtype)
+        g = g.to(self.device)
+        rows_at = torch.arange(len(idx), device=self.device)
+        for layer in layers.unique().tolist():
+            mine = (layers == layer).nonzero()[:, 0].to(self.device)
+            g[rows_at[mine], pos[mine]] = self._feature_targets(idx[mine.to(idx.device)], layer)
+        entered = [int((layers >= layer).sum()) for layer in range(n_layers + 1)]
+        rows = self._run(g, entered)
         unsorted = torch.empty_like(rows)
         unsorted[order.to(rows.device)] = rows
         return unsorted
 
     def _feature_targets(self, idx: Tensor, layer: int) -> Tensor:
-        """Encoder columns of features (all of layer `layer`) as gradients at resid_mid."""
+        """Encoder columns of features (all of layer `layer`) as gradients at resid_mid [n, d]."""
         src, k = self.sources, self.by_layer[layer]
         d = self.dictionaries[k]
-        pos = src.feat_pos[idx].to(self.device)
         enc = d.W_enc.detach()[:, src.feat_index[idx].to(d.W_enc.device)].T
         enc = enc.to(self.device, self.dtype)
         read = self.read_t[k]
-        if read is not None:
-            enc = (enc @ read) * self.inv_ln2[layer][pos]
-        g = torch.zeros(int(pos.max()) + 1, len(idx), enc.shape[-1], dtype=self.dtype)
-        g = g.to(self.device)
-        g[pos, torch.arange(len(idx), device=self.device)] = enc
-        return g
+        if read is None:
+            return enc
+        return (enc @ read) * self.inv_ln2[layer][src.feat_pos[idx].to(self.device)]
 
 
+def _vectors(gather: Tensor, scale: Tensor, w_dec: Tensor) -> Tensor:
+    """Injected vectors a W_dec [pos, m, d] of the features laid out by position."""
+    return w_dec[gather].to(scale.dtype) * scale.unsqueeze(-1)
+
+
+KEPT_VECTORS = 2**27
+"""Most elements of injected source vectors kept between batches (beyond: gathered per batch)."""
 POSITION_GROUPS = 4
 """Groups a batch of feature rows is split into by target position."""
 POSITION_GROUP_MIN = 64
@@ -331,13 +351,6 @@ POSITION_GROUP_MIN = 64
 def _scaled_rows(m: Tensor, w: Tensor | None) -> Tensor:
     """diag(w) m along m's second-to-last dimension (m unchanged when w is None)."""
     return m if w is None else m * w[:, None]
-
-
-def _stack(g: Tensor, g_new: Tensor) -> Tensor:
-    """Rows of g then rows of g_new ([pos, n, d] each), padded to the longer position span."""
-    p = max(g.shape[0], g_new.shape[0])
-    pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, 0, 0, p - t.shape[0]))  # noqa: E731
-    return torch.cat([pad(g), pad(g_new)], dim=1)
 
 
 ROW_MEMORY_BYTES = 2**30
