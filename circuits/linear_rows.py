@@ -353,7 +353,7 @@ def _scaled_rows(m: Tensor, w: Tensor | None) -> Tensor:
     return m if w is None else m * w[:, None]
 
 
-ROW_MEMORY_BYTES = 2**30
+ROW_MEMORY_BYTES = 2**28
 """Working memory a batch of rows may take on the CPU (on CUDA: a quarter of what is free)."""
 
 
