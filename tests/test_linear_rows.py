@@ -157,3 +157,17 @@ def test_crosslayer_transcoder_edges_are_exact(tmp_path, tiny_tokenizer):
     assert cut_graph.node_label == graph.node_label
     moved = cut_graph.adjacency[:, layer0] - graph.adjacency[:, layer0]
     assert moved.abs().max() > 1e-3 * graph.adjacency.abs().max()
+    # interventions: switching a layer-0 feature off moves each logit by minus its edge
+    from circuits.intervene import Intervention, intervene
+
+    for s in (layer0[0], layer0[-1]):
+        off = Intervention(0, int(graph.node_pos[s]), int(graph.node_feature[s]), value=0.0)
+        result = intervene(model, clt, graph.tokens, [off])
+        change = result.logits[-1] - result.clean_logits[-1]
+        for row in graph.find("logit"):  # a logit node reads the demeaned logit
+            moved = change[int(graph.node_feature[row])] - change.mean()
+            torch.testing.assert_close(
+                moved, -graph.adjacency[row, s].double(), rtol=1e-4, atol=1e-6
+            )
+    free = intervene(model, [clt], graph.tokens, [], constrained=False)
+    torch.testing.assert_close(free.logits, free.clean_logits)
