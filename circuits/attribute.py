@@ -62,7 +62,7 @@ def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
 
 
 def _choose_method(model: Any, dictionaries: list[Dictionary], method: str) -> str:
-    """"linear" or "autograd" for `method` "auto", "linear" or "autograd"."""
+    """The row engine, "linear" or "autograd", that `method` ("auto", ...) asks for."""
     if method not in ("auto", "linear", "autograd"):
         raise SparseCircuitsError(
             f"method {method!r} is not known; expected 'auto', 'linear' or 'autograd'"
@@ -222,7 +222,6 @@ def attribute(
         ]
 
     n_feat = sources.n_features
-    n_src = sources.n_sources  # features, then errors, then tokens
     n_logit = len(logit_ids)
     budget = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
     row_device = torch.device("cpu") if offload_rows_to_cpu else tokens.device
@@ -234,32 +233,15 @@ def attribute(
         # rows: logits first, then features in order of estimated influence
         logit_rows = engine.rows_for_logits(logit_dirs).to(row_device)  # [n_logit, n_src]
         bar.update(n_logit)
-        logit_weights_dev = logit_weights.to(row_device)
-        # only the rows of visited features are stored: [budget, n_src], never [n_feat, n_src]
-        feature_rows = torch.zeros(budget, n_src, device=row_device)
-        order = torch.empty(0, dtype=torch.long, device=row_device)  # feature of each row
-        while len(order) < budget:
-            infl = _estimated_influence(
-                logit_rows, feature_rows[: len(order)], order, logit_weights_dev, n_feat
+        if budget == n_feat:
+            # every feature is kept: no ordering needed, rows go straight to their place
+            keep, adjacency = _all_feature_rows(engine, logit_rows, n_feat, batch_size, bar)
+        else:
+            keep, adjacency = _budgeted_feature_rows(
+                engine, logit_rows, logit_weights, n_feat, budget, batch_size, row_device, bar
             )
-            infl[order] = -1.0
-            take = min(batch_size, budget - len(order))
-            chosen = infl.argsort(descending=True)[:take]
-            rows = engine.rows_for_features(chosen.to(sources.feat_dict.device))
-            feature_rows[len(order) : len(order) + take] = rows.to(row_device)
-            order = torch.cat([order, chosen])
-            bar.update(take)
     bar.close()
-
-    keep, perm = order.cpu().sort()  # feature nodes kept, in source order
-    src_keep = torch.cat([keep, torch.arange(n_feat, n_src)])
-    n_keep = len(keep)
-    n_nodes = n_keep + (n_src - n_feat) + n_logit
-    adjacency = torch.zeros(n_nodes, n_nodes)
-    n_cols = n_keep + n_src - n_feat
-    adjacency[:n_keep, :n_cols] = feature_rows.cpu()[perm][:, src_keep]
-    adjacency[n_nodes - n_logit :, :n_cols] = logit_rows.cpu()[:, src_keep]
-    del feature_rows, logit_rows
+    del logit_rows
 
     token_strs = [model.tokenizer.decode([t]) for t in tokens.tolist()]
     graph = _assemble(
@@ -287,6 +269,66 @@ def attribute(
         }
     )
     return graph
+
+
+def _all_feature_rows(
+    engine: Any, logit_rows: Tensor, n_feat: int, batch_size: int, bar: Any
+) -> tuple[Int[Tensor, " n_feat"], Float[Tensor, "n n"]]:
+    """Adjacency with the row of every active feature, written in place batch by batch."""
+    n_logit, n_src = logit_rows.shape
+    n_nodes = n_src + n_logit
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    adjacency[n_src:, :n_src] = logit_rows.cpu()
+    for start in range(0, n_feat, batch_size):
+        chosen = torch.arange(start, min(start + batch_size, n_feat))
+        device = engine.sources.feat_dict.device
+        adjacency[start : start + len(chosen), :n_src] = engine.rows_for_features(
+            chosen.to(device)
+        ).cpu()
+        bar.update(len(chosen))
+    return torch.arange(n_feat), adjacency
+
+
+def _budgeted_feature_rows(
+    engine: Any,
+    logit_rows: Tensor,
+    logit_weights: Tensor,
+    n_feat: int,
+    budget: int,
+    batch_size: int,
+    row_device: torch.device,
+    bar: Any,
+) -> tuple[Int[Tensor, " budget"], Float[Tensor, "n n"]]:
+    """Rows of the `budget` features of largest estimated influence, and the adjacency over
+    the features kept (assembled a block of rows at a time, never a second full copy)."""
+    n_logit, n_src = logit_rows.shape
+    logit_weights_dev = logit_weights.to(row_device)
+    # only the rows of visited features are stored: [budget, n_src], never [n_feat, n_src]
+    feature_rows = torch.zeros(budget, n_src, device=row_device)
+    order = torch.empty(0, dtype=torch.long, device=row_device)  # feature of each row
+    while len(order) < budget:
+        infl = _estimated_influence(
+            logit_rows, feature_rows[: len(order)], order, logit_weights_dev, n_feat
+        )
+        infl[order] = -1.0
+        take = min(batch_size, budget - len(order))
+        chosen = infl.argsort(descending=True)[:take]
+        rows = engine.rows_for_features(chosen.to(engine.sources.feat_dict.device))
+        feature_rows[len(order) : len(order) + take] = rows.to(row_device)
+        order = torch.cat([order, chosen])
+        bar.update(take)
+    keep, perm = order.cpu().sort()  # feature nodes kept, in source order
+    src_keep = torch.cat([keep, torch.arange(n_feat, n_src)])
+    n_keep = len(keep)
+    n_nodes = n_keep + (n_src - n_feat) + n_logit
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    n_cols = n_keep + n_src - n_feat
+    for start in range(0, n_keep, 1024):
+        block = perm[start : start + 1024].to(feature_rows.device)
+        rows = feature_rows[block][:, src_keep.to(feature_rows.device)]
+        adjacency[start : start + len(block), :n_cols] = rows.cpu()
+    adjacency[n_nodes - n_logit :, :n_cols] = logit_rows.cpu()[:, src_keep]
+    return keep, adjacency
 
 
 def _estimated_influence(

@@ -21,9 +21,8 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from circuits.graph import AttributionGraph, GraphScores
 from replacement.errors import SparseCircuitsError
 from replacement.validation import (
     HelpFormatter,
@@ -31,6 +30,9 @@ from replacement.validation import (
     nonnegative_int,
     positive_int,
 )
+
+if TYPE_CHECKING:  # torch loads only when a trace runs, so that `--help` starts fast
+    from circuits.graph import AttributionGraph, GraphScores
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
@@ -289,8 +291,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=positive_int,
-        default=64,
-        help="number of target rows per backward pass",
+        default=None,
+        help="number of target rows per pass (default: chosen from the prompt length and memory)",
     )
     p.add_argument(
         "--top-features",

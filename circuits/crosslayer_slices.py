@@ -46,7 +46,9 @@ class CrossLayerSlice(Dictionary):
         return "crosslayer_transcoder"
 
 
-def expand_crosslayer(dictionaries: Sequence[Dictionary | CrossLayerTranscoder]) -> list[Dictionary]:
+def expand_crosslayer(
+    dictionaries: Sequence[Dictionary | CrossLayerTranscoder],
+) -> list[Dictionary]:
     """Replace each cross-layer transcoder by its per-layer slices; others pass through."""
     out: list[Dictionary] = []
     for d in dictionaries:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from circuits.graph import AttributionGraph
 from replacement.atomic import atomic_path, write_json
+
+if TYPE_CHECKING:  # networkx loads only for the networkx/GraphML exports (not for `trace`)
+    import networkx as nx
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",
@@ -136,6 +137,8 @@ def graph_to_json(
 def graph_to_networkx(graph: AttributionGraph) -> nx.DiGraph:
     """A DiGraph with node attributes kind/layer/pos/feature/activation/label/influence and
     edges source -> target carrying `weight`."""
+    import networkx as nx
+
     g = nx.DiGraph(prompt=graph.prompt, model_name=graph.model_name)
     ids = node_ids(graph)
     for i, node_id in enumerate(ids):
@@ -159,5 +162,7 @@ def graph_to_graphml(graph: AttributionGraph, path: str | Path) -> Path:
     """Write the networkx form as GraphML, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
+        import networkx as nx
+
         nx.write_graphml(graph_to_networkx(graph), tmp)
     return path

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from circuits.global_graph import global_graph
 from replacement.errors import SparseCircuitsError
 from replacement.validation import (
     HelpFormatter,
@@ -23,6 +21,9 @@ from replacement.validation import (
     positive_int,
     remove_stale_outputs,
 )
+
+if TYPE_CHECKING:  # torch loads only when the command runs, so that `--help` starts fast
+    import torch
 
 
 def _site_key(text: str) -> int | str:
@@ -33,6 +34,8 @@ def _site_key(text: str) -> int | str:
 def _token_set(model, n_tokens: int, seq_len: int) -> torch.Tensor:
     """[n, 1 + seq_len] rows of BOS + held-out text of the default model's training domain."""
     import sysconfig
+
+    import torch
 
     from replacement.model import to_tokens
 
@@ -65,6 +68,7 @@ def _earlier_global_file(path: Path) -> bool:
 
 def run_global(args: argparse.Namespace) -> int:
     """Build and write the graph."""
+    from circuits.global_graph import global_graph
     from replacement.formats.detect import describe, load_model_and_dictionaries
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 

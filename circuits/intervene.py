@@ -19,6 +19,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuits.attribute import prompt_tokens
+from circuits.crosslayer_slices import expand_crosslayer, later_decoders
+from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer
@@ -61,7 +63,7 @@ def _new_value(clean: Tensor, iv: Intervention) -> Tensor:
 @torch.no_grad()
 def intervene(
     model: Any,
-    dictionaries: Sequence[Dictionary],
+    dictionaries: Sequence[Dictionary | CrossLayerTranscoder],
     prompt: str | Int[Tensor, " pos"],
     interventions: Sequence[Intervention],
     constrained: bool = True,
@@ -70,7 +72,9 @@ def intervene(
 
     Args:
         model: a `TransformerBridge` from `replacement.load_model`.
-        dictionaries: the dictionaries of the replacement (one per out_hook).
+        dictionaries: the dictionaries of the replacement (one per out_hook); a cross-layer
+            transcoder counts as one per layer, and a feature set at layer l changes what it
+            writes to every layer from l on.
         prompt: text or token ids (BOS prepended when missing, as in `attribute`).
         interventions: features to set or scale, each at one (layer, position).
         constrained: True for the local replacement model (attention patterns, norm scales
@@ -82,7 +86,15 @@ def intervene(
         {layer: [pos, F]}).
     """
     tokens = prompt_tokens(model, prompt).unsqueeze(0)
+    dictionaries = expand_crosslayer(
+        [dictionaries] if isinstance(dictionaries, CrossLayerTranscoder) else dictionaries
+    )
     by_layer = {hook_layer(d.out_hook): d for d in dictionaries}
+    # writes of cross-layer features into later out_hooks: out_hook -> [(source layer, W_dec)]
+    writes_into: dict[str, list[tuple[int, Tensor]]] = {}
+    for layer, d in by_layer.items():
+        for hook, w_dec in later_decoders(d):
+            writes_into.setdefault(hook, []).append((layer, w_dec))
     for iv in interventions:
         if iv.layer not in by_layer:
             raise SparseCircuitsError(
@@ -112,6 +124,16 @@ def intervene(
 
     acts_out: dict[int, Tensor] = {}
     seen: dict[str, Tensor] = {}
+    clean_acts = {
+        layer: d.encode(clean[d.in_hook].to(d.W_enc.dtype)) for layer, d in by_layer.items()
+    }
+
+    def cross(out_hook: str, acts: dict[int, Tensor]) -> Tensor | float:
+        """What earlier layers' cross-layer features write into `out_hook`."""
+        total: Tensor | float = 0.0
+        for src, w_dec in writes_into.get(out_hook, ()):
+            total = total + acts[src] @ w_dec
+        return total
 
     def patched_acts(layer: int, acts: Tensor) -> Tensor:
         acts = acts.clone()
@@ -132,16 +154,21 @@ def intervene(
             x_now = act if d.in_hook == d.out_hook else seen[d.in_hook]
             x_clean = clean[d.in_hook]
             if constrained:
-                clean_acts = d.encode(x_clean.to(d.W_enc.dtype))
-                new_acts = patched_acts(layer, clean_acts)
-                delta = (new_acts - clean_acts) @ d.W_dec
+                new_acts = patched_acts(layer, clean_acts[layer])
+                acts_out[layer] = new_acts
+                delta = (new_acts - clean_acts[layer]) @ d.W_dec
+                changes = {
+                    k: acts_out[k] - clean_acts[k] for k, _ in writes_into.get(d.out_hook, ())
+                }
+                delta = delta + cross(d.out_hook, changes)
                 out = clean[d.out_hook] - d.skip(x_clean) + d.skip(x_now) + delta.to(act.dtype)
             else:
                 x = x_now.to(d.W_enc.dtype)
-                clean_err = clean[d.out_hook] - d(x_clean.to(d.W_enc.dtype))
+                clean_recon = d(x_clean.to(d.W_enc.dtype)) + cross(d.out_hook, clean_acts)
+                clean_err = clean[d.out_hook] - clean_recon
                 new_acts = patched_acts(layer, d.encode(x))
-                out = d.decode(new_acts) + d.skip(x) + clean_err
-            acts_out[layer] = new_acts[0]
+                acts_out[layer] = new_acts
+                out = d.decode(new_acts) + d.skip(x) + clean_err + cross(d.out_hook, acts_out)
             return out.to(act.dtype)
 
         return hook
@@ -159,4 +186,5 @@ def intervene(
         hooks.append((d.out_hook, make_out(layer, d)))
     with model.hooks(fwd_hooks=hooks):
         logits = model(tokens)[0]
-    return InterventionResult(logits=logits, clean_logits=clean_logits, activations=acts_out)
+    activations = {layer: acts[0] for layer, acts in acts_out.items()}
+    return InterventionResult(logits=logits, clean_logits=clean_logits, activations=activations)

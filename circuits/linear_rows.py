@@ -72,7 +72,9 @@ def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | Non
         by_layer[layer] = d
     bare = [layer for layer in range(cfg.n_layers) if layer not in by_layer]
     if bare:
-        return f"the MLPs of layers {bare} have no transcoder (they would be differentiated through)"
+        return (
+            f"the MLPs of layers {bare} have no transcoder (they would be differentiated through)"
+        )
     return None
 
 
@@ -85,7 +87,10 @@ class LinearRowEngine:
     """Rows of the adjacency for batches of targets, by the transposed frozen linear map.
 
     A context manager like the autograd `_RowEngine`: frozen patterns and scales are captured
-    by one no-grad forward on entry and released on exit.
+    by one no-grad forward on entry (and folded into per-layer matrices) and released on exit.
+    Gradients are laid out positions first, [pos, rows, d_model], so that the causal
+    truncation to the first p positions is a contiguous slice and every per-position product
+    is one batched matmul.
     """
 
     def __init__(
@@ -101,7 +106,7 @@ class LinearRowEngine:
         dtype = model.W_E.dtype
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.layered = norm_type_is_layernorm(model)
-        self._frozen: dict[str, Tensor] | None = None
+        self.device = tokens.device
 
     # ---- setup ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -109,8 +114,8 @@ class LinearRowEngine:
         model, cfg, dt = self.model, self.model.cfg, self.dtype
         names = ["ln_final.hook_scale"]
         for layer in range(cfg.n_layers):
-            names += [f"blocks.{layer}.{n}" for n in ("attn.hook_pattern", "ln1.hook_scale")]
-            names.append(f"blocks.{layer}.ln2.hook_scale")
+            b = f"blocks.{layer}"
+            names += [f"{b}.attn.hook_pattern", f"{b}.ln1.hook_scale", f"{b}.ln2.hook_scale"]
         frozen: dict[str, Tensor] = {}
 
         def keep(act: Tensor, hook: Any) -> Tensor:
@@ -119,191 +124,241 @@ class LinearRowEngine:
 
         with model.hooks(fwd_hooks=[(n, keep) for n in names]):
             model(self.tokens.unsqueeze(0))
-        self._frozen = frozen
-        # per layer: W_O [h, dh, d], W_V [h, d, dh] with ln1's weight folded in
-        W_O, W_V = model.W_O.detach().to(dt), model.W_V.detach().to(dt)
-        if W_V.shape[1] != W_O.shape[1]:  # grouped-query attention: each kv head serves a group
-            W_V = W_V.repeat_interleave(W_O.shape[1] // W_V.shape[1], dim=1)
-        self.W_O, self.W_V = W_O, W_V
-        self.ln1_w = [_norm_weight(b.ln1, dt) for b in model.blocks]
-        self.ln2_w = [_norm_weight(b.ln2, dt) for b in model.blocks]
+        self.inv_final = 1.0 / frozen["ln_final.hook_scale"]  # [pos, 1]
+        # logit directions are read at ln_final.hook_out (the unembedding's input), so through
+        # ln_f's own weight first (1 on a folded model)
         self.lnf_w = _norm_weight(model.ln_final, dt)
-        # per layer: the dictionary slice whose MLP it replaces and how it reads
+        self.inv_ln2 = [1.0 / frozen[f"blocks.{i}.ln2.hook_scale"] for i in range(cfg.n_layers)]
+        W_O, W_V = model.W_O.detach().to(dt), model.W_V.detach().to(dt)
+        n_heads, d_head = W_O.shape[1], W_O.shape[2]
+        if W_V.shape[1] != n_heads:  # grouped-query attention: each kv head serves a group
+            W_V = W_V.repeat_interleave(n_heads // W_V.shape[1], dim=1)
+        self.n_heads, self.d_head = n_heads, d_head
+        self.patterns, self.W_O_T, self.W_V_T = [], [], []
+        for layer, block in enumerate(model.blocks):
+            # P^T[h, k, q] with ln1's frozen 1/scale of the key position folded in
+            pattern = frozen[f"blocks.{layer}.attn.hook_pattern"]
+            inv_ln1 = 1.0 / frozen[f"blocks.{layer}.ln1.hook_scale"][:, 0]
+            self.patterns.append((pattern.transpose(1, 2) * inv_ln1[None, :, None]).contiguous())
+            self.W_O_T.append(W_O[layer].reshape(n_heads * d_head, -1).T.contiguous())
+            # rows of W_V^T diag(w1) C: ln1's weight and centring folded in
+            w_v = self._centre(_scaled_rows(W_V[layer], _norm_weight(block.ln1, dt)), dim=1)
+            self.W_V_T.append(w_v.permute(0, 2, 1).reshape(n_heads * d_head, -1).contiguous())
         self.by_layer = {hook_layer(d.out_hook): k for k, d in enumerate(self.dictionaries)}
         self.reads = [
             _READS[d.in_hook.removeprefix(f"blocks.{hook_layer(d.out_hook)}.")]
             for d in self.dictionaries
         ]
-        self.skips = [
-            None if d.W_skip is None else d.W_skip.detach().to(dt) for d in self.dictionaries
-        ]
+        self.read_t = [self._read_matrix(k) for k in range(len(self.dictionaries))]
+        self.skip_t = [self._skip_matrix(k) for k in range(len(self.dictionaries))]
         self._sources_by_layer()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._frozen = None
+        self.patterns = []
+
+    def _centre(self, m: Tensor, dim: int) -> Tensor:
+        """C m along `dim` for LayerNorm (the transposed centring), m for RMSNorm."""
+        return m - m.mean(dim, keepdim=True) if self.layered else m
+
+    def _read_matrix(self, k: int) -> Tensor | None:
+        """[d, d] taking a readout vector at dictionary k's in_hook to resid_mid (before 1/scale)."""
+        d = self.dictionaries[k]
+        layer, read = hook_layer(d.out_hook), self.reads[k]
+        if read == "resid":
+            return None
+        eye = torch.eye(d.d_in, dtype=self.dtype, device=self.device)
+        w2 = _norm_weight(self.model.blocks[layer].ln2, self.dtype) if read == "out" else None
+        return self._centre(_scaled_rows(eye, w2), dim=1)  # v -> C (w2 * v) as v @ diag(w2) C
+
+    def _skip_matrix(self, k: int) -> Tensor | None:
+        """W_skip^T followed by the read map: g_post [.., d_out] -> g_mid (before 1/scale)."""
+        d = self.dictionaries[k]
+        if d.W_skip is None:
+            return None
+        m = d.W_skip.detach().to(self.device, self.dtype).T  # [d_out, d_in]
+        read = self.read_t[k]
+        return (m if read is None else m @ read).contiguous()
 
     def _sources_by_layer(self) -> None:
-        """For every out_hook, the feature columns written there, padded per position."""
-        src, n_pos = self.sources, self.tokens.numel()
-        device = self.tokens.device
-        n_feat = src.n_features
-        self.writes: dict[int, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
-        offset = 0
-        starts = []
-        for k in range(len(self.dictionaries)):
-            n_k = int((src.feat_dict == k).sum())
+        """For every out_hook, the feature sources written there, grouped by position.
+
+        Each write is (column [pos, m], vectors [pos, m, d] or None): the adjacency column of
+        the m-th feature at a position (padding points at a spare row, `n_sources`) and its
+        injected vector a W_dec (kept when small, else gathered per batch from `recipe`).
+        """
+        src, n_pos, device = self.sources, self.tokens.numel(), self.device
+        self.writes: dict[int, list[tuple[Tensor, Tensor | None, tuple]]] = {}
+        starts, offset = [], 0
+        for k in range(len(self.dictionaries)):  # sources are ordered by dictionary
             starts.append(offset)
-            offset += n_k
+            offset += int((src.feat_dict == k).sum())
+        self.n_feat = offset
+        kept = 0
         for k, d in enumerate(self.dictionaries):
-            mine = torch.arange(starts[k], starts[k] + int((src.feat_dict == k).sum()))
-            pos = src.feat_pos[mine.to(src.feat_pos.device)].to(device)
-            idx = src.feat_index[mine.to(src.feat_pos.device)].to(device)
-            act = src.feat_act[mine.to(src.feat_pos.device)].to(device, self.dtype)
-            # features of this dictionary grouped by position, padded to the fullest position
+            mine = torch.arange(starts[k], starts[k + 1] if k + 1 < len(starts) else offset)
+            sel = mine.to(src.feat_pos.device)
+            pos, idx = src.feat_pos[sel].to(device), src.feat_index[sel].to(device)
+            act = src.feat_act[sel].to(device, self.dtype)
             counts = torch.bincount(pos, minlength=n_pos)
-            width = int(counts.max()) if len(pos) else 0
+            width = max(int(counts.max()) if len(pos) else 0, 1)
             slot = torch.arange(len(pos), device=device) - (counts.cumsum(0) - counts)[pos]
-            column = torch.full((n_pos, max(width, 1)), -1, dtype=torch.long, device=device)
+            column = torch.full((n_pos, width), src.n_sources, dtype=torch.long, device=device)
             column[pos, slot] = mine.to(device)
-            gather = torch.zeros(n_pos, max(width, 1), dtype=torch.long, device=device)
+            gather = torch.zeros(n_pos, width, dtype=torch.long, device=device)
             gather[pos, slot] = idx
-            scale = torch.zeros(n_pos, max(width, 1), dtype=self.dtype, device=device)
+            scale = torch.zeros(n_pos, width, dtype=self.dtype, device=device)
             scale[pos, slot] = act
-            layer_writes = [(d.out_hook, d.W_dec)] + list(getattr(d, "later_decoders", ()))
-            for hook, w_dec in layer_writes:
-                entry = (column, gather, scale, w_dec.detach())
-                self.writes.setdefault(hook_layer(hook), []).append(entry)
-        self.n_feat = n_feat
-        assert offset == n_feat  # sources are ordered by dictionary
+            for hook, w_dec in [(d.out_hook, d.W_dec), *getattr(d, "later_decoders", ())]:
+                recipe = (gather, scale, w_dec.detach().to(device))
+                size = n_pos * width * d.d_out
+                vectors = _vectors(*recipe) if kept + size <= KEPT_VECTORS else None
+                kept += size if vectors is not None else 0
+                self.writes.setdefault(hook_layer(hook), []).append((column, vectors, recipe))
 
     # ---- the transposed map ----------------------------------------------------------------
-    def _norm_t(self, g: Tensor, scale_name: str) -> Tensor:
-        """Transpose of the frozen norm (before its weight) applied to g [n, p, d]."""
-        scale = self._frozen[scale_name][: g.shape[1]]  # [p, 1]
-        if self.layered:
-            g = g - g.mean(-1, keepdim=True)
-        return g / scale
-
-    def _into_resid(self, g: Tensor, read: str, layer: int) -> Tensor:
-        """Gradient at resid_mid of a readout vector given at an MLP-input hook."""
-        if read == "resid":
-            return g
-        if read == "out" and self.ln2_w[layer] is not None:
-            g = g * self.ln2_w[layer]
-        return self._norm_t(g, f"blocks.{layer}.ln2.hook_scale")
-
-    def _attention_t(self, g: Tensor, layer: int) -> Tensor:
-        """g at resid_mid [n, p, d] -> its contribution at resid_pre through frozen OV."""
-        p = g.shape[1]
-        pattern = self._frozen[f"blocks.{layer}.attn.hook_pattern"][:, :p, :p]  # [h, q, k]
-        gz = torch.einsum("npd,hed->nhpe", g, self.W_O[layer])  # [n, h, q, dh]
-        gv = pattern.transpose(1, 2).unsqueeze(0) @ gz  # [n, h, k, dh]
-        gx = torch.einsum("nhke,hde->nkd", gv, self.W_V[layer])
-        if self.ln1_w[layer] is not None:
-            gx = gx * self.ln1_w[layer]
-        return self._norm_t(gx, f"blocks.{layer}.ln1.hook_scale")
-
     def _read_sources(self, g: Tensor, layer: int, rows: Tensor) -> None:
-        """Add the columns of every source injected at layer `layer`'s out_hook."""
-        n, p, _ = g.shape
-        for column, gather, scale, w_dec in self.writes.get(layer, ()):
-            col, idx, act = column[:p], gather[:p], scale[:p]
-            if (col >= 0).sum() == 0:
-                continue
-            vec = w_dec[idx].to(self.dtype) * act.unsqueeze(-1)  # [p, m, d]
-            vals = torch.einsum("npd,pmd->npm", g, vec).reshape(n, -1)
-            flat = col.reshape(-1)
-            live = flat >= 0
-            rows[:n, flat[live]] += vals[:, live].float()
-        k = self.by_layer[layer]
-        err = self.sources.errors[k][1:p].to(g.device, self.dtype)  # [p-1, d]
-        start = self.n_feat + k * (self.tokens.numel() - 1)
-        rows[:n, start : start + p - 1] += torch.einsum("npd,pd->np", g[:, 1:], err).float()
+        """Add the columns of every source injected at layer `layer`'s out_hook.
 
-    def _run(self, g_top: Tensor | None, inject: list[tuple[int, Tensor]], n: int) -> Tensor:
-        """Rows [n, n_src] for targets already at the top (g_top [n_top, p, d]) and targets
-        entering at resid_mid of layer l (inject: (l, g [n_l, p, d]) in descending l, the rows
-        of each following the previous ones)."""
+        g: [n, p, d] gradients at the out_hook; rows: [n_sources + 1, n] (transposed rows).
+        """
+        n, p, _ = g.shape
+        g_pos = None
+        for column, vectors, recipe in self.writes.get(layer, ()):
+            vec = (
+                vectors[:p]
+                if vectors is not None
+                else _vectors(*(r[:p] for r in recipe[:2]), recipe[2])
+            )
+            if g_pos is None:
+                g_pos = g.transpose(0, 1).transpose(1, 2)  # [p, d, n]
+            vals = torch.bmm(vec, g_pos).reshape(-1, n)  # [p * m, n]
+            rows.index_add_(0, column[:p].reshape(-1), vals.to(rows.dtype))
+        k = self.by_layer[layer]
+        err = self.sources.errors[k][1:p].to(self.device, self.dtype)  # [p-1, d]
+        start = self.n_feat + k * (self.tokens.numel() - 1)
+        rows[start : start + p - 1] += torch.einsum("npd,pd->pn", g[:, 1:], err).to(rows.dtype)
+
+    def _attention_t(self, g: Tensor, layer: int) -> None:
+        """g at resid_mid [n, p, d] += its path back to resid_pre through frozen OV (in place)."""
+        n, p, d = g.shape
+        h, e = self.n_heads, self.d_head
+        gz = (g.reshape(n * p, d) @ self.W_O_T[layer]).reshape(n, p, h, e)
+        gz = gz.permute(2, 1, 0, 3).reshape(h, p, n * e)
+        gv = torch.bmm(self.patterns[layer][:, :p, :p], gz)  # [h, k, n * e]
+        gv = gv.reshape(h, p, n, e).permute(2, 1, 0, 3).reshape(n * p, h * e)
+        g.view(n * p, d).addmm_(gv, self.W_V_T[layer])
+
+    def _run(self, g: Tensor, entered: list[int]) -> Tensor:
+        """Rows [n, n_src] of targets whose gradients g [n, p, d] are already in place at
+        their entry points; rows are sorted by entry, highest first: `entered[l]` rows enter
+        at layer l or above (`entered[n_layers]`: the logits, after the last layer)."""
         src, n_pos = self.sources, self.tokens.numel()
-        rows = torch.zeros(n, src.n_sources, device=self.tokens.device)
-        g = g_top
-        pending = list(inject)
+        n, p, _ = g.shape
+        rows = torch.zeros(src.n_sources + 1, n, device=self.device)  # last: padding
         for layer in range(self.model.cfg.n_layers - 1, -1, -1):
-            if g is not None:
-                self._read_sources(g, layer, rows)
-                k = self.by_layer[layer]
-                if self.skips[k] is not None:
-                    up = g @ self.skips[k].T
-                    g = g + self._into_resid(up, self.reads[k], layer)
-            while pending and pending[0][0] == layer:
-                _, g_new = pending.pop(0)
-                g = g_new if g is None else _stack(g, g_new)
-            if g is not None:
-                g = g + self._attention_t(g, layer)
-        token_cols = torch.einsum("npd,pd->np", g, src.embed[: g.shape[1]].to(self.dtype))
-        rows[: g.shape[0], src.n_sources - n_pos : src.n_sources - n_pos + g.shape[1]] = (
-            token_cols.float()
-        )
-        return rows
+            k, above = self.by_layer[layer], entered[layer + 1]
+            if above:
+                top = g[:above]
+                self._read_sources(top, layer, rows[:, :above])
+                if self.skip_t[k] is not None:
+                    up = top @ self.skip_t[k]
+                    if self.reads[k] == "resid":
+                        top += up
+                    else:
+                        top.addcmul_(up, self.inv_ln2[layer][:p])
+            if entered[layer]:
+                self._attention_t(g[: entered[layer]], layer)
+        token_cols = torch.einsum("npd,pd->pn", g, src.embed[:p].to(self.dtype))
+        rows[src.n_sources - n_pos : src.n_sources - n_pos + p] = token_cols.to(rows.dtype)
+        return rows[: src.n_sources].T
 
     # ---- the two kinds of rows ---------------------------------------------------------------
     @torch.no_grad()
     def rows_for_logits(self, directions: Float[Tensor, "n d_model"]) -> Tensor:
         """Rows of logit (or custom direction) targets read after the final norm, last position."""
         out = []
-        n_pos, d = self.tokens.numel(), self.model.cfg.d_model
+        n_pos, d, n_layers = self.tokens.numel(), self.model.cfg.d_model, self.model.cfg.n_layers
         for start in range(0, len(directions), self.batch_size):
-            dirs = directions[start : start + self.batch_size].to(self.tokens.device, self.dtype)
-            g = torch.zeros(len(dirs), n_pos, d, dtype=self.dtype, device=dirs.device)
-            # directions are read at ln_final.hook_out (the unembedding's input): through
-            # ln_f's own weight first, which is 1 on a folded model
-            g[:, -1] = dirs if self.lnf_w is None else dirs * self.lnf_w
-            g = self._norm_t(g, "ln_final.hook_scale")
-            out.append(self._run(g, [], len(dirs)))
+            dirs = directions[start : start + self.batch_size].to(self.device, self.dtype)
+            g = torch.zeros(len(dirs), n_pos, d, dtype=self.dtype, device=self.device)
+            if self.lnf_w is not None:
+                dirs = dirs * self.lnf_w
+            g[:, -1] = self._centre(dirs, dim=-1) * self.inv_final[-1]
+            out.append(self._run(g, [len(dirs)] * (n_layers + 1)))
         return torch.cat(out)
 
     @torch.no_grad()
     def rows_for_features(self, chosen: Int[Tensor, " n"]) -> Tensor:
-        """Rows of feature targets (indices into the sources' active features)."""
+        """Rows of feature targets (indices into the sources' active features).
+
+        Each batch is split by target position into a few groups, each run only over the
+        positions up to its last target (the rest of its gradient is zero, causally).
+        """
         src, out = self.sources, []
         for start in range(0, len(chosen), self.batch_size):
             idx = chosen[start : start + self.batch_size].to(src.feat_dict.device)
-            dict_k = src.feat_dict[idx]
-            layers = torch.tensor(
-                [hook_layer(self.dictionaries[k].out_hook) for k in dict_k.tolist()]
-            )
-            order = torch.sort(layers, descending=True, stable=True).indices
-            inject = []
-            for layer in layers[order].unique_consecutive().tolist():
-                mine = order[layers[order] == layer].to(idx.device)
-                inject.append((layer, self._feature_targets(idx[mine], layer)))
-            rows = self._run(None, inject, len(idx))
-            unsorted = torch.empty_like(rows)
-            unsorted[order.to(rows.device)] = rows
-            out.append(unsorted)
+            by_pos = src.feat_pos[idx].argsort(stable=True)
+            group = max(POSITION_GROUP_MIN, -(-len(idx) // POSITION_GROUPS))
+            rows = torch.empty(len(idx), src.n_sources, device=self.device)
+            for g0 in range(0, len(idx), group):
+                part = by_pos[g0 : g0 + group]
+                rows[part.to(self.device)] = self._feature_group(idx[part])
+            out.append(rows)
         return torch.cat(out)
 
+    def _feature_group(self, idx: Tensor) -> Tensor:
+        """Rows of one group of feature targets, each entering at its own layer."""
+        src, n_layers = self.sources, self.model.cfg.n_layers
+        layers = torch.tensor(
+            [hook_layer(self.dictionaries[k].out_hook) for k in src.feat_dict[idx].tolist()]
+        )
+        order = torch.sort(layers, descending=True, stable=True).indices
+        idx, layers = idx[order.to(idx.device)], layers[order]
+        pos = src.feat_pos[idx].to(self.device)
+        g = torch.zeros(len(idx), int(pos.max()) + 1, self.model.cfg.d_model, dtype=self.dtype)
+        g = g.to(self.device)
+        rows_at = torch.arange(len(idx), device=self.device)
+        for layer in layers.unique().tolist():
+            mine = (layers == layer).nonzero()[:, 0].to(self.device)
+            g[rows_at[mine], pos[mine]] = self._feature_targets(idx[mine.to(idx.device)], layer)
+        entered = [int((layers >= layer).sum()) for layer in range(n_layers + 1)]
+        rows = self._run(g, entered)
+        unsorted = torch.empty_like(rows)
+        unsorted[order.to(rows.device)] = rows
+        return unsorted
+
     def _feature_targets(self, idx: Tensor, layer: int) -> Tensor:
-        """Encoder columns of features (all of layer `layer`) as gradients at resid_mid."""
+        """Encoder columns of features (all of layer `layer`) as gradients at resid_mid [n, d]."""
         src, k = self.sources, self.by_layer[layer]
         d = self.dictionaries[k]
-        pos = src.feat_pos[idx].to(self.tokens.device)
-        enc = d.W_enc.detach()[:, src.feat_index[idx].to(d.W_enc.device)].T.to(self.dtype)
-        p = int(pos.max()) + 1
-        g = torch.zeros(len(idx), p, enc.shape[-1], dtype=self.dtype, device=enc.device)
-        g[torch.arange(len(idx), device=enc.device), pos] = enc
-        return self._into_resid(g, self.reads[k], layer)
+        enc = d.W_enc.detach()[:, src.feat_index[idx].to(d.W_enc.device)].T
+        enc = enc.to(self.device, self.dtype)
+        read = self.read_t[k]
+        if read is None:
+            return enc
+        return (enc @ read) * self.inv_ln2[layer][src.feat_pos[idx].to(self.device)]
 
 
-def _stack(g: Tensor, g_new: Tensor) -> Tensor:
-    """Rows of g then rows of g_new, padded to the longer position span."""
-    p = max(g.shape[1], g_new.shape[1])
-    pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, p - t.shape[1]))  # noqa: E731
-    return torch.cat([pad(g), pad(g_new)])
+def _vectors(gather: Tensor, scale: Tensor, w_dec: Tensor) -> Tensor:
+    """Injected vectors a W_dec [pos, m, d] of the features laid out by position."""
+    return w_dec[gather].to(scale.dtype) * scale.unsqueeze(-1)
 
 
-ROW_MEMORY_BYTES = 2**30
+KEPT_VECTORS = 2**27
+"""Most elements of injected source vectors kept between batches (beyond: gathered per batch)."""
+POSITION_GROUPS = 4
+"""Groups a batch of feature rows is split into by target position."""
+POSITION_GROUP_MIN = 64
+"""Fewest rows in a position group (smaller groups cost more in overhead than they save)."""
+
+
+def _scaled_rows(m: Tensor, w: Tensor | None) -> Tensor:
+    """diag(w) m along m's second-to-last dimension (m unchanged when w is None)."""
+    return m if w is None else m * w[:, None]
+
+
+ROW_MEMORY_BYTES = 2**28
 """Working memory a batch of rows may take on the CPU (on CUDA: a quarter of what is free)."""
 
 

@@ -74,7 +74,9 @@ class PromptSources:
             cols = _feature_columns(g, w_dec, pos, idx, act)
             for target, w_later in self.later[k]:
                 if grads[target] is not None:
-                    cols = cols + _feature_columns(grads[target][:n].float(), w_later, pos, idx, act)
+                    cols = cols + _feature_columns(
+                        grads[target][:n].float(), w_later, pos, idx, act
+                    )
             feature_cols.append(cols)
             error_cols.append((g[:, 1:, :] * err[1:].float().unsqueeze(0)).sum(-1))
         if grad_embed is None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from replacement.atomic import write_json
 from replacement.errors import SparseCircuitsError
-from replacement.model import DEFAULT_MODEL_DIR
 from replacement.validation import (
     HelpFormatter,
     check_device,
@@ -24,6 +23,8 @@ def heldout_text(n_tokens: int, model) -> str:
 
     Returns enough text for about `n_tokens` tokens (more is trimmed by the caller).
     """
+    from replacement.model import DEFAULT_MODEL_DIR  # torch: only when the command runs
+
     listing = DEFAULT_MODEL_DIR / "heldout_files.txt"
     if not listing.is_file():
         raise SparseCircuitsError(f"the held-out file list {str(listing)!r} is missing")

@@ -90,9 +90,16 @@ def frozen_effects(model, dictionaries, tokens, sources, delta, targets):
                                 a = d.encode(x)[source[3]]
                                 vec = a * d.W_dec[source[3]]
                             else:
-                                vec = clean[name][0, pos] - d(x)
+                                vec = clean[name][0, pos] - _reconstruction(dictionaries, k, pos)
                             act = act.clone()
                             act[:, pos] += delta * vec
+                        if source[0] == "feature":  # a cross-layer feature's later writes
+                            src = dictionaries[source[1]]
+                            for hook, w_dec in getattr(src, "later_decoders", ()):
+                                if hook == name:
+                                    x = clean[src.in_hook][0, source[2]]
+                                    act = act.clone()
+                                    act[:, source[2]] += delta * src.encode(x)[source[3]] * w_dec[source[3]]
                 seen[name] = act
                 return act
 
@@ -121,6 +128,16 @@ def frozen_effects(model, dictionaries, tokens, sources, delta, targets):
                 yield dictionaries[target[1]].W_enc[:, target[3]].double()
             else:
                 yield target[1].double()
+
+    def _reconstruction(dicts, k, pos):
+        """Dictionary k's output at `pos` from clean inputs, with any cross-layer writes into it."""
+        d = dicts[k]
+        out = d(clean[d.in_hook][0, pos])
+        for other in dicts:
+            for hook, w_dec in getattr(other, "later_decoders", ()):
+                if hook == d.out_hook:
+                    out = out + other.encode(clean[other.in_hook][0, pos]) @ w_dec
+        return out
 
     run(False)  # capture the clean values
     # the baseline goes through the same (frozen) code path as the perturbed runs, so that

@@ -58,3 +58,15 @@ def test_trace_prompt_notebook(tmp_path):
     assert (out / "graph.safetensors").is_file() and (out / "fib.graphml").is_file()
     assert "graph-data" in (out / "fib.html").read_text()
     assert (out / "fib_top100.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_global_graph_notebook(tmp_path):
+    """The global-graph notebook runs; its last check (virtual weights with the prompt's own
+    norm scales and attention pattern equal the prompt graph's edges) asserts inside."""
+    nb = nbformat.read(EXAMPLES / "global_graph.ipynb", as_version=4)
+    _shipped_or_stand_in(nb, tmp_path)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    text = "".join(out.get("text", "") for out in nb.cells[-2].get("outputs", []))
+    assert "8 edges agree" in text

@@ -11,8 +11,6 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from training.default_model.train import TrainConfig
-
 DESCRIPTION = "Retrain the embedded default model on this interpreter's stdlib."
 
 
@@ -42,16 +40,23 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    # defaults (None) come from TrainConfig, read only when the command runs: importing it
+    # imports torch and transformers, which `sparse-circuits --help` should not wait for
     p.add_argument(
-        "--tokens", type=positive_int, default=TrainConfig.tokens, help="number of training tokens"
+        "--tokens",
+        type=positive_int,
+        default=None,
+        help="number of training tokens (default: config)",
     )
     p.add_argument(
         "--batch-size",
         type=positive_int,
-        default=TrainConfig.batch_size,
-        help="number of sequences per optimiser step",
+        default=None,
+        help="number of sequences per optimiser step (default: config)",
     )
-    p.add_argument("--lr", type=positive_float, default=TrainConfig.lr, help="peak learning rate")
+    p.add_argument(
+        "--lr", type=positive_float, default=None, help="peak learning rate (default: config)"
+    )
     p.add_argument(
         "--vocab-size", type=positive_int, default=4096, help="number of tokenizer entries"
     )
@@ -92,7 +97,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run the stage(s) that parsed arguments ask for."""
+    from training.default_model.train import TrainConfig
+
     verbose = not args.quiet
+    for name in ("tokens", "batch_size", "lr"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(TrainConfig, name))
     overrides = {"batch_size": args.batch_size, "lr": args.lr}
     from training.default_model import pipeline
 

@@ -1,0 +1,126 @@
+"""Benchmark: attribution of long prompts on a GPT-2-size model, time and peak memory.
+
+Run: python tests/benchmarks/bench_long_prompt.py [--lengths 1024 2048] [--layers 12]
+     [--d-model 768] [--features 24576] [--k 32] [--max-feature-nodes 512] [--device cpu]
+
+The embedded default model takes at most 256 tokens, so this builds a random GPT-2 of the
+given size (12 layers, d_model 768, 12 heads by default; context as long as the longest
+prompt) with random TopK skip transcoders on every layer, and attributes a random prompt of
+each length with a feature budget (a dense adjacency over every active feature of a long
+prompt does not fit: at 1024 tokens, 12 layers and k=32 there are ~393k active features).
+For each length it prints the seconds, rows per second, the peak resident memory growth of
+the call (sampled every 2 ms) and, on CUDA, the peak accelerator memory, plus the memory the
+stored rows take ([budget, n_sources] floats), from which the largest prompt that fits a
+memory limit follows: the rows grow linearly with the prompt, the row working set is capped
+by `circuits.linear_rows.ROW_MEMORY_BYTES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_circuit_tracer import PeakRSS  # noqa: E402
+
+from circuits.attribute import attribute  # noqa: E402
+from replacement import load_model  # noqa: E402
+from replacement.dictionary import Dictionary  # noqa: E402
+from replacement.hooks import layer_hooks  # noqa: E402
+
+
+def gpt2_of_size(n_layers: int, d_model: int, n_ctx: int):
+    """A random GPT-2 (HF) of the given size, loaded as a bridge with the default tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = load_model("default").tokenizer
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_ctx,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=d_model // 64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return load_model(GPT2LMHeadModel(cfg).eval(), tokenizer=tokenizer)
+
+
+def topk_transcoders(model, n_features: int, k: int) -> list[Dictionary]:
+    d = model.cfg.d_model
+    out = []
+    for layer in range(model.cfg.n_layers):
+        h = layer_hooks(layer)
+        tc = Dictionary(
+            d, d, n_features, h.mlp_in, h.mlp_out, "topk", skip=True, activation_params={"k": k}
+        )
+        with torch.no_grad():
+            tc.W_enc.normal_(0, d**-0.5)
+            tc.W_dec.normal_(0, 0.05)
+            tc.W_skip.normal_(0, 0.2 * d**-0.5)
+        out.append(tc.eval())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024])
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--features", type=int, default=24576)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--max-feature-nodes", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = gpt2_of_size(args.layers, args.d_model, max(args.lengths)).to(args.device)
+    dicts = [d.to(args.device) for d in topk_transcoders(model, args.features, args.k)]
+    cuda = torch.device(args.device).type == "cuda"
+    print(
+        f"random GPT-2: {args.layers} layers, d_model {args.d_model}, n_ctx {model.cfg.n_ctx}; "
+        f"TopK skip transcoders F={args.features} k={args.k}; budget {args.max_feature_nodes} "
+        f"features; {args.device}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'tokens':>6} {'active':>8} {'rows':>6} {'seconds':>8} {'rows/s':>7} "
+        f"{'peak RSS +GB':>12} {'stored rows GB':>14}" + (" peak GPU GB" if cuda else "")
+    )
+    gen = torch.Generator().manual_seed(0)
+    attribute(model, dicts, "import os", max_feature_nodes=8, verbose=False)  # warm-up
+    for n in args.lengths:
+        tokens = torch.randint(1, model.cfg.d_vocab, (n,), generator=gen)
+        tokens[0] = model.tokenizer.bos_token_id
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        with PeakRSS() as mem:
+            start = time.perf_counter()
+            graph = attribute(
+                model,
+                dicts,
+                tokens.to(args.device),
+                verbose=False,
+                max_feature_nodes=args.max_feature_nodes,
+            )
+            if cuda:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        active = graph.metadata["n_active_features"]
+        rows = graph.node_kind.count("feature") + graph.node_kind.count("logit")
+        n_src = active + (args.layers + 1) * n
+        stored = rows * n_src * 4 / 2**30
+        gpu = f" {torch.cuda.max_memory_allocated() / 2**30:>11.2f}" if cuda else ""
+        print(
+            f"{n:>6} {active:>8} {rows:>6} {seconds:>8.1f} {rows / seconds:>7.1f} "
+            f"{mem.peak_mb / 1024:>12.2f} {stored:>14.2f}{gpu}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

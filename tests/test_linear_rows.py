@@ -1,0 +1,173 @@
+"""The linear attribution path (circuits.linear_rows) equals the autograd reference, and
+cross-layer transcoders attribute exactly.
+
+- every transcoder kind (ReLU, TopK, JumpReLU, gated; with and without W_skip; reading
+  `ln2.hook_normalized`, `ln2.hook_out` or `hook_resid_mid`) on a LayerNorm GPT-2 and an
+  RMSNorm Llama with grouped-query attention: the same graph to 1e-5 relative;
+- norm weights that are not 1 (an unfolded model) are part of the map;
+- SAEs fall back to the autograd path (their edges differentiate through MLPs);
+- a cross-layer transcoder written in circuit-tracer's layout: every edge equals the effect
+  of an intervention in the frozen model, on both paths.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from circuits.attribute import attribute
+from circuits.crosslayer_slices import expand_crosslayer
+from replacement import load_model
+from replacement.dictionary import Dictionary, GatedDictionary
+from replacement.errors import SparseCircuitsError
+from replacement.formats.detect import load_dictionary
+from tests.attribution_helpers import random_transcoders
+from tests.test_attribution_exact import PROMPT, check_columns
+from tests.tiny_models import make_gpt2, make_llama
+
+KINDS = [("relu", {}, True), ("topk", {"k": 6}, False), ("jumprelu", {}, True)]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def model64(request, tiny_tokenizer):
+    make = make_gpt2 if request.param == "gpt2" else make_llama
+    return load_model(
+        make(len(tiny_tokenizer), seed=1).double(), tokenizer=tiny_tokenizer, dtype=torch.float64
+    )
+
+
+def assert_same_graph(model, dicts, **kw):
+    fast = attribute(model, dicts, PROMPT, verbose=False, batch_size=24, **kw)
+    ref = attribute(model, dicts, PROMPT, verbose=False, batch_size=24, method="autograd", **kw)
+    assert fast.metadata["method"] == "linear" and ref.metadata["method"] == "autograd"
+    assert fast.node_label == ref.node_label
+    scale = ref.adjacency.abs().max()
+    assert scale > 1e-2
+    assert (fast.adjacency - ref.adjacency).abs().max() <= 1e-5 * scale
+    return fast
+
+
+@pytest.mark.parametrize("kind,params,skip", KINDS, ids=[k for k, _, _ in KINDS])
+def test_linear_equals_autograd(model64, kind, params, skip):
+    dicts = random_transcoders(model64, kind, skip=skip, **params)
+    assert_same_graph(model64, dicts)
+
+
+def test_gated_transcoders_and_other_reads(model64):
+    """Gated activations, and transcoders reading ln2.hook_out or hook_resid_mid."""
+    base = random_transcoders(model64, "relu", skip=True, seed=4)
+    d = model64.cfg.d_model
+    mixed = []
+    for layer, tc in enumerate(base):
+        if layer == 0:
+            gated = GatedDictionary(
+                d, d, tc.n_features, tc.in_hook, tc.out_hook, skip=True, dtype=torch.float64
+            )
+            gated.load_state_dict(tc.state_dict(), strict=False)
+            mixed.append(gated.eval())
+        else:
+            tc.in_hook = f"blocks.{layer}.hook_resid_mid"
+            mixed.append(tc)
+    assert_same_graph(model64, mixed)
+    for tc in base:
+        tc.in_hook = tc.in_hook.replace("hook_resid_mid", "ln2.hook_out")
+    base[0].in_hook = "blocks.0.ln2.hook_out"
+    assert_same_graph(model64, base, max_feature_nodes=40)
+
+
+def test_norm_weights_are_part_of_the_map(tiny_tokenizer):
+    """Norm weights away from 1 (as in a model loaded without folding) change the edges; the
+    linear path follows them."""
+    model = load_model(
+        make_gpt2(len(tiny_tokenizer), seed=2).double(),
+        tokenizer=tiny_tokenizer,
+        dtype=torch.float64,
+    )
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for block in model.blocks:
+            for norm in (block.ln1, block.ln2):
+                norm.w.copy_(1 + 0.5 * torch.randn(norm.w.shape, generator=gen, dtype=norm.w.dtype))
+    dicts = random_transcoders(model, "relu", skip=True)
+    for tc in dicts:  # a read after ln2's weight
+        tc.in_hook = tc.in_hook.replace("hook_normalized", "hook_out")
+    assert_same_graph(model, dicts, max_feature_nodes=60)
+
+
+def test_saes_fall_back_to_autograd(tiny_gpt2):
+    d = tiny_gpt2.cfg.d_model
+    saes = [Dictionary(d, d, 16, f"blocks.{i}.hook_mlp_out") for i in range(2)]
+    graph = attribute(tiny_gpt2, saes, PROMPT, verbose=False)
+    assert graph.metadata["method"] == "autograd"
+    with pytest.raises(SparseCircuitsError, match="does not replace an MLP"):
+        attribute(tiny_gpt2, saes, PROMPT, verbose=False, method="linear")
+    half = random_transcoders(tiny_gpt2, "relu")[:1]  # layer 1's MLP stays live
+    with pytest.raises(SparseCircuitsError, match=r"layers \[1\] have no transcoder"):
+        attribute(tiny_gpt2, half, PROMPT, verbose=False, method="linear")
+    with pytest.raises(SparseCircuitsError, match="expected 'auto'"):
+        attribute(tiny_gpt2, half, PROMPT, verbose=False, method="fast")
+
+
+def _write_circuit_tracer_clt(folder, n_layers, n_features, d, seed=0):
+    """A cross-layer transcoder in circuit-tracer's file layout, about a fifth of features on."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n_layers):
+        enc = {
+            f"W_enc_{i}": torch.randn(n_features, d, generator=g, dtype=torch.float64) / d**0.5,
+            f"b_enc_{i}": torch.rand(n_features, generator=g, dtype=torch.float64) * 0.3,
+            f"b_dec_{i}": torch.randn(d, generator=g, dtype=torch.float64) * 0.01,
+            f"threshold_{i}": torch.full((n_features,), 0.05, dtype=torch.float64),
+            f"W_skip_{i}": torch.randn(d, d, generator=g, dtype=torch.float64) * 0.2 / d**0.5,
+        }
+        dec = {f"W_dec_{i}": torch.randn(n_features, n_layers - i, d, generator=g) * 0.1}
+        save_file(enc, str(folder / f"W_enc_{i}.safetensors"))
+        save_file({k: v.double() for k, v in dec.items()}, str(folder / f"W_dec_{i}.safetensors"))
+    cfg = {
+        "model_kind": "cross_layer_transcoder",
+        "feature_input_hook": "ln2.hook_normalized",
+        "feature_output_hook": "hook_mlp_out",
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_crosslayer_transcoder_edges_are_exact(tmp_path, tiny_tokenizer):
+    """A 3-layer CLT from circuit-tracer's layout: features of layer 0 write to layers 0-2;
+    every edge equals the measured effect of an intervention, on both paths."""
+    model = load_model(
+        make_llama(len(tiny_tokenizer), seed=3, n_layers=3).double(),
+        tokenizer=tiny_tokenizer,
+        dtype=torch.float64,
+    )
+    _write_circuit_tracer_clt(tmp_path, 3, 40, model.cfg.d_model)
+    clt = load_dictionary(tmp_path).eval()
+    graph = assert_same_graph(model, [clt])
+    feats, errors, tokens = graph.find("feature"), graph.find("error"), graph.find("token")
+    layer0 = [i for i in feats if graph.node_layer[i] == 0]
+    layer1 = [i for i in feats if graph.node_layer[i] == 1]
+    assert len(layer0) > 3 and len(layer1) > 3
+    sources = [layer0[0], layer0[-1], layer1[0], errors[0], errors[-1], tokens[2]]
+    check_columns(model, expand_crosslayer([clt]), graph, sources)
+    # the later decoders matter: without them the edges of layer-0 features change
+    cut = expand_crosslayer([clt])
+    for piece in cut:
+        piece.later_decoders = []
+    cut_graph = attribute(model, cut, PROMPT, verbose=False)
+    assert cut_graph.node_label == graph.node_label
+    moved = cut_graph.adjacency[:, layer0] - graph.adjacency[:, layer0]
+    assert moved.abs().max() > 1e-3 * graph.adjacency.abs().max()
+    # interventions: switching a layer-0 feature off moves each logit by minus its edge
+    from circuits.intervene import Intervention, intervene
+
+    for s in (layer0[0], layer0[-1]):
+        off = Intervention(0, int(graph.node_pos[s]), int(graph.node_feature[s]), value=0.0)
+        result = intervene(model, clt, graph.tokens, [off])
+        change = result.logits[-1] - result.clean_logits[-1]
+        for row in graph.find("logit"):  # a logit node reads the demeaned logit
+            moved = change[int(graph.node_feature[row])] - change.mean()
+            torch.testing.assert_close(
+                moved, -graph.adjacency[row, s].double(), rtol=1e-4, atol=1e-6
+            )
+    free = intervene(model, [clt], graph.tokens, [], constrained=False)
+    torch.testing.assert_close(free.logits, free.clean_logits)
