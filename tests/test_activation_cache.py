@@ -45,7 +45,7 @@ def cache_dir(default_model, small_data, tmp_path_factory):
 
 def _config(out_dir, cache_dir, **kw) -> TrainConfig:
     base = dict(
-        activations=str(cache_dir),
+        activations=None if cache_dir is None else str(cache_dir),
         kind="skip_transcoder",
         activation="topk",
         layers=[1],
@@ -196,3 +196,21 @@ def test_token_cache_skips_tokenizing_on_the_second_run(default_model, tmp_path,
     (src / "b.py").write_text("x = 1\n" * 200)
     with pytest.raises(AssertionError, match="tokenized again"):
         load_token_data(default_model, str(src), CTX)
+
+
+def test_e2e_spliced_pass_from_the_first_spliced_block_changes_nothing(
+    default_model, small_data, tmp_path
+):
+    def run(skip: bool):
+        cfg = _config(
+            tmp_path / f"e2e{skip}", None, objective="e2e", layers=[2], total_tokens=62 * 3
+        )
+        cfg.batch_tokens = 62
+        trainer = Trainer(cfg, default_model, small_data)
+        trainer.skip_unspliced_blocks = skip
+        return trainer.train()[2]
+
+    a, b = run(True), run(False)
+    for name, t in a.state_dict().items():
+        assert torch.allclose(t, b.state_dict()[name], atol=1e-6), name
+    assert a.W_dec.abs().max() > 0
