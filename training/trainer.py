@@ -581,6 +581,8 @@ class Trainer:
             )
         elif self.batches is not None:
             self._log(f"reading activations from {str(self.cache.folder)!r}")
+        if self.step < self._end:
+            self._log(f"training from step {self.step} of {total}")
         return self._end
 
     def advance(self) -> dict[str, Any]:
