@@ -45,7 +45,7 @@ def cache_dir(default_model, small_data, tmp_path_factory):
 
 def _config(out_dir, cache_dir, **kw) -> TrainConfig:
     base = dict(
-        activations=str(cache_dir),
+        activations=None if cache_dir is None else str(cache_dir),
         kind="skip_transcoder",
         activation="topk",
         layers=[1],
@@ -196,3 +196,51 @@ def test_token_cache_skips_tokenizing_on_the_second_run(default_model, tmp_path,
     (src / "b.py").write_text("x = 1\n" * 200)
     with pytest.raises(AssertionError, match="tokenized again"):
         load_token_data(default_model, str(src), CTX)
+
+
+def test_e2e_spliced_pass_from_the_first_spliced_block_changes_nothing(
+    default_model, small_data, tmp_path
+):
+    def run(skip: bool):
+        cfg = _config(
+            tmp_path / f"e2e{skip}", None, objective="e2e", layers=[2], total_tokens=62 * 3
+        )
+        cfg.batch_tokens = 62
+        trainer = Trainer(cfg, default_model, small_data)
+        trainer.skip_unspliced_blocks = skip
+        return trainer.train()[2]
+
+    a, b = run(True), run(False)
+    for name, t in a.state_dict().items():
+        assert torch.allclose(t, b.state_dict()[name], atol=1e-6), name
+    assert a.W_dec.abs().max() > 0
+
+
+def test_cache_and_sweep_commands(tmp_path, capsys, monkeypatch):
+    from sparse_circuits_cli import main
+
+    monkeypatch.setenv("SPARSE_CIRCUITS_CACHE", str(tmp_path / "token_cache"))
+    src = tmp_path / "src"
+    src.mkdir()
+    from training.default_model.corpus import stdlib_dir
+
+    for p in sorted((stdlib_dir() / "json").glob("*.py")):
+        (src / p.name).write_text(p.read_text())
+    acts = tmp_path / "acts"
+    argv = ["cache", "--data", str(src), "--layers", "2", "--ctx-len", "32", "--tokens", "3000"]
+    assert main([*argv, "--shards", "2", "--dtype", "bfloat16", "--out", str(acts), "--quiet"]) == 0
+    cache = ActivationCache(acts)
+    assert cache.manifest["dtype"] == "bfloat16" and cache.n_shards == 2
+    assert sorted(cache.hooks) == ["blocks.2.hook_mlp_out", "blocks.2.ln2.hook_normalized"]
+    assert 3000 <= cache.n_tokens < 3200
+    (tmp_path / "base.json").write_text(json.dumps({"evaluate": False}))
+    (tmp_path / "sweep.yaml").write_text(
+        f"- {{k: 4, out_dir: {tmp_path / 'a'}}}\n- {{k: 8, out_dir: {tmp_path / 'b'}}}\n"
+    )
+    argv = ["train", "--config", str(tmp_path / "base.json"), "--activations", str(acts)]
+    argv += ["--layers", "2", "--n-features", "64", "--batch-tokens", "200", "--tokens", "1000"]
+    argv += ["--ctx-len", "32", "--sweep", str(tmp_path / "sweep.yaml"), "--quiet"]
+    assert main(argv) == 0
+    assert load_native(tmp_path / "a" / "layer_2").activation.k == 4
+    assert load_native(tmp_path / "b" / "layer_2").activation.k == 8
+    assert "trained 2 runs in one pass" in capsys.readouterr().out

@@ -74,7 +74,7 @@ def write_activation_cache(
     dtype: str = "float16",
     n_shards: int = 4,
     max_tokens: int | None = None,
-    model_batch: int = 32,
+    model_batch: int = 64,
     verbose: bool = True,
 ) -> Path:
     """Run the model over `data.train` once and store the activations of `hooks`.

@@ -81,12 +81,14 @@ class ActivationBuffer:
         batch_tokens: int,
         buffer_tokens: int,
         seed: int,
-        model_batch: int = 32,
+        model_batch: int = 64,
         mix: int = 2,
     ):
         self.model, self.data, self.hooks = model, data, list(hooks)
         self.batch_tokens, self.mix = int(batch_tokens), max(1, int(mix))
         self.batches_per_refill = max(1, int(buffer_tokens) // (self.mix * self.batch_tokens))
+        # 64 rows a forward pass: the bridge runs many small ops, and with two threads on a
+        # busy CPU 32-row passes took twice as long per token (equal on one thread)
         self.seed, self.model_batch = int(seed), int(model_batch)
         ctx = data.train.shape[1]
         tokens_needed = self.batches_per_refill * self.batch_tokens

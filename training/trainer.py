@@ -240,6 +240,8 @@ class Trainer:
         # sequences per e2e step: batch_tokens predicted tokens, ctx_len - 1 per sequence
         self.rows_per_step = max(1, config.batch_tokens // (self.ctx_len - 1))
         self.last_metrics: dict[str, Any] = {}
+        self.skip_unspliced_blocks = True
+        """e2e: run the spliced pass from the first spliced block (TL4's start_at_layer)."""
 
     def _check_against_model(self, model: Any) -> None:
         """Layers, hooks and ctx_len that the model has, checked before any data is read."""
@@ -456,7 +458,11 @@ class Trainer:
         ds_hooks = [f"blocks.{m}.hook_resid_post" for m in ds_layers]
         fresh = step == 0 and not self._resumed
         firsts = [h for d in self.dictionaries.values() for h in (d.in_hook, d.out_hook)]
-        needed = sorted(set(ds_hooks + (firsts if fresh else [])))
+        # the blocks below the first spliced one compute the same in both passes: the
+        # spliced pass starts from the original pass's residual there
+        start = min(cfg.layers) if self.skip_unspliced_blocks else 0
+        start_hook = [f"blocks.{start}.hook_resid_pre"] if start > 0 else []
+        needed = sorted(set(ds_hooks + start_hook + (firsts if fresh else [])))
         with torch.no_grad():
             captured: dict[str, Tensor] = {}
             fwd = [(h, _capture(captured, h)) for h in needed]
@@ -476,7 +482,10 @@ class Trainer:
             with self.model.hooks(
                 fwd_hooks=[(h, _capture(spliced_ds, h, detach=False)) for h in ds_hooks]
             ):
-                logits = self.model(tokens)
+                if start_hook:
+                    logits = self.model(captured[start_hook[0]], start_at_layer=start)
+                else:
+                    logits = self.model(tokens)
         logp = torch.log_softmax(logits.float(), dim=-1)
         kl_tok = (logp_orig.exp() * (logp_orig - logp)).sum(-1)
         kl = kl_tok[mask].sum() / n_tokens
@@ -647,6 +656,8 @@ class Trainer:
             )
         elif self.batches is not None:
             self._log(f"reading activations from {str(self.cache.folder)!r}")
+        if self.step < self._end:
+            self._log(f"training from step {self.step} of {total}")
         return self._end
 
     def advance(self) -> dict[str, Any]:

@@ -1,13 +1,20 @@
-"""Training speed of a TopK skip transcoder: this project's trainer against EleutherAI sparsify.
+"""Training speed of TopK skip transcoders: this project's trainer against EleutherAI sparsify.
 
 Both trainers get the same model (the embedded default model; sparsify reads the same
 weights through `transformers`), the same token rows (Python stdlib, BOS-first rows of
 `--ctx` tokens, BOS excluded from training in both), the same width, k, batch, Adam learning
 rate, warm-up and linear decay, AuxK weight 1/32 and dead-latent threshold, and train one
 skip transcoder per layer (MLP input -> MLP output) for every layer in one forward pass.
-Prints training tokens/s of each, their ratio, and the held-out FVU of each after the same
-number of tokens. sparsify is optional (`pip install eai-sparsify --no-deps` plus natsort,
-schedulefree, simple-parsing, docstring-parser); without it only our figures print.
+
+Runs, interleaved per repeat so a shared machine's load falls on all alike:
+- ours from the model (activation buffer filled by the model as training goes);
+- sparsify (in a subprocess with the Python of `--sparsify-python`, default $SPARSIFY_PYTHON
+  or this one: sparsify pins its own dependencies, so it may live in its own environment);
+- ours from an activation cache of the same rows (`sparse-circuits cache`, written once
+  before the repeats; its writing time is printed and amortised over sweeps);
+- a sweep of `--sweep` dictionary sets (k/2, k, 2k) from the cache in one pass (`train_many`);
+- ours with the e2e and e2e+ds objectives on the same tokens (they run the model every step).
+Prints tokens/s of each, the ratios, and held-out FVU after the same number of tokens.
 
 Differences that remain: sparsify runs the full model each step (ours stops after the last
 needed layer), its SAE forward runs under bf16 autocast on CUDA (ours float32), ours clips
@@ -15,13 +22,17 @@ gradients at norm 1 (sparsify does not), and the bridge folds LayerNorm weights 
 and centres its output over d_model, so the two FVUs are measured against targets that differ
 by that centring (a per-token constant; FVU barely moves).
 
-    python tests/benchmarks/bench_train.py [--tokens 1e6] [--n-features 1024] [--k 16]
-        [--device cuda] [--layers 0,1,2,3] [--repeats 2]
+    python tests/benchmarks/bench_train.py [--tokens 2e5] [--n-features 1024] [--k 16]
+        [--device cuda] [--layers 0,1,2,3] [--repeats 2] [--sparsify-python PATH] [--no-e2e]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,11 +44,12 @@ from torch import Tensor
 from replacement import load_model
 from replacement.errors import ModelLoadError
 from replacement.zoo import ZOO_DIR
+from training.activation_cache import write_activation_cache
 from training.activations import collect_activations
 from training.config import TrainConfig
 from training.data import TokenData, chunk_documents, special_token_ids, token_mask
 from training.default_model.corpus import collect_corpus
-from training.trainer import Trainer
+from training.trainer import Trainer, dictionary_hooks, train_many
 
 
 def _model(device: str) -> tuple[Any, Path, str]:
@@ -89,107 +101,97 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(bridge, data: TokenData, args, layers, out_dir: Path) -> tuple[float, float]:
-    """(tokens/s, held-out FVU) of this project's trainer."""
-    steps = args.steps
-    cfg = TrainConfig(
-        model="default",
-        kind="skip_transcoder",
-        activation="topk",
-        layers=layers,
-        n_features=args.n_features,
-        k=args.k,
-        objective="local",
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        decay="linear",
-        decay_fraction=1.0,
-        batch_tokens=args.seqs * (args.ctx - 1),
-        total_tokens=steps * args.seqs * (args.ctx - 1),
-        ctx_len=args.ctx,
-        buffer_tokens=args.buffer_tokens,
-        dead_after_tokens=args.dead_after,
-        checkpoint_every=0,
-        log_every=max(1, steps // 10),
-        evaluate=False,
-        verbose=False,
-        out_dir=str(out_dir),
-        device=args.device,
+def _our_config(args, layers, out_dir: Path, **kw) -> TrainConfig:
+    steps = kw.pop("steps", args.steps)
+    return TrainConfig(
+        **{
+            "model": "default",
+            "kind": "skip_transcoder",
+            "activation": "topk",
+            "layers": layers,
+            "n_features": args.n_features,
+            "k": args.k,
+            "objective": "local",
+            "lr": args.lr,
+            "warmup_steps": args.warmup,
+            "decay": "linear",
+            "decay_fraction": 1.0,
+            "batch_tokens": args.seqs * (args.ctx - 1),
+            "total_tokens": steps * args.seqs * (args.ctx - 1),
+            "ctx_len": args.ctx,
+            "buffer_tokens": args.buffer_tokens,
+            "dead_after_tokens": args.dead_after,
+            "checkpoint_every": 0,
+            "log_every": max(1, steps // 10),
+            "evaluate": False,
+            "verbose": False,
+            "out_dir": str(out_dir),
+            "device": args.device,
+            **kw,
+        }
     )
-    trainer = Trainer(cfg, bridge, data)
+
+
+def run_ours(bridge, data: TokenData, args, layers, out_dir: Path, **kw) -> tuple[float, float]:
+    """(tokens/s, held-out FVU) of this project's trainer (kw: TrainConfig overrides)."""
+    trainer = Trainer(_our_config(args, layers, out_dir, **kw), bridge, data)
     _sync(args.device)
     t0 = time.perf_counter()
     dicts = trainer.train()
     _sync(args.device)
     seconds = time.perf_counter() - t0
-    tokens = steps * trainer.tokens_per_step
+    tokens = trainer.step * trainer.tokens_per_step
     return tokens / seconds, _our_fvu(bridge, dicts, data.val, data.special_ids)
 
 
-def run_sparsify(hf_dir: Path, data: TokenData, args, layers, out_dir: Path):
-    """(tokens/s, held-out FVU) of sparsify's trainer, or None when it is not installed."""
-    try:
-        import sparsify
-        from datasets import Dataset
-    except ImportError as err:
-        print(f"sparsify not available ({err}); skipping the comparison")
-        return None
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(args.device)
-    model.eval()
-    steps = args.steps
-    # the same rows our trainer draws from, in a fixed shuffled order (sparsify does not shuffle)
-    order = torch.randperm(data.train.shape[0], generator=torch.Generator().manual_seed(0))
-    rows = data.train[order[: steps * args.seqs]]
-    ds = Dataset.from_dict({"input_ids": rows.tolist()}).with_format("torch")
-    cfg = sparsify.TrainConfig(
-        sparsify.SparseCoderConfig(
-            num_latents=args.n_features, k=args.k, transcode=True, skip_connection=True
-        ),
-        batch_size=args.seqs,
-        loss_fn="fvu",
-        optimizer="adam",
-        lr=args.lr,
-        lr_warmup_steps=args.warmup,
-        auxk_alpha=1 / 32,
-        dead_feature_threshold=args.dead_after,
-        exclude_tokens=list(data.special_ids),
-        hookpoints=[f"h.{layer}.mlp" for layer in layers],
-        log_to_wandb=False,
-        save_every=10**9,
-        save_dir=str(out_dir),
-    )
-    trainer = sparsify.Trainer(cfg, ds, model)
+def run_sweep(bridge, data: TokenData, args, layers, out_dir: Path, cache: Path):
+    """(dictionary-set tokens/s, mean held-out FVU) of `args.sweep` runs in one cached pass."""
+    ks = [max(1, args.k // 2), args.k, 2 * args.k, 4 * args.k][: args.sweep]
+    configs = [
+        _our_config(args, layers, out_dir / f"k{k}", k=k, activations=str(cache)) for k in ks
+    ]
     _sync(args.device)
     t0 = time.perf_counter()
-    trainer.fit()
+    results = train_many(configs, bridge, data)
     _sync(args.device)
     seconds = time.perf_counter() - t0
-    n_tokens = int((rows != data.bos).sum())  # sparsify excludes only the listed tokens
-    # held-out FVU, same rows and mask as ours
-    captured: dict[int, tuple[Tensor, Tensor]] = {}
-    handles = []
-    for layer in layers:
+    tokens = len(configs) * args.steps * configs[0].batch_tokens
+    fvus = [_our_fvu(bridge, dicts, data.val, data.special_ids) for dicts in results]
+    return tokens / seconds, sum(fvus) / len(fvus)
 
-        def hook(module, inputs, output, layer=layer):
-            captured[layer] = (inputs[0].detach(), output.detach())
 
-        handles.append(model.transformer.h[layer].mlp.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(data.val.to(args.device))
-    finally:
-        for h in handles:
-            h.remove()
-    mask = token_mask(data.val, data.special_ids).to(args.device)
-    fvus = []
-    with torch.no_grad():
-        for layer in layers:
-            x, y = captured[layer]
-            sae = trainer.saes[f"h.{layer}.mlp"]
-            fvus.append(_fvu(y[mask], sae(x[mask].float()).sae_out.float()))
-    return n_tokens / seconds, sum(fvus) / len(fvus)
+def run_sparsify(hf_dir: Path, data: TokenData, args, layers, out_dir: Path):
+    """(tokens/s, held-out FVU) of sparsify's trainer (in a subprocess), or None if missing."""
+    job = out_dir.with_suffix(".job.pt")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = torch.randperm(data.train.shape[0], generator=torch.Generator().manual_seed(0))
+    settings = {
+        k: getattr(args, k)
+        for k in ("n_features", "k", "seqs", "lr", "warmup", "dead_after", "device", "threads")
+    }
+    torch.save(
+        {
+            # the same rows our trainer draws from, in a fixed shuffled order
+            "rows": data.train[order[: args.steps * args.seqs]],
+            "val": data.val,
+            "special_ids": list(data.special_ids),
+            "bos": data.bos,
+            "hf_dir": str(hf_dir),
+            "out_dir": str(out_dir),
+            "args": {**settings, "layers": layers},
+        },
+        job,
+    )
+    runner = Path(__file__).with_name("sparsify_runner.py")
+    proc = subprocess.run(
+        [args.sparsify_python, str(runner), str(job)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        print(f"sparsify did not run ({' / '.join(tail)}); skipping the comparison")
+        return None
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result["tokens_per_s"], result["fvu"]
 
 
 def main() -> None:
@@ -203,9 +205,19 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--buffer-tokens", type=int, default=65536)
     p.add_argument("--val-rows", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=1, help="alternating runs of each trainer")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved runs of each trainer")
+    p.add_argument("--sweep", type=int, default=3, help="dictionary sets of the cached sweep")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (both trainers)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the e2e and e2e+ds runs")
+    p.add_argument(
+        "--sparsify-python",
+        default=os.environ.get("SPARSIFY_PYTHON", sys.executable),
+        help="Python of an environment with eai-sparsify",
+    )
     args = p.parse_args()
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     bridge, hf_dir, what = _model(args.device)
     layers = (
@@ -232,29 +244,64 @@ def main() -> None:
         f"threads {torch.get_num_threads()}"
     )
 
-    # repeats alternate the two trainers so a shared machine's load falls on both alike
-    best: dict[str, tuple[float, float]] = {}
+    results: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cfg = _our_config(args, layers, tmp)
+        hooks = [h for layer in layers for h in dictionary_hooks(cfg, layer)]
+        t0 = time.perf_counter()
+        cache = write_activation_cache(
+            bridge, data, hooks, tmp / "acts", dtype="float16", n_shards=4, verbose=False
+        )
+        cache_s = time.perf_counter() - t0
+        print(f"activation cache: {train.shape[0]} rows written in {cache_s:.1f} s (float16)")
+        runs = {
+            "ours (model)": lambda d: run_ours(bridge, data, args, layers, d),
+            "sparsify": lambda d: run_sparsify(hf_dir, data, args, layers, d),
+            "ours (cache)": lambda d: run_ours(
+                bridge, data, args, layers, d, activations=str(cache)
+            ),
+            f"ours (cache, sweep of {args.sweep})": lambda d: run_sweep(
+                bridge, data, args, layers, d, cache
+            ),
+        }
+        if not args.no_e2e:
+            e2e_steps = max(4, args.steps // 4)
+            for objective in ("e2e", "e2e_ds"):
+                runs[f"ours {objective}"] = lambda d, o=objective: run_ours(
+                    bridge, data, args, layers, d, objective=o, steps=e2e_steps
+                )
         for rep in range(args.repeats):
-            runners = {"ours": run_ours, "sparsify": run_sparsify}
-            sources = {"ours": bridge, "sparsify": hf_dir}
-            for name, runner in runners.items():
-                if rep and name not in best:
+            for i, (name, run) in enumerate(runs.items()):
+                if rep and name not in results:
                     continue  # sparsify missing
-                result = runner(sources[name], data, args, layers, Path(tmp) / f"{name}{rep}")
+                result = run(tmp / f"run{rep}_{i}")
                 if result is None:
                     continue
+                results.setdefault(name, []).append(result)
                 print(
-                    f"{name:9s} run {rep}: {result[0]:10.0f} tokens/s  held-out FVU {result[1]:.4f}"
+                    f"{name:28s} run {rep}: {result[0]:9.0f} tokens/s  held-out FVU {result[1]:.4f}"
                 )
-                if name not in best or result[0] > best[name][0]:
-                    best[name] = result
-    print(f"best of {args.repeats}:")
+    best = {name: max(r, key=lambda x: x[0]) for name, r in results.items()}
+    print(f"best of {args.repeats} (machine shared: compare the ratios, measured in one run):")
     for name, (speed, fvu) in best.items():
-        print(f"  {name:9s} {speed:10.0f} tokens/s   held-out FVU {fvu:.4f}")
-    if "sparsify" in best:
-        ratio = best["ours"][0] / best["sparsify"][0]
-        print(f"ratio ours / sparsify tokens/s: {ratio:.2f}x")
+        print(f"  {name:28s} {speed:9.0f} tokens/s   held-out FVU {fvu:.4f}")
+    base = best.get("sparsify")
+    local = best["ours (model)"][0]
+    for name, (speed, _) in best.items():
+        if base and name != "sparsify":
+            print(f"ratio {name} / sparsify tokens/s: {speed / base[0]:.2f}x")
+    for name in ("ours e2e", "ours e2e_ds"):
+        if name in best:
+            print(f"ratio {name} / ours (model) tokens/s: {best[name][0] / local:.2f}x")
+    if base:
+        n_tokens = args.steps * per_step
+        for n in (1, args.sweep, 10):
+            ours_s = cache_s + n * n_tokens / best["ours (cache)"][0]
+            print(
+                f"{n:2d} dictionary sets: cache write + {n} cached runs {ours_s:7.1f} s, "
+                f"sparsify {n * n_tokens / base[0]:7.1f} s -> {n * n_tokens / base[0] / ours_s:.2f}x"
+            )
 
 
 if __name__ == "__main__":
