@@ -13,6 +13,7 @@ from replacement.errors import SparseCircuitsError
 _COMMAND_MODULES = (
     "replacement.cli",
     "replacement.evaluate_cli",
+    "replacement.atlas_cli",
     "training.cli",
     "training.default_model.__main__",
     "circuits.cli",
