@@ -221,7 +221,8 @@ def draw_graph(
 
 
 def _annotate_features(graph: AttributionGraph, ax: Axes, x, y, limit: int) -> None:
-    """Write the atlas labels of the most influential features beside their markers."""
+    """Write the atlas labels of the most influential features beside their markers (the most
+    influential feature of each (layer, position) cell, `limit` cells at most)."""
     from circuits.feature_labels import atlas_label
 
     labelled = [i for i in graph.find("feature") if atlas_label(graph, i) is not None]
@@ -232,16 +233,28 @@ def _annotate_features(graph: AttributionGraph, ax: Axes, x, y, limit: int) -> N
     else:
         influence = graph.influence()
         order = sorted(labelled, key=lambda i: -float(influence[i]))
-    for i in order[:limit]:
+    cells: set[tuple[int, int]] = set()  # one label per (layer, position) cell: no overlaps
+    for i in order:
+        cell = (int(graph.node_layer[i]), int(graph.node_pos[i]))
+        if cell in cells:
+            continue
+        cells.add(cell)
         ax.annotate(
             _tick_text(atlas_label(graph, i), 28),
             (x[i], y[i]),
-            xytext=(4, -9),
+            xytext=(3, -4),
             textcoords="offset points",
-            fontsize=6,
+            ha="left",
+            va="top",
+            fontsize=6.5,
             color="#7a3b00",
+            rotation=-20,
+            rotation_mode="anchor",
+            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
             zorder=3,
         )
+        if len(cells) >= limit:
+            break
 
 
 def graph_png(graph: AttributionGraph, dpi: int = 110, **kwargs: Any) -> bytes:

@@ -283,3 +283,18 @@ def _embedded(page: str, element_id: str) -> dict:
         rf'<script type="application/json" id="{element_id}">(.*?)</script>', page, re.S
     )
     return json.loads(found.group(1))
+
+
+def test_zoo_ships_matching_atlases_within_the_budget():
+    from replacement.atlas.lookup import find_atlas
+    from replacement.formats.detect import load_dictionaries
+    from replacement.zoo import list_atlases, list_dictionary_sets, list_models
+
+    shipped = {entry.name: entry for entry in list_atlases()}
+    assert {"skip_transcoder", "skip_transcoder_e2e"} <= set(shipped)
+    for name, entry in shipped.items():
+        assert entry.card["n_tokens"] > 200_000 and entry.card["corpus"]
+        atlas = find_atlas(load_dictionaries(name))  # what `trace` uses with no extra step
+        assert atlas is not None and sum(label != "dead" for label in atlas.layers[1].labels) > 900
+    entries = list_models() + list_dictionary_sets() + list(shipped.values())
+    assert sum(e.size_bytes for e in entries) <= 40_000_000

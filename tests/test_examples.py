@@ -58,3 +58,20 @@ def test_trace_prompt_notebook(tmp_path):
     assert (out / "graph.safetensors").is_file() and (out / "fib.graphml").is_file()
     assert "graph-data" in (out / "fib.html").read_text()
     assert (out / "fib_top100.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_feature_atlas_notebook(tmp_path):
+    nb = nbformat.read(EXAMPLES / "feature_atlas.ipynb", as_version=4)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    # `atlas[layer, feature]` displays the feature's card, with its contexts
+    shown = next(
+        c for c in nb.cells if c.cell_type == "code" and "atlas[layer, feature]" in c.source
+    )
+    html = next(o["data"]["text/html"] for o in shown.outputs if "text/html" in o.get("data", {}))
+    assert 'class="sc-card"' in html and html.count('class="sc-ctx"') >= 5
+    out = tmp_path / "atlas_out"
+    page = (out / "graph.html").read_text()
+    assert '"cards":{"' in page  # the graph's features' cards are embedded
+    assert (out / "layer_pages" / "layer_2.html").is_file()
