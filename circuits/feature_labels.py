@@ -37,7 +37,8 @@ def label_features(graph: AttributionGraph, atlas: FeatureAtlas) -> AttributionG
             continue
         label = atlas.label(layer, feature)
         found[feature_key(layer, feature)] = label
-        labels[i] = f"{label} (L{layer} F{feature} @{pos})"
+        where = f" @{pos}" if len(graph.token_strs) > 1 else ""  # a global graph has no positions
+        labels[i] = f"{label} (L{layer} F{feature}{where})"
     metadata = {**graph.metadata, LABELS_KEY: found}
     return replace(graph, node_label=labels, metadata=metadata)
 

@@ -7,7 +7,8 @@ BOS-first rows of 128 tokens from the default model's training corpus, 32 rows p
 
 - baseline: `with splice(model, dictionaries): model(rows)` (encode and decode every layer);
 - atlas: `stream_features` (encode every layer and accumulate every statistic the atlas keeps:
-  counts, histogram, top-N contexts with windows, the random sample for quantile bands).
+  counts, histogram, top-N contexts with windows, the random sample for quantile bands);
+- encode only: the same pass with the statistics switched off (their cost is the difference).
 
 The two alternate batch by batch (the atlas side continues its streams), so that the load of
 a shared machine hits both alike; prints tokens/s of each and the ratio atlas / baseline
@@ -27,6 +28,7 @@ from replacement import load_dictionaries, load_model, splice
 from replacement.atlas.atlas import FeatureAtlas
 from replacement.atlas.build import AtlasSettings, _layer_atlas, stream_features, vocabulary
 from replacement.atlas.corpus import rows_from_documents
+from replacement.atlas.stream import FeatureStream
 
 
 def corpus_tokens(model, n_tokens: int, ctx_len: int = 128) -> torch.Tensor:
@@ -62,10 +64,11 @@ def main() -> None:
     settings = AtlasSettings()
     by_layer = dict(enumerate(dictionaries))
 
-    # alternate batch by batch, so that the load of a shared machine hits both alike
-    seconds = {"baseline": 0.0, "atlas": 0.0}
-    streams = None
+    # alternate batch by batch, so that the load of a shared machine hits all alike
+    seconds = {"baseline": 0.0, "atlas": 0.0, "encode only": 0.0}
+    streams = idle = None
     batch = settings.batch_rows
+    update = FeatureStream.update
     for start in range(0, rows.shape[0], batch):
         part = rows[start : start + batch]
         tick = time.perf_counter()
@@ -75,10 +78,21 @@ def main() -> None:
         tick = time.perf_counter()
         streams = stream_features(model, by_layer, part, settings, batch, False, streams, start)
         seconds["atlas"] += time.perf_counter() - tick
+        # the same pass with the statistics switched off: what encoding alone costs
+        FeatureStream.update = lambda *args, **kwargs: None
+        tick = time.perf_counter()
+        idle = stream_features(model, by_layer, part, settings, batch, False, idle, start)
+        seconds["encode only"] += time.perf_counter() - tick
+        FeatureStream.update = update
     n = rows.numel()
     for name, s in seconds.items():
-        print(f"{name:>8}: {s:8.1f} s  {n / s:10,.0f} tokens/s")
+        print(f"{name:>12}: {s:8.1f} s  {n / s:10,.0f} tokens/s")
     print(f"ratio atlas / baseline: {seconds['atlas'] / seconds['baseline']:.2f} (target <= 1.5)")
+    print(
+        f"statistics' share of the atlas pass: "
+        f"{1 - seconds['encode only'] / seconds['atlas']:.0%} (the pass stops after the last "
+        "dictionary's input and never decodes, which the spliced forward must do)"
+    )
     tick = time.perf_counter()
     vocab = vocabulary(model)
     layers = {
