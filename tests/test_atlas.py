@@ -298,3 +298,25 @@ def test_zoo_ships_matching_atlases_within_the_budget():
         assert atlas is not None and sum(label != "dead" for label in atlas.layers[1].labels) > 900
     entries = list_models() + list_dictionary_sets() + list(shipped.values())
     assert sum(e.size_bytes for e in entries) <= 40_000_000
+
+
+def test_corpus_from_a_text_folder_and_bad_sources(tiny_gpt2, tmp_path):
+    from replacement.atlas.corpus import corpus_rows
+    from replacement.errors import SparseCircuitsError
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    texts = ["def add(a, b):\n    return a + b\n" * 3, "class Stack:\n    pass\n" * 4]
+    for k, text in enumerate(texts):
+        (folder / f"{k}.py").write_text(text)
+    (folder / ".hidden").write_text("never read")
+    rows, name = corpus_rows(tiny_gpt2, folder, ctx_len=8)
+    bos = tiny_gpt2.tokenizer.bos_token_id
+    ids = [tiny_gpt2.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    stream = ids[0] + [bos] + ids[1]
+    assert name == str(folder) and (rows[:, 0] == bos).all()
+    assert rows[:, 1:].flatten().tolist() == stream[: rows.shape[0] * 7]
+    with pytest.raises(SparseCircuitsError, match="does not exist"):
+        corpus_rows(tiny_gpt2, tmp_path / "missing")
+    with pytest.raises(SparseCircuitsError, match="1-D or 2-D"):
+        corpus_rows(tiny_gpt2, torch.zeros(2, 2, 2, dtype=torch.long))

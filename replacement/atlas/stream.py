@@ -121,7 +121,8 @@ class FeatureStream:
     ) -> None:
         """Add one batch: non-zeros of `n_rows` rows of `n_pos` tokens (token = row * n_pos + pos).
 
-        `first_row` is the corpus index of the batch's first row.
+        Only positive activations count (every activation of this project is >= 0); position 0
+        is skipped. `first_row` is the corpus index of the batch's first row.
         """
         F = self.n_features
         row, pos = token_idx // n_pos, token_idx % n_pos
