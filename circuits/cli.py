@@ -8,12 +8,12 @@ transcoders), computes the prompt's attribution graph, prunes it, and writes int
     graph.png                        a drawing of the pruned graph
     graph.html                       an interactive, self-contained page of the pruned graph
 
-Feature nodes are labelled from the dictionaries' feature atlas (the zoo ships one per set;
-`--atlas DIR` names another), and clicking one in the page shows its card.
-
 and prints the top logits, the most influential features and the replacement and completeness
 scores. In the prompt, `\\n`, `\\t` and `\\\\` stand for a newline, a tab and a backslash (so that
 a shell argument can hold code), unless `--raw` is given.
+
+Feature nodes are labelled from the dictionaries' feature atlas (the zoo ships one per set;
+`--atlas DIR` names another), and clicking one in the page shows its card.
 """
 
 from __future__ import annotations

@@ -320,3 +320,29 @@ def test_corpus_from_a_text_folder_and_bad_sources(tiny_gpt2, tmp_path):
         corpus_rows(tiny_gpt2, tmp_path / "missing")
     with pytest.raises(SparseCircuitsError, match="1-D or 2-D"):
         corpus_rows(tiny_gpt2, torch.zeros(2, 2, 2, dtype=torch.long))
+
+
+def test_trace_labels_with_a_given_atlas_and_refuses_a_foreign_one(
+    tiny_gpt2, dictionaries, atlas, tmp_path
+):
+    from circuits.cli import format_report, trace
+    from replacement.errors import SparseCircuitsError
+
+    folder = atlas.save(tmp_path / "atlas")
+    result = trace(
+        "x = 1\ny =",
+        tiny_gpt2,
+        dictionaries,
+        tmp_path / "out",
+        atlas=folder,
+        max_n_logits=3,
+        verbose=False,
+    )
+    document = json.loads(result.files["json"].read_text())
+    labelled = [n for n in document["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert labelled and all(n["clerp"] in atlas.layers[int(n["layer"])].labels for n in labelled)
+    assert "features labelled from the dictionaries' atlas" in format_report(result)
+    assert '"cards":{"' in result.files["html"].read_text()
+    other = random_transcoders(tiny_gpt2, "topk", n_features=24, seed=6, k=5)
+    with pytest.raises(SparseCircuitsError, match="fingerprints differ"):
+        trace("x = 1", tiny_gpt2, other, tmp_path / "out2", atlas=folder, verbose=False)
