@@ -15,6 +15,7 @@ from replacement.errors import SparseCircuitsError
 _COMMAND_MODULES = (
     "replacement.cli",
     "replacement.evaluate_cli",
+    "replacement.atlas_cli",
     "training.cli",
     "training.cache_cli",
     "training.default_model.__main__",

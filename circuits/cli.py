@@ -11,6 +11,9 @@ transcoders), computes the prompt's attribution graph, prunes it, and writes int
 and prints the top logits, the most influential features and the replacement and completeness
 scores. In the prompt, `\\n`, `\\t` and `\\\\` stand for a newline, a tab and a backslash (so that
 a shell argument can hold code), unless `--raw` is given.
+
+Feature nodes are labelled from the dictionaries' feature atlas (the zoo ships one per set;
+`--atlas DIR` names another), and clicking one in the page shows its card.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def trace(
     edge_threshold: float = 0.98,
     batch_size: int = 64,
     verbose: bool = True,
+    atlas: Any = None,
 ) -> TraceResult:
     """Attribute `prompt`, prune, and write the full graph, JSON, PNG and HTML into `out`.
 
@@ -93,6 +97,8 @@ def trace(
         max_feature_nodes, max_n_logits, desired_logit_prob, batch_size, verbose: passed to
             `circuits.attribute.attribute`.
         node_threshold, edge_threshold: passed to `AttributionGraph.prune`.
+        atlas: feature atlas for node labels and cards: None uses the zoo's atlas of a zoo set
+            (when it matches the weights), a folder or `FeatureAtlas` that one, False none.
     """
     from circuits.attribute import attribute
     from circuits.draw import graph_png
@@ -139,6 +145,9 @@ def trace(
         verbose=verbose,
     )
     seconds["attribute"] = time.perf_counter() - tick
+    atlas = _resolve_atlas(atlas, dictionaries)
+    if atlas is not None:
+        graph = graph.with_atlas(atlas)
 
     tick = time.perf_counter()
     pruned = graph.prune(node_threshold=node_threshold, edge_threshold=edge_threshold)
@@ -154,7 +163,7 @@ def trace(
     files["png"] = out / "graph.png"
     with atomic_path(files["png"]) as tmp:
         tmp.write_bytes(graph_png(pruned))
-    files["html"] = pruned.to_html(out / "graph.html")
+    files["html"] = pruned.to_html(out / "graph.html", atlas=atlas)
     # an earlier trace into this folder (another prompt) leaves no stale JSON behind
     remove_stale_outputs(out, files.values(), earlier=_earlier_trace_file)
     seconds["write"] = time.perf_counter() - tick
@@ -173,6 +182,24 @@ def _earlier_trace_file(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and {"metadata", "nodes", "links", "qParams"} <= set(data)
+
+
+def _resolve_atlas(atlas: Any, dictionaries: Any) -> Any:
+    """The atlas to label with (see `trace`), or None."""
+    from replacement.atlas import FeatureAtlas
+    from replacement.atlas.lookup import find_atlas
+
+    if atlas is False:
+        return None
+    if atlas is None:
+        return find_atlas(dictionaries)
+    atlas = atlas if isinstance(atlas, FeatureAtlas) else FeatureAtlas.load(atlas)
+    if not atlas.matches(dictionaries):
+        raise SparseCircuitsError(
+            "the atlas does not describe these dictionaries (its fingerprints differ); build "
+            "one with `sparse-circuits features --dictionaries ... --out DIR`"
+        )
+    return atlas
 
 
 def format_report(result: TraceResult, n_features: int = 10) -> str:
@@ -202,6 +229,9 @@ def format_report(result: TraceResult, n_features: int = 10) -> str:
             f"  {rank:4d}  {int(graph.node_layer[i]):5d}  {int(graph.node_pos[i]):4d}  "
             f"{int(graph.node_feature[i]):7d}  {infl:9.4f}  {graph.node_label[i]}"
         )
+    n_labelled = len(graph.metadata.get("feature_labels", {}))
+    if n_labelled:
+        lines.append(f"  ({n_labelled} features labelled from the dictionaries' atlas)")
     full, part = result.scores, result.pruned_scores
     lines += [
         "",
@@ -234,6 +264,7 @@ def run_trace(args: argparse.Namespace) -> int:
         edge_threshold=args.edge_threshold,
         batch_size=args.batch_size,
         verbose=not args.quiet,
+        atlas=False if args.no_atlas else args.atlas,
     )
     print(format_report(result, n_features=args.top_features))
     sys.stdout.flush()
@@ -301,5 +332,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="number of features listed in the report",
     )
     p.add_argument("--raw", action="store_true", help="take the prompt literally (no escapes)")
+    p.add_argument(
+        "--atlas", default=None, help="feature atlas folder (default: the zoo set's own atlas)"
+    )
+    p.add_argument("--no-atlas", action="store_true", help="leave features unlabelled")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_trace)

@@ -122,13 +122,16 @@ def draw_graph(
     ax: Axes | None = None,
     figsize: tuple[float, float] | None = None,
     max_logit_labels: int = 5,
+    max_feature_labels: int = 10,
 ) -> Figure:
     """A matplotlib figure of the graph's nodes and its `max_edges` strongest edges.
 
     Features are circles, errors squares, tokens diamonds and logits triangles; edge width
     grows with |weight| and the colour gives the sign (blue positive, red negative).
     Token strings label the x axis and layers the y axis; the `max_logit_labels` most probable
-    logits are labelled. Returns the figure (created with `figsize` unless `ax` is given).
+    logits are labelled, and so are the `max_feature_labels` most influential features of a
+    graph labelled from an atlas (`circuits.feature_labels.label_features`). Returns the
+    figure (created with `figsize` unless `ax` is given).
     """
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
@@ -195,6 +198,8 @@ def draw_graph(
             rotation_mode="anchor",
         )
 
+    _annotate_features(graph, ax, x, y, max_feature_labels)
+
     ax.set_xticks(layout.column_center.tolist())
     ax.set_xticklabels(
         [_tick_text(t) for t in graph.token_strs] + [""] * (n_pos - len(graph.token_strs)),
@@ -213,6 +218,43 @@ def draw_graph(
     title = graph.prompt if len(graph.prompt) <= 70 else graph.prompt[:69] + "…"
     ax.set_title(repr(title), fontsize=9, loc="right")
     return fig
+
+
+def _annotate_features(graph: AttributionGraph, ax: Axes, x, y, limit: int) -> None:
+    """Write the atlas labels of the most influential features beside their markers (the most
+    influential feature of each (layer, position) cell, `limit` cells at most)."""
+    from circuits.feature_labels import atlas_label
+
+    labelled = [i for i in graph.find("feature") if atlas_label(graph, i) is not None]
+    if not labelled or limit <= 0:
+        return
+    if graph.node_influence is not None:  # cumulative share: smaller is more influential
+        order = sorted(labelled, key=lambda i: float(graph.node_influence[i]))
+    else:
+        influence = graph.influence()
+        order = sorted(labelled, key=lambda i: -float(influence[i]))
+    cells: set[tuple[int, int]] = set()  # one label per (layer, position) cell: no overlaps
+    for i in order:
+        cell = (int(graph.node_layer[i]), int(graph.node_pos[i]))
+        if cell in cells:
+            continue
+        cells.add(cell)
+        ax.annotate(
+            _tick_text(atlas_label(graph, i), 28),
+            (x[i], y[i]),
+            xytext=(3, -4),
+            textcoords="offset points",
+            ha="left",
+            va="top",
+            fontsize=6.5,
+            color="#7a3b00",
+            rotation=-20,
+            rotation_mode="anchor",
+            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+            zorder=3,
+        )
+        if len(cells) >= limit:
+            break
 
 
 def graph_png(graph: AttributionGraph, dpi: int = 110, **kwargs: Any) -> bytes:

@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from circuits.feature_labels import atlas_label
 from circuits.graph import AttributionGraph
 from replacement.atomic import atomic_path, write_json
 
@@ -64,7 +65,7 @@ def _node_record(graph: AttributionGraph, i: int, node_id: str, n_pos: int) -> d
         "run_idx": 0,
         "reverse_ctx_idx": n_pos - 1 - pos,
         "jsNodeId": node_id,
-        "clerp": graph.node_label[i],
+        "clerp": atlas_label(graph, i) or graph.node_label[i],
         "influence": influence,
         "activation": activation if kind == "feature" else None,
     }

@@ -96,6 +96,11 @@ def run_global(args: argparse.Namespace) -> int:
         max_sources=args.max_sources or None,
         verbose=True,
     )
+    from replacement.atlas.lookup import find_atlas
+
+    atlas = find_atlas(dictionaries)  # a zoo set's atlas labels its features
+    if atlas is not None:
+        graph = graph.with_atlas(atlas)
     layers = graph.metadata["layer_from"], graph.metadata["layer_to"]
     stem = out / f"global_L{layers[0]}_L{layers[1]}"
     graph.to_json(slug=stem.name, path=stem.with_suffix(".json"))

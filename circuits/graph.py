@@ -69,7 +69,7 @@ class AttributionGraph:
         node_influence [n] | None: cumulative-influence fraction, filled by `prune`.
     Methods: n_nodes, mask, find, feature_ids, logit_probs, logit_weights, subgraph,
     influence, prune, scores, top_features, save/load, to_json, to_networkx, to_graphml,
-    draw, to_html, _repr_png_.
+    with_atlas, draw, to_html, _repr_png_.
     """
 
     prompt: str
@@ -255,6 +255,12 @@ class AttributionGraph:
         from circuits.export import graph_to_graphml
 
         return graph_to_graphml(self, path)
+
+    def with_atlas(self, atlas: Any) -> AttributionGraph:
+        """A copy whose feature nodes carry the labels of a `replacement.atlas.FeatureAtlas`."""
+        from circuits.feature_labels import label_features
+
+        return label_features(self, atlas)
 
     def draw(self, **kwargs: Any):
         """A matplotlib figure of the graph (see `circuits.draw.draw_graph`)."""

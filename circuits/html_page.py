@@ -7,14 +7,13 @@ highlights its inputs and outputs, and a slider hides the feature and error node
 cumulative-influence share is above the threshold (tokens and logits always show).
 
 URL fragments, for links and headless tests: `#threshold=0.5` sets the slider (firing its
-input event), `#click=12` clicks node 12 and `#hover=12` moves the mouse over it (real
+input event), `#click=12` clicks node 12 (showing its feature card when an atlas was given) and `#hover=12` moves the mouse over it (real
 MouseEvents on its SVG element); they combine as `#threshold=0.5&click=12`.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +22,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits.draw import graph_layout, top_edges
+from circuits.feature_labels import feature_cards
+from replacement.atlas.card import static_text
+from replacement.atlas.pages import script_json
 from replacement.atomic import atomic_path
 
 if TYPE_CHECKING:
     from circuits.graph import AttributionGraph
+    from replacement.atlas import FeatureAtlas
 
 ALWAYS_SHOWN = ("token", "logit")
 """Node kinds the threshold slider never hides."""
@@ -56,8 +59,11 @@ def visible_nodes(graph: AttributionGraph, threshold: float) -> list[int]:
     ]
 
 
-def page_data(graph: AttributionGraph, max_edges: int = 5000) -> dict[str, Any]:
-    """The JSON the page embeds: nodes with layout and influence, and the strongest edges."""
+def page_data(
+    graph: AttributionGraph, max_edges: int = 5000, atlas: FeatureAtlas | None = None
+) -> dict[str, Any]:
+    """The JSON the page embeds: nodes with layout and influence, the strongest edges, and the
+    atlas cards of the graph's features (keyed "layer/feature") with the tokens they use."""
     layout = graph_layout(graph)
     shares = influence_shares(graph).tolist()
     nodes = [
@@ -93,6 +99,7 @@ def page_data(graph: AttributionGraph, max_edges: int = 5000) -> dict[str, Any]:
         "n_edges_total": int((graph.adjacency != 0).sum()),
         "nodes": nodes,
         "edges": edges,
+        **(feature_cards(graph, atlas) if atlas is not None else {"cards": {}, "vocab": {}}),
     }
 
 
@@ -100,13 +107,12 @@ def _static(name: str) -> str:
     return resources.files("circuits").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def _script_json(data: dict[str, Any]) -> str:
-    """JSON safe inside a <script> element (no `</script>`, no `<!--`)."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
-    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def render_html(graph: AttributionGraph, title: str | None = None, max_edges: int = 5000) -> str:
+def render_html(
+    graph: AttributionGraph,
+    title: str | None = None,
+    max_edges: int = 5000,
+    atlas: FeatureAtlas | None = None,
+) -> str:
     """The page's HTML text (see `write_html`)."""
     title = title or f"Attribution graph: {graph.prompt}"
     return f"""<!DOCTYPE html>
@@ -117,6 +123,7 @@ def render_html(graph: AttributionGraph, title: str | None = None, max_edges: in
 <title>{html.escape(title)}</title>
 <style>
 {_static("graph_page.css")}
+{static_text("feature_card.css")}
 </style>
 </head>
 <body>
@@ -134,8 +141,9 @@ def render_html(graph: AttributionGraph, title: str | None = None, max_edges: in
   <aside id="details"><p class="hint">Click a node to see its inputs and outputs.</p></aside>
 </main>
 <div id="tooltip" hidden></div>
-<script type="application/json" id="graph-data">{_script_json(page_data(graph, max_edges))}</script>
+<script type="application/json" id="graph-data">{script_json(page_data(graph, max_edges, atlas))}</script>
 <script>
+{static_text("feature_card.js")}
 {_static("graph_page.js")}
 </script>
 </body>
@@ -144,7 +152,11 @@ def render_html(graph: AttributionGraph, title: str | None = None, max_edges: in
 
 
 def write_html(
-    graph: AttributionGraph, path: str | Path, title: str | None = None, max_edges: int = 5000
+    graph: AttributionGraph,
+    path: str | Path,
+    title: str | None = None,
+    max_edges: int = 5000,
+    atlas: FeatureAtlas | None = None,
 ) -> Path:
     """Write the interactive page of `graph` to `path` (atomically) and return the path.
 
@@ -153,9 +165,11 @@ def write_html(
         path: the .html file to write.
         title: page title (default: the prompt).
         max_edges: the strongest edges embedded; neighbours shown on click are among them.
+        atlas: a `FeatureAtlas` of the graph's dictionaries: clicking a feature shows its card
+            (only the graph's features are embedded).
     """
     path = Path(path)
-    text = render_html(graph, title=title, max_edges=max_edges)
+    text = render_html(graph, title=title, max_edges=max_edges, atlas=atlas)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path

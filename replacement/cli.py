@@ -61,7 +61,14 @@ def run_info(args: argparse.Namespace) -> int:
                     ),
                 )
             )
-    total = sum(e.size_bytes for e in models + sets)
+    atlases = zoo.list_atlases()
+    print("Embedded feature atlases (labels and top contexts of each set's features):")
+    for entry in atlases:
+        print(
+            f"  {entry.name:<22} {entry.size_bytes / 1e6:6.2f} MB  {entry.card.get('corpus', '')}, "
+            f"{entry.card.get('n_tokens', 0):,} tokens"
+        )
+    total = sum(e.size_bytes for e in models + sets + atlases)
     print(f"Total package data: {total / 1e6:.2f} MB (budget 40 MB)")
     return 0
 

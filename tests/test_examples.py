@@ -86,3 +86,20 @@ def test_train_and_splice_notebook(tmp_path):
         assert table[name]["recovered"] > 0.5, table
         assert table["zoo"]["ce_increase"] <= table[name]["ce_increase"] + 1e-3, table
     assert abs(table["ours k=16"]["l0"] - 16) < 1.5
+
+
+def test_feature_atlas_notebook(tmp_path):
+    nb = nbformat.read(EXAMPLES / "feature_atlas.ipynb", as_version=4)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    # `atlas[layer, feature]` displays the feature's card, with its contexts
+    shown = next(
+        c for c in nb.cells if c.cell_type == "code" and "atlas[layer, feature]" in c.source
+    )
+    html = next(o["data"]["text/html"] for o in shown.outputs if "text/html" in o.get("data", {}))
+    assert 'class="sc-card"' in html and html.count('class="sc-ctx"') >= 5
+    out = tmp_path / "atlas_out"
+    page = (out / "graph.html").read_text()
+    assert '"cards":{"' in page  # the graph's features' cards are embedded
+    assert (out / "layer_pages" / "layer_2.html").is_file()

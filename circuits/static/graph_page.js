@@ -2,7 +2,7 @@
 // an inline SVG: x = token position, y = layer (tokens at the bottom, logits on top).
 // Hover: tooltip. Click: the node's inputs and outputs are highlighted, the rest dimmed.
 // Slider: feature/error nodes whose cumulative-influence share exceeds the threshold are
-// not rendered. Fragment: #threshold=<x>&click=<node index>&hover=<node index>.
+// not rendered. A clicked feature shows its atlas card (feature_card.js) when data.cards has it. Fragment: #threshold=<x>&click=<node index>&hover=<node index>.
 (function () {
   "use strict";
   // the HTML parser puts the inline <svg> in the SVG namespace; new elements reuse it
@@ -173,8 +173,17 @@
     pre.textContent = describe(selected);
     details.appendChild(pre);
     const asList = function (obj) { return Object.keys(obj).map(function (k) { return [Number(k), obj[k]]; }); };
+    const card = featureCard(nodes[selected]);
+    if (card) details.appendChild(card);
     details.appendChild(linkList("inputs", asList(inputs)));
     details.appendChild(linkList("outputs", asList(outputs)));
+  }
+
+  function featureCard(n) {
+    const cards = data.cards || {};
+    const record = n.kind === "feature" ? cards[n.layer + "/" + n.feature] : undefined;
+    if (!record || typeof window.renderFeatureCard !== "function") return null;
+    return window.renderFeatureCard(record, data.vocab);
   }
 
   nodeLayer.addEventListener("click", function (event) {

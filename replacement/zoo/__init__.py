@@ -4,6 +4,8 @@ Layout:
     zoo/default_model/                 Hugging Face folder + MODEL_CARD.md + model_card.json
     zoo/dictionaries/<set>/            layer_{l}.safetensors + layer_{l}.json per layer,
                                        card.json with per-layer quality figures
+    zoo/atlases/<set>/                 the set's feature atlas (replacement.atlas):
+                                       atlas.safetensors + atlas.json
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from replacement.errors import DictionaryFileError
 
 ZOO_DIR = Path(str(resources.files("replacement") / "zoo"))
 DICTIONARY_DIR = ZOO_DIR / "dictionaries"
+ATLAS_DIR = ZOO_DIR / "atlases"
 DEFAULT_DICTIONARY_SET = "skip_transcoder"
 """The set `sparse-circuits trace` uses when no dictionaries are named."""
 
@@ -61,6 +64,19 @@ def list_dictionary_sets() -> list[ZooEntry]:
         for p in sorted(DICTIONARY_DIR.iterdir())
         if p.is_dir() and any(p.glob("*.json"))
     ]
+
+
+def list_atlases() -> list[ZooEntry]:
+    """Feature atlases shipped in the package; the card holds how each was built."""
+    if not ATLAS_DIR.is_dir():
+        return []
+    entries = []
+    for p in sorted(ATLAS_DIR.iterdir()):
+        if (p / "atlas.json").is_file():
+            size = sum(f.stat().st_size for f in p.glob("atlas.*"))
+            settings = json.loads((p / "atlas.json").read_text()).get("settings", {})
+            entries.append(ZooEntry(p.name, p, size, settings))
+    return entries
 
 
 def dictionary_set_path(name: str) -> Path:

@@ -1,0 +1,110 @@
+"""What a feature does according to the weights alone (no data): its direct-path logit effect,
+the input tokens that excite it directly, and its nearest features by decoder cosine."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from replacement.dictionary import Dictionary
+
+CHUNK = 1024
+"""Features per block, so that no [F, vocab] or [F, F] matrix is ever whole."""
+
+
+class TokenList(NamedTuple):
+    """The k tokens (or features) of largest score per feature."""
+
+    ids: Int[Tensor, "F k"]
+    """Token ids (or feature indices)."""
+    values: Float[Tensor, "F k"]
+    """Their scores."""
+
+
+def _topk_rows(score_block, n_features: int, k: int, largest: bool = True) -> TokenList:
+    ids, values = [], []
+    for start in range(0, n_features, CHUNK):
+        block = score_block(start, min(start + CHUNK, n_features))  # [c, n]
+        v, i = block.topk(min(k, block.shape[1]), dim=1, largest=largest)
+        ids.append(i)
+        values.append(v)
+    return TokenList(torch.cat(ids), torch.cat(values))
+
+
+@torch.no_grad()
+def logit_effects(
+    dictionary: Dictionary, model: Any, k: int = 10
+) -> tuple[TokenList, TokenList] | None:
+    """Tokens each feature promotes and suppresses most through the direct path.
+
+    The decoder row, centred as the final LayerNorm centres it, times the unembedding, with the
+    mean over the vocabulary removed (the norm's scale is positive and drops out of the ranking).
+    None when the dictionary does not write the residual width (e.g. at `attn.hook_z`).
+    """
+    if dictionary.d_out != model.cfg.d_model:
+        return None
+    W_U = model.W_U.detach().float().cpu()  # [d_model, vocab]
+    W_dec = dictionary.W_dec.detach().float().cpu()
+
+    def block(a: int, b: int) -> Tensor:
+        d = W_dec[a:b] - W_dec[a:b].mean(-1, keepdim=True)
+        logits = d @ W_U
+        return logits - logits.mean(-1, keepdim=True)
+
+    n = dictionary.n_features
+    return _topk_rows(block, n, k, True), _topk_rows(block, n, k, False)
+
+
+def _direct_input(dictionary: Dictionary, model: Any) -> Tensor | None:
+    """Token embeddings as the dictionary's input hook sees them on the direct path."""
+    hook = dictionary.in_hook
+    embed = model.W_E.detach().float().cpu()  # [vocab, d_model]
+    if dictionary.d_in != embed.shape[1]:
+        return None
+    if hook.endswith("hook_normalized"):  # after a folded LayerNorm: centred, unit variance
+        centred = embed - embed.mean(-1, keepdim=True)
+        return centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+    if hook.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed")):
+        return embed
+    return None  # an MLP or attention output: no direct path from the embedding
+
+
+@torch.no_grad()
+def input_tokens(dictionary: Dictionary, model: Any, k: int = 10) -> TokenList | None:
+    """Input tokens whose embedding alone gives each feature the largest pre-activation.
+
+    The embedding goes straight through the residual stream (and the input norm, for a
+    dictionary reading `ln*.hook_normalized`) into the encoder; positional embeddings and
+    every layer in between are left out. None where no such path exists (an SAE on an MLP
+    output) or the widths differ.
+    """
+    x = _direct_input(dictionary, model)
+    if x is None:
+        return None
+    W_enc = dictionary.W_enc.detach().float().cpu()
+    b_enc = dictionary.b_enc.detach().float().cpu()
+    if dictionary.apply_b_dec_to_input:
+        x = x - dictionary.b_dec.detach().float().cpu()
+
+    def block(a: int, b: int) -> Tensor:
+        return (x @ W_enc[:, a:b] + b_enc[a:b]).T
+
+    return _topk_rows(block, dictionary.n_features, k, True)
+
+
+@torch.no_grad()
+def nearest_features(dictionary: Dictionary, k: int = 5) -> TokenList:
+    """The k other features of the same dictionary whose decoder rows are closest in cosine."""
+    unit = F.normalize(dictionary.W_dec.detach().float().cpu(), dim=-1)
+    n = dictionary.n_features
+
+    def block(a: int, b: int) -> Tensor:
+        sims = unit[a:b] @ unit.T
+        sims[torch.arange(b - a), torch.arange(a, b)] = -2.0  # not itself
+        return sims
+
+    return _topk_rows(block, n, min(k, max(n - 1, 1)), True)

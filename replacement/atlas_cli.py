@@ -1,0 +1,116 @@
+"""`sparse-circuits features`: build a dictionary set's feature atlas and its browsable pages.
+
+    sparse-circuits features --dictionaries skip_transcoder --out atlas_out
+    sparse-circuits features --zoo            # rebuild the atlases the zoo ships
+
+`--out DIR` receives `atlas.json` + `atlas.safetensors` (load with `FeatureAtlas.load`) and
+`index.html` with one `layer_{l}.html` per layer. `--zoo` rebuilds the shipped atlases of the
+named (default: every) zoo set into `replacement/zoo/atlases/<set>/` with `ZOO_SETTINGS`, over
+the default model's held-out corpus: the command that made the shipped files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from replacement.atlas.build import AtlasSettings
+
+ZOO_SETTINGS = AtlasSettings(
+    n_top=12, window_before=9, window_after=2, n_bands=4, per_band=2, n_logit_tokens=8
+)
+"""What the shipped atlases keep per feature (sized to fit the zoo's 40 MB budget)."""
+
+
+def _summary(atlas, seconds: float) -> str:
+    lines = [f"{atlas!r} built in {seconds:.1f} s"]
+    for layer, entry in sorted(atlas.layers.items()):
+        alive = [f for f, label in enumerate(entry.labels) if label != "dead"]
+        examples = ", ".join(f"F{f} {entry.labels[f]}" for f in alive[:3])
+        lines.append(
+            f"  layer {layer}: {len(alive)} of {entry.n_features} features fired; e.g. {examples}"
+        )
+    return "\n".join(lines)
+
+
+def build_one(model, set_name: str, out: Path, settings: AtlasSettings, args) -> None:
+    """Build and write one set's atlas (and its pages unless --no-pages)."""
+    from replacement.atlas.build import build_atlas
+    from replacement.atlas.pages import write_atlas_pages
+    from replacement.formats.detect import load_dictionaries
+
+    dictionaries = load_dictionaries(set_name, model=model)
+    start = time.perf_counter()
+    atlas = build_atlas(
+        model,
+        dictionaries,
+        args.corpus,
+        settings,
+        ctx_len=args.ctx_len,
+        max_tokens=args.max_tokens,
+        verbose=not args.quiet,
+    )
+    print(_summary(atlas, time.perf_counter() - start))
+    atlas.save(out)
+    print(f"wrote {out / 'atlas.json'} and {out / 'atlas.safetensors'}")
+    if not args.no_pages:
+        pages = write_atlas_pages(atlas, out)
+        print(f"wrote {pages[0]} and {len(pages) - 1} layer pages")
+
+
+def run_features(args: argparse.Namespace) -> int:
+    """Build the atlas of --dictionaries into --out, or the zoo's atlases with --zoo."""
+    from replacement.errors import SparseCircuitsError
+    from replacement.model import load_model
+
+    if not args.zoo and (args.dictionaries is None or args.out is None):
+        raise SparseCircuitsError("features needs --dictionaries SET and --out DIR (or --zoo)")
+    model = load_model(args.model)
+    if args.zoo:
+        from replacement.atlas.lookup import shipped_atlas_path
+        from replacement.zoo import list_dictionary_sets
+
+        names = [args.dictionaries] if args.dictionaries else []
+        names = names or [entry.name for entry in list_dictionary_sets()]
+        settings = replace(ZOO_SETTINGS, seed=args.seed)
+        args.no_pages = True
+        for name in names:
+            build_one(model, name, shipped_atlas_path(name), settings, args)
+        return 0
+    settings = AtlasSettings(n_top=args.top, seed=args.seed)
+    build_one(model, args.dictionaries, Path(args.out), settings, args)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `features` subcommand."""
+    p = subparsers.add_parser(
+        "features",
+        help="feature atlas of a dictionary set: top contexts, labels, browsable pages",
+        description="Run a corpus through the model and a dictionary set, keep per feature "
+        "its top contexts, quantile-band examples, frequency, histogram, promoted tokens and a "
+        "label, and write the atlas with a static page per layer.",
+    )
+    p.add_argument("--dictionaries", default=None, help="dictionary set name or folder")
+    p.add_argument("--out", default=None, help="output folder")
+    p.add_argument("--model", default="default", help="'default', a model folder or HF name")
+    p.add_argument(
+        "--corpus",
+        default=None,
+        help="token file (.safetensors/.pt/.npy), text file or folder (default: the default "
+        "model's held-out corpus)",
+    )
+    p.add_argument("--max-tokens", type=int, default=None, help="use at most this many tokens")
+    p.add_argument("--ctx-len", type=int, default=128, help="row length, BOS included")
+    p.add_argument("--top", type=int, default=16, help="top contexts kept per feature")
+    p.add_argument("--seed", type=int, default=0, help="seed of the quantile-band sample")
+    p.add_argument("--no-pages", action="store_true", help="write the atlas files only")
+    p.add_argument(
+        "--zoo",
+        action="store_true",
+        help="rebuild the shipped atlases (of --dictionaries, or every zoo set) in the package",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_features)
