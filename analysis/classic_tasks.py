@@ -92,7 +92,7 @@ def greater_than_task(tokenizer: Any, n: int = 64, seed: int = 0) -> Task:
         c = f"The {noun} lasted from the year {century}{yy:02d} to the year {century}"
         x = f"The {noun} lasted from the year {century}01 to the year {century}"
         body = tokenizer(c, add_special_tokens=False)["input_ids"]
-        if len(ids[f"{yy:02d}"]) != 1 or body[-3] != ids[f"{yy:02d}"][0]:
+        if len(ids[f"{yy:02d}"]) != 1 or body[-5] != ids[f"{yy:02d}"][0]:
             continue  # the year must split into century + one two-digit token
         if _n_tokens(tokenizer, x) != len(body):
             continue
