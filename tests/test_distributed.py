@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +22,10 @@ from training.distributed import DistContext, GlobalBatchTopK
 CTX = 64
 
 
-def _config(out_dir: str, objective: str, activation: str) -> TrainConfig:
-    return TrainConfig(
+def _config(out_dir: str, **case) -> TrainConfig:
+    """The shared configuration with a case's overrides (objective, activation, ...)."""
+    base = dict(
         kind="skip_transcoder",
-        activation=activation,
-        objective=objective,
         layers=[0, 2],
         n_features=128,
         k=8,
@@ -45,6 +46,7 @@ def _config(out_dir: str, objective: str, activation: str) -> TrainConfig:
         # random sign, and the two runs part by ~1e-5 for reasons unrelated to sharding
         adam_eps=1e-3,
     )
+    return TrainConfig(**{**base, **case})
 
 
 def _texts() -> list[str]:
@@ -53,20 +55,21 @@ def _texts() -> list[str]:
     return [p.read_text() for p in sorted((stdlib_dir() / "json").glob("*.py"))]
 
 
-def _worker(
-    rank: int, world: int, port: int, out_dir: str, objective: str, activation: str
-) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
-    )
-    torch.set_num_threads(1)
-    from replacement import load_model
-
-    model = load_model("default")
-    try:
-        _train(_config(out_dir, objective, activation), model)
-    finally:
-        torch.distributed.destroy_process_group()
+# Cases of the two-rank comparison: name -> overrides of `_config`. Both use BatchTopK, whose
+# batch rule is global: the ranks must agree on one threshold. (A per-token TopK case added a
+# fifth of this file's time and no sharding path that these two lack.) The local case's 10
+# steps of 504 tokens refill its 4032-token buffer; the e2e case runs 4 rows a step (2 a rank):
+# its steps run the model forward and backward, so their cost grows with the rows.
+# To add a case, add a line here: the one spawn below runs every case in turn.
+CASES: dict[str, dict] = {
+    "local-batchtopk": dict(objective="local", activation="batchtopk"),
+    "e2e-batchtopk": dict(
+        objective="e2e",
+        activation="batchtopk",
+        batch_tokens=4 * (CTX - 1),
+        total_tokens=40 * (CTX - 1),
+    ),
+}
 
 
 def _train(config: TrainConfig, model) -> dict:
@@ -81,15 +84,60 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize(
-    ("objective", "activation"), [("local", "topk"), ("local", "batchtopk"), ("e2e", "batchtopk")]
-)
-def test_two_ranks_match_one_process(default_model, tmp_path, objective, activation):
-    single = _train(_config(str(tmp_path / "one"), objective, activation), default_model)
-    out = tmp_path / "two"
-    mp.spawn(_worker, args=(2, _free_port(), str(out), objective, activation), nprocs=2, join=True)
-    for layer, d in single.items():
-        other = load_native(out / f"layer_{layer}")
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank: the global BatchTopK rule on its shard, then every training case in turn.
+
+    One spawn for all of it: starting a rank (torch import, model load) costs more than a case.
+    The first Trainer joins the process group (WORLD_SIZE > 1); the later ones reuse it.
+    """
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+    try:
+        _rule_shard(rank, f"{out}/rule")
+        from replacement import load_model
+
+        model = load_model("default")
+        for name, case in CASES.items():
+            _train(_config(f"{out}/{name}", **case), model)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@dataclass
+class TwoRanks:
+    """Results of the module's one two-rank spawn and of the same cases in one process."""
+
+    out: Path
+    """Each case's two-rank dictionaries (`<case>/layer_<i>`), the rule's outputs (`rule/`)."""
+    single: dict[str, dict]
+    """Each case's dictionaries trained in this process: layer -> Dictionary."""
+
+
+@pytest.fixture(scope="module")
+def two_ranks(default_model, tmp_path_factory) -> TwoRanks:
+    out = tmp_path_factory.mktemp("two_ranks")
+    (out / "rule").mkdir()
+    ranks = mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=False)
+    try:
+        # the single-process runs overlap the ranks' start-up (imports, model load)
+        single = {
+            name: _train(_config(str(out / "one" / name), **case), default_model)
+            for name, case in CASES.items()
+        }
+    finally:
+        while not ranks.join():
+            pass
+    return TwoRanks(out, single)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_match_one_process(two_ranks, case):
+    activation = CASES[case]["activation"]
+    for layer, d in two_ranks.single[case].items():
+        other = load_native(two_ranks.out / case / f"layer_{layer}")
         for name, tensor in d.state_dict().items():
             assert torch.allclose(tensor, other.state_dict()[name], atol=1e-5, rtol=0), name
         # and it moved away from the initialisation (the comparison is not vacuous)
@@ -113,21 +161,15 @@ def _pre() -> torch.Tensor:
     return pre
 
 
-def _rule_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
-    )
-    torch.distributed.init_process_group("gloo")
-    try:
-        ctx = DistContext(rank, world)
-        act = GlobalBatchTopK(K_BATCH, ctx, momentum=0.5).train()
-        shard = _pre()[[slice(0, 4), slice(4, 10)][rank]]
-        torch.save({"acts": act(shard), "threshold": act.threshold}, f"{out}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+def _rule_shard(rank: int, out: str) -> None:
+    """Rank `rank`'s part of the rule in a two-rank group (run by `_worker`)."""
+    ctx = DistContext(rank, 2)
+    act = GlobalBatchTopK(K_BATCH, ctx, momentum=0.5).train()
+    shard = _pre()[[slice(0, 4), slice(4, 10)][rank]]
+    torch.save({"acts": act(shard), "threshold": act.threshold}, f"{out}/rank{rank}.pt")
 
 
-def test_global_batchtopk_keeps_what_one_process_keeps(tmp_path):
+def test_global_batchtopk_keeps_what_one_process_keeps(two_ranks):
     pre = _pre()
     single = GlobalBatchTopK(K_BATCH, DistContext(), momentum=0.5).train()
     acts = single(pre)
@@ -145,8 +187,7 @@ def test_global_batchtopk_keeps_what_one_process_keeps(tmp_path):
         assert torch.equal(ours(batch), plain(batch))
         assert torch.equal(ours.threshold, plain.threshold) and plain.threshold > 0
     # two ranks: rank 0 holds every kept value (its own top k*B_local would be 12, not 30)
-    mp.spawn(_rule_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    parts = [torch.load(two_ranks.out / "rule" / f"rank{r}.pt") for r in range(2)]
     assert torch.equal(torch.cat([p["acts"] for p in parts]), acts)
     for p in parts:
         assert torch.equal(p["threshold"], single.threshold) and single.threshold > 0

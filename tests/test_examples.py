@@ -16,6 +16,10 @@ from tests.attribution_helpers import random_transcoders
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DICTIONARY_LINE = f'DICTIONARIES = "{DEFAULT_DICTIONARY_SET}"'
+BUDGET_LINE = "MAX_FEATURE_NODES = 200"
+TEST_BUDGET = 50
+"""Feature budget of the test run: attribution's cost grows with it, and every cell's code
+path (pruning, drawing, exports) is the same with 50 features as with the notebook's 200."""
 
 
 def _shipped_or_stand_in(nb: nbformat.NotebookNode, tmp_path: Path) -> None:
@@ -42,6 +46,8 @@ def _png_outputs(cell: nbformat.NotebookNode) -> list[bytes]:
 def test_trace_prompt_notebook(tmp_path):
     nb = nbformat.read(EXAMPLES / "trace_prompt.ipynb", as_version=4)
     _shipped_or_stand_in(nb, tmp_path)
+    params = next(c for c in nb.cells if BUDGET_LINE in c.source)
+    params.source = params.source.replace(BUDGET_LINE, f"MAX_FEATURE_NODES = {TEST_BUDGET}")
     # raises CellExecutionError, with the cell and traceback, if any cell fails
     NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

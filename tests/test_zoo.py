@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
+import torch
 
 from replacement.formats.detect import load_dictionaries
 from replacement.hooks import hook_layer
 from replacement.loss import spliced_loss
 from replacement.zoo import dictionary_set_path, list_dictionary_sets, list_models
 from training.build_zoo import COMMON, ZOO_SETS
-from training.data import load_token_data
+from training.data import chunk_documents, special_token_ids, tokenize_documents
+from training.default_model.corpus import heldout_paths, read_document, stdlib_dir
 
 BUDGET_BYTES = 40_000_000
 """The zoo's size budget: the default model plus every dictionary set."""
@@ -49,13 +52,43 @@ def test_every_skip_transcoder_alone_recovers_most_of_the_loss():
     assert min(recovered) > 0.9, recovered
 
 
+FRESH_ROWS = 32
+
+
+@pytest.fixture(scope="module")
+def heldout_rows(default_model) -> Callable[[int], torch.Tensor]:
+    """rows(n) -> the first n validation rows of `load_token_data(default_model, None)`.
+
+    Built as load_token_data builds them (held-out documents in list order, one BOS-separated
+    stream) but from the held-out documents alone, and only as many as the rows need:
+    tokenizing the whole training corpus to keep 2% of it took most of this module's time.
+    """
+    bos, _ = special_token_ids(default_model)
+    ctx = COMMON["ctx_len"]
+    docs: list[list[int]] = []
+    cache: dict[int, torch.Tensor] = {}
+
+    def rows(n: int) -> torch.Tensor:
+        if n not in cache:
+            paths = heldout_paths()
+            # rows are a prefix of the stream: stop reading documents once there are enough
+            stream = chunk_documents(docs, bos, ctx)
+            while stream.shape[0] < n and len(docs) < len(paths):
+                text = read_document(stdlib_dir(), paths[len(docs)]).text
+                docs.extend(tokenize_documents(default_model, [text]))
+                stream = chunk_documents(docs, bos, ctx)
+            cache[n] = stream[:n]
+        return cache[n]
+
+    return rows
+
+
 @pytest.mark.parametrize("name", ["skip_transcoder", "sae_e2e"])
-def test_card_figures_hold_on_unseen_held_out_rows(default_model, name):
+def test_card_figures_hold_on_unseen_held_out_rows(default_model, heldout_rows, name):
     card = {e.name: e.card for e in list_dictionary_sets()}[name]
     evaluated = int(card["evaluated_on"].split()[0].replace(",", "")) // COMMON["ctx_len"]
-    val = load_token_data(default_model, None, ctx_len=COMMON["ctx_len"]).val
-    fresh = val[evaluated : evaluated + 32]  # rows the card was not measured on
-    assert fresh.shape[0] == 32
+    fresh = heldout_rows(evaluated + FRESH_ROWS)[evaluated:]  # rows the card was not measured on
+    assert fresh.shape[0] == FRESH_ROWS
     dictionaries = load_dictionaries(dictionary_set_path(name), model=default_model)
     report = spliced_loss(default_model, dictionaries, fresh, verbose=False, ablations=("zero",))
     by_layer = sorted(dictionaries, key=lambda d: hook_layer(d.out_hook))
