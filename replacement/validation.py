@@ -227,18 +227,35 @@ def read_text_file(path: str | Path, option: str) -> str:
 def check_text_source(
     path: str | Path, option: str, error: type[SparseCircuitsError] = InputError
 ) -> list[Path]:
-    """A text file, or a folder of text files (hidden ones skipped): the files, all checked."""
+    """A text file, or a folder of text files: the files, all checked.
+
+    A single file must be text. In a folder, hidden entries and `__pycache__` are skipped, and so
+    are binary files (a source tree holds compiled files and images beside its text), with a
+    warning that counts them; a folder without any text file is an error.
+    """
     path = Path(path).expanduser()
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    if not path.is_dir():
+        return [check_text_file(path, option, error)]
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and not any(
+            part.startswith(".") or part == "__pycache__" for part in p.relative_to(path).parts
         )
-        if not files:
-            raise error(f"{option} folder {str(path)!r} holds no files")
-        return [check_text_file(p, option, error) for p in files]
-    return [check_text_file(path, option, error)]
+    )
+    text = [p for p in files if not looks_binary(p)]
+    if not text:
+        what = "holds no files" if not files else "holds only binary files"
+        raise error(f"{option} folder {str(path)!r} {what}; expected UTF-8 text files")
+    if len(text) < len(files):
+        import warnings
+
+        warnings.warn(
+            f"{option} folder {str(path)!r}: {len(files) - len(text)} binary files skipped",
+            stacklevel=2,
+        )
+    return text
 
 
 def has_tokenizer_files(folder: str | Path) -> bool:
