@@ -86,11 +86,12 @@ def test_train_and_splice_notebook(tmp_path):
     table = json.loads((tmp_path / "comparison.json").read_text())
     manifest = json.loads((tmp_path / "acts" / "manifest.json").read_text())
     assert manifest["dtype"] == "float16" and len(manifest["shards"]) == 2
-    # the transcoders trained from the cache replace the MLP usefully, and the zoo's (trained
-    # on ~30x the tokens) is at least as good
+    # the transcoders trained from the cache replace the MLP usefully, and the zoo's (same k,
+    # trained on ~30x the tokens) is at least as good as ours at k=16 (k=32 may beat it)
     for name in ("ours k=16", "ours k=32"):
         assert table[name]["recovered"] > 0.5, table
-        assert table["zoo"]["ce_increase"] <= table[name]["ce_increase"] + 1e-3, table
+    assert table["zoo"]["ce_increase"] <= table["ours k=16"]["ce_increase"] + 1e-3, table
+    assert table["ours k=32"]["fvu"] < table["ours k=16"]["fvu"], table
     assert abs(table["ours k=16"]["l0"] - 16) < 1.5
 
 
