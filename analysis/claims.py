@@ -149,7 +149,8 @@ def _e2e_claim(runs: dict[str, Any], layer: int) -> Claim | None:
         flags += [
             e2e["ce_increase"] < loc["ce_increase"],
             e2e["alive"] < loc["alive"],
-            abs(ds["ce_increase"] - e2e["ce_increase"]) < 0.5 * abs(loc["ce_increase"] - e2e["ce_increase"]) + 0.01,
+            abs(ds["ce_increase"] - e2e["ce_increase"])
+            < 0.5 * abs(loc["ce_increase"] - e2e["ce_increase"]) + 0.01,
             downstream(ds) < downstream(e2e),
         ]
     if not parts:
@@ -208,5 +209,11 @@ def claims_markdown(items: list[Claim], setup: dict[str, Any] | None = None) -> 
             f"`{setup.get('command', 'python -m training.claims_sweep')}`.\n"
         )
     for c in items:
-        lines += [f"**{c.name}** — {c.verdict}.", "", f"- Paper: {c.paper}", f"- Ours: {c.ours}", ""]
+        lines += [
+            f"**{c.name}** — {c.verdict}.",
+            "",
+            f"- Paper: {c.paper}",
+            f"- Ours: {c.ours}",
+            "",
+        ]
     return "\n".join(lines)

@@ -32,7 +32,9 @@ def findings(comparison: Any) -> str:
                 f"at {size} nodes the most faithful circuits come from `{ranked[0][1]}` "
                 f"({ranked[0][0]:.2f}; least: `{ranked[-1][1]}` {ranked[-1][0]:.2f})"
             )
-    needed = sorted((r["nodes_needed"], n) for n, r in rows.items() if r["nodes_needed"] is not None)
+    needed = sorted(
+        (r["nodes_needed"], n) for n, r in rows.items() if r["nodes_needed"] is not None
+    )
     if needed:
         parts.append(
             f"`{needed[0][1]}` needs the fewest nodes for faithfulness {FAITHFUL_LEVEL} "
@@ -63,11 +65,15 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
 
         comparison = Comparison.from_dict(json.loads(Path(args.results).read_text()))
         sweep = load_sweep(args.sweep)
-        files = write_report(comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison))
+        files = write_report(
+            comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison)
+        )
         print(f"wrote {', '.join(str(p) for p in files.values())}")
         return files
     model = load_model(args.model)
-    names = [s for s in (args.sets or "").split(",") if s] or [e.name for e in list_dictionary_sets()]
+    names = [s for s in (args.sets or "").split(",") if s] or [
+        e.name for e in list_dictionary_sets()
+    ]
     if not names:
         raise SparseCircuitsError("no dictionary sets given and none shipped; pass --sets")
     sets = {Path(n).name if "/" in n else n: load_dictionaries(n) for n in names}
@@ -80,7 +86,9 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
             every = {t.name: t for t in code_tasks(model.tokenizer, n=args.pairs)}
             unknown = [w for w in wanted if w not in every]
             if unknown:
-                raise SparseCircuitsError(f"unknown tasks {unknown}; built-in tasks: {sorted(every)}")
+                raise SparseCircuitsError(
+                    f"unknown tasks {unknown}; built-in tasks: {sorted(every)}"
+                )
             tasks = [every[w] for w in wanted]
     loss_tokens = None
     if args.loss_rows > 0 and args.model == "default":
@@ -99,9 +107,13 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
         verbose=not args.quiet,
     )
     sweep = load_sweep(args.sweep) if args.model == "default" else None
-    files = write_report(comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison))
+    files = write_report(
+        comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison)
+    )
     print(findings(comparison))
-    print(f"wrote {', '.join(str(p) for p in files.values())} in {time.perf_counter() - start:.0f} s")
+    print(
+        f"wrote {', '.join(str(p) for p in files.values())} in {time.perf_counter() - start:.0f} s"
+    )
     return files
 
 
@@ -118,17 +130,35 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default="default", help="model name or folder (default: embedded)")
-    p.add_argument("--sets", default=None, help="comma-separated zoo sets or folders (default: every zoo set)")
-    p.add_argument("--tasks", default=None, help="comma-separated built-in code tasks (default: those the model gets >= 80%% right)")
-    p.add_argument("--task-file", action="append", default=None, help="JSON/YAML task file (repeatable)")
+    p.add_argument(
+        "--sets", default=None, help="comma-separated zoo sets or folders (default: every zoo set)"
+    )
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated built-in code tasks (default: those the model gets >= 80%% right)",
+    )
+    p.add_argument(
+        "--task-file", action="append", default=None, help="JSON/YAML task file (repeatable)"
+    )
     p.add_argument("--pairs", type=int, default=64, help="prompt pairs per built-in task")
     p.add_argument("--method", choices=METHODS, default="attribution_patching")
     p.add_argument("--ablation", choices=ABLATIONS, default="mean")
-    p.add_argument("--aggregate-positions", action="store_true", help="one node per feature over all positions")
-    p.add_argument("--graph-prompts", type=int, default=2, help="prompts per task traced for graph scores")
-    p.add_argument("--loss-rows", type=int, default=32, help="held-out rows of 128 tokens for the loss columns")
+    p.add_argument(
+        "--aggregate-positions", action="store_true", help="one node per feature over all positions"
+    )
+    p.add_argument(
+        "--graph-prompts", type=int, default=2, help="prompts per task traced for graph scores"
+    )
+    p.add_argument(
+        "--loss-rows", type=int, default=32, help="held-out rows of 128 tokens for the loss columns"
+    )
     p.add_argument("--sweep", default=None, help="claims sweep JSON (default: the shipped one)")
-    p.add_argument("--results", default=None, help="write the report from this results.json instead of computing")
+    p.add_argument(
+        "--results",
+        default=None,
+        help="write the report from this results.json instead of computing",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=lambda args: run_compare(args) and 0)

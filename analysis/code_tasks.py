@@ -28,7 +28,9 @@ _MODULES = (
     "os sys re time math random socket struct string copy types io ast pickle queue select "
     "signal threading warnings codecs operator subprocess unittest"
 ).split()
-_CLASSES = "Foo Bar Base Node Item Parser Handler Reader Writer Server Client Manager Error Test".split()
+_CLASSES = (
+    "Foo Bar Base Node Item Parser Handler Reader Writer Server Client Manager Error Test".split()
+)
 
 # name -> (template, key pool, answer template, other slot pools, description)
 _SPECS: dict[str, tuple[str, str, str, dict[str, str], str]] = {

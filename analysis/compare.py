@@ -77,9 +77,17 @@ class Comparison:
         return {
             **vars(summary),
             # a task that never reaches the level counts as needing every node
-            "nodes_needed": mean([n if n is not None else r["curve"]["n_nodes"] for n, r in zip(needed, per_task, strict=True)]),
+            "nodes_needed": mean(
+                [
+                    n if n is not None else r["curve"]["n_nodes"]
+                    for n, r in zip(needed, per_task, strict=True)
+                ]
+            ),
             "tasks_reaching": sum(n is not None for n in needed),
-            **{f"faithfulness_at_{s}": mean([r["faithfulness_at"][str(s)] for r in per_task]) for s in REPORT_SIZES},
+            **{
+                f"faithfulness_at_{s}": mean([r["faithfulness_at"][str(s)] for r in per_task])
+                for s in REPORT_SIZES
+            },
             "cpr": mean([r["curve"]["cpr"] for r in per_task]),
             "cmd": mean([r["curve"]["cmd"] for r in per_task]),
             "replacement": mean([r["replacement"] for r in per_task]),
@@ -91,7 +99,10 @@ class Comparison:
     def from_dict(cls, data: dict[str, Any]) -> Comparison:
         """Rebuild from `to_dict()` output (results.json)."""
         return cls(
-            [SetSummary(**s) for s in data["sets"]], data["tasks"], data["results"], data["settings"]
+            [SetSummary(**s) for s in data["sets"]],
+            data["tasks"],
+            data["results"],
+            data["settings"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,8 +143,12 @@ def _graph_scores(model, dictionaries, batch: TaskBatch, n_prompts: int, max_fea
     replacement, completeness = [], []
     for b in range(min(n_prompts, batch.clean.shape[0])):
         one = TaskBatch(
-            batch.clean[b : b + 1], batch.corrupt[b : b + 1], batch.last[b : b + 1],
-            batch.answer[b : b + 1], batch.wrong[b : b + 1], batch.metric,
+            batch.clean[b : b + 1],
+            batch.corrupt[b : b + 1],
+            batch.last[b : b + 1],
+            batch.answer[b : b + 1],
+            batch.wrong[b : b + 1],
+            batch.metric,
         )
         graph = attribute(
             model,
@@ -229,7 +244,9 @@ def compare(
                 "curve": curve.to_dict(),
                 "nodes_needed": curve.nodes_needed(FAITHFUL_LEVEL),
                 "faithfulness_at": {str(s): curve.at(s) for s in REPORT_SIZES},
-                "empty_share": curve.metric_empty / curve.metric_full if curve.metric_full else None,
+                "empty_share": curve.metric_empty / curve.metric_full
+                if curve.metric_full
+                else None,
                 "replacement": replacement,
                 "completeness_score": completeness,
                 "top_nodes": [

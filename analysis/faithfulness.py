@@ -181,7 +181,9 @@ def faithfulness_curve(
     batch = batch.to(model.cfg.device)
     layout = scores.layout
     n = layout.n_nodes
-    sizes = sorted({int(s) for s in (sizes if sizes is not None else default_sizes(n)) if 0 <= s <= n})
+    sizes = sorted(
+        {int(s) for s in (sizes if sizes is not None else default_sizes(n)) if 0 <= s <= n}
+    )
     reference = reference_values(model, dictionaries, batch, ablation, layout.per_position)
     order = scores.order()
     full = _mean_metric(model, dictionaries, batch, None, reference, batch_size)
@@ -197,11 +199,16 @@ def faithfulness_curve(
     for size in tqdm(sizes, desc="circuit sizes", disable=not verbose, leave=False):
         keep = nothing.clone()
         keep[order[:size]] = True
-        faith.append(normalised(_mean_metric(model, dictionaries, batch, layout.masks(keep), reference, batch_size)))
+        faith.append(
+            normalised(
+                _mean_metric(model, dictionaries, batch, layout.masks(keep), reference, batch_size)
+            )
+        )
         if size in measure_rest:
-            rest = _mean_metric(model, dictionaries, batch, layout.masks(~keep), reference, batch_size)
+            rest = _mean_metric(
+                model, dictionaries, batch, layout.masks(~keep), reference, batch_size
+            )
             comp_sizes.append(size)
             comp.append(normalised(rest))
     completeness = [float(v) for v in np.interp(sizes, comp_sizes, comp)]
     return FaithfulnessCurve(sizes, faith, completeness, n, full, empty, ablation, scores.method)
-

@@ -80,24 +80,32 @@ class NodeLayout:
             index -= size
         raise IndexError(f"node {index} is beyond the {self.n_nodes} nodes")
 
-    def split(self, values: Float[Tensor, " n_nodes"]) -> list[tuple[Tensor, Tensor, Tensor | None]]:
+    def split(
+        self, values: Float[Tensor, " n_nodes"]
+    ) -> list[tuple[Tensor, Tensor, Tensor | None]]:
         """Per site: (features [node_positions, F], errors [node_positions], skips or None)."""
         out, start = [], 0
         p = self.node_positions
-        for f, has_skip, size in zip(self.n_features, self.has_skip, self.site_sizes(), strict=True):
+        for f, has_skip, size in zip(
+            self.n_features, self.has_skip, self.site_sizes(), strict=True
+        ):
             chunk = values[start : start + size]
             skip = chunk[p * (f + 1) :] if has_skip else None
             out.append((chunk[: p * f].reshape(p, f), chunk[p * f : p * (f + 1)], skip))
             start += size
         return out
 
-    def join(self, per_site: Sequence[tuple[Tensor, Tensor, Tensor | None]]) -> Float[Tensor, " n_nodes"]:
+    def join(
+        self, per_site: Sequence[tuple[Tensor, Tensor, Tensor | None]]
+    ) -> Float[Tensor, " n_nodes"]:
         """Inverse of `split`."""
         return torch.cat(
             [torch.cat([t.reshape(-1) for t in parts if t is not None]) for parts in per_site]
         )
 
-    def masks(self, keep: Bool[Tensor, " n_nodes"]) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
+    def masks(
+        self, keep: Bool[Tensor, " n_nodes"]
+    ) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
         """Per out_hook: (keep_features [n_pos, F], keep_errors [n_pos], keep_skips [n_pos] or
         None) for `SiteControl`; position 0 (BOS) is always kept."""
         out = {}
@@ -181,6 +189,8 @@ def reference_values(
             ref = {k: t.mean(0, keepdim=True) for k, t in parts.items()}
         else:
             mask = valid_positions(batch).to(v.acts.device)[..., None].to(v.acts)
-            ref = {k: ((t * mask).sum((0, 1)) / mask.sum()).reshape(1, 1, -1) for k, t in parts.items()}
+            ref = {
+                k: ((t * mask).sum((0, 1)) / mask.sum()).reshape(1, 1, -1) for k, t in parts.items()
+            }
         out[hook] = SiteValues(**ref)
     return out

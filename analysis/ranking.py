@@ -82,7 +82,12 @@ def _node_effects(
 
 def _take(batch: TaskBatch, sl: slice) -> TaskBatch:
     return TaskBatch(
-        batch.clean[sl], batch.corrupt[sl], batch.last[sl], batch.answer[sl], batch.wrong[sl], batch.metric
+        batch.clean[sl],
+        batch.corrupt[sl],
+        batch.last[sl],
+        batch.answer[sl],
+        batch.wrong[sl],
+        batch.metric,
     )
 
 
@@ -107,7 +112,9 @@ def _leaves(values: dict[str, SiteValues]) -> dict[str, SiteValues]:
     }
 
 
-def _grads(model: Any, dictionaries, batch: TaskBatch, controls: dict[str, SiteControl], leaves) -> dict[str, SiteValues]:
+def _grads(
+    model: Any, dictionaries, batch: TaskBatch, controls: dict[str, SiteControl], leaves
+) -> dict[str, SiteValues]:
     with torch.enable_grad(), node_forward(model, dictionaries, controls):
         metric = prompt_metric(model, batch).sum()
     flat = [(h, k, t) for h in leaves for k, t in leaves[h].parts().items()]
@@ -162,7 +169,12 @@ def integrated_gradients(
     layout = layout_for(model, dictionaries, batch, per_position)
     reference = reference_values(model, dictionaries, batch, ablation, per_position)
     total = torch.zeros(layout.n_nodes)
-    bar = tqdm(total=len(layout.hooks) * steps, desc="integrated gradients", disable=not verbose, leave=False)
+    bar = tqdm(
+        total=len(layout.hooks) * steps,
+        desc="integrated gradients",
+        disable=not verbose,
+        leave=False,
+    )
     start = 0
     for part in _chunks(batch, batch_size):
         sl = slice(start, start + part.clean.shape[0])
@@ -176,9 +188,7 @@ def integrated_gradients(
             c, r = clean[hook].parts(), ref[hook].parts()
             for step in range(steps):
                 alpha = (step + 0.5) / steps
-                point = SiteValues(
-                    **{k: r[k].to(c[k]) + alpha * (c[k] - r[k].to(c[k])) for k in c}
-                )
+                point = SiteValues(**{k: r[k].to(c[k]) + alpha * (c[k] - r[k].to(c[k])) for k in c})
                 leaves = _leaves({hook: point})
                 controls = {hook: SiteControl(replace=point, delta=leaves[hook])}
                 g = _grads(model, dictionaries, part, controls, leaves)[hook].parts()

@@ -21,8 +21,16 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def table_markdown(comparison: Comparison) -> str:
     """The one table: a row per set, task results averaged over tasks."""
     head = (
-        ["set", "kind", "objective", "L0", "FVU", "CE increase", "loss recovered",
-         f"nodes for faithfulness {FAITHFUL_LEVEL}"]
+        [
+            "set",
+            "kind",
+            "objective",
+            "L0",
+            "FVU",
+            "CE increase",
+            "loss recovered",
+            f"nodes for faithfulness {FAITHFUL_LEVEL}",
+        ]
         + [f"faithfulness @{s}" for s in REPORT_SIZES]
         + ["CPR", "CMD", "replacement", "completeness", "m(empty)/m(M)"]
     )
@@ -68,7 +76,9 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
-def write_plots(comparison: Comparison, out: Path, sweep: dict[str, Any] | None = None) -> list[Path]:
+def write_plots(
+    comparison: Comparison, out: Path, sweep: dict[str, Any] | None = None
+) -> list[Path]:
     """faithfulness.png (one panel per task, one line per set), ce_vs_l0.png, cpr.png."""
     import matplotlib
 
@@ -107,11 +117,18 @@ def write_plots(comparison: Comparison, out: Path, sweep: dict[str, Any] | None 
     if sweep:
         for act, marker in (("relu", "x"), ("gated", "+")):
             pts = sorted(
-                (r["l0"], r["ce_increase"]) for r in sweep["runs"].values()
+                (r["l0"], r["ce_increase"])
+                for r in sweep["runs"].values()
                 if r["group"] == "gated" and r["activation"] == act
             )
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker=marker, ls="--", lw=0.8, label=f"sweep {act} SAE (layer {sweep['setup']['layer']} alone)")
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    marker=marker,
+                    ls="--",
+                    lw=0.8,
+                    label=f"sweep {act} SAE (layer {sweep['setup']['layer']} alone)",
+                )
     ax.set_xscale("log")
     ax.set_xlabel("L0 (active features per token)")
     ax.set_ylabel("CE increase (nats)")
@@ -171,7 +188,7 @@ def write_report(
         "over tasks (a task that never reaches it counts all its nodes; in brackets the tasks "
         "that reach it). CPR / CMD: MIB areas over the fraction of nodes "
         "{0.1 ... 100}%. m(empty)/m(M): the metric left when every node is ablated, as a share "
-        "of the full model's (the skip path of skip transcoders stays live).",
+        "of the full model's; the same for every set because the skip path of a skip transcoder is a node too.",
         "",
         "Per task, faithfulness at 50 nodes / nodes for faithfulness 0.8:",
         "",
@@ -185,7 +202,12 @@ def write_report(
     if findings:
         text += ["## Finding", "", findings, ""]
     if claims:
-        text += ["## The seeds' claims", "", claims_markdown(claims, (sweep or {}).get("setup")), ""]
+        text += [
+            "## The seeds' claims",
+            "",
+            claims_markdown(claims, (sweep or {}).get("setup")),
+            "",
+        ]
     write_text(out / "report.md", "\n".join(text))
     data = comparison.to_dict()
     data["claims"] = [vars(c) for c in claims or []]

@@ -69,7 +69,9 @@ class Task:
         if n == 0:
             raise TaskError(f"task {self.name!r} has no prompts")
         if self.metric not in METRICS:
-            raise TaskError(f"task {self.name!r}: metric {self.metric!r} is unknown; expected one of {METRICS}")
+            raise TaskError(
+                f"task {self.name!r}: metric {self.metric!r} is unknown; expected one of {METRICS}"
+            )
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -250,11 +252,15 @@ def final_logits(
         pass
     if "final" not in store:
         raise TaskError("the model has no ln_final.hook_normalized hook")
-    final = store["final"][torch.arange(tokens.shape[0], device=tokens.device), last.to(tokens.device)]
+    final = store["final"][
+        torch.arange(tokens.shape[0], device=tokens.device), last.to(tokens.device)
+    ]
     return final @ model.W_U + model.b_U
 
 
-def prompt_metric(model: Any, batch: TaskBatch, counterfactual: bool = False) -> Float[Tensor, " n"]:
+def prompt_metric(
+    model: Any, batch: TaskBatch, counterfactual: bool = False
+) -> Float[Tensor, " n"]:
     """The metric of every prompt of `batch` (clean, or counterfactual) in one forward pass.
 
     On counterfactual prompts the metric keeps its sign convention (answer minus wrong), so a
@@ -294,7 +300,12 @@ def task_accuracy(model: Any, task: Task | TaskBatch, batch_size: int = 64) -> f
     for start in range(0, batch.clean.shape[0], batch_size):
         sl = slice(start, start + batch_size)
         part = TaskBatch(
-            batch.clean[sl], batch.corrupt[sl], batch.last[sl], batch.answer[sl], batch.wrong[sl], batch.metric
+            batch.clean[sl],
+            batch.corrupt[sl],
+            batch.last[sl],
+            batch.answer[sl],
+            batch.wrong[sl],
+            batch.metric,
         )
         right += int((prompt_metric(model, part) > 0).sum())
         right += int((prompt_metric(model, part, counterfactual=True) < 0).sum())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -74,6 +73,7 @@ def test_ablating_a_zero_effect_node_changes_nothing(random_setup):
     index = int(feats[pos, feature])
     assert layout.describe(index) == (layout.layers[1], pos + 1, feature)
     assert scores.scores[index] == 0.0
+
     def metric_keeping(keep: torch.Tensor) -> torch.Tensor:
         controls = {
             h: SiteControl(keep_features=f, keep_errors=e, keep_skips=k, reference=reference[h])
@@ -98,7 +98,9 @@ def test_cpr_and_cmd_match_a_hand_computed_curve():
         (fractions[i + 1] - fractions[i]) * (faith[i] + faith[i + 1]) / 2 for i in range(9)
     )
     gaps = [abs(1 - f) for f in faith]
-    by_hand_cmd = sum((fractions[i + 1] - fractions[i]) * (gaps[i] + gaps[i + 1]) / 2 for i in range(9))
+    by_hand_cmd = sum(
+        (fractions[i + 1] - fractions[i]) * (gaps[i] + gaps[i + 1]) / 2 for i in range(9)
+    )
     assert cpr(fractions, faith) == pytest.approx(by_hand_cpr, abs=1e-12)
     assert cmd(fractions, faith) == pytest.approx(by_hand_cmd, abs=1e-12)
     # |1 - f| is not 1 - f where the curve overshoots

@@ -42,7 +42,10 @@ def word_tokenizer(texts: list[str], pattern: str = _PIECES) -> PreTrainedTokeni
     tok = Tokenizer(models.WordLevel(pieces, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = split
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>"
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
     )
 
 
@@ -64,7 +67,12 @@ def _check_generated(tokenizer, task, n):
     batch = tokenize_task(tokenizer, task)  # raises on unequal pairs or multi-token answers
     assert len(task) == n
     unknown = tokenizer.unk_token_id
-    assert not (batch.clean[:, 1:] == unknown).logical_and(batch.clean[:, 1:] != tokenizer.pad_token_id).any() or unknown is None
+    assert (
+        not (batch.clean[:, 1:] == unknown)
+        .logical_and(batch.clean[:, 1:] != tokenizer.pad_token_id)
+        .any()
+        or unknown is None
+    )
     for c, x in zip(task.clean, task.corrupt, strict=True):
         ids_c = tokenizer(c, add_special_tokens=False)["input_ids"]
         assert len(ids_c) == len(tokenizer(x, add_special_tokens=False)["input_ids"])
@@ -92,7 +100,9 @@ def test_classic_templates_on_a_small_tokenizer(classic_tokenizer):
     # prob_diff: a distribution on the answers alone gives +1
     logits = torch.full((1, len(classic_tokenizer)), -1e4)
     logits[0, batch.answer[0, batch.answer[0] >= 0]] = 0.0
-    assert metric_values(logits, batch.answer[:1], batch.wrong[:1], "prob_diff").item() == pytest.approx(1.0)
+    assert metric_values(
+        logits, batch.answer[:1], batch.wrong[:1], "prob_diff"
+    ).item() == pytest.approx(1.0)
 
     sva = agreement_task(classic_tokenizer, n=64)
     _check_generated(classic_tokenizer, sva, 64)
@@ -101,7 +111,9 @@ def test_classic_templates_on_a_small_tokenizer(classic_tokenizer):
 
 def test_greater_than_refuses_a_tokenizer_that_keeps_years_whole():
     years = " ".join(str(y) for y in range(1100, 1900))
-    whole = word_tokenizer([f"The war lasted from the year 17 {years}"], _PIECES.replace(r"\d\d", r"\d+"))
+    whole = word_tokenizer(
+        [f"The war lasted from the year 17 {years}"], _PIECES.replace(r"\d\d", r"\d+")
+    )
     with pytest.raises(TaskError, match="two-digit"):
         greater_than_task(whole, n=8)
 
@@ -118,14 +130,26 @@ def test_code_tasks_have_equal_lengths_single_token_answers_and_measured_accurac
     assert all(t.metadata["accuracy"] >= 0.8 for t in defaults)
     # accuracy counts clean and counterfactual prompts: swapping answers flips it
     task = defaults[0]
-    flipped = task_from_dicts("flipped", [{**p, "answer": p["wrong"], "wrong": p["answer"]} for p in task.to_dicts()])
+    flipped = task_from_dicts(
+        "flipped", [{**p, "answer": p["wrong"], "wrong": p["answer"]} for p in task.to_dicts()]
+    )
     assert task_accuracy(default_model, flipped) == pytest.approx(1 - task.metadata["accuracy"])
 
 
 def test_user_tasks_from_dicts_json_and_yaml(tmp_path, default_model):
     pairs = [
-        {"clean": "import os\n\nx =", "corrupt": "import re\n\nx =", "answer": " os", "wrong": " re"},
-        {"clean": "import re\n\nx =", "corrupt": "import os\n\nx =", "answer": " re", "wrong": " os"},
+        {
+            "clean": "import os\n\nx =",
+            "corrupt": "import re\n\nx =",
+            "answer": " os",
+            "wrong": " re",
+        },
+        {
+            "clean": "import re\n\nx =",
+            "corrupt": "import os\n\nx =",
+            "answer": " re",
+            "wrong": " os",
+        },
     ]
     task = task_from_dicts("imports", pairs)
     (tmp_path / "t.json").write_text(json.dumps({"name": "imports", "pairs": pairs}))
@@ -138,15 +162,28 @@ def test_user_tasks_from_dicts_json_and_yaml(tmp_path, default_model):
     values = prompt_metric(default_model, batch)
     with torch.no_grad():
         logits = default_model(batch.clean)[:, -1]
-    expected = logits[torch.arange(2), batch.answer[:, 0]] - logits[torch.arange(2), batch.wrong[:, 0]]
+    expected = (
+        logits[torch.arange(2), batch.answer[:, 0]] - logits[torch.arange(2), batch.wrong[:, 0]]
+    )
     assert torch.allclose(values, expected, atol=1e-4)
 
 
 def test_bad_tasks_are_refused_with_clear_errors(tmp_path, default_model):
     with pytest.raises(TaskError, match="equal lengths"):
-        tokenize_task(default_model, task_from_dicts("t", [{"clean": "x = 1", "corrupt": "x = 1 + 2", "answer": "\n", "wrong": " +"}]))
+        tokenize_task(
+            default_model,
+            task_from_dicts(
+                "t", [{"clean": "x = 1", "corrupt": "x = 1 + 2", "answer": "\n", "wrong": " +"}]
+            ),
+        )
     with pytest.raises(TaskError, match="exactly one"):
-        tokenize_task(default_model, task_from_dicts("t", [{"clean": "x", "corrupt": "y", "answer": " supercalifragilistic", "wrong": " y"}]))
+        tokenize_task(
+            default_model,
+            task_from_dicts(
+                "t",
+                [{"clean": "x", "corrupt": "y", "answer": " supercalifragilistic", "wrong": " y"}],
+            ),
+        )
     with pytest.raises(TaskError, match="missing keys"):
         task_from_dicts("t", [{"clean": "x", "answer": " a", "wrong": " b"}])
     with pytest.raises(TaskError, match="does not exist"):

@@ -110,3 +110,20 @@ def test_feature_atlas_notebook(tmp_path):
     page = (out / "graph.html").read_text()
     assert '"cards":{"' in page  # the graph's features' cards are embedded
     assert (out / "layer_pages" / "layer_2.html").is_file()
+
+
+def test_compare_dictionaries_notebook(tmp_path):
+    nb = nbformat.read(EXAMPLES / "compare_dictionaries.ipynb", as_version=4)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    out = tmp_path / "compare_out"
+    report = (out / "report.md").read_text()
+    assert "| sae_local |" in report and "| skip_transcoder |" in report
+    results = json.loads((out / "results.json").read_text())
+    curve = results["results"]["sae_local"]["close_bracket"]["curve"]
+    assert curve["faithfulness"][0] == 0.0 and abs(curve["faithfulness"][-1] - 1.0) < 1e-3
+    for name in ("faithfulness", "ce_vs_l0", "cpr"):
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    plotted = next(c for c in nb.cells if c.cell_type == "code" and "plt.show()" in c.source)
+    assert len(_png_outputs(plotted)) == 1

@@ -227,7 +227,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
             "activation": config.activation,
             "objective": config.objective,
             "k": config.k if config.activation in ("topk", "batchtopk") else None,
-            "l1_coefficient": config.l1_coefficient if config.activation in ("relu", "gated") else None,
+            "l1_coefficient": config.l1_coefficient
+            if config.activation in ("relu", "gated")
+            else None,
             "lr": config.learning_rate,
             "layers": config.layers,
             "training_tokens": trainer.step * trainer.tokens_per_step,
