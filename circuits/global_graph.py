@@ -31,13 +31,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits.crosslayer_slices import expand_crosslayer
 from circuits.graph import AttributionGraph
 from circuits.topk_graph import blocked_topk
 from circuits.virtual_weights import (
     NormSpec,
     SiteKey,
+    decoder_paths,
     dictionary_sites,
-    path_operators,
     resolve_norm,
     resolve_site,
 )
@@ -144,10 +145,11 @@ def data_weighted_weights(
         skip_bos: leave position 0 out of the averages.
         batch_size: sequences per forward pass; chunk_size: pairs per v_ij gather.
     """
+    dictionaries = expand_crosslayer(dictionaries)
     sites = dictionary_sites(dictionaries, model)
     site_from, site_to = resolve_site(sites, layer_from), resolve_site(sites, layer_to)
     norm = resolve_norm(norm, model, tokens)
-    op = path_operators(
+    left = decoder_paths(
         dictionaries,
         model,
         site_from.name,
@@ -155,8 +157,7 @@ def data_weighted_weights(
         norm=norm,
         include_attention=include_attention,
         cut_at_saes=cut_at_saes,
-        per_head=False,
-    ).total
+    )  # [F_from, d]: every write of the upstream features through the paths to site_to
     up, down = sparse_activations(
         model,
         dictionaries,
@@ -178,8 +179,7 @@ def data_weighted_weights(
     coact = co.values() / n_tokens
 
     # v_ij only for the co-active pairs: rows of W_dec T against columns of W_enc
-    dec = site_from.dictionary.W_dec.detach()
-    left = dec @ op.to(dec)  # [F_from, d]
+    dec = left
     enc_t = site_to.dictionary.W_enc.detach().T.to(dec)  # [F_to, d]
     virtual = torch.empty(len(src), dtype=torch.float64)
     with torch.no_grad():
@@ -242,6 +242,7 @@ def global_graph(
     """
     if top_k < 1:
         raise SparseCircuitsError(f"top_k must be >= 1, got {top_k}")
+    dictionaries = expand_crosslayer(dictionaries)
     sites = dictionary_sites(dictionaries, model)
     site_from, site_to = resolve_site(sites, layer_from), resolve_site(sites, layer_to)
     norm_name = norm if isinstance(norm, str) else "explicit scales"
@@ -264,7 +265,7 @@ def global_graph(
         mean_act = (dw.mean_from, dw.mean_to)
         kind = "data-weighted"
     else:
-        op = path_operators(
+        left = decoder_paths(
             dictionaries,
             model,
             site_from.name,
@@ -272,12 +273,9 @@ def global_graph(
             norm=resolve_norm(norm, model, tokens),
             include_attention=include_attention,
             cut_at_saes=cut_at_saes,
-            per_head=False,
-        ).total
-        dec = site_from.dictionary.W_dec.detach()
+        )
         with torch.no_grad():
-            left = dec @ op.to(dec)
-            enc = site_to.dictionary.W_enc.detach().to(dec)
+            enc = site_to.dictionary.W_enc.detach().to(left)
             values, indices = blocked_topk(left, enc, top_k, block_size)
         n, kk = indices.shape
         src = torch.arange(n).repeat_interleave(kk)

@@ -76,6 +76,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from circuits.crosslayer_slices import expand_crosslayer, later_decoders
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer, layer_hooks
@@ -434,6 +435,36 @@ def path_operators(
     return PathOperators(total, residual, paths, heads)
 
 
+def decoder_paths(
+    dictionaries: Sequence[Dictionary],
+    model: Any,
+    layer_from: SiteKey,
+    layer_to: SiteKey,
+    **path_options: Any,
+) -> Float[Tensor, "F_from d"]:
+    """W_dec T summed over every write of the upstream dictionary: its own decoder and, for a
+    cross-layer transcoder's slice, its decoders into later layers that write before the
+    downstream dictionary reads (each through the paths from where it writes).
+
+    path_options: passed to `path_operators` (norm already resolved, include_attention,
+    cut_at_saes).
+    """
+    sites = dictionary_sites(dictionaries, model)
+    up, down = resolve_site(sites, layer_from), resolve_site(sites, layer_to)
+    dec = up.dictionary.W_dec.detach()
+    op = path_operators(dictionaries, model, up.name, down.name, per_head=False, **path_options)
+    with torch.no_grad():
+        left = dec @ op.total.to(dec)
+        for hook, w_dec in later_decoders(up.dictionary):
+            writer = resolve_site(sites, hook)
+            if writer.write_at < down.read_at:
+                op = path_operators(
+                    dictionaries, model, writer.name, down.name, per_head=False, **path_options
+                )
+                left = left + w_dec.detach().to(dec) @ op.total.to(dec)
+    return left
+
+
 def apply_operator(
     d_from: Dictionary, op: Float[Tensor, "d d"], d_to: Dictionary
 ) -> Float[Tensor, "F_from F_to"]:
@@ -467,8 +498,12 @@ def virtual_weights(
         include_attention: add the single-head OV paths, reported per head in `heads`.
         breakdown: also return the term of each subset of skip layers in `paths`.
         cut_at_saes: residual SAEs in between block every path (as in prompt graphs).
+    A cross-layer transcoder counts as one dictionary per layer; `total` sums every write of
+    an upstream layer (to its own and to later layers), `residual`, `paths` and `heads` break
+    down the write to its own layer.
     Builds the full matrix: for large dictionaries use `circuits.topk_graph`.
     """
+    dictionaries = expand_crosslayer(dictionaries)
     sites = dictionary_sites(dictionaries, model)
     d_from = resolve_site(sites, layer_from).dictionary
     d_to = resolve_site(sites, layer_to).dictionary
@@ -484,6 +519,19 @@ def virtual_weights(
         cut_at_saes=cut_at_saes,
     )
     total = apply_operator(d_from, ops.total, d_to)
+    if later_decoders(d_from):  # a cross-layer transcoder: add its writes to later layers
+        norm = resolve_norm(norm, model, tokens)
+        left = decoder_paths(
+            dictionaries,
+            model,
+            layer_from,
+            layer_to,
+            norm=norm,
+            include_attention=include_attention,
+            cut_at_saes=cut_at_saes,
+        )
+        with torch.no_grad():
+            total = left @ d_to.W_enc.detach().to(left)
     residual = total if ops.heads is None else apply_operator(d_from, ops.residual, d_to)
     paths = heads = None
     if ops.paths is not None:

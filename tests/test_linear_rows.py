@@ -171,3 +171,57 @@ def test_crosslayer_transcoder_edges_are_exact(tmp_path, tiny_tokenizer):
             )
     free = intervene(model, [clt], graph.tokens, [], constrained=False)
     torch.testing.assert_close(free.logits, free.clean_logits)
+
+
+def test_crosslayer_virtual_weights_and_global_graph(tmp_path, tiny_tokenizer):
+    """Virtual weights from a CLT's layer 0 to layer 2 sum its writes into layers 0 and 1,
+    each through the paths from where it writes (checked against per-layer dictionaries
+    carrying one decoder each); the global graph keeps the largest of them."""
+    from circuits.global_graph import global_graph
+    from circuits.virtual_weights import virtual_weights
+
+    model = load_model(
+        make_gpt2(len(tiny_tokenizer), seed=3, n_layers=3).double(),
+        tokenizer=tiny_tokenizer,
+        dtype=torch.float64,
+    )
+    _write_circuit_tracer_clt(tmp_path, 3, 40, model.cfg.d_model)
+    clt = load_dictionary(tmp_path).eval()
+    opts = {"include_attention": True}
+    total = virtual_weights([clt], model, 0, 2, **opts).total
+    expected = 0
+    for m in (0, 1):  # layer 0's decoder into layer m, as the only decoder of a per-layer set
+        slices = expand_crosslayer([clt])
+        one = Dictionary(
+            32, 32, 40, slices[m].in_hook, slices[m].out_hook, skip=True, dtype=torch.float64
+        )
+        with torch.no_grad():
+            one.W_dec.copy_(clt.W_dec[0][m])
+            one.W_skip.copy_(clt.W_skip[m])
+        slices[m] = one
+        expected = expected + virtual_weights(slices, model, m, 2, **opts).total
+    torch.testing.assert_close(total, expected)
+    own_only = virtual_weights(
+        expand_crosslayer([clt])[:1]
+        + [
+            Dictionary(
+                32,
+                32,
+                4,
+                "blocks.1.ln2.hook_normalized",
+                "blocks.1.hook_mlp_out",
+                dtype=torch.float64,
+            ),
+            expand_crosslayer([clt])[2],
+        ],
+        model,
+        0,
+        2,
+        **opts,
+    ).total
+    assert (total - own_only).abs().max() > 1e-3 * total.abs().max()
+    graph = global_graph([clt], model, 0, 2, top_k=3, max_sources=None, **opts)
+    rows, cols = graph.find("feature"), graph.find("feature")
+    assert graph.adjacency.abs().max() > 0
+    top = total.abs().max()
+    torch.testing.assert_close(graph.adjacency[rows][:, cols].abs().max(), top.float())
