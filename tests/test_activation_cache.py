@@ -244,3 +244,29 @@ def test_cache_and_sweep_commands(tmp_path, capsys, monkeypatch):
     assert load_native(tmp_path / "a" / "layer_2").activation.k == 4
     assert load_native(tmp_path / "b" / "layer_2").activation.k == 8
     assert "trained 2 runs in one pass" in capsys.readouterr().out
+
+
+def test_sparse_auxk_equals_the_dense_one():
+    from replacement.dictionary import Dictionary
+    from training.losses import LossScale, auxk_loss_dead, auxk_loss_sparse
+
+    gen = torch.Generator().manual_seed(1)
+    d = Dictionary(8, 8, 40, "a", "b", "topk", activation_params={"k": 3})
+    with torch.no_grad():
+        for p in (d.W_enc, d.b_enc, d.W_dec):
+            p.copy_(torch.randn(p.shape, generator=gen))
+    x, y = torch.randn(30, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    dead_idx = torch.tensor([1, 5, 6, 7, 20, 33, 39])
+    y_hat, scale = d(x).detach(), LossScale.of(y)
+
+    def grads(loss):
+        d.zero_grad()
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in (d.W_enc, d.b_enc, d.W_dec)]
+
+    dead_pre = x @ d.W_enc[:, dead_idx] + d.b_enc[dead_idx]
+    dense = grads(auxk_loss_dead(d, dead_pre, dead_idx, y, y_hat, scale))
+    sparse = grads(auxk_loss_sparse(d, x, dead_idx, y, y_hat, scale))
+    assert abs(dense[0] - sparse[0]) < 1e-5 * dense[0]
+    for a, b in zip(dense[1], sparse[1], strict=True):
+        assert torch.allclose(a, b, atol=1e-5) and a.abs().max() > 0

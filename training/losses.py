@@ -147,7 +147,40 @@ def auxk_loss_dead(
     # steps); the rows of dead_idx are distinct, so selecting them is
     dense = dead_pre.new_zeros(dead_pre.shape[0], n_dead).scatter(-1, idx, values)
     e_hat = dense @ d.W_dec.index_select(0, dead_idx)
-    return min(n_dead / k_aux, 1.0) * (e_hat - residual).pow(2).sum() / (scale.n_tokens * scale.var)
+    return (
+        _auxk_weight(n_dead, k_aux) * (e_hat - residual).pow(2).sum() / (scale.n_tokens * scale.var)
+    )
+
+
+def auxk_loss_sparse(
+    d: Dictionary,
+    x_enc: Float[Tensor, "tokens d_in"],
+    dead_idx: Int[Tensor, " n_dead"],
+    y: Float[Tensor, "tokens d"],
+    y_hat: Float[Tensor, "tokens d"],
+    scale: LossScale,
+) -> Tensor:
+    """`auxk_loss_dead` through the sparse TopK path: the dead columns form a small TopK
+    dictionary with k_aux, so no dense [tokens, n_dead] tensor is decoded or differentiated."""
+    from training.fused_topk import topk_reconstruct
+
+    n_dead = int(dead_idx.numel())
+    k_aux = max(1, d.d_in // 2)
+    out = topk_reconstruct(
+        x_enc,
+        d.W_enc.index_select(1, dead_idx),
+        d.b_enc.index_select(0, dead_idx),
+        d.W_dec.index_select(0, dead_idx),
+        min(k_aux, n_dead),
+    )
+    residual = (y - y_hat).detach()
+    return (
+        _auxk_weight(n_dead, k_aux) * (out.y - residual).pow(2).sum() / (scale.n_tokens * scale.var)
+    )
+
+
+def _auxk_weight(n_dead: int, k_aux: int) -> float:
+    return min(n_dead / k_aux, 1.0)
 
 
 def sparsity_loss(

@@ -50,7 +50,7 @@ from training.distributed import DistContext, context, use_global_batchtopk
 from training.fused_topk import fired_features, topk_reconstruct
 from training.losses import (
     LossScale,
-    auxk_loss_dead,
+    auxk_loss_sparse,
     init_b_dec,
     init_jumprelu_threshold,
     initialise,
@@ -416,10 +416,7 @@ class Trainer:
         dead = self.dead_mask(layer)
         if cfg.aux_k_coefficient and bool(dead.any()):
             dead_idx = dead.nonzero().squeeze(1)
-            dead_pre = torch.addmm(
-                d.b_enc.index_select(0, dead_idx), x_enc, d.W_enc.index_select(1, dead_idx)
-            )
-            aux = auxk_loss_dead(d, dead_pre, dead_idx, y, y_hat, scale)
+            aux = auxk_loss_sparse(d, x_enc, dead_idx, y, y_hat, scale)
             terms["auxk_loss"] = cfg.aux_k_coefficient * aux
             loss = loss + terms["auxk_loss"]
         with torch.no_grad():
