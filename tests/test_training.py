@@ -163,7 +163,11 @@ def test_jumprelu_l0_straight_through_gradient():
 # Every run below is a few hundred steps on the default model, one dictionary per layer, logging every
 # step: metrics row 0 is the untrained dictionary (the loss is computed before the first update),
 # the mean of the last TAIL rows is the trained one. Thresholds were measured with two seeds.
-STEPS = 300
+# Local runs take 150 steps (warm-up 5): every local assertion below held with seeds 0 and 1 at
+# 150 steps (closest: SAE relu FVU 0.47 < 0.5, L0 15 < 2k; jumprelu weak/strong L0 ratio 0.54-0.55
+# < 0.6). e2e runs keep 300 steps: at 150 the e2e_ds FVU drop (0.87 > 0.85 x start) is not there yet.
+STEPS = 150
+E2E_STEPS = 300
 TAIL = 10
 
 
@@ -202,7 +206,8 @@ def trained(default_model, token_data, tmp_path_factory):
     def train(**kw) -> Run:
         key = repr(sorted(kw.items()))
         if key not in cache:
-            cfg = _config(tmp_path_factory.mktemp("train"), log_every=1, warmup_steps=10, **kw)
+            kw = {"log_every": 1, "warmup_steps": 10, **kw}
+            cfg = _config(tmp_path_factory.mktemp("train"), **kw)
             dicts = Trainer(cfg, default_model, token_data).train()
             hooks = sorted({h for d in dicts.values() for h in (d.in_hook, d.out_hook)})
             acts = collect_activations(default_model, val, hooks)
@@ -226,6 +231,7 @@ def _local(trained, kind: str, activation: str, **kw) -> Run:
         layers=[1],
         batch_tokens=256,
         total_tokens=256 * STEPS,
+        warmup_steps=5,
         **kw,
     )
 
@@ -238,7 +244,7 @@ def _e2e(trained, kind: str, activation: str, objective: str, layers: list[int])
         objective=objective,
         layers=layers,
         batch_tokens=2 * (CTX - 1),
-        total_tokens=2 * (CTX - 1) * STEPS,
+        total_tokens=2 * (CTX - 1) * E2E_STEPS,
         lr=1e-3,
     )
 
@@ -344,17 +350,23 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize(("objective", "activation"), [("local", "batchtopk"), ("e2e", "jumprelu")])
+# local: 504 tokens a step, so the 4096-token activation buffer refills within the 24 steps and
+# the resumed run must rebuild its contents; e2e: two sequences a step (no buffer; a step runs
+# the model forward and backward, so its cost grows with the rows).
+@pytest.mark.parametrize(
+    ("objective", "activation", "batch_tokens"),
+    [("local", "batchtopk", 504), ("e2e", "jumprelu", 2 * (CTX - 1))],
+)
 def test_killed_and_resumed_run_equals_uninterrupted(
-    default_model, token_data, tmp_path, objective, activation
+    default_model, token_data, tmp_path, objective, activation, batch_tokens
 ):
     kw = dict(
         kind="transcoder",
         activation=activation,
         objective=objective,
         layers=[1],
-        total_tokens=504 * 24,
-        batch_tokens=504,
+        total_tokens=batch_tokens * 24,
+        batch_tokens=batch_tokens,
         checkpoint_every=10,
     )
     full = Trainer(_config(tmp_path / "a", **kw), default_model, token_data).train()
