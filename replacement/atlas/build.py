@@ -169,11 +169,14 @@ def _layer_atlas(
         "band_pos": bands.pos,
         "band_window": quantise_windows(bands.window, stream.max),
     }
-    effects = logit_effects(d, model, settings.n_logit_tokens)
+    # token lists only over tokens the corpus holds (never-seen tokens keep random weights)
+    n_vocab = int(model.cfg.d_vocab)
+    seen = torch.bincount(rows.flatten().cpu(), minlength=n_vocab)[:n_vocab] > 0
+    effects = logit_effects(d, model, settings.n_logit_tokens, seen)
     if effects is not None:
         tensors["promoted_ids"], tensors["promoted_values"] = effects[0]
         tensors["suppressed_ids"], tensors["suppressed_values"] = effects[1]
-    inputs = input_tokens(d, model, settings.n_logit_tokens)
+    inputs = input_tokens(d, model, settings.n_logit_tokens, seen)
     if inputs is not None:
         tensors["input_ids"], tensors["input_values"] = inputs
     tensors["neighbour_ids"], tensors["neighbour_cos"] = nearest_features(d, settings.n_neighbours)

@@ -37,12 +37,14 @@ def _topk_rows(score_block, n_features: int, k: int, largest: bool = True) -> To
 
 @torch.no_grad()
 def logit_effects(
-    dictionary: Dictionary, model: Any, k: int = 10
+    dictionary: Dictionary, model: Any, k: int = 10, tokens: Tensor | None = None
 ) -> tuple[TokenList, TokenList] | None:
     """Tokens each feature promotes and suppresses most through the direct path.
 
     The decoder row, centred as the final LayerNorm centres it, times the unembedding, with the
     mean over the vocabulary removed (the norm's scale is positive and drops out of the ranking).
+    `tokens` (bool [vocab]) limits the lists to tokens that occur in real text: the rows of
+    tokens a model never saw keep their initial values and would otherwise crowd the lists.
     None when the dictionary does not write the residual width (e.g. at `attn.hook_z`).
     """
     if dictionary.d_out != model.cfg.d_model:
@@ -55,8 +57,14 @@ def logit_effects(
         logits = d @ W_U
         return logits - logits.mean(-1, keepdim=True)
 
+    def only(block_fn, fill: float):
+        if tokens is None:
+            return block_fn
+        return lambda a, b: block_fn(a, b).masked_fill(~tokens, fill)
+
     n = dictionary.n_features
-    return _topk_rows(block, n, k, True), _topk_rows(block, n, k, False)
+    promoted = _topk_rows(only(block, -torch.inf), n, k, True)
+    return promoted, _topk_rows(only(block, torch.inf), n, k, False)
 
 
 def _direct_input(dictionary: Dictionary, model: Any) -> Tensor | None:
@@ -74,13 +82,16 @@ def _direct_input(dictionary: Dictionary, model: Any) -> Tensor | None:
 
 
 @torch.no_grad()
-def input_tokens(dictionary: Dictionary, model: Any, k: int = 10) -> TokenList | None:
+def input_tokens(
+    dictionary: Dictionary, model: Any, k: int = 10, tokens: Tensor | None = None
+) -> TokenList | None:
     """Input tokens whose embedding alone gives each feature the largest pre-activation.
 
     The embedding goes straight through the residual stream (and the input norm, for a
     dictionary reading `ln*.hook_normalized`) into the encoder; positional embeddings and
-    every layer in between are left out. None where no such path exists (an SAE on an MLP
-    output) or the widths differ.
+    every layer in between are left out. `tokens` (bool [vocab]) limits the list as in
+    `logit_effects`. None where no such path exists (an SAE on an MLP output) or the widths
+    differ.
     """
     x = _direct_input(dictionary, model)
     if x is None:
@@ -91,7 +102,8 @@ def input_tokens(dictionary: Dictionary, model: Any, k: int = 10) -> TokenList |
         x = x - dictionary.b_dec.detach().float().cpu()
 
     def block(a: int, b: int) -> Tensor:
-        return (x @ W_enc[:, a:b] + b_enc[a:b]).T
+        scores = (x @ W_enc[:, a:b] + b_enc[a:b]).T
+        return scores if tokens is None else scores.masked_fill(~tokens, -torch.inf)
 
     return _topk_rows(block, dictionary.n_features, k, True)
 
