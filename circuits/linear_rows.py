@@ -67,6 +67,10 @@ def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | Non
     missing = [n for n in needed if n not in model.hook_dict]
     if missing:
         return f"the model lacks the hooks {missing[:3]}"
+    # hooks a caller installed (e.g. ablations) change the model in ways the map cannot see
+    hooked = [n for n, h in model.hook_dict.items() if getattr(h, "_forward_hooks", None)]
+    if hooked:
+        return f"hooks are installed on the model (at {hooked[:2]})"
     by_layer: dict[int, Dictionary] = {}
     for d in dictionaries:
         layer = hook_layer(d.out_hook)

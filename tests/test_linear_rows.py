@@ -132,16 +132,19 @@ def _write_circuit_tracer_clt(folder, n_layers, n_features, d, seed=0):
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
+def _model_and_clt(make, folder, tokenizer):
+    """A 3-layer float64 model and a CLT for it, written and read in circuit-tracer's layout."""
+    model = load_model(
+        make(len(tokenizer), seed=3, n_layers=3).double(), tokenizer=tokenizer, dtype=torch.float64
+    )
+    _write_circuit_tracer_clt(folder, 3, 40, model.cfg.d_model)
+    return model, load_dictionary(folder).eval()
+
+
 def test_crosslayer_transcoder_edges_are_exact(tmp_path, tiny_tokenizer):
     """A 3-layer CLT from circuit-tracer's layout: features of layer 0 write to layers 0-2;
     every edge equals the measured effect of an intervention, on both paths."""
-    model = load_model(
-        make_llama(len(tiny_tokenizer), seed=3, n_layers=3).double(),
-        tokenizer=tiny_tokenizer,
-        dtype=torch.float64,
-    )
-    _write_circuit_tracer_clt(tmp_path, 3, 40, model.cfg.d_model)
-    clt = load_dictionary(tmp_path).eval()
+    model, clt = _model_and_clt(make_llama, tmp_path, tiny_tokenizer)
     graph = assert_same_graph(model, [clt])
     feats, errors, tokens = graph.find("feature"), graph.find("error"), graph.find("token")
     layer0 = [i for i in feats if graph.node_layer[i] == 0]
@@ -180,13 +183,7 @@ def test_crosslayer_virtual_weights_and_global_graph(tmp_path, tiny_tokenizer):
     from circuits.global_graph import global_graph
     from circuits.virtual_weights import virtual_weights
 
-    model = load_model(
-        make_gpt2(len(tiny_tokenizer), seed=3, n_layers=3).double(),
-        tokenizer=tiny_tokenizer,
-        dtype=torch.float64,
-    )
-    _write_circuit_tracer_clt(tmp_path, 3, 40, model.cfg.d_model)
-    clt = load_dictionary(tmp_path).eval()
+    model, clt = _model_and_clt(make_gpt2, tmp_path, tiny_tokenizer)
     opts = {"include_attention": True}
     total = virtual_weights([clt], model, 0, 2, **opts).total
     expected = 0
