@@ -47,11 +47,6 @@ _READS = {"ln2.hook_normalized": "normalized", "ln2.hook_out": "out", "hook_resi
 def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | None:
     """Why the linear path cannot compute this replacement model's rows (None if it can)."""
     cfg = model.cfg
-    # hooks a caller installed (zeroed heads, patched activations) change the forward pass, and
-    # the linear map is built from the weights: only the autograd path sees them
-    hooked = [name for name, point in model.hook_dict.items() if point._forward_hooks]
-    if hooked:
-        return f"hooks are installed on {hooked[:3]}, which the linear map would not see"
     if getattr(cfg, "parallel_attn_mlp", False):
         return "the model runs attention and MLP in parallel"
     arch = str(getattr(cfg, "original_architecture", "") or "")
