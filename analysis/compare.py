@@ -142,14 +142,7 @@ def _graph_scores(model, dictionaries, batch: TaskBatch, n_prompts: int, max_fea
 
     replacement, completeness = [], []
     for b in range(min(n_prompts, batch.clean.shape[0])):
-        one = TaskBatch(
-            batch.clean[b : b + 1],
-            batch.corrupt[b : b + 1],
-            batch.last[b : b + 1],
-            batch.answer[b : b + 1],
-            batch.wrong[b : b + 1],
-            batch.metric,
-        )
+        one = batch.rows(slice(b, b + 1))
         graph = attribute(
             model,
             dictionaries,

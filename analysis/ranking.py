@@ -80,20 +80,9 @@ def _node_effects(
     return layout.join(per_site)
 
 
-def _take(batch: TaskBatch, sl: slice) -> TaskBatch:
-    return TaskBatch(
-        batch.clean[sl],
-        batch.corrupt[sl],
-        batch.last[sl],
-        batch.answer[sl],
-        batch.wrong[sl],
-        batch.metric,
-    )
-
-
 def _chunks(batch: TaskBatch, size: int):
     for start in range(0, batch.clean.shape[0], size):
-        yield _take(batch, slice(start, start + size))
+        yield batch.rows(slice(start, start + size))
 
 
 def _slice_values(values: dict[str, SiteValues], sl: slice) -> dict[str, SiteValues]:
@@ -231,7 +220,7 @@ def graph_influence(
         for f, s in zip(layout.n_features, layout.has_skip, strict=True)
     ]
     for b in tqdm(range(n), desc="attribution graphs", disable=not verbose, leave=False):
-        one = _take(batch, slice(b, b + 1))
+        one = batch.rows(slice(b, b + 1))
         tokens = one.clean[0, : int(one.last[0]) + 1]
         graph = attribute(
             model,

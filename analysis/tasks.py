@@ -119,6 +119,17 @@ class TaskBatch:
         """Whether every prompt has the same length (positions then align across prompts)."""
         return bool((self.last == self.last[0]).all())
 
+    def rows(self, sl: slice) -> TaskBatch:
+        """Prompts `sl` of the batch."""
+        return TaskBatch(
+            self.clean[sl],
+            self.corrupt[sl],
+            self.last[sl],
+            self.answer[sl],
+            self.wrong[sl],
+            self.metric,
+        )
+
     def to(self, device: torch.device | str) -> TaskBatch:
         """The batch on `device`."""
         return TaskBatch(
@@ -299,14 +310,7 @@ def task_accuracy(model: Any, task: Task | TaskBatch, batch_size: int = 64) -> f
     right = 0
     for start in range(0, batch.clean.shape[0], batch_size):
         sl = slice(start, start + batch_size)
-        part = TaskBatch(
-            batch.clean[sl],
-            batch.corrupt[sl],
-            batch.last[sl],
-            batch.answer[sl],
-            batch.wrong[sl],
-            batch.metric,
-        )
+        part = batch.rows(sl)
         right += int((prompt_metric(model, part) > 0).sum())
         right += int((prompt_metric(model, part, counterfactual=True) < 0).sum())
     return right / (2 * batch.clean.shape[0])
