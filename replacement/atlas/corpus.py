@@ -76,15 +76,10 @@ def _read_token_file(path: Path) -> Tensor:
 
 
 def _text_documents(path: Path) -> list[str]:
-    if path.is_file():
-        return [path.read_text(encoding="utf-8", errors="replace")]
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
-    if not files:
-        raise SparseCircuitsError(f"text folder {str(path)!r} holds no files")
+    """The texts of a text file or folder, checked as every text input is (binary refused)."""
+    from replacement.validation import check_text_source
+
+    files = check_text_source(path, "atlas corpus", SparseCircuitsError)
     return [p.read_text(encoding="utf-8", errors="replace") for p in files]
 
 
