@@ -23,13 +23,14 @@ def findings(comparison: Any) -> str:
     from analysis.compare import FAITHFUL_LEVEL, REPORT_SIZES
 
     rows = {s.name: comparison.set_row(s.name) for s in comparison.sets}
+    unit = comparison.settings.get("level", "nodes")
     parts = []
     for size in REPORT_SIZES:
         key = f"faithfulness_at_{size}"
         ranked = sorted((r[key], n) for n, r in rows.items() if r[key] is not None)[::-1]
         if ranked:
             parts.append(
-                f"at {size} nodes the most faithful circuits come from `{ranked[0][1]}` "
+                f"at {size} {unit} the most faithful circuits come from `{ranked[0][1]}` "
                 f"({ranked[0][0]:.2f}; least: `{ranked[-1][1]}` {ranked[-1][0]:.2f})"
             )
     needed = sorted(
@@ -37,7 +38,7 @@ def findings(comparison: Any) -> str:
     )
     if needed:
         parts.append(
-            f"`{needed[0][1]}` needs the fewest nodes for faithfulness {FAITHFUL_LEVEL} "
+            f"`{needed[0][1]}` needs the fewest {unit} for faithfulness {FAITHFUL_LEVEL} "
             f"({needed[0][0]:.0f} on average), `{needed[-1][1]}` the most ({needed[-1][0]:.0f})"
         )
     return "Averaged over the tasks, " + "; ".join(parts) + "."
@@ -104,6 +105,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
         ablation=args.ablation,
         per_position=not args.aggregate_positions,
         graph_prompts=args.graph_prompts,
+        level=args.circuit,
         verbose=not args.quiet,
     )
     sweep = load_sweep(args.sweep) if args.model == "default" else None
@@ -119,6 +121,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
 
 def register(subparsers: Any) -> None:
     """Add the `compare` subcommand."""
+    from analysis.compare import LEVELS
     from analysis.nodes import ABLATIONS
     from analysis.ranking import METHODS
 
@@ -144,6 +147,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pairs", type=int, default=64, help="prompt pairs per built-in task")
     p.add_argument("--method", choices=METHODS, default="attribution_patching")
     p.add_argument("--ablation", choices=ABLATIONS, default="mean")
+    p.add_argument(
+        "--circuit",
+        choices=LEVELS,
+        default="nodes",
+        help="circuits as node sets, or as edge sets (node -> later site or logits; "
+        "ranked by edge attribution patching; sizes count edges)",
+    )
     p.add_argument(
         "--aggregate-positions", action="store_true", help="one node per feature over all positions"
     )

@@ -28,6 +28,8 @@ REPORT_SIZES = (10, 50, 200)
 """Circuit sizes (nodes) whose faithfulness the report's table shows."""
 FAITHFUL_LEVEL = 0.8
 """The report counts the nodes needed to reach this faithfulness."""
+LEVELS = ("nodes", "edges")
+"""Circuits as node sets or as edge sets."""
 
 
 @dataclass
@@ -159,6 +161,35 @@ def _graph_scores(model, dictionaries, batch: TaskBatch, n_prompts: int, max_fea
     return float(np.mean(replacement)), float(np.mean(completeness))
 
 
+def _circuits(model, dictionaries, batch, level, method, ablation, per_position):
+    """Faithfulness curve and the ten best nodes (or edges) of one set on one task."""
+    if level == "edges":
+        from analysis.edges import edge_attribution_patching, edge_faithfulness_curve
+
+        scores = edge_attribution_patching(model, dictionaries, batch, ablation, per_position)
+        n, curve_of = scores.n_edges, edge_faithfulness_curve
+        top = [
+            {"layer": lpf[0], "pos": lpf[1], "feature": lpf[2], "target": t, "score": s}
+            for lpf, t, s in scores.top(10)
+        ]
+    else:
+        scores = rank_nodes(model, dictionaries, batch, method, ablation, per_position)
+        n, curve_of = scores.layout.n_nodes, faithfulness_curve
+        top = [
+            {"layer": lpf[0], "pos": lpf[1], "feature": lpf[2], "score": s}
+            for lpf, s in scores.top(10)
+        ]
+    curve = curve_of(
+        model,
+        dictionaries,
+        batch,
+        scores,
+        ablation=ablation,
+        completeness_sizes=[mib_size(p, n) for p in MIB_PERCENTAGES],
+    )
+    return curve, top
+
+
 def compare(
     model: Any,
     sets: Mapping[str, Sequence[Dictionary]],
@@ -170,6 +201,7 @@ def compare(
     per_position: bool = True,
     graph_prompts: int = 2,
     graph_max_features: int = 128,
+    level: str = "nodes",
     verbose: bool = True,
 ) -> Comparison:
     """Faithfulness of circuits built from each dictionary set, on each task.
@@ -185,12 +217,20 @@ def compare(
         per_position: nodes per position (prompts of one length) or aggregated over positions.
         graph_prompts: prompts per task traced with `attribute` for the graph scores (0: none).
         graph_max_features: feature budget of those graphs.
+        level: "nodes" (circuits are node sets) or "edges" (edge sets, `analysis.edges`;
+            ranked by edge attribution patching, sizes count edges).
         verbose: progress bars.
     """
     if not sets:
         raise SparseCircuitsError("compare needs at least one dictionary set")
     if not tasks:
         raise SparseCircuitsError("compare needs at least one task")
+    if level not in LEVELS:
+        raise SparseCircuitsError(f"level {level!r} is unknown; expected one of {LEVELS}")
+    if level == "edges" and method != "attribution_patching":
+        raise SparseCircuitsError(
+            f"edge circuits are ranked by edge attribution patching; got method {method!r}"
+        )
     start = time.perf_counter()
     batches = {t.name: tokenize_task(model, t) for t in tasks}
     task_info = []
@@ -220,15 +260,8 @@ def compare(
         for task in tasks:
             t0 = time.perf_counter()
             batch = batches[task.name]
-            scores = rank_nodes(model, dictionaries, batch, method, ablation, per_position)
-            n_nodes = scores.layout.n_nodes
-            curve = faithfulness_curve(
-                model,
-                dictionaries,
-                batch,
-                scores,
-                ablation=ablation,
-                completeness_sizes=[mib_size(p, n_nodes) for p in MIB_PERCENTAGES],
+            curve, top = _circuits(
+                model, dictionaries, batch, level, method, ablation, per_position
             )
             replacement, completeness = _graph_scores(
                 model, dictionaries, batch, graph_prompts, graph_max_features
@@ -242,10 +275,7 @@ def compare(
                 else None,
                 "replacement": replacement,
                 "completeness_score": completeness,
-                "top_nodes": [
-                    {"layer": lpf[0], "pos": lpf[1], "feature": lpf[2], "score": s}
-                    for lpf, s in scores.top(10)
-                ],
+                "top_nodes" if level == "nodes" else "top_edges": top,
                 "seconds": time.perf_counter() - t0,
             }
             bar.update(1)
@@ -254,6 +284,7 @@ def compare(
         "method": method,
         "ablation": ablation,
         "per_position": per_position,
+        "level": level,
         "graph_prompts": graph_prompts,
         "graph_max_features": graph_max_features,
         "faithful_level": FAITHFUL_LEVEL,

@@ -136,10 +136,8 @@ def _mean_metric(
     reference: dict[str, SiteValues],
     batch_size: int,
 ) -> float:
-    total, start = 0.0, 0
-    for part in _chunks(batch, batch_size):
-        sl = slice(start, start + part.clean.shape[0])
-        start = sl.stop
+    total = 0.0
+    for sl, part in _chunks(batch, batch_size):
         ref = _slice_values(reference, sl)
         controls = (
             {
@@ -180,15 +178,61 @@ def faithfulness_curve(
     """
     batch = batch.to(model.cfg.device)
     layout = scores.layout
-    n = layout.n_nodes
+    reference = reference_values(model, dictionaries, batch, ablation, layout.per_position)
+
+    def measure(keep: Tensor | None) -> float:
+        masks = None if keep is None else layout.masks(keep)
+        return _mean_metric(model, dictionaries, batch, masks, reference, batch_size)
+
+    return grow_circuits(
+        measure, scores.order(), layout.n_nodes, sizes, completeness_sizes, verbose
+    ).finish(ablation, scores.method)
+
+
+@dataclass
+class _Grown:
+    """What `grow_circuits` measured, before it is labelled as a curve."""
+
+    sizes: list[int]
+    faithfulness: list[float]
+    completeness: list[float]
+    n: int
+    full: float
+    empty: float
+
+    def finish(self, ablation: str, method: str, **extra: Any) -> FaithfulnessCurve:
+        return FaithfulnessCurve(
+            self.sizes,
+            self.faithfulness,
+            self.completeness,
+            self.n,
+            self.full,
+            self.empty,
+            ablation,
+            method,
+            dict(extra),
+        )
+
+
+def grow_circuits(
+    measure: Any,
+    order: Tensor,
+    n: int,
+    sizes: Sequence[int] | None = None,
+    completeness_sizes: Sequence[int] | None = None,
+    verbose: bool = False,
+) -> _Grown:
+    """Faithfulness and completeness of the top-`size` items of `order` for every size.
+
+    `measure(keep)` is the mean metric with the items where `keep` (bool [n]) is true kept
+    and the others ablated; `measure(None)` is the unablated model. Items are nodes or edges.
+    """
     sizes = sorted(
         {int(s) for s in (sizes if sizes is not None else default_sizes(n)) if 0 <= s <= n}
     )
-    reference = reference_values(model, dictionaries, batch, ablation, layout.per_position)
-    order = scores.order()
-    full = _mean_metric(model, dictionaries, batch, None, reference, batch_size)
+    full = measure(None)
     nothing = torch.zeros(n, dtype=torch.bool)
-    empty = _mean_metric(model, dictionaries, batch, layout.masks(nothing), reference, batch_size)
+    empty = measure(nothing)
     denominator = full - empty
     measure_rest = set(sizes if completeness_sizes is None else completeness_sizes) | {0, n}
 
@@ -199,16 +243,9 @@ def faithfulness_curve(
     for size in tqdm(sizes, desc="circuit sizes", disable=not verbose, leave=False):
         keep = nothing.clone()
         keep[order[:size]] = True
-        faith.append(
-            normalised(
-                _mean_metric(model, dictionaries, batch, layout.masks(keep), reference, batch_size)
-            )
-        )
+        faith.append(normalised(measure(keep)))
         if size in measure_rest:
-            rest = _mean_metric(
-                model, dictionaries, batch, layout.masks(~keep), reference, batch_size
-            )
             comp_sizes.append(size)
-            comp.append(normalised(rest))
+            comp.append(normalised(measure(~keep)))
     completeness = [float(v) for v in np.interp(sizes, comp_sizes, comp)]
-    return FaithfulnessCurve(sizes, faith, completeness, n, full, empty, ablation, scores.method)
+    return _Grown(sizes, faith, completeness, n, full, empty)

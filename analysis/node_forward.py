@@ -70,6 +70,10 @@ class SiteControl:
     """Values every node of the site takes (integrated gradients), before `delta`."""
     delta: SiteValues | None = None
     """Added to the node values; zero-valued leaves whose grads are d metric / d node."""
+    cut: bool = False
+    """Build the site's output from detached node values, so that gradients stop at the
+    site: what reaches an upstream node then runs only along paths through no other site
+    (edge attribution patching)."""
 
 
 @dataclass
@@ -80,6 +84,8 @@ class NodeForwardState:
     """Whether to keep the values."""
     values: dict[str, SiteValues] = field(default_factory=dict)
     """Site out_hook -> live values, before any control was applied."""
+    graph: bool = False
+    """Record the values with their autograd graph (not detached)."""
 
 
 def ordered_sites(model: Any, dictionaries: Sequence[Dictionary]) -> list[Dictionary]:
@@ -120,6 +126,7 @@ def node_forward(
     dictionaries: Sequence[Dictionary],
     controls: dict[str, SiteControl] | None = None,
     record: bool = False,
+    graph: bool = False,
 ) -> Iterator[NodeForwardState]:
     """Context manager: forward passes of `model` run through the dictionaries' nodes.
 
@@ -128,10 +135,11 @@ def node_forward(
         dictionaries: per-site dictionaries (SAEs, transcoders, skip transcoders).
         controls: out_hook -> `SiteControl`; sites without one run live.
         record: keep each site's live node values in the yielded state.
+        graph: record them with their autograd graph instead of detached.
     """
     sites = ordered_sites(model, dictionaries)
     controls = controls or {}
-    state = NodeForwardState(record=record)
+    state = NodeForwardState(record=record, graph=graph)
     inputs: dict[str, Tensor] = {}
 
     def make_in_hook(d: Dictionary):
@@ -152,9 +160,13 @@ def node_forward(
             skip = d.skip(x_d) if d.W_skip is not None else None
             err = y.to(acts) - d.decode(acts) - (0.0 if skip is None else skip)
             if state.record:
+                keep = (lambda t: t) if state.graph else (lambda t: t.detach())
                 state.values[d.out_hook] = SiteValues(
-                    acts.detach(), err.detach(), None if skip is None else skip.detach()
+                    keep(acts), keep(err), None if skip is None else keep(skip)
                 )
+            if control.cut:
+                acts, err = acts.detach(), err.detach()
+                skip = None if skip is None else skip.detach()
             acts = _apply(acts, control.keep_features, control.reference, "acts")
             err = _apply(err, control.keep_errors, control.reference, "err")
             if skip is not None:

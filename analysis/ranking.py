@@ -81,8 +81,11 @@ def _node_effects(
 
 
 def _chunks(batch: TaskBatch, size: int):
-    for start in range(0, batch.clean.shape[0], size):
-        yield batch.rows(slice(start, start + size))
+    """(rows, batch of those rows) for consecutive chunks of `size` prompts."""
+    n = batch.clean.shape[0]
+    for start in range(0, n, size):
+        rows = slice(start, min(start + size, n))
+        yield rows, batch.rows(rows)
 
 
 def _slice_values(values: dict[str, SiteValues], sl: slice) -> dict[str, SiteValues]:
@@ -127,10 +130,7 @@ def attribution_patching(
     layout = layout_for(model, dictionaries, batch, per_position)
     reference = reference_values(model, dictionaries, batch, ablation, per_position)
     total = torch.zeros(layout.n_nodes)
-    start = 0
-    for part in _chunks(batch, batch_size):
-        sl = slice(start, start + part.clean.shape[0])
-        start = sl.stop
+    for sl, part in _chunks(batch, batch_size):
         clean = site_values(model, dictionaries, part.clean)
         leaves = _leaves(clean)
         controls = {h: SiteControl(delta=leaves[h]) for h in leaves}
@@ -164,10 +164,7 @@ def integrated_gradients(
         disable=not verbose,
         leave=False,
     )
-    start = 0
-    for part in _chunks(batch, batch_size):
-        sl = slice(start, start + part.clean.shape[0])
-        start = sl.stop
+    for sl, part in _chunks(batch, batch_size):
         clean = site_values(model, dictionaries, part.clean)
         ref = _slice_values(reference, sl)
         mean_grads = {

@@ -18,6 +18,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _unit(comparison: Comparison) -> str:
+    """What circuit sizes count: nodes, or edges for edge-level circuits."""
+    return str(comparison.settings.get("level", "nodes"))
+
+
 def table_markdown(comparison: Comparison) -> str:
     """The one table: a row per set, task results averaged over tasks."""
     head = (
@@ -29,7 +34,7 @@ def table_markdown(comparison: Comparison) -> str:
             "FVU",
             "CE increase",
             "loss recovered",
-            f"nodes for faithfulness {FAITHFUL_LEVEL}",
+            f"{_unit(comparison)} for faithfulness {FAITHFUL_LEVEL}",
         ]
         + [f"faithfulness @{s}" for s in REPORT_SIZES]
         + ["CPR", "CMD", "replacement", "completeness", "m(empty)/m(M)"]
@@ -100,7 +105,7 @@ def write_plots(
         ax.set_xscale("log")
         ax.set_ylim(-0.5, 1.5)
         ax.set_title(task, fontsize=9)
-        ax.set_xlabel("circuit size (nodes)")
+        ax.set_xlabel(f"circuit size ({_unit(comparison)})")
         ax.set_ylabel("faithfulness")
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
@@ -163,6 +168,18 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(comparison, out, sweep)
     st = comparison.settings
+    unit = _unit(comparison)
+    how = (
+        f"Nodes ranked by {st['method'].replace('_', ' ')}, "
+        f"{'per position' if st['per_position'] else 'aggregated over positions'}; nodes outside "
+        f"the circuit {st['ablation']}-ablated; one batched forward over all prompts per circuit "
+        "size."
+        if unit == "nodes"
+        else "Edge circuits: edges from a node (per position) to a later site or to the logits, "
+        "ranked by edge attribution patching; an edge outside the circuit hands the downstream "
+        f"site its upstream node's {st['ablation']} value (`analysis.edges`); one batched "
+        "forward per site over all prompts per circuit size. Sizes count edges."
+    )
     task_lines = [
         f"- `{t['name']}` ({t['n_pairs']} pairs, {t['n_tokens']} tokens, accuracy "
         f"{t['accuracy']:.3f}): {t['description']}"
@@ -171,10 +188,7 @@ def write_report(
     text = [
         "# Which dictionaries give faithful circuits",
         "",
-        f"Nodes ranked by {st['method'].replace('_', ' ')}, "
-        f"{'per position' if st['per_position'] else 'aggregated over positions'}; nodes outside "
-        f"the circuit {st['ablation']}-ablated; one batched forward over all prompts per circuit "
-        f"size. Loss columns: every layer spliced at once on {_fmt(st['loss_tokens'])} held-out "
+        f"{how} Loss columns: every layer spliced at once on {_fmt(st['loss_tokens'])} held-out "
         f"tokens. Replacement and completeness: mean scores of the attribution graphs of "
         f"{st['graph_prompts']} prompts per task (target: the metric direction). Run time "
         f"{st['seconds']:.0f} s on {st['threads']} threads.",
@@ -184,13 +198,13 @@ def write_report(
         "",
         table_markdown(comparison),
         "",
-        f"Nodes for faithfulness {FAITHFUL_LEVEL}: smallest evaluated size reaching it, averaged "
-        "over tasks (a task that never reaches it counts all its nodes; in brackets the tasks "
-        "that reach it). CPR / CMD: MIB areas over the fraction of nodes "
+        f"{unit.capitalize()} for faithfulness {FAITHFUL_LEVEL}: smallest evaluated size reaching it, averaged "
+        f"over tasks (a task that never reaches it counts all its {unit}; in brackets the tasks "
+        f"that reach it). CPR / CMD: MIB areas over the fraction of {unit} "
         "{0.1 ... 100}%. m(empty)/m(M): the metric left when every node is ablated, as a share "
         "of the full model's; the same for every set because the skip path of a skip transcoder is a node too.",
         "",
-        "Per task, faithfulness at 50 nodes / nodes for faithfulness 0.8:",
+        f"Per task, faithfulness at 50 {unit} / {unit} for faithfulness {FAITHFUL_LEVEL}:",
         "",
         per_task_markdown(comparison),
         "",
