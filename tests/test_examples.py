@@ -127,3 +127,6 @@ def test_compare_dictionaries_notebook(tmp_path):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     plotted = next(c for c in nb.cells if c.cell_type == "code" and "plt.show()" in c.source)
     assert len(_png_outputs(plotted)) == 1
+    edges = next(c for c in nb.cells if c.cell_type == "code" and "edge_curve" in c.source)
+    printed = "".join(o.get("text", "") for o in edges.outputs).splitlines()
+    assert printed[1].split()[-1] == "0.00" and printed[-1].split()[-1] == "1.00"  # empty, full
