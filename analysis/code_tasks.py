@@ -82,7 +82,7 @@ _SPECS: dict[str, tuple[str, str, str, dict[str, str], str]] = {
         "module",
         " {k}",
         {"f": "func"},
-        "return the module imported at the top (below 80% on the default model)",
+        "return the module imported at the top",
     ),
     "keyword_default": (
         "def {f}({k}=None):\n    if",
