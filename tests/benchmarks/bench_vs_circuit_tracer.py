@@ -174,9 +174,16 @@ def worker_ours(folder: Path, n: int, budget: int | None, threads: int, device: 
     from circuits.attribute import attribute
     from replacement import load_model
     from replacement.formats.circuit_tracer import load_circuit_tracer_set
+    from replacement.model import model_name
 
     model = load_model("default", device=device)
     dicts = [d.to(device) for d in load_circuit_tracer_set(folder / "transcoders")]
+    for d in dicts:
+        # circuit-tracer's format records processing "none", but both tools here run the same
+        # folded weights (`prepare` writes them with LayerNorm weights 1 and biases 0), so
+        # these transcoders read the folded model's activations
+        d.metadata["processing"] = model.sc_processing
+        d.model_name = model_name(model)
     ids = torch.tensor(json.loads((folder / "prompts.json").read_text())[str(n)], device=device)
     attribute(model, dicts, ids[:8], verbose=False)  # warm-up
     with PeakRSS() as mem:
