@@ -23,6 +23,12 @@ circuit-tracer's venv: `--ct-python`, else /work/venvs/circuit_tracer/bin/python
 built here (tests/benchmarks/.venv_circuit_tracer: the CPU torch first, then circuit-tracer
 0.5.0 with transformer-lens 2.16.1, pyarrow < 21 so that it imports with numpy 1.x).
 Timings on a shared machine are noisy: compare the ratios, measured in the same run.
+
+Measured (2026-12-03, 2 threads, under the shared CPU lock, load 0.4-3, venv built by this
+script): ours / circuit-tracer time 0.10x / 0.12x / 0.09x / 0.07x / 0.07x and peak memory
+0.27x / 0.35x / 0.26x / 0.25x / 0.18x at 16 / 21 / 63 / 128 / 256 tokens (circuit-tracer
+1.69 / 2.51 / 19.4 / 19.3 / 90.2 s); edges agree to 4.9e-7 .. 1.9e-6 of the largest edge.
+Single repeats of ours varied up to 7x (21 tokens: 0.26-1.95 s) under the other agents' load.
 """
 
 from __future__ import annotations
