@@ -34,6 +34,14 @@ from circuits.graph import AttributionGraph
 from circuits.linear_rows import LinearRowEngine, auto_batch_size, linear_path_problem
 from circuits.replacement_forward import FINAL_HOOK, frozen_forward
 from circuits.sources import PromptSources, collect_sources
+from circuits.sparse_rows import (
+    RowSparsity,
+    SparseRowStore,
+    coo,
+    sparse_adjacency,
+    sparse_normalize_rows,
+    sparse_vector_product,
+)
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
@@ -138,6 +146,9 @@ def attribute(
     verbose: bool = True,
     offload_rows_to_cpu: bool = True,
     method: str = "auto",
+    sparse: bool = False,
+    row_top_k: int | None = None,
+    row_min_abs: float = 0.0,
 ) -> AttributionGraph:
     """Attribution graph of `prompt` through the dictionaries spliced into `model`.
 
@@ -168,12 +179,21 @@ def attribute(
             through the frozen model (the reference); "auto" (default) takes "linear" wherever
             it applies (every MLP replaced by a transcoder) and "autograd" elsewhere (SAEs,
             layers without a transcoder). The method used is in `graph.metadata["method"]`.
+        sparse: return the adjacency as a sparse COO tensor, built from each batch of rows as
+            it is computed (`circuits.sparse_rows`), never a dense [n_nodes, n_nodes] or
+            [budget, n_sources] matrix: for long prompts whose dense adjacency does not fit.
+            With no threshold it holds every non-zero entry and equals the dense graph.
+        row_top_k, row_min_abs: keep of each row only the entries with |a| >= row_min_abs, and
+            of those the row_top_k largest (setting either implies `sparse`). Influence
+            estimates, pruning and scores then see the dropped entries as zeros.
 
     Raises:
         SparseCircuitsError: prompt longer than n_ctx, a missing hook, two dictionaries on
             one out_hook, or a target token that is not a single token.
     """
     start = time.perf_counter()
+    rule = RowSparsity(row_top_k, row_min_abs)
+    sparse = sparse or rule != RowSparsity()
     if batch_size is not None and batch_size < 1:
         raise SparseCircuitsError(f"batch_size must be at least 1, got {batch_size}")
     if max_n_logits < 1 or not 0 < desired_logit_prob <= 1:
@@ -233,7 +253,11 @@ def attribute(
         # rows: logits first, then features in order of estimated influence
         logit_rows = engine.rows_for_logits(logit_dirs).to(row_device)  # [n_logit, n_src]
         bar.update(n_logit)
-        if budget == n_feat:
+        if sparse:
+            keep, adjacency = _sparse_feature_rows(
+                engine, logit_rows, logit_weights, n_feat, budget, batch_size, rule, bar
+            )
+        elif budget == n_feat:
             # every feature is kept: no ordering needed, rows go straight to their place
             keep, adjacency = _all_feature_rows(engine, logit_rows, n_feat, batch_size, bar)
         else:
@@ -268,6 +292,10 @@ def attribute(
             "n_pos": n_pos,
         }
     )
+    if sparse:
+        graph.metadata.update(
+            {"row_top_k": row_top_k, "row_min_abs": row_min_abs, "nnz": adjacency._nnz()}
+        )
     return graph
 
 
@@ -329,6 +357,79 @@ def _budgeted_feature_rows(
         adjacency[start : start + len(block), :n_cols] = rows.cpu()
     adjacency[n_nodes - n_logit :, :n_cols] = logit_rows.cpu()[:, src_keep]
     return keep, adjacency
+
+
+def _sparse_feature_rows(
+    engine: Any,
+    logit_rows: Tensor,
+    logit_weights: Tensor,
+    n_feat: int,
+    budget: int,
+    batch_size: int,
+    rule: RowSparsity,
+    bar: Any,
+) -> tuple[Int[Tensor, " budget"], Tensor]:
+    """`_budgeted_feature_rows` (or every feature's row when budget == n_feat) with each batch
+    of rows thresholded as it is computed: no dense row buffer and a sparse adjacency."""
+    n_logit, n_src = logit_rows.shape
+    logits = SparseRowStore(n_src, rule)
+    logits.append(logit_rows)
+    store = SparseRowStore(n_src, rule)
+    order = torch.empty(0, dtype=torch.long)  # feature of each stored row
+    while len(order) < budget:
+        take = min(batch_size, budget - len(order))
+        if budget == n_feat:  # every feature is kept: no ordering needed
+            chosen = torch.arange(len(order), len(order) + take)
+        else:
+            infl = _sparse_estimated_influence(logits, store, order, logit_weights, n_feat)
+            infl[order] = -1.0
+            chosen = infl.argsort(descending=True)[:take]
+        store.append(engine.rows_for_features(chosen.to(engine.sources.feat_dict.device)))
+        order = torch.cat([order, chosen])
+        bar.update(take)
+    keep, perm = order.sort()  # feature nodes kept, in source order
+    n_keep = len(keep)
+    n_nodes = n_keep + (n_src - n_feat) + n_logit
+    # sources -> node columns (features not kept have no node: -1), stored rows -> node rows
+    column = torch.full((n_src,), -1, dtype=torch.long)
+    column[keep] = torch.arange(n_keep)
+    column[n_feat:] = torch.arange(n_keep, n_keep + n_src - n_feat)
+    node_row = torch.empty(n_keep, dtype=torch.long)
+    node_row[perm] = torch.arange(n_keep)
+    row, col, value = store.entries()
+    lrow, lcol, lvalue = logits.entries()
+    row = torch.cat([node_row[row], lrow + n_nodes - n_logit])
+    col = column[torch.cat([col, lcol])]
+    value = torch.cat([value, lvalue])
+    kept = col >= 0
+    return keep, sparse_adjacency(row[kept], col[kept], value[kept], n_nodes)
+
+
+def _sparse_estimated_influence(
+    logits: SparseRowStore, store: SparseRowStore, order: Tensor, weights: Tensor, n_feat: int
+) -> Float[Tensor, " n_feat"]:
+    """`_estimated_influence` over thresholded rows (entries not stored count as zero)."""
+
+    def normalised(rows: SparseRowStore) -> Tensor:
+        r, c, v = rows.entries()
+        a = sparse_normalize_rows(coo(torch.stack([r, c]), v, (rows.n_rows, rows.n_cols)))
+        (r, c), v = a.indices(), a.values()
+        is_feature = c < n_feat
+        return coo(
+            torch.stack([r[is_feature], c[is_feature]]), v[is_feature], (rows.n_rows, n_feat)
+        )
+
+    term = sparse_vector_product(weights.float(), normalised(logits))
+    total = term.clone()
+    if len(order) == 0:
+        return total
+    a_feat = normalised(store).coalesce()
+    for _ in range(64):  # paths through at most 64 feature hops
+        term = sparse_vector_product(term[order], a_feat)
+        if not term.abs().max() > 1e-12:
+            break
+        total += term
+    return total
 
 
 def _estimated_influence(

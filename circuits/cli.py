@@ -212,8 +212,7 @@ def format_report(result: TraceResult, n_features: int = 10) -> str:
         f"model {graph.model_name!r}, {len(graph.dictionary_names)} dictionaries",
         f"graph: {graph.n_nodes} nodes ({counts['feature']} of {n_active} active features, "
         f"{counts['error']} error, {counts['token']} token, {counts['logit']} logit), "
-        f"{int((graph.adjacency != 0).sum())} edges; pruned: {pruned.n_nodes} nodes, "
-        f"{int((pruned.adjacency != 0).sum())} edges",
+        f"{graph.n_edges} edges; pruned: {pruned.n_nodes} nodes, {pruned.n_edges} edges",
         "",
         "top logits:",
     ]

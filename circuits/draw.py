@@ -100,6 +100,14 @@ def top_edges(
     adjacency: Float[Tensor, "n n"], max_edges: int
 ) -> tuple[Int[Tensor, " e"], Int[Tensor, " e"], Float[Tensor, " e"]]:
     """The `max_edges` non-zero edges of largest |weight|: (source, target, weight)."""
+    if adjacency.is_sparse:
+        a = adjacency.coalesce()
+        (target, source), weight = a.indices(), a.values()
+        nonzero = (weight != 0).nonzero().flatten()
+        if len(nonzero) > max_edges:
+            nonzero = nonzero[weight[nonzero].abs().topk(max_edges).indices]
+        nonzero = nonzero[weight[nonzero].abs().argsort()]
+        return source[nonzero], target[nonzero], weight[nonzero]
     flat = adjacency.flatten()
     nonzero = flat.nonzero().flatten()
     if len(nonzero) > max_edges:

@@ -100,8 +100,8 @@ def graph_to_json(
     ids = node_ids(graph)
     n_pos = len(graph.token_strs)
     nodes = [_node_record(graph, i, ids[i], n_pos) for i in range(graph.n_nodes)]
-    targets, sources = graph.adjacency.nonzero(as_tuple=True)
-    weights = graph.adjacency[targets, sources].tolist()
+    targets, sources, weights = graph.edges()
+    weights = weights.tolist()
     links = [
         {"source": ids[s], "target": ids[t], "weight": w}
         for t, s, w in zip(targets.tolist(), sources.tolist(), weights, strict=True)
@@ -153,9 +153,9 @@ def graph_to_networkx(graph: AttributionGraph) -> nx.DiGraph:
             label=graph.node_label[i],
             influence=0.0 if graph.node_influence is None else float(graph.node_influence[i]),
         )
-    targets, sources = graph.adjacency.nonzero(as_tuple=True)
-    for t, s in zip(targets.tolist(), sources.tolist(), strict=True):
-        g.add_edge(ids[s], ids[t], weight=float(graph.adjacency[t, s]))
+    targets, sources, weights = graph.edges()
+    for t, s, w in zip(targets.tolist(), sources.tolist(), weights.tolist(), strict=True):
+        g.add_edge(ids[s], ids[t], weight=float(w))
     return g
 
 

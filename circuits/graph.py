@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from circuits.sparse_rows import coo
 from replacement.atomic import atomic_path, write_json
 from replacement.errors import SparseCircuitsError
 
@@ -63,7 +64,9 @@ class AttributionGraph:
         node_activation [n]: feature activation; logit probability (1 for a custom
             direction); error norm; 0 for tokens;
         node_label: human-readable label per node;
-        adjacency [n, n]: dense, CPU, rows = targets, columns = sources;
+        adjacency [n, n]: CPU, rows = targets, columns = sources; dense, or a coalesced
+            sparse COO tensor from `attribute(..., sparse=True)` (influence, prune, scores,
+            subgraph, save/load, exports and drawing take either);
         n_layers, model_name, dictionary_names (per dictionary, where it came from), metadata
         (settings, timings, pruning thresholds);
         node_influence [n] | None: cumulative-influence fraction, filled by `prune`.
@@ -134,10 +137,34 @@ class AttributionGraph:
             hits &= self.node_feature == feature
         return hits.nonzero().flatten().tolist()
 
+    @property
+    def n_edges(self) -> int:
+        """Number of non-zero adjacency entries."""
+        return len(self.edges()[2])
+
+    def edges(self) -> tuple[Int[Tensor, " e"], Int[Tensor, " e"], Float[Tensor, " e"]]:
+        """(target, source, weight) of every non-zero adjacency entry, row-major."""
+        if self.adjacency.is_sparse:
+            a = self.adjacency.coalesce()
+            (target, source), weight = a.indices(), a.values()
+            nonzero = weight != 0
+            return target[nonzero], source[nonzero], weight[nonzero]
+        target, source = self.adjacency.nonzero(as_tuple=True)
+        return target, source, self.adjacency[target, source]
+
     def subgraph(self, keep: Bool[Tensor, " n"]) -> AttributionGraph:
         """The graph restricted to the nodes in `keep` (order preserved)."""
         idx = keep.nonzero().flatten()
         pick = idx.tolist()
+        if self.adjacency.is_sparse:
+            node = torch.full((self.n_nodes,), -1, dtype=torch.long)
+            node[idx] = torch.arange(len(idx))
+            target, source, weight = self.edges()
+            inside = keep[target] & keep[source]
+            index = torch.stack([node[target[inside]], node[source[inside]]])
+            adjacency = coo(index, weight[inside], (len(idx), len(idx))).coalesce()
+        else:
+            adjacency = self.adjacency[idx][:, idx]
         return replace(
             self,
             node_kind=[self.node_kind[i] for i in pick],
@@ -146,7 +173,7 @@ class AttributionGraph:
             node_feature=self.node_feature[idx],
             node_activation=self.node_activation[idx],
             node_label=[self.node_label[i] for i in pick],
-            adjacency=self.adjacency[idx][:, idx],
+            adjacency=adjacency,
             node_influence=None if self.node_influence is None else self.node_influence[idx],
             metadata=dict(self.metadata),
         )
@@ -182,7 +209,13 @@ class AttributionGraph:
         """Write `<path>.safetensors` (tensors) and `<path>.json` (the rest), atomically."""
         path = Path(path)
         stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
-        tensors = {name: getattr(self, name).contiguous() for name in _TENSOR_FIELDS}
+        tensors = {name: getattr(self, name).contiguous() for name in _TENSOR_FIELDS[:-1]}
+        if self.adjacency.is_sparse:  # safetensors holds dense tensors: store the entries
+            target, source, weight = self.edges()
+            tensors["adjacency_index"] = torch.stack([target, source]).contiguous()
+            tensors["adjacency_value"] = weight.contiguous()
+        else:
+            tensors["adjacency"] = self.adjacency.contiguous()
         if self.node_influence is not None:
             tensors["node_influence"] = self.node_influence.contiguous()
         with atomic_path(stem.with_suffix(".safetensors")) as tmp:
@@ -217,6 +250,17 @@ class AttributionGraph:
             raise SparseCircuitsError(
                 f"{str(tensor_path)!r} is not valid safetensors: {exc}"
             ) from exc
+        if "adjacency_index" in tensors:
+            n = len(meta["node_kind"])
+            index, value = tensors.pop("adjacency_index"), tensors.pop("adjacency_value")
+            try:  # a file's indices are checked (out of range would crash later)
+                adjacency = torch.sparse_coo_tensor(index, value, (n, n), check_invariants=True)
+            except RuntimeError as exc:
+                raise SparseCircuitsError(
+                    f"{str(tensor_path)!r} holds a sparse adjacency that does not fit its "
+                    f"{n} nodes: {exc}"
+                ) from exc
+            tensors["adjacency"] = adjacency.coalesce()
         missing = [name for name in _TENSOR_FIELDS if name not in tensors]
         if missing:
             raise SparseCircuitsError(f"{str(tensor_path)!r} lacks the tensors {missing}")
@@ -290,5 +334,5 @@ class AttributionGraph:
         counts = {k: self.node_kind.count(k) for k in KINDS}
         return (
             f"AttributionGraph(prompt={self.prompt!r}, nodes={self.n_nodes} {counts}, "
-            f"edges={int((self.adjacency != 0).sum())}, model={self.model_name!r})"
+            f"edges={self.n_edges}, model={self.model_name!r})"
         )

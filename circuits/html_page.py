@@ -96,7 +96,7 @@ def page_data(
         "model_name": graph.model_name,
         "dictionary_names": list(graph.dictionary_names),
         "node_threshold": graph.metadata.get("node_threshold"),
-        "n_edges_total": int((graph.adjacency != 0).sum()),
+        "n_edges_total": graph.n_edges,
         "nodes": nodes,
         "edges": edges,
         **(feature_cards(graph, atlas) if atlas is not None else {"cards": {}, "vocab": {}}),

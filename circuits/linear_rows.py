@@ -123,7 +123,14 @@ class LinearRowEngine:
         frozen: dict[str, Tensor] = {}
 
         def keep(act: Tensor, hook: Any) -> Tensor:
-            frozen[hook.name] = act[0].detach().to(dt)
+            value = act[0].detach().to(dt)
+            if hook.name.endswith("attn.hook_pattern"):
+                # P^T[h, k, q] with ln1's frozen 1/scale of the key position folded in, made
+                # here (ln1 runs first) so that a long prompt never holds a second copy of
+                # every layer's [heads, pos, pos] pattern
+                inv_ln1 = 1.0 / frozen[hook.name.replace("attn.hook_pattern", "ln1.hook_scale")]
+                value = (value.transpose(1, 2) * inv_ln1[None, :, 0, None]).contiguous()
+            frozen[hook.name] = value
             return act
 
         with model.hooks(fwd_hooks=[(n, keep) for n in names]):
@@ -140,10 +147,7 @@ class LinearRowEngine:
         self.n_heads, self.d_head = n_heads, d_head
         self.patterns, self.W_O_T, self.W_V_T = [], [], []
         for layer, block in enumerate(model.blocks):
-            # P^T[h, k, q] with ln1's frozen 1/scale of the key position folded in
-            pattern = frozen[f"blocks.{layer}.attn.hook_pattern"]
-            inv_ln1 = 1.0 / frozen[f"blocks.{layer}.ln1.hook_scale"][:, 0]
-            self.patterns.append((pattern.transpose(1, 2) * inv_ln1[None, :, None]).contiguous())
+            self.patterns.append(frozen.pop(f"blocks.{layer}.attn.hook_pattern"))
             self.W_O_T.append(W_O[layer].reshape(n_heads * d_head, -1).T.contiguous())
             # rows of W_V^T diag(w1) C: ln1's weight and centring folded in
             w_v = self._centre(_scaled_rows(W_V[layer], _norm_weight(block.ln1, dt)), dim=1)

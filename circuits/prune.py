@@ -14,11 +14,14 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuits.graph import AttributionGraph
+from circuits.sparse_rows import coo, sparse_normalize_rows, sparse_vector_product
 from replacement.errors import SparseCircuitsError
 
 
 def normalize_rows(adjacency: Float[Tensor, "n n"]) -> Float[Tensor, "n n"]:
-    """|A| with each row scaled to sum 1 (rows of zeros stay zero)."""
+    """|A| with each row scaled to sum 1 (rows of zeros stay zero); sparse stays sparse."""
+    if adjacency.is_sparse:
+        return sparse_normalize_rows(adjacency)
     a = adjacency.abs()
     return a / a.sum(dim=1, keepdim=True).clamp_min(1e-30)
 
@@ -30,15 +33,25 @@ def influence_series(
 
     A_hat of an acyclic graph is nilpotent and its structural zeros stay exactly zero, so
     the terms vanish after at most (longest path) steps; a term still non-zero after n steps
-    means the graph has a cycle.
+    means the graph has a cycle. A sparse A_hat is summed over its stored entries.
     """
-    a_hat = a_hat.double()
-    term = weights.double() @ a_hat
+    if a_hat.is_sparse:
+        sparse = a_hat.coalesce().double()
+
+        def step(v: Tensor) -> Tensor:
+            return sparse_vector_product(v, sparse)
+    else:
+        dense = a_hat.double()
+
+        def step(v: Tensor) -> Tensor:
+            return v @ dense
+
+    term = step(weights.double())
     total = term.clone()
     for _ in range(a_hat.shape[0]):
         if not term.abs().max() > 0:
             return total.to(weights.dtype)
-        term = term @ a_hat
+        term = step(term)
         total += term
     if term.abs().max() > 0:
         raise SparseCircuitsError(
@@ -96,6 +109,8 @@ def prune_graph(
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 < value <= 1.0:
             raise SparseCircuitsError(f"{name} must be in (0, 1], got {value}")
+    if graph.adjacency.is_sparse:
+        return _prune_sparse(graph, node_threshold, edge_threshold)
     weights = graph.logit_weights
     always = graph.mask("token") | graph.mask("logit")
     is_feature = graph.mask("feature")
@@ -114,8 +129,21 @@ def prune_graph(
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
+    adjacency = torch.where(edges, graph.adjacency, 0.0)[keep][:, keep]
+    return _pruned(graph, keep, adjacency, infl, node_threshold, edge_threshold)
+
+
+def _pruned(
+    graph: AttributionGraph,
+    keep: Bool[Tensor, " n"],
+    adjacency: Float[Tensor, "m m"],
+    infl: Float[Tensor, " n"],
+    node_threshold: float,
+    edge_threshold: float,
+) -> AttributionGraph:
+    """The kept nodes with the kept edges, their influence shares and the thresholds."""
     pruned = graph.subgraph(keep)
-    pruned.adjacency = torch.where(edges, graph.adjacency, 0.0)[keep][:, keep]
+    pruned.adjacency = adjacency
     pruned.node_influence = cumulative_share(infl)[keep]
     pruned.metadata = {
         **graph.metadata,
@@ -124,3 +152,39 @@ def prune_graph(
         "n_nodes_before_pruning": graph.n_nodes,
     }
     return pruned
+
+
+def _prune_sparse(
+    graph: AttributionGraph, node_threshold: float, edge_threshold: float
+) -> AttributionGraph:
+    """`prune_graph` of a graph with a sparse adjacency: the same steps over the stored
+    entries (an entry not stored is a zero). The pruned graph's adjacency is dense."""
+    weights = graph.logit_weights
+    always = graph.mask("token") | graph.mask("logit")
+    is_feature = graph.mask("feature")
+    adjacency = graph.adjacency.coalesce()
+    (row, col), value = adjacency.indices(), adjacency.values()
+    infl = node_influence(adjacency, weights)
+    keep: Bool[Tensor, " n"] = always | (infl >= cover_threshold(infl, node_threshold))
+
+    inside = keep[row] & keep[col]
+    masked = coo(adjacency.indices(), value * inside, adjacency.shape, coalesced=True)
+    a_hat = normalize_rows(masked)
+    scale = influence_series(a_hat, weights) + weights
+    score = a_hat.values() * scale[row]
+    # the dense scores also hold zeros, which never move the threshold above a stored score
+    edges = (score >= cover_threshold(score, edge_threshold)) & (value * inside != 0)
+    n = graph.n_nodes
+    while True:
+        edges &= keep[row] & keep[col]
+        has_out = torch.zeros(n, dtype=torch.bool).index_fill_(0, col[edges], True)
+        has_in = torch.zeros(n, dtype=torch.bool).index_fill_(0, row[edges], True)
+        new_keep = keep & (always | (has_out & (has_in | ~is_feature)))
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    node = torch.full((n,), -1, dtype=torch.long)
+    node[keep] = torch.arange(int(keep.sum()))
+    dense = torch.zeros(int(keep.sum()), int(keep.sum()), dtype=value.dtype)
+    dense[node[row[edges]], node[col[edges]]] = value[edges]
+    return _pruned(graph, keep, dense, infl, node_threshold, edge_threshold)

@@ -3,6 +3,8 @@ graph scores"; circuit-tracer's `compute_graph_scores`)."""
 
 from __future__ import annotations
 
+import torch
+
 from circuits.graph import AttributionGraph, GraphScores
 from circuits.prune import influence_series, normalize_rows
 
@@ -19,7 +21,14 @@ def graph_scores(graph: AttributionGraph) -> GraphScores:
     tokens, errors = graph.mask("token"), graph.mask("error")
     token_infl, error_infl = infl[tokens].sum(), infl[errors].sum()
     replacement = float(token_infl / (token_infl + error_infl).clamp_min(1e-30))
-    non_error = 1.0 - a_hat[:, errors].sum(dim=1)
+    if a_hat.is_sparse:
+        (row, col), value = a_hat.indices(), a_hat.values()
+        from_error = errors[col]
+        error_share = torch.zeros(len(weights), dtype=value.dtype)
+        error_share.index_add_(0, row[from_error], value[from_error])
+        non_error = 1.0 - error_share.to(weights.dtype)
+    else:
+        non_error = 1.0 - a_hat[:, errors].sum(dim=1)
     output = infl + weights
     completeness = float((non_error * output).sum() / output.sum().clamp_min(1e-30))
     return GraphScores(replacement=replacement, completeness=completeness)

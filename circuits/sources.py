@@ -24,8 +24,8 @@ from replacement.errors import SparseCircuitsError
 class PromptSources:
     """Everything about a prompt's sources that attribution needs."""
 
-    logits: Float[Tensor, "pos vocab"]
-    """Logits of the unspliced model."""
+    logits: Float[Tensor, "1 vocab"]
+    """Logits of the unspliced model at the last position."""
     feat_dict: Int[Tensor, " n_feat"]
     """Index of each active feature's dictionary."""
     feat_pos: Int[Tensor, " n_feat"]
@@ -131,16 +131,19 @@ def collect_sources(
     with model.hooks(fwd_hooks=hooks):
         logits = model(tokens.unsqueeze(0))[0]
     feat_dict, feat_pos, feat_index, feat_act, errors, norms, decoders = [], [], [], [], [], [], []
+    logits = logits[-1:]  # only the last position's logits are read; [pos, vocab] is large
     later = later_writes(dictionaries)
-    all_acts = []
-    for d in dictionaries:
-        acts = d.encode(captured[d.in_hook].to(d.W_enc.dtype))
-        acts[0] = 0.0  # position 0 (BOS) holds no feature nodes
-        all_acts.append(acts)
+    # a layer's dense [pos, n_features] activations are kept only while a later layer still
+    # reads them (a cross-layer transcoder's writes): a long prompt never holds every layer's
+    writers = {j for j, writes in enumerate(later) if writes}
+    all_acts: dict[int, Tensor] = {}
     for k, d in enumerate(dictionaries):
         x = captured[d.in_hook].to(d.W_enc.dtype)
         y = captured[d.out_hook]
-        acts = all_acts[k]
+        acts = d.encode(x)
+        acts[0] = 0.0  # position 0 (BOS) holds no feature nodes
+        if k in writers:
+            all_acts[k] = acts
         y_hat = d.decode(acts) + d.skip(x)
         for j, writes in enumerate(later):  # earlier layers of a cross-layer transcoder
             for target, w_dec in writes:

@@ -23,6 +23,12 @@ circuit-tracer's venv: `--ct-python`, else /work/venvs/circuit_tracer/bin/python
 built here (tests/benchmarks/.venv_circuit_tracer: the CPU torch first, then circuit-tracer
 0.5.0 with transformer-lens 2.16.1, pyarrow < 21 so that it imports with numpy 1.x).
 Timings on a shared machine are noisy: compare the ratios, measured in the same run.
+
+Measured (2026-12-03, 2 threads, under the shared CPU lock, load 0.4-3, venv built by this
+script): ours / circuit-tracer time 0.10x / 0.12x / 0.09x / 0.07x / 0.07x and peak memory
+0.27x / 0.35x / 0.26x / 0.25x / 0.18x at 16 / 21 / 63 / 128 / 256 tokens (circuit-tracer
+1.69 / 2.51 / 19.4 / 19.3 / 90.2 s); edges agree to 4.9e-7 .. 1.9e-6 of the largest edge.
+Single repeats of ours varied up to 7x (21 tokens: 0.26-1.95 s) under the other agents' load.
 """
 
 from __future__ import annotations
@@ -174,9 +180,16 @@ def worker_ours(folder: Path, n: int, budget: int | None, threads: int, device: 
     from circuits.attribute import attribute
     from replacement import load_model
     from replacement.formats.circuit_tracer import load_circuit_tracer_set
+    from replacement.model import model_name
 
     model = load_model("default", device=device)
     dicts = [d.to(device) for d in load_circuit_tracer_set(folder / "transcoders")]
+    for d in dicts:
+        # circuit-tracer's format records processing "none", but both tools here run the same
+        # folded weights (`prepare` writes them with LayerNorm weights 1 and biases 0), so
+        # these transcoders read the folded model's activations
+        d.metadata["processing"] = model.sc_processing
+        d.model_name = model_name(model)
     ids = torch.tensor(json.loads((folder / "prompts.json").read_text())[str(n)], device=device)
     attribute(model, dicts, ids[:8], verbose=False)  # warm-up
     with PeakRSS() as mem:
