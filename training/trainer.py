@@ -320,9 +320,10 @@ class Trainer:
         """First-batch initialisation: b_dec, transcoders' b_enc, then JumpReLU thresholds."""
         for layer, d in self.dictionaries.items():
             init_b_dec(d, self._global_mean(targets[layer]))
-            if not d.apply_b_dec_to_input:
+            if not d.apply_b_dec_to_input and d.activation_name in ("topk", "batchtopk"):
                 # centre the pre-activations over the first batch, as sparsify does for
-                # transcoders (an SAE's encoder reads x - b_dec, which does this already)
+                # transcoders (an SAE's encoder reads x - b_dec, which does this already);
+                # TopK kinds only: the penalised kinds' coefficients were tuned without it
                 init_b_enc(d, self._global_mean(inputs[layer]))
         self._init_thresholds(inputs)
 

@@ -15,9 +15,13 @@ ratios, not the absolute rates.
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.tiny_models` as a script
 
 from replacement import load_model
 from replacement.dictionary import Dictionary
