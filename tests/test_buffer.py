@@ -131,3 +131,15 @@ def test_collect_activations_stops_after_the_last_needed_hook(tiny_gpt2):
     assert fired == [IN_HOOK]  # nothing after blocks.0.ln2 ran
     full = tiny_gpt2.run_with_cache(data.train[:4], names_filter=[IN_HOOK])[1][IN_HOOK]
     assert torch.equal(acts[IN_HOOK], full)
+
+
+def test_direct_forward_equals_the_bridge_and_is_used(default_model, tiny_llama):
+    """The plain-HF twin gives the bridge's activations (folded default model: it is taken)."""
+    tokens = torch.randint(1, 300, (3, CTX), generator=torch.Generator().manual_seed(1))
+    hooks = [IN_HOOK, OUT_HOOK, "blocks.1.hook_resid_post"]
+    for model in (default_model, tiny_llama):
+        fast = collect_activations(model, tokens, hooks)
+        slow = collect_activations(model, tokens, hooks, direct_ok=False)
+        for h in hooks:
+            assert torch.allclose(fast[h], slow[h], atol=1e-5 * (1 + slow[h].abs().max())), h
+    assert default_model._sc_direct[tuple(sorted(hooks))] is not None

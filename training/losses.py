@@ -250,6 +250,12 @@ def init_b_dec(d: Dictionary, y_mean: Float[Tensor, " d_out"]) -> None:
 
 
 @torch.no_grad()
+def init_b_enc(d: Dictionary, x_mean: Float[Tensor, " d_in"]) -> None:
+    """b_enc = -mean(x) W_enc: pre-activations centred over the first batch (transcoders)."""
+    d.b_enc.copy_(-(x_mean.to(d.W_enc) @ d.W_enc))
+
+
+@torch.no_grad()
 def init_jumprelu_threshold(
     d: Dictionary, pre: Float[Tensor, "tokens F"], target_l0: float
 ) -> Float[Tensor, " F"]:

@@ -52,6 +52,7 @@ from training.losses import (
     LossScale,
     auxk_loss_sparse,
     init_b_dec,
+    init_b_enc,
     init_jumprelu_threshold,
     initialise,
     normalise_decoder,
@@ -315,11 +316,21 @@ class Trainer:
         return (self.since_fired[layer] >= self.config.dead_threshold).to(self.device)
 
     # ---- one step -----------------------------------------------------------------------------
-    def _init_b_dec(self, targets: dict[int, Tensor]) -> None:
-        for layer, y in targets.items():
-            y = y.detach().double()
-            stats = self.dist.reduce_sum(torch.cat([y.sum(0), y.new_tensor([y.shape[0]])]))
-            init_b_dec(self.dictionaries[layer], stats[:-1] / stats[-1])
+    def _init_from_batch(self, inputs: dict[int, Tensor], targets: dict[int, Tensor]) -> None:
+        """First-batch initialisation: b_dec, transcoders' b_enc, then JumpReLU thresholds."""
+        for layer, d in self.dictionaries.items():
+            init_b_dec(d, self._global_mean(targets[layer]))
+            if not d.apply_b_dec_to_input and d.activation_name in ("topk", "batchtopk"):
+                # centre the pre-activations over the first batch, as sparsify does for
+                # transcoders (an SAE's encoder reads x - b_dec, which does this already);
+                # TopK kinds only: the penalised kinds' coefficients were tuned without it
+                init_b_enc(d, self._global_mean(inputs[layer]))
+        self._init_thresholds(inputs)
+
+    def _global_mean(self, x: Tensor) -> Tensor:
+        x = x.detach().double()
+        stats = self.dist.reduce_sum(torch.cat([x.sum(0), x.new_tensor([x.shape[0]])]))
+        return stats[:-1] / stats[-1]
 
     def _init_thresholds(self, inputs: dict[int, Tensor]) -> None:
         """JumpReLU thresholds from rank 0's first batch (broadcast by a masked sum)."""
@@ -371,11 +382,9 @@ class Trainer:
             batch = self.buffer.batch(step)
             shard = self.dist.shard(self.config.batch_tokens)
         if step == 0 and not self._resumed:
-            self._init_b_dec(
-                {layer: batch[d.out_hook][shard] for layer, d in self.dictionaries.items()}
-            )
-            self._init_thresholds(
-                {layer: batch[d.in_hook][shard] for layer, d in self.dictionaries.items()}
+            self._init_from_batch(
+                {layer: batch[d.in_hook][shard] for layer, d in self.dictionaries.items()},
+                {layer: batch[d.out_hook][shard] for layer, d in self.dictionaries.items()},
             )
         total = torch.zeros((), device=self.device)
         metrics: dict[str, Any] = {}
@@ -468,11 +477,9 @@ class Trainer:
             )
             logp_orig = torch.log_softmax(logits_orig.float(), dim=-1)
         if fresh:
-            self._init_b_dec(
-                {layer: captured[d.out_hook][mask] for layer, d in self.dictionaries.items()}
-            )
-            self._init_thresholds(
-                {layer: captured[d.in_hook][mask] for layer, d in self.dictionaries.items()}
+            self._init_from_batch(
+                {layer: captured[d.in_hook][mask] for layer, d in self.dictionaries.items()},
+                {layer: captured[d.out_hook][mask] for layer, d in self.dictionaries.items()},
             )
         spliced_ds: dict[str, Tensor] = {}
         with splice(self.model, list(self.dictionaries.values()), record=True) as state:

@@ -16,8 +16,12 @@ Runs, interleaved per repeat so a shared machine's load falls on all alike:
 - ours with the e2e and e2e+ds objectives on the same tokens (they run the model every step).
 Prints tokens/s of each, the ratios, and held-out FVU after the same number of tokens.
 
+Measured 2026-12-03 under the CPU lock (2 threads, defaults, eai-sparsify 1.3.3): sparsify
+19.5k tokens/s (FVU 0.4331), ours from the model 1.31x (FVU 0.4335), from the cache 2.29x
+(FVU 0.4330), sweep of 3 from the cache 2.10x per set.
+
 Differences that remain: sparsify runs the full model each step (ours stops after the last
-needed layer), its SAE forward runs under bf16 autocast on CUDA (ours float32), ours clips
+needed layer, through the bridge's plain Hugging Face twin, training.direct_forward), its SAE forward runs under bf16 autocast on CUDA (ours float32), ours clips
 gradients at norm 1 (sparsify does not), and the bridge folds LayerNorm weights into the MLP
 and centres its output over d_model, so the two FVUs are measured against targets that differ
 by that centring (a per-token constant; FVU barely moves).
