@@ -14,6 +14,10 @@ The two alternate batch by batch (the atlas side continues its streams), so that
 a shared machine hits both alike; prints tokens/s of each and the ratio atlas / baseline
 (target <= 1.5). The weight-based lists and labels are timed separately (they do not grow
 with the corpus).
+
+Measured 2026-12-03 (2-core CPU, --tokens 2000000 --threads 1, skip_transcoder): baseline 195.5 s
+(10,231 tokens/s), atlas 180.7 s (11,067 tokens/s), encode only 133.3 s; ratio atlas / baseline 0.92;
+the statistics are 26% of the atlas pass.
 """
 
 from __future__ import annotations
