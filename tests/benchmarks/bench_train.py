@@ -19,6 +19,8 @@ Prints tokens/s of each, the ratios, and held-out FVU after the same number of t
 Measured 2026-12-03 under the CPU lock (2 threads, defaults, eai-sparsify 1.3.3): sparsify
 19.5k tokens/s (FVU 0.4331), ours from the model 1.31x (FVU 0.4335), from the cache 2.29x
 (FVU 0.4330), sweep of 3 from the cache 2.10x per set.
+In a later run (same settings, a slower machine: sparsify 13.4k tokens/s): from the model 1.53x,
+from the cache 2.78x; e2e and e2e+ds 0.24x and 0.23x the tokens/s of ours from the model.
 
 Differences that remain: sparsify runs the full model each step (ours stops after the last
 needed layer, through the bridge's plain Hugging Face twin, training.direct_forward), its SAE forward runs under bf16 autocast on CUDA (ours float32), ours clips
