@@ -59,6 +59,7 @@ def main(job_path: str) -> None:
         log_to_wandb=False,
         save_every=10**9,
         save_dir=job["out_dir"],
+        init_seeds=[int(a.get("seed", 0))],
     )
     trainer = sparsify.Trainer(cfg, ds, model)
     sync = torch.cuda.synchronize if a["device"].startswith("cuda") else (lambda: None)
