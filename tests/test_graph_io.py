@@ -41,6 +41,25 @@ def test_load_errors(tmp_path):
         AttributionGraph.load(tmp_path / "g")
 
 
+def test_a_save_interrupted_between_its_two_files_is_refused_on_load(tmp_path, monkeypatch):
+    import circuits.graph as graph_module
+
+    old, new = hand_graph(), hand_graph().prune(0.5, 1.0)
+    old.save(tmp_path / "g")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(graph_module, "write_json", disk_full)
+    with pytest.raises(OSError):
+        new.save(tmp_path / "g")  # the tensors were replaced, the JSON was not
+    monkeypatch.undo()
+    with pytest.raises(SparseCircuitsError, match="different saves"):
+        AttributionGraph.load(tmp_path / "g")
+    new.save(tmp_path / "g")  # saving again mends the pair
+    assert torch.equal(AttributionGraph.load(tmp_path / "g").adjacency, new.adjacency)
+
+
 def test_json_export_follows_the_schema(tmp_path):
     graph = hand_graph().prune(0.7, 1.0)
     doc = graph.to_json(slug="hand", path=tmp_path / "hand.json")
