@@ -29,6 +29,8 @@ script): ours / circuit-tracer time 0.10x / 0.12x / 0.09x / 0.07x / 0.07x and pe
 0.27x / 0.35x / 0.26x / 0.25x / 0.18x at 16 / 21 / 63 / 128 / 256 tokens (circuit-tracer
 1.69 / 2.51 / 19.4 / 19.3 / 90.2 s); edges agree to 4.9e-7 .. 1.9e-6 of the largest edge.
 Single repeats of ours varied up to 7x (21 tokens: 0.26-1.95 s) under the other agents' load.
+Re-run on the final code of that day (after the memory commits 8d5210d, 2608031): time
+0.11x / 0.11x / 0.12x / 0.07x / 0.07x, memory 0.28x / 0.33x / 0.26x / 0.24x / 0.18x, same edge errors.
 """
 
 from __future__ import annotations
