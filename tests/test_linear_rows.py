@@ -55,6 +55,15 @@ def test_linear_equals_autograd(model64, kind, params, skip):
     assert_same_graph(model64, dicts)
 
 
+def test_patterns_stored_as_causal_bands_give_the_same_rows(model64, monkeypatch):
+    """Bands of 3 keys (the prompt spans several, the last one partial) equal autograd."""
+    import circuits.linear_rows as linear_rows
+
+    monkeypatch.setattr(linear_rows, "PATTERN_BLOCK", 3)
+    assert len(model64.to_tokens(PROMPT)[0]) % 3 != 0
+    assert_same_graph(model64, random_transcoders(model64, "relu", skip=True, seed=2))
+
+
 def test_gated_transcoders_and_other_reads(model64):
     """Gated activations, and transcoders reading ln2.hook_out or hook_resid_mid."""
     base = random_transcoders(model64, "relu", skip=True, seed=4)

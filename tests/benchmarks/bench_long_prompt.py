@@ -24,6 +24,9 @@ Measured (2026-12-03, defaults, 2 threads, under the shared CPU lock): dense 102
 +4.3 GB, 2048 tokens 263 s +10.5 GB; `--row-top-k 2048`: 2048 tokens 184 s +6.1 GB, 2304
 tokens 222 s, 3072 tokens 373 s +11.9 GB (process peak 14.4 GB); 4096 tokens (budget 256)
 was killed at 24 GB: the capturing forward pass grows with the square of the prompt.
+With patterns kept as causal bands (`--pattern-block`, default 256 keys): 4096 tokens, sparse,
+top 2048 per row, budget 256: 349 s, +17.2 GB, process peak 19.7 GB; 1024 tokens dense, bands
+against dense patterns in one lock-held run: 95.5 s / +4.03 GB against 107.1 s / +4.51 GB.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_vs_circuit_tracer import PeakRSS  # noqa: E402
 
+from circuits import linear_rows  # noqa: E402
 from circuits.attribute import attribute  # noqa: E402
 from replacement import load_model  # noqa: E402
 from replacement.dictionary import Dictionary  # noqa: E402
@@ -92,7 +96,14 @@ def main() -> None:
     parser.add_argument("--sparse", action="store_true", help="sparse adjacency")
     parser.add_argument("--row-top-k", type=int, default=None)
     parser.add_argument("--row-min-abs", type=float, default=0.0)
+    parser.add_argument(
+        "--pattern-block",
+        type=int,
+        default=linear_rows.PATTERN_BLOCK,
+        help="keys per stored causal band of a pattern (>= the prompt: dense patterns)",
+    )
     args = parser.parse_args()
+    linear_rows.PATTERN_BLOCK = args.pattern_block
     torch.set_num_threads(args.threads)
     model = gpt2_of_size(args.layers, args.d_model, max(args.lengths)).to(args.device)
     dicts = [d.to(args.device) for d in topk_transcoders(model, args.features, args.k)]
@@ -100,7 +111,8 @@ def main() -> None:
     print(
         f"random GPT-2: {args.layers} layers, d_model {args.d_model}, n_ctx {model.cfg.n_ctx}; "
         f"TopK skip transcoders F={args.features} k={args.k}; budget {args.max_feature_nodes} "
-        f"features; {args.device}, {torch.get_num_threads()} threads; adjacency "
+        f"features; {args.device}, {torch.get_num_threads()} threads; pattern bands of "
+        f"{args.pattern_block} keys; adjacency "
         + (
             f"sparse (row_top_k {args.row_top_k}, row_min_abs {args.row_min_abs})"
             if args.sparse or args.row_top_k or args.row_min_abs
