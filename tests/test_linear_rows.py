@@ -2,8 +2,9 @@
 cross-layer transcoders attribute exactly.
 
 - every transcoder kind (ReLU, TopK, JumpReLU, gated; with and without W_skip; reading
-  `ln2.hook_normalized`, `ln2.hook_out` or `hook_resid_mid`) on a LayerNorm GPT-2 and an
-  RMSNorm Llama with grouped-query attention: the same graph to 1e-5 relative;
+  `ln2.hook_normalized`, `ln2.hook_out` or `hook_resid_mid`) on a LayerNorm GPT-2, an
+  RMSNorm Llama with grouped-query attention and a Gemma-2 (norms with `1 + weight` before and
+  after attention and MLP): the same graph to 1e-5 relative, unfolded and folded;
 - norm weights that are not 1 (an unfolded model) are part of the map;
 - SAEs fall back to the autograd path (their edges differentiate through MLPs);
 - a cross-layer transcoder written in circuit-tracer's layout: every edge equals the effect
@@ -25,14 +26,14 @@ from replacement.errors import SparseCircuitsError
 from replacement.formats.detect import load_dictionary
 from tests.attribution_helpers import random_transcoders
 from tests.test_attribution_exact import PROMPT, check_columns
-from tests.tiny_models import make_gpt2, make_llama
+from tests.tiny_models import make_gemma2, make_gpt2, make_llama
 
 KINDS = [("relu", {}, True), ("topk", {"k": 6}, False), ("jumprelu", {}, True)]
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "gemma2"])
 def model64(request, tiny_tokenizer):
-    make = make_gpt2 if request.param == "gpt2" else make_llama
+    make = {"gpt2": make_gpt2, "llama": make_llama, "gemma2": make_gemma2}[request.param]
     return load_model(
         make(len(tiny_tokenizer), seed=1).double(), tokenizer=tiny_tokenizer, dtype=torch.float64
     )
@@ -94,6 +95,22 @@ def test_norm_weights_are_part_of_the_map(tiny_tokenizer):
     for tc in dicts:  # a read after ln2's weight
         tc.in_hook = tc.in_hook.replace("hook_normalized", "hook_out")
     assert_same_graph(model, dicts, max_feature_nodes=60)
+
+
+def test_folded_gemma_norms(tiny_tokenizer):
+    """On a folded Gemma-2 the pre-norms' stored weight is 0 (an effective weight of 1 + 0) and
+    the post-norms keep theirs: the linear path reads effective weights, as the model runs."""
+    model = load_model(
+        make_gemma2(len(tiny_tokenizer), seed=3).double(),
+        tokenizer=tiny_tokenizer,
+        dtype=torch.float64,
+        processing="folded",
+    )
+    dicts = random_transcoders(model, "relu", skip=True, seed=2)
+    dicts[1].in_hook = "blocks.1.ln2.hook_out"
+    graph = assert_same_graph(model, dicts, max_feature_nodes=60)
+    feats = [i for i in graph.find("feature") if graph.node_layer[i] == 0]
+    check_columns(model, dicts, graph, [feats[0], feats[-1], graph.find("token")[2]])
 
 
 def test_saes_fall_back_to_autograd(tiny_gpt2):
