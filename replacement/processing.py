@@ -143,13 +143,22 @@ def is_centred_site(hook: str) -> bool:
     return hook.endswith(_CENTRED_SUFFIXES)
 
 
-def tl2_to_tl4_hook(hook: str, fold_ln: bool) -> str:
+def tl2_to_tl4_hook(hook: str, fold_ln: bool, layernorm: bool = True) -> str:
     """A TransformerLens 2 hook name in TransformerLens 4 meaning.
 
-    TL2's `ln*.hook_normalized` follows the norm's weight and bias when they are not folded;
-    TL4's precedes them, and `ln*.hook_out` is the norm's output.
+    TL2's LayerNorm hooks `hook_normalized` after its weight and bias when they are not folded;
+    TL4's precedes them, and `ln*.hook_out` is the norm's output. TL2's RMSNorm (Llama, Gemma)
+    hooks `hook_normalized` before its weight, folded or not (`x / scale`, as circuit-tracer's
+    Gemma mappings read `pre_feedforward_layernorm._norm`): the same as TL4's. Loaders that do
+    not know the model assume LayerNorm and record the TL2 name, so that
+    `replacement.formats.model_hooks` can resolve it once the model is known.
     """
-    if not fold_ln and hook.endswith("hook_normalized") and (".ln" in hook or "ln_final" in hook):
+    if (
+        layernorm
+        and not fold_ln
+        and hook.endswith("hook_normalized")
+        and (".ln" in hook or "ln_final" in hook)
+    ):
         return hook.removesuffix("hook_normalized") + "hook_out"
     return hook
 

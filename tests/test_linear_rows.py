@@ -155,7 +155,8 @@ def _model_and_clt(make, folder, tokenizer):
         make(len(tokenizer), seed=3, n_layers=3).double(), tokenizer=tokenizer, dtype=torch.float64
     )
     _write_circuit_tracer_clt(folder, 3, 40, model.cfg.d_model)
-    return model, load_dictionary(folder).eval()
+    # with the model: TL2's ln2.hook_normalized means another TL4 hook on LayerNorm and RMSNorm
+    return model, load_dictionary(folder, model=model).eval()
 
 
 def test_crosslayer_transcoder_edges_are_exact(tmp_path, tiny_tokenizer):

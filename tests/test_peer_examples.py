@@ -71,7 +71,9 @@ def test_llama_circuit_tracer_example(tiny_llama_dir, tmp_path, capsys):
     assert main([*args, "--prompt", "def add(a, b):", "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "model processing 'none'" in printed
-    assert "blocks.0.ln2.hook_out -> blocks.0.hook_mlp_out" in printed
+    # TL2's RMSNorm hooks hook_normalized before its weight (LayerNorm's after): on Llama the
+    # TL2 name keeps its TL4 meaning
+    assert "blocks.0.ln2.hook_normalized -> blocks.0.hook_mlp_out" in printed
     document = json.loads((tmp_path / "out" / "llama_circuit_tracer.json").read_text())
     assert document["nodes"] and document["links"]
     missing = ["--model", str(tiny_llama_dir), "--transcoders", str(tmp_path / "none")]
