@@ -22,12 +22,13 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from circuits.attribute import attribute
-from replacement import load_model
+from replacement import load_model, spliced_loss
 from replacement.formats.detect import load_dictionaries, load_model_and_dictionaries
 from replacement.processing import ProcessingError
 from replacement.splice import splice
 from tests.attribution_helpers import random_transcoders
 from tests.test_attribution_exact import PROMPT, check_columns
+from tests.test_spliced_loss import _identity
 from tests.tiny_models import make_gemma2
 
 D, F = 32, 24
@@ -226,3 +227,17 @@ def test_writing_before_the_post_norm_is_exact(gemma64):
     layer0 = [i for i in feats if graph.node_layer[i] == 0]
     sources = [layer0[0], layer0[-1], errors[1], graph.find("token")[3]]
     check_columns(gemma64, dicts, graph, sources)
+
+
+def test_exact_dictionaries_at_gemma_sites_lose_nothing(gemma64):
+    """Identity SAEs at the raw MLP output, the post-norm output and the attention output:
+    the spliced model is the model (spliced loss and KL zero; float64, so that rounding in the
+    identity's shift does not count)."""
+    tokens = torch.tensor([[0, 5, 17, 42, 9, 100, 3, 77], [0, 8, 250, 11, 3, 4, 5, 6]])
+    hooks = ["blocks.0.mlp.hook_out", "blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"]
+    saes = [_identity(h).double() for h in hooks]
+    report = spliced_loss(gemma64, saes, tokens, verbose=False)
+    assert len(report.rows) == 4  # one per dictionary and "all"
+    for row in report.rows:
+        assert abs(row.ce_increase) < 1e-9 and abs(row.kl) < 1e-9
+        assert row.name == "all" or abs(row.fvu) < 1e-9
