@@ -68,6 +68,11 @@ def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | Non
     missing = [n for n in needed if n not in model.hook_dict]
     if missing:
         return f"the model lacks the hooks {missing[:3]}"
+    # norms after attention/MLP are modelled where their outputs are what enters the stream
+    for post, written in (("ln1_post", "hook_attn_out"), ("ln2_post", "hook_mlp_out")):
+        point = model.hook_dict.get(f"blocks.0.{post}.hook_out")
+        if point is not None and point is not model.hook_dict.get(f"blocks.0.{written}"):
+            return f"the norm {post!r} does not write {written!r}, which the linear path assumes"
     # hooks a caller installed (e.g. ablations) change the model in ways the map cannot see
     hooked = [n for n, h in model.hook_dict.items() if getattr(h, "_forward_hooks", None)]
     if hooked:
