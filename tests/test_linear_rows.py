@@ -3,8 +3,9 @@ cross-layer transcoders attribute exactly.
 
 - every transcoder kind (ReLU, TopK, JumpReLU, gated; with and without W_skip; reading
   `ln2.hook_normalized`, `ln2.hook_out` or `hook_resid_mid`) on a LayerNorm GPT-2, an
-  RMSNorm Llama with grouped-query attention and a Gemma-2 (norms with `1 + weight` before and
-  after attention and MLP): the same graph to 1e-5 relative, unfolded and folded;
+  RMSNorm Llama with grouped-query attention, a Gemma-2 (norms with `1 + weight` before and
+  after attention and MLP) and a Gemma-3 (plus query/key norms, frozen inside the patterns):
+  the same graph to 1e-5 relative, unfolded and folded;
 - norm weights that are not 1 (an unfolded model) are part of the map;
 - SAEs fall back to the autograd path (their edges differentiate through MLPs);
 - a cross-layer transcoder written in circuit-tracer's layout: every edge equals the effect
@@ -26,14 +27,15 @@ from replacement.errors import SparseCircuitsError
 from replacement.formats.detect import load_dictionary
 from tests.attribution_helpers import random_transcoders
 from tests.test_attribution_exact import PROMPT, check_columns
-from tests.tiny_models import make_gemma2, make_gpt2, make_llama
+from tests.tiny_models import make_gemma2, make_gemma3, make_gpt2, make_llama
 
 KINDS = [("relu", {}, True), ("topk", {"k": 6}, False), ("jumprelu", {}, True)]
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama", "gemma2"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "gemma2", "gemma3"])
 def model64(request, tiny_tokenizer):
-    make = {"gpt2": make_gpt2, "llama": make_llama, "gemma2": make_gemma2}[request.param]
+    make = {"gpt2": make_gpt2, "llama": make_llama, "gemma2": make_gemma2, "gemma3": make_gemma3}
+    make = make[request.param]
     return load_model(
         make(len(tiny_tokenizer), seed=1).double(), tokenizer=tiny_tokenizer, dtype=torch.float64
     )

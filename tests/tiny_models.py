@@ -9,6 +9,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -85,8 +87,17 @@ def make_gemma2(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int 
 
     Norm weights are drawn around 0 (Gemma initialises them to 0, an effective weight of 1), so
     that a code path which forgets the `1 +` or a post-norm changes the numbers."""
+    return _gemma(Gemma2Config, Gemma2ForCausalLM, vocab_size, seed, n_layers, d_model)
+
+
+def make_gemma3(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 32):
+    """A random Gemma-3 (text): Gemma-2's layout plus RMSNorms on queries and keys."""
+    return _gemma(Gemma3TextConfig, Gemma3ForCausalLM, vocab_size, seed, n_layers, d_model)
+
+
+def _gemma(config_class, model_class, vocab_size, seed, n_layers, d_model):
     torch.manual_seed(seed)
-    cfg = Gemma2Config(
+    cfg = config_class(
         vocab_size=vocab_size,
         hidden_size=d_model,
         intermediate_size=2 * d_model,
@@ -103,7 +114,8 @@ def make_gemma2(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int 
         eos_token_id=0,
         pad_token_id=0,
     )
-    model = Gemma2ForCausalLM(cfg).eval()
+    cfg.architectures = [model_class.__name__]  # TransformerLens picks its adapter by this
+    model = model_class(cfg).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
