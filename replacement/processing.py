@@ -279,6 +279,8 @@ def fit_to_processing(d: Any, model: Any) -> Any:
             _fold_norm_into_encoder(d, *norms[norm])
         # either way the hook to read is the normalized one (a folded norm's output equals it)
         d.in_hook = f"{norm}.hook_normalized"
+        # the peer's names no longer describe this hook (replacement.formats.model_hooks)
+        d.metadata.pop("hook_source", None)
     if layernorm and w.centre != h.centre:
         if is_centred_site(d.out_hook) and d.in_hook != d.out_hook and h.centre:
             _centre_decoder(d)

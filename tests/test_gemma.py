@@ -111,7 +111,7 @@ def _circuit_tracer_set(folder, n_layers=2, seed=0):
 
 
 def test_circuit_tracer_gemma_transcoders_read_the_normalized_input(
-    tmp_path, tiny_gemma2_dir, tiny_gemma2, tiny_gpt2
+    tmp_path, tiny_gemma2_dir, tiny_gemma2, tiny_gpt2, tiny_gpt2_dir
 ):
     folder = _circuit_tracer_set(tmp_path / "gemmascope")
     fitted = load_dictionaries(folder, model=tiny_gemma2)
@@ -120,6 +120,13 @@ def test_circuit_tracer_gemma_transcoders_read_the_normalized_input(
     # a LayerNorm model keeps the earlier translation (TL2's hook after the weight and bias)
     gpt2 = load_dictionaries(folder, model=tiny_gpt2)
     assert [d.in_hook for d in gpt2] == [f"blocks.{i}.ln2.hook_out" for i in range(2)]
+    # ... and a folded one reads hook_normalized with ln2's weight folded in, which is no
+    # Gemma-style name to refuse
+    gpt2_folded = load_model(tiny_gpt2_dir, processing="folded")
+    on_gpt2_folded = load_dictionaries(folder, model=gpt2_folded)
+    assert on_gpt2_folded[0].in_hook == "blocks.0.ln2.hook_normalized"
+    with splice(gpt2_folded, on_gpt2_folded):
+        gpt2_folded(torch.tensor([[0, 5, 17]]))
     # loaded without the model, the names are provisional: splicing refuses, naming the fix
     bare = load_dictionaries(folder)
     with pytest.raises(ProcessingError, match=r"load_dictionaries\(path, model=model\)"):
@@ -127,6 +134,13 @@ def test_circuit_tracer_gemma_transcoders_read_the_normalized_input(
             pass
     with pytest.raises(ProcessingError, match="ln2.hook_normalized"):
         attribute(tiny_gemma2, bare, PROMPT, verbose=False)
+    # fitted to a LayerNorm model and then used on Gemma: refused the same way
+    with pytest.raises(ProcessingError, match="model with other norms"):
+        with splice(tiny_gemma2, gpt2):
+            pass
+    with pytest.raises(ProcessingError, match="model with other norms"):
+        with splice(tiny_gpt2, fitted):
+            pass
     # the one-call path picks the unprocessed model and renames the hooks
     model, found = load_model_and_dictionaries(tiny_gemma2_dir, folder)
     assert model.sc_processing == "none"

@@ -13,7 +13,8 @@ the model:
 Loaders assign the hooks of a pre-norm LayerNorm model and record where the names came from in
 `metadata["hook_source"]`; `fit_hooks_to_model` rewrites them for the model at hand (an exact
 renaming: the activation is the one the dictionary was trained on), and `unresolved_hooks`
-says when a dictionary loaded without a model still holds the provisional names.
+says when a dictionary still holds the names for a model with other norms (loaded without a
+model, or fitted to another one). Hooks set by hand since loading are left alone.
 """
 
 from __future__ import annotations
@@ -81,19 +82,21 @@ def _hooks(d: Any) -> tuple[str, str]:
 
 
 def _pending(d: Any, facts: NormFacts) -> tuple[str, str] | None:
-    """The hooks `d` should have on a model with `facts`, if it still holds provisional ones."""
+    """The hooks `d` should have on a model with `facts`, if it holds the names its source
+    gives on a model with other norms (the loader's provisional ones, or another model's)."""
     source = (getattr(d, "metadata", None) or {}).get("hook_source")
     if not source:
         return None
-    provisional, wanted = hooks_for(source, PROVISIONAL), hooks_for(source, facts)
     have = _hooks(d)
-    if "{layer}" in provisional[0] + provisional[1] and "{layer}" not in have[0] + have[1]:
+    kinds = [NormFacts(layernorm, post) for layernorm in (True, False) for post in (False, True)]
+    named = {f: hooks_for(source, f) for f in kinds}
+    if "{layer}" in "".join(named[PROVISIONAL]) and "{layer}" not in "".join(have):
         # one layer of a cross-layer transcoder (a slice, or a view when splicing)
         layer = hook_layer(have[1])
-        provisional = (provisional[0].format(layer=layer), provisional[1].format(layer=layer))
-        wanted = (wanted[0].format(layer=layer), wanted[1].format(layer=layer))
-    if wanted == provisional or have != provisional:
-        return None  # nothing depends on the model, or the hooks were set otherwise since
+        named = {f: (a.format(layer=layer), b.format(layer=layer)) for f, (a, b) in named.items()}
+    wanted = named[facts]
+    if have == wanted or have not in named.values():
+        return None  # right for this model, or the hooks were set otherwise since loading
     return wanted
 
 
@@ -116,7 +119,7 @@ def unresolved_hooks(d: Any, model: Any) -> str | None:
         return None
     have = _hooks(d)
     return (
-        f"its hooks {have[0]!r} -> {have[1]!r} were named for a model without norms after "
-        f"attention/MLP and with LayerNorm; on this model the activations it was trained on "
-        f"are at {wanted[0]!r} -> {wanted[1]!r}"
+        f"its hooks {have[0]!r} -> {have[1]!r} were named for a model with other norms (LayerNorm "
+        f"or RMSNorm, with or without norms after attention/MLP); on this model the activations "
+        f"it was trained on are at {wanted[0]!r} -> {wanted[1]!r}"
     )
