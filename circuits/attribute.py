@@ -8,7 +8,10 @@ Method (REFERENCE.md, "Prompt attribution graphs"): in the frozen local replacem
 with the readout of a feature target its encoder column at its in_hook, and of a logit target
 the demeaned unembedding column at the final norm's output after its weight and bias
 (`ln_final.hook_out`, the unembedding's input, so logit rows are exact on unprocessed models
-too; last position). Sources are the active features (a_s W_dec[s]), the error nodes
+too; last position). A model that soft-caps its logits (Gemma-2: cap * tanh(logit / cap))
+gets rows of the logits before the cap, which are linear in the frozen model; circuit-tracer
+does the same (it checks its Gemma graphs with the cap set to 0), while the probabilities that
+choose the logit targets are the model's own, capped ones. Sources are the active features (a_s W_dec[s]), the error nodes
 (y - y_hat, per layer and position) and the token embeddings. Target rows are computed many
 at a time: the prompt is repeated along the batch, each batch row reads out a different
 target, and one backward pass gives all rows.

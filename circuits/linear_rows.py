@@ -7,11 +7,15 @@ the sources (token embeddings and everything injected at the MLP outputs) to the
 target vectors, walks the residual stream down the layers:
 
     resid_post[l] -> resid_mid[l]:  g += N2^T (g W_skip[l]^T)     skip path (transcoder input)
-    resid_mid[l]  -> resid_pre[l]:  g[k] += N1_k^T sum_h sum_q P_h[q, k] (g[q] W_O,h^T) W_V,h^T
+    resid_mid[l]  -> resid_pre[l]:  g[k] += N1_k^T sum_h sum_q P_h[q, k] (M_q^T g[q] W_O,h^T) W_V,h^T
 
 with N the frozen norm at each position: x -> (x - mean x) / scale * w for LayerNorm (the
 centring only for LayerNorm), x / scale * w for RMSNorm; `w` is the norm's own weight (the
-bias is a constant and drops out), so folded and unfolded models are both handled. A target
+bias is a constant and drops out; Gemma's `1 + weight` counted), so folded and unfolded models
+are both handled. M is the frozen norm after attention in post-norm blocks (Gemma-2/3's
+`ln1_post`, a per-position diagonal scaling once its scale is frozen; the identity elsewhere).
+The norm after the MLP (`ln2_post`) is not in the map: transcoders write `hook_mlp_out`, its
+output, so their features, errors and skip paths enter after it. A target
 enters at its own layer (a feature at its in_hook, a logit direction after the final norm)
 and a row reads each source where it was injected: a feature's `a W_dec` (and a cross-layer
 transcoder's writes into later layers) at the out_hooks, error vectors there, embeddings at
@@ -21,7 +25,8 @@ entered, and positions after the last target position are never touched (causal 
 The path applies when every layer's MLP is replaced by a transcoder (per-layer, skip, or a
 cross-layer transcoder's slice) reading the MLP input (`ln2.hook_normalized`, `ln2.hook_out`
 or `hook_resid_mid`) and writing `hook_mlp_out`, in a sequential (not parallel
-attention/MLP) pre-norm model. Elsewhere (SAEs, whose edges differentiate through MLPs; a layer
+attention/MLP) model with norms before attention and MLP (and optionally after them, as in
+Gemma). Elsewhere (SAEs, whose edges differentiate through MLPs; a layer
 whose MLP has no transcoder; other architectures) `linear_path_problem` says why and
 `attribute` uses the autograd reference.
 """
@@ -73,9 +78,10 @@ def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | Non
     cfg = model.cfg
     if getattr(cfg, "parallel_attn_mlp", False):
         return "the model runs attention and MLP in parallel"
-    arch = str(getattr(cfg, "original_architecture", "") or "")
-    if arch.lower().startswith(("gemma", "olmo2")):
-        return f"{arch} has norms after attention/MLP, which the linear path does not model"
+    # a TransformerBridge names its architecture in `architecture` (original_architecture is None)
+    arch = str(getattr(cfg, "original_architecture", "") or getattr(cfg, "architecture", "") or "")
+    if arch.lower().startswith("olmo2"):
+        return f"{arch} has norms only after attention/MLP, which the linear path does not model"
     norm = str(getattr(cfg, "normalization_type", "") or "")
     if not norm.startswith(("LN", "RMS")):
         return f"normalization {norm!r} is not LayerNorm or RMSNorm"
@@ -86,6 +92,11 @@ def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | Non
     missing = [n for n in needed if n not in model.hook_dict]
     if missing:
         return f"the model lacks the hooks {missing[:3]}"
+    # norms after attention/MLP are modelled where their outputs are what enters the stream
+    for post, written in (("ln1_post", "hook_attn_out"), ("ln2_post", "hook_mlp_out")):
+        point = model.hook_dict.get(f"blocks.0.{post}.hook_out")
+        if point is not None and point is not model.hook_dict.get(f"blocks.0.{written}"):
+            return f"the norm {post!r} does not write {written!r}, which the linear path assumes"
     # hooks a caller installed (e.g. ablations) change the model in ways the map cannot see
     hooked = [n for n, h in model.hook_dict.items() if getattr(h, "_forward_hooks", None)]
     if hooked:
@@ -107,8 +118,17 @@ def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | Non
 
 
 def _norm_weight(module: Any, dtype: torch.dtype) -> Tensor | None:
+    """The norm's effective weight: Gemma's RMSNorm stores `weight` and multiplies by 1 + weight."""
     w = getattr(module, "w", None)
-    return None if w is None else w.detach().to(dtype)
+    if w is None:
+        return None
+    w = w.detach().to(dtype)
+    return 1.0 + w if getattr(module, "uses_weight_offset", False) else w
+
+
+def _has_post_attention_norm(model: Any) -> bool:
+    """Whether blocks normalise the attention output before adding it (Gemma's ln1_post)."""
+    return "blocks.0.ln1_post.hook_scale" in model.hook_dict
 
 
 class LinearRowEngine:
@@ -141,9 +161,11 @@ class LinearRowEngine:
     def __enter__(self) -> LinearRowEngine:
         model, cfg, dt = self.model, self.model.cfg, self.dtype
         names = ["ln_final.hook_scale"]
+        post = _has_post_attention_norm(model)
         for layer in range(cfg.n_layers):
             b = f"blocks.{layer}"
             names += [f"{b}.attn.hook_pattern", f"{b}.ln1.hook_scale", f"{b}.ln2.hook_scale"]
+            names += [f"{b}.ln1_post.hook_scale"] if post else []
         frozen: dict[str, Tensor] = {}
 
         def keep(act: Tensor, hook: Any) -> Tensor:
@@ -170,9 +192,17 @@ class LinearRowEngine:
             W_V = W_V.repeat_interleave(n_heads // W_V.shape[1], dim=1)
         self.n_heads, self.d_head = n_heads, d_head
         self.patterns, self.W_O_T, self.W_V_T = [], [], []
+        # the post-attention norm's frozen 1/scale per position (None without one)
+        self.inv_ln1_post: list[Tensor | None] = [
+            1.0 / frozen[f"blocks.{i}.ln1_post.hook_scale"] if post else None
+            for i in range(cfg.n_layers)
+        ]
         for layer, block in enumerate(model.blocks):
             self.patterns.append(frozen.pop(f"blocks.{layer}.attn.hook_pattern"))
-            self.W_O_T.append(W_O[layer].reshape(n_heads * d_head, -1).T.contiguous())
+            w_o = W_O[layer].reshape(n_heads * d_head, -1).T  # [d, h * e]
+            if post:  # rows of diag(w1_post) C W_O^T: the post-norm's weight and centring
+                w_o = self._centre(_scaled_rows(w_o, _norm_weight(block.ln1_post, dt)), dim=0)
+            self.W_O_T.append(w_o.contiguous())
             # rows of W_V^T diag(w1) C: ln1's weight and centring folded in
             w_v = self._centre(_scaled_rows(W_V[layer], _norm_weight(block.ln1, dt)), dim=1)
             self.W_V_T.append(w_v.permute(0, 2, 1).reshape(n_heads * d_head, -1).contiguous())
@@ -275,7 +305,8 @@ class LinearRowEngine:
         """g at resid_mid [n, p, d] += its path back to resid_pre through frozen OV (in place)."""
         n, p, d = g.shape
         h, e = self.n_heads, self.d_head
-        gz = (g.reshape(n * p, d) @ self.W_O_T[layer]).reshape(n, p, h, e)
+        g_out = g if self.inv_ln1_post[layer] is None else g * self.inv_ln1_post[layer][:p]
+        gz = (g_out.reshape(n * p, d) @ self.W_O_T[layer]).reshape(n, p, h, e)
         gz = gz.permute(2, 1, 0, 3).reshape(h, p, n * e)
         gv = gz.new_empty(h, p, n * e)  # [h, k, n * e]: gv[:, k] = sum_q P^T[:, k, q] gz[:, q]
         for k0, band in self.patterns[layer]:  # band: keys k0.., queries k0.. (causal)

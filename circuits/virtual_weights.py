@@ -51,9 +51,11 @@ pair, ... `breakdown=True` returns these terms keyed by the tuple P; they sum to
 Attention OV paths (`include_attention=True`), per head h of every layer m whose attention
 lies between the two sites (for a transcoder target, layer l' attention is before its read):
 
-    T_{m,h} = S(up..m) N1_m W_V[m, h_kv] W_O[m, h] S(m..down) R
+    T_{m,h} = S(up..m) N1_m W_V[m, h_kv] W_O[m, h] P1_m S(m..down) R
 
-with S(.. ..) the skip-path products on either side of the head, N1_m the ln1 treatment and,
+with S(.. ..) the skip-path products on either side of the head, N1_m the ln1 treatment, P1_m
+the norm after attention where the model has one (Gemma's `ln1_post`: C / s diag(w), its scale
+from `norm` like the others, key `blocks.m.ln1_post.hook_scale`; the identity elsewhere) and,
 for grouped-query attention, h_kv = h // (H / H_kv). These are the paths through exactly one
 head with the skip paths around it; each equals the head's real contribution up to one
 input-dependent factor, the attention weight (for a same-position edge, the weight the query
@@ -241,7 +243,8 @@ def mean_norm_scales(
     batch_size: int = 16,
     skip_bos: bool = True,
 ) -> dict[str, float]:
-    """Per `blocks.m.ln{1,2}.hook_scale`, the scale s with 1/s = mean of 1/scale over the tokens.
+    """Per `blocks.m.ln{1,2}.hook_scale` (and Gemma's `ln1_post`), the scale s with 1/s = mean
+    of 1/scale over the tokens.
 
     The inverse is averaged because the normalised input is x / scale: folding the mean
     inverse in makes the operator the dataset-average one. BOS is left out by default.
@@ -249,7 +252,7 @@ def mean_norm_scales(
     names = [
         f"blocks.{m}.{ln}.hook_scale"
         for m in range(model.cfg.n_layers)
-        for ln in ("ln1", "ln2")
+        for ln in ("ln1", "ln2", "ln1_post")
         if f"blocks.{m}.{ln}.hook_scale" in model.hook_dict
     ]
     sums = dict.fromkeys(names, 0.0)
@@ -424,6 +427,9 @@ def path_operators(
             # attention reads ln1's output: its weight is part of the path (1 once folded)
             pre = stream.chain(w, at) @ _norm_operator(model, stream.norm, m, "ln1", affine=True)
             post = stream.chain(at, r) @ read
+            if f"blocks.{m}.ln1_post.hook_scale" in model.hook_dict:
+                # Gemma normalises the attention output before adding it (never folded)
+                post = _norm_operator(model, stream.norm, m, "ln1_post", affine=True) @ post
             if per_head:
                 for h in range(n_heads):
                     # (pre W_V) (W_O post): d x d_head products, never a d^3 one per head

@@ -8,9 +8,11 @@ Run on your own machine, with the model and a circuit-tracer transcoder folder o
     python examples/llama_circuit_tracer.py --model llama-3.2-1b --transcoders llama-transcoders
 
 The folder holds circuit-tracer's `config.yaml` (`model_kind: transcoder_set`, hooks) and
-`layer_{i}.safetensors`. circuit-tracer runs the model unprocessed and reads TransformerLens 2's
-`ln2.hook_normalized`, the norm's output; the loader records both, so the same call as for
-any dictionary gives circuit-tracer's edges.
+`layer_{i}.safetensors`. circuit-tracer runs the model unprocessed under TransformerLens 2 hook
+names (Llama transcoders read `hook_resid_mid`; GemmaScope ones TL2's `ln2.hook_normalized`,
+which on an RMSNorm model is the normalized input before the norm's weight); the loader records
+both and renames hooks for the model it is given, so the same call as for any dictionary gives
+circuit-tracer's edges.
 """
 
 from __future__ import annotations

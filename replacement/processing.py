@@ -143,13 +143,22 @@ def is_centred_site(hook: str) -> bool:
     return hook.endswith(_CENTRED_SUFFIXES)
 
 
-def tl2_to_tl4_hook(hook: str, fold_ln: bool) -> str:
+def tl2_to_tl4_hook(hook: str, fold_ln: bool, layernorm: bool = True) -> str:
     """A TransformerLens 2 hook name in TransformerLens 4 meaning.
 
-    TL2's `ln*.hook_normalized` follows the norm's weight and bias when they are not folded;
-    TL4's precedes them, and `ln*.hook_out` is the norm's output.
+    TL2's LayerNorm hooks `hook_normalized` after its weight and bias when they are not folded;
+    TL4's precedes them, and `ln*.hook_out` is the norm's output. TL2's RMSNorm (Llama, Gemma)
+    hooks `hook_normalized` before its weight, folded or not (`x / scale`, as circuit-tracer's
+    Gemma mappings read `pre_feedforward_layernorm._norm`): the same as TL4's. Loaders that do
+    not know the model assume LayerNorm and record the TL2 name, so that
+    `replacement.formats.model_hooks` can resolve it once the model is known.
     """
-    if not fold_ln and hook.endswith("hook_normalized") and (".ln" in hook or "ln_final" in hook):
+    if (
+        layernorm
+        and not fold_ln
+        and hook.endswith("hook_normalized")
+        and (".ln" in hook or "ln_final" in hook)
+    ):
         return hook.removesuffix("hook_normalized") + "hook_out"
     return hook
 
@@ -270,6 +279,8 @@ def fit_to_processing(d: Any, model: Any) -> Any:
             _fold_norm_into_encoder(d, *norms[norm])
         # either way the hook to read is the normalized one (a folded norm's output equals it)
         d.in_hook = f"{norm}.hook_normalized"
+        # the peer's names no longer describe this hook (replacement.formats.model_hooks)
+        d.metadata.pop("hook_source", None)
     if layernorm and w.centre != h.centre:
         if is_centred_site(d.out_hook) and d.in_hook != d.out_hook and h.centre:
             _centre_decoder(d)

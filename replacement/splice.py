@@ -32,6 +32,7 @@ from torch import Tensor
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import ShapeError, SparseCircuitsError
+from replacement.formats.model_hooks import unresolved_hooks
 from replacement.hooks import check_hook
 from replacement.model import model_name
 from replacement.processing import ProcessingError, model_processing
@@ -99,6 +100,12 @@ def check_compatible(model: Any, dictionary: Dictionary, check_model: bool = Tru
             f"dictionary at {dictionary.out_hook!r} records model {dictionary.model_name!r}, "
             f"but the model is {name!r}; using it anyway (check_model=False silences this)",
             stacklevel=3,
+        )
+    problem = unresolved_hooks(dictionary, model)
+    if problem:
+        raise ProcessingError(
+            f"dictionary at {dictionary.out_hook!r} does not read what it was trained on: "
+            f"{problem}. Load it with load_dictionaries(path, model=model), which renames them"
         )
     wanted = (getattr(dictionary, "metadata", None) or {}).get("processing")
     have = model_processing(model)
@@ -262,6 +269,8 @@ def _layer_views(clt: CrossLayerTranscoder) -> list[Any]:
             d_in=clt.d_model,
             d_out=clt.d_model,
             model_name=clt.model_name,
+            # hook names only: whether they still need renaming for this model
+            metadata={k: v for k, v in clt.metadata.items() if k == "hook_source"},
         )
         for layer in range(clt.n_layers)
     ]

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models of two architectures, loaded through `load_model`."""
+"""Shared fixtures: tiny random models of three architectures, loaded through `load_model`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from replacement import load_model  # noqa: E402
-from tests.tiny_models import make_gpt2, make_llama, make_tokenizer, save_hf  # noqa: E402
+from tests.tiny_models import (  # noqa: E402
+    make_gemma2,
+    make_gpt2,
+    make_llama,
+    make_tokenizer,
+    save_hf,
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +42,13 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma2_dir(tmp_path_factory, tiny_tokenizer):
+    """Folder of a random 2-layer Gemma-2 (d_model 32; post-norms, soft-capping)."""
+    model = make_gemma2(len(tiny_tokenizer))
+    return save_hf(model, tiny_tokenizer, tmp_path_factory.mktemp("gemma2"))
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2(tiny_gpt2_dir):
     """The tiny GPT-2 as a TransformerBridge (shared: do not modify its weights)."""
     return load_model(tiny_gpt2_dir)
@@ -47,7 +60,13 @@ def tiny_llama(tiny_llama_dir):
     return load_model(tiny_llama_dir)
 
 
-@pytest.fixture(scope="session", params=["gpt2", "llama"])
+@pytest.fixture(scope="session")
+def tiny_gemma2(tiny_gemma2_dir):
+    """The tiny Gemma-2 as a TransformerBridge (shared: do not modify its weights)."""
+    return load_model(tiny_gemma2_dir)
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama", "gemma2"])
 def tiny_model(request):
     """Each tiny architecture in turn."""
     return request.getfixturevalue(f"tiny_{request.param}")

@@ -1,7 +1,9 @@
 """Attribution edges equal the measured effect of interventions in the frozen model.
 
 For every dictionary kind (ReLU, TopK, JumpReLU; with and without W_skip) on a LayerNorm+GELU
-GPT-2 and an RMSNorm+gated-MLP Llama: adding delta to a feature's, an error node's or a token
+GPT-2, an RMSNorm+gated-MLP Llama, a Gemma-2 (norms before and after attention and MLP,
+soft-capped attention scores and logits, a sliding window) and a Gemma-3 (plus query and key
+norms): adding delta to a feature's, an error node's or a token
 embedding's output changes every downstream feature pre-activation and logit direction by
 delta * A[t, s] (1e-4 relative).
 """
@@ -14,15 +16,16 @@ import torch
 from circuits.attribute import attribute
 from replacement import load_model
 from tests.attribution_helpers import frozen_effect, frozen_effects, random_transcoders
-from tests.tiny_models import make_gpt2, make_llama
+from tests.tiny_models import make_gemma2, make_gemma3, make_gpt2, make_llama
 
 PROMPT = "def add(a, b):\n    return"
 KINDS = [("relu", {}), ("topk", {"k": 6}), ("jumprelu", {})]
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "gemma2", "gemma3"])
 def model64(request, tiny_tokenizer):
-    make = make_gpt2 if request.param == "gpt2" else make_llama
+    make = {"gpt2": make_gpt2, "llama": make_llama, "gemma2": make_gemma2, "gemma3": make_gemma3}
+    make = make[request.param]
     return load_model(
         make(len(tiny_tokenizer), seed=1).double(), tokenizer=tiny_tokenizer, dtype=torch.float64
     )

@@ -2,8 +2,10 @@
 cross-layer transcoders attribute exactly.
 
 - every transcoder kind (ReLU, TopK, JumpReLU, gated; with and without W_skip; reading
-  `ln2.hook_normalized`, `ln2.hook_out` or `hook_resid_mid`) on a LayerNorm GPT-2 and an
-  RMSNorm Llama with grouped-query attention: the same graph to 1e-5 relative;
+  `ln2.hook_normalized`, `ln2.hook_out` or `hook_resid_mid`) on a LayerNorm GPT-2, an
+  RMSNorm Llama with grouped-query attention, a Gemma-2 (norms with `1 + weight` before and
+  after attention and MLP) and a Gemma-3 (plus query/key norms, frozen inside the patterns):
+  the same graph to 1e-5 relative, unfolded and folded;
 - norm weights that are not 1 (an unfolded model) are part of the map;
 - SAEs fall back to the autograd path (their edges differentiate through MLPs);
 - a cross-layer transcoder written in circuit-tracer's layout: every edge equals the effect
@@ -25,14 +27,15 @@ from replacement.errors import SparseCircuitsError
 from replacement.formats.detect import load_dictionary
 from tests.attribution_helpers import random_transcoders
 from tests.test_attribution_exact import PROMPT, check_columns
-from tests.tiny_models import make_gpt2, make_llama
+from tests.tiny_models import make_gemma2, make_gemma3, make_gpt2, make_llama
 
 KINDS = [("relu", {}, True), ("topk", {"k": 6}, False), ("jumprelu", {}, True)]
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "gemma2", "gemma3"])
 def model64(request, tiny_tokenizer):
-    make = make_gpt2 if request.param == "gpt2" else make_llama
+    make = {"gpt2": make_gpt2, "llama": make_llama, "gemma2": make_gemma2, "gemma3": make_gemma3}
+    make = make[request.param]
     return load_model(
         make(len(tiny_tokenizer), seed=1).double(), tokenizer=tiny_tokenizer, dtype=torch.float64
     )
@@ -105,6 +108,22 @@ def test_norm_weights_are_part_of_the_map(tiny_tokenizer):
     assert_same_graph(model, dicts, max_feature_nodes=60)
 
 
+def test_folded_gemma_norms(tiny_tokenizer):
+    """On a folded Gemma-2 the pre-norms' stored weight is 0 (an effective weight of 1 + 0) and
+    the post-norms keep theirs: the linear path reads effective weights, as the model runs."""
+    model = load_model(
+        make_gemma2(len(tiny_tokenizer), seed=3).double(),
+        tokenizer=tiny_tokenizer,
+        dtype=torch.float64,
+        processing="folded",
+    )
+    dicts = random_transcoders(model, "relu", skip=True, seed=2)
+    dicts[1].in_hook = "blocks.1.ln2.hook_out"
+    graph = assert_same_graph(model, dicts, max_feature_nodes=60)
+    feats = [i for i in graph.find("feature") if graph.node_layer[i] == 0]
+    check_columns(model, dicts, graph, [feats[0], feats[-1], graph.find("token")[2]])
+
+
 def test_saes_fall_back_to_autograd(tiny_gpt2):
     d = tiny_gpt2.cfg.d_model
     saes = [Dictionary(d, d, 16, f"blocks.{i}.hook_mlp_out") for i in range(2)]
@@ -147,7 +166,8 @@ def _model_and_clt(make, folder, tokenizer):
         make(len(tokenizer), seed=3, n_layers=3).double(), tokenizer=tokenizer, dtype=torch.float64
     )
     _write_circuit_tracer_clt(folder, 3, 40, model.cfg.d_model)
-    return model, load_dictionary(folder).eval()
+    # with the model: TL2's ln2.hook_normalized means another TL4 hook on LayerNorm and RMSNorm
+    return model, load_dictionary(folder, model=model).eval()
 
 
 def test_crosslayer_transcoder_edges_are_exact(tmp_path, tiny_tokenizer):

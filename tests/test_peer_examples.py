@@ -1,8 +1,8 @@
 """The two peer-dictionary example scripts run on tiny files of the same layout.
 
 `examples/gpt2_saelens.py` on the GPT-2-style folder and SAELens SAEs of `tests/peer_reference`;
-`examples/llama_circuit_tracer.py` on a tiny Llama and transcoders written in circuit-tracer's
-layout (TL2 hook names). Both print a clear message, and exit with 2, when weights are missing.
+`examples/llama_circuit_tracer.py` on a tiny Llama and a tiny Gemma-2 with transcoders written in
+circuit-tracer's layout (TL2 hook names). Both print a clear message, and exit with 2, when weights are missing.
 """
 
 from __future__ import annotations
@@ -63,18 +63,23 @@ def _circuit_tracer_set(folder: Path, d: int, n_layers: int, seed: int = 0) -> N
         save_file(tensors, str(folder / f"layer_{layer}.safetensors"))
 
 
-def test_llama_circuit_tracer_example(tiny_llama_dir, tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_llama_circuit_tracer_example(arch, request, tmp_path, capsys):
+    """GemmaScope-style hooks on Llama and Gemma-2 (whose MLP output passes a norm first)."""
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
     main = _script("llama_circuit_tracer").main
     _circuit_tracer_set(tmp_path / "tcs", d=32, n_layers=2)
-    args = ["--model", str(tiny_llama_dir), "--transcoders", str(tmp_path / "tcs")]
+    args = ["--model", str(model_dir), "--transcoders", str(tmp_path / "tcs")]
     args += ["--max-feature-nodes", "24"]
     assert main([*args, "--prompt", "def add(a, b):", "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "model processing 'none'" in printed
-    assert "blocks.0.ln2.hook_out -> blocks.0.hook_mlp_out" in printed
+    # TL2's RMSNorm hooks hook_normalized before its weight (LayerNorm's after): on Llama the
+    # TL2 name keeps its TL4 meaning
+    assert "blocks.0.ln2.hook_normalized -> blocks.0.hook_mlp_out" in printed
     document = json.loads((tmp_path / "out" / "llama_circuit_tracer.json").read_text())
     assert document["nodes"] and document["links"]
-    missing = ["--model", str(tiny_llama_dir), "--transcoders", str(tmp_path / "none")]
+    missing = ["--model", str(model_dir), "--transcoders", str(tmp_path / "none")]
     assert main(missing) == 2
     assert "circuit-tracer transcoder folder" in capsys.readouterr().err
 

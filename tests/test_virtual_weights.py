@@ -116,10 +116,11 @@ def test_virtual_weight_equals_frozen_edge_and_attribution(gpt2_4layer, tiny_tok
     assert not torch.allclose(ignored[src][:, dst], vw[src][:, dst], rtol=1e-2)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
 def test_single_head_paths_times_pattern_are_exact(arch, request, tiny_tokenizer):
     """Between adjacent layers the only attention is layer l' itself: the edge is the residual
-    term plus each head's term times that head's self-attention weight (GQA for Llama)."""
+    term plus each head's term times that head's self-attention weight (GQA for Llama; Gemma's
+    norm after attention, with its prompt scale, on every head path)."""
     model = request.getfixturevalue(f"tiny_{arch}")
     dicts = random_transcoders(model, n_features=32, seed=2)
     tokens = _prompt(tiny_tokenizer, "class Stack:")
@@ -129,6 +130,8 @@ def test_single_head_paths_times_pattern_are_exact(arch, request, tiny_tokenizer
         "blocks.1.ln1.hook_scale": cache["blocks.1.ln1.hook_scale"][0, pos, 0],
         "blocks.1.ln2.hook_scale": cache["blocks.1.ln2.hook_scale"][0, pos, 0],
     }
+    if arch == "gemma2":
+        scales["blocks.1.ln1_post.hook_scale"] = cache["blocks.1.ln1_post.hook_scale"][0, pos, 0]
     vw = virtual_weights(dicts, model, 0, 1, norm=scales, include_attention=True)
     pattern = cache["blocks.1.attn.hook_pattern"][0, :, pos, pos]  # [head]
     assert len(vw.heads) == model.cfg.n_heads

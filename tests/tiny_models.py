@@ -7,6 +7,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -74,6 +78,49 @@ def make_llama(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int =
         eos_token_id=0,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+def make_gemma2(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 32):
+    """A random Gemma-2: RMSNorm with (1 + weight) before and after attention and MLP, embeddings
+    scaled by sqrt(d_model), tanh soft-capping of attention scores and logits, a sliding window
+    on every other layer (4 tokens, shorter than the test prompts), tied embeddings.
+
+    Norm weights are drawn around 0 (Gemma initialises them to 0, an effective weight of 1), so
+    that a code path which forgets the `1 +` or a post-norm changes the numbers."""
+    return _gemma(Gemma2Config, Gemma2ForCausalLM, vocab_size, seed, n_layers, d_model)
+
+
+def make_gemma3(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 32):
+    """A random Gemma-3 (text): Gemma-2's layout plus RMSNorms on queries and keys."""
+    return _gemma(Gemma3TextConfig, Gemma3ForCausalLM, vocab_size, seed, n_layers, d_model)
+
+
+def _gemma(config_class, model_class, vocab_size, seed, n_layers, d_model):
+    torch.manual_seed(seed)
+    cfg = config_class(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=d_model // 4,
+        max_position_embeddings=64,
+        sliding_window=4,
+        query_pre_attn_scalar=d_model // 4,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    cfg.architectures = [model_class.__name__]  # TransformerLens picks its adapter by this
+    model = model_class(cfg).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0.0, 0.3)
+    return model
 
 
 def save_hf(model, tokenizer, folder: Path) -> Path:

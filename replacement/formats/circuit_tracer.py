@@ -12,8 +12,11 @@ holding `W_dec_{i} [F, n_layers - i, d]` (slot j writes to layer i + j).
 `feature_input_hook` / `feature_output_hook` are TransformerLens 2 hook suffixes such as
 `hook_resid_mid`, `ln2.hook_normalized` or `hook_mlp_out`; layer i uses `blocks.{i}.<suffix>`.
 circuit-tracer runs an unprocessed model (no LayerNorm folding, no centring), where TL2's
-`ln2.hook_normalized` is the LayerNorm output: TL4's `ln2.hook_out`. Loaded dictionaries record
-processing "none" and hooks in TL4 meaning.
+`ln2.hook_normalized` is a LayerNorm's output (TL4's `ln2.hook_out`) but an RMSNorm's
+normalized input before its weight (TL4's `ln2.hook_normalized`; GemmaScope transcoders read
+it so). Loaded dictionaries record processing "none" and hooks in TL4 meaning for a LayerNorm
+model, with the TL2 names in `metadata["hook_source"]`; `load_dictionaries(..., model=...)`
+renames them for an RMSNorm model (`replacement.formats.model_hooks`).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import DictionaryFileError
 from replacement.formats.common import fill, finish, need, read_yaml, take
+from replacement.formats.model_hooks import tl2_source
 from replacement.formats.native import read_safetensors
 from replacement.processing import tl2_to_tl4_hook
 
 CONFIG_FILE = "config.yaml"
+_HOOK_KEYS = ("feature_input_hook", "feature_output_hook")
 SET_KIND = "transcoder_set"
 CLT_KIND = "cross_layer_transcoder"
 
@@ -41,19 +46,16 @@ def is_circuit_tracer_folder(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG_FILE).is_file()
 
 
-def _hook(template: str, layer: int) -> str:
-    """`blocks.{layer}.<suffix>` for a suffix, or a template with `{layer}` filled in (TL4)."""
+def _tl2_hook(template: str, layer: int) -> str:
+    """`blocks.{layer}.<suffix>` for a suffix, or a template with `{layer}` filled in (TL2)."""
     if "{layer}" in template:
-        hook = template.format(layer=layer)
-    else:
-        hook = template if template.startswith("blocks.") else f"blocks.{layer}.{template}"
-    return tl2_to_tl4_hook(hook, fold_ln=False)
+        return template.format(layer=layer)
+    return template if template.startswith("blocks.") else f"blocks.{layer}.{template}"
 
 
-def _template(suffix: str) -> str:
-    """A hook template with `{layer}` for a suffix such as `hook_mlp_out` (TL4 meaning)."""
-    template = suffix if "{layer}" in suffix else "blocks.{layer}." + suffix
-    return tl2_to_tl4_hook(template, fold_ln=False)
+def _tl2_template(suffix: str) -> str:
+    """A hook template with `{layer}` for a suffix such as `hook_mlp_out` (TL2 meaning)."""
+    return suffix if "{layer}" in suffix else "blocks.{layer}." + suffix
 
 
 def _numbered(folder: Path, pattern: str) -> dict[int, Path]:
@@ -89,10 +91,15 @@ def _load_layer(
             f"{src!r}: 'W_dec' has shape {list(W_dec.shape)}, expected [{n_features}, d_out]"
         )
     d_out = int(W_dec.shape[1])
-    in_hook = _hook(str(need(cfg, "feature_input_hook", cfg_path)), layer)
-    out_hook = _hook(str(need(cfg, "feature_output_hook", cfg_path)), layer)
+    raw_in = _tl2_hook(str(need(cfg, "feature_input_hook", cfg_path)), layer)
+    raw_out = _tl2_hook(str(need(cfg, "feature_output_hook", cfg_path)), layer)
+    # circuit-tracer runs TL2 unprocessed; what ln*.hook_normalized means there depends on the
+    # model's norm (resolved by load_dictionaries(..., model=...))
+    source: dict[str, Any] | None = tl2_source(raw_in, raw_out, fold_ln=False)
+    in_hook, out_hook = (tl2_to_tl4_hook(h, fold_ln=False) for h in (raw_in, raw_out))
     if hooks is not None:
         in_hook, out_hook = hooks
+        source = None
     threshold = tensors.get("activation_function.threshold")
     activation, params = str(cfg.get("activation") or "relu").lower(), {}
     if threshold is not None:
@@ -120,6 +127,7 @@ def _load_layer(
             "source": src,
             "layer": layer,
             "processing": "none",
+            **({"hook_source": source} if source else {}),
         },
         dtype=W_dec.dtype,
     )
@@ -211,10 +219,12 @@ def load_circuit_tracer_clt(
     n_features, d_model = (int(s) for s in first.shape)
     has_threshold = "threshold_0" in encs[0]
     has_skip = "W_skip_0" in encs[0]
+    raw = [_tl2_template(str(need(cfg, key, cfg_path))) for key in _HOOK_KEYS]
     templates = [
-        in_hook or _template(str(need(cfg, "feature_input_hook", cfg_path))),
-        out_hook or _template(str(need(cfg, "feature_output_hook", cfg_path))),
+        given or tl2_to_tl4_hook(t, fold_ln=False)
+        for given, t in zip((in_hook, out_hook), raw, strict=True)
     ]
+    overridden = in_hook is not None or out_hook is not None
     clt = CrossLayerTranscoder(
         n_layers,
         d_model,
@@ -228,6 +238,7 @@ def load_circuit_tracer_clt(
             "source_format": "circuit_tracer_clt",
             "source": str(folder),
             "processing": "none",
+            **({} if overridden else {"hook_source": tl2_source(*raw, fold_ln=False)}),
         },
         dtype=first.dtype,
     )

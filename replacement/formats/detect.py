@@ -23,6 +23,7 @@ from replacement.dictionary import Dictionary
 from replacement.errors import DictionaryFileError
 from replacement.formats import circuit_tracer, saelens, sparsify
 from replacement.formats.common import parse_hooks, read_json
+from replacement.formats.model_hooks import fit_hooks_to_model
 from replacement.formats.native import load_native
 from replacement.hooks import check_hook
 from replacement.processing import fit_to_processing
@@ -154,8 +155,9 @@ def _override_native(d: AnyDictionary, hooks: tuple[str, str] | None) -> AnyDict
 
 
 def _fit_to_model(d: AnyDictionary, model: Any, dtype: torch.dtype | None) -> AnyDictionary:
-    # read and write what this model's processing gives (exact conversion, or a clear error)
-    d = fit_to_processing(d, model)
+    # peer hook names whose meaning depends on the model's norms first (an exact renaming),
+    # then read and write what this model's processing gives (exact conversion, or an error)
+    d = fit_to_processing(fit_hooks_to_model(d, model), model)
     hooks = (
         d.in_hooks + d.out_hooks if isinstance(d, CrossLayerTranscoder) else [d.in_hook, d.out_hook]
     )

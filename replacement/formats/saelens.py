@@ -16,6 +16,7 @@ import torch
 from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import DictionaryFileError
 from replacement.formats.common import fill, finish, need, parse_hooks, read_json, take
+from replacement.formats.model_hooks import tl2_source
 from replacement.formats.native import read_safetensors
 from replacement.processing import parse_processing, processing_from_tl_kwargs, tl2_to_tl4_hook
 
@@ -101,11 +102,15 @@ def load_saelens(
     d_out = int(cfg.get("d_out") or d_in)
     processing = saelens_processing(cfg)
     fold = parse_processing(processing).fold_ln
-    in_hook = _tl4(_lookup(cfg, "hook_name"), fold)
-    out_hook = _tl4(_lookup(cfg, "hook_name_out"), fold) if transcoder else in_hook
+    raw_in = _lookup(cfg, "hook_name")
+    raw_out = _lookup(cfg, "hook_name_out") if transcoder else raw_in
+    in_hook, out_hook = _tl4(raw_in, fold), _tl4(raw_out, fold)
+    # TL2 names whose TL4 meaning depends on the model's norms (resolved by load_dictionaries)
+    source = tl2_source(str(raw_in), str(raw_out), fold) if raw_in and raw_out else None
     override = parse_hooks(hooks)
     if override is not None:
         in_hook, out_hook = override
+        source = None
     if not in_hook or not out_hook:
         raise DictionaryFileError(
             f"{str(cfg_path)!r} records no hook name (metadata.hook_name"
@@ -135,6 +140,7 @@ def load_saelens(
             "source": str(folder),
             "architecture": arch,
             "processing": processing,
+            **({"hook_source": source} if source else {}),
         },
         dtype=stored,
     )

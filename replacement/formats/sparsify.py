@@ -13,7 +13,9 @@ A folder is named after the Hugging Face module it hooked (`layers.3.mlp`, `h.3`
     SAE on a layer's output   blocks.3.hook_resid_post
 
 The MLP's input is the norm's output, `ln2.hook_out` in TransformerLens 4 (`hook_normalized`
-precedes the norm's weight and bias). sparsify trains on the unprocessed Hugging Face model, so
+precedes the norm's weight and bias). On a model with norms after attention and MLP (Gemma)
+the modules' outputs are `mlp.hook_out` / `attn.hook_out`, before those norms;
+`load_dictionaries(..., model=...)` renames them (`replacement.formats.model_hooks`). sparsify trains on the unprocessed Hugging Face model, so
 loaded dictionaries record processing "none"; `load_dictionaries(..., model=...)` converts them
 exactly for a folded model. Pass `hooks=` to choose other hooks.
 """
@@ -112,6 +114,17 @@ def load_sparsify(
     skip = bool(cfg.get("skip_connection", False))
     override = parse_hooks(hooks)
     in_hook, out_hook = override or sparsify_hooks(hookpoint or folder.name, transcode)
+    # a module's output means another hook on a model with norms after attention/MLP (Gemma):
+    # recorded so that load_dictionaries(..., model=...) can rename it
+    source = (
+        None
+        if override
+        else {
+            "kind": "hf_module",
+            "hookpoint": hookpoint or folder.name,
+            "transcode": transcode,
+        }
+    )
     if transcode and in_hook == out_hook:
         raise DictionaryFileError(f"{str(cfg_path)!r}: a transcoder needs two different hooks")
     W_dec = take(tensors, "W_dec", src)
@@ -135,6 +148,7 @@ def load_sparsify(
             "source": str(folder),
             "hookpoint": folder.name,
             "processing": "none",
+            **({"hook_source": source} if source else {}),
         },
         dtype=W_dec.dtype,
     )
