@@ -35,26 +35,60 @@ def _topk_rows(score_block, n_features: int, k: int, largest: bool = True) -> To
     return TokenList(torch.cat(ids), torch.cat(values))
 
 
+def _norm_linear_part(model: Any, norm: str, x: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
+    """w * C x for the model's norm module `norm` (C: LayerNorm's centring, the identity for
+    RMSNorm; w: its effective weight, Gemma's 1 + w included, 1 once folded): the module's
+    output minus its bias, times the scale it divided by. Exact for every norm kind and
+    processing, because it runs the model's own module."""
+    module = model.get_submodule(norm)
+    captured: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook: Any) -> Tensor:
+        captured["scale"] = act
+        return act
+
+    with model.hooks(fwd_hooks=[(f"{norm}.hook_scale", keep)]):
+        out = module(x)
+    bias = module(torch.zeros_like(x[:1]))  # C 0 = 0: the output is the bias alone
+    return (out - bias) * captured["scale"]
+
+
+_POST_NORMS = {"mlp.hook_out": "ln2_post", "attn.hook_out": "ln1_post"}
+"""Outputs that pass a norm before the residual stream in post-norm blocks (Gemma)."""
+
+
+def _to_residual(dictionary: Dictionary, model: Any, d: Tensor) -> Tensor:
+    """Decoder rows as what they add to the residual stream, up to a positive per-row scale."""
+    hook = dictionary.out_hook
+    for site, post in _POST_NORMS.items():
+        layer_prefix = hook.removesuffix(site)
+        if hook.endswith(site) and f"{layer_prefix}{post}.hook_scale" in model.hook_dict:
+            return _norm_linear_part(model, f"{layer_prefix}{post}", d)
+    return d
+
+
 @torch.no_grad()
 def logit_effects(
     dictionary: Dictionary, model: Any, k: int = 10, tokens: Tensor | None = None
 ) -> tuple[TokenList, TokenList] | None:
     """Tokens each feature promotes and suppresses most through the direct path.
 
-    The decoder row, centred as the final LayerNorm centres it, times the unembedding, with the
-    mean over the vocabulary removed (the norm's scale is positive and drops out of the ranking).
-    `tokens` (bool [vocab]) limits the lists to tokens that occur in real text: the rows of
-    tokens a model never saw keep their initial values and would otherwise crowd the lists.
-    None when the dictionary does not write the residual width (e.g. at `attn.hook_z`).
+    The decoder row (through a post-norm where the dictionary writes before one), through the
+    final norm's linear part (centring for LayerNorm, its weight when not folded) and the
+    unembedding, with the mean over the vocabulary removed; the norms' frozen scales are
+    positive and drop out of the ranking. `tokens` (bool [vocab]) limits the lists to tokens
+    that occur in real text: the rows of tokens a model never saw keep their initial values
+    and would otherwise crowd the lists. None when the dictionary does not write the residual
+    width (e.g. at `attn.hook_z`).
     """
     if dictionary.d_out != model.cfg.d_model:
         return None
-    W_U = model.W_U.detach().float().cpu()  # [d_model, vocab]
-    W_dec = dictionary.W_dec.detach().float().cpu()
+    W_U = model.W_U.detach()  # [d_model, vocab]
+    W_dec = dictionary.W_dec.detach().to(W_U.device, W_U.dtype)
 
     def block(a: int, b: int) -> Tensor:
-        d = W_dec[a:b] - W_dec[a:b].mean(-1, keepdim=True)
-        logits = d @ W_U
+        d = _norm_linear_part(model, "ln_final", _to_residual(dictionary, model, W_dec[a:b]))
+        logits = (d @ W_U).float().cpu()
         return logits - logits.mean(-1, keepdim=True)
 
     def only(block_fn, fill: float):
@@ -67,18 +101,33 @@ def logit_effects(
     return promoted, _topk_rows(only(block, torch.inf), n, k, False)
 
 
+_RESIDUAL_READS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed")
+
+
 def _direct_input(dictionary: Dictionary, model: Any) -> Tensor | None:
-    """Token embeddings as the dictionary's input hook sees them on the direct path."""
+    """Token embeddings as the dictionary's input hook sees them on the direct path: the
+    embedding module's output (Gemma's sqrt(d_model) scaling included), then, for a reader of
+    a norm's `hook_normalized` or `hook_out`, that norm module's own output at that hook."""
     hook = dictionary.in_hook
-    embed = model.W_E.detach().float().cpu()  # [vocab, d_model]
-    if dictionary.d_in != embed.shape[1]:
+    if dictionary.d_in != model.cfg.d_model:
         return None
-    if hook.endswith("hook_normalized"):  # after a folded LayerNorm: centred, unit variance
-        centred = embed - embed.mean(-1, keepdim=True)
-        return centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
-    if hook.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed")):
-        return embed
-    return None  # an MLP or attention output: no direct path from the embedding
+    device = model.W_E.device
+    ids = torch.arange(model.W_E.shape[0], device=device)
+    embed = torch.cat([model.embed(ids[i : i + 8192]) for i in range(0, ids.numel(), 8192)])
+    if hook.endswith(_RESIDUAL_READS):
+        return embed.float().cpu()
+    norm, _, point = hook.rpartition(".")
+    if point not in ("hook_normalized", "hook_out") or f"{norm}.hook_scale" not in model.hook_dict:
+        return None  # an MLP or attention output: no direct path from the embedding
+    captured: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook: Any) -> Tensor:
+        captured["x"] = act
+        return act
+
+    with model.hooks(fwd_hooks=[(hook, keep)]):
+        model.get_submodule(norm)(embed)
+    return captured["x"].float().cpu()
 
 
 @torch.no_grad()
