@@ -269,8 +269,10 @@ def _layer_views(clt: CrossLayerTranscoder) -> list[Any]:
             d_in=clt.d_model,
             d_out=clt.d_model,
             model_name=clt.model_name,
-            # hook names only: whether they still need renaming for this model
-            metadata={k: v for k, v in clt.metadata.items() if k == "hook_source"},
+            # hook names and processing: what the CLT reads must be what this model gives
+            metadata={
+                k: v for k, v in clt.metadata.items() if k in ("hook_source", "processing")
+            },
         )
         for layer in range(clt.n_layers)
     ]

@@ -96,6 +96,22 @@ def test_clt_with_other_dictionaries_and_overlap(tiny_gpt2):
             pass
 
 
+def test_clt_trained_under_another_processing_is_refused_by_splice(tiny_gpt2):
+    """A CLT that records the unprocessed model's activations must not silently splice into
+    the folded one (as a per-layer dictionary would not)."""
+    from replacement.processing import ProcessingError, model_processing
+
+    clt = _clt()
+    have = model_processing(tiny_gpt2)
+    clt.metadata["processing"] = have
+    with splice(tiny_gpt2, clt):
+        tiny_gpt2(TOKENS)
+    clt.metadata["processing"] = "none" if have != "none" else "folded"
+    with pytest.raises(ProcessingError, match="processing"):
+        with splice(tiny_gpt2, clt):
+            pass
+
+
 def test_native_round_trip(tmp_path):
     clt = _clt(skip=True, activation="jumprelu")
     save_crosslayer(clt, tmp_path / "clt")
