@@ -24,7 +24,7 @@ accelerator.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -337,17 +337,16 @@ def _budgeted_feature_rows(
     # only the rows of visited features are stored: [budget, n_src], never [n_feat, n_src]
     feature_rows = torch.zeros(budget, n_src, device=row_device)
     order = torch.empty(0, dtype=torch.long, device=row_device)  # feature of each row
-    while len(order) < budget:
-        infl = _estimated_influence(
-            logit_rows, feature_rows[: len(order)], order, logit_weights_dev, n_feat
-        )
-        infl[order] = -1.0
-        take = min(batch_size, budget - len(order))
-        chosen = infl.argsort(descending=True)[:take]
+
+    def influence(order: Tensor) -> Tensor:
+        rows = feature_rows[: len(order)]
+        return _estimated_influence(logit_rows, rows, order, logit_weights_dev, n_feat)
+
+    for chosen in _greedy_batches(influence, budget, batch_size, row_device):
         rows = engine.rows_for_features(chosen.to(engine.sources.feat_dict.device))
-        feature_rows[len(order) : len(order) + take] = rows.to(row_device)
+        feature_rows[len(order) : len(order) + len(chosen)] = rows.to(row_device)
         order = torch.cat([order, chosen])
-        bar.update(take)
+        bar.update(len(chosen))
     keep, perm = order.cpu().sort()  # feature nodes kept, in source order
     src_keep = torch.cat([keep, torch.arange(n_feat, n_src)])
     n_keep = len(keep)
@@ -360,6 +359,29 @@ def _budgeted_feature_rows(
         adjacency[start : start + len(block), :n_cols] = rows.cpu()
     adjacency[n_nodes - n_logit :, :n_cols] = logit_rows.cpu()[:, src_keep]
     return keep, adjacency
+
+
+def _greedy_batches(
+    influence: Callable[[Tensor], Tensor] | None,
+    budget: int,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[Int[Tensor, " batch"]]:
+    """Batches of features to compute rows for, `budget` in all: each time the unvisited
+    features of largest estimated influence given the rows visited so far (`influence(order)`
+    is called after the caller has stored the previous batch's rows); in index order when
+    `influence` is None."""
+    order = torch.empty(0, dtype=torch.long, device=device)
+    while len(order) < budget:
+        take = min(batch_size, budget - len(order))
+        if influence is None:
+            chosen = torch.arange(len(order), len(order) + take, device=device)
+        else:
+            infl = influence(order)
+            infl[order] = -1.0
+            chosen = infl.argsort(descending=True)[:take]
+        yield chosen
+        order = torch.cat([order, chosen])
 
 
 def _sparse_feature_rows(
@@ -379,17 +401,16 @@ def _sparse_feature_rows(
     logits.append(logit_rows)
     store = SparseRowStore(n_src, rule)
     order = torch.empty(0, dtype=torch.long)  # feature of each stored row
-    while len(order) < budget:
-        take = min(batch_size, budget - len(order))
-        if budget == n_feat:  # every feature is kept: no ordering needed
-            chosen = torch.arange(len(order), len(order) + take)
-        else:
-            infl = _sparse_estimated_influence(logits, store, order, logit_weights, n_feat)
-            infl[order] = -1.0
-            chosen = infl.argsort(descending=True)[:take]
+
+    def influence(order: Tensor) -> Tensor:
+        return _sparse_estimated_influence(logits, store, order, logit_weights, n_feat)
+
+    # every feature kept: no ordering needed
+    estimate = None if budget == n_feat else influence
+    for chosen in _greedy_batches(estimate, budget, batch_size, order.device):
         store.append(engine.rows_for_features(chosen.to(engine.sources.feat_dict.device)))
         order = torch.cat([order, chosen])
-        bar.update(take)
+        bar.update(len(chosen))
     keep, perm = order.sort()  # feature nodes kept, in source order
     n_keep = len(keep)
     n_nodes = n_keep + (n_src - n_feat) + n_logit

@@ -63,20 +63,25 @@ def make_gpt2(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 
     return GPT2LMHeadModel(cfg).eval()
 
 
+def _gqa_sizes(vocab_size: int, n_layers: int, d_model: int) -> dict[str, int]:
+    """Sizes shared by the tiny Llama and Gemma configs: 4 query heads over 2 key/value heads."""
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": d_model,
+        "intermediate_size": 2 * d_model,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    }
+
+
 def make_llama(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 32):
     """A random Llama (RMSNorm + gated SiLU MLP, grouped-query attention)."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    cfg = LlamaConfig(**_gqa_sizes(vocab_size, n_layers, d_model))
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -98,20 +103,12 @@ def make_gemma3(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int 
 def _gemma(config_class, model_class, vocab_size, seed, n_layers, d_model):
     torch.manual_seed(seed)
     cfg = config_class(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **_gqa_sizes(vocab_size, n_layers, d_model),
         head_dim=d_model // 4,
-        max_position_embeddings=64,
         sliding_window=4,
         query_pre_attn_scalar=d_model // 4,
         attn_logit_softcapping=50.0,
         final_logit_softcapping=30.0,
-        bos_token_id=0,
-        eos_token_id=0,
         pad_token_id=0,
     )
     cfg.architectures = [model_class.__name__]  # TransformerLens picks its adapter by this
