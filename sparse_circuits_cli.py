@@ -13,15 +13,15 @@ from replacement.errors import SparseCircuitsError
 # Modules with a `register(subparsers)` function; a missing one is skipped so that the
 # command keeps working while packages grow.
 _COMMAND_MODULES = (
-    "replacement.cli",
+    "replacement.info_cli",
     "replacement.evaluate_cli",
-    "replacement.atlas_cli",
-    "training.cli",
+    "replacement.features_cli",
+    "training.train_cli",
     "training.cache_cli",
     "training.default_model.__main__",
-    "circuits.cli",
+    "circuits.trace_cli",
     "circuits.global_cli",
-    "analysis.cli",
+    "analysis.compare_cli",
 )
 
 

@@ -10,23 +10,23 @@ from typing import TYPE_CHECKING
 from replacement.lazy import lazy_package
 
 _HOMES = {
-    "attribute": "circuits.attribute",
-    "AttributionGraph": "circuits.graph",
-    "GraphScores": "circuits.graph",
-    "Intervention": "circuits.intervene",
-    "InterventionResult": "circuits.intervene",
-    "intervene": "circuits.intervene",
-    "prune_graph": "circuits.prune",
-    "prune": "circuits.prune",
-    "graph_scores": "circuits.scores",
+    "attribute": "circuits.attribution.attribute",
+    "AttributionGraph": "circuits.graph.attribution_graph",
+    "GraphScores": "circuits.graph.attribution_graph",
+    "Intervention": "circuits.attribution.intervene",
+    "InterventionResult": "circuits.attribution.intervene",
+    "intervene": "circuits.attribution.intervene",
+    "prune_graph": "circuits.graph.prune",
+    "prune": "circuits.graph.prune",
+    "graph_scores": "circuits.graph.scores",
 }
 
 if TYPE_CHECKING:
-    from circuits.attribute import attribute
-    from circuits.graph import AttributionGraph, GraphScores
-    from circuits.intervene import Intervention, InterventionResult, intervene
-    from circuits.prune import prune_graph
-    from circuits.scores import graph_scores
+    from circuits.attribution.attribute import attribute
+    from circuits.attribution.intervene import Intervention, InterventionResult, intervene
+    from circuits.graph.attribution_graph import AttributionGraph, GraphScores
+    from circuits.graph.prune import prune_graph
+    from circuits.graph.scores import graph_scores
 
     prune = prune_graph
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from circuits.graph import AttributionGraph, GraphScores
-from circuits.prune import influence_series, normalize_rows
+from circuits.graph.attribution_graph import AttributionGraph, GraphScores
+from circuits.graph.prune import influence_series, normalize_rows
 
 
 def graph_scores(graph: AttributionGraph) -> GraphScores:

@@ -13,8 +13,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuits.graph import AttributionGraph
-from circuits.sparse_rows import coo, sparse_normalize_rows, sparse_vector_product
+from circuits.graph.attribution_graph import AttributionGraph
+from circuits.graph.sparse_rows import coo, sparse_normalize_rows, sparse_vector_product
 from replacement.errors import SparseCircuitsError
 
 
