@@ -12,7 +12,7 @@ from replacement.lazy import lazy_package
 _HOMES = {
     "attribute": "circuits.attribution.attribute",
     "AttributionGraph": "circuits.graph.attribution_graph",
-    "GraphScores": "circuits.graph.attribution_graph",
+    "GraphScores": "circuits.graph.scores",
     "Intervention": "circuits.attribution.intervene",
     "InterventionResult": "circuits.attribution.intervene",
     "intervene": "circuits.attribution.intervene",
@@ -24,9 +24,9 @@ _HOMES = {
 if TYPE_CHECKING:
     from circuits.attribution.attribute import attribute
     from circuits.attribution.intervene import Intervention, InterventionResult, intervene
-    from circuits.graph.attribution_graph import AttributionGraph, GraphScores
+    from circuits.graph.attribution_graph import AttributionGraph
     from circuits.graph.prune import prune_graph
-    from circuits.graph.scores import graph_scores
+    from circuits.graph.scores import GraphScores, graph_scores
 
     prune = prune_graph
 

@@ -35,7 +35,8 @@ from replacement.validation import (
 )
 
 if TYPE_CHECKING:  # torch loads only when a trace runs, so that `--help` starts fast
-    from circuits.graph.attribution_graph import AttributionGraph, GraphScores
+    from circuits.graph.attribution_graph import AttributionGraph
+    from circuits.graph.scores import GraphScores
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 

@@ -14,11 +14,12 @@ from replacement.lazy import lazy_package
 
 _HOMES = {
     "AttributionGraph": "circuits.graph.attribution_graph",
-    "GraphScores": "circuits.graph.attribution_graph",
+    "GraphScores": "circuits.graph.scores",
 }
 
 if TYPE_CHECKING:
-    from circuits.graph.attribution_graph import AttributionGraph, GraphScores
+    from circuits.graph.attribution_graph import AttributionGraph
+    from circuits.graph.scores import GraphScores
 
 lazy_package(__name__, _HOMES)
 

@@ -19,7 +19,7 @@ import json
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -31,6 +31,9 @@ from circuits.graph.sparse_rows import coo
 from replacement.atomic import atomic_path, write_json
 from replacement.errors import SparseCircuitsError
 
+if TYPE_CHECKING:  # the methods delegate to modules that never import this one at run time
+    from circuits.graph.scores import GraphScores
+
 KINDS = ("feature", "error", "token", "logit")
 _TENSOR_FIELDS = (
     "tokens",
@@ -41,15 +44,6 @@ _TENSOR_FIELDS = (
     "adjacency",
 )
 GRAPH_FORMAT_VERSION = 1
-
-
-class GraphScores(NamedTuple):
-    """How much of the graph's influence on the logits is explained without error nodes."""
-
-    replacement: float
-    """Influence from tokens / (influence from tokens + influence from error nodes)."""
-    completeness: float
-    """Influence-weighted share of node inputs that do not come from error nodes."""
 
 
 @dataclass

@@ -7,12 +7,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from circuits.graph.attribution_graph import AttributionGraph
 from circuits.views.feature_labels import atlas_label
 from replacement.atomic import atomic_path, write_json
 
-if TYPE_CHECKING:  # networkx loads only for the networkx/GraphML exports (not for `trace`)
+if TYPE_CHECKING:
+    # networkx loads only for the networkx/GraphML exports (not for `trace`)
     import networkx as nx
+
+    from circuits.graph.attribution_graph import AttributionGraph
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",
