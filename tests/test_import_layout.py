@@ -248,3 +248,37 @@ def test_checker_finds_an_upward_import(tmp_path):
     graph = import_graph(tmp_path, packages=("replacement", "circuits"), top=())
     assert upward_imports(graph) == ["replacement.m -> circuits.graph"]
     assert import_cycles(graph) == [["circuits.graph", "replacement.m", "circuits.graph"]]
+
+
+# ---- public names and the subcommand table ----------------------------------------------------
+
+
+def test_public_names_resolve_from_the_packages():
+    """`from circuits import ...` and `from replacement import ...` keep working after moves:
+    every name of a package's `__all__` loads from the module its table names."""
+    import importlib
+
+    for package in ("replacement", "circuits", "circuits.graph"):
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{package}.{name}"
+    from circuits import AttributionGraph, attribute, prune, prune_graph, virtual_weights
+
+    assert prune is prune_graph and callable(attribute) and callable(virtual_weights)
+    assert AttributionGraph.__module__ == "circuits.graph.attribution_graph"
+
+
+def test_the_subcommand_table_lists_every_command_module():
+    """Every `*_cli.py` module is in `SUBCOMMANDS`, and the parser has exactly those commands."""
+    import sparse_circuits_cli
+
+    table = sparse_circuits_cli.SUBCOMMANDS
+    on_disk = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for package in PACKAGES
+        for p in (ROOT / package).rglob("*_cli.py")
+    }
+    assert on_disk <= set(table.values()), f"not in SUBCOMMANDS: {on_disk - set(table.values())}"
+    parser = sparse_circuits_cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert list(commands) == list(table)
