@@ -121,9 +121,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
 
 def register(subparsers: Any) -> None:
     """Add the `compare` subcommand."""
-    from analysis.compare import LEVELS
-    from analysis.nodes import ABLATIONS
-    from analysis.ranking import METHODS
+    from analysis.choices import ABLATIONS, LEVELS, METHODS
 
     p = subparsers.add_parser(
         "compare",
