@@ -129,8 +129,12 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default="default", help="model name or folder (default: embedded)")
+    p.add_argument("--out", required=True, help="output folder (required)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="model: 'default' (the embedded model), a folder or HF name (default: %(default)s)",
+    )
     p.add_argument(
         "--sets", default=None, help="comma-separated zoo sets or folders (default: every zoo set)"
     )
@@ -140,33 +144,67 @@ def register(subparsers: Any) -> None:
         help="comma-separated built-in code tasks (default: those the model gets >= 80%% right)",
     )
     p.add_argument(
-        "--task-file", action="append", default=None, help="JSON/YAML task file (repeatable)"
+        "--task-file",
+        action="append",
+        default=None,
+        help="JSON/YAML task file (repeatable; default: none, the built-in tasks)",
     )
-    p.add_argument("--pairs", type=int, default=64, help="prompt pairs per built-in task")
-    p.add_argument("--method", choices=METHODS, default="attribution_patching")
-    p.add_argument("--ablation", choices=ABLATIONS, default="mean")
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=64,
+        help="number of prompt pairs per built-in task (default: %(default)s)",
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="attribution_patching",
+        help="how nodes are ranked: attribution_patching (gradient x (clean - ablated value), one "
+        "forward and backward pass), integrated_gradients (the gradient averaged along the path "
+        "from the ablated to the clean value, per site: slower, better where the metric is not "
+        "linear), graph_influence (influence on the metric's direction in each prompt's "
+        "attribution graph) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ablation",
+        choices=ABLATIONS,
+        default="mean",
+        help="what a node outside the circuit takes: its mean over the task's prompts, zero, or "
+        "its value on the counterfactual prompt of the pair (default: %(default)s)",
+    )
     p.add_argument(
         "--circuit",
         choices=LEVELS,
         default="nodes",
         help="circuits as node sets, or as edge sets (node -> later site or logits; "
-        "ranked by edge attribution patching; sizes count edges)",
+        "ranked by edge attribution patching; sizes count edges) (default: %(default)s)",
     )
     p.add_argument(
         "--aggregate-positions", action="store_true", help="one node per feature over all positions"
     )
     p.add_argument(
-        "--graph-prompts", type=int, default=2, help="prompts per task traced for graph scores"
+        "--graph-prompts",
+        type=int,
+        default=2,
+        help="number of prompts per task traced for the graph scores (default: %(default)s)",
     )
     p.add_argument(
-        "--loss-rows", type=int, default=32, help="held-out rows of 128 tokens for the loss columns"
+        "--loss-rows",
+        type=int,
+        default=32,
+        help="number of held-out rows of 128 tokens for the loss columns (default: %(default)s)",
     )
     p.add_argument("--sweep", default=None, help="claims sweep JSON (default: the shipped one)")
     p.add_argument(
         "--results",
         default=None,
-        help="write the report from this results.json instead of computing",
+        help="write the report from this results.json instead of computing (default: compute)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="number of torch threads (0: torch's default) (default: %(default)s)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=lambda args: run_compare(args) and 0)

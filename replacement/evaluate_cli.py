@@ -149,11 +149,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dictionaries", required=True, help="dictionary file/folder or a shipped set name"
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--text", help="a text file to evaluate on (instead of --tokens)")
+    source.add_argument(
+        "--text", help="a text file to evaluate on, instead of --tokens (default: none)"
+    )
     source.add_argument(
         "--token-file",
         help="token ids [sequences, positions] with BOS first (.safetensors, .pt or .npy) to "
-        "evaluate exactly these tokens",
+        "evaluate exactly these tokens, instead of --tokens (default: none)",
     )
     source.add_argument(
         "--tokens",
@@ -198,5 +200,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not warn when a dictionary records another model name",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--out", help="write the report as JSON to this file")
+    parser.add_argument(
+        "--out", help="write the report as JSON to this file (default: printed only)"
+    )
     parser.set_defaults(func=run_evaluate)

@@ -96,19 +96,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "its top contexts, quantile-band examples, frequency, histogram, promoted tokens and a "
         "label, and write the atlas with a static page per layer.",
     )
-    p.add_argument("--dictionaries", default=None, help="dictionary set name or folder")
-    p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--model", default="default", help="'default', a model folder or HF name")
+    p.add_argument(
+        "--dictionaries",
+        default=None,
+        help="dictionary set name or folder (required unless --zoo: then default every zoo set)",
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder (required unless --zoo; default: none)"
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="'default' (the embedded model), a model folder or HF name (default: %(default)s)",
+    )
     p.add_argument(
         "--corpus",
         default=None,
         help="token file (.safetensors/.pt/.npy), text file or folder (default: the default "
         "model's held-out corpus)",
     )
-    p.add_argument("--max-tokens", type=int, default=None, help="use at most this many tokens")
-    p.add_argument("--ctx-len", type=int, default=128, help="row length, BOS included")
-    p.add_argument("--top", type=int, default=16, help="top contexts kept per feature")
-    p.add_argument("--seed", type=int, default=0, help="seed of the quantile-band sample")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="number of corpus tokens used at most (default: all of the corpus)",
+    )
+    p.add_argument(
+        "--ctx-len",
+        type=int,
+        default=128,
+        help="row length in tokens, BOS included (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=16,
+        help="number of top contexts kept per feature (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the quantile-band sample (default: %(default)s)",
+    )
     p.add_argument("--no-pages", action="store_true", help="write the atlas files only")
     p.add_argument(
         "--zoo",

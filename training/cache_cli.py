@@ -59,16 +59,59 @@ def run_cache(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `cache` subcommand."""
     p = subparsers.add_parser("cache", help="store model activations once for training runs")
-    p.add_argument("--model", default="default", help="model name or folder [default]")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="model: 'default' (the embedded model), a folder or HF name (default: %(default)s)",
+    )
     p.add_argument("--data", default=None, help="text file or folder (default: the stdlib corpus)")
-    p.add_argument("--layers", type=parse_layers, default=None, help="e.g. 0-3 (default: all)")
-    p.add_argument("--sites", default=None, help="hooks inside blocks.{l}., comma-separated")
-    p.add_argument("--hooks", default=None, help="full hook names, comma-separated")
-    p.add_argument("--tokens", type=lambda v: int(float(v)), default=None, help="tokens to store")
-    p.add_argument("--ctx-len", type=int, default=128, help="sequence length, BOS included")
-    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    p.add_argument("--shards", type=int, default=4, help="shards (>= ranks of a parallel run)")
-    p.add_argument("--device", default=None, help="torch device")
-    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument(
+        "--layers",
+        type=parse_layers,
+        default=None,
+        help="block indices, e.g. 0-3 or 0,2 (default: every layer)",
+    )
+    p.add_argument(
+        "--sites",
+        default=None,
+        help="hooks inside blocks.{l}., comma-separated, e.g. hook_resid_pre (default: each layer's MLP input and output)",
+    )
+    p.add_argument(
+        "--hooks",
+        default=None,
+        help="full hook names, comma-separated; replaces --layers/--sites (default: none)",
+    )
+    p.add_argument(
+        "--tokens",
+        type=lambda v: int(float(v)),
+        default=None,
+        help="number of tokens stored per hook, e.g. 2e6 (default: the whole corpus). Cost: "
+        "2 bytes x the hook's width per token per hook at float16 (the default model's d_model 128: "
+        "256 B; GPT-2's 768: 1.5 KB), 4 at float32",
+    )
+    p.add_argument(
+        "--ctx-len",
+        type=int,
+        default=128,
+        help="sequence length in tokens, BOS included (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float16",
+        choices=("float16", "bfloat16", "float32"),
+        help="storage type of the activations (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=4,
+        help="number of shard files (at least the ranks of a parallel training run) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu or cuda (default: the model's, cpu for the embedded model)",
+    )
+    p.add_argument("--out", required=True, help="cache folder (required)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_cache)

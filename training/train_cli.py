@@ -136,7 +136,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train one dictionary per layer. Flags override the values of --config; "
         "rerunning the same command resumes from the checkpoint in --out (Ctrl-C saves one).",
     )
-    parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields")
+    parser.add_argument(
+        "--config",
+        help="YAML or JSON file of TrainConfig fields; flags override it (default: none)",
+    )
     docs = field_docs()
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     defaults["layers"] = "0"
@@ -152,7 +155,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     parser.add_argument(
         "--sweep",
-        help="YAML or JSON list of field overrides: one run each, all in one pass over --activations",
+        help="YAML or JSON list of field overrides: one run each, all in one pass over "
+        "--activations (default: one run)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
