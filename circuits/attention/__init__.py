@@ -2,5 +2,21 @@
 pattern attributions, in the frozen local replacement model (see docs/attention.md)."""
 
 from circuits.attention.head_loadings import HeadLoadings, head_loadings, strongest_edges
+from circuits.attention.qk import (
+    AttentionAttribution,
+    Pair,
+    PatternAttribution,
+    QKAttribution,
+    top_pairs_of,
+)
 
-__all__ = ["HeadLoadings", "head_loadings", "strongest_edges"]
+__all__ = [
+    "AttentionAttribution",
+    "HeadLoadings",
+    "Pair",
+    "PatternAttribution",
+    "QKAttribution",
+    "head_loadings",
+    "strongest_edges",
+    "top_pairs_of",
+]
