@@ -83,6 +83,7 @@ def trace(
     batch_size: int = 64,
     verbose: bool = True,
     atlas: Any = None,
+    qk: bool = False,
 ) -> TraceResult:
     """Attribute `prompt`, prune, and write the full graph, JSON, PNG and HTML into `out`.
 
@@ -99,6 +100,9 @@ def trace(
         node_threshold, edge_threshold: passed to `AttributionGraph.prune`.
         atlas: feature atlas for node labels and cards: None uses the zoo's atlas of a zoo set
             (when it matches the weights), a folder or `FeatureAtlas` that one, False none.
+        qk: also store, for the pruned graph's cross-position edges, their head loadings and
+            the top QK pairs of their top heads (`circuits.attention.views.qk_summary`) in the
+            graph files, the JSON export and the page.
     """
     from circuits.attribute import attribute
     from circuits.draw import graph_png
@@ -153,6 +157,13 @@ def trace(
     pruned = graph.prune(node_threshold=node_threshold, edge_threshold=edge_threshold)
     scores, pruned_scores = graph.scores(), pruned.scores()
     seconds["prune"] = time.perf_counter() - tick
+    if qk:
+        from circuits.attention.views import QK_KEY, qk_summary
+
+        tick = time.perf_counter()
+        summary = qk_summary(model, dictionaries, pruned)
+        pruned.metadata[QK_KEY] = graph.metadata[QK_KEY] = summary
+        seconds["qk"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     out = Path(out)
@@ -264,6 +275,7 @@ def run_trace(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         verbose=not args.quiet,
         atlas=False if args.no_atlas else args.atlas,
+        qk=args.qk,
     )
     print(format_report(result, n_features=args.top_features))
     sys.stdout.flush()
@@ -335,5 +347,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--atlas", default=None, help="feature atlas folder (default: the zoo set's own atlas)"
     )
     p.add_argument("--no-atlas", action="store_true", help="leave features unlabelled")
+    p.add_argument(
+        "--qk",
+        action="store_true",
+        help="also store head loadings and QK pairs of the pruned graph's cross-position edges",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_trace)

@@ -157,8 +157,11 @@ def test_qk_pairs_sum_to_the_models_scores(qk_setup):
                     if not torch.isfinite(scores[head, query, key]):
                         continue
                     a = att.qk(layer, head, query, key)
-                    assert abs(float(a.pairs().sum()) - a.total) < 1e-5 * abs(a.total) + 1e-12
-                    assert _rel(a.query_totals().sum(), a.total) < 1e-5
+                    # relative to the row's score scale: Hugging Face's RMSNorm normalises in
+                    # float32 even in a float64 model, so a near-zero score has no 1e-5 digits
+                    row = float(scores[head, query][torch.isfinite(scores[head, query])].abs().max())
+                    assert abs(float(a.pairs().sum()) - a.total) < 1e-5 * row
+                    assert abs(float(a.query_totals().sum()) - a.total) < 1e-5 * row
                     checked += 1
             pat = att.pattern(layer, head, n - 1)
             for key in pat.keys.tolist():
