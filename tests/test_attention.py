@@ -79,15 +79,27 @@ def _check_loadings(model, dicts, graph, n_edges=12):
     assert abs(float(hl.heads[e, layer, head])) > 1e-3 * float(hl.edge.abs().max())
     t, s = int(hl.target[e]), int(hl.source[e])
     with _cut(model, layer, [head]):
-        cut = attribute(model, dicts, graph.tokens, method="autograd", verbose=False,
-                        target_tokens=_logit_tokens(graph))
+        cut = attribute(
+            model,
+            dicts,
+            graph.tokens,
+            method="autograd",
+            verbose=False,
+            target_tokens=_logit_tokens(graph),
+        )
     dense_cut = cut.adjacency.to_dense() if cut.adjacency.is_sparse else cut.adjacency
     scale = float(hl.edge.abs().max())
     # node order is unchanged (same active features, every feature kept)
     assert abs(float(dense_cut[t, s]) - float(hl.edge[e] - hl.heads[e, layer, head])) < 1e-5 * scale
     with _cut(model, layer, list(range(model.cfg.n_heads))):
-        cut = attribute(model, dicts, graph.tokens, method="autograd", verbose=False,
-                        target_tokens=_logit_tokens(graph))
+        cut = attribute(
+            model,
+            dicts,
+            graph.tokens,
+            method="autograd",
+            verbose=False,
+            target_tokens=_logit_tokens(graph),
+        )
     dense_cut = cut.adjacency.to_dense() if cut.adjacency.is_sparse else cut.adjacency
     assert abs(float(dense_cut[t, s]) - float(hl.bypass[e, layer])) < 1e-5 * scale
     return hl
@@ -115,7 +127,8 @@ def test_head_loadings_split_edges_exactly(model64, sparse):
 def test_head_loadings_saes_and_crosslayer(tiny_tokenizer):
     model = load_model(
         _with_random_biases(make_gpt2(len(tiny_tokenizer), seed=2).double()),
-        tokenizer=tiny_tokenizer, dtype=torch.float64,
+        tokenizer=tiny_tokenizer,
+        dtype=torch.float64,
     )
     gen = torch.Generator().manual_seed(5)
     saes = []
@@ -159,16 +172,16 @@ def test_qk_pairs_sum_to_the_models_scores(qk_setup):
                     a = att.qk(layer, head, query, key)
                     # relative to the row's score scale: Hugging Face's RMSNorm normalises in
                     # float32 even in a float64 model, so a near-zero score has no 1e-5 digits
-                    row = float(scores[head, query][torch.isfinite(scores[head, query])].abs().max())
+                    row = float(
+                        scores[head, query][torch.isfinite(scores[head, query])].abs().max()
+                    )
                     assert abs(float(a.pairs().sum()) - a.total) < 1e-5 * row
                     assert abs(float(a.query_totals().sum()) - a.total) < 1e-5 * row
                     checked += 1
             pat = att.pattern(layer, head, n - 1)
             for key in pat.keys.tolist():
                 d = pat.for_key(key)
-                assert abs(float(d.pairs().sum()) - d.total) < 1e-5 * float(
-                    pat.scores.abs().max()
-                )
+                assert abs(float(d.pairs().sum()) - d.total) < 1e-5 * float(pat.scores.abs().max())
             # attention-weighted differences average to zero (the pattern sums to 1 in float32)
             assert abs(float((pat.pattern * pat.differences).sum())) < 1e-6 * float(
                 pat.scores.abs().max()
@@ -183,13 +196,15 @@ def test_qk_vectors_equal_autograd(qk_setup):
     att.prepare([layer])
     q_all, k_all, index = att._maps[layer]
     n_src = att.sources.n_sources
-    for side, pos, vectors, head_ in (("q", query, q_all, head), ("k", key, k_all, head // 2 if
-                                      k_all.shape[2] < q_all.shape[2] else head)):
+    for side, pos, vectors, head_ in (
+        ("q", query, q_all, head),
+        ("k", key, k_all, head // 2 if k_all.shape[2] < q_all.shape[2] else head),
+    ):
         name = f"blocks.{layer}.attn.hook_rot_{side}"
         name = name if name in model.hook_dict else f"blocks.{layer}.attn.hook_{side}"
         seen = {}
 
-        def keep(act, hook):
+        def keep(act, hook, seen=seen):
             seen["v"] = act
             return act
 
@@ -228,8 +243,12 @@ def test_qk_bias_terms_and_attention_constants(model64, qk_setup):
         resid = st.get(layer, "hook_resid_pre").unsqueeze(0)
         const = st.get(layer, "hook_attn_out") - st.attention(resid, layer)[0]
         W_V, W_O = model.W_V[layer].double(), model.W_O[layer].double()
-        closed = torch.einsum("he,hed->d", torch.einsum("d,hde->he", b1, W_V)
-                              + model.b_V[layer].double(), W_O) + model.b_O[layer].double()
+        closed = (
+            torch.einsum(
+                "he,hed->d", torch.einsum("d,hde->he", b1, W_V) + model.b_V[layer].double(), W_O
+            )
+            + model.b_O[layer].double()
+        )
         assert _rel(const, closed.expand_as(const)) < 1e-9
 
 
@@ -255,8 +274,11 @@ def test_qk_symmetric_when_queries_and_keys_share_weights(tiny_tokenizer):
 def test_masked_keys_and_bad_arguments_are_refused(tiny_tokenizer):
     from replacement.errors import SparseCircuitsError
 
-    model = load_model(make_gemma2(len(tiny_tokenizer), seed=1).double(),
-                       tokenizer=tiny_tokenizer, dtype=torch.float64)
+    model = load_model(
+        make_gemma2(len(tiny_tokenizer), seed=1).double(),
+        tokenizer=tiny_tokenizer,
+        dtype=torch.float64,
+    )
     att = AttentionAttribution(model, random_transcoders(model, "relu"), PROMPT)
     with pytest.raises(SparseCircuitsError, match="sliding window"):
         att.qk(0, 0, 9, 1)  # layer 0 of the tiny Gemma-2 has a 4-token window

@@ -45,15 +45,17 @@ def test_trace_qk_stores_loadings_and_pairs(traced, tiny_gpt2):
         for layer, _, value in e["heads"]:
             per_layer[layer] += value
         for layer in range(n_layers):
-            assert abs(e["bypass"][layer] + per_layer[layer] - e["weight"]) < 1e-5 * max(
-                abs(e["weight"]), 1e-6
-            ) + 1e-6
+            assert (
+                abs(e["bypass"][layer] + per_layer[layer] - e["weight"])
+                < 1e-5 * max(abs(e["weight"]), 1e-6) + 1e-6
+            )
     # each head's score is the model's own, and its pairs come largest first
     tokens = graph.tokens.unsqueeze(0)
     _, cache = tiny_gpt2.run_with_cache(tokens)
     for h in qk["heads"]:
-        score = cache[f"blocks.{h['layer']}.attn.hook_attn_scores"][0, h["head"], h["query"],
-                                                                    h["key"]]
+        score = cache[f"blocks.{h['layer']}.attn.hook_attn_scores"][
+            0, h["head"], h["query"], h["key"]
+        ]
         assert abs(h["score"] - float(score)) < 1e-5 * max(1.0, abs(float(score)))
         values = [abs(p[2]) for p in h["pairs"]]
         assert values == sorted(values, reverse=True) and 1 <= len(values) <= 10
@@ -85,5 +87,6 @@ def test_qk_view_of_one_attribution(tiny_gpt2):
     a = att.qk(1, 0, 6, 2)
     view = qk_view(a)
     assert f"{a.total:+.4f}" in view.data
-    assert torch.isclose(a.pairs().sum(), torch.tensor(a.total, dtype=a.pairs().dtype),
-                         rtol=1e-4, atol=1e-6)
+    assert torch.isclose(
+        a.pairs().sum(), torch.tensor(a.total, dtype=a.pairs().dtype), rtol=1e-4, atol=1e-6
+    )

@@ -44,7 +44,12 @@ class NodeMap:
         self.feature_index = {
             (int(k), int(p), int(f)): i
             for i, (k, p, f) in enumerate(
-                zip(src.feat_dict.tolist(), src.feat_pos.tolist(), src.feat_index.tolist())
+                zip(
+                    src.feat_dict.tolist(),
+                    src.feat_pos.tolist(),
+                    src.feat_index.tolist(),
+                    strict=True,
+                )
             )
         }
         self.n_pos = int(src.embed.shape[0])

@@ -122,9 +122,14 @@ class QKAttribution:
         """The n pairs of largest |term|, exactly (see `top_pairs_of`)."""
         i, j, v = top_pairs_of(self.query_vectors, self.key_vectors, n)
         return [
-            Pair(self.query_labels[a], self.key_labels[b], float(x), self.query_ids[a],
-                 self.key_ids[b])
-            for a, b, x in zip(i.tolist(), j.tolist(), v.tolist())
+            Pair(
+                self.query_labels[a],
+                self.key_labels[b],
+                float(x),
+                self.query_ids[a],
+                self.key_ids[b],
+            )
+            for a, b, x in zip(i.tolist(), j.tolist(), v.tolist(), strict=True)
         ]
 
     def _repr_html_(self) -> str:
@@ -175,6 +180,7 @@ class PatternAttribution:
     scores: Float[Tensor, " k"]
     """The model's scores."""
     _attention: AttentionAttribution
+    _query_side: Float[Tensor, "a e"]
     _key_side: Float[Tensor, "b k e"]
 
     @property
@@ -192,12 +198,15 @@ class PatternAttribution:
             )
         at = int(hits[0, 0])
         mean = torch.einsum("k,bke->be", self.pattern.to(self._key_side), self._key_side)
-        base = self._attention.qk(self.layer, self.head, self.query_pos, key)
-        d = self._key_side[:, at] - mean
-        return QKAttribution(
-            self.layer, self.head, self.query_pos, key, float(self.differences[at]),
-            "difference", base.query_vectors, d, base.query_labels, base.key_labels,
-            base.query_ids, base.key_ids,
+        return self._attention._build(
+            self.layer,
+            self.head,
+            self.query_pos,
+            key,
+            float(self.differences[at]),
+            "difference",
+            self._query_side,
+            self._key_side[:, at] - mean,
         )
 
 
@@ -328,8 +337,10 @@ class AttentionAttribution:
         """Refuse (by name) where the formulas do not reproduce the model's attention."""
         st = self.stream
         for side, v in (("q", q), ("k", k)):
-            name = "hook_rot_" + side if st.get(layer, f"attn.hook_rot_{side}") is not None else (
-                "hook_" + side
+            name = (
+                "hook_rot_" + side
+                if st.get(layer, f"attn.hook_rot_{side}") is not None
+                else ("hook_" + side)
             )
             actual = st.get(layer, f"attn.{name}")
             if actual is None:
@@ -339,14 +350,22 @@ class AttentionAttribution:
                     f"blocks.{layer}.attn.{name} has shape {tuple(actual.shape)}; the QK "
                     f"decomposition made {tuple(v.shape)}"
                 )
-            _close(v, actual, f"the {'queries' if side == 'q' else 'keys'} of layer {layer} "
-                   f"({name}: rotary, query/key norm or projection layout)")
+            _close(
+                v,
+                actual,
+                f"the {'queries' if side == 'q' else 'keys'} of layer {layer} "
+                f"({name}: rotary, query/key norm or projection layout)",
+            )
         raw = self.raw_scores(layer, q, k)
         scores = raw * self.cap_factor(raw)
         actual = st.get(layer, "attn.hook_attn_scores")
         finite = torch.isfinite(actual)
-        _close(scores[finite], actual[finite], f"the attention scores of layer {layer} (score "
-               "scaling, soft cap, or a positional bias such as ALiBi)")
+        _close(
+            scores[finite],
+            actual[finite],
+            f"the attention scores of layer {layer} (score "
+            "scaling, soft cap, or a positional bias such as ALiBi)",
+        )
 
     # ---- attributions ---------------------------------------------------------------------
     def _labels(self, index: list[int], side: str) -> tuple[list[str], list[str]]:
@@ -375,13 +394,37 @@ class AttentionAttribution:
         u, v = q[:, query, head], k[:, key, kv]
         raw = self.score_scale(layer) * (u.sum(0) @ v.sum(0))
         v = v * self.score_scale(layer) * self.cap_factor(raw)
+        return self._build(layer, head, query, key, float(actual), "score", u, v)
+
+    def _build(
+        self,
+        layer: int,
+        head: int,
+        query: int,
+        key: int,
+        total: float,
+        kind: str,
+        u: Tensor,
+        v: Tensor,
+    ) -> QKAttribution:
+        """A QKAttribution of every live source's vectors (rows of zeros left out)."""
+        index = self._maps[layer][2]
         ql, qi = self._labels(index, "q")
         kl, ki = self._labels(index, "k")
         live_u, live_v = _nonzero(u), _nonzero(v)
         return QKAttribution(
-            layer, head, query, key, float(actual), "score", u[live_u], v[live_v],
-            [ql[i] for i in live_u], [kl[i] for i in live_v],
-            [qi[i] for i in live_u], [ki[i] for i in live_v],
+            layer,
+            head,
+            query,
+            key,
+            total,
+            kind,
+            u[live_u],
+            v[live_v],
+            [ql[i] for i in live_u],
+            [kl[i] for i in live_v],
+            [qi[i] for i in live_u],
+            [ki[i] for i in live_v],
         )
 
     def pattern(self, layer: int, head: int, query: int) -> PatternAttribution:
@@ -396,7 +439,7 @@ class AttentionAttribution:
         raw = self.score_scale(layer) * torch.einsum("e,ke->k", u.sum(0), v.sum(0))
         v = v * (self.score_scale(layer) * self.cap_factor(raw))[None, :, None]
         pattern = self.stream.get(layer, "attn.hook_pattern")[head, query, keys]
-        return PatternAttribution(layer, head, query, keys, pattern, scores[keys], self, v)
+        return PatternAttribution(layer, head, query, keys, pattern, scores[keys], self, u, v)
 
 
 def _nonzero(v: Tensor) -> list[int]:

@@ -23,8 +23,9 @@ against autograd through the frozen model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -143,9 +144,7 @@ class ResidualStream:
         b = getattr(self.model.blocks[layer].ln1, "b", None)
         return torch.zeros(self.d, dtype=self.dtype) if b is None else b.detach().to(self.dtype)
 
-    def attention(
-        self, x: Float[Tensor, "n pos d"], layer: int, per_head: bool = False
-    ) -> Tensor:
+    def attention(self, x: Float[Tensor, "n pos d"], layer: int, per_head: bool = False) -> Tensor:
         """Layer `layer`'s frozen attention applied to contributions x: [n, pos, d] (or
         [n, pos, head, d] per head, before the sum over heads)."""
         model, dt = self.model, self.dtype
@@ -192,13 +191,16 @@ class ResidualStream:
         table = SourceTable()
         # injections at each layer's MLP output: (source indices, positions, vectors)
         self.inject: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
-        for k, d in enumerate(self.dictionaries):
+        for k in range(len(self.dictionaries)):
             mine = (src.feat_dict == k).nonzero()[:, 0]
             pos, idx, act = src.feat_pos[mine], src.feat_index[mine], src.feat_act[mine]
-            for i, p, f in zip(mine.tolist(), pos.tolist(), idx.tolist()):
-                assert table.add(
-                    f"L{layers[k]} F{f} @{p} {strs[p]!r}", f"{layers[k]}_{f}_{p}", "feature", p
-                ) == i
+            for i, p, f in zip(mine.tolist(), pos.tolist(), idx.tolist(), strict=True):
+                assert (
+                    table.add(
+                        f"L{layers[k]} F{f} @{p} {strs[p]!r}", f"{layers[k]}_{f}_{p}", "feature", p
+                    )
+                    == i
+                )
             vec = src.decoders[k][idx].to(dt) * act[:, None].to(dt)
             self.inject.setdefault(layers[k], []).append((mine, pos, vec))
             for target, w_dec in src.later[k]:  # a cross-layer transcoder's later writes

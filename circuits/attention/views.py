@@ -91,8 +91,13 @@ def qk_summary(
                 "key": key,
                 "score": a.total,
                 "pairs": [
-                    [_label(graph, p.query_id, p.query_source),
-                     _label(graph, p.key_id, p.key_source), p.value, p.query_id, p.key_id]
+                    [
+                        _label(graph, p.query_id, p.query_source),
+                        _label(graph, p.key_id, p.key_source),
+                        p.value,
+                        p.query_id,
+                        p.key_id,
+                    ]
                     for p in a.top_pairs(pairs_per_head)
                 ],
             }
@@ -105,20 +110,27 @@ def qk_html(summary: dict[str, Any], n_edges: int = 10) -> str:
     """HTML tables of a summary: each edge's top heads, and each head's top QK pairs."""
     if not summary.get("edges"):
         return "<p>No cross-position edges.</p>"
-    parts = ["<table><tr><th>edge (source &rarr; target)</th><th>weight</th><th>top heads "
-             "(layer.head: loading)</th></tr>"]
+    parts = [
+        "<table><tr><th>edge (source &rarr; target)</th><th>weight</th><th>top heads "
+        "(layer.head: loading)</th></tr>"
+    ]
     for e in summary["edges"][:n_edges]:
         heads = ", ".join(f"L{lay}.H{h}: {v:+.3g}" for lay, h, v in e["heads"][:4])
-        parts.append(f"<tr><td>{html.escape(e['source'])} &rarr; {html.escape(e['target'])}</td>"
-                     f"<td>{e['weight']:+.4g}</td><td>{heads}</td></tr>")
+        parts.append(
+            f"<tr><td>{html.escape(e['source'])} &rarr; {html.escape(e['target'])}</td>"
+            f"<td>{e['weight']:+.4g}</td><td>{heads}</td></tr>"
+        )
     parts.append("</table>")
     for h in summary["heads"][:n_edges]:
-        parts.append(f"<p><b>L{h['layer']}.H{h['head']}</b> query @{h['query']}, key "
-                     f"@{h['key']}: score {h['score']:+.4g}</p><table><tr><th>query side</th>"
-                     "<th>key side</th><th>term</th></tr>")
+        parts.append(
+            f"<p><b>L{h['layer']}.H{h['head']}</b> query @{h['query']}, key "
+            f"@{h['key']}: score {h['score']:+.4g}</p><table><tr><th>query side</th>"
+            "<th>key side</th><th>term</th></tr>"
+        )
         for q, k, v, *_ in h["pairs"]:
-            parts.append(f"<tr><td>{html.escape(q)}</td><td>{html.escape(k)}</td>"
-                         f"<td>{v:+.4g}</td></tr>")
+            parts.append(
+                f"<tr><td>{html.escape(q)}</td><td>{html.escape(k)}</td><td>{v:+.4g}</td></tr>"
+            )
         parts.append("</table>")
     return "<div class='sc-qk'>" + "".join(parts) + "</div>"
 
