@@ -67,8 +67,8 @@ def _cut(model, layer, heads):
     return model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
 
 
-def _check_loadings(model, dicts, graph, n_edges=12):
-    hl = head_loadings(model, dicts, graph, top=n_edges, cross_position=True)
+def _check_loadings(model, dicts, graph, n_edges=12, method="auto"):
+    hl = head_loadings(model, dicts, graph, top=n_edges, cross_position=True, method=method)
     assert hl.n_edges > 0
     dense = graph.adjacency.to_dense() if graph.adjacency.is_sparse else graph.adjacency
     edge = dense[hl.target, hl.source]
@@ -117,11 +117,34 @@ def _logit_tokens(graph):
     return [int(graph.node_feature[i]) for i in graph.find("logit")]
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_head_loadings_split_edges_exactly(model64, sparse):
+def test_head_loadings_split_edges_exactly(model64):
+    """The linear sweeps (transcoders): exact, and equal to the autograd method."""
     dicts = random_transcoders(model64, "relu", skip=True)
-    graph = attribute(model64, dicts, PROMPT, verbose=False, sparse=sparse, max_n_logits=3)
-    _check_loadings(model64, dicts, graph)
+    graph = attribute(model64, dicts, PROMPT, verbose=False, max_n_logits=2)
+    _check_loadings(model64, dicts, graph, method="linear")
+    # every kind of edge, including same-position ones and targets below some layers
+    linear = head_loadings(model64, dicts, graph, top=60, method="linear")
+    reference = head_loadings(model64, dicts, graph, top=60, method="autograd")
+    scale = float(reference.edge.abs().max())
+    for name in ("edge", "heads", "bypass"):
+        gap = (getattr(linear, name) - getattr(reference, name)).abs().max()
+        assert float(gap) < 1e-5 * scale, name
+    assert linear.max_relative_gap() < 1e-5
+
+
+def test_head_loadings_of_a_sparse_graph(tiny_tokenizer):
+    model = load_model(
+        make_gpt2(len(tiny_tokenizer), seed=1).double(),
+        tokenizer=tiny_tokenizer,
+        dtype=torch.float64,
+    )
+    dicts = random_transcoders(model, "relu", skip=True)
+    dense = attribute(model, dicts, PROMPT, verbose=False, max_n_logits=2)
+    sparse = attribute(model, dicts, PROMPT, verbose=False, max_n_logits=2, sparse=True)
+    a = head_loadings(model, dicts, dense, top=40)
+    b = head_loadings(model, dicts, sparse, top=40)
+    assert torch.equal(a.target, b.target) and torch.equal(a.source, b.source)
+    assert _rel(b.heads, a.heads) < 1e-6 and b.max_relative_gap() < 1e-5
 
 
 def test_head_loadings_saes_and_crosslayer(tiny_tokenizer):
@@ -148,7 +171,8 @@ def test_head_loadings_saes_and_crosslayer(tiny_tokenizer):
         for p in clt.parameters():
             p.normal_(0, 0.2)
     graph = attribute(model, [clt], PROMPT, verbose=False, max_n_logits=2)
-    _check_loadings(model, [clt], graph, n_edges=8)
+    _check_loadings(model, [clt], graph, n_edges=8, method="linear")
+    _check_loadings(model, [clt], graph, n_edges=8, method="autograd")
 
 
 # ---- QK ------------------------------------------------------------------------------------

@@ -11,7 +11,19 @@ heads of other layers), bypass_l the part that skips layer l's attention. For a 
 layer l or a source above it, layer l is not on the path: every loading is zero and the bypass
 is the edge.
 
-Method: the autograd row engine of `circuits.attribute` on a batch of repeated prompts in which
+Methods. "linear" (where every MLP has a transcoder, as `attribute`'s linear path): one
+forward sweep of the edges' sources (`ResidualStream.sweep`: each source's contribution x_s to
+every layer's resid_pre) and one backward sweep of their targets (`ResidualStream.backward`: the
+gradient g_t at every layer's resid_mid and resid_post), then for every layer at once
+
+    loading_{l,h} = < g_t(mid_l), head_{l,h}(x_s(pre_l)) >
+    bypass_l      = < g_t(mid_l), x_s(pre_l) > + (the source's writes at layers >= l) . g_t
+                    (the whole edge when the target reads below layer l)
+
+and the edge is the sum of the source's writes dotted with g_t where they are written; that
+bypass_l + sum_h loading_{l,h} equals it is a real check of the forward against the backward.
+
+"autograd" (every dictionary kind): the autograd row engine of `circuits.attribute` on a batch of repeated prompts in which
 each batch row cuts a different part of the graph (the head's `attn.hook_z` detached, so its
 value is unchanged and no gradient passes): row "none" gives the edge, row "layer l" (every head
 of l cut) gives bypass_l, row "(l, h)" gives edge - loading_{l,h}. All layers and heads come
@@ -32,7 +44,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuits.attention.graph_nodes import NodeMap, as_long, split_targets
+from circuits.attention.stream import ResidualStream
 from circuits.attribute import _ordered, _RowEngine
+from circuits.linear_rows import linear_path_problem
 from circuits.sources import collect_sources
 from replacement.errors import SparseCircuitsError
 
@@ -112,6 +126,7 @@ def head_loadings(
     *,
     top: int = 200,
     cross_position: bool = False,
+    method: str = "auto",
 ) -> HeadLoadings:
     """Split edges of `graph` into per-head loadings and bypasses, every layer at once.
 
@@ -121,7 +136,12 @@ def head_loadings(
         edges: (targets, sources) as graph node indices; None takes the `top` edges of
             largest |weight| (only those whose source and target positions differ when
             `cross_position`).
+        method: "linear", "autograd" or "auto" (linear where it applies; module docstring).
     """
+    if method not in ("auto", "linear", "autograd"):
+        raise SparseCircuitsError(
+            f"method {method!r} is not known; expected 'auto', 'linear' or 'autograd'"
+        )
     dictionaries = _ordered(model, dictionaries)
     if edges is None:
         edges = strongest_edges(graph, top, cross_position)
@@ -134,6 +154,13 @@ def head_loadings(
     src_index = torch.tensor([nodes.source_index(int(s)) for s in sources_], dtype=torch.long)
     unique, position = torch.unique(targets, return_inverse=True)
     feat_at, logit_at = split_targets(graph, unique)
+    problem = linear_path_problem(model, dictionaries)
+    if method == "linear" and problem is not None:
+        raise SparseCircuitsError(f"method='linear' does not apply: {problem}")
+    if method != "autograd" and problem is None:
+        stream = ResidualStream(model, dictionaries, tokens, sources)
+        loadings = _linear(stream, nodes, model, unique, feat_at, logit_at, position, src_index)
+        return HeadLoadings(targets, sources_, *loadings)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     masks = _cut_masks(n_layers, n_heads)
     per_target = masks.shape[0]
@@ -158,6 +185,59 @@ def head_loadings(
     bypass = picked[:, 1 : 1 + n_layers]
     cut = picked[:, 1 + n_layers :].reshape(-1, n_layers, n_heads)
     return HeadLoadings(targets, sources_, full, full[:, None, None] - cut, bypass)
+
+
+def _linear(
+    stream: ResidualStream,
+    nodes: NodeMap,
+    model: Any,
+    unique: Tensor,
+    feat_at: list[int],
+    logit_at: list[int],
+    position: Tensor,
+    src_index: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(edge, heads, bypass) by one forward and one backward sweep (module docstring)."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    feats = torch.tensor([nodes.feature_target(int(unique[i])) for i in feat_at], dtype=torch.long)
+    dirs = [nodes.logit_direction(model, int(unique[i])) for i in logit_at]
+    dirs = torch.stack(dirs) if dirs else torch.zeros(0, stream.d)
+    post, mid, embed_grad = stream.backward(feats, dirs)
+    row_of = torch.empty(len(unique), dtype=torch.long)  # unique target -> gradient row
+    row_of[feat_at] = torch.arange(len(feat_at))
+    row_of[logit_at] = torch.arange(len(feat_at), len(feat_at) + len(logit_at))
+    t_row = row_of[position]  # per edge
+    kept, s_row = torch.unique(src_index, return_inverse=True)  # per edge: row among `kept`
+    n_edges = len(src_index)
+    # each write of an edge's source, dotted with its target's gradient where it is written
+    writes = torch.zeros(n_edges, n_layers + 1, dtype=stream.dtype)  # column 0: embedding
+    for layer, (who, pos, vec) in stream.injections_of(kept).items():
+        grad = embed_grad if layer < 0 else post[layer]
+        vals = torch.einsum("tid,id->ti", grad[:, pos], vec)  # [targets, writes]
+        by_source = torch.zeros(len(grad), len(kept), dtype=vals.dtype)
+        by_source.index_add_(1, who, vals)
+        writes[:, layer + 1] = by_source[t_row, s_row]
+    edge = writes.sum(1)
+    target_layer = nodes.graph.node_layer[unique][position]  # logits: n_layers
+    heads = torch.zeros(n_edges, n_layers, n_heads, dtype=stream.dtype)
+    bypass = torch.zeros(n_edges, n_layers, dtype=stream.dtype)
+    for layer, index, x in stream.sweep(keep=kept):
+        later = writes[:, layer + 1 :].sum(1)  # writes at this layer's MLP or above
+        local = torch.full((len(kept),), -1, dtype=torch.long)
+        local[torch.searchsorted(kept, index)] = torch.arange(len(index))
+        at = local[s_row]
+        live = at >= 0  # edges whose source is written below this layer
+        bypass[:, layer] = later
+        below = target_layer < layer  # the target reads below this layer: not on the path
+        bypass[below, layer] = edge[below]
+        live &= ~below
+        if not live.any():
+            continue
+        g = mid[layer][t_row[live]]  # [e, pos, d]
+        per_head = stream.attention(x, layer, per_head=True)[at[live]]  # [e, pos, head, d]
+        heads[live, layer] = torch.einsum("eqd,eqhd->eh", g, per_head)
+        bypass[live, layer] += torch.einsum("eqd,eqd->e", g, x[at[live]])
+    return edge.float(), heads.float(), bypass.float()
 
 
 def strongest_edges(

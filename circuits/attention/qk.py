@@ -28,6 +28,7 @@ v_j(k) - sum_k' p_k' v_j(k').
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -261,6 +262,15 @@ class AttentionAttribution:
                 wanted.discard(layer)
             if not wanted:
                 break
+
+    def each_layer(self) -> Iterator[int]:
+        """Sweep once, layer by layer: yields each layer with its query and key vectors kept
+        (and the previous layer's dropped), for work over every layer in one sweep."""
+        self._maps.clear()
+        for layer, index, x in self.stream.sweep():
+            self._maps = {layer: self._side_maps(layer, index, x)}
+            yield layer
+        self._maps.clear()
 
     def release(self) -> None:
         """Drop the kept per-layer vectors."""

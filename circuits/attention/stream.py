@@ -59,6 +59,21 @@ class SourceTable:
         return len(self.labels) - 1
 
 
+def _born(born: set[int], rows: Tensor) -> bool:
+    """Whether the group of sources `rows` was written before (a later write of a cross-layer
+    transcoder's features); records it as written otherwise."""
+    if len(rows) == 0 or int(rows[0]) in born:
+        return len(rows) > 0
+    born.update(rows.tolist())
+    return False
+
+
+def _kept(block: "_Block", keep: Tensor) -> "_Block":
+    """The block's rows for the sources in `keep`."""
+    mine = torch.isin(block.index, keep)
+    return _Block(block.index[mine], block.x[mine])
+
+
 @dataclass
 class _Block:
     """Sources injected at one place, with their current contributions [n, pos, d]."""
@@ -101,7 +116,7 @@ class ResidualStream:
     def _capture(self) -> dict[str, Tensor]:
         """One forward: patterns, scales, stream and block outputs, queries, keys, scores."""
         model, dt = self.model, self.dtype
-        wanted = ["hook_embed", "hook_pos_embed"]
+        wanted = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"]
         for layer in range(self.n_layers):
             b = f"blocks.{layer}"
             wanted += [f"{b}.{n}" for n in ("hook_resid_pre", "hook_resid_mid", "hook_attn_out")]
@@ -245,10 +260,17 @@ class ResidualStream:
         return total
 
     @torch.no_grad()
-    def sweep(self) -> Iterator[tuple[int, Int[Tensor, " n"], Float[Tensor, "n pos d"]]]:
+    def sweep(
+        self, keep: Int[Tensor, " k"] | None = None
+    ) -> Iterator[tuple[int, Int[Tensor, " n"], Float[Tensor, "n pos d"]]]:
         """For l = 0 .. L-1: (l, indices of the sources injected before layer l's attention,
         their contributions [n, pos, d] to `blocks.l.hook_resid_pre`). The contributions sum
-        to the actual residual stream there."""
+        to the actual residual stream there. `keep`: only these sources (graph sources; no
+        constants), for work that needs a few."""
+        for layer, blocks in self._sweep_blocks(keep):
+            yield layer, torch.cat([b.index for b in blocks]), torch.cat([b.x for b in blocks])
+
+    def _sweep_blocks(self, keep: Tensor | None) -> Iterator[tuple[int, list[_Block]]]:
         P, d, dt = self.n_pos, self.d, self.dtype
         embed = self.frozen["hook_embed"].to(dt)
         start = [(self.token_index, embed)]
@@ -263,14 +285,18 @@ class ResidualStream:
         resid0 = self.frozen["blocks.0.hook_resid_pre"]
         const = (resid0 - x.sum(0)).unsqueeze(0)
         blocks = [_Block(index, x), _Block(torch.tensor([self.embed_const]), const)]
+        if keep is not None:
+            blocks = [_kept(b, keep) for b in blocks]
+        born: set[int] = set()  # sources whose first write has been made
         for layer in range(self.n_layers):
-            yield layer, torch.cat([b.index for b in blocks]), torch.cat([b.x for b in blocks])
+            yield layer, blocks
             # attention, plus its constant (the block's output minus its linear part)
             for b in blocks:
                 b.x = b.x + self.attention(b.x, layer)
             actual_in = self.get(layer, "hook_resid_pre").unsqueeze(0)
             c = self.get(layer, "hook_attn_out") - self.attention(actual_in, layer)[0]
-            blocks.append(_Block(torch.tensor([self.attn_const[layer]]), c.unsqueeze(0)))
+            if keep is None:
+                blocks.append(_Block(torch.tensor([self.attn_const[layer]]), c.unsqueeze(0)))
             if layer == self.n_layers - 1:
                 break
             # the skip path, the graph sources' injections, and the MLP constant
@@ -279,7 +305,7 @@ class ResidualStream:
                 if up is not None:
                     b.x = b.x + up
             self._inject_existing(blocks, layer)
-            new = [s for s in self.inject.get(layer, ()) if not self._live(blocks, s[0])]
+            new = [s for s in self.inject.get(layer, ()) if not _born(born, s[0])]
             if new:
                 index = torch.cat([s[0] for s in new])
                 x = torch.zeros(len(index), P, d, dtype=dt)
@@ -287,26 +313,126 @@ class ResidualStream:
                 for rows, pos, vec in new:
                     x[torch.arange(offset, offset + len(rows)), pos] = vec
                     offset += len(rows)
-                blocks.append(_Block(index, x))
+                blocks.append(_Block(index, x) if keep is None else _kept(_Block(index, x), keep))
+            if keep is not None:
+                continue
             mid = self.get(layer, "hook_resid_mid").unsqueeze(0)
             linear = self.skip(mid, layer)
             linear = 0.0 if linear is None else linear[0]
             c = self.get(layer, "hook_mlp_out") - linear - self._injected(layer)
             blocks.append(_Block(torch.tensor([self.mlp_const[layer]]), c.unsqueeze(0)))
 
-    @staticmethod
-    def _live(blocks: list[_Block], rows: Tensor) -> bool:
-        """Whether the sources `rows` already have a block (a cross-layer feature's later write)."""
-        first = int(rows[0]) if len(rows) else -1
-        return any(bool((b.index == first).any()) for b in blocks)
+    # ---- the transposed map (gradients of targets) ------------------------------------------
+    def _ln_t(self, g: Tensor, scale: Tensor, module: Any) -> Tensor:
+        """Transpose of x -> centre(x) / scale * w (centring is symmetric)."""
+        w = _norm_weight(module, self.dtype)
+        return self.centre(g if w is None else g * w) / scale[: g.shape[-2]]
+
+    def attention_t(self, g: Float[Tensor, "n pos d"], layer: int) -> Tensor:
+        """Transpose of `attention` (g at resid_mid -> its path to resid_pre)."""
+        model, dt = self.model, self.dtype
+        block = model.blocks[layer]
+        post = self.get(layer, "ln1_post.hook_scale")
+        if post is not None:
+            g = self._ln_t(g, post, block.ln1_post)
+        W_V = model.W_V[layer].detach().to(dt)
+        W_O = model.W_O[layer].detach().to(dt)
+        a = torch.einsum("nqd,hed->nqhe", g, W_O)
+        a = torch.einsum("hqk,nqhe->nkhe", self.get(layer, "attn.hook_pattern"), a)
+        group = W_O.shape[0] // W_V.shape[0]
+        a = a.reshape(*a.shape[:2], W_V.shape[0], group, -1).sum(3)  # heads onto kv heads
+        y = torch.einsum("nkve,vde->nkd", a, W_V)
+        return self._ln_t(y, self.get(layer, "ln1.hook_scale"), block.ln1)
+
+    def _read_t(self, g: Tensor, layer: int, pos: Tensor | None = None) -> Tensor:
+        """Transpose of the transcoder's read at layer `layer` (g [n, d] at positions `pos`, or
+        [n, pos, d])."""
+        d = self.dictionaries[self.by_layer[layer]]
+        read = _READS[d.in_hook.removeprefix(f"blocks.{layer}.")]
+        if read == "resid":
+            return g
+        scale = self.get(layer, "ln2.hook_scale")
+        scale = scale if pos is None else scale[pos]
+        w = _norm_weight(self.model.blocks[layer].ln2, self.dtype) if read == "out" else None
+        return self.centre(g if w is None else g * w) / scale
+
+    def skip_t(self, g: Float[Tensor, "n pos d"], layer: int) -> Tensor | None:
+        """Transpose of `skip` (None without W_skip)."""
+        d = self.dictionaries[self.by_layer[layer]]
+        if d.W_skip is None:
+            return None
+        return self._read_t(g @ d.W_skip.detach().to(self.dtype).T, layer)
+
+    @torch.no_grad()
+    def backward(
+        self,
+        feature_targets: Int[Tensor, " f"],
+        logit_directions: Float[Tensor, "m d"],
+    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Gradients of targets (active-feature indices, then logit directions read after the
+        final norm at the last position) through the frozen linear map:
+        (per layer at resid_post [n, pos, d], per layer at resid_mid, at the embedding)."""
+        src, P, dt = self.sources, self.n_pos, self.dtype
+        n_f = len(feature_targets)
+        g = torch.zeros(n_f + len(logit_directions), P, self.d, dtype=dt)
+        if len(logit_directions):
+            dirs = logit_directions.to(dt)
+            w = _norm_weight(self.model.ln_final, dt)
+            dirs = dirs if w is None else dirs * w
+            g[n_f:, -1] = self.centre(dirs) / self.frozen["ln_final.hook_scale"][-1]
+        layers = torch.tensor(
+            [
+                hook_layer(self.dictionaries[int(k)].out_hook)
+                for k in src.feat_dict[feature_targets]
+            ],
+            dtype=torch.long,
+        )
+        post: list[Tensor] = [g] * self.n_layers
+        mid: list[Tensor] = [g] * self.n_layers
+        for layer in range(self.n_layers - 1, -1, -1):
+            post[layer] = g.clone()
+            up = self.skip_t(g, layer)
+            if up is not None:
+                g = g + up
+            mine = (layers == layer).nonzero()[:, 0]
+            if len(mine):
+                idx = feature_targets[mine]
+                d = self.dictionaries[self.by_layer[layer]]
+                enc = d.W_enc.detach()[:, src.feat_index[idx]].T.to(dt)
+                pos = src.feat_pos[idx]
+                g[mine, pos] += self._read_t(enc, layer, pos)
+            mid[layer] = g.clone()
+            g = g + self.attention_t(g, layer)
+        return post, mid, g
+
+    def injections_of(self, rows: Tensor) -> dict[int, tuple[Tensor, Tensor, Tensor]]:
+        """Per layer (-1: the embedding), the writes of the graph sources `rows`:
+        (position in `rows`, position in the prompt, vector)."""
+        out: dict[int, list] = {}
+        where = {int(s): i for i, s in enumerate(rows.tolist())}
+        for layer, groups in [
+            (-1, [(self.token_index, torch.arange(self.n_pos), self.frozen["hook_embed"])])
+        ] + list(self.inject.items()):
+            for index, pos, vec in groups:
+                for j, s in enumerate(index.tolist()):
+                    if s in where:
+                        out.setdefault(layer, []).append((where[s], int(pos[j]), vec[j]))
+        return {
+            layer: (
+                torch.tensor([w[0] for w in items]),
+                torch.tensor([w[1] for w in items]),
+                torch.stack([w[2] for w in items]).to(self.dtype),
+            )
+            for layer, items in out.items()
+        }
 
     def _inject_existing(self, blocks: list[_Block], layer: int) -> None:
         """Add later writes of sources already in a block (cross-layer transcoders)."""
         for rows, pos, vec in self.inject.get(layer, ()):
             for b in blocks:
-                where = torch.isin(b.index, rows)
-                if not where.any():
-                    continue
                 local = {int(s): i for i, s in enumerate(b.index.tolist())}
-                at = torch.tensor([local[int(s)] for s in rows.tolist()])
-                b.x[at, pos] += vec
+                mine = [j for j, s in enumerate(rows.tolist()) if s in local]
+                if not mine:
+                    continue
+                at = torch.tensor([local[int(rows[j])] for j in mine])
+                b.x[at, pos[mine]] += vec[mine]

@@ -45,8 +45,7 @@ def qk_every_head(model, dictionaries, tokens) -> tuple[float, float, int]:
     setup = time.perf_counter() - start
     start = time.perf_counter()
     made = 0
-    for layer in range(model.cfg.n_layers):
-        att.prepare([layer])
+    for layer in att.each_layer():  # one sweep, each layer's vectors made once
         pattern = att.stream.get(layer, "attn.hook_pattern")
         for head in range(model.cfg.n_heads):
             for query in range(1, tokens.numel()):
@@ -54,7 +53,6 @@ def qk_every_head(model, dictionaries, tokens) -> tuple[float, float, int]:
                 a = att.qk(layer, head, query, key)
                 a.top_pairs(10)
                 made += 1
-        att.release()
     return setup, time.perf_counter() - start, made
 
 
