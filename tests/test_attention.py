@@ -78,20 +78,18 @@ def _check_loadings(model, dicts, graph, n_edges=12, method="auto"):
     e, layer, head = divmod_all(hl.heads.abs().argmax().item(), hl.heads.shape)
     assert abs(float(hl.heads[e, layer, head])) > 1e-3 * float(hl.edge.abs().max())
     t, s = int(hl.target[e]), int(hl.source[e])
-    with _cut(model, layer, [head]):
-        cut = attribute(
-            model,
-            dicts,
-            graph.tokens,
-            method="autograd",
-            verbose=False,
-            target_tokens=_logit_tokens(graph),
-        )
-    dense_cut = cut.adjacency.to_dense() if cut.adjacency.is_sparse else cut.adjacency
     scale = float(hl.edge.abs().max())
     # node order is unchanged (same active features, every feature kept)
-    assert abs(float(dense_cut[t, s]) - float(hl.edge[e] - hl.heads[e, layer, head])) < 1e-5 * scale
-    with _cut(model, layer, list(range(model.cfg.n_heads))):
+    cut = _edge_with_cut(model, dicts, graph, layer, [head], t, s)
+    assert abs(cut - float(hl.edge[e] - hl.heads[e, layer, head])) < 1e-5 * scale
+    cut = _edge_with_cut(model, dicts, graph, layer, list(range(model.cfg.n_heads)), t, s)
+    assert abs(cut - float(hl.bypass[e, layer])) < 1e-5 * scale
+    return hl
+
+
+def _edge_with_cut(model, dicts, graph, layer, heads, t, s):
+    """Edge t <- s of the graph recomputed by autograd with these heads' value paths cut."""
+    with _cut(model, layer, heads):
         cut = attribute(
             model,
             dicts,
@@ -100,9 +98,8 @@ def _check_loadings(model, dicts, graph, n_edges=12, method="auto"):
             verbose=False,
             target_tokens=_logit_tokens(graph),
         )
-    dense_cut = cut.adjacency.to_dense() if cut.adjacency.is_sparse else cut.adjacency
-    assert abs(float(dense_cut[t, s]) - float(hl.bypass[e, layer])) < 1e-5 * scale
-    return hl
+    dense = cut.adjacency.to_dense() if cut.adjacency.is_sparse else cut.adjacency
+    return float(dense[t, s])
 
 
 def divmod_all(flat, shape):
