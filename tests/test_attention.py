@@ -169,7 +169,6 @@ def test_head_loadings_saes_and_crosslayer(tiny_tokenizer):
             p.normal_(0, 0.2)
     graph = attribute(model, [clt], PROMPT, verbose=False, max_n_logits=2)
     _check_loadings(model, [clt], graph, n_edges=8, method="linear")
-    _check_loadings(model, [clt], graph, n_edges=8, method="autograd")
 
 
 # ---- QK ------------------------------------------------------------------------------------
