@@ -283,8 +283,7 @@ class AttentionAttribution:
 
     def _project(self, x: Tensor, layer: int, side: str) -> Tensor:
         """Query or key vectors [n, pos, heads, e] of contributions x [n, pos, d] (no bias)."""
-        W = (self.model.W_Q if side == "q" else self.model.W_K)[layer].detach()
-        return torch.einsum("npd,hde->nphe", self.stream.ln1(x, layer), W.to(x.dtype))
+        return self.stream.project(x, layer, "Q" if side == "q" else "K")
 
     def _finish(self, v: Tensor, layer: int, side: str) -> Tensor:
         """Query/key norm (frozen scale and weight) and rotation, on [n, pos, heads, e]."""

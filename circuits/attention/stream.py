@@ -109,6 +109,7 @@ class ResidualStream:
         self.n_layers, self.n_pos, self.d = cfg.n_layers, tokens.numel(), cfg.d_model
         self.by_layer = {hook_layer(d.out_hook): k for k, d in enumerate(dictionaries)}
         self.frozen = self._capture()
+        self._folded: dict[tuple[int, str], Tensor] = {}
         self.table = self._table()
 
     # ---- frozen values -------------------------------------------------------------------
@@ -147,33 +148,51 @@ class ResidualStream:
         """x - mean(x) over d_model for LayerNorm; x for RMSNorm."""
         return x - x.mean(-1, keepdim=True) if self.layered else x
 
-    def ln1(self, x: Float[Tensor, "n pos d"], layer: int) -> Float[Tensor, "n pos d"]:
-        """The frozen ln1 without its bias: centre(x) / scale * weight."""
-        block = self.model.blocks[layer]
-        out = self.centre(x) / self.get(layer, "ln1.hook_scale")[: x.shape[1]]
-        w = _norm_weight(block.ln1, self.dtype)
-        return out if w is None else out * w
-
     def ln1_bias(self, layer: int) -> Float[Tensor, " d"]:
         """ln1's bias (zero for RMSNorm and folded models)."""
         b = getattr(self.model.blocks[layer].ln1, "b", None)
         return torch.zeros(self.d, dtype=self.dtype) if b is None else b.detach().to(self.dtype)
 
+    def _fold(self, m: Tensor, w: Tensor | None) -> Tensor:
+        """C diag(w) m for a [d, k] matrix m read after a norm (centring only for LayerNorm):
+        the norm's weight and centring folded into what reads it, so a sweep never makes a
+        normalised copy of the contributions."""
+        m = m if w is None else m * w[:, None]
+        return m - m.mean(0, keepdim=True) if self.layered else m
+
+    def ln1_weights(self, layer: int, which: str) -> Tensor:
+        """C diag(w_ln1) W_{which} as [d, heads * d_head] (which: "Q", "K" or "V")."""
+        key = (layer, which)
+        if key not in self._folded:
+            W = getattr(self.model, f"W_{which}")[layer].detach().to(self.dtype)  # [h, d, e]
+            flat = W.permute(1, 0, 2).reshape(self.d, -1)
+            w = _norm_weight(self.model.blocks[layer].ln1, self.dtype)
+            self._folded[key] = self._fold(flat, w).contiguous()
+        return self._folded[key]
+
+    def project(self, x: Float[Tensor, "n pos d"], layer: int, which: str) -> Tensor:
+        """N1(x) W_{which}: [n, pos, heads, d_head] (ln1 without its bias, frozen scale)."""
+        n, p, _ = x.shape
+        W = self.ln1_weights(layer, which)
+        e = self.model.cfg.d_head
+        out = (x.reshape(n * p, self.d) @ W).reshape(n, p, W.shape[1] // e, e)
+        return out / self.get(layer, "ln1.hook_scale")[:p, :, None]
+
     def attention(self, x: Float[Tensor, "n pos d"], layer: int, per_head: bool = False) -> Tensor:
         """Layer `layer`'s frozen attention applied to contributions x: [n, pos, d] (or
         [n, pos, head, d] per head, before the sum over heads)."""
-        model, dt = self.model, self.dtype
         pattern = self.get(layer, "attn.hook_pattern")
-        W_V = model.W_V[layer].detach().to(dt)  # [kv, d, e]
-        W_O = model.W_O[layer].detach().to(dt)  # [h, e, d]
+        W_O = self.model.W_O[layer].detach().to(self.dtype)  # [h, e, d]
         n_heads = W_O.shape[0]
-        v = torch.einsum("npd,kde->npke", self.ln1(x, layer), W_V)
-        v = v.repeat_interleave(n_heads // W_V.shape[0], dim=2)
+        v = self.project(x, layer, "V")
+        v = v.repeat_interleave(n_heads // v.shape[2], dim=2)
         z = torch.einsum("hqk,nkhe->nqhe", pattern, v)
         if per_head:
             out = torch.einsum("nqhe,hed->nqhd", z, W_O)
             return self._post(out.transpose(1, 2), layer).transpose(1, 2)
-        return self._post(torch.einsum("nqhe,hed->nqd", z, W_O), layer)
+        n, p = z.shape[:2]
+        out = z.reshape(n * p, W_O.shape[0] * W_O.shape[1]) @ W_O.reshape(-1, self.d)
+        return self._post(out.reshape(n, p, self.d), layer)
 
     def _post(self, y: Tensor, layer: int) -> Tensor:
         """The frozen norm after attention (Gemma's ln1_post), identity without one."""
@@ -189,12 +208,22 @@ class ResidualStream:
         d = self.dictionaries[self.by_layer[layer]]
         if d.W_skip is None:
             return None
+        key = (layer, "skip")
         read = _READS[d.in_hook.removeprefix(f"blocks.{layer}.")]
-        if read != "resid":
-            x = self.centre(x) / self.get(layer, "ln2.hook_scale")[: x.shape[1]]
-            w = _norm_weight(self.model.blocks[layer].ln2, self.dtype) if read == "out" else None
-            x = x if w is None else x * w
-        return x @ d.W_skip.detach().to(self.dtype)
+        if key not in self._folded:
+            W = d.W_skip.detach().to(self.dtype)
+            if read != "resid":
+                w = (
+                    _norm_weight(self.model.blocks[layer].ln2, self.dtype)
+                    if read == "out"
+                    else None
+                )
+                W = self._fold(W, w)
+            self._folded[key] = W.contiguous()
+        n, p, _ = x.shape
+        W = self._folded[key]
+        out = (x.reshape(n * p, W.shape[0]) @ W).reshape(n, p, W.shape[1])
+        return out if read == "resid" else out / self.get(layer, "ln2.hook_scale")[:p]
 
     # ---- the sources -----------------------------------------------------------------------
     def _table(self) -> SourceTable:
