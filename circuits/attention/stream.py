@@ -335,6 +335,8 @@ class ResidualStream:
                     b.x = b.x + up
             self._inject_existing(blocks, layer)
             new = [s for s in self.inject.get(layer, ()) if not _born(born, s[0])]
+            if keep is not None:  # only the kept sources' rows are ever made
+                new = [(r[m], p[m], v[m]) for r, p, v in new for m in [torch.isin(r, keep)]]
             if new:
                 index = torch.cat([s[0] for s in new])
                 x = torch.zeros(len(index), P, d, dtype=dt)
@@ -342,7 +344,7 @@ class ResidualStream:
                 for rows, pos, vec in new:
                     x[torch.arange(offset, offset + len(rows)), pos] = vec
                     offset += len(rows)
-                blocks.append(_Block(index, x) if keep is None else _kept(_Block(index, x), keep))
+                blocks.append(_Block(index, x))
             if keep is not None:
                 continue
             mid = self.get(layer, "hook_resid_mid").unsqueeze(0)
