@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from circuits.attention import AttentionAttribution, head_loadings
-from circuits.attribute import attribute
-from circuits.replacement_forward import frozen_forward
+from circuits.attribution.attribute import attribute
+from circuits.attribution.replacement_forward import frozen_forward
 from replacement import load_model
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary

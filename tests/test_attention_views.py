@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from circuits.attention.views import qk_view
-from circuits.export import validate
 from circuits.graph import AttributionGraph
+from circuits.graph.export import validate
 from replacement.formats.native import save_dictionary
 from sparse_circuits_cli import main
 from tests.attribution_helpers import random_transcoders

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.sources import PromptSources
+from circuits.attribution.sources import PromptSources
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer

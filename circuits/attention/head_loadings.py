@@ -45,9 +45,9 @@ from torch import Tensor
 
 from circuits.attention.graph_nodes import NodeMap, as_long, split_targets
 from circuits.attention.stream import ResidualStream
-from circuits.attribute import _ordered, _RowEngine
-from circuits.linear_rows import linear_path_problem
-from circuits.sources import collect_sources
+from circuits.attribution.attribute import _ordered, _RowEngine
+from circuits.attribution.linear_rows import linear_path_problem
+from circuits.attribution.sources import collect_sources
 from replacement.errors import SparseCircuitsError
 
 ROWS_PER_BATCH = 64

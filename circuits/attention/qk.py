@@ -37,8 +37,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuits.attention.stream import ResidualStream
-from circuits.attribute import _ordered, prompt_tokens
-from circuits.sources import collect_sources
+from circuits.attribution.attribute import _ordered, prompt_tokens
+from circuits.attribution.sources import collect_sources
 from replacement.errors import SparseCircuitsError
 
 CHECK_TOLERANCE = 1e-4

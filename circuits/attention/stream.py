@@ -31,8 +31,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.linear_rows import _READS, _norm_weight, linear_path_problem
-from circuits.sources import PromptSources
+from circuits.attribution.linear_rows import _READS, _norm_weight, linear_path_problem
+from circuits.attribution.sources import PromptSources
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer

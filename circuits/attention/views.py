@@ -5,7 +5,7 @@ their head loadings, and for each edge's top heads the QK attribution of that he
 (query = the target's position, key = the source's position): the pairs of largest |term|.
 The result is plain JSON: `trace --qk` keeps it in the graph files' metadata ("qk"), the JSON
 export carries it as an extra top-level field "qk" (the circuit-tracer frontend ignores it),
-and the HTML page's QK panel (`circuits/static/qk_panel.js`) shows it.
+and the HTML page's QK panel (`circuits/views/static/qk_panel.js`) shows it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from circuits.attention.head_loadings import head_loadings, strongest_edges
 from circuits.attention.qk import AttentionAttribution
-from circuits.feature_labels import LABELS_KEY, feature_key
+from circuits.views.feature_labels import LABELS_KEY, feature_key
 from replacement.errors import SparseCircuitsError
 
 QK_KEY = "qk"
@@ -45,7 +45,7 @@ def qk_summary(
 ) -> dict[str, Any]:
     """Head loadings of up to `max_edges` cross-position edges of `graph` (strongest first)
     and the top QK pairs of each edge's `heads_per_edge` heads of largest |loading|."""
-    from circuits.export import node_ids
+    from circuits.graph.export import node_ids
 
     targets, sources = strongest_edges(graph, max_edges, cross_position=True)
     ids = node_ids(graph)

@@ -24,7 +24,7 @@ import time
 import torch
 
 from circuits.attention import AttentionAttribution, head_loadings
-from circuits.attribute import attribute
+from circuits.attribution.attribute import attribute
 from replacement import load_model
 from replacement.formats.detect import load_dictionaries
 from replacement.zoo import DEFAULT_DICTIONARY_SET
