@@ -254,7 +254,9 @@ def format_report(result: TraceResult, n_features: int = 10) -> str:
     s = result.seconds
     lines.append(
         f"took {s['total']:.1f} s (load {s['load']:.1f}, attribute {s['attribute']:.1f}, "
-        f"prune and scores {s['prune']:.1f}, write {s['write']:.1f})"
+        f"prune and scores {s['prune']:.1f}, "
+        + (f"head loadings and QK {s['qk']:.1f}, " if "qk" in s else "")
+        + f"write {s['write']:.1f})"
     )
     return "\n".join(lines)
 

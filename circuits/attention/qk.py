@@ -245,7 +245,7 @@ class AttentionAttribution:
         self.sources = collect_sources(model, self.dictionaries, self.tokens)
         self.stream = ResidualStream(model, self.dictionaries, self.tokens, self.sources)
         self._maps: dict[int, tuple[Tensor, Tensor, list[int]]] = {}
-        self._label_cache: tuple[int, Any, Any] = (-1, None, None)
+        self._label_cache: dict[int, tuple[Any, Any]] = {}
         cfg = model.cfg
         self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
 
@@ -276,6 +276,7 @@ class AttentionAttribution:
     def release(self) -> None:
         """Drop the kept per-layer vectors."""
         self._maps.clear()
+        self._label_cache.clear()
 
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
@@ -419,9 +420,9 @@ class AttentionAttribution:
     ) -> QKAttribution:
         """A QKAttribution of every live source's vectors (rows of zeros left out)."""
         index = self._maps[layer][2]
-        if self._label_cache[0] != layer:  # labels of the live sources, made once per layer
-            self._label_cache = (layer, self._labels(index, "q"), self._labels(index, "k"))
-        (ql, qi), (kl, ki) = self._label_cache[1], self._label_cache[2]
+        if layer not in self._label_cache:  # labels of the live sources, made once per layer
+            self._label_cache[layer] = (self._labels(index, "q"), self._labels(index, "k"))
+        (ql, qi), (kl, ki) = self._label_cache[layer]
         live_u, live_v = _nonzero(u), _nonzero(v)
         return QKAttribution(
             layer,

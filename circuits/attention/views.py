@@ -81,7 +81,7 @@ def qk_summary(
             }
         )
     att.prepare(sorted({w[0] for w in wanted}))
-    for layer, head, query, key in wanted:
+    for layer, head, query, key in sorted(wanted):
         a = att.qk(layer, head, query, key)
         out["heads"].append(
             {
