@@ -166,21 +166,25 @@ def head_loadings(
     per_target = masks.shape[0]
     k = max(1, ROWS_PER_BATCH // per_target)
     cut_mask = masks.repeat(k, 1, 1)
-    rows = torch.empty(len(unique), per_target, sources.n_sources)
+    columns, src_column = torch.unique(src_index, return_inverse=True)
+    rows = torch.empty(len(unique), per_target, len(columns))  # only the edges' sources
     with torch.no_grad():
         with _CutRowEngine(
             model, dictionaries, tokens, sources, k * per_target, cut_mask=cut_mask
         ) as engine:
-            if feat_at:
-                chosen = torch.tensor([nodes.feature_target(int(unique[i])) for i in feat_at])
+            for start in range(0, len(feat_at), k):  # one batch of k targets at a time
+                part = feat_at[start : start + k]
+                chosen = torch.tensor([nodes.feature_target(int(unique[i])) for i in part])
                 chosen = chosen.repeat_interleave(per_target).to(sources.feat_dict.device)
-                out = engine.rows_for_features(chosen).float().cpu()
-                rows[feat_at] = out.reshape(len(feat_at), per_target, -1)
-            if logit_at:
-                dirs = torch.stack([nodes.logit_direction(model, int(unique[i])) for i in logit_at])
-                out = engine.rows_for_logits(dirs.repeat_interleave(per_target, 0)).float().cpu()
-                rows[logit_at] = out.reshape(len(logit_at), per_target, -1)
-    picked = rows[position, :, src_index]  # [e, rows per target]
+                out = engine.rows_for_features(chosen)[:, columns.to(chosen.device)]
+                rows[part] = out.float().cpu().reshape(len(part), per_target, -1)
+            for start in range(0, len(logit_at), k):
+                part = logit_at[start : start + k]
+                dirs = torch.stack([nodes.logit_direction(model, int(unique[i])) for i in part])
+                out = engine.rows_for_logits(dirs.repeat_interleave(per_target, 0))
+                out = out[:, columns.to(out.device)]
+                rows[part] = out.float().cpu().reshape(len(part), per_target, -1)
+    picked = rows[position, :, src_column]  # [e, rows per target]
     full = picked[:, 0]
     bypass = picked[:, 1 : 1 + n_layers]
     cut = picked[:, 1 + n_layers :].reshape(-1, n_layers, n_heads)
