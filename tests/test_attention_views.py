@@ -90,3 +90,19 @@ def test_qk_view_of_one_attribution(tiny_gpt2):
     assert torch.isclose(
         a.pairs().sum(), torch.tensor(a.total, dtype=a.pairs().dtype), rtol=1e-4, atol=1e-6
     )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium on PATH")
+def test_clicking_a_node_lists_its_edges(traced, tmp_path):
+    data = _page_data((traced / "graph.html").read_text())
+    qk = data["qk"]
+    source = qk["edges"][0]["source"]
+    node = next(
+        i
+        for i, n in enumerate(data["nodes"])
+        if n["kind"] == "token" and source == f"E_{n['feature']}_{n['pos']}"
+    )
+    dom = dump_dom(traced / "graph.html", f"click={node}", tmp_path)
+    listed = [int(a["data-edge"]) for tag, a in dom.elements if tag == "tr" and "data-edge" in a]
+    expected = [i for i, e in enumerate(qk["edges"]) if source in (e["source"], e["target"])]
+    assert listed == expected and 0 < len(expected) < len(qk["edges"])

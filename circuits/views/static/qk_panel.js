@@ -3,7 +3,8 @@
 // panel. Click an edge: its head loadings (layer.head, the part of the edge through that head,
 // and the bypass of each layer). Click a head: its top (query source, key source) pairs of the
 // attention score at (target position, source position), with atlas labels. Fragment:
-// #qk-edge=<i> opens edge i. Uses no names of the page's own script.
+// #qk-edge=<i> opens edge i. A click on a graph node (an element with data-index) lists that
+// node's edges. Uses no names of the page's own script.
 (function () {
   const holder = document.getElementById("graph-data");
   if (!holder) { return; }
@@ -26,12 +27,29 @@
   function num(v) { return '<span class="' + (v >= 0 ? "qk-pos" : "qk-neg") + '">' + (v >= 0 ? "+" : "") + v.toPrecision(3) + "</span>"; }
   function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]; }); }
   function pos(id) { const parts = id.split("_"); return Number(parts[parts.length - 1]); }
+  const page = JSON.parse(holder.textContent);
+  function nodeId(n) {  // circuit-tracer node ids, as in the JSON export
+    if (n.kind === "feature") { return n.layer + "_" + n.feature + "_" + n.pos; }
+    if (n.kind === "error") { return n.layer + "_-1_" + n.pos; }
+    if (n.kind === "token") { return "E_" + n.feature + "_" + n.pos; }
+    return (page.n_layers + 1) + "_" + n.feature + "_" + n.pos;
+  }
+  let focus = null;  // node id whose edges are listed (null: all)
   function list() {
     let rows = qk.edges.map(function (e, i) {
+      if (focus !== null && e.source !== focus && e.target !== focus) { return ""; }
       return '<tr class="qk-click" data-edge="' + i + '"><td>' + esc(e.source) + " &rarr; " + esc(e.target) + "</td><td>" + num(e.weight) + "</td></tr>";
     }).join("");
-    panel.innerHTML = "<h3>Attention: cross-position edges (click for heads)</h3><table><tr><th>edge</th><th>weight</th></tr>" + rows + "</table>";
+    const title = focus === null ? "Attention: cross-position edges (click for heads)" : "Attention: cross-position edges of " + esc(focus) + ' <button data-back="all">all</button>';
+    panel.innerHTML = "<h3>" + title + "</h3><table><tr><th>edge</th><th>weight</th></tr>" + rows + "</table>";
   }
+  // a click on a node of the graph lists that node's edges here
+  document.addEventListener("click", function (event) {
+    const hit = event.target.closest && event.target.closest("[data-index]");
+    if (!hit || panel.contains(hit) || !page.nodes) { return; }
+    const n = page.nodes[Number(hit.getAttribute("data-index"))];
+    if (n) { focus = nodeId(n); list(); }
+  });
   function edge(i) {
     const e = qk.edges[i];
     const q = pos(e.target), k = pos(e.source);
@@ -52,12 +70,22 @@
   }
   panel.addEventListener("click", function (event) {
     const back = event.target.closest("[data-back]");
-    if (back) { if (back.dataset.back === "list") { list(); } else { edge(Number(back.dataset.back)); } return; }
+    if (back) {
+      if (back.dataset.back === "all") { focus = null; list(); } else if (back.dataset.back === "list") { list(); } else { edge(Number(back.dataset.back)); }
+      return;
+    }
     const row = event.target.closest("tr.qk-click");
     if (!row) { return; }
     if (row.dataset.head) { head(row.dataset.head, Number(row.dataset.edge)); } else { edge(Number(row.dataset.edge)); }
   });
-  list();
-  const match = /qk-edge=(\d+)/.exec(window.location.hash);
-  if (match && qk.edges[Number(match[1])]) { edge(Number(match[1])); }
+  function fromFragment() {  // the page's #click=<node> (applied before this script ran)
+    const clicked = /(?:^#|&)click=(\d+)/.exec(window.location.hash);
+    const n = clicked ? page.nodes && page.nodes[Number(clicked[1])] : null;
+    focus = n ? nodeId(n) : null;
+    list();
+    const match = /qk-edge=(\d+)/.exec(window.location.hash);
+    if (match && qk.edges[Number(match[1])]) { edge(Number(match[1])); }
+  }
+  fromFragment();
+  window.addEventListener("hashchange", fromFragment);
 })();
