@@ -306,3 +306,12 @@ def test_masked_keys_and_bad_arguments_are_refused(tiny_tokenizer):
         att.qk(1, 0, 2, 5)
     with pytest.raises(SparseCircuitsError, match="layer 7"):
         att.qk(7, 0, 2, 1)
+    # SAEs leave the MLPs in the map: not linear in the sources, refused by name
+    sae = Dictionary(32, 32, 8, "blocks.0.hook_resid_mid", "blocks.0.hook_resid_mid", "relu")
+    with pytest.raises(SparseCircuitsError, match="linear in its sources.*SAE"):
+        AttentionAttribution(model, [sae.double()], PROMPT)
+    # a custom target direction is not stored in the graph: its edges cannot be split
+    dicts = random_transcoders(model, "relu")
+    graph = attribute(model, dicts, PROMPT, verbose=False, target_direction=(5, 6))
+    with pytest.raises(SparseCircuitsError, match="custom direction"):
+        head_loadings(model, dicts, graph, (graph.find("logit"), graph.find("token", pos=3)))
