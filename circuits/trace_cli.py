@@ -84,6 +84,7 @@ def trace(
     batch_size: int = 64,
     verbose: bool = True,
     atlas: Any = None,
+    qk: bool = False,
 ) -> TraceResult:
     """Attribute `prompt`, prune, and write the full graph, JSON, PNG and HTML into `out`.
 
@@ -100,6 +101,9 @@ def trace(
         node_threshold, edge_threshold: passed to `AttributionGraph.prune`.
         atlas: feature atlas for node labels and cards: None uses the zoo's atlas of a zoo set
             (when it matches the weights), a folder or `FeatureAtlas` that one, False none.
+        qk: also store, for the pruned graph's cross-position edges, their head loadings and
+            the top QK pairs of their top heads (`circuits.attention.views.qk_summary`) in the
+            graph files, the JSON export and the page.
     """
     from circuits.attribution.attribute import attribute
     from circuits.views.draw import graph_png
@@ -154,6 +158,13 @@ def trace(
     pruned = graph.prune(node_threshold=node_threshold, edge_threshold=edge_threshold)
     scores, pruned_scores = graph.scores(), pruned.scores()
     seconds["prune"] = time.perf_counter() - tick
+    if qk:
+        from circuits.attention.views import QK_KEY, qk_summary
+
+        tick = time.perf_counter()
+        summary = qk_summary(model, dictionaries, pruned)
+        pruned.metadata[QK_KEY] = graph.metadata[QK_KEY] = summary
+        seconds["qk"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     out = Path(out)
@@ -243,7 +254,9 @@ def format_report(result: TraceResult, n_features: int = 10) -> str:
     s = result.seconds
     lines.append(
         f"took {s['total']:.1f} s (load {s['load']:.1f}, attribute {s['attribute']:.1f}, "
-        f"prune and scores {s['prune']:.1f}, write {s['write']:.1f})"
+        f"prune and scores {s['prune']:.1f}, "
+        + (f"head loadings and QK {s['qk']:.1f}, " if "qk" in s else "")
+        + f"write {s['write']:.1f})"
     )
     return "\n".join(lines)
 
@@ -265,6 +278,7 @@ def run_trace(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         verbose=not args.quiet,
         atlas=False if args.no_atlas else args.atlas,
+        qk=args.qk,
     )
     print(format_report(result, n_features=args.top_features))
     sys.stdout.flush()
@@ -336,5 +350,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--atlas", default=None, help="feature atlas folder (default: the zoo set's own atlas)"
     )
     p.add_argument("--no-atlas", action="store_true", help="leave features unlabelled")
+    p.add_argument(
+        "--qk",
+        action="store_true",
+        help="also store head loadings and QK pairs of the pruned graph's cross-position edges",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_trace)
