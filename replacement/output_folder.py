@@ -41,6 +41,7 @@ MARKER = ".sparse-circuits-files.json"
 LOCK = ".sparse-circuits.lock"
 """The file whose `flock` marks the folder as in use (it holds the writer's pid)."""
 _NEW, _OLD = ".sc-new-", ".sc-old-"
+_PROBE = ".write-test-"  # `replacement.validation`'s write probe (left by a kill at that instant)
 _RENAME_EXCHANGE = 2
 _SHOWN = 5  # foreign entries named in a refusal
 
@@ -100,7 +101,7 @@ def foreign_entries(
     names = []
     for path in sorted(folder.iterdir()):
         name = path.name
-        if name in (MARKER, LOCK) or name.startswith(_NEW) or ours(name):
+        if name in (MARKER, LOCK) or name.startswith((_NEW, _PROBE)) or ours(name):
             continue
         if _our_temporary(name, ours):
             continue

@@ -1,5 +1,6 @@
 """Atlas files: `atlas.safetensors` (compact tensors) and `atlas.json` (labels, vocabulary, how
-it was built), written atomically.
+it was built), written atomically as one pair (`replacement.file_pair`: a shared id and the
+tensors' checksum; a mixed pair is refused on load).
 
 Tensors are named `tokens` (the corpus rows contexts point into) and `layer{l}.{field}` with the dtypes of `LAYER_FIELDS` (float16 values, bytes for
 context activations, token ids as integers).
@@ -11,11 +12,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from replacement.atlas.atlas import LAYER_FIELDS, OPTIONAL_FIELDS, FeatureAtlas, LayerAtlas
-from replacement.atomic import atomic_path, write_json
 from replacement.errors import SparseCircuitsError
+from replacement.file_pair import check_pair, save_pair
 
 ATLAS_FORMAT_VERSION = 1
 TENSORS_FILE, META_FILE = "atlas.safetensors", "atlas.json"
@@ -38,15 +39,13 @@ def save_atlas(atlas: FeatureAtlas, folder: str | Path) -> Path:
             "source": entry.source,
             "labels": entry.labels,
         }
-    with atomic_path(folder / TENSORS_FILE) as tmp:
-        save_file(tensors, str(tmp))
     meta = {
         "format_version": ATLAS_FORMAT_VERSION,
         "settings": atlas.settings,
         "layers": layers,
         "vocab": atlas.vocab,
     }
-    write_json(folder / META_FILE, meta)
+    save_pair(folder / META_FILE, folder / TENSORS_FILE, tensors, meta)
     return folder
 
 
@@ -65,6 +64,7 @@ def load_atlas(folder: str | Path) -> FeatureAtlas:
         tensors = load_file(str(tensor_path))
     except Exception as exc:  # json and safetensors raise several types on corrupt files
         raise SparseCircuitsError(f"atlas in {str(folder)!r} is corrupt: {exc}") from exc
+    check_pair(meta_path, tensor_path, meta, "build the atlas again (`sparse-circuits features`)")
     if meta.get("format_version") != ATLAS_FORMAT_VERSION:
         raise SparseCircuitsError(
             f"atlas in {str(folder)!r} has format_version {meta.get('format_version')!r}; "
