@@ -44,28 +44,28 @@ PROMPT = "def add(a, b):\n    return a +"
 COMMANDS: dict[str, tuple[list[str], list[str]]] = {
     # name: (the run's arguments, the "old" run's arguments)
     "cache": (
-        ["cache", "--layers", "0", "--tokens", "8000", "--shards", "2", "--quiet"],
         ["cache", "--layers", "0", "--tokens", "4000", "--shards", "2", "--quiet"],
+        ["cache", "--layers", "0", "--tokens", "2000", "--shards", "2", "--quiet"],
     ),
     "train": (
-        ["train", "--layers", "0", "--n-features", "256", "--k", "8", "--tokens", "40000",
+        ["train", "--layers", "0", "--n-features", "256", "--k", "8", "--tokens", "16384",
          "--batch-tokens", "1024", "--buffer-tokens", "8192", "--val-tokens", "1024",
          "--checkpoint-every", "1", "--quiet"],
         [],
     ),
     "features": (
-        ["features", "--dictionaries", "sae_local", "--max-tokens", "4000", "--quiet"],
         ["features", "--dictionaries", "sae_local", "--max-tokens", "2000", "--quiet"],
+        ["features", "--dictionaries", "sae_local", "--max-tokens", "1000", "--quiet"],
     ),
     "trace": (
         ["trace", PROMPT, "--max-feature-nodes", "100", "--quiet"],
         ["trace", "x = [1, 2,", "--max-feature-nodes", "50", "--quiet"],
     ),
     "compare": (
-        ["compare", "--sets", "sae_local,transcoder", "--pairs", "8", "--graph-prompts", "1",
-         "--loss-rows", "2", "--quiet"],
-        ["compare", "--sets", "sae_local,transcoder", "--pairs", "4", "--graph-prompts", "1",
-         "--loss-rows", "2", "--quiet"],
+        ["compare", "--sets", "sae_local,transcoder", "--tasks", "close_bracket", "--pairs", "8",
+         "--graph-prompts", "1", "--loss-rows", "2", "--quiet"],
+        ["compare", "--sets", "sae_local,transcoder", "--tasks", "close_bracket", "--pairs", "4",
+         "--graph-prompts", "1", "--loss-rows", "2", "--quiet"],
     ),
 }  # fmt: skip
 DISK_LIMIT = 16 << 10
