@@ -295,7 +295,8 @@ class OutputFolder:
     def stage(self) -> Path:
         """An empty staging folder for the new set (beside the target; inside it if shared)."""
         self.discard()
-        if self.shared:
+        cwd = Path.cwd()
+        if self.shared or cwd == self.path or self.path in cwd.parents:
             staging = self.path / f"{_NEW}{os.getpid()}"
         else:
             staging = self.path.parent / f".{self.path.name}{_NEW}{os.getpid()}"
@@ -320,7 +321,9 @@ class OutputFolder:
         write_marker(staging, names, self.command)
         listed = read_marker(self.path)
         foreign = foreign_entries(self.path, listed, self.legacy)
-        if not foreign and staging.parent == self.path.parent:
+        cwd_inside = Path.cwd() == self.path or self.path in Path.cwd().parents
+        # swapping the folder a shell stands in would leave it in the deleted old one
+        if not foreign and staging.parent == self.path.parent and not cwd_inside:
             _exchange(staging, self.path)  # staging now holds the old set
             shutil.rmtree(staging, ignore_errors=True)
         else:  # a folder shared with foreign files: only our entries move or go

@@ -306,3 +306,17 @@ def test_an_atlas_pair_from_two_saves_is_refused(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(SparseCircuitsError, match="does not match the checksum"):
         FeatureAtlas.load(tmp_path / "c")
+
+
+def test_out_dot_replaces_files_in_place_and_the_shell_stays_in_its_folder(tmp_path, monkeypatch):
+    from replacement.output_folder import OutputFolder
+
+    out = tmp_path / "here"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    for content in ("1", "2"):
+        with OutputFolder(".", command="test") as folder:
+            (folder.stage() / "result.txt").write_text(content)
+            folder.commit()
+    assert Path.cwd() == out and (out / "result.txt").read_text() == "2"
+    assert Path(".").resolve() == out and Path("result.txt").read_text() == "2"
