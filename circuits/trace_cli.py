@@ -118,9 +118,9 @@ def trace(
             f"--slug {slug!r} is not a file name; use letters, digits, '.', '-' and '_'"
         )
     # checked, refused if not ours, and locked before the model loads; held to the end
+    if isinstance(dictionaries, str | Path):
+        describe(dictionaries)  # a missing location fails now, not after the model loads
     with owned(out, command="trace", overwrite=overwrite, legacy=_earlier_trace_file) as folder:
-        if isinstance(dictionaries, str | Path):
-            describe(dictionaries)  # a missing location fails now, not after the model loads
         seconds: dict[str, float] = {}
         start = time.perf_counter()
         if isinstance(model, str | Path) and (

@@ -201,6 +201,7 @@ class OutputFolder:
         self._fds: list[int] = []
         self._staging: Path | None = None
         self._depth = 0
+        self._created = False
 
     # ---- open and close ----------------------------------------------------------------------
     def __enter__(self) -> OutputFolder:
@@ -227,6 +228,7 @@ class OutputFolder:
         self._recover()
         if self.path.is_dir():
             self._foreign()  # a folder that is not ours is refused before we write anything
+        self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._fds.append(_lock(self.path, self.option))
         _HELD[self.path] = self
@@ -256,7 +258,12 @@ class OutputFolder:
         return foreign
 
     def close(self) -> None:
-        """Release the lock(s)."""
+        """Release the lock(s); a folder we created that received nothing goes again."""
+        if self._fds and self._created and self.path.is_dir():
+            if {p.name for p in self.path.iterdir()} <= {MARKER, LOCK}:
+                for name in (MARKER, LOCK):
+                    (self.path / name).unlink(missing_ok=True)
+                self.path.rmdir()
         for fd in self._fds:
             os.close(fd)
         self._fds = []

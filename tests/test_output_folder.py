@@ -270,8 +270,8 @@ def test_a_second_train_into_a_running_ones_folder_is_refused_and_a_killed_one_r
         code, output = _run([*train, "--tokens", "2e6"], capsys)
         assert code == 1, output
         assert f"is in use by another sparse-circuits run (pid {first.pid})" in output
-        time.sleep(1)  # the refused run wrote nothing: the first one's metrics run on in order
-        lines = (out / "metrics.jsonl").read_text().splitlines()
+        metrics = out / "metrics.jsonl"  # one writer: the first run's lines, in order
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
         assert [json.loads(ln)["step"] for ln in lines] == [10 * (i + 1) for i in range(len(lines))]
     finally:
         first.send_signal(signal.SIGKILL)
