@@ -267,7 +267,7 @@ def test_a_second_train_into_a_running_ones_folder_is_refused_and_a_killed_one_r
         while not (out / "checkpoint.pt").exists():  # it is training
             assert first.poll() is None and time.time() < deadline, first.stderr.read()
             time.sleep(0.1)
-        code, output = _run([*train, "--tokens", "2e6"], capsys)
+        code, output = _run([*train, "--tokens", "2e6", "--stop-after-steps", "1"], capsys)
         assert code == 1, output
         assert f"is in use by another sparse-circuits run (pid {first.pid})" in output
         metrics = out / "metrics.jsonl"  # one writer: the first run's lines, in order
