@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from replacement.errors import SparseCircuitsError
+from replacement.output_folder import add_overwrite_flag
 
 
 def findings(comparison: Any) -> str:
@@ -46,12 +47,28 @@ def findings(comparison: Any) -> str:
 
 def run_compare(args: argparse.Namespace) -> dict[str, Path]:
     """Load model, sets and tasks, compare, and write the report."""
+    from replacement.output_folder import OutputFolder
+
+    # checked, refused if not ours, and locked before any work; held to the end
+    with OutputFolder(args.out, command="compare", overwrite=args.overwrite) as folder:
+        return _run_compare(args, folder)
+
+
+def _write_report(folder: Any, *args: Any) -> dict[str, Path]:
+    """Write the report into a staging folder and swap it in whole; the final paths."""
+    from analysis.report import write_report
+
+    files = write_report(args[0], folder.stage(), *args[1:])
+    folder.commit()
+    return {key: folder.path / path.name for key, path in files.items()}
+
+
+def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
     import torch
 
     from analysis.claims import claims, load_sweep
     from analysis.code_tasks import code_tasks, default_tasks
     from analysis.compare import compare
-    from analysis.report import write_report
     from analysis.tasks import load_task
     from replacement import load_dictionaries, load_model
     from replacement.zoo import list_dictionary_sets
@@ -66,8 +83,8 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
 
         comparison = Comparison.from_dict(json.loads(Path(args.results).read_text()))
         sweep = load_sweep(args.sweep)
-        files = write_report(
-            comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison)
+        files = _write_report(
+            folder, comparison, claims(sweep) if sweep else [], sweep, findings(comparison)
         )
         print(f"wrote {', '.join(str(p) for p in files.values())}")
         return files
@@ -109,8 +126,8 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
         verbose=not args.quiet,
     )
     sweep = load_sweep(args.sweep) if args.model == "default" else None
-    files = write_report(
-        comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison)
+    files = _write_report(
+        folder, comparison, claims(sweep) if sweep else [], sweep, findings(comparison)
     )
     print(findings(comparison))
     print(
@@ -135,6 +152,7 @@ def register(subparsers: Any) -> None:
         default="default",
         help="model: 'default' (the embedded model), a folder or HF name (default: %(default)s)",
     )
+    add_overwrite_flag(p)
     p.add_argument(
         "--sets", default=None, help="comma-separated zoo sets or folders (default: every zoo set)"
     )

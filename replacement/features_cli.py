@@ -12,9 +12,12 @@ the default model's held-out corpus: the command that made the shipped files.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from replacement.output_folder import OutputFolder, add_overwrite_flag, owned
 
 if TYPE_CHECKING:  # the atlas code loads torch: only when the command runs
     from replacement.atlas.build import AtlasSettings
@@ -37,7 +40,9 @@ def _summary(atlas, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def build_one(model, set_name: str, out: Path, settings: AtlasSettings, args) -> None:
+def build_one(
+    model, set_name: str, out: Path | OutputFolder, settings: AtlasSettings, args
+) -> None:
     """Build and write one set's atlas (and its pages unless --no-pages)."""
     from replacement.atlas.build import build_atlas
     from replacement.atlas.pages import write_atlas_pages
@@ -55,11 +60,21 @@ def build_one(model, set_name: str, out: Path, settings: AtlasSettings, args) ->
         verbose=not args.quiet,
     )
     print(_summary(atlas, time.perf_counter() - start))
-    atlas.save(out)
-    print(f"wrote {out / 'atlas.json'} and {out / 'atlas.safetensors'}")
-    if not args.no_pages:
-        pages = write_atlas_pages(atlas, out)
-        print(f"wrote {pages[0]} and {len(pages) - 1} layer pages")
+    with owned(out, command="features", legacy=_atlas_entry) as folder:
+        stage = folder.stage()  # the new atlas and pages are swapped in whole
+        atlas.save(stage)
+        pages = [] if args.no_pages else write_atlas_pages(atlas, stage)
+        folder.commit()
+    print(f"wrote {folder.path / 'atlas.json'} and {folder.path / 'atlas.safetensors'}")
+    if pages:
+        print(f"wrote {folder.path / pages[0].name} and {len(pages) - 1} layer pages")
+
+
+def _atlas_entry(path: Path) -> bool:
+    """Files of an atlas folder written before output markers (the zoo's, say)."""
+    return path.name in ("atlas.json", "atlas.safetensors", "index.html") or bool(
+        re.fullmatch(r"layer_\d+\.html", path.name)
+    )
 
 
 def run_features(args: argparse.Namespace) -> int:
@@ -70,6 +85,14 @@ def run_features(args: argparse.Namespace) -> int:
 
     if not args.zoo and (args.dictionaries is None or args.out is None):
         raise SparseCircuitsError("features needs --dictionaries SET and --out DIR (or --zoo)")
+    if not args.zoo:  # checked, refused if not ours, and locked before the model loads
+        with OutputFolder(
+            args.out, command="features", overwrite=args.overwrite, legacy=_atlas_entry
+        ) as out:
+            model = load_model(args.model)
+            settings = AtlasSettings(n_top=args.top, seed=args.seed)
+            build_one(model, args.dictionaries, out, settings, args)
+        return 0
     model = load_model(args.model)
     if args.zoo:
         from replacement.atlas.lookup import shipped_atlas_path
@@ -82,8 +105,6 @@ def run_features(args: argparse.Namespace) -> int:
         for name in names:
             build_one(model, name, shipped_atlas_path(name), settings, args)
         return 0
-    settings = AtlasSettings(n_top=args.top, seed=args.seed)
-    build_one(model, args.dictionaries, Path(args.out), settings, args)
     return 0
 
 
@@ -109,6 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="default",
         help="'default' (the embedded model), a model folder or HF name (default: %(default)s)",
     )
+    add_overwrite_flag(p)
     p.add_argument(
         "--corpus",
         default=None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,7 @@ def env(tmp_path_factory, tiny_gpt2_dir):
     (stale / "notes.txt").write_text("the user's own file")
     legacy = {"metadata": {}, "qParams": {}, "nodes": [], "links": []}  # written before manifests
     (stale / "old-prompt.json").write_text(json.dumps(legacy))
+    shutil.copytree(stale, root / "foreign_trace")
     (root / "binary.bin").write_bytes(bytes(range(256)) * 64)
     (root / "existing_file").write_text("not a folder")
     (root / "bad_config.yaml").write_text("layers: [0\nk: 4\n")
@@ -194,11 +196,18 @@ def _only_new_trace_files(env: dict) -> None:
     folder = Path(env["root"]) / "earlier_trace"
     names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     files = ["beta.json", "graph.html", "graph.json", "graph.png", "graph.safetensors"]
-    assert names == sorted([*files, "notes.txt"])
+    # alpha.json (ours) is gone; the user's notes and a graph JSON of another tool are kept
+    assert names == sorted([*files, "notes.txt", "old-prompt.json"])
+
+
+def _foreign_trace_untouched(env: dict) -> None:
+    folder = Path(env["root"]) / "foreign_trace"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "old-prompt.json"]
 
 
 TRACE_TINY = (
-    "trace {prompt} --model {{model}} --dictionaries {{dicts}} --out {{root}}/earlier_trace --quiet"
+    "trace {prompt} --model {{model}} --dictionaries {{dicts}} --out {{root}}/earlier_trace "
+    "--quiet --overwrite"
 )
 # fmt: off
 CASES = {
@@ -230,6 +239,7 @@ CASES = {
     "resume_mismatch_names_flag": Case([TRAIN + " --stop-after-steps 1 --out {root}/r"], TRAIN + " --n-features 32 --out {root}/r", 1, "start over with --no-resume"),
     "relative_data_path_is_the_same": Case([TRAIN.replace("{text}", "corpus.txt") + " --stop-after-steps 2 --out rel"], TRAIN.replace("{text}", "./corpus.txt") + " --out rel", 0, "trained 1 dictionaries", check=_resumed_at_2),
     "global_tokens_below_one_sequence": Case([], "global --model {model} --dictionaries {dicts} --layer-from 0 --layer-to 1 --data-weighted --tokens 10 --out {root}/g", 1, "--tokens 10 is less than one sequence of 63 tokens"),
+    "trace_into_foreign_folder": Case([], TRACE_TINY.format(prompt="alpha").replace(" --overwrite", "").replace("earlier_trace", "foreign_trace"), 1, "holds files sparse-circuits did not write ('notes.txt', 'old-prompt.json')", check=_foreign_trace_untouched),
     "trace_into_earlier_folder": Case([TRACE_TINY.format(prompt="alpha")], TRACE_TINY.format(prompt="beta"), 0, "replacement score", check=_only_new_trace_files),
     # ---- help ----
     "help_train_choices": Case([], "train --help", 0, "{{cosine,linear,none}}"),

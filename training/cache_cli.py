@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from replacement.output_folder import add_overwrite_flag
 from training.config import parse_layers
 
 
@@ -29,13 +30,21 @@ def cache_hooks(layers: list[int], sites: str | None, hooks: str | None) -> list
 
 def run_cache(args: argparse.Namespace) -> int:
     """Write the cache and print where it went."""
+    from replacement.output_folder import OutputFolder
     from training.progress import progress
 
     verbose = not args.quiet
     progress(verbose, "cache: starting")
+    # the folder is checked and locked before the model loads
+    with OutputFolder(args.out, command="cache", overwrite=args.overwrite) as out:
+        return _write_cache(args, out, verbose)
+
+
+def _write_cache(args: argparse.Namespace, out, verbose: bool) -> int:
     from replacement.model import load_model
     from training.activation_cache import write_activation_cache
     from training.data import load_token_data
+    from training.progress import progress
 
     progress(verbose, f"loading model {args.model!r}")
     model = load_model(args.model, device=args.device)
@@ -46,7 +55,7 @@ def run_cache(args: argparse.Namespace) -> int:
         model,
         data,
         hooks,
-        args.out,
+        out,
         dtype=args.dtype,
         n_shards=args.shards,
         max_tokens=args.tokens,
@@ -113,5 +122,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch device, e.g. cpu or cuda (default: the model's, cpu for the embedded model)",
     )
     p.add_argument("--out", required=True, help="cache folder (required)")
+    add_overwrite_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_cache)

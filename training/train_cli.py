@@ -9,9 +9,13 @@ Flags given on the command line override the values of `--config FILE`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
+from replacement.output_folder import add_overwrite_flag
 from training.config import (
     ACTIVATIONS,
     DECAYS,
@@ -101,17 +105,43 @@ def run_train(args: argparse.Namespace) -> int:
         configs = sweep_configs(config, args.sweep)
         for entry in configs:
             check_output_dir(entry.out_dir, "--out (sweep entry)")
-        train_many(configs)
+        with _own_folders([c.out_dir for c in configs], args.overwrite, "--out (sweep entry)"):
+            train_many(configs)
         print(f"trained {len(configs)} runs in one pass over {config.activations}")
         return 0
     check_output_dir(config.out_dir, "--out")
-    trainer = Trainer(config)
-    trainer.train()
+    with _own_folders([config.out_dir], args.overwrite, "--out"):  # before the model loads
+        trainer = Trainer(config)
+        trainer.train()
     if trainer.step < config.total_steps:
         print(f"stopped after step {trainer.step}; checkpoint in {config.out_dir}")
     else:
         print(f"trained {len(config.layers)} dictionaries -> {config.out_dir}")
     return 0
+
+
+@contextlib.contextmanager
+def _own_folders(folders: list[str], overwrite: bool, option: str) -> Iterator[None]:
+    """Hold the run folders (ours or refused, one writer each) for the whole run.
+
+    Only the main process of a data-parallel run holds them (the others write nothing).
+    """
+    from replacement.output_folder import OutputFolder
+    from training.trainer import _earlier_output
+
+    with contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:
+            for folder in folders:
+                stack.enter_context(
+                    OutputFolder(
+                        folder,
+                        command="train",
+                        overwrite=overwrite,
+                        option=option,
+                        legacy=_earlier_output,
+                    )
+                )
+        yield
 
 
 def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
@@ -159,6 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--activations (default: one run)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite_flag(parser)
     parser.add_argument(
         "--no-resume", action="store_true", help="start over, ignoring a checkpoint in --out"
     )

@@ -16,20 +16,18 @@ Fields:
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from circuits.graph.sparse_rows import coo
-from replacement.atomic import atomic_path, write_json
 from replacement.errors import SparseCircuitsError
+from replacement.file_pair import check_pair, save_pair
 
 if TYPE_CHECKING:  # the methods delegate to modules that never import this one at run time
     from circuits.graph.scores import GraphScores
@@ -204,8 +202,9 @@ class AttributionGraph:
     def save(self, path: str | Path) -> Path:
         """Write `<path>.safetensors` (tensors) and `<path>.json` (the rest), atomically.
 
-        Each file is replaced atomically; both carry the same random `pair_id`, so that `load`
-        recognises a pair from two different saves (one interrupted between the two writes).
+        Each file is replaced atomically; both carry the same random `pair_id` and the JSON the
+        tensors' checksum, so that `load` refuses a pair from two different saves (one
+        interrupted between the two writes) (`replacement.file_pair`).
         """
         path = Path(path)
         stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
@@ -218,12 +217,8 @@ class AttributionGraph:
             tensors["adjacency"] = self.adjacency.contiguous()
         if self.node_influence is not None:
             tensors["node_influence"] = self.node_influence.contiguous()
-        pair_id = uuid.uuid4().hex
-        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
-            save_file(tensors, str(tmp), metadata={"pair_id": pair_id})
         meta = {
             "format_version": GRAPH_FORMAT_VERSION,
-            "pair_id": pair_id,
             "prompt": self.prompt,
             "token_strs": self.token_strs,
             "node_kind": self.node_kind,
@@ -233,7 +228,7 @@ class AttributionGraph:
             "dictionary_names": self.dictionary_names,
             "metadata": self.metadata,
         }
-        write_json(stem.with_suffix(".json"), meta)
+        save_pair(stem.with_suffix(".json"), stem.with_suffix(".safetensors"), tensors, meta)
         return stem.with_suffix(".json")
 
     @classmethod
@@ -248,17 +243,11 @@ class AttributionGraph:
         meta = json.loads(json_path.read_text())
         try:
             tensors = load_file(str(tensor_path))
-            with safe_open(str(tensor_path), "pt") as f:
-                pair_id = (f.metadata() or {}).get("pair_id")
         except Exception as exc:  # safetensors raises several types on corrupt files
             raise SparseCircuitsError(
                 f"{str(tensor_path)!r} is not valid safetensors: {exc}"
             ) from exc
-        if "pair_id" in meta and meta["pair_id"] != pair_id:  # files of older saves lack it
-            raise SparseCircuitsError(
-                f"{str(json_path)!r} and {str(tensor_path)!r} were written by different saves "
-                "(an interrupted or mixed save); save the graph again"
-            )
+        check_pair(json_path, tensor_path, meta, "save the graph again")
         if "adjacency_index" in tensors:
             n = len(meta["node_kind"])
             index, value = tensors.pop("adjacency_index"), tensors.pop("adjacency_value")
