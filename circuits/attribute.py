@@ -23,6 +23,7 @@ accelerator.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -72,8 +73,11 @@ def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
     return tokens
 
 
-def _choose_method(model: Any, dictionaries: list[Dictionary], method: str) -> str:
-    """The row engine, "linear" or "autograd", that `method` ("auto", ...) asks for."""
+def _choose_method(
+    model: Any, dictionaries: list[Dictionary], method: str, verbose: bool = True
+) -> str:
+    """The row engine, "linear" or "autograd", that `method` ("auto", ...) asks for; "auto"
+    falling back to autograd says why in one line on stderr (unless `verbose` is False)."""
     if method not in ("auto", "linear", "autograd"):
         raise SparseCircuitsError(
             f"method {method!r} is not known; expected 'auto', 'linear' or 'autograd'"
@@ -85,6 +89,10 @@ def _choose_method(model: Any, dictionaries: list[Dictionary], method: str) -> s
         return "linear"
     if method == "linear":
         raise SparseCircuitsError(f"method='linear' does not apply: {problem}")
+    if verbose:
+        print(
+            f"attribute: autograd engine, the linear one does not apply: {problem}", file=sys.stderr
+        )
     return "autograd"
 
 
@@ -205,7 +213,7 @@ def attribute(
             f"and {desired_logit_prob}"
         )
     dictionaries = _ordered(model, dictionaries)
-    method = _choose_method(model, dictionaries, method)
+    method = _choose_method(model, dictionaries, method, verbose)
     tokens = prompt_tokens(model, prompt)
     n_pos = tokens.numel()
     sources = collect_sources(model, dictionaries, tokens)
