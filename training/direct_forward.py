@@ -183,6 +183,12 @@ def _plan(bridge: Any, twin: torch.nn.Module, hooks: Sequence[str]) -> list[Capt
     return captures
 
 
+def _weights_key(bridge: Any) -> tuple[tuple[int, int], ...]:
+    """Storage and in-place version of every parameter and buffer of the bridge."""
+    tensors = [*bridge.parameters(), *bridge.buffers()]
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 def _has_hooks(bridge: Any) -> bool:
     return any(hp._forward_hooks for hp in getattr(bridge, "hook_dict", {}).values())
 
@@ -211,6 +217,12 @@ def direct_forward(
     if _has_hooks(bridge):
         return None
     cache: dict[Any, Any] = bridge.__dict__.setdefault("_sc_direct", {})
+    # the twin and its verdicts hold for the weights they were built from: an in-place edit
+    # (a head ablated by zeroing W_O) or a swapped tensor starts them again
+    weights = _weights_key(bridge)
+    if cache.get("weights") != weights:
+        cache.clear()
+        cache["weights"] = weights
     if "twin" not in cache:
         cache["twin"] = _twin(bridge)
     twin = cache["twin"]
