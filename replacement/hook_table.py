@@ -46,7 +46,10 @@ every other name means the same in both.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import warnings
+from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
 
@@ -264,6 +267,33 @@ def module_output(hook: str, facts: NormFacts) -> str:
     if facts.post_norms and suffix in _MODULE_OUTPUTS:
         return prefix + _MODULE_OUTPUTS[suffix]
     return hook
+
+
+# ---- what the local replacement model freezes ---------------------------------------------------
+_FROZEN_SUFFIXES = ("attn.hook_pattern", "hook_scale")
+
+
+def is_frozen_site(hook: str) -> bool:
+    """Attention patterns and norm scales: held at clean values in the local replacement model."""
+    return hook.endswith(_FROZEN_SUFFIXES)
+
+
+def frozen_sites(model: Any) -> list[str]:
+    """Every attention pattern and norm scale hook of `model` (q/k norms included)."""
+    return [name for name in model.hook_dict if is_frozen_site(name)]
+
+
+@contextlib.contextmanager
+def quiet_norm_edits() -> Iterator[None]:
+    """Silence TransformerLens 4.3's warning that a hook edited `hook_scale`/`hook_normalized` on
+    the native-autograd path: freezing norm scales does that on purpose, on every norm of every
+    forward (26 warnings for two 5-token calls)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NATIVE_EDIT_WARNING)
+        yield
+
+
+_NATIVE_EDIT_WARNING = "A forward hook edited hook_scale/hook_normalized on the native-autograd"
 
 
 # ---- TransformerLens 2/3 names (SAELens, circuit-tracer) ----------------------------------------
