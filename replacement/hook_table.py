@@ -257,6 +257,26 @@ def norm_facts(model: Any) -> NormFacts:
     return NormFacts(layernorm=is_layernorm(model.cfg), post_norms=post)
 
 
+_POST_NORM_OF = {"mlp.hook_out": "ln2_post", "attn.hook_out": "ln1_post"}
+
+
+def post_norm_of(hook: str, facts: NormFacts) -> str | None:
+    """The norm between `hook` (an MLP's or attention's own output) and the residual stream
+    (`blocks.l.ln2_post` in Gemma), or None where the output enters the stream directly."""
+    if not facts.post_norms:
+        return None
+    prefix, suffix, _ = split_hook(canonical(hook, facts))
+    return prefix + _POST_NORM_OF[suffix] if suffix in _POST_NORM_OF else None
+
+
+_RESIDUAL_STREAM = {"hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed"}
+
+
+def is_residual_stream(hook: str, facts: NormFacts = PROVISIONAL) -> bool:
+    """Whether `hook` holds the residual stream itself (or the embedding that starts it)."""
+    return split_hook(canonical(hook, facts)).suffix in _RESIDUAL_STREAM
+
+
 _MODULE_OUTPUTS = {"hook_mlp_out": "mlp.hook_out", "hook_attn_out": "attn.hook_out"}
 
 
