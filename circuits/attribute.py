@@ -49,6 +49,7 @@ from circuits.sparse_rows import (
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import canonical, norm_facts
 from replacement.hooks import hook_layer
 from replacement.model import to_tokens
 from replacement.splice import check_compatible
@@ -106,15 +107,18 @@ def _ordered(
     if isinstance(dictionaries, (Dictionary, CrossLayerTranscoder)):
         dictionaries = [dictionaries]
     dictionaries = expand_crosslayer(dictionaries)
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
+    facts = norm_facts(model)
     for d in dictionaries:
         # hooks, widths and processing, with the errors `splice` gives (not a matmul error)
         check_compatible(model, d)
-        if d.out_hook in seen:
+        tensor = canonical(d.out_hook, facts)  # aliases such as mlp.hook_out = hook_mlp_out
+        if tensor in seen:
             raise SparseCircuitsError(
-                f"two dictionaries write to {d.out_hook!r}; expected at most one per out_hook"
+                f"two dictionaries write to {d.out_hook!r} (the tensor of {seen[tensor]!r}); "
+                "expected at most one per out_hook"
             )
-        seen.add(d.out_hook)
+        seen[tensor] = d.out_hook
     return sorted(dictionaries, key=lambda d: (hook_layer(d.out_hook), d.out_hook))
 
 

@@ -288,3 +288,22 @@ def _read_for_hand(d, seen, layers, facts, layer):
     if read == "ln2.hook_out":
         return seen[f"{layer}.mlp_in"]
     return _normalize(resid, _pre_mlp_norm(layers[layer]), facts.layernorm)[0]
+
+
+def test_auto_says_in_one_line_why_it_falls_back(tiny_gpt2, capsys):
+    d = tiny_gpt2.cfg.d_model
+    saes = [Dictionary(d, d, 16, f"blocks.{i}.hook_mlp_out") for i in range(2)]
+    graph = attribute(tiny_gpt2, saes, IDS, verbose=False)
+    assert graph.metadata["method"] == "autograd" and capsys.readouterr().err == ""
+    attribute(tiny_gpt2, saes, IDS, verbose=True)
+    lines = [x for x in capsys.readouterr().err.splitlines() if "linear one does not apply" in x]
+    assert len(lines) == 1 and "SAE at 'blocks.0.hook_mlp_out'" in lines[0]
+
+
+def test_aliases_of_one_tensor_are_one_out_hook(tiny_llama):
+    """`mlp.hook_out` is `hook_mlp_out` on Llama: two dictionaries there are refused by name."""
+    d = tiny_llama.cfg.d_model
+    a = Dictionary(d, d, 8, "blocks.0.mlp.hook_in", "blocks.0.mlp.hook_out")
+    b = Dictionary(d, d, 8, "blocks.0.ln2.hook_out", "blocks.0.hook_mlp_out")
+    with pytest.raises(Exception, match="the tensor of 'blocks.0.mlp.hook_out'"):
+        attribute(tiny_llama, [a, b], IDS, verbose=False)

@@ -23,6 +23,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from replacement.hook_table import norm_output
+
 Capture = tuple[str, torch.nn.Module, str]
 """(hook name, twin module, "in" or "out")."""
 
@@ -168,8 +170,9 @@ def _plan(bridge: Any, twin: torch.nn.Module, hooks: Sequence[str]) -> list[Capt
         rest = ".".join(parts[2:])
         rest = (getattr(block, "hook_aliases", None) or {}).get(rest, rest)
         owner, _, point = rest.rpartition(".")
-        if point == "hook_normalized":  # a norm's output once its affine part is folded
-            point = "hook_out"
+        read = norm_output(name)
+        if read is not None and not read.after_weight:
+            point = "hook_out"  # a norm's output once its affine part is folded (checked below)
         if point not in ("hook_in", "hook_out"):
             return None
         try:
