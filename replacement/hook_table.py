@@ -119,6 +119,21 @@ _RESIDUAL_WRITES = {
 }
 _VALUE_BIAS = {"attn.hook_v", "attn.hook_z"}
 _RESIDUAL_WIDTH = _RESIDUAL_WRITES | set(_NORM_OUTPUTS)
+# activations that folding and centring leave as they are (folding is exact: a norm's weight
+# moves into the next linear layer, whose outputs stay the same; centring touches only writes)
+_UNCHANGED_BY_PROCESSING = {
+    "ln1.hook_scale",
+    "ln2.hook_scale",
+    "mlp.hook_pre",
+    "mlp.hook_pre_linear",
+    "mlp.hook_post",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+}
 
 # ---- 3. the MLP's input and output --------------------------------------------------------------
 MlpRead = Literal["resid", "normalized", "out"]
@@ -200,6 +215,14 @@ def is_residual_write(hook: str, facts: NormFacts = PROVISIONAL) -> bool:
 def holds_value_bias(hook: str, facts: NormFacts = PROVISIONAL) -> bool:
     """Whether `hook` holds the attention value bias on an unfolded model (folding moves it)."""
     return split_hook(canonical(hook, facts)).suffix in _VALUE_BIAS
+
+
+def processing_known(hook: str, facts: NormFacts = PROVISIONAL) -> bool:
+    """Whether the table knows what folding and centring do to `hook` (nothing, centring a
+    residual write, moving the value bias, or dropping a norm's weight from its output)."""
+    suffix = split_hook(canonical(hook, facts)).suffix
+    known = _RESIDUAL_WRITES | _VALUE_BIAS | set(_NORM_OUTPUTS) | _UNCHANGED_BY_PROCESSING
+    return suffix in known or suffix == "ln_final.hook_scale"
 
 
 def has_residual_width(hook: str, facts: NormFacts = PROVISIONAL) -> bool:

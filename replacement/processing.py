@@ -37,6 +37,7 @@ from replacement.hook_table import (
     is_layernorm,
     is_residual_write,
     norm_output,
+    processing_known,
     same_tensor,
 )
 
@@ -171,6 +172,11 @@ def fit_problem(
     for hook, role in ((in_hook, "reads"), (out_hook, "writes")):
         if role == "writes" and sae:
             continue
+        if not processing_known(hook):
+            return (
+                f"it {role} {hook!r}, for which no exact conversion between processings is "
+                "known (replacement.hook_table)"
+            )
         if w.fold_ln != h.fold_ln and holds_value_bias(hook):
             return f"it {role} {hook!r}, which holds the value bias only when it is not folded"
         if layernorm and w.centre != h.centre and is_centred_site(hook):

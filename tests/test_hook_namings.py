@@ -30,7 +30,7 @@ from circuits.attribute import attribute
 from replacement import Dictionary, load_model
 from replacement.formats.detect import _fit_to_model, load_dictionaries
 from replacement.hook_table import canonical, norm_facts
-from replacement.processing import ProcessingError
+from replacement.processing import ProcessingError, fit_problem
 from tests.test_processing import _random_norms
 from tests.tiny_models import _gqa_sizes, make_gemma2, make_gpt2
 
@@ -307,3 +307,18 @@ def test_aliases_of_one_tensor_are_one_out_hook(tiny_llama):
     b = Dictionary(d, d, 8, "blocks.0.ln2.hook_out", "blocks.0.hook_mlp_out")
     with pytest.raises(Exception, match="the tensor of 'blocks.0.mlp.hook_out'"):
         attribute(tiny_llama, [a, b], IDS, verbose=False)
+
+
+@pytest.mark.parametrize(
+    "in_hook,out_hook,problem",
+    [
+        ("blocks.0.mlp.hook_in", "blocks.0.mlp.hook_in", "writes the norm output"),
+        ("blocks.0.attn.hook_result", "blocks.0.attn.hook_result", "no exact conversion"),
+        ("blocks.0.attn.o.hook_in", "blocks.0.hook_attn_out", "holds the value bias"),
+        ("blocks.0.hook_in", "blocks.0.mlp.hook_out", "per-token mean this model does not keep"),
+    ],
+)
+def test_no_conversion_is_refused_by_name(in_hook, out_hook, problem):
+    """What has no exact conversion is refused with the reason (aliases included)."""
+    found = fit_problem(in_hook, out_hook, False, "none", "folded", True, True)
+    assert found is not None and problem in found
