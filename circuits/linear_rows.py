@@ -14,17 +14,19 @@ centring only for LayerNorm), x / scale * w for RMSNorm; `w` is the norm's own w
 bias is a constant and drops out; Gemma's `1 + weight` counted), so folded and unfolded models
 are both handled. M is the frozen norm after attention in post-norm blocks (Gemma-2/3's
 `ln1_post`, a per-position diagonal scaling once its scale is frozen; the identity elsewhere).
-The norm after the MLP (`ln2_post`) is not in the map: transcoders write `hook_mlp_out`, its
-output, so their features, errors and skip paths enter after it. A target
-enters at its own layer (a feature at its in_hook, a logit direction after the final norm)
+Transcoders that write `hook_mlp_out` (after the norm after the MLP, `ln2_post`, where there
+is one) inject their features, errors and skip paths there; those that write the MLP's own
+output (`mlp.hook_out`, before `ln2_post`) inject through that norm's frozen linear part. A
+target enters at its own layer (a feature at its in_hook, a logit direction after the final norm)
 and a row reads each source where it was injected: a feature's `a W_dec` (and a cross-layer
 transcoder's writes into later layers) at the out_hooks, error vectors there, embeddings at
 the bottom. Rows are sorted by target layer so that each layer only touches the rows already
 entered, and positions after the last target position are never touched (causal masking).
 
 The path applies when every layer's MLP is replaced by a transcoder (per-layer, skip, or a
-cross-layer transcoder's slice) reading the MLP input (`ln2.hook_normalized`, `ln2.hook_out`
-or `hook_resid_mid`) and writing `hook_mlp_out`, in a sequential (not parallel
+cross-layer transcoder's slice) reading the MLP's input and writing its output under any of
+their names (`replacement.hook_table`: `hook_resid_mid`, `ln2.hook_normalized`, `ln2.hook_out`
+or `mlp.hook_in`; `hook_mlp_out` or `mlp.hook_out`), in a sequential (not parallel
 attention/MLP) model with norms before attention and MLP (and optionally after them, as in
 Gemma). Elsewhere (SAEs, whose edges differentiate through MLPs; a layer
 whose MLP has no transcoder; other architectures) `linear_path_problem` says why and
