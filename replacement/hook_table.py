@@ -207,6 +207,12 @@ def before_weight(norm: NormRead) -> str:
     return f"{norm.norm}.hook_normalized"
 
 
+def norm_hook(norm: NormRead) -> str:
+    """The norm module's own hook for this read (`hook_out` or `hook_normalized`): aliases such
+    as `mlp.hook_in` sit on the module after the norm and do not fire when it runs alone."""
+    return f"{norm.norm}.hook_out" if norm.after_weight else before_weight(norm)
+
+
 def is_residual_write(hook: str, facts: NormFacts = PROVISIONAL) -> bool:
     """Whether `hook` holds the residual stream or a write into it (centring changes it)."""
     return split_hook(canonical(hook, facts)).suffix in _RESIDUAL_WRITES

@@ -322,3 +322,14 @@ def test_no_conversion_is_refused_by_name(in_hook, out_hook, problem):
     """What has no exact conversion is refused with the reason (aliases included)."""
     found = fit_problem(in_hook, out_hook, False, "none", "folded", True, True)
     assert found is not None and problem in found
+
+
+def test_atlas_reads_an_alias_like_its_canonical_hook(tiny_llama):
+    """A feature atlas' direct path from the embeddings: `mlp.hook_in` is `ln2.hook_out`."""
+    from replacement.atlas.weights import _direct_input
+
+    d = tiny_llama.cfg.d_model
+    alias = Dictionary(d, d, 8, "blocks.0.mlp.hook_in", "blocks.0.mlp.hook_out")
+    plain = Dictionary(d, d, 8, "blocks.0.ln2.hook_out", "blocks.0.hook_mlp_out")
+    got, want = _direct_input(alias, tiny_llama), _direct_input(plain, tiny_llama)
+    assert got is not None and torch.equal(got, want)

@@ -12,9 +12,9 @@ from torch import Tensor
 
 from replacement.dictionary import Dictionary
 from replacement.hook_table import (
-    before_weight,
     is_residual_stream,
     norm_facts,
+    norm_hook,
     norm_output,
     post_norm_of,
 )
@@ -116,8 +116,7 @@ def _direct_input(dictionary: Dictionary, model: Any) -> Tensor | None:
     read = norm_output(hook, facts)
     if read is None or f"{read.norm}.hook_scale" not in model.hook_dict:
         return None  # an MLP or attention output: no direct path from the embedding
-    # the norm's own hook (an alias such as `mlp.hook_in` sits on the module after it)
-    norm, hook = read.norm, f"{read.norm}.hook_out" if read.after_weight else before_weight(read)
+    norm, hook = read.norm, norm_hook(read)
     captured: dict[str, Tensor] = {}
 
     def keep(act: Tensor, hook: Any) -> Tensor:
