@@ -35,8 +35,8 @@ from tests.test_processing import _random_norms
 from tests.tiny_models import _gqa_sizes, make_gemma2, make_gpt2
 
 PROCESSINGS = ("none", "folded", "fold_ln", "centred")
-IDS = torch.tensor([0, 5, 17, 42, 9, 100, 3])  # longer than Gemma's 4-token window
-F = 24
+IDS = torch.tensor([0, 5, 17, 42, 9, 100])  # longer than Gemma's 4-token window
+F = 16
 NAMINGS = {  # name: (source, in, out)
     "ct_normalized": ("circuit_tracer", "ln2.hook_normalized", "hook_mlp_out"),
     "ct_mlp": ("circuit_tracer", "mlp.hook_in", "mlp.hook_out"),
