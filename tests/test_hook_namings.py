@@ -333,3 +333,21 @@ def test_atlas_reads_an_alias_like_its_canonical_hook(tiny_llama):
     plain = Dictionary(d, d, 8, "blocks.0.ln2.hook_out", "blocks.0.hook_mlp_out")
     got, want = _direct_input(alias, tiny_llama), _direct_input(plain, tiny_llama)
     assert got is not None and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("processing", ["none", "folded"])
+def test_table_aliases_hold_the_same_tensor(arch, processing):
+    """Every alias the table names holds its canonical hook's activation on the bridge, and
+    a norm's output before and after its weight differ unless the model is folded."""
+    from replacement import hook_table
+
+    model = arch.models[processing]
+    facts = norm_facts(model)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(IDS[None])
+    aliases = [h for h in cache if hook_table.canonical(h, facts) != h]
+    assert any(h.endswith("mlp.hook_in") for h in aliases)
+    for hook in aliases:
+        torch.testing.assert_close(cache[hook], cache[hook_table.canonical(hook, facts)])
+    before, after = cache["blocks.1.ln2.hook_normalized"], cache["blocks.1.ln2.hook_out"]
+    assert torch.allclose(before, after) == (processing == "folded")
