@@ -26,7 +26,7 @@ import yaml
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from circuits.attribute import attribute
+from circuits import attribute
 from replacement import Dictionary, load_model
 from replacement.formats.detect import _fit_to_model, load_dictionaries
 from replacement.hook_table import canonical, norm_facts
