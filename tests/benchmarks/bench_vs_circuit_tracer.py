@@ -316,7 +316,7 @@ def worker_ours(
     import torch
 
     torch.set_num_threads(threads)
-    from circuits.attribute import attribute
+    from circuits.attribution.attribute import attribute
     from replacement import load_model
     from replacement.formats.circuit_tracer import load_circuit_tracer_set
     from replacement.formats.detect import load_dictionaries

@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.sources import PromptSources
+from circuits.attribution.sources import PromptSources
 from replacement.dictionary import Dictionary
 from replacement.hook_table import (
     NormFacts,
