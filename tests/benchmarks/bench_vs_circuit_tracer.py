@@ -1,15 +1,22 @@
 """Benchmark: our `attribute` against circuit-tracer 0.5.0 itself, on identical weights.
 
-Run: python tests/benchmarks/bench_vs_circuit_tracer.py [--lengths 16 21 63 128 256]
-     [--repeats 3] [--threads 2] [--features 512] [--ct-python PATH] [--device cpu]
+Run: python tests/benchmarks/bench_vs_circuit_tracer.py [--arch gpt2 llama gemma2]
+     [--lengths 16 21 63 128 256] [--repeats 3] [--threads 2] [--features 512]
+     [--processing none] [--check-processings none folded fold_ln centred] [--ct-python PATH]
+     [--device cpu]
 
-What it does:
-1. Takes the embedded default model (a 4-layer d128 GPT-2) and random JumpReLU skip
-   transcoders on every layer (circuit-tracer's loader knows ReLU and JumpReLU), and writes
-   both once: the model as a TransformerLens-2 `HookedTransformer` state dict (the processed
-   weights our bridge runs, LayerNorm weights 1 and biases 0), the transcoders in
-   circuit-tracer's own layout (`config.yaml` + `layer_{i}.safetensors`), which our
-   `load_dictionaries` reads back, so both tools see the same numbers.
+What it does, per architecture:
+1. GPT-2: the embedded default model (a 4-layer d128 GPT-2), written as a TransformerLens-2
+   `HookedTransformer` state dict (the processed weights our bridge runs, LayerNorm weights 1
+   and biases 0). Llama (grouped-query attention, Llama-3 rope scaling) and Gemma-2 (norms
+   after attention and MLP, soft-caps, an 8-token sliding window): random Hugging Face models
+   of the same size with norm weights away from 1, saved as a folder; circuit-tracer's side
+   builds its HookedTransformer by TransformerLens 2's own weight conversion of them, ours
+   loads the folder with `load_model(folder, processing=--processing)`. Random JumpReLU skip
+   transcoders on every layer in circuit-tracer's own layout (`config.yaml` +
+   `layer_{i}.safetensors`) with its own hook names (Llama: `mlp.hook_in -> mlp.hook_out`, as
+   its Llama-3.2-1B transcoders; GPT-2 and Gemma-2: `ln2.hook_normalized -> hook_mlp_out`),
+   which our `load_dictionaries(path, model=m)` reads and converts to the model's processing.
 2. For every repeat and prompt length, interleaved, runs one process of each tool (ours in
    this interpreter's environment, circuit-tracer in its own venv). Each process loads,
    warms up on a short prompt, then times one `attribute` call with the tool's defaults
@@ -19,7 +26,7 @@ What it does:
    tokens at positions >= 1, logits) and prints per length the median seconds and peak MB of
    each tool and their ratios.
 
-circuit-tracer's venv: `--ct-python`, else /work/venvs/circuit_tracer/bin/python, else one
+circuit-tracer's venv: `--ct-python`, else /work/peer-venvs/circuit_tracer/bin/python, else one
 built here (tests/benchmarks/.venv_circuit_tracer: the CPU torch first, then circuit-tracer
 0.5.0 with transformer-lens 2.16.1, pyarrow < 21 so that it imports with numpy 1.x).
 Timings on a shared machine are noisy: compare the ratios, measured in the same run.
