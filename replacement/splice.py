@@ -33,6 +33,7 @@ from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import ShapeError, SparseCircuitsError
 from replacement.formats.model_hooks import unresolved_hooks
+from replacement.hook_table import has_residual_width, norm_facts
 from replacement.hooks import check_hook
 from replacement.model import model_name
 from replacement.processing import ProcessingError, model_processing
@@ -121,17 +122,11 @@ def check_compatible(model: Any, dictionary: Dictionary, check_model: bool = Tru
         (dictionary.in_hook, dictionary.d_in, "d_in"),
         (dictionary.out_hook, dictionary.d_out, "d_out"),
     ):
-        if _is_residual_width(hook) and width != d_model:
+        if has_residual_width(hook, norm_facts(model)) and width != d_model:
             raise ShapeError(
                 f"dictionary {label}={width} does not match hook {hook!r}, which has width "
                 f"d_model={d_model}"
             )
-
-
-def _is_residual_width(hook: str) -> bool:
-    return hook.endswith(
-        ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
-    ) or hook.endswith(("hook_normalized", "ln1.hook_out", "ln2.hook_out", "ln_final.hook_out"))
 
 
 def _flat(act: Tensor, width: int, hook: str, label: str) -> Tensor:
@@ -270,9 +265,7 @@ def _layer_views(clt: CrossLayerTranscoder) -> list[Any]:
             d_out=clt.d_model,
             model_name=clt.model_name,
             # hook names and processing: what the CLT reads must be what this model gives
-            metadata={
-                k: v for k, v in clt.metadata.items() if k in ("hook_source", "processing")
-            },
+            metadata={k: v for k, v in clt.metadata.items() if k in ("hook_source", "processing")},
         )
         for layer in range(clt.n_layers)
     ]
