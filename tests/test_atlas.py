@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import re
@@ -346,3 +347,28 @@ def test_trace_labels_with_a_given_atlas_and_refuses_a_foreign_one(
     other = random_transcoders(tiny_gpt2, "topk", n_features=24, seed=6, k=5)
     with pytest.raises(SparseCircuitsError, match="fingerprints differ"):
         trace("x = 1", tiny_gpt2, other, tmp_path / "out2", atlas=folder, verbose=False)
+
+
+def test_float16_dictionaries_run_in_the_models_dtype(tiny_gpt2, dictionaries, corpus, monkeypatch):
+    """Float16 files loaded without `model=` are encoded in the model's float32 (a float16
+    encode on a CPU ran 17x slower), and give the float32 atlas of the same weights."""
+    import replacement.atlas.build as build_module
+
+    half = [copy.deepcopy(d).half() for d in dictionaries]
+    widened = [copy.deepcopy(d).float() for d in half]  # exactly the float16 values
+    seen = []
+    real = build_module.stream_features
+
+    def spy(model, by_layer, *args, **kw):
+        seen.extend(d.W_enc.dtype for d in by_layer.values())
+        return real(model, by_layer, *args, **kw)
+
+    monkeypatch.setattr(build_module, "stream_features", spy)
+    from_half = build_atlas(tiny_gpt2, half, corpus, SETTINGS, verbose=False)
+    assert seen and set(seen) == {torch.float32}
+    assert all(d.W_enc.dtype == torch.float16 for d in half)  # the caller's objects untouched
+    reference = build_atlas(tiny_gpt2, widened, corpus, SETTINGS, verbose=False)
+    for layer, entry in reference.layers.items():
+        assert from_half.layers[layer].fingerprint == entry.fingerprint
+        for name, tensor in entry.tensors.items():
+            assert torch.equal(from_half.layers[layer].tensors[name], tensor), name
