@@ -270,3 +270,45 @@ def test_sparse_auxk_equals_the_dense_one():
     assert abs(dense[0] - sparse[0]) < 1e-5 * dense[0]
     for a, b in zip(dense[1], sparse[1], strict=True):
         assert torch.allclose(a, b, atol=1e-5) and a.abs().max() > 0
+
+
+def _numbered_cache(folder, shard_tokens: list[int]) -> ActivationCache:
+    """A cache whose row i (over all shards, in order) holds the value i: rows name themselves."""
+    import numpy as np
+
+    shards, first = [], 0
+    for s, n in enumerate(shard_tokens):
+        (folder / f"shard_{s:04d}").mkdir(parents=True)
+        ids = np.arange(first, first + n, dtype=np.float32)[:, None].repeat(2, 1)
+        np.save(folder / f"shard_{s:04d}" / f"{HOOKS[0]}.npy", ids)
+        shards.append({"folder": f"shard_{s:04d}", "tokens": n, "rows": n})
+        first += n
+    manifest = {"format": "sparse-circuits-activations", "version": 1, "dtype": "float32"}
+    manifest.update(hooks={HOOKS[0]: 2}, shards=shards, ctx_len=CTX, model="m")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return ActivationCache(folder)
+
+
+def test_an_epoch_of_the_cache_sampler_visits_each_row_exactly_once(tmp_path):
+    """Shards of 60, 40 and 20 tokens give 10 tokens each to a 30-token batch: every run of
+    n_s / 10 steps is one epoch of shard s (2, 3 and 6 epochs in 12 steps), in which each of
+    its rows comes exactly once; the next epoch is another order of the same rows."""
+    sizes = [60, 40, 20]
+    cache = _numbered_cache(tmp_path / "numbered", sizes)
+    batches = CachedBatches(cache, HOOKS[:1], 30, seed=5)
+    seen = [batches.batch(step)[HOOKS[0]][:, 0].long() for step in range(12)]
+    starts = [sum(sizes[:s]) for s in range(3)]
+    for s, n in enumerate(sizes):
+        per_step = [ids[(ids >= starts[s]) & (ids < starts[s] + n)] for ids in seen]
+        assert all(len(p) == 10 for p in per_step)
+        steps = n // 10
+        orders = []
+        for epoch in range(12 // steps):
+            visited = torch.cat(per_step[epoch * steps : (epoch + 1) * steps])
+            assert sorted(visited.tolist()) == list(range(starts[s], starts[s] + n))
+            orders.append(
+                torch.cat(
+                    [batches.indices(t, s) for t in range(epoch * steps, (epoch + 1) * steps)]
+                )
+            )
+        assert not torch.equal(orders[0], orders[1])  # epochs are reshuffled
