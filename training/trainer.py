@@ -39,7 +39,7 @@ from replacement.atomic import atomic_path, write_json
 from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import check_hook, layer_hooks
-from replacement.processing import model_processing
+from replacement.processing import UNKNOWN, model_processing
 from replacement.splice import splice
 from replacement.validation import remove_stale_outputs
 from training.activation_cache import ActivationCache, CachedBatches, rank_shards
@@ -145,7 +145,7 @@ def build_dictionary(
         "skip": config.kind == "skip_transcoder",
         "model_name": model_name,
         # the activations it is trained on: the model's processing (replacement.processing)
-        "metadata": {"processing": processing},
+        "metadata": {} if processing == UNKNOWN else {"processing": processing},
     }
     if config.activation == "gated":
         return GatedDictionary(d_model, d_model, config.n_features, in_hook, out_hook, **kw)
