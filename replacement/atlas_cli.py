@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from replacement.atlas.build import AtlasSettings
+from replacement.validation import int_at_least, nonnegative_int, positive_int
 
 ZOO_SETTINGS = AtlasSettings(
     n_top=12, window_before=9, window_after=2, n_bands=4, per_band=2, n_logit_tokens=8
@@ -62,12 +63,27 @@ def build_one(model, set_name: str, out: Path, settings: AtlasSettings, args) ->
 
 def run_features(args: argparse.Namespace) -> int:
     """Build the atlas of --dictionaries into --out, or the zoo's atlases with --zoo."""
+    from replacement.atlas.corpus import check_corpus
     from replacement.errors import SparseCircuitsError
+    from replacement.formats.detect import describe
     from replacement.model import load_model
+    from replacement.validation import check_output_dir
 
     if not args.zoo and (args.dictionaries is None or args.out is None):
         raise SparseCircuitsError("features needs --dictionaries SET and --out DIR (or --zoo)")
+    # the flags alone decide these: checked before the model loads
+    if args.out is not None and not args.zoo:
+        check_output_dir(args.out, "--out")
+    if args.dictionaries is not None:
+        describe(args.dictionaries)  # a missing location fails now
+    if args.corpus is not None:
+        check_corpus(args.corpus, "--corpus")
     model = load_model(args.model)
+    if args.ctx_len > int(model.cfg.n_ctx):
+        raise SparseCircuitsError(
+            f"--ctx-len {args.ctx_len} exceeds the model's context of {model.cfg.n_ctx} tokens; "
+            f"use --ctx-len {model.cfg.n_ctx} or less"
+        )
     if args.zoo:
         from replacement.atlas.lookup import shipped_atlas_path
         from replacement.zoo import list_dictionary_sets
@@ -102,10 +118,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="token file (.safetensors/.pt/.npy), text file or folder (default: the default "
         "model's held-out corpus)",
     )
-    p.add_argument("--max-tokens", type=int, default=None, help="use at most this many tokens")
-    p.add_argument("--ctx-len", type=int, default=128, help="row length, BOS included")
-    p.add_argument("--top", type=int, default=16, help="top contexts kept per feature")
-    p.add_argument("--seed", type=int, default=0, help="seed of the quantile-band sample")
+    p.add_argument(
+        "--max-tokens", type=positive_int, default=None, help="use at most this many tokens"
+    )
+    p.add_argument("--ctx-len", type=int_at_least(3), default=128, help="row length, BOS included")
+    p.add_argument("--top", type=positive_int, default=16, help="top contexts kept per feature")
+    p.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of the quantile-band sample"
+    )
     p.add_argument("--no-pages", action="store_true", help="write the atlas files only")
     p.add_argument(
         "--zoo",

@@ -312,3 +312,50 @@ def test_an_epoch_of_the_cache_sampler_visits_each_row_exactly_once(tmp_path):
                 )
             )
         assert not torch.equal(orders[0], orders[1])  # epochs are reshuffled
+
+
+def test_a_cache_is_checked_against_the_run_before_any_step(
+    default_model, small_data, cache_dir, tmp_path, tiny_gpt2
+):
+    """Evaluation after a cache run reads validation rows at the cache's ctx_len (the same
+    split, so never the cache's training rows); a cache of other rows or another model is
+    refused before the first step, not after training."""
+    from training.data import TokenData
+
+    run = Trainer(
+        _config(tmp_path / "r", cache_dir, ctx_len=128), model=default_model, data=small_data
+    )
+    assert run.ctx_len == CTX and run.data.train.shape[1] == CTX
+    cached = ActivationCache(cache_dir).manifest["token_source_sha256"]
+    assert token_source_hash(run.data.train) == cached  # the cache's own training rows
+    assert run.validation_tokens().shape[1] == CTX
+    train_rows = {tuple(r) for r in run.data.train.tolist()}
+    assert not any(tuple(r) in train_rows for r in run.validation_tokens().tolist())
+    shuffled = TokenData(
+        small_data.train.flip(0), small_data.val, small_data.bos, small_data.special_ids
+    )
+    for other in (shuffled, None):  # other rows; the default corpus
+        with pytest.raises(ActivationCacheError, match="other token rows"):
+            Trainer(_config(tmp_path / "o", cache_dir), model=default_model, data=other)
+    with pytest.raises(ActivationCacheError, match="not of"):
+        Trainer(_config(tmp_path / "m", cache_dir), model=tiny_gpt2)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m").exists()
+
+
+def test_validation_rows_of_a_cache_run_are_never_its_training_rows(default_model, tmp_path):
+    """A cache of a text file at ctx_len 32 and a run whose own ctx_len is 128: the run splits
+    the file at the cache's 32 (the split the cache was made with), so no validation row is a
+    cached training row (at 128 the random split was another one, and rows leaked)."""
+    from training.default_model.corpus import stdlib_dir
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(p.read_text() for p in sorted((stdlib_dir() / "json").glob("*.py"))))
+    data = load_token_data(default_model, str(text), CTX)
+    folder = write_activation_cache(
+        default_model, data, HOOKS, tmp_path / "c", n_shards=1, verbose=False
+    )
+    run = Trainer(_config(tmp_path / "r", folder, ctx_len=128, data=str(text)), model=default_model)
+    val = run.validation_tokens()
+    assert val.shape[1] == CTX
+    cached = {tuple(r) for r in data.train.tolist()}
+    assert not any(tuple(r) in cached for r in val.tolist())

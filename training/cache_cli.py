@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from replacement.errors import SparseCircuitsError
+from replacement.validation import int_at_least, positive_int
 from training.config import parse_layers
 
 
@@ -33,15 +35,29 @@ def run_cache(args: argparse.Namespace) -> int:
 
     verbose = not args.quiet
     progress(verbose, "cache: starting")
+    from replacement.hooks import check_hook
     from replacement.model import load_model
+    from replacement.validation import check_device, check_output_dir, check_text_source
     from training.activation_cache import write_activation_cache
     from training.data import load_token_data
 
+    # the flags alone decide these: checked before the model loads
+    check_output_dir(args.out, "--out")
+    check_device(args.device)
+    if args.data is not None:
+        check_text_source(args.data, "--data")
     progress(verbose, f"loading model {args.model!r}")
     model = load_model(args.model, device=args.device)
-    data = load_token_data(model, args.data, args.ctx_len, log=lambda m: progress(verbose, m))
     layers = args.layers if args.layers is not None else list(range(model.cfg.n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
+    if bad:
+        raise SparseCircuitsError(
+            f"--layers {bad} do not exist; the model has {model.cfg.n_layers} blocks"
+        )
     hooks = cache_hooks(layers, args.sites, args.hooks)
+    for hook in hooks:  # before the data is tokenized
+        check_hook(model, hook)
+    data = load_token_data(model, args.data, args.ctx_len, log=lambda m: progress(verbose, m))
     folder = write_activation_cache(
         model,
         data,
@@ -64,10 +80,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=parse_layers, default=None, help="e.g. 0-3 (default: all)")
     p.add_argument("--sites", default=None, help="hooks inside blocks.{l}., comma-separated")
     p.add_argument("--hooks", default=None, help="full hook names, comma-separated")
-    p.add_argument("--tokens", type=lambda v: int(float(v)), default=None, help="tokens to store")
-    p.add_argument("--ctx-len", type=int, default=128, help="sequence length, BOS included")
+    p.add_argument("--tokens", type=positive_int, default=None, help="tokens to store")
+    p.add_argument(
+        "--ctx-len", type=int_at_least(3), default=128, help="sequence length, BOS included"
+    )
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    p.add_argument("--shards", type=int, default=4, help="shards (>= ranks of a parallel run)")
+    p.add_argument(
+        "--shards", type=positive_int, default=4, help="shards (>= ranks of a parallel run)"
+    )
     p.add_argument("--device", default=None, help="torch device")
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--quiet", action="store_true", help="no progress output")
