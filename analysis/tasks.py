@@ -371,26 +371,33 @@ def load_task(path: str | Path, name: str | None = None) -> Task:
     """
     path = Path(path)
     if not path.is_file():
-        raise TaskError(f"task file {str(path)!r} does not exist")
-    text = path.read_text()
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise TaskError(f"task file {str(path)!r} {what}")
+    text = path.read_text(errors="replace")
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise TaskError(f"task file {str(path)!r} is not valid YAML: {exc}") from exc
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TaskError(f"task file {str(path)!r} is not valid JSON: {exc}") from exc
-    if isinstance(data, list):
-        return task_from_dicts(name or path.stem, data)
-    if isinstance(data, Mapping) and "pairs" in data:
-        return task_from_dicts(
-            name or str(data.get("name", path.stem)),
-            data["pairs"],
-            str(data.get("metric", "logit_diff")),
-            str(data.get("description", "")),
-        )
+    try:
+        if isinstance(data, list):
+            return task_from_dicts(name or path.stem, data)
+        if isinstance(data, Mapping) and "pairs" in data:
+            return task_from_dicts(
+                name or str(data.get("name", path.stem)),
+                data["pairs"],
+                str(data.get("metric", "logit_diff")),
+                str(data.get("description", "")),
+            )
+    except TaskError as exc:  # name the file: a flag or a list of files led here
+        raise TaskError(f"task file {str(path)!r}: {exc}") from None
     raise TaskError(
         f"task file {str(path)!r} should hold a list of pairs or a mapping with 'pairs'"
     )

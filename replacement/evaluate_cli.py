@@ -50,7 +50,7 @@ def heldout_text(n_tokens: int, model) -> str:
 def read_token_file(path: str | Path):
     """Token ids [sequences, positions] from a .safetensors (one tensor, or `tokens`), .pt or .npy.
 
-    A 1-D file is one sequence. The ids are used as given (BOS at position 0 expected).
+    A 1-D file is one sequence. `run_evaluate` adds BOS to rows that lack it.
     """
     import torch
 
@@ -128,7 +128,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.ctx_len is None and not args.token_file:
         args.ctx_len = recorded_ctx_len(dictionaries, int(model.cfg.n_ctx))
     if args.token_file:
+        from replacement.atlas.corpus import with_bos
+
         tokens = read_token_file(args.token_file)
+        bos = model.tokenizer.bos_token_id
+        # per the model's convention, one line saying so (SAELens' conventions take them as is)
+        if bos is not None and args.conventions == "sparse-circuits":
+            tokens = with_bos(tokens, int(bos), f"--token-file {args.token_file!r}")
     elif text is not None:
         tokens, _ = prepare_tokens(model, text, args.ctx_len)
     else:
