@@ -197,6 +197,11 @@ def _only_new_trace_files(env: dict) -> None:
     assert names == sorted([*files, "notes.txt"])
 
 
+def _nothing_trained(env: dict) -> None:
+    folder = Path(env["root"]) / "foreign_cache"
+    assert not folder.exists() or not list(folder.glob("*.safetensors"))
+
+
 TRACE_TINY = (
     "trace {prompt} --model {{model}} --dictionaries {{dicts}} --out {{root}}/earlier_trace --quiet"
 )
@@ -244,6 +249,8 @@ CASES = {
     "missing_dictionaries": Case([], "trace x --dictionaries {root}/nothing", 1, "dictionary location '{root}/nothing' does not exist"),
     "unknown_device": Case([], "evaluate --dictionaries {dicts} --device banana", 1, "--device 'banana' is not a torch device"),
     "slug_with_a_path": Case([], "trace x --slug ../evil", 1, "--slug '../evil' is not a file name"),
+    "cache_of_another_model": Case(["cache --model default --data {text} --layers 0 --tokens 200 --ctx-len 16 --out {root}/acts_default --quiet"], TRAIN + " --activations {root}/acts_default --out {root}/foreign_cache", 1, "holds activations of model 'sparse-circuits-default', not of", check=_nothing_trained),
+    "train_ctx_len_not_the_caches": Case(["cache --model {model} --data {text} --layers 0 --tokens 200 --ctx-len 16 --out {root}/acts_tiny --quiet"], TRAIN.replace("--ctx-len 16", "--ctx-len 32") + " --activations {root}/acts_tiny --out {root}/ctx_cache", 1, "--ctx-len 32 differs from the ctx_len 16"),
     "empty_prompt": Case([], ["trace", "", "--model", "{model}", "--dictionaries", "{dicts}", "--out", "{root}/e"], 1, "needs at least one token after BOS"),
 }
 # fmt: on

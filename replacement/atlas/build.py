@@ -242,7 +242,7 @@ def build_atlas(
     tokens: Any = None,
     settings: AtlasSettings | None = None,
     *,
-    ctx_len: int = 128,
+    ctx_len: int | None = None,
     max_tokens: int | None = None,
     verbose: bool = True,
 ) -> FeatureAtlas:
@@ -255,7 +255,8 @@ def build_atlas(
             ([rows, ctx] BOS-first rows, or a 1-D stream), a token file or a text file/folder
             (see `replacement.atlas.corpus.corpus_rows`).
         settings: what to keep per feature (`AtlasSettings()` by default).
-        ctx_len: row length for sources that are not already rows.
+        ctx_len: row length for sources that are not already rows (default 128, or n_ctx
+            if shorter).
         max_tokens: use only the first rows holding at most this many tokens.
         verbose: show a progress bar.
     """

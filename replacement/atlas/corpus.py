@@ -25,6 +25,8 @@ from replacement.model import DEFAULT_MODEL_DIR
 
 HELDOUT_LIST = DEFAULT_MODEL_DIR / "heldout_files.txt"
 TOKEN_SUFFIXES = (".safetensors", ".pt", ".npy")
+DEFAULT_CTX_LEN = 128
+"""Row length of text corpora when none is given (the zoo's training context)."""
 
 
 def heldout_texts() -> list[str]:
@@ -123,7 +125,7 @@ def _text_documents(path: Path) -> list[str]:
 
 
 def corpus_rows(
-    model: Any, source: Any = None, ctx_len: int = 128, max_tokens: int | None = None
+    model: Any, source: Any = None, ctx_len: int | None = None, max_tokens: int | None = None
 ) -> tuple[Int[Tensor, "rows ctx"], str]:
     """Rows of `ctx_len` tokens (BOS first) from `source`, and a description of the source.
 
@@ -132,7 +134,8 @@ def corpus_rows(
         source: None (the default model's held-out corpus), a token tensor ([rows, ctx]: used
             as is; 1-D: one stream), a token file (.safetensors, .pt, .npy), a text file or a
             folder of text files.
-        ctx_len: row length, BOS included (at most the model's n_ctx).
+        ctx_len: row length, BOS included (at most the model's n_ctx; default 128 or n_ctx
+            if shorter).
         max_tokens: keep only the first rows holding at most this many tokens.
     """
     bos = model.tokenizer.bos_token_id
@@ -140,6 +143,8 @@ def corpus_rows(
         bos = model.tokenizer.eos_token_id
     if bos is None:
         raise SparseCircuitsError("the tokenizer has neither a BOS nor an EOS token")
+    if ctx_len is None:
+        ctx_len = min(DEFAULT_CTX_LEN, int(model.cfg.n_ctx))
     if not 3 <= int(ctx_len) <= int(model.cfg.n_ctx):  # never clamp: the user asked for it
         raise SparseCircuitsError(
             f"ctx_len (--ctx-len) {ctx_len} should be in 3..{model.cfg.n_ctx} (BOS and two "
