@@ -121,6 +121,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_output_file(args.out, "--out")
     check_device(args.device)
     describe(args.dictionaries)  # raises if the location does not exist
+    file_tokens = read_token_file(args.token_file) if args.token_file else None
     # the model gets the processing its dictionaries were trained under
     model, dictionaries = load_model_and_dictionaries(
         args.model, args.dictionaries, device=args.device, processing=args.processing
@@ -130,7 +131,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.token_file:
         from replacement.atlas.corpus import with_bos
 
-        tokens = read_token_file(args.token_file)
+        tokens = file_tokens
         bos = model.tokenizer.bos_token_id
         # per the model's convention, one line saying so (SAELens' conventions take them as is)
         if bos is not None and args.conventions == "sparse-circuits":
