@@ -83,7 +83,7 @@ def run_features(args: argparse.Namespace) -> int:
     if args.corpus is not None:
         check_corpus(args.corpus, "--corpus")
     model = load_model(args.model)
-    if args.ctx_len > int(model.cfg.n_ctx):
+    if args.ctx_len is not None and args.ctx_len > int(model.cfg.n_ctx):
         raise SparseCircuitsError(
             f"--ctx-len {args.ctx_len} exceeds the model's context of {model.cfg.n_ctx} tokens; "
             f"use --ctx-len {model.cfg.n_ctx} or less"
@@ -125,7 +125,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-tokens", type=positive_int, default=None, help="use at most this many tokens"
     )
-    p.add_argument("--ctx-len", type=int_at_least(3), default=128, help="row length, BOS included")
+    p.add_argument(
+        "--ctx-len",
+        type=int_at_least(3),
+        default=None,
+        help="row length, BOS included (default: 128, or the model's n_ctx if shorter)",
+    )
     p.add_argument("--top", type=positive_int, default=16, help="top contexts kept per feature")
     p.add_argument(
         "--seed", type=nonnegative_int, default=0, help="seed of the quantile-band sample"
