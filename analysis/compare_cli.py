@@ -17,6 +17,7 @@ from typing import Any
 
 from replacement.errors import SparseCircuitsError
 from replacement.output_folder import add_overwrite_flag
+from replacement.validation import nonnegative_int, positive_int
 
 
 def findings(comparison: Any) -> str:
@@ -45,6 +46,20 @@ def findings(comparison: Any) -> str:
     return "Averaged over the tasks, " + "; ".join(parts) + "."
 
 
+def _read_json(path: str, option: str) -> Any:
+    """The JSON content of a file a flag names, or an error naming the flag."""
+    import json
+
+    file = Path(path)
+    if not file.is_file():
+        what = "is a folder" if file.is_dir() else "does not exist"
+        raise SparseCircuitsError(f"{option} {path!r} {what}; expected a JSON file")
+    try:
+        return json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SparseCircuitsError(f"{option} {path!r} is not valid JSON: {exc}") from exc
+
+
 def run_compare(args: argparse.Namespace) -> dict[str, Path]:
     """Load model, sets and tasks, compare, and write the report."""
     from replacement.output_folder import OutputFolder
@@ -71,33 +86,62 @@ def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
     from analysis.compare import compare
     from analysis.tasks import load_task
     from replacement import load_dictionaries, load_model
+    from replacement.formats.detect import describe
+    from replacement.validation import check_output_dir
     from replacement.zoo import list_dictionary_sets
 
+    # every input the flags name is checked before the model loads
+    check_output_dir(args.out, "--out")
+    if args.sweep is not None:
+        sweep = _read_json(args.sweep, "--sweep")
+        if not (
+            isinstance(sweep, dict)
+            and all(isinstance(sweep.get(k), dict) for k in ("runs", "setup"))
+        ):
+            raise SparseCircuitsError(
+                f"--sweep {args.sweep!r} is not a claims sweep; expected a JSON mapping with "
+                "'runs' and 'setup' (as analysis/claims_sweep.json)"
+            )
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.results:  # only write the report again (say, with a newer claims sweep)
-        import json
-
         from analysis.compare import Comparison
 
-        comparison = Comparison.from_dict(json.loads(Path(args.results).read_text()))
+        data = _read_json(args.results, "--results")
+        try:
+            comparison = Comparison.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SparseCircuitsError(
+                f"--results {args.results!r} is not a results.json of `compare` ({exc!r})"
+            ) from exc
         sweep = load_sweep(args.sweep)
         files = _write_report(
             folder, comparison, claims(sweep) if sweep else [], sweep, findings(comparison)
         )
         print(f"wrote {', '.join(str(p) for p in files.values())}")
         return files
-    model = load_model(args.model)
     names = [s for s in (args.sets or "").split(",") if s] or [
         e.name for e in list_dictionary_sets()
     ]
     if not names:
         raise SparseCircuitsError("no dictionary sets given and none shipped; pass --sets")
+    for name in names:
+        describe(name)  # a missing location fails now
+    tasks = [load_task(p) for p in args.task_file] if args.task_file else None
+    if args.tasks:
+        from analysis.code_tasks import TASK_NAMES
+
+        if tasks:
+            raise SparseCircuitsError("give --tasks or --task-file, not both")
+        unknown = [w for w in args.tasks.split(",") if w not in TASK_NAMES]
+        if unknown:
+            raise SparseCircuitsError(
+                f"--tasks {unknown} are unknown; built-in tasks: {sorted(TASK_NAMES)}"
+            )
+    model = load_model(args.model)
     sets = {Path(n).name if "/" in n else n: load_dictionaries(n) for n in names}
-    if args.task_file:
-        tasks = [load_task(p) for p in args.task_file]
-    else:
+    if not tasks:
         tasks = default_tasks(model, n=args.pairs)
         if args.tasks:
             wanted = args.tasks.split(",")
@@ -169,7 +213,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--pairs",
-        type=int,
+        type=positive_int,
         default=64,
         help="number of prompt pairs per built-in task (default: %(default)s)",
     )
@@ -202,13 +246,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--graph-prompts",
-        type=int,
+        type=nonnegative_int,
         default=2,
         help="number of prompts per task traced for the graph scores (default: %(default)s)",
     )
     p.add_argument(
         "--loss-rows",
-        type=int,
+        type=nonnegative_int,
         default=32,
         help="number of held-out rows of 128 tokens for the loss columns (default: %(default)s)",
     )
@@ -220,7 +264,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="number of torch threads (0: torch's default) (default: %(default)s)",
     )

@@ -15,9 +15,10 @@ import argparse
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from replacement.output_folder import OutputFolder, add_overwrite_flag, owned
+from replacement.validation import int_at_least, nonnegative_int, positive_int
 
 if TYPE_CHECKING:  # the atlas code loads torch: only when the command runs
     from replacement.atlas.build import AtlasSettings
@@ -80,31 +81,46 @@ def _atlas_entry(path: Path) -> bool:
 def run_features(args: argparse.Namespace) -> int:
     """Build the atlas of --dictionaries into --out, or the zoo's atlases with --zoo."""
     from replacement.atlas.build import AtlasSettings
+    from replacement.atlas.corpus import check_corpus
     from replacement.errors import SparseCircuitsError
+    from replacement.formats.detect import describe
     from replacement.model import load_model
 
     if not args.zoo and (args.dictionaries is None or args.out is None):
         raise SparseCircuitsError("features needs --dictionaries SET and --out DIR (or --zoo)")
+    # the flags alone decide these: checked before the model loads
+    if args.dictionaries is not None:
+        describe(args.dictionaries)  # a missing location fails now
+    if args.corpus is not None:
+        check_corpus(args.corpus, "--corpus")
+
+    def checked_model() -> Any:
+        model = load_model(args.model)
+        if args.ctx_len is not None and args.ctx_len > int(model.cfg.n_ctx):
+            raise SparseCircuitsError(
+                f"--ctx-len {args.ctx_len} exceeds the model's context of {model.cfg.n_ctx} "
+                f"tokens; use --ctx-len {model.cfg.n_ctx} or less"
+            )
+        return model
+
     if not args.zoo:  # checked, refused if not ours, and locked before the model loads
         with OutputFolder(
             args.out, command="features", overwrite=args.overwrite, legacy=_atlas_entry
         ) as out:
-            model = load_model(args.model)
+            model = checked_model()
             settings = AtlasSettings(n_top=args.top, seed=args.seed)
             build_one(model, args.dictionaries, out, settings, args)
         return 0
-    model = load_model(args.model)
-    if args.zoo:
-        from replacement.atlas.lookup import shipped_atlas_path
-        from replacement.zoo import list_dictionary_sets
+    from replacement.atlas.lookup import shipped_atlas_path
+    from replacement.zoo import list_dictionary_sets
 
-        names = [args.dictionaries] if args.dictionaries else []
-        names = names or [entry.name for entry in list_dictionary_sets()]
-        settings = AtlasSettings(**ZOO_SETTINGS, seed=args.seed)
-        args.no_pages = True
-        for name in names:
-            build_one(model, name, shipped_atlas_path(name), settings, args)
-        return 0
+    model = checked_model()
+    names = [args.dictionaries] if args.dictionaries else []
+    names = names or [entry.name for entry in list_dictionary_sets()]
+    settings = AtlasSettings(**ZOO_SETTINGS, seed=args.seed)
+    args.no_pages = True
+    for name in names:
+        build_one(model, name, shipped_atlas_path(name), settings, args)
     return 0
 
 
@@ -139,25 +155,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-tokens",
-        type=int,
+        type=positive_int,
         default=None,
         help="number of corpus tokens used at most (default: all of the corpus)",
     )
     p.add_argument(
         "--ctx-len",
-        type=int,
-        default=128,
-        help="row length in tokens, BOS included (default: %(default)s)",
+        type=int_at_least(3),
+        default=None,
+        help="row length in tokens, BOS included (default: 128, or the model's n_ctx if shorter)",
     )
     p.add_argument(
         "--top",
-        type=int,
+        type=positive_int,
         default=16,
         help="number of top contexts kept per feature (default: %(default)s)",
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="seed of the quantile-band sample (default: %(default)s)",
     )

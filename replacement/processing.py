@@ -92,9 +92,25 @@ def processing_from_tl_kwargs(kwargs: Mapping[str, Any] | None, no_processing: b
     return Processing(fold, centre).name
 
 
+UNKNOWN = "unknown"
+"""`model_processing` of a bridge that `load_model` did not make (nothing says how it was built)."""
+
+
 def model_processing(model: Any) -> str:
-    """The processing of a model from `load_model` ("folded" for a bridge of unknown origin)."""
-    return str(getattr(model, "sc_processing", None) or "folded")
+    """The processing of a model from `load_model`, or "unknown" for a bridge made elsewhere
+    (state it with `model.sc_processing = "none"` etc., see `unknown_processing_advice`)."""
+    return str(getattr(model, "sc_processing", None) or UNKNOWN)
+
+
+def unknown_processing_advice(want: str) -> str:
+    """What to do when a dictionary trained under `want` meets a bridge of unknown processing."""
+    return (
+        "this bridge was not made by replacement.load_model, so its processing is unknown. "
+        "State it before splicing: model.sc_processing = 'none' for a bridge whose weights were "
+        "not processed (TransformerBridge.boot_transformers as is), or 'folded' after "
+        "enable_compatibility_mode() (norms folded, writing weights centred), or "
+        f"'fold_ln' / 'centred'; or load it with load_model(source, processing={want!r})"
+    )
 
 
 def uses_layernorm(model: Any) -> bool:
@@ -250,6 +266,8 @@ def fit_to_processing(d: Any, model: Any) -> Any:
     have = model_processing(model)
     if not want or want == have:
         return d
+    if have == UNKNOWN:
+        raise ProcessingError(_message(d, want, have, unknown_processing_advice(want)))
     if callable(getattr(d, "in_hook", None)):  # cross-layer transcoders
         problem = "cross-layer transcoders are not converted between processings"
         raise ProcessingError(_message(d, want, have, problem))

@@ -11,8 +11,11 @@ other hooks inside `blocks.{l}.` (e.g. `hook_resid_pre`), `--hooks` full hook na
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from replacement.errors import SparseCircuitsError
 from replacement.output_folder import add_overwrite_flag
+from replacement.validation import int_at_least, positive_int
 from training.config import parse_layers
 
 
@@ -31,16 +34,23 @@ def cache_hooks(layers: list[int], sites: str | None, hooks: str | None) -> list
 def run_cache(args: argparse.Namespace) -> int:
     """Write the cache and print where it went."""
     from replacement.output_folder import OutputFolder
+    from replacement.validation import check_device, check_output_dir, check_text_source
     from training.progress import progress
 
     verbose = not args.quiet
     progress(verbose, "cache: starting")
+    # the flags alone decide these: checked before the model loads
+    check_output_dir(args.out, "--out")
+    check_device(args.device)
+    if args.data is not None:
+        check_text_source(args.data, "--data")
     # the folder is checked and locked before the model loads
     with OutputFolder(args.out, command="cache", overwrite=args.overwrite) as out:
         return _write_cache(args, out, verbose)
 
 
-def _write_cache(args: argparse.Namespace, out, verbose: bool) -> int:
+def _write_cache(args: argparse.Namespace, out: Any, verbose: bool) -> int:
+    from replacement.hooks import check_hook
     from replacement.model import load_model
     from training.activation_cache import write_activation_cache
     from training.data import load_token_data
@@ -48,9 +58,16 @@ def _write_cache(args: argparse.Namespace, out, verbose: bool) -> int:
 
     progress(verbose, f"loading model {args.model!r}")
     model = load_model(args.model, device=args.device)
-    data = load_token_data(model, args.data, args.ctx_len, log=lambda m: progress(verbose, m))
     layers = args.layers if args.layers is not None else list(range(model.cfg.n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
+    if bad:
+        raise SparseCircuitsError(
+            f"--layers {bad} do not exist; the model has {model.cfg.n_layers} blocks"
+        )
     hooks = cache_hooks(layers, args.sites, args.hooks)
+    for hook in hooks:  # before the data is tokenized
+        check_hook(model, hook)
+    data = load_token_data(model, args.data, args.ctx_len, log=lambda m: progress(verbose, m))
     folder = write_activation_cache(
         model,
         data,
@@ -92,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--tokens",
-        type=lambda v: int(float(v)),
+        type=positive_int,
         default=None,
         help="number of tokens stored per hook, e.g. 2e6 (default: the whole corpus). Cost: "
         "2 bytes x the hook's width per token per hook at float16 (the default model's d_model 128: "
@@ -100,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ctx-len",
-        type=int,
+        type=int_at_least(3),
         default=128,
         help="sequence length in tokens, BOS included (default: %(default)s)",
     )
@@ -112,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--shards",
-        type=int,
+        type=positive_int,
         default=4,
         help="number of shard files (at least the ranks of a parallel training run) (default: %(default)s)",
     )

@@ -76,7 +76,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.no_resume:
         values["resume"] = False
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
+    config = TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
+    # a warm-up the user asked for that outlasts the run never reaches the set lr
+    if args.warmup_steps is not None and config.warmup_steps > config.total_steps:
+        from training.config import ConfigError
+
+        raise ConfigError(
+            f"--warmup-steps (warmup_steps) {config.warmup_steps} is longer than the run's "
+            f"{config.total_steps} steps (--tokens / --batch-tokens); use at most "
+            f"{config.total_steps}"
+        )
+    return config
 
 
 def sweep_configs(base: TrainConfig, path: str) -> list[TrainConfig]:
@@ -110,6 +120,16 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"trained {len(configs)} runs in one pass over {config.activations}")
         return 0
     check_output_dir(config.out_dir, "--out")
+    if config.activations is not None and args.ctx_len is not None:
+        from training.activation_cache import ActivationCache
+        from training.config import ConfigError
+
+        cached = int(ActivationCache(config.activations).manifest["ctx_len"])
+        if cached != config.ctx_len:
+            raise ConfigError(
+                f"--ctx-len {config.ctx_len} differs from the ctx_len {cached} that "
+                f"--activations {config.activations!r} was written with; omit --ctx-len"
+            )
     with _own_folders([config.out_dir], args.overwrite, "--out"):  # before the model loads
         trainer = Trainer(config)
         trainer.train()

@@ -40,7 +40,7 @@ from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import check_hook, layer_hooks
 from replacement.output_folder import OutputFolder, owned
-from replacement.processing import model_processing
+from replacement.processing import UNKNOWN, model_processing
 from replacement.splice import splice
 from training.activation_cache import ActivationCache, CachedBatches, rank_shards
 from training.activations import ActivationBuffer
@@ -145,7 +145,7 @@ def build_dictionary(
         "skip": config.kind == "skip_transcoder",
         "model_name": model_name,
         # the activations it is trained on: the model's processing (replacement.processing)
-        "metadata": {"processing": processing},
+        "metadata": {} if processing == UNKNOWN else {"processing": processing},
     }
     if config.activation == "gated":
         return GatedDictionary(d_model, d_model, config.n_features, in_hook, out_hook, **kw)
@@ -207,6 +207,8 @@ class Trainer:
             d_model = self.cache.hooks[dictionary_hooks(config, config.layers[0])[0]]
             model_name = str(self.cache.manifest.get("model", ""))
             processing = str(self.cache.manifest.get("processing") or "folded")
+            if model is not None or config.evaluate:  # the run meets the model: check it now
+                self._check_cache_against_model()
         else:
             self._check_against_model(self.model)  # before any data is read
             self.ctx_len = int(self.data.train.shape[1])
@@ -264,6 +266,29 @@ class Trainer:
             check_hook(model, d.in_hook)
             check_hook(model, d.out_hook)
 
+    def _check_cache_against_model(self) -> None:
+        """Model, processing and token rows of the activation cache against this run, before
+        any step: the evaluation at the end reads the model and validation rows, and rows of
+        another split (other data, ctx_len or tokenizer) could be the cache's training rows."""
+        from training.activation_cache import ActivationCacheError, token_source_hash
+
+        cache, model = self.cache, self.model  # loading the model checks its name
+        cached = cache.manifest.get("processing")
+        if cached and model_processing(model) not in (cached, UNKNOWN):
+            raise ActivationCacheError(
+                f"activation cache {str(cache.folder)!r} holds activations of a model with "
+                f"processing {cached!r}; this run's model has {model_processing(model)!r}"
+            )
+        n_rows = sum(int(s.get("rows", 0)) for s in cache.manifest["shards"])
+        train = self.data.train
+        if token_source_hash(train[:n_rows]) != cache.manifest.get("token_source_sha256"):
+            raise ActivationCacheError(
+                f"activation cache {str(cache.folder)!r} was written from other token rows "
+                f"than this run's --data at the cache's ctx_len {self.ctx_len} (other data, "
+                "tokenizer or split), so its training rows could be this run's validation "
+                "rows; pass the --data the cache was written from, or write the cache again"
+            )
+
     def _log(self, message: str) -> None:
         progress(self.config.verbose and self.dist.is_main, message)
 
@@ -287,7 +312,8 @@ class Trainer:
             self._data = load_token_data(
                 self.model,
                 source,
-                self.config.ctx_len,
+                # with a cache, its rows' length: the same split, so validation stays held out
+                self.config.ctx_len if self.cache is None else self.ctx_len,
                 self.config.val_fraction,
                 log=self._log,
             )

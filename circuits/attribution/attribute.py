@@ -48,7 +48,7 @@ from circuits.graph.sparse_rows import (
 )
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
-from replacement.errors import SparseCircuitsError
+from replacement.errors import ShapeError, SparseCircuitsError
 from replacement.hook_table import canonical, norm_facts
 from replacement.hooks import hook_layer
 from replacement.model import to_tokens
@@ -60,7 +60,20 @@ def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
     if isinstance(prompt, str):
         tokens = to_tokens(model, prompt)[0]
     else:
-        tokens = torch.as_tensor(prompt).reshape(-1).to(model.cfg.device)
+        tokens = torch.as_tensor(prompt)
+        if tokens.dim() == 2 and tokens.shape[0] == 1:
+            tokens = tokens[0]
+        if tokens.dim() != 1 or tokens.is_floating_point() or tokens.is_complex():
+            raise ShapeError(
+                f"a prompt tensor should hold integer token ids of shape [n] or [1, n]; got "
+                f"{tuple(tokens.shape)} {tokens.dtype} (attribute one prompt at a time)"
+            )
+        if tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < model.cfg.d_vocab:
+            raise SparseCircuitsError(
+                f"prompt token ids span {int(tokens.min())}..{int(tokens.max())}; the model's "
+                f"vocabulary has {model.cfg.d_vocab} tokens"
+            )
+        tokens = tokens.long().to(model.cfg.device)
         bos = getattr(model.tokenizer, "bos_token_id", None)
         if bos is not None and (tokens.numel() == 0 or int(tokens[0]) != bos):
             tokens = torch.cat([tokens.new_tensor([bos]), tokens])
