@@ -180,6 +180,7 @@ def _edited_graph(tmp_path, edit_json=None, edit_tensors=None):
     from safetensors.torch import load_file
 
     from circuits import AttributionGraph
+    from replacement.file_pair import file_sha256
     from tests.test_graph_ops import hand_graph
 
     stem = tmp_path / "g"
@@ -192,6 +193,10 @@ def _edited_graph(tmp_path, edit_json=None, edit_tensors=None):
         tensors = load_file(str(stem.with_suffix(".safetensors")))
         edit_tensors(tensors)
         save_file(tensors, str(stem.with_suffix(".safetensors")), {"pair_id": meta["pair_id"]})
+        # a consistent pair whose content is wrong (as a buggy writer would make): the
+        # checksum matches, so the content checks are what must catch it
+        meta["tensors_sha256"] = file_sha256(stem.with_suffix(".safetensors"))
+        stem.with_suffix(".json").write_text(json.dumps(meta))
     return AttributionGraph.load(stem)
 
 
