@@ -294,6 +294,23 @@
       });
     });
 
+    // labelled units of a row alternate below and above their nodes; each label gets the room
+    // up to its nearest neighbours on the same side, so that labels never overlap
+    const byRow = {};
+    d.units.list.forEach(function (u) {
+      if (u.node && (u.node.kind === "token" || u.node.kind === "error" || u.node.kind === "logit")) return;
+      (byRow[u.place.row] = byRow[u.place.row] || []).push(u);
+    });
+    Object.keys(byRow).forEach(function (r) {
+      const row = byRow[r].sort(function (a, b) { return place[a.key].x - place[b.key].x; });
+      row.forEach(function (u, j) {
+        const at = place[u.key];
+        at.below = j % 2 === 0;
+        const prev = j >= 2 ? place[row[j - 2].key].x : -Infinity, next = j + 2 < row.length ? place[row[j + 2].key].x : Infinity;
+        at.room = Math.min(at.x - prev, next - at.x, 2 * (L.width - RIGHT - at.x), 400) - 5;
+      });
+    });
+
     let maxW = 0;
     d.units.edges.forEach(function (e) { maxW = Math.max(maxW, Math.abs(e.w)); });
     maxW = maxW || 1;
@@ -361,8 +378,8 @@
       attrs = { class: "node-label logit-label", x: at.x + 3.5, y: y, transform: "rotate(-90 " + at.x + " " + y + ")" };
     } else {
       const name = u.node ? u.node.short : u.group;
-      text = fitText(name, Math.max(2 * at.slot - 6, u.node ? 0 : at.slot - 4), LABEL_FONT);
-      const below = at.j % 2 === 0;
+      text = fitText(name, at.room, LABEL_FONT);
+      const below = at.below;
       attrs = { class: "node-label", x: at.x, y: below ? at.y + at.r + 10 : at.y - at.r - 3, "text-anchor": "middle" };
     }
     if (!text) return;
