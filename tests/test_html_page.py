@@ -130,7 +130,9 @@ def test_visible_rule_on_a_known_graph():
 def test_compare_page_refuses_two_prompts(small, tmp_path):
     other = synthetic_graph(seed=4, n_pos=5, n_layers=3)
     with pytest.raises(SparseCircuitsError, match="different prompts"):
-        write_compare_html([("a", small, None, None), ("b", other, None, None)], tmp_path / "c.html")
+        write_compare_html(
+            [("a", small, None, None), ("b", other, None, None)], tmp_path / "c.html"
+        )
     with pytest.raises(SparseCircuitsError, match="one or two graphs"):
         render_page([page_data(small)] * 3, "three")
 
@@ -213,6 +215,7 @@ def test_64_tokens_readable_in_1280_px(browser, tmp_path):
     )
     rows = [t[4] for t in boxes(page, ".row-label")]
     assert rows == ["emb", "L0", "L1", "L2", "out"]
+
     # zooming in (wheel over the pane) widens the columns: the features in view get their
     # labels (most of them; some at the pane edge have no room), which stay apart
     def labelled_share():
@@ -306,11 +309,16 @@ def test_click_pins_and_the_url_keeps_the_view(small, small_page, browser):
     ids = node_ids(small)
     feats = small.find("feature")
     events = []
-    page.evaluate("window.__clicks = []; sparseCircuitsPage.on('nodeclick', d => __clicks.push(d.id))")
+    page.evaluate(
+        "window.__clicks = []; sparseCircuitsPage.on('nodeclick', d => __clicks.push(d.id))"
+    )
     page.click(f"#node-0-{feats[0]}")
     page.click(f"#node-0-{feats[1]}")
     classes = shown(page)[0]
-    assert {k for k, c in classes.items() if "pinned" in c.split()} == {str(feats[0]), str(feats[1])}
+    assert {k for k, c in classes.items() if "pinned" in c.split()} == {
+        str(feats[0]),
+        str(feats[1]),
+    }
     assert "selected" in classes[str(feats[1])].split()
     events = page.evaluate("window.__clicks")
     assert events == [ids[feats[0]], ids[feats[1]]]
@@ -378,7 +386,10 @@ def test_sliders_reprune_live(small, small_page):
     shares = sorted(set(influence_shares(small).tolist()))
     node_t = (shares[len(shares) // 2] + shares[len(shares) // 2 + 1]) / 2  # not on a share
     for node_threshold, edge_threshold in [(1.0, 0.6), (node_t, 1.0), (node_t, 0.8)]:
-        for slider, value in (("#node-threshold", node_threshold), ("#edge-threshold", edge_threshold)):
+        for slider, value in (
+            ("#node-threshold", node_threshold),
+            ("#edge-threshold", edge_threshold),
+        ):
             page.evaluate(
                 """([s, v]) => { const e = document.querySelector(s); e.value = v;
                 e.dispatchEvent(new Event('input', { bubbles: true })); }""",
