@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from html.parser import HTMLParser
@@ -29,11 +28,9 @@ from circuits.html_page import (
     write_html,
 )
 from replacement.errors import SparseCircuitsError
+from tests.browser import CHROMIUM
 from tests.test_draw import synthetic_graph
 
-CHROMIUM = next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-)
 try:
     from playwright.sync_api import sync_playwright
 except ImportError:  # the dev extra has it
