@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from replacement.atlas.labels import describe_contexts
 
-VOCAB = ["<bos>", "def", " f", " g", " main", "return", " self", " x", "1", "23", "(", "\n    ", "456", "7"]
+VOCAB = [
+    "<bos>",
+    "def",
+    " f",
+    " g",
+    " main",
+    "return",
+    " self",
+    " x",
+    "1",
+    "23",
+    "(",
+    "\n    ",
+    "456",
+    "7",
+]
 
 
 def ctx(value: float, *tokens: int) -> dict:
@@ -30,6 +45,6 @@ def test_a_class_of_tokens_and_fallbacks():
     spread = [ctx(1.0, 0, 2), ctx(1.0, 8, 10), ctx(1.0, 4, 5), ctx(1.0, 6, 11)]
     assert describe_contexts(spread, [], VOCAB) == "'('/'\\n+4sp'/'f'"
     assert describe_contexts([], [6], VOCAB) == "dead"
-    assert describe_contexts([ctx(1.0, 0, 5)], [6], {"0": "<bos>", "5": "return", "6": " self"}) == (
-        "'return' → self"
-    )
+    assert describe_contexts(
+        [ctx(1.0, 0, 5)], [6], {"0": "<bos>", "5": "return", "6": " self"}
+    ) == ("'return' → self")
