@@ -172,6 +172,12 @@ def _static(name: str) -> str:
     return resources.files("circuits").joinpath("static", name).read_text(encoding="utf-8")
 
 
+def _one_line(text: str) -> str:
+    """A heading of one line: newlines and tabs shown as symbols, long text cut."""
+    text = text.replace("\n", "⏎").replace("\t", "→")
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
 def render_page(
     graphs: Sequence[dict[str, Any]],
     title: str,
@@ -212,7 +218,7 @@ def render_page(
 </head>
 <body>
 <header>
-  <h1>{html.escape(title)}</h1>
+  <h1 title="{html.escape(title)}">{html.escape(_one_line(title))}</h1>
   <span id="summary"></span>
   <label title="hide feature and error nodes whose cumulative influence share is above this">nodes
     <input type="range" id="node-threshold" min="0" max="1" step="any" value="1">
