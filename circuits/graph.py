@@ -334,14 +334,16 @@ class AttributionGraph:
         return write_html(self, path, **kwargs)
 
     def _repr_png_(self) -> bytes:
-        """PNG of `draw()` for notebooks."""
+        """PNG of `draw()` for notebooks (at most 150 edges and 1400 px wide, so that a notebook
+        stored with its outputs stays small)."""
         import io
 
         import matplotlib.pyplot as plt
 
-        figure = self.draw()
+        figure = self.draw(max_edges=150)
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", bbox_inches="tight")
+        width = figure.get_size_inches()[0]
+        figure.savefig(buffer, format="png", bbox_inches="tight", dpi=min(100, 1400 / width))
         plt.close(figure)
         return buffer.getvalue()
 

@@ -25,7 +25,8 @@
   const TOKEN_FONT = "11px monospace", LABEL_FONT = "10px sans-serif";
   const SLOT = 64; // a node's room at zoom 1 (its label gets about twice that, staggered)
   const LINE = 13; // a vertical label's column
-  const MIN_ROW = 36;
+  const MIN_ROW = 18; // rows closer than LABEL_ROW draw only the labels below their nodes
+  const LABEL_ROW = 34;
   const LEFT = 34, RIGHT = 8;
   const measureCtx = document.createElement("canvas").getContext("2d");
   const widthCache = {};
@@ -289,7 +290,7 @@
         const slot = (L.widths[p] * 0.92) / c;
         place[u.key] = {
           x: L.left[p] + L.widths[p] * 0.04 + slot * (j + 0.5), y: rowY(L, u.place.row),
-          slot: slot, j: j, r: Math.max(2.5, Math.min(6.5, slot / 2.6)),
+          slot: slot, j: j, r: Math.max(2.5, Math.min(6.5, slot / 2.6, L.rowH / 3.4)),
         };
       });
     });
@@ -377,6 +378,7 @@
       const y = at.y - 10;
       attrs = { class: "node-label logit-label", x: at.x + 3.5, y: y, transform: "rotate(-90 " + at.x + " " + y + ")" };
     } else {
+      if (!at.below && L.rowH < LABEL_ROW) return; // no room above: zoom in to see it
       const name = u.node ? u.node.short : u.group;
       text = fitText(name, at.room, LABEL_FONT);
       const below = at.below;
