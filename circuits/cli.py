@@ -291,45 +291,29 @@ def format_report(result: TraceResult, n_features: int = 10) -> str:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    """Run `trace` with the command's arguments and print the report."""
+    """Run `trace` (or, with --compare, `trace_compare`) and print the report."""
     prompt = args.prompt if args.raw else unescape_prompt(args.prompt)
+    options = {
+        "model": args.model,
+        "slug": args.slug,
+        "max_feature_nodes": args.max_feature_nodes or None,
+        "max_n_logits": args.max_n_logits,
+        "desired_logit_prob": args.desired_logit_prob,
+        "node_threshold": args.node_threshold,
+        "edge_threshold": args.edge_threshold,
+        "batch_size": args.batch_size,
+        "verbose": not args.quiet,
+        "atlas": False if args.no_atlas else args.atlas,
+    }
     if args.compare is not None:
         if args.dictionaries is not None:
             raise SparseCircuitsError("give either --dictionaries or --compare, not both")
-        page, results = trace_compare(
-            prompt,
-            args.compare.split(","),
-            args.out,
-            model=args.model,
-            slug=args.slug,
-            max_feature_nodes=args.max_feature_nodes or None,
-            max_n_logits=args.max_n_logits,
-            desired_logit_prob=args.desired_logit_prob,
-            node_threshold=args.node_threshold,
-            edge_threshold=args.edge_threshold,
-            batch_size=args.batch_size,
-            verbose=not args.quiet,
-            atlas=False if args.no_atlas else args.atlas,
-        )
+        page, results = trace_compare(prompt, args.compare.split(","), args.out, **options)
         for name, result in results.items():
             print(f"== {name}\n{format_report(result, n_features=args.top_features)}\n")
         print(f"wrote {page} (both graphs side by side)")
         return 0
-    result = trace(
-        prompt,
-        model=args.model,
-        dictionaries=args.dictionaries,
-        out=args.out,
-        slug=args.slug,
-        max_feature_nodes=args.max_feature_nodes or None,
-        max_n_logits=args.max_n_logits,
-        desired_logit_prob=args.desired_logit_prob,
-        node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold,
-        batch_size=args.batch_size,
-        verbose=not args.quiet,
-        atlas=False if args.no_atlas else args.atlas,
-    )
+    result = trace(prompt, dictionaries=args.dictionaries, out=args.out, **options)
     print(format_report(result, n_features=args.top_features))
     sys.stdout.flush()
     return 0
