@@ -26,7 +26,7 @@ from replacement.validation import (
 if TYPE_CHECKING:  # torch loads only when the command runs, so that `--help` starts fast
     import torch
 
-    from circuits.graph import AttributionGraph
+    from circuits.graph.attribution_graph import AttributionGraph
 
 PRINTED_EDGES = 20
 """Strongest edges the command prints, with their features' labels."""
@@ -69,7 +69,7 @@ def _token_set(model, n_tokens: int, seq_len: int) -> torch.Tensor:
 
 def top_edge_lines(graph: AttributionGraph, n: int = PRINTED_EDGES) -> list[str]:
     """The `n` strongest edges, strongest first, as lines `weight  source -> target` (labels)."""
-    from circuits.draw import top_edges
+    from circuits.views.draw import top_edges
 
     src, tgt, weight = top_edges(graph.adjacency, n)  # weakest first
     lines = [f"top {len(weight)} of {graph.n_edges} edges by |weight|:"]
@@ -82,7 +82,7 @@ def strongest_subgraph(graph: AttributionGraph, n_edges: int = DRAWN_EDGES) -> A
     """The features joined by the graph's `n_edges` strongest edges (the drawn view)."""
     import torch
 
-    from circuits.draw import top_edges
+    from circuits.views.draw import top_edges
 
     src, tgt, _ = top_edges(graph.adjacency, n_edges)
     keep = torch.zeros(graph.n_nodes, dtype=torch.bool)
@@ -100,7 +100,7 @@ def _earlier_global_file(path: Path) -> bool:
 
 def run_global(args: argparse.Namespace) -> int:
     """Build and write the graph."""
-    from circuits.global_graph import global_graph
+    from circuits.invariant.global_graph import global_graph
     from replacement.formats.detect import describe, load_model_and_dictionaries
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
@@ -140,9 +140,9 @@ def run_global(args: argparse.Namespace) -> int:
     graph.save(out / "graph")
     written = [stem.with_suffix(".json"), stem.with_suffix(".graphml"), out / "graph.json"]
     try:
-        from circuits.draw import graph_png
-    except ModuleNotFoundError as exc:  # drawing is optional until circuits.draw exists
-        if exc.name != "circuits.draw":
+        from circuits.views.draw import graph_png
+    except ModuleNotFoundError as exc:  # drawing is optional until circuits.views.draw exists
+        if exc.name != "circuits.views.draw":
             raise
         graph_png = None
     if graph_png is not None:

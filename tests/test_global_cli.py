@@ -7,8 +7,8 @@ import json
 import networkx as nx
 
 from circuits import AttributionGraph
-from circuits.export import validate
 from circuits.global_cli import DRAWN_EDGES, strongest_subgraph
+from circuits.graph.export import validate
 from replacement.formats.native import save_dictionary
 from sparse_circuits_cli import main
 from tests.attribution_helpers import random_transcoders

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from circuits import AttributionGraph
-from circuits.export import node_ids, validate
-from circuits.html_page import (
+from circuits.graph.export import node_ids, validate
+from circuits.views.html_page import (
     influence_shares,
     page_data,
     render_page,

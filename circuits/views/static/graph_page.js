@@ -88,7 +88,7 @@
   }
 
   // ---- what is shown ------------------------------------------------------------------------
-  // The same rule as circuits.html_page.visible_nodes: nodes by influence share, then the
+  // The same rule as circuits.views.html_page.visible: nodes by influence share, then the
   // strongest edges among them up to the edge threshold's share of |weight|, then (edge < 1)
   // feature and error nodes left without an edge are dropped.
   function fullVisible(G) {

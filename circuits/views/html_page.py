@@ -1,7 +1,7 @@
 """A self-contained interactive HTML page of an attribution graph, or of two side by side.
 
 The page needs no network: the graphs are embedded as JSON, and the script and style sheets
-(`circuits/static/graph_page.{js,css}`, `graph_svg.css`, the atlas's feature card) are inlined.
+(`circuits/views/static/graph_page.{js,css}`, `graph_svg.css`, the atlas's feature card) are inlined.
 What it does (layout, hover cards, pins, supernodes, live re-pruning, search, the state in the
 URL fragment, exports, the `window.sparseCircuitsPage` API for plugins) is described in
 docs/graph-page.md and at the top of graph_page.js.
@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.draw import top_edges
-from circuits.export import graph_metadata, node_ids, node_records
-from circuits.feature_labels import atlas_label, feature_cards
+from circuits.graph.export import graph_metadata, node_ids, node_records
+from circuits.views.draw import top_edges
+from circuits.views.feature_labels import atlas_label, feature_cards
 from replacement.atlas.card import static_text
 from replacement.atlas.pages import script_json
 from replacement.atomic import atomic_path
 from replacement.errors import SparseCircuitsError
 
 if TYPE_CHECKING:
-    from circuits.graph import AttributionGraph
+    from circuits.graph.attribution_graph import AttributionGraph
     from replacement.atlas import FeatureAtlas
 
 ALWAYS_SHOWN = ("token", "logit")
@@ -43,12 +43,12 @@ def influence_shares(graph: AttributionGraph) -> Float[Tensor, " n"]:
     """Each node's cumulative-influence share, the quantity the page's slider thresholds.
 
     A pruned graph carries it already (`node_influence`); otherwise it is computed as pruning
-    does (`circuits.prune.cumulative_share` of the influence on the logits). Smaller is more
+    does (`circuits.graph.prune.cumulative_share` of the influence on the logits). Smaller is more
     influential; tokens and logits are shown whatever their share.
     """
     if graph.node_influence is not None:
         return graph.node_influence.double()
-    from circuits.prune import cumulative_share
+    from circuits.graph.prune import cumulative_share
 
     return cumulative_share(graph.influence()).double()
 
@@ -169,7 +169,7 @@ def page_data(
 
 
 def _static(name: str) -> str:
-    return resources.files("circuits").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("circuits.views").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def _one_line(text: str) -> str:
