@@ -168,6 +168,11 @@ def shown(page, graph_index=0):
     )
 
 
+def href(page) -> str:
+    """The address as the page sees it now (`page.url` follows replaceState a moment later)."""
+    return page.evaluate("location.href")
+
+
 def boxes(page, selector):
     return page.evaluate(
         """s => Array.from(document.querySelectorAll(s)).map(e => {
@@ -203,6 +208,7 @@ def test_64_tokens_readable_in_1280_px(browser, tmp_path):
     tokens = boxes(page, ".token-label")
     assert [t[4] for t in tokens] == graph.token_strs
     assert all(t[0] >= 0 and t[2] <= area_right for t in tokens)  # every token in the pane
+    assert all(0 <= b[0] and b[2] <= area_right for b in boxes(page, ".node"))  # every node
     labels = boxes(page, ".node-label")
     assert overlapping(tokens) == [] and overlapping(labels) == []
     assert overlapping(tokens + labels) == []
@@ -319,13 +325,13 @@ def test_click_pins_and_the_url_keeps_the_view(small, small_page, browser):
     assert "selected" in classes[str(feats[1])].split()
     events = page.evaluate("window.__clicks")
     assert events == [ids[feats[0]], ids[feats[1]]]
-    assert f"pins={ids[feats[0]]},{ids[feats[1]]}" in page.url
+    assert f"pins={ids[feats[0]]},{ids[feats[1]]}" in href(page)
     assert page.locator(".pin-row").count() == 2
     page.click(f"#node-0-{feats[0]}")  # unpin
-    assert page.locator(".pin-row").count() == 1 and f"pins={ids[feats[1]]}" in page.url
+    assert page.locator(".pin-row").count() == 1 and f"pins={ids[feats[1]]}" in href(page)
     # the link restores the view in a fresh page
     page.fill("#search", "L1")
-    url = page.url
+    url = href(page)
     fresh = browser.new_page(viewport=WINDOW)
     fresh.goto(url)
     fresh.wait_for_function("window.sparseCircuitsPage !== undefined")
@@ -359,7 +365,7 @@ def test_supernode_sums_its_members_edges(small, small_page):
     assert set(group.get_attribute("data-members").split(",")) == {str(i) for i in members}
     assert edges == {f"group-0>{target}": pytest.approx(float(a[target, members].sum()))}
     assert "my group" in [t[4] for t in boxes(page, ".node-label")]
-    assert "view=pinned" in page.url and "groups=my%20group:" in page.url
+    assert "view=pinned" in href(page) and "groups=my%20group:" in href(page)
     # the pinned subgraph exports in the circuit-tracer schema, with the group as a supernode
     document = page.evaluate("sparseCircuitsPage.exportJSON(0)")
     validate(document)
@@ -397,7 +403,7 @@ def test_sliders_reprune_live(small, small_page):
         assert sorted(map(int, nodes)) == want_nodes
         assert {tuple(map(int, k.split(">"))) for k in edges} == set(want_edges)
         assert page.inner_text("#node-count") == str(len(want_nodes))
-        assert f"edge={edge_threshold}" in page.url or edge_threshold == 1.0
+        assert f"edge={edge_threshold}" in href(page) or edge_threshold == 1.0
     assert len(want_nodes) < small.n_nodes and len(want_edges) < int((small.adjacency != 0).sum())
 
 
@@ -411,7 +417,7 @@ def test_search_marks_matching_nodes(small, small_page):
     classes = shown(page)[0]
     assert {k for k, c in classes.items() if "match" in c.split()} == want
     assert page.inner_text("#match-count") == f"{len(want)} found"
-    assert "q=l2%20p3" in page.url
+    assert "q=l2%20p3" in href(page)
 
 
 @needs_chromium
@@ -465,5 +471,9 @@ def test_two_graphs_side_by_side(small, browser, tmp_path):
         return [at('.token-label'), at('.row-line')]; })"""
     )
     assert where[0] == where[1]
-    assert overlapping(boxes(page, ".graph-area")) == []
+    areas = boxes(page, ".graph-area")
+    assert overlapping(areas) == []
+    for pane, area in enumerate(areas):  # the whole graph fits its pane, logits included
+        drawn = boxes(page, f".graph-pane:nth-child({pane + 1}) .node")
+        assert drawn and all(area[0] <= b[0] and b[2] <= area[2] for b in drawn)
     page.close()

@@ -168,11 +168,10 @@
   // Columns: min screen width (labels) and width per unit of zoom (nodes); rows fill the height.
   function computeLayout(drawn, paneWidth, paneHeight) {
     const minW = [], need = [];
-    let horizontal = 0, longestToken = 0;
+    let longestToken = 0;
     for (let p = 0; p < nPos; p++) {
       let w = 0, logits = 0;
       graphs.forEach(function (G) { w = Math.max(w, textWidth(tokenText(G, p), TOKEN_FONT)); });
-      horizontal += w + 8;
       longestToken = Math.max(longestToken, w);
       drawn.forEach(function (d) {
         let crowd = {}, nl = 0;
@@ -190,7 +189,13 @@
       need[p] = need[p] || 0;
     }
     const room = paneWidth - LEFT - RIGHT;
-    const vertical = horizontal > room;
+    let sideBySide = 0; // the narrowest layout with horizontal token labels
+    for (let p = 0; p < nPos; p++) {
+      let w = 0;
+      graphs.forEach(function (G) { w = Math.max(w, textWidth(tokenText(G, p), TOKEN_FONT)); });
+      sideBySide += Math.max(w + 8, minW[p]);
+    }
+    const vertical = sideBySide > room;
     const tokenW = [];
     for (let p = 0; p < nPos; p++) {
       let w = 0;
