@@ -140,7 +140,8 @@ def write_plots(
         ax.set_xscale("log")
     ax.set_xlabel("L0 (active features per token)")
     ax.set_ylabel("CE increase (nats)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no set has an L0 when none was spliced
+        ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out / "ce_vs_l0.png")
     _save(fig, paths[-1])

@@ -3,7 +3,8 @@
 `--layer-from` / `--layer-to` name a dictionary by layer (transcoder sets) or by hook name
 (e.g. `blocks.1.hook_resid_post` for a residual SAE). Writes `<out>/global_L{a}_L{b}.json` (circuit-tracer schema), `.graphml`, the graph's own
 `.safetensors`/`.json` pair (`AttributionGraph.save`, as `graph.*`) and, when drawing is
-available, a PNG.
+available, a PNG of the features joined by the strongest edges (layered: upstream layer below);
+prints the 20 strongest edges with their features' labels.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from replacement.validation import HelpFormatter, nonnegative_int, positive_int
 
 if TYPE_CHECKING:  # torch loads only when the command runs, so that `--help` starts fast
     import torch
+
+    from circuits.graph.attribution_graph import AttributionGraph
+
+PRINTED_EDGES = 20
+"""Strongest edges the command prints, with their features' labels."""
+DRAWN_EDGES = 40
+"""Strongest edges the PNG draws (with the features they join), instead of every edge."""
 
 
 def _site_key(text: str) -> int | str:
@@ -52,6 +60,30 @@ def _token_set(model, n_tokens: int, seq_len: int) -> torch.Tensor:
             f"{seq_len}"
         )
     return torch.tensor([[bos] + ids[k * seq_len : (k + 1) * seq_len] for k in range(n_rows)])
+
+
+def top_edge_lines(graph: AttributionGraph, n: int = PRINTED_EDGES) -> list[str]:
+    """The `n` strongest edges, strongest first, as lines `weight  source -> target` (labels)."""
+    from circuits.views.draw import top_edges
+
+    src, tgt, weight = top_edges(graph.adjacency, n)  # weakest first
+    lines = [f"top {len(weight)} of {graph.n_edges} edges by |weight|:"]
+    for s, t, w in reversed(list(zip(src.tolist(), tgt.tolist(), weight.tolist(), strict=True))):
+        lines.append(f"  {w:+.4g}  {graph.node_label[s]}  ->  {graph.node_label[t]}")
+    return lines
+
+
+def strongest_subgraph(graph: AttributionGraph, n_edges: int = DRAWN_EDGES) -> AttributionGraph:
+    """The features joined by the graph's `n_edges` strongest edges (the drawn view)."""
+    import torch
+
+    from circuits.views.draw import top_edges
+
+    src, tgt, _ = top_edges(graph.adjacency, n_edges)
+    keep = torch.zeros(graph.n_nodes, dtype=torch.bool)
+    keep[src] = True
+    keep[tgt] = True
+    return graph.subgraph(keep)
 
 
 def _earlier_global_file(path: Path) -> bool:
@@ -117,10 +149,14 @@ def _run_global(args: argparse.Namespace, folder: OutputFolder) -> int:
             raise
         graph_png = None
     if graph_png is not None:
-        stem.with_suffix(".png").write_bytes(graph_png(graph))
+        view = strongest_subgraph(graph)  # layered; the strongest edges only
+        stem.with_suffix(".png").write_bytes(
+            graph_png(view, max_edges=DRAWN_EDGES, max_feature_labels=DRAWN_EDGES)
+        )
         written.append(stem.with_suffix(".png"))
     folder.commit()
     print(f"{graph!r}")
+    print("\n".join(top_edge_lines(graph)))
     for path in written:
         print(f"wrote {folder.path / path.name}")
     return 0

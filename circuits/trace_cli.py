@@ -56,6 +56,8 @@ class TraceResult(NamedTuple):
     """Written files by role: graph, graph_tensors, json, png, html."""
     seconds: dict[str, float]
     """Wall time of each step: load, attribute, prune, write, total."""
+    atlas: Any = None
+    """The feature atlas the nodes were labelled from (None: unlabelled)."""
 
 
 def unescape_prompt(text: str) -> str:
@@ -176,12 +178,53 @@ def trace(
         pruned.to_json(slug=slug, path=files["json"])
         files["png"] = stage / "graph.png"
         files["png"].write_bytes(graph_png(pruned))
-        files["html"] = pruned.to_html(stage / "graph.html", atlas=atlas)
+        files["html"] = pruned.to_html(
+            stage / "graph.html", atlas=atlas, scores=_page_scores(scores, pruned_scores)
+        )
         folder.commit()
         files = {key: folder.path / path.name for key, path in files.items()}
         seconds["write"] = time.perf_counter() - tick
         seconds["total"] = time.perf_counter() - start
-        return TraceResult(graph, pruned, scores, pruned_scores, files, seconds)
+        return TraceResult(graph, pruned, scores, pruned_scores, files, seconds, atlas)
+
+
+def _page_scores(full: GraphScores, pruned: GraphScores) -> dict[str, float]:
+    """The scores a page shows above its graph."""
+    return {
+        "replacement": full.replacement,
+        "completeness": full.completeness,
+        "pruned replacement": pruned.replacement,
+        "pruned completeness": pruned.completeness,
+    }
+
+
+def trace_compare(
+    prompt: str, sets: list[str], out: str | Path, **kwargs: Any
+) -> tuple[Path, dict[str, TraceResult]]:
+    """Trace `prompt` with each of two dictionary sets (into `out/<name>/`) and write
+    `out/compare.html`: both pruned graphs side by side, aligned by position and layer, with
+    their scores. Returns the page's path and each set's result; `kwargs` go to `trace`."""
+    from circuits.views.html_page import write_compare_html
+    from replacement.validation import check_output_dir
+
+    if len(sets) != 2 or not all(sets):
+        raise SparseCircuitsError(
+            f"--compare takes two dictionary sets separated by a comma (e.g. "
+            f"sae_local,skip_transcoder); got {','.join(sets)!r}"
+        )
+    names = [Path(s).name or s for s in sets]
+    if names[0] == names[1]:
+        raise SparseCircuitsError(f"--compare needs two different dictionary sets; got {sets}")
+    out = check_output_dir(out, "--out")
+    results = {
+        name: trace(prompt, dictionaries=source, out=Path(out) / name, **kwargs)
+        for name, source in zip(names, sets, strict=True)
+    }
+    sides = [
+        (name, r.pruned, r.atlas, _page_scores(r.scores, r.pruned_scores))
+        for name, r in results.items()
+    ]
+    return write_compare_html(sides, Path(out) / "compare.html"), results
 
 
 def _earlier_trace_file(path: Path) -> bool:
@@ -258,25 +301,31 @@ def format_report(result: TraceResult, n_features: int = 10) -> str:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    """Run `trace` with the command's arguments and print the report."""
+    """Run `trace` (or, with --compare, `trace_compare`) and print the report."""
     prompt = args.prompt if args.raw else unescape_prompt(args.prompt)
-    result = trace(
-        prompt,
-        model=args.model,
-        dictionaries=args.dictionaries,
-        out=args.out,
-        slug=args.slug,
-        max_feature_nodes=args.max_feature_nodes or None,
-        max_n_logits=args.max_n_logits,
-        desired_logit_prob=args.desired_logit_prob,
-        node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold,
-        batch_size=args.batch_size,
-        verbose=not args.quiet,
-        atlas=False if args.no_atlas else args.atlas,
-        qk=args.qk,
-        overwrite=args.overwrite,
-    )
+    options = {
+        "model": args.model,
+        "slug": args.slug,
+        "max_feature_nodes": args.max_feature_nodes or None,
+        "max_n_logits": args.max_n_logits,
+        "desired_logit_prob": args.desired_logit_prob,
+        "node_threshold": args.node_threshold,
+        "edge_threshold": args.edge_threshold,
+        "batch_size": args.batch_size,
+        "verbose": not args.quiet,
+        "atlas": False if args.no_atlas else args.atlas,
+        "qk": args.qk,
+        "overwrite": args.overwrite,
+    }
+    if args.compare is not None:
+        if args.dictionaries is not None:
+            raise SparseCircuitsError("give either --dictionaries or --compare, not both")
+        page, results = trace_compare(prompt, args.compare.split(","), args.out, **options)
+        for name, result in results.items():
+            print(f"== {name}\n{format_report(result, n_features=args.top_features)}\n")
+        print(f"wrote {page} (both graphs side by side)")
+        return 0
+    result = trace(prompt, dictionaries=args.dictionaries, out=args.out, **options)
     print(format_report(result, n_features=args.top_features))
     sys.stdout.flush()
     return 0
@@ -305,6 +354,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="output folder (files of an earlier trace there are replaced)",
     )
     add_overwrite_flag(p)
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="SET,SET",
+        help="trace with two dictionary sets (names or folders) into OUT/<set>/ and write "
+        "OUT/compare.html with both graphs side by side (default: off)",
+    )
     p.add_argument("--slug", default=None, help="name of the pruned JSON (default: from prompt)")
     p.add_argument(
         "--max-feature-nodes",

@@ -7,9 +7,14 @@ line does it to start) does not pull in torch and TransformerLens.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 from replacement.lazy import lazy_package
+
+# tqdm.auto (imported by transformers and huggingface_hub) warns in a notebook without
+# ipywidgets and then draws text bars, which is all we need: the warning is noise there.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 _HOMES = {
     "CrossLayerTranscoder": "replacement.crosslayer",

@@ -99,7 +99,9 @@ def frozen_effects(model, dictionaries, tokens, sources, delta, targets):
                                 if hook == name:
                                     x = clean[src.in_hook][0, source[2]]
                                     act = act.clone()
-                                    act[:, source[2]] += delta * src.encode(x)[source[3]] * w_dec[source[3]]
+                                    act[:, source[2]] += (
+                                        delta * src.encode(x)[source[3]] * w_dec[source[3]]
+                                    )
                 seen[name] = act
                 return act
 

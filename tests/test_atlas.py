@@ -22,7 +22,7 @@ from replacement.formats.native import save_dictionary
 from replacement.hooks import hook_layer
 from sparse_circuits_cli import main
 from tests.attribution_helpers import random_transcoders
-from tests.test_html_page import dump_dom, needs_chromium
+from tests.browser import dump_dom, needs_chromium
 
 N_ROWS, N_POS = 30, 20
 SETTINGS = AtlasSettings(
@@ -230,7 +230,7 @@ def test_graph_nodes_and_json_carry_the_labels(labelled, atlas):
     validate(document)
     for i in features:
         layer, feature = int(labelled.node_layer[i]), int(labelled.node_feature[i])
-        label = atlas.label(layer, feature)
+        label = atlas.describe(layer, feature)
         assert labelled.node_label[i] == f"{label} (L{layer} F{feature} @{labelled.node_pos[i]})"
         assert document["nodes"][i]["clerp"] == label
 
@@ -241,6 +241,7 @@ def test_clicking_a_feature_shows_its_card(labelled, atlas, tmp_path):
     layer, feature = int(labelled.node_layer[i]), int(labelled.node_feature[i])
     page = write_html(labelled, tmp_path / "g.html", atlas=atlas)
     data = _embedded(page.read_text(), "graph-data")
+    data = data["graphs"][0]
     assert set(data["cards"]) == {f"{lay}/{f}" for lay, _, f in labelled.feature_ids()}
     before = dump_dom(page, "", tmp_path)
     assert not [a for _, a in before.elements if "sc-card" in a.get("class", "")]
@@ -341,7 +342,10 @@ def test_trace_labels_with_a_given_atlas_and_refuses_a_foreign_one(
     )
     document = json.loads(result.files["json"].read_text())
     labelled = [n for n in document["nodes"] if n["feature_type"] == "cross layer transcoder"]
-    assert labelled and all(n["clerp"] in atlas.layers[int(n["layer"])].labels for n in labelled)
+    assert labelled and all(
+        n["clerp"] == atlas.describe(int(n["layer"]), int(n["node_id"].split("_")[1]))
+        for n in labelled
+    )
     assert "features labelled from the dictionaries' atlas" in format_report(result)
     assert '"cards":{"' in result.files["html"].read_text()
     other = random_transcoders(tiny_gpt2, "topk", n_features=24, seed=6, k=5)

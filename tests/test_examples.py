@@ -35,6 +35,43 @@ def _shipped_or_stand_in(nb: nbformat.NotebookNode, tmp_path: Path) -> None:
     params.source = params.source.replace(DICTIONARY_LINE, f"DICTIONARIES = {str(folder)!r}")
 
 
+MAX_NOTEBOOK_BYTES = 400_000
+"""A notebook stored with its outputs stays small (figures at screen resolution)."""
+
+
+def _run(nb: nbformat.NotebookNode, tmp_path: Path) -> None:
+    """Execute `nb` in a fresh kernel in tmp_path (raises CellExecutionError, with the cell and
+    traceback, if a cell fails) and check that no cell printed a warning."""
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    _assert_no_warnings(nb)
+
+
+def _assert_no_warnings(nb: nbformat.NotebookNode) -> None:
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") + "".join(out.get("traceback", []))
+            assert "Warning" not in text, f"cell printed a warning:\n{cell.source}\n{text}"
+
+
+def test_notebooks_are_stored_run_and_open_with_one_sentence():
+    notebooks = sorted(EXAMPLES.glob("*.ipynb"))
+    assert len(notebooks) >= 5
+    for path in notebooks:
+        assert path.stat().st_size <= MAX_NOTEBOOK_BYTES, path.name
+        nb = nbformat.read(path, as_version=4)
+        title, first = nb.cells[0].source.split("\n\n")[:2]
+        assert title.startswith("# "), path.name
+        sentence = " ".join(first.split())
+        assert sentence.endswith(".") and ". " not in sentence, (path.name, sentence)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.execution_count is not None for c in code), f"{path.name} is not run"
+        assert sum(len(c.outputs) for c in code) >= len(code) // 2, f"{path.name}: no outputs"
+        _assert_no_warnings(nb)
+        assert "/tmp/" not in path.read_text(), f"{path.name} stores a temporary path"
+
+
 def _png_outputs(cell: nbformat.NotebookNode) -> list[bytes]:
     return [
         base64.b64decode(out["data"]["image/png"])
@@ -48,10 +85,7 @@ def test_trace_prompt_notebook(tmp_path):
     _shipped_or_stand_in(nb, tmp_path)
     params = next(c for c in nb.cells if BUDGET_LINE in c.source)
     params.source = params.source.replace(BUDGET_LINE, f"MAX_FEATURE_NODES = {TEST_BUDGET}")
-    # raises CellExecutionError, with the cell and traceback, if any cell fails
-    NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    _run(nb, tmp_path)
 
     # the bare `pruned` cell displays the graph as a PNG
     shown = next(c for c in nb.cells if c.cell_type == "code" and c.source.strip() == "pruned")
@@ -71,18 +105,14 @@ def test_global_graph_notebook(tmp_path):
     norm scales and attention pattern equal the prompt graph's edges) asserts inside."""
     nb = nbformat.read(EXAMPLES / "global_graph.ipynb", as_version=4)
     _shipped_or_stand_in(nb, tmp_path)
-    NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    _run(nb, tmp_path)
     text = "".join(out.get("text", "") for out in nb.cells[-2].get("outputs", []))
     assert "8 edges agree" in text
 
 
 def test_train_and_splice_notebook(tmp_path):
     nb = nbformat.read(EXAMPLES / "train_and_splice.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    _run(nb, tmp_path)
     table = json.loads((tmp_path / "comparison.json").read_text())
     manifest = json.loads((tmp_path / "acts" / "manifest.json").read_text())
     assert manifest["dtype"] == "float16" and len(manifest["shards"]) == 2
@@ -97,9 +127,7 @@ def test_train_and_splice_notebook(tmp_path):
 
 def test_feature_atlas_notebook(tmp_path):
     nb = nbformat.read(EXAMPLES / "feature_atlas.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    _run(nb, tmp_path)
     # `atlas[layer, feature]` displays the feature's card, with its contexts
     shown = next(
         c for c in nb.cells if c.cell_type == "code" and "atlas[layer, feature]" in c.source
@@ -114,9 +142,7 @@ def test_feature_atlas_notebook(tmp_path):
 
 def test_compare_dictionaries_notebook(tmp_path):
     nb = nbformat.read(EXAMPLES / "compare_dictionaries.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    _run(nb, tmp_path)
     out = tmp_path / "compare_out"
     report = (out / "report.md").read_text()
     assert "| sae_local |" in report and "| skip_transcoder |" in report

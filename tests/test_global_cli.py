@@ -6,13 +6,15 @@ import json
 
 import networkx as nx
 
+from circuits import AttributionGraph
+from circuits.global_cli import DRAWN_EDGES, strongest_subgraph
 from circuits.graph.export import validate
 from replacement.formats.native import save_dictionary
 from sparse_circuits_cli import main
 from tests.attribution_helpers import random_transcoders
 
 
-def test_global_command_writes_graph(tmp_path, default_model):
+def test_global_command_writes_graph(tmp_path, default_model, capsys):
     folder = tmp_path / "dicts"
     for layer, d in enumerate(random_transcoders(default_model, "topk", n_features=64, k=8)):
         d.model_name = "sparse-circuits-default"
@@ -44,3 +46,20 @@ def test_global_command_writes_graph(tmp_path, default_model):
     g = nx.read_graphml(out / "global_L0_L2.graphml")
     # every upstream feature keeps at most top-k partners
     assert max(dict(g.out_degree()).values()) <= 3
+
+    # the printed summary: the 20 strongest edges, strongest first, with both ends' labels
+    graph = AttributionGraph.load(out / "graph")
+    printed = capsys.readouterr().out.splitlines()
+    start = next(k for k, line in enumerate(printed) if line.startswith("top 20 of "))
+    rows = printed[start + 1 : start + 21]
+    targets, sources, weights = graph.edges()
+    order = weights.abs().argsort(descending=True)
+    for row, k in zip(rows, order[:20].tolist(), strict=True):
+        s, t = int(sources[k]), int(targets[k])
+        assert row.split()[0] == f"{float(weights[k]):+.4g}"
+        assert row.endswith(f"{graph.node_label[s]}  ->  {graph.node_label[t]}")
+    # the drawing shows the features of the strongest edges only, not the whole graph
+    view = strongest_subgraph(graph)
+    ends = {int(i) for k in order[:DRAWN_EDGES].tolist() for i in (sources[k], targets[k])}
+    assert view.n_nodes == len(ends) and graph.n_edges > DRAWN_EDGES
+    assert (out / "global_L0_L2.png").read_bytes()[:4] == b"\x89PNG"

@@ -76,7 +76,8 @@ def test_trace_writes_the_graph_json_png_and_page(
     # the page embeds the pruned graph and references nothing outside itself
     page = (out / "graph.html").read_text()
     data = _page_data(page)
-    assert [n["label"] for n in data["nodes"]] == pruned.node_label
+    assert [n["label"] for n in data["graphs"][0]["nodes"]] == pruned.node_label
+    assert data["graphs"][0]["scores"]["replacement"] == pytest.approx(direct.scores().replacement)
     # (the SVG namespace is a name, not something fetched)
     assert re.search(r"https?://", page.replace("http://www.w3.org/2000/svg", "")) is None
 
@@ -103,3 +104,27 @@ def test_prompt_escapes_and_slug():
     assert unescape_prompt(r"a\nb\tc\\n") == "a\nb\tc\\n"
     assert prompt_slug("def fib(n):\n    return") == "def-fib-n-return"
     assert prompt_slug("!!!") == "trace" and prompt_slug("Graph") == "trace"
+
+
+def test_trace_compare_writes_both_graphs_side_by_side(
+    tmp_path, tiny_gpt2_dir, tiny_gpt2, dictionary_folder, capsys
+):
+    other = tmp_path / "other_dicts"
+    for layer, d in enumerate(random_transcoders(tiny_gpt2, "relu", n_features=24, seed=4)):
+        save_dictionary(d, other / f"layer_{layer}")
+    out = tmp_path / "out"
+    argv = ["trace", "x = 1", "--model", str(tiny_gpt2_dir), "--out", str(out), "--quiet"]
+    argv += ["--compare", f"{dictionary_folder},{other}", "--max-feature-nodes", "20"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    graphs = _page_data((out / "compare.html").read_text())["graphs"]
+    assert [g["name"] for g in graphs] == [dictionary_folder.name, "other_dicts"]
+    for g in graphs:
+        traced = AttributionGraph.load(out / g["name"] / "graph")
+        scores = traced.scores()
+        assert g["scores"]["replacement"] == pytest.approx(scores.replacement)
+        assert g["scores"]["completeness"] == pytest.approx(scores.completeness)
+        assert f"{scores.replacement:.4f}" in printed
+    assert graphs[0]["token_strs"] == graphs[1]["token_strs"]
+    assert main(argv + ["--dictionaries", str(other)]) == 1
+    assert "either --dictionaries or --compare" in capsys.readouterr().err

@@ -430,7 +430,7 @@ def test_config_file_errors(tmp_path):
     assert TrainConfig(n_features=2**14).learning_rate == pytest.approx(2e-4)
 
 
-def test_cli_with_config_file(default_model, texts, tmp_path):
+def test_cli_with_config_file(default_model, texts, tmp_path, capsys):
     from sparse_circuits_cli import main
 
     data_dir = tmp_path / "text"
@@ -441,7 +441,7 @@ def test_cli_with_config_file(default_model, texts, tmp_path):
     cfg_path.write_text(
         f"model: default\ndata: {data_dir}\nkind: skip_transcoder\nactivation: topk\n"
         f"layers: [0]\nn_features: 64\nk: 4\nctx_len: {CTX}\nbatch_tokens: 256\n"
-        "total_tokens: 100000\nbuffer_tokens: 2048\nval_tokens: 640\nwarmup_steps: 2\n"
+        "total_tokens: 100000\nbuffer_tokens: 2048\nval_tokens: 6400\nwarmup_steps: 2\n"
     )
     out = tmp_path / "out"
     rc = main(
@@ -470,3 +470,26 @@ def test_cli_with_config_file(default_model, texts, tmp_path):
     assert any(r["name"] == "all" for r in report["rows"])
     card = json.loads((out / "card.json").read_text())
     assert [row["layer"] for row in card["layers"]] == [0, 1]
+    # one final line with the card's figures and its path
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    fvu = sum(row["fvu"] for row in card["layers"]) / 2
+    n = card["eval_predictions"]
+    assert n == report["n_predictions"]
+    assert last.startswith(f"final ({n:,} held-out predictions): FVU {fvu:.4f}")
+    assert f"CE increase {card['all']['ce_increase']:+.4f} nats" in last
+    assert last.endswith(f"card {out / 'card.json'}")
+
+
+def test_end_evaluation_is_sized_to_the_run(default_model):
+    from training.data import TokenData
+    from training.trainer import Trainer
+
+    rows = torch.ones(600, CTX, dtype=torch.long)
+    data = TokenData(train=rows, val=rows.clone(), bos=0, special_ids=[0])
+    # an eighth of the training tokens, at least 4 sequences, at most val_tokens (32768)
+    for total, expected in [(5120, 10), (1024, 4), (10**7, 512)]:
+        config = TrainConfig(
+            model="default", layers=[0], n_features=16, activation="topk", k=4, ctx_len=CTX,
+            batch_tokens=256, total_tokens=total, buffer_tokens=2048,
+        )  # fmt: skip
+        assert len(Trainer(config, default_model, data).validation_tokens()) == expected

@@ -136,7 +136,10 @@ def run_train(args: argparse.Namespace) -> int:
     if trainer.step < config.total_steps:
         print(f"stopped after step {trainer.step}; checkpoint in {config.out_dir}")
     else:
+        from training.trainer import final_line
+
         print(f"trained {len(config.layers)} dictionaries -> {config.out_dir}")
+        print(final_line(trainer.card, trainer.out_dir / "card.json"))
     return 0
 
 

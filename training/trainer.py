@@ -64,6 +64,8 @@ from training.progress import progress
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
+EVAL_MIN_ROWS = 4
+"""The end evaluation uses at least this many held-out sequences."""
 # Fields that may change between a run and its resumption without changing the result.
 _RESUMABLE_FIELDS = {
     "resume",
@@ -773,8 +775,12 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def validation_tokens(self) -> Int[Tensor, "rows ctx"]:
-        """Held-out rows used for report.json (about val_tokens tokens)."""
-        n = max(1, self.config.val_tokens // self.ctx_len)
+        """Held-out rows used for report.json: an eighth of the training tokens, at least four
+        sequences and at most val_tokens (a short run does not spend most of its time on the
+        end evaluation, which runs the model once per dictionary and once with all)."""
+        cfg = self.config
+        budget = min(cfg.val_tokens, max(EVAL_MIN_ROWS * self.ctx_len, cfg.total_tokens // 8))
+        n = max(1, budget // self.ctx_len)
         return self.data.val[:n]
 
     def _write_outputs(self) -> None:
@@ -790,11 +796,9 @@ class Trainer:
             self._folder.claim(written)  # listed before written: a kill leaves them ours
         report = None
         if cfg.evaluate:
+            tokens = self.validation_tokens()
             report = spliced_loss(
-                self.model,
-                list(self.dictionaries.values()),
-                self.validation_tokens(),
-                verbose=cfg.verbose,
+                self.model, list(self.dictionaries.values()), tokens, verbose=cfg.verbose
             )
             write_json(self.out_dir / "report.json", report.to_dict())
         layers_card = []
@@ -835,10 +839,36 @@ class Trainer:
         }
         if report is not None:
             card["all"] = {k: v for k, v in vars(report.all).items() if k != "hooks"}
+            card["eval_predictions"] = report.n_predictions
         write_json(self.out_dir / "card.json", card)
+        self.card = card
         # an earlier run in this folder (other layers, or with a report) leaves no stale files
         if self._folder is not None:
             self._folder.commit_in_place(written)
+
+
+def final_line(card: dict[str, Any], card_path: Path) -> str:
+    """One line of a finished run's figures from its card: FVU, L0 and dead share (means over
+    the dictionaries), CE increase with all of them spliced, and where the card went."""
+
+    def mean(key: str) -> float | None:
+        values = [row[key] for row in card["layers"] if row.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    n = len(card["layers"])
+    if "all" not in card:  # not evaluated: the last training step's figures
+        fvu, l0, dead = mean("train_fvu"), mean("train_l0"), mean("train_dead_share")
+        figures = [f"FVU {fvu:.4f}" if fvu is not None else "FVU n/a"]
+        figures += [f"L0 {l0:.1f}" if l0 is not None else "L0 n/a"]
+        figures += [f"dead {100 * dead:.1f}%" if dead is not None else "dead n/a"]
+        return f"final (last training step, no evaluation): {'  '.join(figures)}; card {card_path}"
+    ce = card["all"]["ce_increase"]
+    return (
+        f"final ({card['eval_predictions']:,} held-out predictions): FVU {mean('fvu'):.4f}  "
+        f"L0 {mean('l0'):.1f}  dead {100 * mean('dead_share'):.1f}%  CE increase {ce:+.4f} nats "
+        f"({'all ' + str(n) + ' dictionaries' if n > 1 else 'the dictionary'} spliced); "
+        f"card {card_path}"
+    )
 
 
 def _logged_step(line: str) -> float:

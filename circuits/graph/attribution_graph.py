@@ -327,14 +327,16 @@ class AttributionGraph:
         return write_html(self, path, **kwargs)
 
     def _repr_png_(self) -> bytes:
-        """PNG of `draw()` for notebooks."""
+        """PNG of `draw()` for notebooks (at most 100 edges and 1100 px wide, so that a notebook
+        stored with its outputs stays small)."""
         import io
 
         import matplotlib.pyplot as plt
 
-        figure = self.draw()
+        figure = self.draw(max_edges=100)
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", bbox_inches="tight")
+        width = figure.get_size_inches()[0]
+        figure.savefig(buffer, format="png", bbox_inches="tight", dpi=min(90, 1100 / width))
         plt.close(figure)
         return buffer.getvalue()
 

@@ -49,6 +49,26 @@ def node_ids(graph: AttributionGraph) -> list[str]:
     return ids
 
 
+def node_records(graph: AttributionGraph) -> list[dict[str, Any]]:
+    """Every node's record in the circuit-tracer schema (the `nodes` of `graph_to_json`)."""
+    ids = node_ids(graph)
+    n_pos = len(graph.token_strs)
+    return [_node_record(graph, i, ids[i], n_pos) for i in range(graph.n_nodes)]
+
+
+def graph_metadata(graph: AttributionGraph, slug: str, node_threshold: float) -> dict[str, Any]:
+    """The `metadata` of a circuit-tracer export."""
+    return {
+        "slug": slug,
+        "scan": graph.model_name,
+        "prompt_tokens": list(graph.token_strs),
+        "prompt": graph.prompt,
+        "node_threshold": float(node_threshold),
+        "schema_version": 1,
+        "transcoder_list": list(graph.dictionary_names),
+    }
+
+
 def _node_record(graph: AttributionGraph, i: int, node_id: str, n_pos: int) -> dict[str, Any]:
     kind = graph.node_kind[i]
     layer, pos, feat = int(graph.node_layer[i]), int(graph.node_pos[i]), int(graph.node_feature[i])
@@ -100,8 +120,7 @@ def graph_to_json(
     when given.
     """
     ids = node_ids(graph)
-    n_pos = len(graph.token_strs)
-    nodes = [_node_record(graph, i, ids[i], n_pos) for i in range(graph.n_nodes)]
+    nodes = node_records(graph)
     targets, sources, weights = graph.edges()
     weights = weights.tolist()
     links = [
@@ -112,15 +131,7 @@ def graph_to_json(
         node_threshold if node_threshold is not None else graph.metadata.get("node_threshold", 1.0)
     )
     document = {
-        "metadata": {
-            "slug": slug,
-            "scan": graph.model_name,
-            "prompt_tokens": list(graph.token_strs),
-            "prompt": graph.prompt,
-            "node_threshold": float(threshold),
-            "schema_version": 1,
-            "transcoder_list": list(graph.dictionary_names),
-        },
+        "metadata": graph_metadata(graph, slug, threshold),
         "qParams": {
             "pinnedIds": [],
             "supernodes": [],

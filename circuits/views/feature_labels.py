@@ -1,7 +1,7 @@
 """Feature meaning on graph nodes: labels and cards from a `FeatureAtlas`.
 
-`label_features` gives every feature node of a graph its atlas label (node_label becomes
-"'return' -> self (L2 F148 @8)") and records the bare labels in `metadata["feature_labels"]`
+`label_features` gives every feature node of a graph its atlas description (node_label becomes
+"after 'def' → ( self x (L2 F148 @8)", see `FeatureAtlas.describe`) and records the bare labels in `metadata["feature_labels"]`
 under "layer/feature", which the JSON export uses as `clerp` and the drawing as annotations.
 `feature_cards` collects the card data of a graph's features for its HTML page.
 """
@@ -35,7 +35,7 @@ def label_features(graph: AttributionGraph, atlas: FeatureAtlas) -> AttributionG
         feature = int(graph.node_feature[i])
         if (layer, feature) not in atlas:
             continue
-        label = atlas.label(layer, feature)
+        label = atlas.describe(layer, feature)
         found[feature_key(layer, feature)] = label
         where = f" @{pos}" if len(graph.token_strs) > 1 else ""  # a global graph has no positions
         labels[i] = f"{label} (L{layer} F{feature}{where})"

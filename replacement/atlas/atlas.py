@@ -91,6 +91,15 @@ class FeatureAtlas:
         """The feature's short label."""
         return self._check(layer, feature).labels[feature]
 
+    def describe(self, layer: int, feature: int) -> str:
+        """The label a graph node shows: the pattern its top contexts share and the tokens it
+        promotes (`replacement.atlas.labels.describe_contexts`), e.g. "after 'def' → ( self"."""
+        from replacement.atlas.labels import describe_contexts
+
+        record = self.record(layer, feature)
+        promoted = [t for t, _ in record["promoted"] or []]
+        return describe_contexts(record["top"], promoted, self.vocab)
+
     def __getitem__(self, key: tuple[int, int]) -> FeatureView:
         layer, feature = key
         self._check(int(layer), int(feature))

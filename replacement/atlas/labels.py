@@ -65,3 +65,83 @@ def feature_label(
     if not promoted:
         return left
     return f"{left} -> {token_text(vocab[promoted[0]])}"
+
+
+MIN_SHARE = 0.6
+"""A pattern names a feature when it covers this share of the top contexts' activation."""
+N_PROMOTED = 3
+
+
+def _token_class(token: str) -> str | None:
+    """A coarse class of a token: what a group of different peak tokens may share."""
+    text = token.strip()
+    if not text:
+        return "indentation" if "\n" in token or token.startswith("  ") else "whitespace"
+    if text.isdigit():
+        return "numbers"
+    if all(not c.isalnum() for c in text):
+        return "punctuation"
+    if text[0].isupper():
+        return "Capitalised words"
+    if text.isidentifier():
+        return "words/names"
+    return None
+
+
+def describe_contexts(
+    contexts: Sequence[dict], promoted: Sequence[int], vocab: Sequence[str] | dict
+) -> str:
+    """A label read at a glance: the pattern its top contexts share, then what it promotes.
+
+    The pattern is the first of these that covers `MIN_SHARE` of the top contexts' summed
+    activation: one token at the peak (`'return'`), the token before the peak (`after 'def'`),
+    a token pair at the peak (`'if'/'elif'`), one coarse class of the peak tokens (`numbers`,
+    `indentation`, ...); else the three commonest peak tokens. The most promoted tokens follow
+    an arrow (`'return' → self x cls`).
+
+    Args:
+        contexts: the top contexts, each {"value", "tokens", "centre"} (`FeatureAtlas.record`).
+        promoted: token ids the feature promotes most, best first (may be empty).
+        vocab: token id -> string (a list, or a dict keyed by str(id)).
+    """
+
+    def word(t: int) -> str:
+        return vocab[str(t)] if isinstance(vocab, dict) else vocab[t]
+
+    peak: dict[str, float] = {}
+    before: dict[str, float] = {}
+    kind: dict[str, float] = {}
+    total = 0.0
+    for c in contexts:
+        value = float(c["value"])
+        if value <= 0:
+            continue
+        total += value
+        tok = word(c["tokens"][c["centre"]])
+        peak[token_text(tok)] = peak.get(token_text(tok), 0.0) + value
+        if c["centre"] > 0:
+            prev = token_text(word(c["tokens"][c["centre"] - 1]))
+            before[prev] = before.get(prev, 0.0) + value
+        cls = _token_class(tok)
+        if cls is not None:
+            kind[cls] = kind.get(cls, 0.0) + value
+    if total == 0:
+        return "dead"
+
+    def ranked(d: dict[str, float]) -> list[str]:
+        return sorted(d, key=lambda k: (-round(d[k], 6), k))
+
+    tops, prevs, kinds = ranked(peak), ranked(before), ranked(kind)
+    if peak[tops[0]] >= DOMINANT_SHARE * total:
+        pattern = f"'{tops[0]}'"
+    elif prevs and before[prevs[0]] >= MIN_SHARE * total:
+        pattern = f"after '{prevs[0]}'"
+    elif len(tops) > 1 and peak[tops[0]] + peak[tops[1]] >= MIN_SHARE * total:
+        pattern = f"'{tops[0]}'/'{tops[1]}'"
+    elif kinds and kind[kinds[0]] >= MIN_SHARE * total:
+        pattern = kinds[0]
+    else:
+        pattern = "/".join(f"'{t}'" for t in tops[:3])
+    if not promoted:
+        return pattern
+    return f"{pattern} → " + " ".join(token_text(word(t)) for t in promoted[:N_PROMOTED])
