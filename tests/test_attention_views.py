@@ -14,7 +14,7 @@ from circuits.graph.export import validate
 from replacement.formats.native import save_dictionary
 from sparse_circuits_cli import main
 from tests.attribution_helpers import random_transcoders
-from tests.test_html_page import CHROMIUM, dump_dom
+from tests.browser import CHROMIUM, dump_dom
 from tests.test_trace_cli import _page_data
 
 PROMPT = "def f(x):\n    return f(x)"
@@ -63,7 +63,7 @@ def test_trace_qk_stores_loadings_and_pairs(traced, tiny_gpt2):
     doc = json.loads((traced / "qk.json").read_text())
     validate(doc)  # the schema still holds with the extra field
     assert doc["qk"] == json.loads((traced / "graph.json").read_text())["metadata"]["qk"]
-    data = _page_data((traced / "graph.html").read_text())
+    data = _page_data((traced / "graph.html").read_text())["graphs"][0]
     assert data["qk"]["edges"] == qk["edges"]
     view = qk_view(graph)
     assert qk["edges"][0]["source"] in view.data and "query side" in view.data
@@ -94,7 +94,7 @@ def test_qk_view_of_one_attribution(tiny_gpt2):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium on PATH")
 def test_clicking_a_node_lists_its_edges(traced, tmp_path):
-    data = _page_data((traced / "graph.html").read_text())
+    data = _page_data((traced / "graph.html").read_text())["graphs"][0]
     qk = data["qk"]
     source = qk["edges"][0]["source"]
     node = next(

@@ -31,10 +31,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.attribution.linear_rows import _READS, _norm_weight, linear_path_problem
+from circuits.attribution.linear_rows import _norm_weight, linear_path_problem
 from circuits.attribution.sources import PromptSources
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import mlp_read, mlp_replacement, norm_facts
 from replacement.hooks import hook_layer
 
 
@@ -93,6 +94,15 @@ class ResidualStream:
         sources: PromptSources,
     ):
         problem = linear_path_problem(model, dictionaries)
+        facts = norm_facts(model)
+        if problem is None:  # the stream models MLP outputs as written to the residual stream
+            raw = [
+                d.out_hook
+                for d in dictionaries
+                if getattr(mlp_replacement(d.in_hook, d.out_hook, facts), "write", None) == "raw"
+            ]
+            if raw:
+                problem = f"dictionaries at {raw} write the MLP's output before its post-norm"
         if problem is not None:
             raise SparseCircuitsError(
                 f"QK attributions need the frozen model to be linear in its sources: {problem}"
@@ -209,7 +219,7 @@ class ResidualStream:
         if d.W_skip is None:
             return None
         key = (layer, "skip")
-        read = _READS[d.in_hook.removeprefix(f"blocks.{layer}.")]
+        read = mlp_read(d.in_hook, layer, norm_facts(self.model))
         if key not in self._folded:
             W = d.W_skip.detach().to(self.dtype)
             if read != "resid":
@@ -379,7 +389,7 @@ class ResidualStream:
         """Transpose of the transcoder's read at layer `layer` (g [n, d] at positions `pos`, or
         [n, pos, d])."""
         d = self.dictionaries[self.by_layer[layer]]
-        read = _READS[d.in_hook.removeprefix(f"blocks.{layer}.")]
+        read = mlp_read(d.in_hook, layer, norm_facts(self.model))
         if read == "resid":
             return g
         scale = self.get(layer, "ln2.hook_scale")

@@ -8,7 +8,9 @@
 (function () {
   const holder = document.getElementById("graph-data");
   if (!holder) { return; }
-  const qk = JSON.parse(holder.textContent).qk;
+  const embedded = JSON.parse(holder.textContent);
+  const page = embedded.graphs ? embedded.graphs[0] : embedded;  // the first graph shown
+  const qk = page.qk;
   if (!qk || !qk.edges || !qk.edges.length) { return; }
   const style = document.createElement("style");
   style.textContent =
@@ -21,14 +23,20 @@
   document.head.appendChild(style);
   const panel = document.createElement("div");
   panel.id = "qk-panel";
-  document.body.appendChild(panel);
+  const host = window.sparseCircuitsPage && window.sparseCircuitsPage.panel;
+  if (host) {  // inside the page's side panel, so it never covers the graph
+    panel.style.position = "static"; panel.style.maxWidth = "none"; panel.style.boxShadow = "none";
+    host.appendChild(panel);
+  } else {
+    document.body.appendChild(panel);
+  }
   const heads = {};
   (qk.heads || []).forEach(function (h) { heads[[h.layer, h.head, h.query, h.key].join(",")] = h; });
   function num(v) { return '<span class="' + (v >= 0 ? "qk-pos" : "qk-neg") + '">' + (v >= 0 ? "+" : "") + v.toPrecision(3) + "</span>"; }
   function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]; }); }
   function pos(id) { const parts = id.split("_"); return Number(parts[parts.length - 1]); }
-  const page = JSON.parse(holder.textContent);
   function nodeId(n) {  // circuit-tracer node ids, as in the JSON export
+    if (n.id) { return n.id; }
     if (n.kind === "feature") { return n.layer + "_" + n.feature + "_" + n.pos; }
     if (n.kind === "error") { return n.layer + "_-1_" + n.pos; }
     if (n.kind === "token") { return "E_" + n.feature + "_" + n.pos; }
@@ -78,12 +86,22 @@
     if (!row) { return; }
     if (row.dataset.head) { head(row.dataset.head, Number(row.dataset.edge)); } else { edge(Number(row.dataset.edge)); }
   });
-  function fromFragment() {  // the page's #click=<node> (applied before this script ran)
-    const clicked = /(?:^#|&)click=(\d+)/.exec(window.location.hash);
+  // the fragment the page was opened with (the page's own script rewrites location.hash with
+  // its state before this script runs)
+  const opened = (function () {
+    const entry = window.performance && performance.getEntriesByType
+      ? performance.getEntriesByType("navigation")[0] : null;
+    const url = entry && entry.name ? entry.name : window.location.href;
+    const at = url.indexOf("#");
+    return at < 0 ? "" : url.slice(at);
+  })();
+  function fromFragment(event) {  // the page's #click=<node> (applied before this script ran)
+    const hash = event ? window.location.hash : window.location.hash + "&" + opened.slice(1);
+    const clicked = /(?:^#|&)click=(\d+)/.exec(hash);
     const n = clicked ? page.nodes && page.nodes[Number(clicked[1])] : null;
     focus = n ? nodeId(n) : null;
     list();
-    const match = /qk-edge=(\d+)/.exec(window.location.hash);
+    const match = /qk-edge=(\d+)/.exec(hash);
     if (match && qk.edges[Number(match[1])]) { edge(Number(match[1])); }
   }
   fromFragment();
