@@ -90,11 +90,14 @@ def load_atlas(folder: str | Path) -> FeatureAtlas:
             tensors=fields,
             source=info.get("source", ""),
         )
+    from replacement.atlas.scores import load_scores
+
     return FeatureAtlas(
         layers=layers,
         tokens=tensors["tokens"].long(),
         vocab=list(meta["vocab"]),
         settings=meta.get("settings", {}),
+        scores=load_scores(folder, {layer: e.fingerprint for layer, e in layers.items()}),
     )
 
 
