@@ -40,7 +40,7 @@ EXPLAINER_SYSTEM = (
 )
 DETECTION_SYSTEM = (
     "You are an intelligent and meticulous linguistics researcher. You will be given a certain "
-    "feature of text, such as \"male pronouns\" or \"text with negative sentiment\". You will "
+    'feature of text, such as "male pronouns" or "text with negative sentiment". You will '
     "then be given several text examples. Your task is to determine which examples possess the "
     "feature. For each example in turn, return 1 if the sentence is correctly labeled or 0 if "
     "the tokens are mislabeled. You must return your response in a valid Python list. Do not "
@@ -48,7 +48,7 @@ DETECTION_SYSTEM = (
 )
 FUZZING_SYSTEM = (
     "You are an intelligent and meticulous linguistics researcher. You will be given a certain "
-    "feature of text, such as \"male pronouns\" or \"text with negative sentiment\". You will "
+    'feature of text, such as "male pronouns" or "text with negative sentiment". You will '
     "be given a few examples of text that contain this feature. Portions of the sentence which "
     "strongly represent this feature are between tokens << and >>. Some examples might be "
     "mislabeled. Your task is to determine if every single token within << and >> is correctly "
@@ -103,8 +103,12 @@ class ChatClient:
 
     def chat(self, messages: list[dict[str, str]]) -> str:
         """The assistant's reply to `messages` (from the cache when the same request was made)."""
-        payload = {"model": self.model, "messages": messages, "temperature": self.temperature,
-                   "max_tokens": self.max_tokens}
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
         path = self._cache_path(payload)
         if path is not None and path.is_file():
             return json.loads(path.read_text())["reply"]
@@ -146,13 +150,17 @@ class ChatClient:
         )
 
 
-def explain_with_llm(client: ChatClient, examples: Sequence[tuple[Sequence[str], Sequence[bool]]]) -> str:
+def explain_with_llm(
+    client: ChatClient, examples: Sequence[tuple[Sequence[str], Sequence[bool]]]
+) -> str:
     """An explanation of a feature from (tokens, fires) examples (delphi's explainer prompt)."""
     body = "\n".join(f"Example {i + 1}: {highlight(t, m)}" for i, (t, m) in enumerate(examples))
-    reply = client.chat([
-        {"role": "system", "content": EXPLAINER_SYSTEM},
-        {"role": "user", "content": body},
-    ])
+    reply = client.chat(
+        [
+            {"role": "system", "content": EXPLAINER_SYSTEM},
+            {"role": "user", "content": body},
+        ]
+    )
     found = re.findall(r"\[EXPLANATION\]:\s*(.+)", reply)
     return found[-1].strip() if found else reply.strip().splitlines()[-1] if reply.strip() else ""
 
@@ -172,25 +180,30 @@ def detect_with_llm(
     body = f"Feature explanation: {explanation}\n\nText examples:\n\n" + "\n".join(
         f"Example {i + 1}: {''.join(t)}" for i, t in enumerate(contexts)
     )
-    reply = client.chat([
-        {"role": "system", "content": DETECTION_SYSTEM},
-        {"role": "user", "content": body},
-    ])
+    reply = client.chat(
+        [
+            {"role": "system", "content": DETECTION_SYSTEM},
+            {"role": "user", "content": body},
+        ]
+    )
     return _answers(reply, len(contexts))
 
 
 def fuzz_with_llm(
-    client: ChatClient, explanation: str,
+    client: ChatClient,
+    explanation: str,
     contexts: Sequence[tuple[Sequence[str], Sequence[bool]]],
 ) -> list[int]:
     """For each highlighted context, 1 when the scorer says the highlighting fits (fuzzing)."""
     body = f"Feature explanation: {explanation}\n\nText examples:\n\n" + "\n".join(
         f"Example {i + 1}: {highlight(t, m)}" for i, (t, m) in enumerate(contexts)
     )
-    reply = client.chat([
-        {"role": "system", "content": FUZZING_SYSTEM},
-        {"role": "user", "content": body},
-    ])
+    reply = client.chat(
+        [
+            {"role": "system", "content": FUZZING_SYSTEM},
+            {"role": "user", "content": body},
+        ]
+    )
     return _answers(reply, len(contexts))
 
 

@@ -28,7 +28,7 @@ def _unit_by_concept(acts: UnitActs, labels: np.ndarray, weighted: bool) -> np.n
     """[units, concepts] sums over firing tokens of labels (or activation x labels)."""
     flat = torch.from_numpy(labels.reshape(-1, labels.shape[-1]).astype(np.float32))
     values = acts.value if weighted else np.ones_like(acts.value)
-    matrix = torch.sparse_coo_tensor(
+    matrix = torch.sparse_coo_tensor(  # indices are valid by construction
         torch.from_numpy(np.stack([acts.unit.astype(np.int64), acts.token])),
         torch.from_numpy(values.astype(np.float32)),
         (acts.n_units, acts.n_tokens),

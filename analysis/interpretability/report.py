@@ -282,4 +282,4 @@ def write_interpretability(
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(results, out, n_boot)
     write_text(out / "interpretability.md", interpretability_markdown(results, settings, n_boot))
-    return {"interpretability": out / "interpretability.md", **{p.stem: p for p in plots}}
+    return {"markdown": out / "interpretability.md", **{p.stem: p for p in plots}}
