@@ -100,7 +100,6 @@ def run_interpret(args: argparse.Namespace) -> dict[str, Path]:
         "threads": torch.get_num_threads(),
         "settings": settings_dict(settings),
     }
-    out = Path(args.out)
     files = write_interpretability(results, out, info)
     write_json(
         out / "results.json",

@@ -185,6 +185,7 @@ def interpret(
     controls: bool = True,
     neurons: bool = True,
     verbose: bool = True,
+    on_result: Any = None,
 ) -> dict[str, SourceResult]:
     """Score every set, and (by default) a random control per set and the MLP neurons.
 
@@ -193,6 +194,7 @@ def interpret(
         sets: name -> per-layer dictionaries.
         fit: the split explanations are fitted on (`corpus.default_splits`).
         score: the disjoint split they are scored on.
+        on_result: called with each `SourceResult` as soon as it is done (to save progress).
     """
     from analysis.interpretability.corpus import check_disjoint
 
@@ -215,7 +217,8 @@ def interpret(
         first = next(iter(sets.values()))
         k = int(first[0].activation.params().get("k", 16)) if first else 16
         layers = sorted({hook_layer(d.out_hook) for ds in sets.values() for d in ds})
-        groups.append({"neurons": ("neurons", "", NeuronSource(layers, k))})
+        # second, so that a run cut short still has the neuron control
+        groups.insert(1, {"neurons": ("neurons", "", NeuronSource(layers, k))})
     hooks = source_hooks({n: src for g in groups for n, (_, _, src) in g.items()})
     fit_cache = capture(model, hooks, fit.tokens, settings.batch_rows, verbose)
     score_cache = capture(model, hooks, score.tokens, settings.batch_rows, verbose)
@@ -228,6 +231,8 @@ def interpret(
             results[n] = score_source(
                 n, kind, control_of, fit_acts[n], score_acts[n], fit, score, vocab, settings
             )
+            if on_result is not None:
+                on_result(results[n])
     return results
 
 
