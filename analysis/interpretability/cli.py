@@ -82,6 +82,12 @@ def run_interpret(args: argparse.Namespace) -> dict[str, Path]:
     settings = InterpretSettings(
         explainer=ExplainerSettings(max_atoms=args.max_atoms), seed=args.seed
     )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save_progress(result) -> None:  # one file per source: a run cut short keeps its work
+        write_json(out / "sources" / f"{result.name.replace(':', '_')}.json", result.to_dict())
+
     results = interpret(
         model,
         sets,
@@ -91,6 +97,7 @@ def run_interpret(args: argparse.Namespace) -> dict[str, Path]:
         controls=not args.no_controls,
         neurons=not args.no_neurons,
         verbose=not args.quiet,
+        on_result=save_progress,
     )
     info = {
         "fit": f"{fit.n_tokens:,} tokens of {fit.description}",
