@@ -112,6 +112,10 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
     files = write_report(
         comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison)
     )
+    if args.interpretability:  # the interpretability section (analysis.interpretability)
+        from analysis.interpretability.report import add_to_compare_report
+
+        files.update(add_to_compare_report(model, sets, args.out, args.interpretability))
     print(findings(comparison))
     print(
         f"wrote {', '.join(str(p) for p in files.values())} in {time.perf_counter() - start:.0f} s"
@@ -170,5 +174,10 @@ def register(subparsers: Any) -> None:
         help="write the report from this results.json instead of computing",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--interpretability",
+        default=None,
+        help="add the interpretability section: 'run' (score the sets) or an interpret results.json",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=lambda args: run_compare(args) and 0)

@@ -283,3 +283,42 @@ def write_interpretability(
     plots = write_plots(results, out, n_boot)
     write_text(out / "interpretability.md", interpretability_markdown(results, settings, n_boot))
     return {"markdown": out / "interpretability.md", **{p.stem: p for p in plots}}
+
+
+def add_to_compare_report(
+    model: Any, sets: Mapping[str, Any], out: str | Path, how: str
+) -> dict[str, Path]:
+    """The compare report's interpretability section: score `sets` ("run"; default model
+    only) or read an `interpret` results.json, write the section's files into `out` and
+    append the section to `out/report.md`."""
+    import json
+
+    from analysis.interpretability.corpus import default_splits
+    from analysis.interpretability.run import interpret
+    from replacement.errors import SparseCircuitsError
+
+    out = Path(out)
+    if how == "run":
+        fit, score = default_splits(model)
+        results = interpret(model, sets, fit, score, verbose=False)
+        info = {
+            "fit": f"{fit.n_tokens:,} tokens of {fit.description}",
+            "score": f"{score.n_tokens:,} tokens of {score.description}",
+        }
+    else:
+        path = Path(how)
+        if not path.is_file():
+            raise SparseCircuitsError(
+                f"--interpretability {how!r}: expected 'run' or the results.json of "
+                "`sparse-circuits interpret`"
+            )
+        data = json.loads(path.read_text())
+        wanted = set(sets) | {f"{n}:random" for n in sets} | {"neurons"}
+        results = {n: SourceResult.from_dict(r) for n, r in data["results"].items() if n in wanted}
+        info = data.get("info", {})
+    files = write_interpretability(results, out, info)
+    report = out / "report.md"
+    if report.is_file():
+        text = report.read_text() + "\n" + files["markdown"].read_text()
+        write_text(report, text)
+    return files
