@@ -283,6 +283,16 @@ def test_interpret_end_to_end_on_a_tiny_model(tiny_gpt2, tmp_path):
     assert "| `tc:random` |" in files["markdown"].read_text()
     path = write_atlas_scores(results["tc"], ds, tmp_path / "atlas", {})
     assert path.name == "interpretability.json"
+    # the compare report's section, from an interpret results.json
+    from analysis.interpretability.report import add_to_compare_report
+    from replacement.atomic import write_json
+
+    write_json(tmp_path / "results.json", {"results": {n: r.to_dict() for n, r in results.items()}})
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "report.md").write_text("# compare\n")
+    add_to_compare_report(None, {"tc": ds}, tmp_path / "cmp", str(tmp_path / "results.json"))
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert report.startswith("# compare") and "| `tc:random` |" in report
 
 
 def test_bad_labeller_spec_is_refused_before_work(tmp_path, capsys):
