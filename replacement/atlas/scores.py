@@ -13,8 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from replacement.atomic import write_json
-
 SCORES_FILE = "interpretability.json"
 SCORE_FIELDS = ("explanation", "detection", "fuzzing", "concept", "concept_f1", "better_label")
 
