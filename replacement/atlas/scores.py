@@ -22,9 +22,9 @@ def save_scores(
 ) -> Path:
     """Write `interpretability.json` (layers: layer -> {fingerprint, SCORE_FIELDS lists})."""
     path = Path(folder) / SCORES_FILE
-    write_json(
-        path, {"format_version": 1, "info": info, "layers": {str(k): v for k, v in layers.items()}}
-    )
+    data = {"format_version": 1, "info": info, "layers": {str(k): v for k, v in layers.items()}}
+    with atomic_path(path) as tmp:  # compact: it ships beside the zoo's atlases
+        tmp.write_text(json.dumps(data, separators=(",", ":")) + "\n")
     return path
 
 
