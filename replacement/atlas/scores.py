@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from replacement.atomic import atomic_path
+
 SCORES_FILE = "interpretability.json"
 SCORE_FIELDS = ("explanation", "detection", "fuzzing", "concept", "concept_f1", "better_label")
 
