@@ -47,8 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _os_error_line(exc: OSError) -> str:
     """One line for an OS error: what failed, on which file, and what to do."""
     where = f" ({exc.filename})" if exc.filename else ""
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device{where}; free some space or write elsewhere (--out)"
+    if exc.errno == errno.EFBIG:
+        return (
+            f"file too large for the file system or the process's file-size limit{where}; "
+            "write elsewhere (--out) or raise the limit (ulimit -f)"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied{where}; choose a writable path"
     return f"{exc.strerror or exc}{where}"

@@ -92,6 +92,8 @@ _SPECS: dict[str, tuple[str, str, str, dict[str, str], str]] = {
         "test the keyword argument whose default is None",
     ),
 }
+TASK_NAMES = tuple(_SPECS)
+"""Names of the built-in code tasks (`compare --tasks`)."""
 
 
 def _pools(tokenizer: Any) -> dict[str, list[Any]]:

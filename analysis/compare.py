@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from analysis.choices import LEVELS
 from analysis.faithfulness import MIB_PERCENTAGES, faithfulness_curve, mib_size
 from analysis.ranking import rank_nodes
 from analysis.tasks import Task, TaskBatch, target_direction, task_accuracy, tokenize_task
@@ -28,8 +29,6 @@ REPORT_SIZES = (10, 50, 200)
 """Circuit sizes (nodes) whose faithfulness the report's table shows."""
 FAITHFUL_LEVEL = 0.8
 """The report counts the nodes needed to reach this faithfulness."""
-LEVELS = ("nodes", "edges")
-"""Circuits as node sets or as edge sets."""
 
 
 @dataclass

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from replacement.errors import SparseCircuitsError
+from replacement.output_folder import add_overwrite_flag
+from replacement.validation import nonnegative_int, positive_int
 
 
 def findings(comparison: Any) -> str:
@@ -44,43 +46,102 @@ def findings(comparison: Any) -> str:
     return "Averaged over the tasks, " + "; ".join(parts) + "."
 
 
+def _read_json(path: str, option: str) -> Any:
+    """The JSON content of a file a flag names, or an error naming the flag."""
+    import json
+
+    file = Path(path)
+    if not file.is_file():
+        what = "is a folder" if file.is_dir() else "does not exist"
+        raise SparseCircuitsError(f"{option} {path!r} {what}; expected a JSON file")
+    try:
+        return json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SparseCircuitsError(f"{option} {path!r} is not valid JSON: {exc}") from exc
+
+
 def run_compare(args: argparse.Namespace) -> dict[str, Path]:
     """Load model, sets and tasks, compare, and write the report."""
+    from replacement.output_folder import OutputFolder
+
+    # checked, refused if not ours, and locked before any work; held to the end
+    with OutputFolder(args.out, command="compare", overwrite=args.overwrite) as folder:
+        return _run_compare(args, folder)
+
+
+def _write_report(folder: Any, *args: Any) -> dict[str, Path]:
+    """Write the report into a staging folder and swap it in whole; the final paths."""
+    from analysis.report import write_report
+
+    files = write_report(args[0], folder.stage(), *args[1:])
+    folder.commit()
+    return {key: folder.path / path.name for key, path in files.items()}
+
+
+def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
     import torch
 
     from analysis.claims import claims, load_sweep
     from analysis.code_tasks import code_tasks, default_tasks
     from analysis.compare import compare
-    from analysis.report import write_report
     from analysis.tasks import load_task
     from replacement import load_dictionaries, load_model
+    from replacement.formats.detect import describe
+    from replacement.validation import check_output_dir
     from replacement.zoo import list_dictionary_sets
 
+    # every input the flags name is checked before the model loads
+    check_output_dir(args.out, "--out")
+    if args.sweep is not None:
+        sweep = _read_json(args.sweep, "--sweep")
+        if not (
+            isinstance(sweep, dict)
+            and all(isinstance(sweep.get(k), dict) for k in ("runs", "setup"))
+        ):
+            raise SparseCircuitsError(
+                f"--sweep {args.sweep!r} is not a claims sweep; expected a JSON mapping with "
+                "'runs' and 'setup' (as analysis/claims_sweep.json)"
+            )
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.results:  # only write the report again (say, with a newer claims sweep)
-        import json
-
         from analysis.compare import Comparison
 
-        comparison = Comparison.from_dict(json.loads(Path(args.results).read_text()))
+        data = _read_json(args.results, "--results")
+        try:
+            comparison = Comparison.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SparseCircuitsError(
+                f"--results {args.results!r} is not a results.json of `compare` ({exc!r})"
+            ) from exc
         sweep = load_sweep(args.sweep)
-        files = write_report(
-            comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison)
+        files = _write_report(
+            folder, comparison, claims(sweep) if sweep else [], sweep, findings(comparison)
         )
         print(f"wrote {', '.join(str(p) for p in files.values())}")
         return files
-    model = load_model(args.model)
     names = [s for s in (args.sets or "").split(",") if s] or [
         e.name for e in list_dictionary_sets()
     ]
     if not names:
         raise SparseCircuitsError("no dictionary sets given and none shipped; pass --sets")
+    for name in names:
+        describe(name)  # a missing location fails now
+    tasks = [load_task(p) for p in args.task_file] if args.task_file else None
+    if args.tasks:
+        from analysis.code_tasks import TASK_NAMES
+
+        if tasks:
+            raise SparseCircuitsError("give --tasks or --task-file, not both")
+        unknown = [w for w in args.tasks.split(",") if w not in TASK_NAMES]
+        if unknown:
+            raise SparseCircuitsError(
+                f"--tasks {unknown} are unknown; built-in tasks: {sorted(TASK_NAMES)}"
+            )
+    model = load_model(args.model)
     sets = {Path(n).name if "/" in n else n: load_dictionaries(n) for n in names}
-    if args.task_file:
-        tasks = [load_task(p) for p in args.task_file]
-    else:
+    if not tasks:
         tasks = default_tasks(model, n=args.pairs)
         if args.tasks:
             wanted = args.tasks.split(",")
@@ -109,8 +170,8 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
         verbose=not args.quiet,
     )
     sweep = load_sweep(args.sweep) if args.model == "default" else None
-    files = write_report(
-        comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison)
+    files = _write_report(
+        folder, comparison, claims(sweep) if sweep else [], sweep, findings(comparison)
     )
     if args.interpretability:  # the interpretability section (analysis.interpretability)
         from analysis.interpretability.report import add_to_compare_report
@@ -125,9 +186,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
 
 def register(subparsers: Any) -> None:
     """Add the `compare` subcommand."""
-    from analysis.compare import LEVELS
-    from analysis.nodes import ABLATIONS
-    from analysis.ranking import METHODS
+    from analysis.choices import ABLATIONS, LEVELS, METHODS
 
     p = subparsers.add_parser(
         "compare",
@@ -135,8 +194,13 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default="default", help="model name or folder (default: embedded)")
+    p.add_argument("--out", required=True, help="output folder (required)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="model: 'default' (the embedded model), a folder or HF name (default: %(default)s)",
+    )
+    add_overwrite_flag(p)
     p.add_argument(
         "--sets", default=None, help="comma-separated zoo sets or folders (default: every zoo set)"
     )
@@ -146,38 +210,72 @@ def register(subparsers: Any) -> None:
         help="comma-separated built-in code tasks (default: those the model gets >= 80%% right)",
     )
     p.add_argument(
-        "--task-file", action="append", default=None, help="JSON/YAML task file (repeatable)"
+        "--task-file",
+        action="append",
+        default=None,
+        help="JSON/YAML task file (repeatable; default: none, the built-in tasks)",
     )
-    p.add_argument("--pairs", type=int, default=64, help="prompt pairs per built-in task")
-    p.add_argument("--method", choices=METHODS, default="attribution_patching")
-    p.add_argument("--ablation", choices=ABLATIONS, default="mean")
+    p.add_argument(
+        "--pairs",
+        type=positive_int,
+        default=64,
+        help="number of prompt pairs per built-in task (default: %(default)s)",
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="attribution_patching",
+        help="how nodes are ranked: attribution_patching (gradient x (clean - ablated value), one "
+        "forward and backward pass), integrated_gradients (the gradient averaged along the path "
+        "from the ablated to the clean value, per site: slower, better where the metric is not "
+        "linear), graph_influence (influence on the metric's direction in each prompt's "
+        "attribution graph) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ablation",
+        choices=ABLATIONS,
+        default="mean",
+        help="what a node outside the circuit takes: its mean over the task's prompts, zero, or "
+        "its value on the counterfactual prompt of the pair (default: %(default)s)",
+    )
     p.add_argument(
         "--circuit",
         choices=LEVELS,
         default="nodes",
         help="circuits as node sets, or as edge sets (node -> later site or logits; "
-        "ranked by edge attribution patching; sizes count edges)",
+        "ranked by edge attribution patching; sizes count edges) (default: %(default)s)",
     )
     p.add_argument(
         "--aggregate-positions", action="store_true", help="one node per feature over all positions"
     )
     p.add_argument(
-        "--graph-prompts", type=int, default=2, help="prompts per task traced for graph scores"
+        "--graph-prompts",
+        type=nonnegative_int,
+        default=2,
+        help="number of prompts per task traced for the graph scores (default: %(default)s)",
     )
     p.add_argument(
-        "--loss-rows", type=int, default=32, help="held-out rows of 128 tokens for the loss columns"
+        "--loss-rows",
+        type=nonnegative_int,
+        default=32,
+        help="number of held-out rows of 128 tokens for the loss columns (default: %(default)s)",
     )
     p.add_argument("--sweep", default=None, help="claims sweep JSON (default: the shipped one)")
     p.add_argument(
         "--results",
         default=None,
-        help="write the report from this results.json instead of computing",
+        help="write the report from this results.json instead of computing (default: compute)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=nonnegative_int,
+        default=0,
+        help="number of torch threads (0: torch's default) (default: %(default)s)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--interpretability",
         default=None,
         help="add the interpretability section: 'run' (score the sets) or an interpret results.json",
     )
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=lambda args: run_compare(args) and 0)

@@ -18,13 +18,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from analysis.choices import ABLATIONS
 from analysis.node_forward import SiteValues, node_forward, ordered_sites
 from analysis.tasks import TaskBatch
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer
-
-ABLATIONS = ("mean", "zero", "counterfactual")
 
 
 @dataclass

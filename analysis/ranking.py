@@ -26,13 +26,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from analysis.choices import METHODS
 from analysis.node_forward import SiteControl, SiteValues, node_forward
 from analysis.nodes import NodeLayout, layout_for, reference_values, site_values, valid_positions
 from analysis.tasks import TaskBatch, prompt_metric, target_direction
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
-
-METHODS = ("attribution_patching", "integrated_gradients", "graph_influence")
 
 
 @dataclass

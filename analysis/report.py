@@ -134,7 +134,10 @@ def write_plots(
                     lw=0.8,
                     label=f"sweep {act} SAE (layer {sweep['setup']['layer']} alone)",
                 )
-    ax.set_xscale("log")
+    if any(x > 0 for line in ax.lines for x in line.get_xdata()) or any(
+        len(c.get_offsets()) for c in ax.collections
+    ):  # no points (no loss rows, no sweep): a log axis would refuse the empty data
+        ax.set_xscale("log")
     ax.set_xlabel("L0 (active features per token)")
     ax.set_ylabel("CE increase (nats)")
     ax.legend(fontsize=7)

@@ -33,7 +33,7 @@ class TaskError(SparseCircuitsError):
     """A task whose prompts, answers or metric do not fit the model or each other."""
 
 
-Answer = str | int | Sequence[str | int]
+Answer = str | Sequence[str]
 """One token (text or id), or a set of them (for prob_diff, or a mean logit)."""
 
 
@@ -68,6 +68,18 @@ class Task:
                 )
         if n == 0:
             raise TaskError(f"task {self.name!r} has no prompts")
+        for label in ("answer", "wrong"):
+            for i, value in enumerate(getattr(self, label)):
+                items = [value] if isinstance(value, str) else value
+                if not isinstance(items, (list, tuple)) or not all(
+                    isinstance(v, str) for v in items
+                ):
+                    raise TaskError(
+                        f"task {self.name!r} pair {i}: {label} {value!r} is "
+                        f"{type(value).__name__}; answers are text (the token as a string, "
+                        'e.g. " true", or a list of such strings), never token ids; quote '
+                        "numbers and true/false in JSON or YAML"
+                    )
         if self.metric not in METRICS:
             raise TaskError(
                 f"task {self.name!r}: metric {self.metric!r} is unknown; expected one of {METRICS}"
@@ -144,14 +156,11 @@ class TaskBatch:
 
 def _token_ids(tokenizer: Any, value: Answer, where: str) -> list[int]:
     """Ids of one answer entry: each text must be exactly one token."""
-    items = [value] if isinstance(value, (str, int)) else list(value)
+    items = [value] if isinstance(value, str) else list(value)
     if not items:
         raise TaskError(f"{where}: an empty answer set; expected at least one token")
     ids = []
     for item in items:
-        if isinstance(item, int):
-            ids.append(item)
-            continue
         enc = tokenizer(item, add_special_tokens=False)["input_ids"]
         if len(enc) != 1:
             raise TaskError(
@@ -362,26 +371,33 @@ def load_task(path: str | Path, name: str | None = None) -> Task:
     """
     path = Path(path)
     if not path.is_file():
-        raise TaskError(f"task file {str(path)!r} does not exist")
-    text = path.read_text()
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise TaskError(f"task file {str(path)!r} {what}")
+    text = path.read_text(errors="replace")
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise TaskError(f"task file {str(path)!r} is not valid YAML: {exc}") from exc
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TaskError(f"task file {str(path)!r} is not valid JSON: {exc}") from exc
-    if isinstance(data, list):
-        return task_from_dicts(name or path.stem, data)
-    if isinstance(data, Mapping) and "pairs" in data:
-        return task_from_dicts(
-            name or str(data.get("name", path.stem)),
-            data["pairs"],
-            str(data.get("metric", "logit_diff")),
-            str(data.get("description", "")),
-        )
+    try:
+        if isinstance(data, list):
+            return task_from_dicts(name or path.stem, data)
+        if isinstance(data, Mapping) and "pairs" in data:
+            return task_from_dicts(
+                name or str(data.get("name", path.stem)),
+                data["pairs"],
+                str(data.get("metric", "logit_diff")),
+                str(data.get("description", "")),
+            )
+    except TaskError as exc:  # name the file: a flag or a list of files led here
+        raise TaskError(f"task file {str(path)!r}: {exc}") from None
     raise TaskError(
         f"task file {str(path)!r} should hold a list of pairs or a mapping with 'pairs'"
     )

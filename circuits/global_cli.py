@@ -14,13 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replacement.errors import SparseCircuitsError
-from replacement.validation import (
-    HelpFormatter,
-    check_output_dir,
-    nonnegative_int,
-    positive_int,
-    remove_stale_outputs,
-)
+from replacement.output_folder import OutputFolder, add_overwrite_flag
+from replacement.validation import HelpFormatter, nonnegative_int, positive_int
 
 if TYPE_CHECKING:  # torch loads only when the command runs, so that `--help` starts fast
     import torch
@@ -68,11 +63,18 @@ def _earlier_global_file(path: Path) -> bool:
 
 def run_global(args: argparse.Namespace) -> int:
     """Build and write the graph."""
+    # checked, refused if not ours, and locked before the model loads; held to the end
+    with OutputFolder(
+        args.out, command="global", overwrite=args.overwrite, legacy=_earlier_global_file
+    ) as folder:
+        return _run_global(args, folder)
+
+
+def _run_global(args: argparse.Namespace, folder: OutputFolder) -> int:
     from circuits.invariant.global_graph import global_graph
     from replacement.formats.detect import describe, load_model_and_dictionaries
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
-    out = check_output_dir(args.out, "--out")  # before the model loads, not after the work
     if args.dictionaries:
         describe(args.dictionaries)  # a missing location fails now
     # the model gets the processing its dictionaries were trained under
@@ -102,6 +104,7 @@ def run_global(args: argparse.Namespace) -> int:
     if atlas is not None:
         graph = graph.with_atlas(atlas)
     layers = graph.metadata["layer_from"], graph.metadata["layer_to"]
+    out = folder.stage()  # the new set is swapped in whole; an earlier run's files go
     stem = out / f"global_L{layers[0]}_L{layers[1]}"
     graph.to_json(slug=stem.name, path=stem.with_suffix(".json"))
     graph.to_graphml(stem.with_suffix(".graphml"))
@@ -114,16 +117,12 @@ def run_global(args: argparse.Namespace) -> int:
             raise
         graph_png = None
     if graph_png is not None:
-        from replacement.atomic import atomic_path
-
-        with atomic_path(stem.with_suffix(".png")) as tmp:
-            tmp.write_bytes(graph_png(graph))
+        stem.with_suffix(".png").write_bytes(graph_png(graph))
         written.append(stem.with_suffix(".png"))
-    # an earlier run into this folder (other layers) leaves no stale files behind
-    remove_stale_outputs(out, [*written, out / "graph.safetensors"], earlier=_earlier_global_file)
+    folder.commit()
     print(f"{graph!r}")
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {folder.path / path.name}")
     return 0
 
 
@@ -179,4 +178,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="number of upstream features kept (0 keeps all)",
     )
     p.add_argument("--out", required=True, help="output folder")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_global)

@@ -19,7 +19,6 @@ Feature nodes are labelled from the dictionaries' feature atlas (the zoo ships o
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from replacement.errors import SparseCircuitsError
+from replacement.output_folder import add_overwrite_flag
 from replacement.validation import (
     HelpFormatter,
     fraction,
@@ -84,6 +84,8 @@ def trace(
     batch_size: int = 64,
     verbose: bool = True,
     atlas: Any = None,
+    qk: bool = False,
+    overwrite: bool = False,
 ) -> TraceResult:
     """Attribute `prompt`, prune, and write the full graph, JSON, PNG and HTML into `out`.
 
@@ -100,13 +102,16 @@ def trace(
         node_threshold, edge_threshold: passed to `AttributionGraph.prune`.
         atlas: feature atlas for node labels and cards: None uses the zoo's atlas of a zoo set
             (when it matches the weights), a folder or `FeatureAtlas` that one, False none.
+        qk: also store, for the pruned graph's cross-position edges, their head loadings and
+            the top QK pairs of their top heads (`circuits.attention.views.qk_summary`) in the
+            graph files, the JSON export and the page.
+        overwrite: write into a folder holding files sparse-circuits did not write (kept).
     """
     from circuits.attribution.attribute import attribute
     from circuits.views.draw import graph_png
-    from replacement.atomic import atomic_path
     from replacement.formats.detect import describe, load_dictionaries, load_model_and_dictionaries
     from replacement.model import load_model
-    from replacement.validation import check_output_dir, remove_stale_outputs
+    from replacement.output_folder import owned
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
     slug = slug or prompt_slug(prompt)
@@ -116,73 +121,75 @@ def trace(
         raise SparseCircuitsError(
             f"--slug {slug!r} is not a file name; use letters, digits, '.', '-' and '_'"
         )
-    out = check_output_dir(out, "--out")  # before the model loads, not after the work
+    # checked, refused if not ours, and locked before the model loads; held to the end
     if isinstance(dictionaries, str | Path):
         describe(dictionaries)  # a missing location fails now, not after the model loads
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    if isinstance(model, str | Path) and (
-        dictionaries is None or isinstance(dictionaries, str | Path)
-    ):
-        # one call: the model gets the processing its dictionaries were trained under
-        model, dictionaries = load_model_and_dictionaries(
-            model, dictionaries or DEFAULT_DICTIONARY_SET
+    with owned(out, command="trace", overwrite=overwrite, legacy=_earlier_trace_file) as folder:
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        if isinstance(model, str | Path) and (
+            dictionaries is None or isinstance(dictionaries, str | Path)
+        ):
+            # one call: the model gets the processing its dictionaries were trained under
+            model, dictionaries = load_model_and_dictionaries(
+                model, dictionaries or DEFAULT_DICTIONARY_SET
+            )
+        if isinstance(model, str | Path):
+            model = load_model(model)
+        if dictionaries is None or isinstance(dictionaries, str | Path):
+            dictionaries = load_dictionaries(dictionaries or DEFAULT_DICTIONARY_SET, model=model)
+        seconds["load"] = time.perf_counter() - start
+
+        tick = time.perf_counter()
+        graph = attribute(
+            model,
+            dictionaries,
+            prompt,
+            max_n_logits=max_n_logits,
+            desired_logit_prob=desired_logit_prob,
+            max_feature_nodes=max_feature_nodes,
+            batch_size=batch_size,
+            verbose=verbose,
         )
-    if isinstance(model, str | Path):
-        model = load_model(model)
-    if dictionaries is None or isinstance(dictionaries, str | Path):
-        dictionaries = load_dictionaries(dictionaries or DEFAULT_DICTIONARY_SET, model=model)
-    seconds["load"] = time.perf_counter() - start
+        seconds["attribute"] = time.perf_counter() - tick
+        atlas = _resolve_atlas(atlas, dictionaries)
+        if atlas is not None:
+            graph = graph.with_atlas(atlas)
 
-    tick = time.perf_counter()
-    graph = attribute(
-        model,
-        dictionaries,
-        prompt,
-        max_n_logits=max_n_logits,
-        desired_logit_prob=desired_logit_prob,
-        max_feature_nodes=max_feature_nodes,
-        batch_size=batch_size,
-        verbose=verbose,
-    )
-    seconds["attribute"] = time.perf_counter() - tick
-    atlas = _resolve_atlas(atlas, dictionaries)
-    if atlas is not None:
-        graph = graph.with_atlas(atlas)
+        tick = time.perf_counter()
+        pruned = graph.prune(node_threshold=node_threshold, edge_threshold=edge_threshold)
+        scores, pruned_scores = graph.scores(), pruned.scores()
+        seconds["prune"] = time.perf_counter() - tick
 
-    tick = time.perf_counter()
-    pruned = graph.prune(node_threshold=node_threshold, edge_threshold=edge_threshold)
-    scores, pruned_scores = graph.scores(), pruned.scores()
-    seconds["prune"] = time.perf_counter() - tick
+        if qk:
+            from circuits.attention.views import QK_KEY, qk_summary
 
-    tick = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"graph": graph.save(out / "graph"), "graph_tensors": out / "graph.safetensors"}
-    files["json"] = out / f"{slug}.json"
-    pruned.to_json(slug=slug, path=files["json"])
-    files["png"] = out / "graph.png"
-    with atomic_path(files["png"]) as tmp:
-        tmp.write_bytes(graph_png(pruned))
-    files["html"] = pruned.to_html(out / "graph.html", atlas=atlas)
-    # an earlier trace into this folder (another prompt) leaves no stale JSON behind
-    remove_stale_outputs(out, files.values(), earlier=_earlier_trace_file)
-    seconds["write"] = time.perf_counter() - tick
-    seconds["total"] = time.perf_counter() - start
-    return TraceResult(graph, pruned, scores, pruned_scores, files, seconds)
+            tick = time.perf_counter()
+            summary = qk_summary(model, dictionaries, pruned)
+            pruned.metadata[QK_KEY] = graph.metadata[QK_KEY] = summary
+            seconds["qk"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        stage = folder.stage()  # the new set is swapped in whole; an earlier trace's files go
+        files = {"graph": graph.save(stage / "graph"), "graph_tensors": stage / "graph.safetensors"}
+        files["json"] = stage / f"{slug}.json"
+        pruned.to_json(slug=slug, path=files["json"])
+        files["png"] = stage / "graph.png"
+        files["png"].write_bytes(graph_png(pruned))
+        files["html"] = pruned.to_html(stage / "graph.html", atlas=atlas)
+        folder.commit()
+        files = {key: folder.path / path.name for key, path in files.items()}
+        seconds["write"] = time.perf_counter() - tick
+        seconds["total"] = time.perf_counter() - start
+        return TraceResult(graph, pruned, scores, pruned_scores, files, seconds)
 
 
 def _earlier_trace_file(path: Path) -> bool:
-    """Files an earlier `trace` wrote: the full graph, drawings, and pruned graph JSON."""
-    if path.name in ("graph.json", "graph.safetensors", "graph.png", "graph.html"):
-        return True
-    if path.suffix != ".json":
-        return False
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"metadata", "nodes", "links", "qParams"} <= set(data)
+    """Files a trace wrote before output markers existed: the full graph and its drawings.
+
+    Pruned graph JSONs are not recognised by their shape: other tools write the same schema.
+    """
+    return path.name in ("graph.json", "graph.safetensors", "graph.png", "graph.html")
 
 
 def _resolve_atlas(atlas: Any, dictionaries: Any) -> Any:
@@ -243,7 +250,9 @@ def format_report(result: TraceResult, n_features: int = 10) -> str:
     s = result.seconds
     lines.append(
         f"took {s['total']:.1f} s (load {s['load']:.1f}, attribute {s['attribute']:.1f}, "
-        f"prune and scores {s['prune']:.1f}, write {s['write']:.1f})"
+        f"prune and scores {s['prune']:.1f}, "
+        + (f"head loadings and QK {s['qk']:.1f}, " if "qk" in s else "")
+        + f"write {s['write']:.1f})"
     )
     return "\n".join(lines)
 
@@ -265,6 +274,8 @@ def run_trace(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         verbose=not args.quiet,
         atlas=False if args.no_atlas else args.atlas,
+        qk=args.qk,
+        overwrite=args.overwrite,
     )
     print(format_report(result, n_features=args.top_features))
     sys.stdout.flush()
@@ -293,6 +304,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="trace_out",
         help="output folder (files of an earlier trace there are replaced)",
     )
+    add_overwrite_flag(p)
     p.add_argument("--slug", default=None, help="name of the pruned JSON (default: from prompt)")
     p.add_argument(
         "--max-feature-nodes",
@@ -336,5 +348,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--atlas", default=None, help="feature atlas folder (default: the zoo set's own atlas)"
     )
     p.add_argument("--no-atlas", action="store_true", help="leave features unlabelled")
+    p.add_argument(
+        "--qk",
+        action="store_true",
+        help="also store head loadings and QK pairs of the pruned graph's cross-position edges",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_trace)

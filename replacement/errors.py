@@ -22,3 +22,7 @@ class ModelLoadError(SparseCircuitsError):
 
 class ShapeError(SparseCircuitsError):
     """A tensor whose shape does not match what the model or dictionary expects."""
+
+
+class NonFiniteError(SparseCircuitsError):
+    """NaN or infinite values where finite numbers are expected (weights, graph entries)."""

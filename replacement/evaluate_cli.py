@@ -50,7 +50,7 @@ def heldout_text(n_tokens: int, model) -> str:
 def read_token_file(path: str | Path):
     """Token ids [sequences, positions] from a .safetensors (one tensor, or `tokens`), .pt or .npy.
 
-    A 1-D file is one sequence. The ids are used as given (BOS at position 0 expected).
+    A 1-D file is one sequence. `run_evaluate` adds BOS to rows that lack it.
     """
     import torch
 
@@ -92,6 +92,24 @@ def read_token_file(path: str | Path):
     return tokens.long().reshape(-1, tokens.shape[-1])
 
 
+def recorded_ctx_len(dictionaries, n_ctx: int) -> int | None:
+    """The context length the dictionaries were trained at (None: not recorded, use n_ctx).
+
+    Loss grows with the position, so the default evaluates at the training length: the zoo
+    was trained at 128 on a 256-context model, and its reported CE increase is at 128.
+    """
+    lengths = {
+        int(d.metadata["training"]["ctx_len"])
+        for d in dictionaries
+        if isinstance(d.metadata.get("training"), dict) and d.metadata["training"].get("ctx_len")
+    }
+    if not lengths:
+        return None
+    ctx_len = min(min(lengths), n_ctx)
+    print(f"ctx_len {ctx_len}: the dictionaries' training context (set another with --ctx-len)")
+    return ctx_len
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Load the model and dictionaries, compute the spliced loss, print and save the report."""
     from replacement.formats.detect import describe, load_model_and_dictionaries
@@ -103,12 +121,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_output_file(args.out, "--out")
     check_device(args.device)
     describe(args.dictionaries)  # raises if the location does not exist
+    file_tokens = read_token_file(args.token_file) if args.token_file else None
     # the model gets the processing its dictionaries were trained under
     model, dictionaries = load_model_and_dictionaries(
         args.model, args.dictionaries, device=args.device, processing=args.processing
     )
+    if args.ctx_len is None and not args.token_file:
+        args.ctx_len = recorded_ctx_len(dictionaries, int(model.cfg.n_ctx))
     if args.token_file:
-        tokens = read_token_file(args.token_file)
+        from replacement.atlas.corpus import with_bos
+
+        tokens = file_tokens
+        bos = model.tokenizer.bos_token_id
+        # per the model's convention, one line saying so (SAELens' conventions take them as is)
+        if bos is not None and args.conventions == "sparse-circuits":
+            tokens = with_bos(tokens, int(bos), f"--token-file {args.token_file!r}")
     elif text is not None:
         tokens, _ = prepare_tokens(model, text, args.ctx_len)
     else:
@@ -149,11 +176,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dictionaries", required=True, help="dictionary file/folder or a shipped set name"
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--text", help="a text file to evaluate on (instead of --tokens)")
+    source.add_argument(
+        "--text", help="a text file to evaluate on, instead of --tokens (default: none)"
+    )
     source.add_argument(
         "--token-file",
         help="token ids [sequences, positions] with BOS first (.safetensors, .pt or .npy) to "
-        "evaluate exactly these tokens",
+        "evaluate exactly these tokens, instead of --tokens (default: none)",
     )
     source.add_argument(
         "--tokens",
@@ -165,7 +194,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ctx-len",
         type=int_at_least(3),
         default=None,
-        help="sequence length in tokens, BOS included (at most the model's n_ctx; default n_ctx)",
+        help="sequence length in tokens, BOS included (at most the model's n_ctx; default: the "
+        "context the dictionaries were trained at, else n_ctx)",
     )
     parser.add_argument(
         "--batch-size", type=positive_int, default=8, help="number of sequences per forward pass"
@@ -198,5 +228,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not warn when a dictionary records another model name",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--out", help="write the report as JSON to this file")
+    parser.add_argument(
+        "--out", help="write the report as JSON to this file (default: printed only)"
+    )
     parser.set_defaults(func=run_evaluate)

@@ -12,9 +12,13 @@ the default model's held-out corpus: the command that made the shipped files.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from replacement.output_folder import OutputFolder, add_overwrite_flag, owned
+from replacement.validation import int_at_least, nonnegative_int, positive_int
 
 if TYPE_CHECKING:  # the atlas code loads torch: only when the command runs
     from replacement.atlas.build import AtlasSettings
@@ -37,7 +41,9 @@ def _summary(atlas, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def build_one(model, set_name: str, out: Path, settings: AtlasSettings, args) -> None:
+def build_one(
+    model, set_name: str, out: Path | OutputFolder, settings: AtlasSettings, args
+) -> None:
     """Build and write one set's atlas (and its pages unless --no-pages)."""
     from replacement.atlas.build import build_atlas
     from replacement.atlas.pages import write_atlas_pages
@@ -55,35 +61,66 @@ def build_one(model, set_name: str, out: Path, settings: AtlasSettings, args) ->
         verbose=not args.quiet,
     )
     print(_summary(atlas, time.perf_counter() - start))
-    atlas.save(out)
-    print(f"wrote {out / 'atlas.json'} and {out / 'atlas.safetensors'}")
-    if not args.no_pages:
-        pages = write_atlas_pages(atlas, out)
-        print(f"wrote {pages[0]} and {len(pages) - 1} layer pages")
+    with owned(out, command="features", legacy=_atlas_entry) as folder:
+        stage = folder.stage()  # the new atlas and pages are swapped in whole
+        atlas.save(stage)
+        pages = [] if args.no_pages else write_atlas_pages(atlas, stage)
+        folder.commit()
+    print(f"wrote {folder.path / 'atlas.json'} and {folder.path / 'atlas.safetensors'}")
+    if pages:
+        print(f"wrote {folder.path / pages[0].name} and {len(pages) - 1} layer pages")
+
+
+def _atlas_entry(path: Path) -> bool:
+    """Files of an atlas folder written before output markers (the zoo's, say)."""
+    return path.name in ("atlas.json", "atlas.safetensors", "index.html") or bool(
+        re.fullmatch(r"layer_\d+\.html", path.name)
+    )
 
 
 def run_features(args: argparse.Namespace) -> int:
     """Build the atlas of --dictionaries into --out, or the zoo's atlases with --zoo."""
     from replacement.atlas.build import AtlasSettings
+    from replacement.atlas.corpus import check_corpus
     from replacement.errors import SparseCircuitsError
+    from replacement.formats.detect import describe
     from replacement.model import load_model
 
     if not args.zoo and (args.dictionaries is None or args.out is None):
         raise SparseCircuitsError("features needs --dictionaries SET and --out DIR (or --zoo)")
-    model = load_model(args.model)
-    if args.zoo:
-        from replacement.atlas.lookup import shipped_atlas_path
-        from replacement.zoo import list_dictionary_sets
+    # the flags alone decide these: checked before the model loads
+    if args.dictionaries is not None:
+        describe(args.dictionaries)  # a missing location fails now
+    if args.corpus is not None:
+        check_corpus(args.corpus, "--corpus")
 
-        names = [args.dictionaries] if args.dictionaries else []
-        names = names or [entry.name for entry in list_dictionary_sets()]
-        settings = AtlasSettings(**ZOO_SETTINGS, seed=args.seed)
-        args.no_pages = True
-        for name in names:
-            build_one(model, name, shipped_atlas_path(name), settings, args)
+    def checked_model() -> Any:
+        model = load_model(args.model)
+        if args.ctx_len is not None and args.ctx_len > int(model.cfg.n_ctx):
+            raise SparseCircuitsError(
+                f"--ctx-len {args.ctx_len} exceeds the model's context of {model.cfg.n_ctx} "
+                f"tokens; use --ctx-len {model.cfg.n_ctx} or less"
+            )
+        return model
+
+    if not args.zoo:  # checked, refused if not ours, and locked before the model loads
+        with OutputFolder(
+            args.out, command="features", overwrite=args.overwrite, legacy=_atlas_entry
+        ) as out:
+            model = checked_model()
+            settings = AtlasSettings(n_top=args.top, seed=args.seed)
+            build_one(model, args.dictionaries, out, settings, args)
         return 0
-    settings = AtlasSettings(n_top=args.top, seed=args.seed)
-    build_one(model, args.dictionaries, Path(args.out), settings, args)
+    from replacement.atlas.lookup import shipped_atlas_path
+    from replacement.zoo import list_dictionary_sets
+
+    model = checked_model()
+    names = [args.dictionaries] if args.dictionaries else []
+    names = names or [entry.name for entry in list_dictionary_sets()]
+    settings = AtlasSettings(**ZOO_SETTINGS, seed=args.seed)
+    args.no_pages = True
+    for name in names:
+        build_one(model, name, shipped_atlas_path(name), settings, args)
     return 0
 
 
@@ -96,19 +133,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "its top contexts, quantile-band examples, frequency, histogram, promoted tokens and a "
         "label, and write the atlas with a static page per layer.",
     )
-    p.add_argument("--dictionaries", default=None, help="dictionary set name or folder")
-    p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--model", default="default", help="'default', a model folder or HF name")
+    p.add_argument(
+        "--dictionaries",
+        default=None,
+        help="dictionary set name or folder (required unless --zoo: then default every zoo set)",
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder (required unless --zoo; default: none)"
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="'default' (the embedded model), a model folder or HF name (default: %(default)s)",
+    )
+    add_overwrite_flag(p)
     p.add_argument(
         "--corpus",
         default=None,
         help="token file (.safetensors/.pt/.npy), text file or folder (default: the default "
         "model's held-out corpus)",
     )
-    p.add_argument("--max-tokens", type=int, default=None, help="use at most this many tokens")
-    p.add_argument("--ctx-len", type=int, default=128, help="row length, BOS included")
-    p.add_argument("--top", type=int, default=16, help="top contexts kept per feature")
-    p.add_argument("--seed", type=int, default=0, help="seed of the quantile-band sample")
+    p.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=None,
+        help="number of corpus tokens used at most (default: all of the corpus)",
+    )
+    p.add_argument(
+        "--ctx-len",
+        type=int_at_least(3),
+        default=None,
+        help="row length in tokens, BOS included (default: 128, or the model's n_ctx if shorter)",
+    )
+    p.add_argument(
+        "--top",
+        type=positive_int,
+        default=16,
+        help="number of top contexts kept per feature (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the quantile-band sample (default: %(default)s)",
+    )
     p.add_argument("--no-pages", action="store_true", help="write the atlas files only")
     p.add_argument(
         "--zoo",

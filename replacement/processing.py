@@ -30,19 +30,18 @@ from typing import Any, NamedTuple
 import torch
 
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import (
+    before_weight,
+    from_tl2,
+    holds_value_bias,
+    is_layernorm,
+    is_residual_write,
+    norm_output,
+    processing_known,
+    same_tensor,
+)
 
 PROCESSINGS = ("none", "folded", "fold_ln", "centred")
-_CENTRED_SUFFIXES = (
-    "hook_resid_pre",
-    "hook_resid_mid",
-    "hook_resid_post",
-    "hook_mlp_out",
-    "hook_attn_out",
-    "hook_embed",
-    "hook_pos_embed",
-)
-_VALUE_BIAS_SUFFIXES = ("attn.hook_v", "attn.hook_z")
-_NORM_OUT = (".ln1.hook_out", ".ln2.hook_out", "ln_final.hook_out")
 
 
 class ProcessingError(SparseCircuitsError):
@@ -93,17 +92,30 @@ def processing_from_tl_kwargs(kwargs: Mapping[str, Any] | None, no_processing: b
     return Processing(fold, centre).name
 
 
+UNKNOWN = "unknown"
+"""`model_processing` of a bridge that `load_model` did not make (nothing says how it was built)."""
+
+
 def model_processing(model: Any) -> str:
-    """The processing of a model from `load_model` ("folded" for a bridge of unknown origin)."""
-    return str(getattr(model, "sc_processing", None) or "folded")
+    """The processing of a model from `load_model`, or "unknown" for a bridge made elsewhere
+    (state it with `model.sc_processing = "none"` etc., see `unknown_processing_advice`)."""
+    return str(getattr(model, "sc_processing", None) or UNKNOWN)
+
+
+def unknown_processing_advice(want: str) -> str:
+    """What to do when a dictionary trained under `want` meets a bridge of unknown processing."""
+    return (
+        "this bridge was not made by replacement.load_model, so its processing is unknown. "
+        "State it before splicing: model.sc_processing = 'none' for a bridge whose weights were "
+        "not processed (TransformerBridge.boot_transformers as is), or 'folded' after "
+        "enable_compatibility_mode() (norms folded, writing weights centred), or "
+        f"'fold_ln' / 'centred'; or load it with load_model(source, processing={want!r})"
+    )
 
 
 def uses_layernorm(model: Any) -> bool:
     """True for LayerNorm models (centring matters), False for RMSNorm models."""
-    kind = str(getattr(model.cfg, "normalization_type", "") or "")
-    if kind:
-        return kind.upper().startswith("LN")
-    return not bool(getattr(model.cfg, "uses_rms_norm", False))
+    return is_layernorm(model.cfg)
 
 
 def original_norms(model: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
@@ -132,35 +144,24 @@ def original_norms(model: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor | N
 
 
 def norm_output_module(hook: str) -> str | None:
-    """`blocks.1.ln2` for `blocks.1.ln2.hook_out` (a norm's output), else None."""
-    if hook.endswith(_NORM_OUT):
-        return hook.removesuffix(".hook_out")
-    return None
+    """`blocks.1.ln2` for a norm's output after its weight (`blocks.1.ln2.hook_out` and its
+    aliases such as `blocks.1.mlp.hook_in`: what folding changes), else None."""
+    read = norm_output(hook)
+    return read.norm if read is not None and read.after_weight else None
 
 
 def is_centred_site(hook: str) -> bool:
     """Whether centring the writing weights changes the activation at `hook`."""
-    return hook.endswith(_CENTRED_SUFFIXES)
+    return is_residual_write(hook)
 
 
 def tl2_to_tl4_hook(hook: str, fold_ln: bool, layernorm: bool = True) -> str:
-    """A TransformerLens 2 hook name in TransformerLens 4 meaning.
+    """A TransformerLens 2 hook name in TransformerLens 4 meaning (`hook_table.from_tl2`).
 
-    TL2's LayerNorm hooks `hook_normalized` after its weight and bias when they are not folded;
-    TL4's precedes them, and `ln*.hook_out` is the norm's output. TL2's RMSNorm (Llama, Gemma)
-    hooks `hook_normalized` before its weight, folded or not (`x / scale`, as circuit-tracer's
-    Gemma mappings read `pre_feedforward_layernorm._norm`): the same as TL4's. Loaders that do
-    not know the model assume LayerNorm and record the TL2 name, so that
+    Loaders that do not know the model assume LayerNorm and record the TL2 name, so that
     `replacement.formats.model_hooks` can resolve it once the model is known.
     """
-    if (
-        layernorm
-        and not fold_ln
-        and hook.endswith("hook_normalized")
-        and (".ln" in hook or "ln_final" in hook)
-    ):
-        return hook.removesuffix("hook_normalized") + "hook_out"
-    return hook
+    return from_tl2(hook, fold_ln, layernorm)
 
 
 def _advice(want: str) -> str:
@@ -183,11 +184,16 @@ def fit_problem(
     w, h = parse_processing(want), parse_processing(have)
     if w == h:
         return None
-    sae = in_hook == out_hook
+    sae = same_tensor(in_hook, out_hook)
     for hook, role in ((in_hook, "reads"), (out_hook, "writes")):
         if role == "writes" and sae:
             continue
-        if w.fold_ln != h.fold_ln and hook.endswith(_VALUE_BIAS_SUFFIXES):
+        if not processing_known(hook):
+            return (
+                f"it {role} {hook!r}, for which no exact conversion between processings is "
+                "known (replacement.hook_table)"
+            )
+        if w.fold_ln != h.fold_ln and holds_value_bias(hook):
             return f"it {role} {hook!r}, which holds the value bias only when it is not folded"
         if layernorm and w.centre != h.centre and is_centred_site(hook):
             if sae:
@@ -260,6 +266,8 @@ def fit_to_processing(d: Any, model: Any) -> Any:
     have = model_processing(model)
     if not want or want == have:
         return d
+    if have == UNKNOWN:
+        raise ProcessingError(_message(d, want, have, unknown_processing_advice(want)))
     if callable(getattr(d, "in_hook", None)):  # cross-layer transcoders
         problem = "cross-layer transcoders are not converted between processings"
         raise ProcessingError(_message(d, want, have, problem))
@@ -278,11 +286,12 @@ def fit_to_processing(d: Any, model: Any) -> Any:
                 raise ProcessingError(_message(d, want, have, f"the model has no norm {norm!r}"))
             _fold_norm_into_encoder(d, *norms[norm])
         # either way the hook to read is the normalized one (a folded norm's output equals it)
-        d.in_hook = f"{norm}.hook_normalized"
+        d.in_hook = before_weight(norm_output(d.in_hook))
         # the peer's names no longer describe this hook (replacement.formats.model_hooks)
         d.metadata.pop("hook_source", None)
     if layernorm and w.centre != h.centre:
-        if is_centred_site(d.out_hook) and d.in_hook != d.out_hook and h.centre:
+        sae = same_tensor(d.in_hook, d.out_hook)
+        if is_centred_site(d.out_hook) and not sae and h.centre:
             _centre_decoder(d)
         if is_centred_site(d.in_hook) and w.centre and not h.centre:
             _centre_encoder_input(d)

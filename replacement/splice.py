@@ -31,11 +31,17 @@ from torch import Tensor
 
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
-from replacement.errors import ShapeError, SparseCircuitsError
+from replacement.errors import NonFiniteError, ShapeError, SparseCircuitsError
 from replacement.formats.model_hooks import unresolved_hooks
+from replacement.hook_table import has_residual_width, norm_facts
 from replacement.hooks import check_hook
 from replacement.model import model_name
-from replacement.processing import ProcessingError, model_processing
+from replacement.processing import (
+    UNKNOWN,
+    ProcessingError,
+    model_processing,
+    unknown_processing_advice,
+)
 
 # names under which one model is known (compared after taking the last path component);
 # TransformerLens calls GPT-2 small "gpt2-small", Hugging Face "gpt2"
@@ -109,6 +115,11 @@ def check_compatible(model: Any, dictionary: Dictionary, check_model: bool = Tru
         )
     wanted = (getattr(dictionary, "metadata", None) or {}).get("processing")
     have = model_processing(model)
+    if wanted and have == UNKNOWN:
+        raise ProcessingError(
+            f"dictionary at {dictionary.out_hook!r} expects activations of a model with "
+            f"processing {wanted!r}, but {unknown_processing_advice(wanted)}"
+        )
     if wanted and wanted != have:
         raise ProcessingError(
             f"dictionary at {dictionary.out_hook!r} expects activations of a model with "
@@ -116,22 +127,40 @@ def check_compatible(model: Any, dictionary: Dictionary, check_model: bool = Tru
             "load_dictionaries(path, model=model), which converts it exactly where possible, or "
             f"load the model with load_model(source, processing={wanted!r})"
         )
+    if isinstance(dictionary, torch.nn.Module):  # (a cross-layer transcoder's layer views are not)
+        check_finite(dictionary)
     d_model = model.cfg.d_model
     for hook, width, label in (
         (dictionary.in_hook, dictionary.d_in, "d_in"),
         (dictionary.out_hook, dictionary.d_out, "d_out"),
     ):
-        if _is_residual_width(hook) and width != d_model:
+        if has_residual_width(hook, norm_facts(model)) and width != d_model:
             raise ShapeError(
                 f"dictionary {label}={width} does not match hook {hook!r}, which has width "
                 f"d_model={d_model}"
             )
 
 
-def _is_residual_width(hook: str) -> bool:
-    return hook.endswith(
-        ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
-    ) or hook.endswith(("hook_normalized", "ln1.hook_out", "ln2.hook_out", "ln_final.hook_out"))
+def check_finite(dictionary: Dictionary | CrossLayerTranscoder) -> None:
+    """Raise `NonFiniteError` naming the first tensor of `dictionary` with NaN/inf values.
+
+    NaN weights would give an all-NaN graph or loss; checked once per tensor version (an
+    in-place change of the weights is checked again), so a splice in a loop costs nothing.
+    """
+    tensors = [*dictionary.named_parameters(), *dictionary.named_buffers()]
+    stamp = tuple((id(t), t._version) for _, t in tensors)
+    if getattr(dictionary, "_finite_stamp", None) == stamp:
+        return
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            where = getattr(dictionary, "out_hook", None)
+            where = repr(where) if isinstance(where, str) else type(dictionary).__name__
+            raise NonFiniteError(
+                f"dictionary at {where}: {name} has {bad} NaN/inf values; "
+                "expected finite weights (retrain, or reload the file)"
+            )
+    dictionary._finite_stamp = stamp
 
 
 def _flat(act: Tensor, width: int, hook: str, label: str) -> Tensor:
@@ -191,6 +220,7 @@ def splice(
     for d in by_out.values():
         check_compatible(model, d, check_model)
     for clt in clts:
+        check_finite(clt)
         for view in _layer_views(clt):
             check_compatible(model, view, check_model)
     state = SpliceState(record=record)
@@ -270,9 +300,7 @@ def _layer_views(clt: CrossLayerTranscoder) -> list[Any]:
             d_out=clt.d_model,
             model_name=clt.model_name,
             # hook names and processing: what the CLT reads must be what this model gives
-            metadata={
-                k: v for k, v in clt.metadata.items() if k in ("hook_source", "processing")
-            },
+            metadata={k: v for k, v in clt.metadata.items() if k in ("hook_source", "processing")},
         )
         for layer in range(clt.n_layers)
     ]

@@ -10,18 +10,15 @@ Two kinds of helpers:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from replacement.errors import SparseCircuitsError
 
 # Files of a Hugging Face folder that hold a tokenizer (any one suffices).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
-# Name of the list of files a command wrote into an output folder (to remove stale ones later).
-MANIFEST = ".sparse-circuits-files.json"
 _BINARY_SAMPLE = 1 << 16
 
 
@@ -150,39 +147,6 @@ def check_output_file(path: str | Path, option: str = "--out") -> Path:
         raise InputError(f"{option} {str(path)!r}: {str(base)!r} is a file, not a folder")
     _probe_writable(base, option, path)
     return path
-
-
-def remove_stale_outputs(
-    folder: str | Path, written: Iterable[str | Path], earlier: Callable[[Path], bool] | None = None
-) -> list[Path]:
-    """After a run wrote `written` into `folder`, delete what an earlier run left there.
-
-    Earlier files are those listed in the folder's manifest (written by this function) and,
-    for folders made before manifests existed, those `earlier(path)` recognises. Other files
-    are never touched. Called only after the new files are complete, so a failed run keeps the
-    previous results. Returns the removed paths.
-    """
-    folder = Path(folder)
-    keep = {Path(p).name for p in written}
-    manifest = folder / MANIFEST
-    old: set[str] = set()
-    if manifest.is_file():
-        try:
-            old = set(json.loads(manifest.read_text()))
-        except (ValueError, TypeError):
-            old = set()
-    if earlier is not None:
-        old |= {p.name for p in folder.iterdir() if p.is_file() and earlier(p)}
-    removed = []
-    for name in sorted(old - keep - {MANIFEST}):
-        path = folder / name
-        if path.is_file() and path.parent == folder:
-            path.unlink()
-            removed.append(path)
-    from replacement.atomic import write_json
-
-    write_json(manifest, sorted(keep))
-    return removed
 
 
 # ---- input files ------------------------------------------------------------------------------

@@ -270,3 +270,92 @@ def test_sparse_auxk_equals_the_dense_one():
     assert abs(dense[0] - sparse[0]) < 1e-5 * dense[0]
     for a, b in zip(dense[1], sparse[1], strict=True):
         assert torch.allclose(a, b, atol=1e-5) and a.abs().max() > 0
+
+
+def _numbered_cache(folder, shard_tokens: list[int]) -> ActivationCache:
+    """A cache whose row i (over all shards, in order) holds the value i: rows name themselves."""
+    import numpy as np
+
+    shards, first = [], 0
+    for s, n in enumerate(shard_tokens):
+        (folder / f"shard_{s:04d}").mkdir(parents=True)
+        ids = np.arange(first, first + n, dtype=np.float32)[:, None].repeat(2, 1)
+        np.save(folder / f"shard_{s:04d}" / f"{HOOKS[0]}.npy", ids)
+        shards.append({"folder": f"shard_{s:04d}", "tokens": n, "rows": n})
+        first += n
+    manifest = {"format": "sparse-circuits-activations", "version": 1, "dtype": "float32"}
+    manifest.update(hooks={HOOKS[0]: 2}, shards=shards, ctx_len=CTX, model="m")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return ActivationCache(folder)
+
+
+def test_an_epoch_of_the_cache_sampler_visits_each_row_exactly_once(tmp_path):
+    """Shards of 60, 40 and 20 tokens give 10 tokens each to a 30-token batch: every run of
+    n_s / 10 steps is one epoch of shard s (2, 3 and 6 epochs in 12 steps), in which each of
+    its rows comes exactly once; the next epoch is another order of the same rows."""
+    sizes = [60, 40, 20]
+    cache = _numbered_cache(tmp_path / "numbered", sizes)
+    batches = CachedBatches(cache, HOOKS[:1], 30, seed=5)
+    seen = [batches.batch(step)[HOOKS[0]][:, 0].long() for step in range(12)]
+    starts = [sum(sizes[:s]) for s in range(3)]
+    for s, n in enumerate(sizes):
+        per_step = [ids[(ids >= starts[s]) & (ids < starts[s] + n)] for ids in seen]
+        assert all(len(p) == 10 for p in per_step)
+        steps = n // 10
+        orders = []
+        for epoch in range(12 // steps):
+            visited = torch.cat(per_step[epoch * steps : (epoch + 1) * steps])
+            assert sorted(visited.tolist()) == list(range(starts[s], starts[s] + n))
+            orders.append(
+                torch.cat(
+                    [batches.indices(t, s) for t in range(epoch * steps, (epoch + 1) * steps)]
+                )
+            )
+        assert not torch.equal(orders[0], orders[1])  # epochs are reshuffled
+
+
+def test_a_cache_is_checked_against_the_run_before_any_step(
+    default_model, small_data, cache_dir, tmp_path, tiny_gpt2
+):
+    """Evaluation after a cache run reads validation rows at the cache's ctx_len (the same
+    split, so never the cache's training rows); a cache of other rows or another model is
+    refused before the first step, not after training."""
+    from training.data import TokenData
+
+    run = Trainer(
+        _config(tmp_path / "r", cache_dir, ctx_len=128), model=default_model, data=small_data
+    )
+    assert run.ctx_len == CTX and run.data.train.shape[1] == CTX
+    cached = ActivationCache(cache_dir).manifest["token_source_sha256"]
+    assert token_source_hash(run.data.train) == cached  # the cache's own training rows
+    assert run.validation_tokens().shape[1] == CTX
+    train_rows = {tuple(r) for r in run.data.train.tolist()}
+    assert not any(tuple(r) in train_rows for r in run.validation_tokens().tolist())
+    shuffled = TokenData(
+        small_data.train.flip(0), small_data.val, small_data.bos, small_data.special_ids
+    )
+    for other in (shuffled, None):  # other rows; the default corpus
+        with pytest.raises(ActivationCacheError, match="other token rows"):
+            Trainer(_config(tmp_path / "o", cache_dir), model=default_model, data=other)
+    with pytest.raises(ActivationCacheError, match="not of"):
+        Trainer(_config(tmp_path / "m", cache_dir), model=tiny_gpt2)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m").exists()
+
+
+def test_validation_rows_of_a_cache_run_are_never_its_training_rows(default_model, tmp_path):
+    """A cache of a text file at ctx_len 32 and a run whose own ctx_len is 128: the run splits
+    the file at the cache's 32 (the split the cache was made with), so no validation row is a
+    cached training row (at 128 the random split was another one, and rows leaked)."""
+    from training.default_model.corpus import stdlib_dir
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(p.read_text() for p in sorted((stdlib_dir() / "json").glob("*.py"))))
+    data = load_token_data(default_model, str(text), CTX)
+    folder = write_activation_cache(
+        default_model, data, HOOKS, tmp_path / "c", n_shards=1, verbose=False
+    )
+    run = Trainer(_config(tmp_path / "r", folder, ctx_len=128, data=str(text)), model=default_model)
+    val = run.validation_tokens()
+    assert val.shape[1] == CTX
+    cached = {tuple(r) for r in data.train.tolist()}
+    assert not any(tuple(r) in cached for r in val.tolist())

@@ -196,3 +196,47 @@ def test_integrated_gradients_track_the_measured_effect_better_than_one_gradient
     assert measured > 0
     assert abs(ig - measured) < abs(atp - measured)  # the metric saturates: one gradient is far off
     assert ig == pytest.approx(measured, rel=0.05)
+
+
+@pytest.mark.parametrize("per_position", [True, False])
+def test_empty_circuit_under_mean_ablation_is_the_model_at_its_mean_site_outputs(
+    random_setup, per_position
+):
+    """Known answer: every node at its task mean makes each spliced site's output the clean
+    mean of that site's output (decoder, skip and error are linear in the node values, and
+    the ablated values do not follow upstream changes); BOS keeps its own. Zero ablation gives
+    another number, so a mean that silently became zero fails here."""
+    model, dicts, batch = random_setup
+    sites = [d.out_hook for d in dicts]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch.clean, names_filter=lambda n: n in sites)
+    valid = (torch.arange(batch.clean.shape[1])[None] >= 1) & (
+        torch.arange(batch.clean.shape[1])[None] <= batch.last[:, None]
+    )
+    means = {}
+    for site in sites:
+        out = cache[site]  # [n, pos, d]
+        if per_position:
+            means[site] = out.mean(0, keepdim=True).expand_as(out)
+        else:
+            w = valid[..., None].to(out)
+            means[site] = ((out * w).sum((0, 1)) / w.sum()).expand_as(out)
+
+    def at_mean(act, hook):
+        act = act.clone()
+        act[:, 1:] = means[hook.name][:, 1:]
+        return act
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(s, at_mean) for s in sites]):
+        expected = prompt_metric(model, batch).mean().item()
+    curves = {}
+    for ablation in ("mean", "zero"):
+        scores = attribution_patching(
+            model, dicts, batch, ablation=ablation, per_position=per_position
+        )
+        n = scores.layout.n_nodes
+        curves[ablation] = faithfulness_curve(
+            model, dicts, batch, scores, sizes=[0, n], ablation=ablation
+        )
+    assert curves["mean"].metric_empty == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert abs(curves["zero"].metric_empty - expected) > 0.01  # 100x the tolerance above

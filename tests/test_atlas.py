@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import re
@@ -346,3 +347,58 @@ def test_trace_labels_with_a_given_atlas_and_refuses_a_foreign_one(
     other = random_transcoders(tiny_gpt2, "topk", n_features=24, seed=6, k=5)
     with pytest.raises(SparseCircuitsError, match="fingerprints differ"):
         trace("x = 1", tiny_gpt2, other, tmp_path / "out2", atlas=folder, verbose=False)
+
+
+def test_float16_dictionaries_run_in_the_models_dtype(tiny_gpt2, dictionaries, corpus, monkeypatch):
+    """Float16 files loaded without `model=` are encoded in the model's float32 (a float16
+    encode on a CPU ran 17x slower), and give the float32 atlas of the same weights."""
+    import replacement.atlas.build as build_module
+
+    half = [copy.deepcopy(d).half() for d in dictionaries]
+    widened = [copy.deepcopy(d).float() for d in half]  # exactly the float16 values
+    seen = []
+    real = build_module.stream_features
+
+    def spy(model, by_layer, *args, **kw):
+        seen.extend(d.W_enc.dtype for d in by_layer.values())
+        return real(model, by_layer, *args, **kw)
+
+    monkeypatch.setattr(build_module, "stream_features", spy)
+    from_half = build_atlas(tiny_gpt2, half, corpus, SETTINGS, verbose=False)
+    assert seen and set(seen) == {torch.float32}
+    assert all(d.W_enc.dtype == torch.float16 for d in half)  # the caller's objects untouched
+    reference = build_atlas(tiny_gpt2, widened, corpus, SETTINGS, verbose=False)
+    for layer, entry in reference.layers.items():
+        assert from_half.layers[layer].fingerprint == entry.fingerprint
+        for name, tensor in entry.tensors.items():
+            assert torch.equal(from_half.layers[layer].tensors[name], tensor), name
+
+
+def test_token_rows_without_bos_get_it_and_out_of_range_settings_are_refused(
+    tiny_gpt2, tmp_path, capsys
+):
+    """Token rows made without BOS get it at position 0 (the layout the dictionaries were
+    trained on), with one line saying so; a context above the model's or no tokens is refused
+    (--ctx-len 1000 was clamped to n_ctx and --max-tokens 0 kept a row, silently)."""
+    from replacement.atlas.corpus import corpus_rows
+    from replacement.errors import SparseCircuitsError
+
+    bos = tiny_gpt2.tokenizer.bos_token_id
+    rows = torch.randint(1, 250, (4, 9), generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "rows.safetensors"
+    save_file({"tokens": rows}, str(path))
+    got, _ = corpus_rows(tiny_gpt2, path)
+    assert got.shape == (4, 10) and (got[:, 0] == bos).all() and torch.equal(got[:, 1:], rows)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no row starts with BOS" in err
+    with_bos = torch.cat([torch.full((4, 1), bos), rows], 1)
+    assert torch.equal(corpus_rows(tiny_gpt2, with_bos)[0], with_bos)  # as given, silently
+    assert capsys.readouterr().err == ""
+    mixed = with_bos.clone()
+    mixed[1] = rows[1, 0]
+    with pytest.raises(SparseCircuitsError, match="1 of 4 rows do not start with BOS"):
+        corpus_rows(tiny_gpt2, mixed)
+    with pytest.raises(SparseCircuitsError, match=r"ctx_len \(--ctx-len\) 1000 should be in 3..64"):
+        corpus_rows(tiny_gpt2, None, ctx_len=1000)
+    with pytest.raises(SparseCircuitsError, match="max_tokens .* at least 1, got 0"):
+        corpus_rows(tiny_gpt2, with_bos, max_tokens=0)

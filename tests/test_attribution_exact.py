@@ -184,7 +184,7 @@ def test_sae_edges_are_local_linear_estimates(model64):
 def test_offload_and_wide_dictionary_paths_agree(tiny_gpt2, monkeypatch):
     """Rows kept on the device, and decoder dot products gathered per active feature (the
     path for wide dictionaries), give the same graph; token ids without BOS get it."""
-    from circuits import sources
+    from circuits.attribution import sources
 
     dicts = random_transcoders(tiny_gpt2, "topk", skip=True, k=6)
     ref = attribute(tiny_gpt2, dicts, PROMPT, batch_size=16, verbose=False)

@@ -120,3 +120,152 @@ def test_too_long_tokens(tiny_gpt2):
     d = Dictionary(32, 32, 8, "blocks.0.hook_resid_pre")
     with pytest.raises(ShapeError, match="n_ctx"):
         spliced_loss(tiny_gpt2, [d], torch.zeros(1, 65, dtype=torch.long), verbose=False)
+
+
+# ---- API input validation (issue 25): the CLI's error classes, before any work -------------
+def _transcoders(model, seed: int = 0) -> list[Dictionary]:
+    torch.manual_seed(seed)
+    out = []
+    for layer in range(model.cfg.n_layers):
+        d = Dictionary(
+            32, 32, 8, f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+        )
+        with torch.no_grad():
+            for p in d.parameters():
+                p.normal_(0, 0.3)
+        out.append(d)
+    return out
+
+
+def test_prompt_tensor_is_one_prompt_of_ids(tiny_gpt2):
+    from circuits import attribute
+
+    dicts = _transcoders(tiny_gpt2)
+    ids = TOKENS[0, :6]
+    for bad, what in (
+        (torch.cat([TOKENS, TOKENS])[:, :6], r"\(2, 6\)"),  # two prompts, once flattened
+        (torch.zeros(1, 2, 6, dtype=torch.long), r"\(1, 2, 6\)"),
+        (ids.float(), "float32"),
+    ):
+        with pytest.raises(ShapeError, match=rf"\[n\] or \[1, n\].*{what}"):
+            attribute(tiny_gpt2, dicts, bad, verbose=False)
+    with pytest.raises(SparseCircuitsError, match="vocabulary has 300"):
+        attribute(tiny_gpt2, dicts, torch.tensor([0, 5, 300]), verbose=False)
+    one = attribute(tiny_gpt2, dicts, ids, verbose=False)
+    row = attribute(tiny_gpt2, dicts, ids[None], verbose=False)
+    assert torch.equal(one.tokens, row.tokens) and torch.equal(one.adjacency, row.adjacency)
+
+
+def test_non_finite_weights_are_refused_at_splice(tiny_gpt2):
+    from circuits import attribute
+    from replacement.errors import NonFiniteError
+
+    dicts = _transcoders(tiny_gpt2)
+    with torch.no_grad():
+        dicts[1].W_dec[3, 4] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"blocks.1.hook_mlp_out.*W_dec has 1 NaN/inf"):
+        with splice(tiny_gpt2, dicts):
+            pass
+    with pytest.raises(NonFiniteError, match="W_dec"):
+        attribute(tiny_gpt2, dicts, TOKENS[0, :6], verbose=False)
+    with pytest.raises(NonFiniteError, match="W_dec"):
+        spliced_loss(tiny_gpt2, dicts, TOKENS, verbose=False)
+    with torch.no_grad():  # mended in place: checked again, accepted
+        dicts[1].W_dec[3, 4] = 0.0
+    with splice(tiny_gpt2, dicts):
+        assert torch.isfinite(tiny_gpt2(TOKENS)).all()
+
+
+def _edited_graph(tmp_path, edit_json=None, edit_tensors=None):
+    from safetensors.torch import load_file
+
+    from circuits import AttributionGraph
+    from tests.test_graph_ops import hand_graph
+
+    stem = tmp_path / "g"
+    hand_graph().prune(0.5, 1.0).save(stem)
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    if edit_json:
+        edit_json(meta)
+        stem.with_suffix(".json").write_text(json.dumps(meta))
+    if edit_tensors:
+        tensors = load_file(str(stem.with_suffix(".safetensors")))
+        edit_tensors(tensors)
+        save_file(tensors, str(stem.with_suffix(".safetensors")), {"pair_id": meta["pair_id"]})
+    return AttributionGraph.load(stem)
+
+
+def test_graph_load_checks_kinds_sizes_and_values(tmp_path):
+    from replacement.errors import NonFiniteError
+
+    def kind(meta):
+        meta["node_kind"][0] = "neuron"
+
+    def order(meta):
+        meta["node_kind"][0], meta["node_kind"][-1] = meta["node_kind"][-1], meta["node_kind"][0]
+
+    def label(meta):
+        meta["node_label"].pop()
+
+    def layer(t):
+        t["node_layer"] = t["node_layer"][:-1].contiguous()
+
+    def adjacency(t):
+        t["adjacency"] = t["adjacency"][:-1].contiguous()
+
+    def nan(t):
+        t["adjacency"][0, 0] = float("nan")
+
+    def position(t):
+        t["node_pos"][0] = 99
+
+    with pytest.raises(SparseCircuitsError, match=r"node kinds \['neuron'\]"):
+        _edited_graph(tmp_path, kind)
+    with pytest.raises(SparseCircuitsError, match="not in the order"):
+        _edited_graph(tmp_path, order)
+    with pytest.raises(ShapeError, match="node_label should list"):
+        _edited_graph(tmp_path, label)
+    with pytest.raises(ShapeError, match=r"node_layer has shape \(\d+,\)"):
+        _edited_graph(tmp_path, edit_tensors=layer)
+    with pytest.raises(ShapeError, match="adjacency has shape"):
+        _edited_graph(tmp_path, edit_tensors=adjacency)
+    with pytest.raises(NonFiniteError, match="adjacency holds NaN"):
+        _edited_graph(tmp_path, edit_tensors=nan)
+    with pytest.raises(ShapeError, match="node positions outside"):
+        _edited_graph(tmp_path, edit_tensors=position)
+    (tmp_path / "g.json").write_text('{"nodes": []}')  # another tool's graph JSON
+    with pytest.raises(SparseCircuitsError, match="not a graph file"):
+        from circuits import AttributionGraph
+
+        AttributionGraph.load(tmp_path / "g")
+    assert _edited_graph(tmp_path).n_nodes > 0  # the untouched save loads
+
+
+def test_task_answers_are_text_not_ids(tmp_path):
+    from analysis.tasks import TaskError, load_task, task_from_dicts
+
+    pair = {"clean": "x = 1", "corrupt": "x = 2", "answer": " a", "wrong": " b"}
+    for bad in (True, 1, None, [" a", 2]):
+        with pytest.raises(TaskError, match=r"pair 0: answer .* answers are text"):
+            task_from_dicts("t", [{**pair, "answer": bad}])
+    path = tmp_path / "task.yaml"
+    path.write_text("- {clean: 'is it', corrupt: 'is not', answer: true, wrong: false}\n")
+    with pytest.raises(TaskError, match="answer True is bool.*quote numbers and true/false"):
+        load_task(path)
+    path.write_text("- {clean: 'is it', corrupt: 'is not', answer: ' true', wrong: ' false'}\n")
+    assert load_task(path).answer == [" true"]
+
+
+def test_a_bridge_load_model_did_not_make_has_unknown_processing(tiny_gpt2, monkeypatch):
+    from replacement.processing import ProcessingError, model_processing
+
+    d = Dictionary(32, 32, 8, "blocks.0.hook_resid_pre", metadata={"processing": "none"})
+    assert model_processing(tiny_gpt2) == "none"
+    monkeypatch.delattr(tiny_gpt2, "sc_processing")  # as if built by the user
+    assert model_processing(tiny_gpt2) == "unknown"
+    with pytest.raises(ProcessingError, match=r"not made by replacement.load_model.*sc_processing"):
+        with splice(tiny_gpt2, [d]):
+            pass
+    tiny_gpt2.sc_processing = "none"  # stated by the user: accepted
+    with splice(tiny_gpt2, [d]):
+        tiny_gpt2(TOKENS)

@@ -143,3 +143,21 @@ def test_direct_forward_equals_the_bridge_and_is_used(default_model, tiny_llama)
         for h in hooks:
             assert torch.allclose(fast[h], slow[h], atol=1e-5 * (1 + slow[h].abs().max())), h
     assert default_model._sc_direct[tuple(sorted(hooks))] is not None
+
+
+def test_direct_forward_follows_in_place_weight_edits(tiny_gpt2_dir):
+    """Editing an attention weight in place between two runs (a head ablation) reaches the
+    fast path: GPT-2's twin holds a copy of the fused q/k/v weight, which went stale before."""
+    from replacement import load_model
+
+    model = load_model(tiny_gpt2_dir, processing="folded")  # a private copy: it is edited
+    tokens = torch.randint(1, 300, (2, 8), generator=torch.Generator().manual_seed(3))
+    hook = "blocks.1.hook_resid_post"
+    before = collect_activations(model, tokens, [hook])[hook]
+    assert model._sc_direct[(hook,)] is not None  # the fast path was taken
+    with torch.no_grad():
+        model.blocks[0].attn.v.original_component.weight.mul_(3.0)
+    after = collect_activations(model, tokens, [hook])[hook]
+    bridge = collect_activations(model, tokens, [hook], direct_ok=False)[hook]
+    assert (after - before).abs().max() > 1e-3  # the edit matters
+    assert torch.allclose(after, bridge, atol=1e-5)

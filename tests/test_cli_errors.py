@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,7 @@ def env(tmp_path_factory, tiny_gpt2_dir):
     (stale / "notes.txt").write_text("the user's own file")
     legacy = {"metadata": {}, "qParams": {}, "nodes": [], "links": []}  # written before manifests
     (stale / "old-prompt.json").write_text(json.dumps(legacy))
+    shutil.copytree(stale, root / "foreign_trace")
     (root / "binary.bin").write_bytes(bytes(range(256)) * 64)
     (root / "existing_file").write_text("not a folder")
     (root / "bad_config.yaml").write_text("layers: [0\nk: 4\n")
@@ -194,11 +196,23 @@ def _only_new_trace_files(env: dict) -> None:
     folder = Path(env["root"]) / "earlier_trace"
     names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     files = ["beta.json", "graph.html", "graph.json", "graph.png", "graph.safetensors"]
-    assert names == sorted([*files, "notes.txt"])
+    # alpha.json (ours) is gone; the user's notes and a graph JSON of another tool are kept
+    assert names == sorted([*files, "notes.txt", "old-prompt.json"])
+
+
+def _foreign_trace_untouched(env: dict) -> None:
+    folder = Path(env["root"]) / "foreign_trace"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "old-prompt.json"]
+
+
+def _nothing_trained(env: dict) -> None:
+    folder = Path(env["root"]) / "foreign_cache"
+    assert not folder.exists() or not list(folder.glob("*.safetensors"))
 
 
 TRACE_TINY = (
-    "trace {prompt} --model {{model}} --dictionaries {{dicts}} --out {{root}}/earlier_trace --quiet"
+    "trace {prompt} --model {{model}} --dictionaries {{dicts}} --out {{root}}/earlier_trace "
+    "--quiet --overwrite"
 )
 # fmt: off
 CASES = {
@@ -230,6 +244,7 @@ CASES = {
     "resume_mismatch_names_flag": Case([TRAIN + " --stop-after-steps 1 --out {root}/r"], TRAIN + " --n-features 32 --out {root}/r", 1, "start over with --no-resume"),
     "relative_data_path_is_the_same": Case([TRAIN.replace("{text}", "corpus.txt") + " --stop-after-steps 2 --out rel"], TRAIN.replace("{text}", "./corpus.txt") + " --out rel", 0, "trained 1 dictionaries", check=_resumed_at_2),
     "global_tokens_below_one_sequence": Case([], "global --model {model} --dictionaries {dicts} --layer-from 0 --layer-to 1 --data-weighted --tokens 10 --out {root}/g", 1, "--tokens 10 is less than one sequence of 63 tokens"),
+    "trace_into_foreign_folder": Case([], TRACE_TINY.format(prompt="alpha").replace(" --overwrite", "").replace("earlier_trace", "foreign_trace"), 1, "holds files sparse-circuits did not write ('notes.txt', 'old-prompt.json')", check=_foreign_trace_untouched),
     "trace_into_earlier_folder": Case([TRACE_TINY.format(prompt="alpha")], TRACE_TINY.format(prompt="beta"), 0, "replacement score", check=_only_new_trace_files),
     # ---- help ----
     "help_train_choices": Case([], "train --help", 0, "{{cosine,linear,none}}"),
@@ -244,6 +259,8 @@ CASES = {
     "missing_dictionaries": Case([], "trace x --dictionaries {root}/nothing", 1, "dictionary location '{root}/nothing' does not exist"),
     "unknown_device": Case([], "evaluate --dictionaries {dicts} --device banana", 1, "--device 'banana' is not a torch device"),
     "slug_with_a_path": Case([], "trace x --slug ../evil", 1, "--slug '../evil' is not a file name"),
+    "cache_of_another_model": Case(["cache --model default --data {text} --layers 0 --tokens 200 --ctx-len 16 --out {root}/acts_default --quiet"], TRAIN + " --activations {root}/acts_default --out {root}/foreign_cache", 1, "holds activations of model 'sparse-circuits-default', not of", check=_nothing_trained),
+    "train_ctx_len_not_the_caches": Case(["cache --model {model} --data {text} --layers 0 --tokens 200 --ctx-len 16 --out {root}/acts_tiny --quiet"], TRAIN.replace("--ctx-len 16", "--ctx-len 32") + " --activations {root}/acts_tiny --out {root}/ctx_cache", 1, "--ctx-len 32 differs from the ctx_len 16"),
     "empty_prompt": Case([], ["trace", "", "--model", "{model}", "--dictionaries", "{dicts}", "--out", "{root}/e"], 1, "needs at least one token after BOS"),
 }
 # fmt: on
@@ -267,3 +284,246 @@ def test_cli_case(case, env, capsys, monkeypatch):
         assert len(lines) == (2 if c.code == 130 else 1), output  # one line (and the resume hint)
     if c.check:
         c.check(env)
+
+
+# ---- every subcommand x flag at bad values (issue 25) -----------------------------------------
+# Each subcommand runs from a valid, cheap base command with one flag replaced by a bad value.
+# Kinds: "0", "neg", "huge", "type" (wrong type), "missing" (a path that does not exist),
+# "file" (a file where a folder is expected), "folder" (a folder where a file is expected),
+# "foreign" (a path of the right kind holding something else), "choice" (not one of the
+# choices). Each must end in one named error line, before any work (under 5 s; the tiny
+# model is loaded once per module), never "unexpected error" or a traceback.
+SWEEP_BASE = {
+    "evaluate": "evaluate --model {model} --dictionaries {dicts} --text {text} --quiet",
+    "features": "features --model {model} --dictionaries {dicts} --ctx-len 16 --out {root}/feat --quiet",
+    "cache": "cache --model {model} --data {text} --tokens 64 --ctx-len 16 --out {root}/acts --quiet",
+    "train": TRAIN + " --out {root}/sweep_train",
+    "trace": "trace hello --model {model} --dictionaries {dicts} --out {root}/tr --quiet",
+    "global": "global --model {model} --dictionaries {dicts} --layer-from 0 --layer-to 1 --out {root}/gl",
+    "compare": "compare --model {model} --sets {dicts} --task-file {task} --pairs 2 --out {root}/cmp --quiet",
+    "train-default-model": "train-default-model --out {root}/tdm --stage finish --data {empty_dir} --quiet",
+}
+BAD_VALUES = {
+    "0": "0",
+    "neg": "-3",
+    "type": "abc",
+    "huge": "1e9",
+    "missing": "{root}/no/such/path",
+    "file": "{file}",
+    "folder": "{root}",
+    "choice": "banana",
+}
+NUMBERS = ("0", "neg", "type")
+# fmt: off
+SWEEP = {
+    "evaluate": {
+        "--tokens": NUMBERS, "--ctx-len": (*NUMBERS, "huge"), "--batch-size": NUMBERS,
+        "--dictionaries": ("missing", "file", "foreign_dir", "foreign_json"),
+        "--text": ("missing", "folder", "binary"),
+        "--token-file": ("missing", "folder", "foreign_pt", "float_pt"),
+        "--model": ("missing", "file", "foreign_dir"), "--device": ("choice",),
+        "--out": ("folder", "under_file"), "--conventions": ("choice",), "--processing": ("choice",),
+    },
+    "features": {
+        "--max-tokens": NUMBERS, "--ctx-len": (*NUMBERS, "huge"), "--top": NUMBERS,
+        "--seed": ("neg", "type"), "--corpus": ("missing", "binary", "foreign_pt", "empty_dir"),
+        "--dictionaries": ("missing", "foreign_dir", "foreign_json"), "--out": ("file",),
+        "--model": ("missing",),
+    },
+    "cache": {
+        "--tokens": NUMBERS, "--ctx-len": (*NUMBERS, "huge"), "--shards": NUMBERS,
+        "--layers": ("neg", "type", "huge", "big_range"), "--sites": ("choice",),
+        "--hooks": ("choice",), "--data": ("missing", "binary", "empty_dir"),
+        "--dtype": ("choice",), "--device": ("choice",), "--out": ("file",), "--model": ("missing",),
+    },
+    "train": {
+        "--n-features": NUMBERS, "--k": (*NUMBERS, "huge"), "--lr": NUMBERS,
+        "--warmup-steps": ("neg", "type", "huge"), "--batch-tokens": NUMBERS, "--tokens": NUMBERS,
+        "--ctx-len": (*NUMBERS, "huge"), "--buffer-tokens": NUMBERS, "--val-tokens": ("neg", "type"),
+        "--seed": ("neg", "type"), "--checkpoint-every": ("neg", "type"),
+        "--stop-after-steps": NUMBERS, "--grad-clip": NUMBERS, "--l1-coefficient": ("neg", "type"),
+        "--dead-after-tokens": NUMBERS,
+        "--l0-coefficient": ("neg", "type"),
+        "--kl-coefficient": ("neg", "type"),
+        "--downstream-coefficient": ("neg", "type"),
+        "--aux-k-coefficient": ("neg", "type"),
+        "--site": ("choice",), "--layers": ("neg", "type", "huge"),
+        "--data": ("missing", "binary", "empty_dir"),
+        "--activations": ("missing", "file", "foreign_dir"), "--config": ("missing", "foreign_yaml"),
+        "--kind": ("choice",), "--activation": ("choice",), "--objective": ("choice",),
+        "--decay": ("choice",), "--device": ("choice",), "--out": ("file",),
+        "--sweep": ("missing", "foreign_yaml"), "--model": ("missing",),
+    },
+    "trace": {
+        "--max-feature-nodes": ("neg", "type"), "--max-n-logits": NUMBERS,
+        "--desired-logit-prob": (*NUMBERS, "huge"), "--node-threshold": (*NUMBERS, "huge"),
+        "--edge-threshold": (*NUMBERS, "huge"), "--batch-size": NUMBERS,
+        "--top-features": ("neg", "type"), "--atlas": ("missing", "foreign_json"),
+        "--dictionaries": ("missing", "foreign_dir"), "--out": ("file",), "--slug": ("path",),
+        "--model": ("missing", "foreign_dir"), "prompt": ("long",),
+    },
+    "global": {
+        "--layer-from": ("neg", "type", "huge"), "--layer-to": ("neg", "type", "huge"),
+        "--top-k": NUMBERS, "--tokens": NUMBERS, "--max-sources": ("neg", "type"),
+        "--norm": ("choice",), "--dictionaries": ("missing", "foreign_dir"), "--out": ("file",),
+        "--model": ("missing",),
+    },
+    "compare": {
+        "--pairs": NUMBERS, "--graph-prompts": ("neg", "type"), "--loss-rows": ("neg", "type"),
+        "--threads": ("neg", "type"),
+        "--task-file": ("missing", "folder", "foreign_yaml", "boolean_answers"),
+        "--sets": ("missing", "foreign_dir"), "--out": ("file",),
+        "--results": ("missing", "foreign_json"), "--sweep": ("missing", "foreign_json"),
+        "--tasks": ("choice",),
+        "--method": ("choice",), "--ablation": ("choice",), "--circuit": ("choice",),
+        "--model": ("missing",),
+    },
+    "train-default-model": {
+        "--tokens": NUMBERS, "--batch-size": NUMBERS, "--lr": NUMBERS, "--vocab-size": NUMBERS,
+        "--seed": ("neg", "type"), "--device": ("choice",), "--out": ("file",),
+        "--data": ("missing", "file"), "--stage": ("choice",),
+    },
+}
+# fmt: on
+SWEEP_SPECIAL = {  # values of kinds that depend on the flag
+    "huge": {
+        "--ctx-len": "100000",
+        "--k": "100000",
+        "--warmup-steps": "100000",
+        "--layers": "99",
+        "--layer-from": "99",
+        "--layer-to": "99",
+        "--desired-logit-prob": "2",
+        "--node-threshold": "2",
+        "--edge-threshold": "2",
+    },
+    "choice": {"--sites": "hook_nope", "--hooks": "blocks.0.hook_nope"},
+}
+SWEEP_CASES = [
+    (cmd, flag, kind)
+    for cmd, flags in SWEEP.items()
+    for flag, kinds in flags.items()
+    for kind in kinds
+]
+
+
+@pytest.fixture(scope="module")
+def sweep_env(env):
+    """Paths of the kinds the sweep needs, beside the table's."""
+    import numpy as np
+
+    root = Path(env["root"])
+    foreign = root / "foreign_dir"
+    foreign.mkdir(exist_ok=True)
+    (foreign / "photo.txt").write_text("not ours")
+    (root / "empty_dir").mkdir(exist_ok=True)
+    (root / "foreign.json").write_text('{"nodes": [1, 2], "hello": "world"}')
+    (root / "foreign.yaml").write_text("just: [a, mapping\n")
+    (root / "foreign.pt").write_text("this is text, not a tensor")
+    torch.save(torch.rand(2, 8), root / "float.pt")
+    (root / "task.yaml").write_text(
+        "- {clean: 'x = 1', corrupt: 'x = 2', answer: ' a', wrong: ' b'}\n"
+    )
+    (root / "bool_task.yaml").write_text(
+        "- {clean: 'x = 1', corrupt: 'x = 2', answer: true, wrong: false}\n"
+    )
+    np.save(root / "unused.npy", np.zeros(3))
+    return {
+        **env,
+        "foreign_dir": str(foreign),
+        "foreign_json": str(root / "foreign.json"),
+        "foreign_yaml": str(root / "foreign.yaml"),
+        "foreign_pt": str(root / "foreign.pt"),
+        "float_pt": str(root / "float.pt"),
+        "empty_dir": str(root / "empty_dir"),
+        "task": str(root / "task.yaml"),
+        "boolean_answers": str(root / "bool_task.yaml"),
+    }
+
+
+def _bad_value(flag: str, kind: str, env: dict) -> str:
+    special = {
+        "under_file": "{file}/report.json",
+        "big_range": "0-99999999",
+        "path": "../evil",
+        "long": "x " * 400,
+    }
+    if kind in env:
+        return env[kind]
+    value = SWEEP_SPECIAL.get(kind, {}).get(flag) or special.get(kind) or BAD_VALUES[kind]
+    return value.format(**env)
+
+
+def _sweep_argv(cmd: str, flag: str, kind: str, env: dict) -> list[str]:
+    base = [a.format(**env) for a in SWEEP_BASE[cmd].split()]
+    value = _bad_value(flag, kind, env)
+    if flag == "prompt":
+        return [cmd, value, *base[2:]]
+    if flag in base:  # replace the base's value
+        i = base.index(flag)
+        return [*base[:i], flag, value, *base[i + 2 :]]
+    if flag == "--token-file":  # one source only
+        i = base.index("--text")
+        base = base[:i] + base[i + 2 :]
+    return [*base, flag, value]
+
+
+def test_sweep_covers_every_flag_of_every_subcommand():
+    import argparse
+
+    parser = sparse_circuits_cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    skip = {
+        "-h",
+        "--quiet",
+        "--no-per-layer",
+        "--splice-bos",
+        "--no-model-check",
+        "--raw",
+        "--no-atlas",
+        "--no-pages",
+        "--zoo",
+        "--no-resume",
+        "--data-weighted",
+        "--include-attention",
+        "--cut-at-saes",
+        "--aggregate-positions",
+    }  # switches
+    for name, p in sub.choices.items():
+        flags = {a.option_strings[0] if a.option_strings else a.dest for a in p._actions}
+        flags -= skip | {"help"}
+        assert flags <= set(SWEEP.get(name, {})), (name, sorted(flags - set(SWEEP.get(name, {}))))
+    assert len(SWEEP_CASES) >= 200
+
+
+@pytest.mark.parametrize(
+    "cmd,flag,kind", SWEEP_CASES, ids=[f"{c}{f}={k}" for c, f, k in SWEEP_CASES]
+)
+def test_every_bad_flag_is_named_before_work(cmd, flag, kind, sweep_env, capsys, monkeypatch):
+    import time
+
+    monkeypatch.chdir(sweep_env["root"])
+    argv = _sweep_argv(cmd, flag, kind, sweep_env)
+    start = time.perf_counter()
+    try:
+        code = sparse_circuits_cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    seconds = time.perf_counter() - start
+    captured = capsys.readouterr()
+    output = captured.out + captured.err
+    errors = [
+        ln for ln in captured.err.splitlines() if ln.startswith(f"sparse-circuits {cmd}: error")
+    ]
+    assert code in (1, 2), output
+    assert "Traceback" not in output and "unexpected error" not in output, output
+    assert len(errors) == 1, output
+    value = _bad_value(flag, kind, sweep_env)
+    named = (
+        flag in errors[0]
+        or value.strip() in errors[0]
+        or flag.lstrip("-") in errors[0]
+        or flag.lstrip("-").replace("-", "_") in errors[0]
+    )
+    assert named, errors[0]
+    assert seconds < 5, f"{seconds:.1f} s: work started before the check"

@@ -225,7 +225,8 @@ def gemma64(tiny_tokenizer):
 def test_writing_before_the_post_norm_is_exact(gemma64):
     """Transcoders writing `mlp.hook_out` (sparsify's meaning on Gemma): the post-MLP norm sits
     between them and the residual stream. The error term restores the logits, and every edge
-    equals an intervention (autograd path, the frozen post-norm scale is linear)."""
+    equals an intervention (the frozen post-norm scale is linear: the linear engine runs it,
+    and equals the autograd one)."""
     dicts = random_transcoders(gemma64, "relu", skip=True, seed=1)
     for layer, tc in enumerate(dicts):
         tc.out_hook = f"blocks.{layer}.mlp.hook_out"
@@ -236,7 +237,10 @@ def test_writing_before_the_post_norm_is_exact(gemma64):
     with splice(gemma64, dicts, error_term=False):
         assert (gemma64(tokens) - clean).abs().max() > 1e-3
     graph = attribute(gemma64, dicts, PROMPT, verbose=False, max_feature_nodes=64)
-    assert graph.metadata["method"] == "autograd"
+    assert graph.metadata["method"] == "linear"
+    ref = attribute(gemma64, dicts, PROMPT, verbose=False, max_feature_nodes=64, method="autograd")
+    assert graph.node_label == ref.node_label
+    assert (graph.adjacency - ref.adjacency).abs().max() <= 1e-6 * ref.adjacency.abs().max()
     feats, errors = graph.find("feature"), graph.find("error")
     layer0 = [i for i in feats if graph.node_layer[i] == 0]
     sources = [layer0[0], layer0[-1], errors[1], graph.find("token")[3]]

@@ -42,7 +42,7 @@ def test_load_errors(tmp_path):
 
 
 def test_a_save_interrupted_between_its_two_files_is_refused_on_load(tmp_path, monkeypatch):
-    import circuits.graph.attribution_graph as graph_module
+    import replacement.file_pair as pair_module
 
     old, new = hand_graph(), hand_graph().prune(0.5, 1.0)
     old.save(tmp_path / "g")
@@ -50,7 +50,7 @@ def test_a_save_interrupted_between_its_two_files_is_refused_on_load(tmp_path, m
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(graph_module, "write_json", disk_full)
+    monkeypatch.setattr(pair_module, "write_json", disk_full)
     with pytest.raises(OSError):
         new.save(tmp_path / "g")  # the tensors were replaced, the JSON was not
     monkeypatch.undo()

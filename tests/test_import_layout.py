@@ -282,3 +282,19 @@ def test_the_subcommand_table_lists_every_command_module():
     parser = sparse_circuits_cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert list(commands) == list(table)
+
+
+def test_the_command_line_builds_its_parser_without_torch():
+    """`sparse-circuits --help` and argument errors come without importing torch (seconds on a
+    busy machine): each subcommand module imports the heavy code only when its command runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sparse_circuits_cli as c; c.build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformer_lens', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -123,3 +123,33 @@ def test_no_hook_left_behind(tiny_gpt2):
     base = tiny_gpt2(TOKENS)
     spliced_loss(tiny_gpt2, [_zero(0), _zero(1)], TOKENS, verbose=False)
     torch.testing.assert_close(tiny_gpt2(TOKENS), base, rtol=0, atol=0)
+
+
+class _Measured(Exception):
+    """Raised by the spy once it has seen what evaluate passes on (skips the computation)."""
+
+
+def test_evaluate_defaults_to_the_dictionaries_training_context(monkeypatch, capsys):
+    """The zoo was trained (and is reported) at 128 tokens on a 256-context model: `evaluate`
+    without --ctx-len measures at 128, not at n_ctx (which gave a CE increase of 0.69 against
+    the 0.24 that `info` and `compare` report)."""
+    import replacement.loss as loss_module
+    import sparse_circuits_cli
+
+    seen = {}
+
+    def spy(model, dictionaries, tokens, **kw):
+        seen.update(kw, width=tokens.shape[1], n_ctx=int(model.cfg.n_ctx))
+        raise _Measured
+
+    monkeypatch.setattr(loss_module, "spliced_loss", spy)
+    monkeypatch.setenv("SPARSE_CIRCUITS_TRACEBACK", "1")  # let the spy's exception through
+    argv = ["evaluate", "--dictionaries", "skip_transcoder", "--tokens", "300", "--quiet"]
+    with pytest.raises(_Measured):
+        sparse_circuits_cli.main(argv)
+    assert seen["n_ctx"] == 256
+    assert seen["ctx_len"] == 128 and seen["width"] == 128
+    assert "ctx_len 128: the dictionaries' training context" in capsys.readouterr().out
+    with pytest.raises(_Measured):  # a given --ctx-len wins
+        sparse_circuits_cli.main([*argv, "--ctx-len", "64"])
+    assert seen["ctx_len"] == 64 and seen["width"] == 64

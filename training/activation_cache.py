@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from tqdm.auto import tqdm
 
 from replacement.atomic import write_json
 from replacement.errors import SparseCircuitsError
+from replacement.output_folder import OutputFolder, owned
 from replacement.processing import model_processing
 from training.activations import collect_activations
 from training.data import TokenData, sample_indices, token_mask
@@ -69,13 +69,14 @@ def write_activation_cache(
     model: Any,
     data: TokenData,
     hooks: Sequence[str],
-    out_dir: str | Path,
+    out_dir: str | Path | OutputFolder,
     *,
     dtype: str = "float16",
     n_shards: int = 4,
     max_tokens: int | None = None,
     model_batch: int = 64,
     verbose: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Run the model over `data.train` once and store the activations of `hooks`.
 
@@ -83,15 +84,18 @@ def write_activation_cache(
         model: the bridge whose activations are stored.
         data: token rows; only training rows are cached, BOS and special tokens left out.
         hooks: TransformerLens hook names (head-split ones are flattened).
-        out_dir: the cache folder (replaced atomically when complete).
+        out_dir: the cache folder, or an `OutputFolder` the caller opened. An earlier cache
+            there is replaced whole when the new one is complete; a folder holding files
+            sparse-circuits did not write is refused (see `replacement.output_folder`).
         dtype: "float16", "bfloat16" or "float32".
         n_shards: number of shards (a data-parallel run needs at least one per rank).
         max_tokens: stop after about this many stored tokens (whole rows); None: all rows.
         model_batch: rows per forward pass.
         verbose: show a progress bar.
+        overwrite: write into a folder that holds other files (they are kept).
 
     Returns:
-        The folder.
+        The folder (resolved).
     """
     if dtype not in DTYPES:
         raise ActivationCacheError(f"dtype {dtype!r} is unknown; expected one of {list(DTYPES)}")
@@ -103,61 +107,123 @@ def write_activation_cache(
         per_row = max(1, int(token_mask(rows[:64], data.special_ids).sum()) // min(64, len(rows)))
         rows = rows[: max(1, -(-int(max_tokens) // per_row))]
     n_shards = max(1, min(int(n_shards), rows.shape[0]))
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with owned(out_dir, command="cache", overwrite=overwrite, legacy=_cache_entry) as out:
+        # the widths from a two-token pass, so that the disk is checked before the work
+        probe = collect_activations(model, rows[:1, :2], hooks)
+        widths = {h: int(probe[h].shape[-1]) for h in hooks}
+        total = int(token_mask(rows, data.special_ids).sum())
+        itemsize = np.dtype(_NUMPY[dtype]).itemsize
+        out.check_space(
+            total * sum(widths.values()) * itemsize,
+            f"the cache ({total:,} tokens x {sum(widths.values())} {dtype} values)",
+        )
+        tmp = out.stage()
+        shards = _write_shards(
+            model, data, rows, hooks, widths, tmp, dtype, n_shards, model_batch, verbose, out.path
+        )
+        write_json(
+            tmp / MANIFEST,
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "model": str(getattr(model.cfg, "model_name", "") or ""),
+                "processing": model_processing(model),
+                "hooks": widths,
+                "dtype": dtype,
+                "ctx_len": int(rows.shape[1]),
+                "bos": int(data.bos),
+                "special_ids": [int(i) for i in data.special_ids],
+                "token_source_sha256": token_source_hash(rows),
+                "n_tokens": sum(s["tokens"] for s in shards),
+                "shards": shards,
+            },
+        )
+        out.commit()
+    return out.path
+
+
+def _write_shards(
+    model: Any,
+    data: TokenData,
+    rows: Int[Tensor, "rows ctx"],
+    hooks: list[str],
+    widths: dict[str, int],
+    tmp: Path,
+    dtype: str,
+    n_shards: int,
+    model_batch: int,
+    verbose: bool,
+    where: Path,
+) -> list[dict[str, Any]]:
+    """Write every shard's .npy files into `tmp`; returns the manifest's shard entries."""
     bounds = [rows.shape[0] * s // n_shards for s in range(n_shards + 1)]
-    shards, widths = [], {}
+    shards = []
     bar = tqdm(total=rows.shape[0], desc="caching activations", unit="rows", disable=not verbose)
     for s in range(n_shards):
         shard_rows = rows[bounds[s] : bounds[s + 1]]
         n_tokens = int(token_mask(shard_rows, data.special_ids).sum())
         folder = tmp / f"shard_{s:04d}"
         folder.mkdir()
-        files: dict[str, np.memmap] = {}
-        at = 0
-        for start in range(0, shard_rows.shape[0], model_batch):
-            chunk = shard_rows[start : start + model_batch]
-            acts = collect_activations(model, chunk, hooks)
-            mask = token_mask(chunk, data.special_ids).to(next(iter(acts.values())).device)
-            n = int(mask.sum())
-            for h in hooks:
-                kept = acts[h][mask].to(DTYPES[dtype]).cpu()
-                if h not in files:
-                    widths[h] = int(kept.shape[-1])
-                    files[h] = np.lib.format.open_memmap(
-                        folder / _file_name(h), "w+", _NUMPY[dtype], (n_tokens, widths[h])
-                    )
-                files[h][at : at + n] = _to_numpy(kept)
-            at += n
-            bar.update(chunk.shape[0])
-        for mm in files.values():
-            mm.flush()
+        files = {
+            h: _NpyWriter(folder / _file_name(h), _NUMPY[dtype], (n_tokens, widths[h]), where)
+            for h in hooks
+        }
+        try:
+            for start in range(0, shard_rows.shape[0], model_batch):
+                chunk = shard_rows[start : start + model_batch]
+                acts = collect_activations(model, chunk, hooks)
+                mask = token_mask(chunk, data.special_ids).to(next(iter(acts.values())).device)
+                for h in hooks:
+                    files[h].write(_to_numpy(acts[h][mask].to(DTYPES[dtype]).cpu()))
+                bar.update(chunk.shape[0])
+        finally:
+            for f in files.values():
+                f.close()
         shards.append({"folder": folder.name, "tokens": n_tokens, "rows": len(shard_rows)})
     bar.close()
-    write_json(
-        tmp / MANIFEST,
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "model": str(getattr(model.cfg, "model_name", "") or ""),
-            "processing": model_processing(model),
-            "hooks": widths,
-            "dtype": dtype,
-            "ctx_len": int(rows.shape[1]),
-            "bos": int(data.bos),
-            "special_ids": [int(i) for i in data.special_ids],
-            "token_source_sha256": token_source_hash(rows),
-            "n_tokens": sum(s["tokens"] for s in shards),
-            "shards": shards,
-        },
-    )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    return shards
+
+
+class _NpyWriter:
+    """A .npy file written front to back with ordinary buffered writes.
+
+    No memory map: a full disk is an `OSError` naming the cache folder, not a SIGBUS.
+    """
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, int], where: Path):
+        self.where = where
+        header = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": shape,
+        }
+        self.f = self._io(lambda: open(path, "wb"))
+        self._io(lambda: np.lib.format.write_array_header_1_0(self.f, header))
+
+    def _io(self, fn: Any) -> Any:
+        try:
+            return fn()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.where)) from exc
+
+    def write(self, array: np.ndarray) -> None:
+        self._io(lambda: self.f.write(np.ascontiguousarray(array).tobytes()))
+
+    def close(self) -> None:
+        if not self.f.closed:
+            self._io(self.f.close)
+
+
+def _cache_entry(path: Path) -> bool:
+    """An entry of a cache written before output markers: its manifest and shard folders."""
+    try:
+        manifest = json.loads((path.parent / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return False
+    shards = {s.get("folder") for s in manifest.get("shards", []) if isinstance(s, dict)}
+    return path.name == MANIFEST or path.name in shards
 
 
 def _to_numpy(t: Tensor) -> np.ndarray:

@@ -310,6 +310,8 @@ def parse_layers(value: int | str | list[int]) -> list[int]:
         part = part.strip()
         if "-" in part:
             lo, hi = part.split("-")
+            if int(hi) - int(lo) > 10_000:  # a typo, not a model: refuse before the list is built
+                raise ValueError(f"layer range {part!r} spans more than 10000 blocks")
             out.extend(range(int(lo), int(hi) + 1))
         elif part:
             out.append(int(part))

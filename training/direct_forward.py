@@ -23,6 +23,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from replacement.hook_table import norm_output
+
 Capture = tuple[str, torch.nn.Module, str]
 """(hook name, twin module, "in" or "out")."""
 
@@ -168,8 +170,9 @@ def _plan(bridge: Any, twin: torch.nn.Module, hooks: Sequence[str]) -> list[Capt
         rest = ".".join(parts[2:])
         rest = (getattr(block, "hook_aliases", None) or {}).get(rest, rest)
         owner, _, point = rest.rpartition(".")
-        if point == "hook_normalized":  # a norm's output once its affine part is folded
-            point = "hook_out"
+        read = norm_output(name)
+        if read is not None and not read.after_weight:
+            point = "hook_out"  # a norm's output once its affine part is folded (checked below)
         if point not in ("hook_in", "hook_out"):
             return None
         try:
@@ -181,6 +184,12 @@ def _plan(bridge: Any, twin: torch.nn.Module, hooks: Sequence[str]) -> list[Capt
             return None
         captures.append((name, module, "in" if point == "hook_in" else "out"))
     return captures
+
+
+def _weights_key(bridge: Any) -> tuple[tuple[int, int], ...]:
+    """Storage and in-place version of every parameter and buffer of the bridge."""
+    tensors = [*bridge.parameters(), *bridge.buffers()]
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def _has_hooks(bridge: Any) -> bool:
@@ -211,6 +220,12 @@ def direct_forward(
     if _has_hooks(bridge):
         return None
     cache: dict[Any, Any] = bridge.__dict__.setdefault("_sc_direct", {})
+    # the twin and its verdicts hold for the weights they were built from: an in-place edit
+    # (a head ablated by zeroing W_O) or a swapped tensor starts them again
+    weights = _weights_key(bridge)
+    if cache.get("weights") != weights:
+        cache.clear()
+        cache["weights"] = weights
     if "twin" not in cache:
         cache["twin"] = _twin(bridge)
     twin = cache["twin"]

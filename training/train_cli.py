@@ -9,9 +9,13 @@ Flags given on the command line override the values of `--config FILE`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
+from replacement.output_folder import add_overwrite_flag
 from training.config import (
     ACTIVATIONS,
     DECAYS,
@@ -72,7 +76,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.no_resume:
         values["resume"] = False
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
+    config = TrainConfig.from_dict({k: v for k, v in values.items() if k in known})
+    # a warm-up the user asked for that outlasts the run never reaches the set lr
+    if args.warmup_steps is not None and config.warmup_steps > config.total_steps:
+        from training.config import ConfigError
+
+        raise ConfigError(
+            f"--warmup-steps (warmup_steps) {config.warmup_steps} is longer than the run's "
+            f"{config.total_steps} steps (--tokens / --batch-tokens); use at most "
+            f"{config.total_steps}"
+        )
+    return config
 
 
 def sweep_configs(base: TrainConfig, path: str) -> list[TrainConfig]:
@@ -101,17 +115,53 @@ def run_train(args: argparse.Namespace) -> int:
         configs = sweep_configs(config, args.sweep)
         for entry in configs:
             check_output_dir(entry.out_dir, "--out (sweep entry)")
-        train_many(configs)
+        with _own_folders([c.out_dir for c in configs], args.overwrite, "--out (sweep entry)"):
+            train_many(configs)
         print(f"trained {len(configs)} runs in one pass over {config.activations}")
         return 0
     check_output_dir(config.out_dir, "--out")
-    trainer = Trainer(config)
-    trainer.train()
+    if config.activations is not None and args.ctx_len is not None:
+        from training.activation_cache import ActivationCache
+        from training.config import ConfigError
+
+        cached = int(ActivationCache(config.activations).manifest["ctx_len"])
+        if cached != config.ctx_len:
+            raise ConfigError(
+                f"--ctx-len {config.ctx_len} differs from the ctx_len {cached} that "
+                f"--activations {config.activations!r} was written with; omit --ctx-len"
+            )
+    with _own_folders([config.out_dir], args.overwrite, "--out"):  # before the model loads
+        trainer = Trainer(config)
+        trainer.train()
     if trainer.step < config.total_steps:
         print(f"stopped after step {trainer.step}; checkpoint in {config.out_dir}")
     else:
         print(f"trained {len(config.layers)} dictionaries -> {config.out_dir}")
     return 0
+
+
+@contextlib.contextmanager
+def _own_folders(folders: list[str], overwrite: bool, option: str) -> Iterator[None]:
+    """Hold the run folders (ours or refused, one writer each) for the whole run.
+
+    Only the main process of a data-parallel run holds them (the others write nothing).
+    """
+    from replacement.output_folder import OutputFolder
+    from training.trainer import _earlier_output
+
+    with contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:
+            for folder in folders:
+                stack.enter_context(
+                    OutputFolder(
+                        folder,
+                        command="train",
+                        overwrite=overwrite,
+                        option=option,
+                        legacy=_earlier_output,
+                    )
+                )
+        yield
 
 
 def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
@@ -136,7 +186,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train one dictionary per layer. Flags override the values of --config; "
         "rerunning the same command resumes from the checkpoint in --out (Ctrl-C saves one).",
     )
-    parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields")
+    parser.add_argument(
+        "--config",
+        help="YAML or JSON file of TrainConfig fields; flags override it (default: none)",
+    )
     docs = field_docs()
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     defaults["layers"] = "0"
@@ -152,9 +205,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     parser.add_argument(
         "--sweep",
-        help="YAML or JSON list of field overrides: one run each, all in one pass over --activations",
+        help="YAML or JSON list of field overrides: one run each, all in one pass over "
+        "--activations (default: one run)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite_flag(parser)
     parser.add_argument(
         "--no-resume", action="store_true", help="start over, ignoring a checkpoint in --out"
     )

@@ -39,9 +39,9 @@ from replacement.atomic import atomic_path, write_json
 from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import check_hook, layer_hooks
-from replacement.processing import model_processing
+from replacement.output_folder import OutputFolder, owned
+from replacement.processing import UNKNOWN, model_processing
 from replacement.splice import splice
-from replacement.validation import remove_stale_outputs
 from training.activation_cache import ActivationCache, CachedBatches, rank_shards
 from training.activations import ActivationBuffer
 from training.config import ConfigError, TrainConfig, option_name
@@ -145,7 +145,7 @@ def build_dictionary(
         "skip": config.kind == "skip_transcoder",
         "model_name": model_name,
         # the activations it is trained on: the model's processing (replacement.processing)
-        "metadata": {"processing": processing},
+        "metadata": {} if processing == UNKNOWN else {"processing": processing},
     }
     if config.activation == "gated":
         return GatedDictionary(d_model, d_model, config.n_features, in_hook, out_hook, **kw)
@@ -207,6 +207,8 @@ class Trainer:
             d_model = self.cache.hooks[dictionary_hooks(config, config.layers[0])[0]]
             model_name = str(self.cache.manifest.get("model", ""))
             processing = str(self.cache.manifest.get("processing") or "folded")
+            if model is not None or config.evaluate:  # the run meets the model: check it now
+                self._check_cache_against_model()
         else:
             self._check_against_model(self.model)  # before any data is read
             self.ctx_len = int(self.data.train.shape[1])
@@ -226,6 +228,8 @@ class Trainer:
             layer: torch.zeros(config.n_features, dtype=torch.long) for layer in config.layers
         }
         self.out_dir = Path(config.out_dir)
+        self._folder_cm: Any = None
+        self._folder: OutputFolder | None = None
         self.buffer: ActivationBuffer | None = None
         self.batches: CachedBatches | None = batches
         hooks = sorted({h for d in self.dictionaries.values() for h in (d.in_hook, d.out_hook)})
@@ -262,6 +266,29 @@ class Trainer:
             check_hook(model, d.in_hook)
             check_hook(model, d.out_hook)
 
+    def _check_cache_against_model(self) -> None:
+        """Model, processing and token rows of the activation cache against this run, before
+        any step: the evaluation at the end reads the model and validation rows, and rows of
+        another split (other data, ctx_len or tokenizer) could be the cache's training rows."""
+        from training.activation_cache import ActivationCacheError, token_source_hash
+
+        cache, model = self.cache, self.model  # loading the model checks its name
+        cached = cache.manifest.get("processing")
+        if cached and model_processing(model) not in (cached, UNKNOWN):
+            raise ActivationCacheError(
+                f"activation cache {str(cache.folder)!r} holds activations of a model with "
+                f"processing {cached!r}; this run's model has {model_processing(model)!r}"
+            )
+        n_rows = sum(int(s.get("rows", 0)) for s in cache.manifest["shards"])
+        train = self.data.train
+        if token_source_hash(train[:n_rows]) != cache.manifest.get("token_source_sha256"):
+            raise ActivationCacheError(
+                f"activation cache {str(cache.folder)!r} was written from other token rows "
+                f"than this run's --data at the cache's ctx_len {self.ctx_len} (other data, "
+                "tokenizer or split), so its training rows could be this run's validation "
+                "rows; pass the --data the cache was written from, or write the cache again"
+            )
+
     def _log(self, message: str) -> None:
         progress(self.config.verbose and self.dist.is_main, message)
 
@@ -285,7 +312,8 @@ class Trainer:
             self._data = load_token_data(
                 self.model,
                 source,
-                self.config.ctx_len,
+                # with a cache, its rows' length: the same split, so validation stays held out
+                self.config.ctx_len if self.cache is None else self.ctx_len,
                 self.config.val_fraction,
                 log=self._log,
             )
@@ -611,6 +639,12 @@ class Trainer:
         Writes checkpoint.pt every `checkpoint_every` steps, metrics.jsonl, and at the end
         layer_{l}.safetensors/json, report.json and card.json in out_dir.
         """
+        try:
+            return self._train()
+        finally:
+            self.release()
+
+    def _train(self) -> dict[int, Dictionary]:
         end = self.begin()
         bar = tqdm(
             range(self.step, end),
@@ -646,6 +680,11 @@ class Trainer:
     def begin(self) -> int:
         """Resume from out_dir's checkpoint if there is one; returns the step to stop after."""
         cfg = self.config
+        if self.dist.is_main and self._folder is None:
+            # ours or refused, one writer at a time (locked until `finish`); files listed first
+            self._folder_cm = owned(self.out_dir, command="train", legacy=_earlier_output)
+            self._folder = self._folder_cm.__enter__()
+            self._folder.claim([CHECKPOINT_FILE, METRICS_FILE])
         ckpt = self.out_dir / CHECKPOINT_FILE
         self._resumed = bool(cfg.resume and ckpt.exists())
         if self._resumed:
@@ -681,6 +720,7 @@ class Trainer:
         cfg = self.config
         if self.step < cfg.total_steps:
             self.save_checkpoint()
+            self.release()
             return self.dictionaries
         self._debias_batchtopk_thresholds()
         for d in self.dictionaries.values():
@@ -689,7 +729,14 @@ class Trainer:
             self.save_checkpoint()
         if self.dist.is_main:
             self._write_outputs()
+        self.release()
         return self.dictionaries
+
+    def release(self) -> None:
+        """Unlock the output folder (a finished, stopped or failed run)."""
+        if self._folder_cm is not None:
+            cm, self._folder_cm, self._folder = self._folder_cm, None, None
+            cm.__exit__(None, None, None)
 
     @torch.no_grad()
     def _debias_batchtopk_thresholds(self) -> None:
@@ -736,6 +783,11 @@ class Trainer:
 
         cfg = self.config
         tokens_seen = self.step * self.tokens_per_step
+        written = [f"layer_{layer}.{ext}" for layer in self.dictionaries for ext in _LAYER_EXTS]
+        written += ["card.json", METRICS_FILE, CHECKPOINT_FILE]
+        written += ["report.json"] if cfg.evaluate else []
+        if self._folder is not None:
+            self._folder.claim(written)  # listed before written: a kill leaves them ours
         report = None
         if cfg.evaluate:
             report = spliced_loss(
@@ -784,11 +836,9 @@ class Trainer:
         if report is not None:
             card["all"] = {k: v for k, v in vars(report.all).items() if k != "hooks"}
         write_json(self.out_dir / "card.json", card)
-        written = [f"layer_{layer}.{ext}" for layer in self.dictionaries for ext in _LAYER_EXTS]
-        written += ["card.json", METRICS_FILE, CHECKPOINT_FILE]
-        written += ["report.json"] if report is not None else []
         # an earlier run in this folder (other layers, or with a report) leaves no stale files
-        remove_stale_outputs(self.out_dir, written, earlier=_earlier_output)
+        if self._folder is not None:
+            self._folder.commit_in_place(written)
 
 
 def _logged_step(line: str) -> float:
@@ -803,10 +853,9 @@ _LAYER_EXTS = ("safetensors", "json")
 
 
 def _earlier_output(path: Path) -> bool:
-    """Files a training run writes at its end (layer files, report and card)."""
-    return path.name in ("report.json", "card.json") or bool(
-        re.fullmatch(r"layer_\d+\.(json|safetensors)", path.name)
-    )
+    """Files a training run writes (checkpoint, metrics, layer files, report and card)."""
+    names = ("report.json", "card.json", CHECKPOINT_FILE, METRICS_FILE)
+    return path.name in names or bool(re.fullmatch(r"layer_\d+\.(json|safetensors)", path.name))
 
 
 def _same_setting(key: str, old: Any, new: Any) -> bool:
@@ -862,6 +911,16 @@ def train_many(
     shards = rank_shards(cache.n_shards, dist.rank, dist.world_size)
     batches = CachedBatches(cache, hooks, first.batch_tokens, first.seed, shards)
     trainers = [Trainer(c, model, data, batches=batches) for c in configs]
+    try:
+        return _train_together(trainers, model)
+    finally:
+        for t in trainers:
+            t.release()
+
+
+def _train_together(trainers: list[Trainer], model: Any) -> list[dict[int, Dictionary]]:
+    first, dist = trainers[0].config, trainers[0].dist
+    configs = [t.config for t in trainers]
     ends = [t.begin() for t in trainers]
     bar = tqdm(
         total=sum(c.total_steps for c in configs),

@@ -23,6 +23,7 @@ accelerator.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -47,7 +48,8 @@ from circuits.graph.sparse_rows import (
 )
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
-from replacement.errors import SparseCircuitsError
+from replacement.errors import ShapeError, SparseCircuitsError
+from replacement.hook_table import canonical, norm_facts
 from replacement.hooks import hook_layer
 from replacement.model import to_tokens
 from replacement.splice import check_compatible
@@ -58,7 +60,20 @@ def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
     if isinstance(prompt, str):
         tokens = to_tokens(model, prompt)[0]
     else:
-        tokens = torch.as_tensor(prompt).reshape(-1).to(model.cfg.device)
+        tokens = torch.as_tensor(prompt)
+        if tokens.dim() == 2 and tokens.shape[0] == 1:
+            tokens = tokens[0]
+        if tokens.dim() != 1 or tokens.is_floating_point() or tokens.is_complex():
+            raise ShapeError(
+                f"a prompt tensor should hold integer token ids of shape [n] or [1, n]; got "
+                f"{tuple(tokens.shape)} {tokens.dtype} (attribute one prompt at a time)"
+            )
+        if tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < model.cfg.d_vocab:
+            raise SparseCircuitsError(
+                f"prompt token ids span {int(tokens.min())}..{int(tokens.max())}; the model's "
+                f"vocabulary has {model.cfg.d_vocab} tokens"
+            )
+        tokens = tokens.long().to(model.cfg.device)
         bos = getattr(model.tokenizer, "bos_token_id", None)
         if bos is not None and (tokens.numel() == 0 or int(tokens[0]) != bos):
             tokens = torch.cat([tokens.new_tensor([bos]), tokens])
@@ -72,8 +87,11 @@ def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, " pos"]:
     return tokens
 
 
-def _choose_method(model: Any, dictionaries: list[Dictionary], method: str) -> str:
-    """The row engine, "linear" or "autograd", that `method` ("auto", ...) asks for."""
+def _choose_method(
+    model: Any, dictionaries: list[Dictionary], method: str, verbose: bool = True
+) -> str:
+    """The row engine, "linear" or "autograd", that `method` ("auto", ...) asks for; "auto"
+    falling back to autograd says why in one line on stderr (unless `verbose` is False)."""
     if method not in ("auto", "linear", "autograd"):
         raise SparseCircuitsError(
             f"method {method!r} is not known; expected 'auto', 'linear' or 'autograd'"
@@ -85,6 +103,10 @@ def _choose_method(model: Any, dictionaries: list[Dictionary], method: str) -> s
         return "linear"
     if method == "linear":
         raise SparseCircuitsError(f"method='linear' does not apply: {problem}")
+    if verbose:
+        print(
+            f"attribute: autograd engine, the linear one does not apply: {problem}", file=sys.stderr
+        )
     return "autograd"
 
 
@@ -98,15 +120,18 @@ def _ordered(
     if isinstance(dictionaries, (Dictionary, CrossLayerTranscoder)):
         dictionaries = [dictionaries]
     dictionaries = expand_crosslayer(dictionaries)
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
+    facts = norm_facts(model)
     for d in dictionaries:
         # hooks, widths and processing, with the errors `splice` gives (not a matmul error)
         check_compatible(model, d)
-        if d.out_hook in seen:
+        tensor = canonical(d.out_hook, facts)  # aliases such as mlp.hook_out = hook_mlp_out
+        if tensor in seen:
             raise SparseCircuitsError(
-                f"two dictionaries write to {d.out_hook!r}; expected at most one per out_hook"
+                f"two dictionaries write to {d.out_hook!r} (the tensor of {seen[tensor]!r}); "
+                "expected at most one per out_hook"
             )
-        seen.add(d.out_hook)
+        seen[tensor] = d.out_hook
     return sorted(dictionaries, key=lambda d: (hook_layer(d.out_hook), d.out_hook))
 
 
@@ -205,7 +230,7 @@ def attribute(
             f"and {desired_logit_prob}"
         )
     dictionaries = _ordered(model, dictionaries)
-    method = _choose_method(model, dictionaries, method)
+    method = _choose_method(model, dictionaries, method, verbose)
     tokens = prompt_tokens(model, prompt)
     n_pos = tokens.numel()
     sources = collect_sources(model, dictionaries, tokens)

@@ -23,6 +23,7 @@ from circuits.attribution.crosslayer_slices import expand_crosslayer, later_deco
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import frozen_sites, is_frozen_site, quiet_norm_edits
 from replacement.hooks import hook_layer
 
 
@@ -111,7 +112,7 @@ def intervene(
             )
 
     clean: dict[str, Tensor] = {}
-    names = [n for n in model.hook_dict if n.endswith(("hook_pattern", "hook_scale"))]
+    names = frozen_sites(model)
     for d in dictionaries:
         names += [d.in_hook, d.out_hook]
 
@@ -175,16 +176,12 @@ def intervene(
 
     hooks: list = []
     if constrained:
-        hooks += [
-            (n, lambda a, hook, n=n: clean[n])
-            for n in names
-            if n.endswith(("hook_pattern", "hook_scale"))
-        ]
+        hooks += [(n, lambda a, hook, n=n: clean[n]) for n in names if is_frozen_site(n)]
     for layer, d in by_layer.items():
         if d.in_hook != d.out_hook:
             hooks.append((d.in_hook, make_in(d.in_hook)))
         hooks.append((d.out_hook, make_out(layer, d)))
-    with model.hooks(fwd_hooks=hooks):
+    with model.hooks(fwd_hooks=hooks), quiet_norm_edits():
         logits = model(tokens)[0]
     activations = {layer: acts[0] for layer, acts in acts_out.items()}
     return InterventionResult(logits=logits, clean_logits=clean_logits, activations=activations)

@@ -14,17 +14,19 @@ centring only for LayerNorm), x / scale * w for RMSNorm; `w` is the norm's own w
 bias is a constant and drops out; Gemma's `1 + weight` counted), so folded and unfolded models
 are both handled. M is the frozen norm after attention in post-norm blocks (Gemma-2/3's
 `ln1_post`, a per-position diagonal scaling once its scale is frozen; the identity elsewhere).
-The norm after the MLP (`ln2_post`) is not in the map: transcoders write `hook_mlp_out`, its
-output, so their features, errors and skip paths enter after it. A target
-enters at its own layer (a feature at its in_hook, a logit direction after the final norm)
+Transcoders that write `hook_mlp_out` (after the norm after the MLP, `ln2_post`, where there
+is one) inject their features, errors and skip paths there; those that write the MLP's own
+output (`mlp.hook_out`, before `ln2_post`) inject through that norm's frozen linear part. A
+target enters at its own layer (a feature at its in_hook, a logit direction after the final norm)
 and a row reads each source where it was injected: a feature's `a W_dec` (and a cross-layer
 transcoder's writes into later layers) at the out_hooks, error vectors there, embeddings at
 the bottom. Rows are sorted by target layer so that each layer only touches the rows already
 entered, and positions after the last target position are never touched (causal masking).
 
 The path applies when every layer's MLP is replaced by a transcoder (per-layer, skip, or a
-cross-layer transcoder's slice) reading the MLP input (`ln2.hook_normalized`, `ln2.hook_out`
-or `hook_resid_mid`) and writing `hook_mlp_out`, in a sequential (not parallel
+cross-layer transcoder's slice) reading the MLP's input and writing its output under any of
+their names (`replacement.hook_table`: `hook_resid_mid`, `ln2.hook_normalized`, `ln2.hook_out`
+or `mlp.hook_in`; `hook_mlp_out` or `mlp.hook_out`), in a sequential (not parallel
 attention/MLP) model with norms before attention and MLP (and optionally after them, as in
 Gemma). Elsewhere (SAEs, whose edges differentiate through MLPs; a layer
 whose MLP has no transcoder; other architectures) `linear_path_problem` says why and
@@ -41,12 +43,20 @@ from torch import Tensor
 
 from circuits.attribution.sources import PromptSources
 from replacement.dictionary import Dictionary
+from replacement.hook_table import (
+    NormFacts,
+    mlp_read,
+    mlp_replacement,
+    mlp_write,
+    norm_facts,
+    same_tensor,
+    split_hook,
+)
 from replacement.hooks import hook_layer
 
 FINAL_READ = "ln_final.hook_normalized"
 """Where logit directions are read (as the autograd reference does)."""
 
-_READS = {"ln2.hook_normalized": "normalized", "ln2.hook_out": "out", "hook_resid_mid": "resid"}
 
 PATTERN_BLOCK = 256
 """Key positions per stored block of a transposed pattern. A causal pattern is zero above its
@@ -101,18 +111,48 @@ def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | Non
     hooked = [n for n, h in model.hook_dict.items() if getattr(h, "_forward_hooks", None)]
     if hooked:
         return f"hooks are installed on the model (at {hooked[:2]})"
+    facts = norm_facts(model)
     by_layer: dict[int, Dictionary] = {}
     for d in dictionaries:
-        layer = hook_layer(d.out_hook)
-        read = d.in_hook.removeprefix(f"blocks.{layer}.")
-        if d.out_hook != f"blocks.{layer}.hook_mlp_out" or read not in _READS:
-            kind = "an SAE" if d.in_hook == d.out_hook else "a dictionary"
-            return f"{kind} at {d.in_hook!r} -> {d.out_hook!r} does not replace an MLP"
-        by_layer[layer] = d
+        problem = _not_an_mlp(d, facts)
+        if problem:
+            return problem
+        replaced = mlp_replacement(d.in_hook, d.out_hook, facts)
+        if replaced.layer in by_layer:
+            return f"two dictionaries replace the MLP of layer {replaced.layer}"
+        by_layer[replaced.layer] = d
+        for hook, _ in getattr(d, "later_decoders", ()):
+            later = split_hook(hook).layer
+            if mlp_write(hook, later, facts) != replaced.write:
+                return (
+                    f"a cross-layer decoder writes {hook!r}, not where layer {later}'s MLP writes"
+                )
     bare = [layer for layer in range(cfg.n_layers) if layer not in by_layer]
     if bare:
         return (
             f"the MLPs of layers {bare} have no transcoder (they would be differentiated through)"
+        )
+    return None
+
+
+def _not_an_mlp(d: Dictionary, facts: NormFacts) -> str | None:
+    """Why `d` does not replace one MLP (the linear path needs it to), or None if it does."""
+    layer = split_hook(d.out_hook).layer
+    if same_tensor(d.in_hook, d.out_hook, facts):
+        return (
+            f"an SAE at {d.out_hook!r} is differentiated through the MLPs (the linear path "
+            "needs transcoders)"
+        )
+    if mlp_write(d.out_hook, layer, facts) is None:
+        return (
+            f"a dictionary writing {d.out_hook!r} does not write an MLP's output "
+            f"('blocks.{{l}}.hook_mlp_out' or 'blocks.{{l}}.mlp.hook_out')"
+        )
+    if mlp_read(d.in_hook, layer, facts) is None:
+        return (
+            f"a transcoder writing {d.out_hook!r} reads {d.in_hook!r}, not the input of layer "
+            f"{layer}'s MLP ('hook_resid_mid', 'ln2.hook_normalized', 'ln2.hook_out' or "
+            "'mlp.hook_in')"
         )
     return None
 
@@ -165,7 +205,7 @@ class LinearRowEngine:
         for layer in range(cfg.n_layers):
             b = f"blocks.{layer}"
             names += [f"{b}.attn.hook_pattern", f"{b}.ln1.hook_scale", f"{b}.ln2.hook_scale"]
-            names += [f"{b}.ln1_post.hook_scale"] if post else []
+            names += [f"{b}.ln1_post.hook_scale", f"{b}.ln2_post.hook_scale"] if post else []
         frozen: dict[str, Tensor] = {}
 
         def keep(act: Tensor, hook: Any) -> Tensor:
@@ -206,11 +246,16 @@ class LinearRowEngine:
             # rows of W_V^T diag(w1) C: ln1's weight and centring folded in
             w_v = self._centre(_scaled_rows(W_V[layer], _norm_weight(block.ln1, dt)), dim=1)
             self.W_V_T.append(w_v.permute(0, 2, 1).reshape(n_heads * d_head, -1).contiguous())
-        self.by_layer = {hook_layer(d.out_hook): k for k, d in enumerate(self.dictionaries)}
-        self.reads = [
-            _READS[d.in_hook.removeprefix(f"blocks.{hook_layer(d.out_hook)}.")]
-            for d in self.dictionaries
-        ]
+        facts = norm_facts(model)
+        replaced = [mlp_replacement(d.in_hook, d.out_hook, facts) for d in self.dictionaries]
+        self.by_layer = {r.layer: k for k, r in enumerate(replaced)}
+        self.reads = [r.read for r in replaced]
+        # writes before the post-MLP norm (`mlp.hook_out` in Gemma): diag(w) C / scale there
+        self.raw_write: list[tuple[Tensor, Tensor | None] | None] = [None] * cfg.n_layers
+        for r in replaced:
+            if r.write == "raw":
+                inv = 1.0 / frozen[f"blocks.{r.layer}.ln2_post.hook_scale"]
+                self.raw_write[r.layer] = (inv, _norm_weight(model.blocks[r.layer].ln2_post, dt))
         self.read_t = [self._read_matrix(k) for k in range(len(self.dictionaries))]
         self.skip_t = [self._skip_matrix(k) for k in range(len(self.dictionaries))]
         self._sources_by_layer()
@@ -328,13 +373,16 @@ class LinearRowEngine:
             k, above = self.by_layer[layer], entered[layer + 1]
             if above:
                 top = g[:above]
+                if self.raw_write[layer] is not None:  # through the frozen post-MLP norm
+                    inv, w = self.raw_write[layer]
+                    top = self._centre(top if w is None else top * w, dim=-1) * inv[:p]
                 self._read_sources(top, layer, rows[:, :above])
                 if self.skip_t[k] is not None:
                     up = top @ self.skip_t[k]
                     if self.reads[k] == "resid":
-                        top += up
+                        g[:above] += up
                     else:
-                        top.addcmul_(up, self.inv_ln2[layer][:p])
+                        g[:above].addcmul_(up, self.inv_ln2[layer][:p])
             if entered[layer]:
                 self._attention_t(g[: entered[layer]], layer)
         token_cols = torch.einsum("npd,pd->pn", g, src.embed[:p].to(self.dtype))

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import frozen_sites, quiet_norm_edits
 
 FINAL_HOOK = "ln_final.hook_out"
 """Where logit directions are read: the final norm's output, the unembedding's input."""
@@ -59,7 +60,7 @@ def frozen_forward(
     state = FrozenTensors()
     # every attention pattern and every norm scale the model has (ln1, ln2, ln_final, and any
     # other norm such as q/k norms), so no nonlinearity outside the MLPs is left live
-    frozen = [n for n in model.hook_dict if n.endswith(("attn.hook_pattern", "hook_scale"))]
+    frozen = frozen_sites(model)
     if not any(n.endswith("hook_pattern") for n in frozen):
         raise SparseCircuitsError("the model has no attn.hook_pattern hooks to freeze")
     hooks: list = [(name, _detach) for name in frozen]
@@ -99,5 +100,5 @@ def frozen_forward(
             hooks.append((d.in_hook, in_hook))
         hooks.append((d.out_hook, out_hook))
     hooks.extend(extra_hooks or [])
-    with model.hooks(fwd_hooks=hooks):
+    with model.hooks(fwd_hooks=hooks), quiet_norm_edits():
         yield state

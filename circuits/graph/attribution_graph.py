@@ -16,20 +16,18 @@ Fields:
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from circuits.graph.sparse_rows import coo
-from replacement.atomic import atomic_path, write_json
-from replacement.errors import SparseCircuitsError
+from replacement.errors import NonFiniteError, ShapeError, SparseCircuitsError
+from replacement.file_pair import check_pair, save_pair
 
 if TYPE_CHECKING:  # the methods delegate to modules that never import this one at run time
     from circuits.graph.scores import GraphScores
@@ -204,8 +202,9 @@ class AttributionGraph:
     def save(self, path: str | Path) -> Path:
         """Write `<path>.safetensors` (tensors) and `<path>.json` (the rest), atomically.
 
-        Each file is replaced atomically; both carry the same random `pair_id`, so that `load`
-        recognises a pair from two different saves (one interrupted between the two writes).
+        Each file is replaced atomically; both carry the same random `pair_id` and the JSON the
+        tensors' checksum, so that `load` refuses a pair from two different saves (one
+        interrupted between the two writes) (`replacement.file_pair`).
         """
         path = Path(path)
         stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
@@ -218,12 +217,8 @@ class AttributionGraph:
             tensors["adjacency"] = self.adjacency.contiguous()
         if self.node_influence is not None:
             tensors["node_influence"] = self.node_influence.contiguous()
-        pair_id = uuid.uuid4().hex
-        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
-            save_file(tensors, str(tmp), metadata={"pair_id": pair_id})
         meta = {
             "format_version": GRAPH_FORMAT_VERSION,
-            "pair_id": pair_id,
             "prompt": self.prompt,
             "token_strs": self.token_strs,
             "node_kind": self.node_kind,
@@ -233,7 +228,7 @@ class AttributionGraph:
             "dictionary_names": self.dictionary_names,
             "metadata": self.metadata,
         }
-        write_json(stem.with_suffix(".json"), meta)
+        save_pair(stem.with_suffix(".json"), stem.with_suffix(".safetensors"), tensors, meta)
         return stem.with_suffix(".json")
 
     @classmethod
@@ -245,20 +240,23 @@ class AttributionGraph:
         for p in (json_path, tensor_path):
             if not p.is_file():
                 raise SparseCircuitsError(f"graph file {str(p)!r} does not exist")
-        meta = json.loads(json_path.read_text())
+        try:
+            meta = json.loads(json_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SparseCircuitsError(f"{str(json_path)!r} is not valid JSON: {exc}") from exc
+        keys = ("prompt", "token_strs", "node_kind", "node_label", "n_layers")
+        if not isinstance(meta, dict) or any(k not in meta for k in keys):
+            raise SparseCircuitsError(
+                f"{str(json_path)!r} is not a graph file of `AttributionGraph.save`; expected "
+                f"the keys {list(keys)}"
+            )
         try:
             tensors = load_file(str(tensor_path))
-            with safe_open(str(tensor_path), "pt") as f:
-                pair_id = (f.metadata() or {}).get("pair_id")
         except Exception as exc:  # safetensors raises several types on corrupt files
             raise SparseCircuitsError(
                 f"{str(tensor_path)!r} is not valid safetensors: {exc}"
             ) from exc
-        if "pair_id" in meta and meta["pair_id"] != pair_id:  # files of older saves lack it
-            raise SparseCircuitsError(
-                f"{str(json_path)!r} and {str(tensor_path)!r} were written by different saves "
-                "(an interrupted or mixed save); save the graph again"
-            )
+        check_pair(json_path, tensor_path, meta, "save the graph again")
         if "adjacency_index" in tensors:
             n = len(meta["node_kind"])
             index, value = tensors.pop("adjacency_index"), tensors.pop("adjacency_value")
@@ -273,6 +271,7 @@ class AttributionGraph:
         missing = [name for name in _TENSOR_FIELDS if name not in tensors]
         if missing:
             raise SparseCircuitsError(f"{str(tensor_path)!r} lacks the tensors {missing}")
+        _check_loaded(meta, tensors, json_path)
         return cls(
             prompt=meta["prompt"],
             token_strs=meta["token_strs"],
@@ -345,3 +344,45 @@ class AttributionGraph:
             f"AttributionGraph(prompt={self.prompt!r}, nodes={self.n_nodes} {counts}, "
             f"edges={self.n_edges}, model={self.model_name!r})"
         )
+
+
+def _check_loaded(meta: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> None:
+    """Refuse a graph file whose node kinds, sizes or values do not make a graph (a file edited
+    by hand, or of another tool, would otherwise load and prune to an empty graph)."""
+    kinds = meta["node_kind"]
+    unknown = sorted({str(k) for k in kinds} - set(KINDS)) if isinstance(kinds, list) else kinds
+    if unknown:
+        raise SparseCircuitsError(
+            f"{str(path)!r} has node kinds {unknown}; expected a list of {list(KINDS)}"
+        )
+    order = [KINDS.index(k) for k in kinds]
+    if order != sorted(order):
+        raise SparseCircuitsError(
+            f"{str(path)!r}: nodes are not in the order {list(KINDS)} (an edited or foreign file)"
+        )
+    n, n_pos = len(kinds), int(tensors["tokens"].numel())
+    want = {name: (n,) for name in _TENSOR_FIELDS if name.startswith("node_")}
+    want.update(tokens=(n_pos,), adjacency=(n, n))
+    if "node_influence" in tensors:
+        want["node_influence"] = (n,)
+    for name, shape in want.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ShapeError(
+                f"{str(path)!r}: {name} has shape {tuple(tensors[name].shape)}; the file's "
+                f"{n} nodes and {n_pos} tokens need {shape}"
+            )
+    for name, items, size in (
+        ("node_label", meta["node_label"], n),
+        ("token_strs", meta["token_strs"], n_pos),
+    ):
+        if not isinstance(items, list) or len(items) != size:
+            raise ShapeError(f"{str(path)!r}: {name} should list {size} entries")
+    if n and not 0 <= int(tensors["node_pos"].min()) <= int(tensors["node_pos"].max()) < n_pos:
+        raise ShapeError(f"{str(path)!r}: node positions outside the prompt's {n_pos} tokens")
+    for name in ("adjacency", "node_activation", "node_influence"):
+        t = tensors.get(name)
+        if t is None:
+            continue
+        values = t.coalesce().values() if t.is_sparse else t
+        if not bool(torch.isfinite(values).all()):
+            raise NonFiniteError(f"{str(path)!r}: {name} holds NaN/inf values")

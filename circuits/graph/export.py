@@ -131,6 +131,8 @@ def graph_to_json(
         "nodes": nodes,
         "links": links,
     }
+    if "qk" in graph.metadata:  # head loadings and QK pairs (`trace --qk`): an extra field
+        document["qk"] = graph.metadata["qk"]
     validate(document)
     if path is not None:
         write_json(path, document)

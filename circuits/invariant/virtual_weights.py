@@ -81,7 +81,8 @@ from torch import Tensor
 from circuits.attribution.crosslayer_slices import expand_crosslayer, later_decoders
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
-from replacement.hooks import hook_layer, layer_hooks
+from replacement.hook_table import canonical, mlp_replacement, norm_facts, same_tensor, split_hook
+from replacement.hooks import hook_layer
 from replacement.splice import check_compatible
 
 NormSpec = str | Mapping[int | str, float | Tensor]
@@ -158,21 +159,21 @@ def _site(index: int, d: Any, model: Any) -> Site:
         raise SparseCircuitsError(
             f"dictionary at {out_hook!r} but the model has {model.cfg.n_layers} layers"
         )
-    hooks = layer_hooks(layer)
+    facts = norm_facts(model)
     base = 4.0 * layer
-    if in_hook == out_hook:
-        suffix = out_hook.split(".")[-1]
-        if suffix not in _RESID_OFFSET or out_hook != f"blocks.{layer}.{suffix}":
+    if same_tensor(in_hook, out_hook, facts):
+        suffix = split_hook(canonical(out_hook, facts)).suffix
+        if suffix not in _RESID_OFFSET:
             raise SparseCircuitsError(
                 f"an SAE at {out_hook!r} has no input-invariant path to other features; "
                 f"virtual weights need {expected}"
             )
         pos = base + _RESID_OFFSET[suffix]
         return Site(index, out_hook, layer, "sae", pos, pos, False, d)
-    norm_out = f"blocks.{layer}.ln2.hook_out"
-    if out_hook == hooks.mlp_out and in_hook in (hooks.mlp_in, hooks.resid_mid, norm_out):
+    replaced = mlp_replacement(in_hook, out_hook, facts)
+    if replaced is not None and replaced.write == "written":
         read = base + (
-            _RESID_OFFSET["hook_resid_mid"] if in_hook == hooks.resid_mid else _LN2_READ_OFFSET
+            _RESID_OFFSET["hook_resid_mid"] if replaced.read == "resid" else _LN2_READ_OFFSET
         )
         return Site(
             index=index,
@@ -181,9 +182,9 @@ def _site(index: int, d: Any, model: Any) -> Site:
             kind="transcoder",
             read_at=read,
             write_at=base + _MLP_WRITE_OFFSET,
-            reads_ln2=in_hook in (hooks.mlp_in, norm_out),
+            reads_ln2=replaced.read != "resid",
             dictionary=d,
-            reads_norm_output=in_hook == norm_out,
+            reads_norm_output=replaced.read == "out",
         )
     raise SparseCircuitsError(
         f"virtual weights need {expected}; got in_hook={in_hook!r}, out_hook={out_hook!r}"

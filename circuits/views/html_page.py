@@ -99,6 +99,7 @@ def page_data(
         "n_edges_total": graph.n_edges,
         "nodes": nodes,
         "edges": edges,
+        "qk": graph.metadata.get("qk"),  # shown by qk_panel.js (`trace --qk`)
         **(feature_cards(graph, atlas) if atlas is not None else {"cards": {}, "vocab": {}}),
     }
 
@@ -145,6 +146,7 @@ def render_html(
 <script>
 {static_text("feature_card.js")}
 {_static("graph_page.js")}
+{_static("qk_panel.js")}
 </script>
 </body>
 </html>

@@ -25,6 +25,8 @@ from replacement.model import DEFAULT_MODEL_DIR
 
 HELDOUT_LIST = DEFAULT_MODEL_DIR / "heldout_files.txt"
 TOKEN_SUFFIXES = (".safetensors", ".pt", ".npy")
+DEFAULT_CTX_LEN = 128
+"""Row length of text corpora when none is given (the zoo's training context)."""
 
 
 def heldout_texts() -> list[str]:
@@ -58,6 +60,45 @@ def rows_from_documents(
     return torch.cat([torch.full((n_rows, 1), bos, dtype=torch.long), rows], dim=1)
 
 
+def with_bos(rows: Int[Tensor, "rows ctx"], bos: int, name: str) -> Int[Tensor, "rows ctx"]:
+    """`rows` with BOS at position 0, as the model's tokenizer makes them: a BOS column is
+    added (saying so in one line) when no row starts with it; some rows with and some without
+    is refused (a file of mixed layouts)."""
+    if rows.numel() == 0:
+        return rows
+    starts = rows[:, 0] == bos
+    if bool(starts.all()):
+        return rows
+    if bool(starts.any()):
+        raise SparseCircuitsError(
+            f"{name}: {int((~starts).sum())} of {rows.shape[0]} rows do not start with BOS "
+            f"(id {bos}); expected every row to start with it, or none"
+        )
+    import sys
+
+    print(
+        f"{name}: no row starts with BOS (id {bos}); added it at position 0 of every row, as "
+        "the model's tokenizer does",
+        file=sys.stderr,
+    )
+    return torch.cat([torch.full((rows.shape[0], 1), bos, dtype=rows.dtype), rows], dim=1)
+
+
+def check_corpus(path: str | Path, option: str) -> Path:
+    """`path` as a corpus source: an existing token file or a text file or folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SparseCircuitsError(
+            f"{option} {str(path)!r} does not exist; expected a token file "
+            f"({', '.join(TOKEN_SUFFIXES)}), a text file or a folder of text files"
+        )
+    if not (path.is_file() and path.suffix in TOKEN_SUFFIXES):
+        from replacement.validation import check_text_source
+
+        check_text_source(path, option, SparseCircuitsError)
+    return path
+
+
 def _read_token_file(path: Path) -> Tensor:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -84,7 +125,7 @@ def _text_documents(path: Path) -> list[str]:
 
 
 def corpus_rows(
-    model: Any, source: Any = None, ctx_len: int = 128, max_tokens: int | None = None
+    model: Any, source: Any = None, ctx_len: int | None = None, max_tokens: int | None = None
 ) -> tuple[Int[Tensor, "rows ctx"], str]:
     """Rows of `ctx_len` tokens (BOS first) from `source`, and a description of the source.
 
@@ -93,7 +134,8 @@ def corpus_rows(
         source: None (the default model's held-out corpus), a token tensor ([rows, ctx]: used
             as is; 1-D: one stream), a token file (.safetensors, .pt, .npy), a text file or a
             folder of text files.
-        ctx_len: row length, BOS included (at most the model's n_ctx).
+        ctx_len: row length, BOS included (at most the model's n_ctx; default 128 or n_ctx
+            if shorter).
         max_tokens: keep only the first rows holding at most this many tokens.
     """
     bos = model.tokenizer.bos_token_id
@@ -101,7 +143,15 @@ def corpus_rows(
         bos = model.tokenizer.eos_token_id
     if bos is None:
         raise SparseCircuitsError("the tokenizer has neither a BOS nor an EOS token")
-    ctx_len = min(int(ctx_len), int(model.cfg.n_ctx))
+    if ctx_len is None:
+        ctx_len = min(DEFAULT_CTX_LEN, int(model.cfg.n_ctx))
+    if not 3 <= int(ctx_len) <= int(model.cfg.n_ctx):  # never clamp: the user asked for it
+        raise SparseCircuitsError(
+            f"ctx_len (--ctx-len) {ctx_len} should be in 3..{model.cfg.n_ctx} (BOS and two "
+            "tokens, at most the model's context)"
+        )
+    if max_tokens is not None and int(max_tokens) < 1:
+        raise SparseCircuitsError(f"max_tokens (--max-tokens) must be at least 1, got {max_tokens}")
     if isinstance(source, Tensor):
         tokens, name = source, f"token tensor {tuple(source.shape)}"
     elif source is None:
@@ -116,18 +166,32 @@ def corpus_rows(
             )
         name = str(path)
         if path.is_file() and path.suffix in TOKEN_SUFFIXES:
-            tokens, texts = _read_token_file(path), None
+            try:
+                tokens, texts = _read_token_file(path), None
+            except SparseCircuitsError:
+                raise
+            except Exception as exc:  # each format raises its own types on corrupt files
+                raise SparseCircuitsError(f"token file {name!r} cannot be read: {exc}") from exc
+            if tokens.is_floating_point() or tokens.is_complex():
+                raise SparseCircuitsError(
+                    f"token file {name!r} holds {tokens.dtype} values; expected integer token ids"
+                )
         else:
             tokens, texts = None, _text_documents(path)
     if tokens is None:
         ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
         rows = rows_from_documents(ids, int(bos), ctx_len)
     elif tokens.dim() == 2:
-        rows = tokens.long()
+        rows = with_bos(tokens.long(), int(bos), name)
     elif tokens.dim() == 1:
         rows = rows_from_documents([tokens.tolist()], int(bos), ctx_len)
     else:
         raise SparseCircuitsError(f"tokens should be 1-D or 2-D, got shape {tuple(tokens.shape)}")
+    if rows.shape[1] > int(model.cfg.n_ctx):
+        raise SparseCircuitsError(
+            f"{name} has rows of {rows.shape[1]} tokens (BOS included); the model's context "
+            f"is {model.cfg.n_ctx}"
+        )
     if max_tokens is not None:
         rows = rows[: max(1, int(max_tokens) // rows.shape[1])]
     if rows.shape[0] == 0:

@@ -1,5 +1,6 @@
 """Atlas files: `atlas.safetensors` (compact tensors) and `atlas.json` (labels, vocabulary, how
-it was built), written atomically.
+it was built), written atomically as one pair (`replacement.file_pair`: a shared id and the
+tensors' checksum; a mixed pair is refused on load).
 
 Tensors are named `tokens` (the corpus rows contexts point into) and `layer{l}.{field}` with the dtypes of `LAYER_FIELDS` (float16 values, bytes for
 context activations, token ids as integers).
@@ -12,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from replacement.atomic import atomic_path, write_json
 from replacement.errors import SparseCircuitsError
+from replacement.file_pair import check_pair, save_pair
 
 if TYPE_CHECKING:  # `FeatureAtlas.save`/`load` call this module, never the other way round
     from replacement.atlas.atlas import FeatureAtlas
@@ -77,15 +78,13 @@ def save_atlas(atlas: FeatureAtlas, folder: str | Path) -> Path:
             "source": entry.source,
             "labels": entry.labels,
         }
-    with atomic_path(folder / TENSORS_FILE) as tmp:
-        save_file(tensors, str(tmp))
     meta = {
         "format_version": ATLAS_FORMAT_VERSION,
         "settings": atlas.settings,
         "layers": layers,
         "vocab": atlas.vocab,
     }
-    write_json(folder / META_FILE, meta)
+    save_pair(folder / META_FILE, folder / TENSORS_FILE, tensors, meta)
     return folder
 
 
@@ -105,6 +104,7 @@ def read_atlas(folder: str | Path) -> dict[str, Any]:
         tensors = load_file(str(tensor_path))
     except Exception as exc:  # json and safetensors raise several types on corrupt files
         raise SparseCircuitsError(f"atlas in {str(folder)!r} is corrupt: {exc}") from exc
+    check_pair(meta_path, tensor_path, meta, "build the atlas again (`sparse-circuits features`)")
     if meta.get("format_version") != ATLAS_FORMAT_VERSION:
         raise SparseCircuitsError(
             f"atlas in {str(folder)!r} has format_version {meta.get('format_version')!r}; "

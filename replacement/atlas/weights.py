@@ -11,6 +11,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from replacement.dictionary import Dictionary
+from replacement.hook_table import (
+    is_residual_stream,
+    norm_facts,
+    norm_hook,
+    norm_output,
+    post_norm_of,
+)
 
 CHUNK = 1024
 """Features per block, so that no [F, vocab] or [F, F] matrix is ever whole."""
@@ -53,18 +60,10 @@ def _norm_linear_part(model: Any, norm: str, x: Float[Tensor, "n d"]) -> Float[T
     return (out - bias) * captured["scale"]
 
 
-_POST_NORMS = {"mlp.hook_out": "ln2_post", "attn.hook_out": "ln1_post"}
-"""Outputs that pass a norm before the residual stream in post-norm blocks (Gemma)."""
-
-
 def _to_residual(dictionary: Dictionary, model: Any, d: Tensor) -> Tensor:
     """Decoder rows as what they add to the residual stream, up to a positive per-row scale."""
-    hook = dictionary.out_hook
-    for site, post in _POST_NORMS.items():
-        layer_prefix = hook.removesuffix(site)
-        if hook.endswith(site) and f"{layer_prefix}{post}.hook_scale" in model.hook_dict:
-            return _norm_linear_part(model, f"{layer_prefix}{post}", d)
-    return d
+    post = post_norm_of(dictionary.out_hook, norm_facts(model))
+    return d if post is None else _norm_linear_part(model, post, d)
 
 
 @torch.no_grad()
@@ -101,9 +100,6 @@ def logit_effects(
     return promoted, _topk_rows(only(block, torch.inf), n, k, False)
 
 
-_RESIDUAL_READS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_embed")
-
-
 def _direct_input(dictionary: Dictionary, model: Any) -> Tensor | None:
     """Token embeddings as the dictionary's input hook sees them on the direct path: the
     embedding module's output (Gemma's sqrt(d_model) scaling included), then, for a reader of
@@ -114,11 +110,13 @@ def _direct_input(dictionary: Dictionary, model: Any) -> Tensor | None:
     device = model.W_E.device
     ids = torch.arange(model.W_E.shape[0], device=device)
     embed = torch.cat([model.embed(ids[i : i + 8192]) for i in range(0, ids.numel(), 8192)])
-    if hook.endswith(_RESIDUAL_READS):
+    facts = norm_facts(model)
+    if is_residual_stream(hook, facts):
         return embed.float().cpu()
-    norm, _, point = hook.rpartition(".")
-    if point not in ("hook_normalized", "hook_out") or f"{norm}.hook_scale" not in model.hook_dict:
+    read = norm_output(hook, facts)
+    if read is None or f"{read.norm}.hook_scale" not in model.hook_dict:
         return None  # an MLP or attention output: no direct path from the embedding
+    norm, hook = read.norm, norm_hook(read)
     captured: dict[str, Tensor] = {}
 
     def keep(act: Tensor, hook: Any) -> Tensor:

@@ -19,30 +19,13 @@ model, or fitted to another one). Hooks set by hand since loading are left alone
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from replacement.formats.sparsify import sparsify_hooks
+from replacement.hook_table import PROVISIONAL, NormFacts, from_tl2, module_output, norm_facts
 from replacement.hooks import hook_layer
-from replacement.processing import tl2_to_tl4_hook, uses_layernorm
 
-
-class NormFacts(NamedTuple):
-    """What the hook translation needs to know about a model's norms."""
-
-    layernorm: bool
-    """LayerNorm (True) or RMSNorm (False)."""
-    post_norms: bool
-    """Norms after attention and MLP whose outputs are `hook_attn_out` / `hook_mlp_out`."""
-
-
-PROVISIONAL = NormFacts(layernorm=True, post_norms=False)
-"""The model loaders assume when they do not know it (GPT-2 like)."""
-
-
-def norm_facts(model: Any) -> NormFacts:
-    """The `NormFacts` of a loaded TransformerBridge."""
-    post = "blocks.0.ln2_post.hook_scale" in model.hook_dict
-    return NormFacts(layernorm=uses_layernorm(model), post_norms=post)
+__all__ = ["PROVISIONAL", "NormFacts", "norm_facts", "fit_hooks_to_model", "unresolved_hooks"]
 
 
 def tl2_source(in_hook: str, out_hook: str, fold_ln: bool) -> dict[str, Any]:
@@ -58,21 +41,13 @@ def hooks_for(source: dict[str, Any], facts: NormFacts) -> tuple[str, str]:
     """
     if source.get("kind") == "tl2":
         fold = bool(source.get("fold_ln"))
-        a, b = (tl2_to_tl4_hook(h, fold, facts.layernorm) for h in source["hooks"])
+        a, b = (from_tl2(h, fold, facts.layernorm) for h in source["hooks"])
         return a, b
     if source.get("kind") == "hf_module":
         in_hook, out_hook = sparsify_hooks(str(source["hookpoint"]), bool(source["transcode"]))
-        if facts.post_norms:  # the module's own output, before the norm after it
-            in_hook, out_hook = (_before_post_norm(h) for h in (in_hook, out_hook))
-        return in_hook, out_hook
+        # the module's own output, before a norm after it
+        return module_output(in_hook, facts), module_output(out_hook, facts)
     raise ValueError(f"unknown hook source {source!r}")
-
-
-def _before_post_norm(hook: str) -> str:
-    for written, raw in (("hook_mlp_out", "mlp.hook_out"), ("hook_attn_out", "attn.hook_out")):
-        if hook.endswith("." + written):
-            return hook.removesuffix(written) + raw
-    return hook
 
 
 def _hooks(d: Any) -> tuple[str, str]:

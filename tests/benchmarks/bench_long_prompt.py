@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_vs_circuit_tracer import PeakRSS  # noqa: E402
 
-from circuits import linear_rows  # noqa: E402
+from circuits.attribution import linear_rows  # noqa: E402
 from circuits.attribution.attribute import attribute  # noqa: E402
 from replacement import load_model  # noqa: E402
 from replacement.dictionary import Dictionary  # noqa: E402

@@ -95,10 +95,40 @@ def main(argv: list[str] | None = None) -> None:
     run(build_parser().parse_args(argv))
 
 
+def _fail(message: str) -> None:
+    """One error line: the `sparse-circuits` error class when the package is installed."""
+    try:
+        from replacement.errors import SparseCircuitsError
+    except ImportError:  # run standalone (torch and transformers only)
+        raise SystemExit(f"error: {message}") from None
+    raise SparseCircuitsError(message)
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Paths, seed and device, before any stage starts."""
+    import torch
+
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {str(out)!r} is an existing file; expected a folder")
+    if args.data is not None and not Path(args.data).expanduser().is_dir():
+        what = "is a file" if Path(args.data).exists() else "does not exist"
+        _fail(f"--data {str(args.data)!r} {what}; expected the data folder of --stage prepare")
+    if args.seed < 0:
+        _fail(f"--seed must be 0 or more, got {args.seed}")
+    try:
+        kind = torch.device(args.device).type
+    except (RuntimeError, TypeError):
+        _fail(f"--device {args.device!r} is not a torch device; expected cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device {args.device!r}: no cuda device on this machine; use --device cpu")
+
+
 def run(args: argparse.Namespace) -> None:
     """Run the stage(s) that parsed arguments ask for."""
     from training.default_model.train import TrainConfig
 
+    _check_inputs(args)
     verbose = not args.quiet
     for name in ("tokens", "batch_size", "lr"):
         if getattr(args, name) is None:
@@ -119,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
         )
         return
     if args.data is None:
-        raise SystemExit(f"--stage {args.stage} needs --data DIR")
+        _fail(f"--stage {args.stage} needs --data DIR")
     if args.stage == "prepare":
         pipeline.prepare(args.out, args.data, vocab_size=args.vocab_size, verbose=verbose)
     elif args.stage == "train":
