@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "trace": "circuits.trace_cli",
     "global": "circuits.global_cli",
     "compare": "analysis.compare_cli",
+    "interpret": "analysis.interpretability.cli",
 }
 
 

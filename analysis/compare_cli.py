@@ -173,6 +173,10 @@ def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
     files = _write_report(
         folder, comparison, claims(sweep) if sweep else [], sweep, findings(comparison)
     )
+    if args.interpretability:  # the interpretability section (analysis.interpretability)
+        from analysis.interpretability.report import add_to_compare_report
+
+        files.update(add_to_compare_report(model, sets, args.out, args.interpretability))
     print(findings(comparison))
     print(
         f"wrote {', '.join(str(p) for p in files.values())} in {time.perf_counter() - start:.0f} s"
@@ -269,4 +273,9 @@ def register(subparsers: Any) -> None:
         help="number of torch threads (0: torch's default) (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--interpretability",
+        default=None,
+        help="add the interpretability section: 'run' (score the sets) or an interpret results.json",
+    )
     p.set_defaults(func=lambda args: run_compare(args) and 0)

@@ -70,6 +70,8 @@ class FeatureAtlas:
     """Token id -> string."""
     settings: dict[str, Any] = field(default_factory=dict)
     """How the atlas was built (window, counts, corpus, n_tokens, model name)."""
+    scores: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Interpretability scores per layer (`replacement.atlas.scores`), when present."""
 
     # ---- lookup ----------------------------------------------------------------------------
     def _layer(self, layer: int) -> LayerAtlas:
@@ -88,8 +90,14 @@ class FeatureAtlas:
         return entry
 
     def label(self, layer: int, feature: int) -> str:
-        """The feature's short label."""
-        return self._check(layer, feature).labels[feature]
+        """The feature's short label: the scored explanation where it beat the token label
+        on held-out contexts (`replacement.atlas.scores`), else the token label."""
+        label = self._check(layer, feature).labels[feature]
+        better = (self.scores.get(layer) or {}).get("better_label")
+        if better and better[feature]:
+            promoted = label.partition(" -> ")[2]
+            return f"{better[feature]} -> {promoted}" if promoted else better[feature]
+        return label
 
     def describe(self, layer: int, feature: int) -> str:
         """The label a graph node shows: the pattern its top contexts share and the tokens it
@@ -159,10 +167,13 @@ class FeatureAtlas:
             )
             for b in range(t["band_value"].shape[0])
         ]
+        from replacement.atlas.scores import feature_scores
+
         return {
             "layer": layer,
             "feature": feature,
-            "label": entry.labels[feature],
+            "label": self.label(layer, feature),
+            "interpretability": feature_scores(self.scores.get(layer), feature),
             "frequency": float(t["frequency"]),
             "mean": float(t["mean"]),
             "max": max_act,
@@ -184,12 +195,16 @@ class FeatureAtlas:
     @classmethod
     def load(cls, folder: str | Path) -> FeatureAtlas:
         """Read an atlas written by `save`."""
+        from replacement.atlas.scores import load_scores
+
         parts = read_atlas(folder)
+        layers = {layer: LayerAtlas(**entry) for layer, entry in parts["layers"].items()}
         return cls(
-            layers={layer: LayerAtlas(**entry) for layer, entry in parts["layers"].items()},
+            layers=layers,
             tokens=parts["tokens"],
             vocab=parts["vocab"],
             settings=parts["settings"],
+            scores=load_scores(folder, {layer: e.fingerprint for layer, e in layers.items()}),
         )
 
     def __repr__(self) -> str:

@@ -74,6 +74,18 @@ def _token_list(title: str, pairs: list | None, vocab: Any, cls: str) -> str:
     return f'<div class="sc-list"><h4>{title}</h4><ol>{items}</ol></div>'
 
 
+def _scores_html(scores: Mapping[str, Any] | None) -> str:
+    """One line of interpretability scores (`sparse-circuits interpret`), if any."""
+    if not scores or scores.get("explanation") is None:
+        return ""
+    parts = [f"explained as <b>{html.escape(scores['explanation'])}</b>"]
+    if scores.get("detection") is not None:
+        parts.append(f"detection {scores['detection']:.2f} · fuzzing {scores['fuzzing']:.2f}")
+    if scores.get("concept"):
+        parts.append(f"best concept {html.escape(scores['concept'])} (F1 {scores['concept_f1']:.2f})")
+    return f'<div class="sc-stats sc-interp">{" · ".join(parts)}</div>'
+
+
 def feature_card_html(record: Mapping[str, Any], vocab: Any, with_style: bool = True) -> str:
     """The card of one feature's record; `vocab` maps token id -> string (list or dict)."""
     r = record
@@ -88,6 +100,7 @@ def feature_card_html(record: Mapping[str, Any], vocab: Any, with_style: bool = 
         f'<div class="sc-stats">fires on {100 * r["frequency"]:.3g}% of tokens · mean '
         f"{_fmt(r['mean'])} · max {_fmt(max_act)}</div>"
     )
+    parts.append(_scores_html(r.get("interpretability")))
     parts.append(_histogram_svg(r["hist"]))
     lists = (
         _token_list("promotes", r["promoted"], vocab, "sc-pos")

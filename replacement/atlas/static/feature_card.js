@@ -68,6 +68,13 @@
     card.appendChild(head);
     card.appendChild(node("div", "sc-stats", "fires on " + fmt(100 * r.frequency) + "% of tokens · mean " +
       fmt(r.mean) + " · max " + fmt(r.max)));
+    const sc = r.interpretability;  // from `sparse-circuits interpret`, when scored
+    if (sc && sc.explanation != null) {
+      let text = "explained as " + sc.explanation;
+      if (sc.detection != null) text += " · detection " + sc.detection.toFixed(2) + " · fuzzing " + sc.fuzzing.toFixed(2);
+      if (sc.concept) text += " · best concept " + sc.concept + " (F1 " + sc.concept_f1.toFixed(2) + ")";
+      card.appendChild(node("div", "sc-stats sc-interp", text));
+    }
     const hist = histogram(r.hist);
     if (hist) card.appendChild(hist);
     const lists = node("div", "sc-lists");
