@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "circuits.cli",
     "circuits.global_cli",
     "analysis.cli",
+    "analysis.claims_cli",
 )
 
 
