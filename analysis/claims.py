@@ -144,7 +144,7 @@ def paired_point_difference(a: Arm, b: Arm, key: str, n_chunks_: int) -> Interva
 
 
 def _budget(results: dict[str, Any], claim: str) -> str:
-    tokens, seconds, total, done = [], 0.0, 0, 0
+    tokens, seconds, total, done, machines = [], 0.0, 0, 0, set()
     for run in results["runs"].values():
         if run["claim"] != claim:
             continue
@@ -154,11 +154,12 @@ def _budget(results: dict[str, Any], claim: str) -> str:
             if entry["rungs"]:
                 tokens.append(entry["rungs"][-1]["tokens"])
             seconds += sum(r["train_seconds"] for r in entry["rungs"])
+            machines |= {r.get("machine", "unrecorded machine") for r in entry["rungs"]}
     if not tokens:
         return "no runs"
     return (
         f"{done}/{total} runs converged; final budgets {min(tokens):,}-{max(tokens):,} tokens; "
-        f"{seconds / 3600:.1f} h of training"
+        f"{seconds / 3600:.1f} h of training on {', '.join(sorted(machines))}"
     )
 
 

@@ -267,6 +267,7 @@ def run_claims(
             final_loss = _final_loss(trainer)
             entry["rungs"].append(
                 {
+                    "machine": _machine(settings.device),
                     "tokens": tokens,
                     "steps": trainer.step,
                     "lr": float(lr),
@@ -288,6 +289,15 @@ def run_claims(
             if entry["converged"]:
                 break
     return results
+
+
+def _machine(device: str) -> str:
+    """Where a rung trained: the accelerator's name, or the CPU and its thread count."""
+    import platform
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def _final_loss(trainer: Any) -> float:
