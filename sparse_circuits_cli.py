@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "global": "circuits.global_cli",
     "compare": "analysis.compare_cli",
     "interpret": "analysis.interpretability.cli",
+    "claims": "analysis.claims_cli",
 }
 
 

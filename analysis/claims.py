@@ -1,22 +1,26 @@
-"""The seed papers' claims, checked against the sweep of `python -m training.claims_sweep`.
+"""The seed papers' claims, judged from the claims sweep (`sparse-circuits claims`).
 
-`claims(results)` reads the sweep's JSON (the shipped copy `analysis/claims_sweep.json` by
-default) and returns one verdict per claim: the paper's statement, our numbers, and whether
-they agree. `claims_markdown` renders them for report.md and the README.
+`claims(results)` returns one `Claim` per comparison a paper makes: its statement, our figures
+with 95% intervals (paired chunk bootstrap and seeds, `analysis.claims_stats`), the budget, and
+a verdict that follows from the interval alone. Results of the old one-seed pilot sweep (format
+1, the shipped `analysis/claims_sweep.json`) can settle nothing: every claim read from them is
+inconclusive, with the pilot's figures quoted.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from analysis.claims_stats import Interval, at_l0, bootstrap, matched_grid, verdict
+
 SHIPPED_SWEEP = Path(str(resources.files("analysis") / "claims_sweep.json"))
-"""The sweep results shipped with the package (layer 1 of the default model)."""
+"""The pilot sweep shipped with the package (layer 1 of the default model, one seed)."""
 
 
 @dataclass
@@ -28,9 +32,11 @@ class Claim:
     paper: str
     """What the paper states."""
     ours: str
-    """Our numbers."""
+    """Our figures, each with its interval."""
     verdict: str
-    """agree, disagree or partly."""
+    """agrees, disagrees or inconclusive (with the reason)."""
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    """Each compared quantity: [estimate, low, high] of B - A."""
 
 
 def load_sweep(path: str | Path | None = None) -> dict[str, Any] | None:
@@ -39,174 +45,291 @@ def load_sweep(path: str | Path | None = None) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _verdict(flags: list[bool]) -> str:
-    if all(flags):
-        return "agree"
-    return "disagree" if not any(flags) else "partly"
+# ---- reading the sweep -------------------------------------------------------------------------
+def final_rungs(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Each seed's last rung (its converged or largest budget)."""
+    return {int(s): e["rungs"][-1] for s, e in run["seeds"].items() if e["rungs"]}
 
 
-def _skip_claim(runs: dict[str, Any]) -> Claim | None:
-    ks = sorted({r["k"] for r in runs.values() if r["group"] == "skip"})
-    parts, flags = [], []
-    for k in ks:
-        tc, sk = runs.get(f"transcoder_k{k}"), runs.get(f"skip_transcoder_k{k}")
-        if not tc or not sk:
+def rung_figures(rung: dict[str, Any], weights: np.ndarray | None = None) -> dict[str, float]:
+    """ce_increase, fvu, l0, shrinkage, downstream_fvu (`training.claims_eval.figures`) of a
+    rung under chunk weights, and its alive features."""
+    from training.claims_eval import figures
+
+    w = None if weights is None else [float(x) for x in weights]
+    return {**figures(rung["chunks"], w), "alive": float(rung["alive"])}
+
+
+@dataclass
+class Arm:
+    """The sweep points of one arm: their final rungs per seed."""
+
+    name: str
+    points: list[dict[int, dict[str, Any]]]
+    converged: bool
+
+    @property
+    def seeds(self) -> list[int]:
+        """Seeds every point of the arm has."""
+        common = set.intersection(*(set(p) for p in self.points)) if self.points else set()
+        return sorted(common)
+
+    def curve(self, seed: int, weights: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(L0, metric) over the arm's points for one seed."""
+        figs = [rung_figures(p[seed], weights) for p in self.points]
+        return np.array([f["l0"] for f in figs]), np.array([f[key] for f in figs])
+
+
+def arms(results: dict[str, Any], claim: str) -> dict[str, Arm]:
+    """The sweep points of `claim` grouped by arm (tune points left out)."""
+    grouped: dict[str, Arm] = {}
+    for run in results["runs"].values():
+        if run["claim"] != claim or run["stage"] != "sweep" or not final_rungs(run):
             continue
-        parts.append(
-            f"k={k}: FVU {tc['fvu']:.3f} -> {sk['fvu']:.3f}, CE increase {tc['ce_increase']:.3f} "
-            f"-> {sk['ce_increase']:.3f} (transcoder -> skip)"
-        )
-        flags += [sk["fvu"] < tc["fvu"], sk["ce_increase"] < tc["ce_increase"]]
-    if not parts:
-        return None
-    return Claim(
-        "Skip transcoders vs transcoders at equal k",
-        "Paulo et al. 2025: skip transcoders reach lower reconstruction error and CE loss "
-        "increase than transcoders of the same sparsity, at no cost in interpretability.",
-        "; ".join(parts),
-        _verdict(flags),
-    )
+        arm = grouped.setdefault(run["arm"], Arm(run["arm"], [], True))
+        arm.points.append(final_rungs(run))
+        arm.converged &= all(e["converged"] for e in run["seeds"].values())
+    return grouped
 
 
-def _curve(runs: dict[str, Any], activation: str) -> tuple[np.ndarray, np.ndarray, list]:
-    rows = sorted(
-        (r for r in runs.values() if r["group"] == "gated" and r["activation"] == activation),
-        key=lambda r: r["l0"],
+def n_chunks(results: dict[str, Any]) -> int:
+    """Chunks of the evaluation rows (the bootstrap's units)."""
+    for run in results["runs"].values():
+        for entry in run["seeds"].values():
+            if entry["rungs"]:
+                return len(entry["rungs"][0]["chunks"]["tokens"])
+    return 0
+
+
+# ---- comparisons -------------------------------------------------------------------------------
+def matched_l0_difference(
+    a: Arm, b: Arm, key: str, n_chunks_: int, grid_size: int = 5, transform: Any = None
+) -> tuple[Interval, np.ndarray]:
+    """B - A of `key` averaged over a common log-L0 grid, with its interval; and the grid.
+
+    The grid is fixed from the point estimate (every chunk, every seed): the interval is then
+    of one well-defined quantity. `transform` (say |1 - x|) applies to the metric first.
+    """
+    f = transform or (lambda x: x)
+    ones = np.ones(n_chunks_)
+    grid = matched_grid(
+        [a.curve(s, ones, key) for s in a.seeds] + [b.curve(s, ones, key) for s in b.seeds],
+        grid_size,
     )
+    if grid.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan")), grid
+
+    def stat(weights: np.ndarray, seeds: dict[str, list[int]]) -> float:
+        means = []
+        for arm, side in ((a, "a"), (b, "b")):
+            vals = [at_l0(*arm.curve(s, weights, key), grid) for s in seeds[side]]
+            means.append(f(np.mean(vals, axis=0)))
+        return float(np.mean(means[1] - means[0]))
+
+    return bootstrap(stat, n_chunks_, {"a": a.seeds, "b": b.seeds}), grid
+
+
+def paired_point_difference(a: Arm, b: Arm, key: str, n_chunks_: int) -> Interval:
+    """B - A of `key` averaged over the arms' points in order (equal sparsities, e.g. equal k)."""
+
+    def stat(weights: np.ndarray, seeds: dict[str, list[int]]) -> float:
+        diffs = []
+        for pa, pb in zip(a.points, b.points, strict=True):
+            va = np.mean([rung_figures(pa[s], weights)[key] for s in seeds["a"]])
+            vb = np.mean([rung_figures(pb[s], weights)[key] for s in seeds["b"]])
+            diffs.append(vb - va)
+        return float(np.mean(diffs))
+
+    return bootstrap(stat, n_chunks_, {"a": a.seeds, "b": b.seeds})
+
+
+def _budget(results: dict[str, Any], claim: str) -> str:
+    tokens, seconds, total, done, machines = [], 0.0, 0, 0, set()
+    for run in results["runs"].values():
+        if run["claim"] != claim:
+            continue
+        for entry in run["seeds"].values():
+            total += 1
+            done += bool(entry["converged"])
+            if entry["rungs"]:
+                tokens.append(entry["rungs"][-1]["tokens"])
+            seconds += sum(r["train_seconds"] for r in entry["rungs"])
+            machines |= {r.get("machine", "unrecorded machine") for r in entry["rungs"]}
+    if not tokens:
+        return "no runs"
     return (
-        np.array([r["l0"] for r in rows]),
-        np.array([r["frac_recovered"] for r in rows]),
-        rows,
+        f"{done}/{total} runs converged; final budgets {min(tokens):,}-{max(tokens):,} tokens; "
+        f"{seconds / 3600:.1f} h of training on {', '.join(sorted(machines))}"
     )
 
 
-def _gated_claim(runs: dict[str, Any]) -> Claim | None:
-    l0_r, rec_r, relu = _curve(runs, "relu")
-    l0_g, rec_g, gated = _curve(runs, "gated")
-    if len(relu) < 2 or len(gated) < 2:
+def _pack(items: dict[str, Interval]) -> dict[str, list[float]]:
+    return {k: [v.estimate, v.low, v.high] for k, v in items.items()}
+
+
+def _skip_claim(results: dict[str, Any], chunks: int) -> Claim | None:
+    groups = arms(results, "skip")
+    a, b = groups.get("transcoder"), groups.get("skip_transcoder")
+    if not a or not b or len(a.points) != len(b.points) or not a.seeds or not b.seeds:
         return None
-    lo, hi = max(l0_r.min(), l0_g.min()), min(l0_r.max(), l0_g.max())
-    grid = np.geomspace(lo, hi, 5) if hi > lo else np.array([])
-    # loss recovered of each kind interpolated at common L0 values (log L0 axis)
-    better = [
-        float(np.interp(np.log(x), np.log(l0_g), rec_g) - np.interp(np.log(x), np.log(l0_r), rec_r))
-        for x in grid
-    ]
-    gamma_r = [r["shrinkage"] for r in relu]
-    gamma_g = [r["shrinkage"] for r in gated]
-
-    def points(rows: list) -> str:
-        return ", ".join(
-            f"L0 {r['l0']:.1f}: rec {r['frac_recovered']:.3f}, gamma {r['shrinkage']:.3f}"
-            for r in rows
-        )
-
-    ours = (
-        f"ReLU ({points(relu)}); gated ({points(gated)}). At equal L0 "
-        + (
-            f"(interpolated at {len(grid)} L0 values in [{lo:.1f}, {hi:.1f}]) gated recovers "
-            f"{np.mean(better):+.3f} of the loss on average (min {min(better):+.3f}, max "
-            f"{max(better):+.3f}). "
-            if len(grid)
-            else "the L0 ranges do not overlap. "
-        )
-        + f"Shrinkage |1 - gamma|: ReLU mean {np.mean(np.abs(1 - np.array(gamma_r))):.3f}, "
-        f"gated {np.mean(np.abs(1 - np.array(gamma_g))):.3f}."
+    found = {k: paired_point_difference(a, b, k, chunks) for k in ("fvu", "ce_increase", "l0")}
+    converged = a.converged and b.converged
+    verdicts = [verdict(found[k], -1, converged) for k in ("fvu", "ce_increase")]
+    return Claim(
+        "Skip vs plain transcoders at equal k",
+        "Paulo et al. 2025: skip transcoders reach lower reconstruction error (FVU) and lower CE "
+        "increase than plain transcoders of the same sparsity.",
+        f"skip - plain, averaged over {len(a.points)} values of k: FVU {found['fvu'].text()}, "
+        f"CE increase {found['ce_increase'].text()} nats (L0 {found['l0'].text(2)}); "
+        f"{_budget(results, 'skip')}.",
+        _combine(verdicts),
+        _pack(found),
     )
-    flags = [b > 0 for b in better] + [
-        np.mean(np.abs(1 - np.array(gamma_g))) < np.mean(np.abs(1 - np.array(gamma_r)))
-    ]
+
+
+def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
+    groups = arms(results, "gated")
+    a, b = groups.get("relu"), groups.get("gated")
+    if not a or not b or not a.seeds or not b.seeds:
+        return None
+    ce, grid = matched_l0_difference(a, b, "ce_increase", chunks)
+    shrink, _ = matched_l0_difference(a, b, "shrinkage", chunks, transform=lambda x: np.abs(1 - x))
+    converged = a.converged and b.converged
+    lrs = {
+        arm: sorted(
+            {
+                r["rungs"][-1]["lr"]
+                for run in results["runs"].values()
+                if run["claim"] == "gated" and run["arm"] == arm and run["stage"] == "sweep"
+                for r in run["seeds"].values()
+                if r["rungs"]
+            }
+        )
+        for arm in ("relu", "gated")
+    }
+    where = (
+        f"{grid.size} L0 values in [{grid[0]:.1f}, {grid[-1]:.1f}]"
+        if grid.size
+        else "no common L0 range"
+    )
     return Claim(
         "Gated vs ReLU SAEs at equal L0",
-        "Rajamanoharan et al. 2024: at equal L0 gated SAEs recover more of the loss than ReLU "
-        "SAEs, and their relative reconstruction bias gamma is near 1 where ReLU SAEs shrink "
-        "(gamma < 1).",
-        ours,
-        _verdict(flags),
+        "Rajamanoharan et al. 2024: at equal L0 gated SAEs lose less CE than ReLU SAEs, and "
+        "their relative reconstruction bias gamma is nearer 1 (ReLU SAEs shrink).",
+        f"gated - ReLU at matched L0 ({where}): CE increase {ce.text()} nats, |1 - gamma| "
+        f"{shrink.text()}; lr tuned per architecture (relu {lrs['relu']}, gated {lrs['gated']}); "
+        f"{_budget(results, 'gated')}.",
+        _combine([verdict(ce, -1, converged), verdict(shrink, -1, converged)]),
+        _pack({"ce_increase": ce, "abs_one_minus_gamma": shrink}),
     )
 
 
-def _e2e_claim(runs: dict[str, Any], layer: int) -> Claim | None:
-    ks = sorted({r["k"] for r in runs.values() if r["group"] == "e2e"})
-    parts, flags = [], []
-    ds_hooks = None
-    for k in ks:
-        loc, e2e, ds = (runs.get(f"sae_{o}_k{k}") for o in ("local", "e2e", "e2e_ds"))
-        if not (loc and e2e and ds):
+def _braun_claims(results: dict[str, Any], chunks: int) -> list[Claim]:
+    groups = arms(results, "braun")
+    out = []
+    for family in ("relu", "topk"):
+        local, e2e, ds = (groups.get(f"{o}:{family}") for o in ("local", "e2e", "e2e_ds"))
+        if not local or not e2e or not local.seeds or not e2e.seeds:
             continue
-
-        def downstream(r: dict[str, Any]) -> float:
-            return float(np.mean(list(r["downstream_fvu"].values())))
-
-        ds_hooks = list(loc["downstream_fvu"])
-        parts.append(
-            f"k={k}: CE increase local {loc['ce_increase']:.3f} / e2e {e2e['ce_increase']:.3f} / "
-            f"e2e+ds {ds['ce_increase']:.3f}; alive features {loc['alive']} / {e2e['alive']} / "
-            f"{ds['alive']}; downstream FVU (mean over later resid_post) {downstream(loc):.3f} / "
-            f"{downstream(e2e):.3f} / {downstream(ds):.3f}; FVU {loc['fvu']:.3f} / {e2e['fvu']:.3f} "
-            f"/ {ds['fvu']:.3f}"
+        ce, grid = matched_l0_difference(local, e2e, "ce_increase", chunks)
+        alive, _ = matched_l0_difference(local, e2e, "alive", chunks)
+        found = {"e2e_ce_increase": ce, "e2e_alive": alive}
+        converged = local.converged and e2e.converged
+        verdicts = [verdict(ce, -1, converged), verdict(alive, -1, converged)]
+        text = f"e2e - local at matched L0: CE increase {ce.text()} nats, alive features {alive.text(0)}"
+        if ds and ds.seeds:
+            down, _ = matched_l0_difference(e2e, ds, "downstream_fvu", chunks)
+            ds_ce, _ = matched_l0_difference(e2e, ds, "ce_increase", chunks)
+            found |= {"ds_minus_e2e_downstream_fvu": down, "ds_minus_e2e_ce_increase": ds_ce}
+            verdicts.append(verdict(down, -1, converged and ds.converged))
+            text += f"; e2e+ds - e2e: downstream FVU {down.text()}, CE increase {ds_ce.text()}"
+        where = (
+            f"{grid.size} L0 values in [{grid[0]:.1f}, {grid[-1]:.1f}]"
+            if grid.size
+            else "no common L0 range"
         )
-        flags += [
-            e2e["ce_increase"] < loc["ce_increase"],
-            e2e["alive"] < loc["alive"],
-            abs(ds["ce_increase"] - e2e["ce_increase"])
-            < 0.5 * abs(loc["ce_increase"] - e2e["ce_increase"]) + 0.01,
-            downstream(ds) < downstream(e2e),
+        out.append(
+            Claim(
+                f"e2e vs local SAEs, each layer trained alone ({family})",
+                "Braun et al. 2024: at equal L0, e2e SAEs increase CE less than local SAEs and "
+                "keep fewer alive features; e2e+ds reconstructs the downstream activations better "
+                "than e2e.",
+                f"{text} ({where}); {_budget(results, 'braun')}.",
+                _combine(verdicts),
+                _pack(found),
+            )
+        )
+    return out
+
+
+def _combine(verdicts: list[str]) -> str:
+    """One verdict for a claim with several parts: all agree -> agrees, all disagree ->
+    disagrees, else the parts listed."""
+    if all(v == "agrees" for v in verdicts):
+        return "agrees"
+    if all(v == "disagrees" for v in verdicts):
+        return "disagrees"
+    if all(v.startswith("inconclusive") for v in verdicts):
+        return verdicts[0]
+    return "mixed: " + ", ".join(verdicts)
+
+
+def _pilot_claims(results: dict[str, Any]) -> list[Claim]:
+    """The format-1 pilot sweep: one seed, fixed small budgets, no intervals: nothing settles."""
+    runs = results["runs"]
+    setup = results.get("setup", {})
+    budget = (
+        f"one seed, {setup.get('tokens_local', 0):,} tokens per local run and "
+        f"{setup.get('tokens_e2e', 0):,} per e2e run, far from converged, no intervals"
+    )
+    out = []
+    for group, title in (
+        ("skip", "Skip vs plain transcoders at equal k"),
+        ("gated", "Gated vs ReLU SAEs at equal L0"),
+        ("e2e", "e2e vs local SAEs, each layer trained alone"),
+    ):
+        rows = [
+            f"{name}: L0 {r['l0']:.1f}, CE increase {r['ce_increase']:.3f}"
+            for name, r in runs.items()
+            if r.get("group") == group
         ]
-    if not parts:
-        return None
-    return Claim(
-        f"e2e and e2e+ds SAEs trained one layer at a time (layer {layer})",
-        "Braun et al. 2024: at equal L0, e2e SAEs increase CE less than local SAEs and use "
-        "fewer alive features; e2e+ds stays close in CE while reconstructing the downstream "
-        "activations better than e2e.",
-        "; ".join(parts) + f" (downstream hooks: {', '.join(ds_hooks or [])})",
-        _verdict(flags),
-    )
-
-
-def _zoo_claim(runs: dict[str, Any]) -> Claim | None:
-    base = runs.get("sae_e2e_k16")
-    low_lr, all_layers = runs.get("sae_e2e_k16_zoo_lr"), runs.get("sae_e2e_k16_all_layers")
-    local = runs.get("sae_local_k16")
-    if not (base and low_lr and all_layers and local):
-        return None
-    ours = (
-        f"layer-1 SAE, k=16, same tokens: local rec {local['frac_recovered']:.3f}; e2e alone at "
-        f"lr {base['lr']:.0e} rec {base['frac_recovered']:.3f}; e2e alone at the zoo's e2e lr "
-        f"{low_lr['lr']:.0e} rec {low_lr['frac_recovered']:.3f}; e2e trained with all four "
-        f"layers spliced, layer 1 then spliced alone rec {all_layers['frac_recovered']:.3f} "
-        f"(all four spliced: {all_layers.get('all_layers', {}).get('frac_recovered', float('nan')):.3f})"
-    )
-    return Claim(
-        "Why the zoo's local SAEs recover more loss than its e2e sets",
-        "Expected from Braun et al.: e2e at least matches local in loss recovered at equal L0.",
-        ours,
-        "explained (see text)",
-    )
+        if rows:
+            out.append(
+                Claim(
+                    title,
+                    "see `sparse-circuits claims`",
+                    f"pilot ({budget}): " + "; ".join(rows),
+                    "inconclusive (pilot sweep: cannot settle)",
+                )
+            )
+    return out
 
 
 def claims(results: dict[str, Any] | None = None) -> list[Claim]:
-    """Every claim the sweep results can speak to (the shipped sweep by default)."""
+    """Every claim the sweep results can speak to (the shipped pilot by default)."""
     results = results if results is not None else load_sweep()
     if not results:
         return []
-    runs = results["runs"]
-    layer = results.get("setup", {}).get("layer", 1)
-    out = [_skip_claim(runs), _gated_claim(runs), _e2e_claim(runs, layer), _zoo_claim(runs)]
-    return [c for c in out if c is not None]
+    if results.get("version", 1) < 2:
+        return _pilot_claims(results)
+    chunks = n_chunks(results)
+    if not chunks:
+        return []
+    found = [_skip_claim(results, chunks), _gated_claim(results, chunks)]
+    return [c for c in found if c is not None] + _braun_claims(results, chunks)
 
 
 def claims_markdown(items: list[Claim], setup: dict[str, Any] | None = None) -> str:
     """The claims as a markdown section body."""
     lines = []
-    if setup:
+    if setup and "start_tokens" in setup:
         lines.append(
-            f"Sweep: layer {setup.get('layer')} of the default model, F={setup.get('n_features')}, "
-            f"{setup.get('tokens_local'):,} training tokens per local run and "
-            f"{setup.get('tokens_e2e'):,} per e2e run (lr {setup.get('lr')}), measured on "
-            f"{setup.get('eval_tokens'):,} held-out tokens; reproduce with "
-            f"`{setup.get('command', 'python -m training.claims_sweep')}`.\n"
+            f"Sweep: layer {setup['layer']} of the default model, F={setup['n_features']}, "
+            f"{setup['seeds']} seeds per point, budgets doubling from {setup['start_tokens']:,} "
+            f"tokens until CE increase changes by < {setup['tolerance']:.0%} over a doubling (cap "
+            f"{setup['cap_tokens']:,}), evaluated on >= {setup['eval_tokens']:,} held-out tokens in "
+            f"{setup['n_chunks']} chunks; intervals are 95% paired bootstraps over chunks and "
+            "seeds; a verdict follows from its interval alone.\n"
         )
     for c in items:
         lines += [

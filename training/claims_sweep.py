@@ -1,270 +1,322 @@
-"""Short sparsity sweeps that test the seed papers' claims on the default model.
+"""The claims sweep: every point of `training.claims_plan`, per seed, trained until it converges.
 
-    python -m training.claims_sweep --out runs/claims [--tokens 2e5] [--e2e-tokens 1e5]
-        [--groups skip,gated,e2e] [--device cpu]
+    sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--seeds 2]
+        [--start-tokens 2.5e5] [--cap-tokens 3.2e7] [--eval-tokens 1e6]
 
-Every run trains one layer (`--layer`, default 1) of the default model with the project's
-own `Trainer`, then measures the dictionary spliced alone on the same held-out rows:
+Each (point, seed) trains a ladder of budgets (`training.convergence.budget_ladder`), each rung a
+normal `Trainer` run in `<out>/runs/<point>/seed<s>/t<tokens>` (checkpointed, so a killed rung
+resumes), until its held-out CE increase changed by less than the tolerance over the last
+doubling or the cap is reached. After each rung its per-chunk evaluation sums
+(`training.claims_eval`) are written to `<out>/claims_sweep.json` (atomically), so a rerun skips
+every finished rung without loading anything heavy beyond the model: resuming a finished sweep
+trains nothing.
 
-- skip: transcoders against skip transcoders at equal k (Paulo et al. 2025);
-- gated: ReLU against gated SAEs over four L1 coefficients each (Rajamanoharan et al. 2024):
-  L0, fraction of loss recovered and shrinkage gamma;
-- e2e: TopK SAEs at equal k trained locally, end to end (KL) and e2e+ds, one layer at a
-  time as in Braun et al. 2024, plus two runs that isolate why the zoo's e2e sets (all
-  layers spliced together, a 5x lower learning rate) recover less than its local set.
-
-Results are appended run by run to `<out>/claims_sweep.json` (a finished run is not trained
-again), so an interrupted sweep resumes. `analysis.claims` turns that file into the report's
-section. Sized for one CPU core: about 15 minutes of CPU time at the defaults.
+Evaluation rows are the default corpus's held-out files plus rows reserved from the end of the
+training split (never trained on by any run) until `eval_tokens` is reached.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Int
-from torch import Tensor
 
 from replacement.atomic import write_json
-from replacement.dictionary import Dictionary
-from replacement.loss import spliced_loss
-from replacement.splice import splice
+from replacement.errors import SparseCircuitsError
+from training.claims_eval import evaluate_dictionary, figures, original_side
+from training.claims_plan import CLAIMS, SweepPoint, claim_points
 from training.config import TrainConfig
+from training.convergence import DEFAULT_TOLERANCE, budget_ladder, has_converged
 from training.data import TokenData
 
 RESULTS_FILE = "claims_sweep.json"
-SWEEP_LR = 4e-3
-"""The zoo's local learning rate (training/build_zoo.py), used by every sweep run unless a run
-says otherwise, so that objectives differ in nothing but their loss."""
-ZOO_E2E_LR = None
-"""The zoo's e2e sets kept the F-scaled default (8e-4 at F=1024)."""
+FORMAT_VERSION = 2
 
 
-def sweep_runs(layer: int) -> list[dict[str, Any]]:
-    """Every run of the sweep: a name, its claim group and the TrainConfig fields it sets."""
-    runs: list[dict[str, Any]] = []
-    for k in (8, 32):
-        for kind in ("transcoder", "skip_transcoder"):
-            runs.append({"name": f"{kind}_k{k}", "group": "skip", "kind": kind, "k": k})
-    for coefficient in (0.03, 0.1, 0.3, 1.0):
-        for act in ("relu", "gated"):
-            runs.append(
-                {
-                    "name": f"{act}_sae_l1_{coefficient:g}",
-                    "group": "gated",
-                    "kind": "sae",
-                    "activation": act,
-                    "l1_coefficient": coefficient,
-                }
+@dataclass
+class SweepSettings:
+    """What defines a claims sweep; a resumed sweep must match the recorded one."""
+
+    out: str = "runs/claims"
+    """Folder of the runs and of claims_sweep.json."""
+    claims: tuple[str, ...] = CLAIMS
+    """Which claims to sweep."""
+    layer: int = 1
+    """Block whose dictionaries are trained (each alone)."""
+    seeds: int = 2
+    """Seeds per point (>= 2 gives a spread)."""
+    start_tokens: int = 250_000
+    """First rung of every ladder (training tokens)."""
+    cap_tokens: int = 32_000_000
+    """Largest budget a run may train for (its last rung)."""
+    tolerance: float = DEFAULT_TOLERANCE
+    """Converged when CE increase changed by less than this (relative) over the last doubling."""
+    tune_tokens: int = 1_000_000
+    """Budget of the lr-tuning runs (gated claim)."""
+    eval_tokens: int = 1_000_000
+    """Held-out evaluation tokens (at least)."""
+    n_chunks: int = 64
+    """Chunks of the evaluation rows: the bootstrap's units."""
+    n_features: int = 1024
+    """Dictionary width."""
+    batch_tokens: int = 4096
+    """Tokens per optimiser step."""
+    ctx_len: int = 128
+    """Row length of training and evaluation."""
+    device: str = "cpu"
+    """Where to train."""
+
+    def validate(self) -> SweepSettings:
+        """Raise `SparseCircuitsError` naming the first bad setting; returns self."""
+        unknown = sorted(set(self.claims) - set(CLAIMS))
+        if unknown or not self.claims:
+            raise SparseCircuitsError(
+                f"--claims: unknown {unknown}; expected some of {list(CLAIMS)}"
             )
-    for k in (8, 16):
-        for objective in ("local", "e2e", "e2e_ds"):
-            runs.append(
-                {
-                    "name": f"sae_{objective}_k{k}",
-                    "group": "e2e",
-                    "kind": "sae",
-                    "k": k,
-                    "objective": objective,
-                }
+        for name, low in (
+            ("seeds", 1),
+            ("start_tokens", self.batch_tokens),
+            ("eval_tokens", self.ctx_len),
+            ("n_chunks", 2),
+            ("n_features", 1),
+            ("tune_tokens", self.batch_tokens),
+        ):
+            if getattr(self, name) < low:
+                raise SparseCircuitsError(
+                    f"--{name.replace('_', '-')} must be >= {low}; got {getattr(self, name)}"
+                )
+        if self.cap_tokens < self.start_tokens:
+            raise SparseCircuitsError(
+                f"--cap-tokens {self.cap_tokens} is below --start-tokens {self.start_tokens}"
             )
-    # the zoo's e2e recipe, one change at a time: its lower lr, and all layers spliced at once
-    runs.append(
-        {
-            "name": "sae_e2e_k16_zoo_lr",
-            "group": "e2e_zoo",
-            "kind": "sae",
-            "k": 16,
-            "objective": "e2e",
-            "lr": ZOO_E2E_LR,
-        }
-    )
-    runs.append(
-        {
-            "name": "sae_e2e_k16_all_layers",
-            "group": "e2e_zoo",
-            "kind": "sae",
-            "k": 16,
-            "objective": "e2e",
-            "layers": "all",
-        }
-    )
-    for run in runs:
-        run.setdefault("layers", [layer])
-    return runs
+        if not 0 < self.tolerance < 1:
+            raise SparseCircuitsError(f"--tolerance must be in (0, 1); got {self.tolerance}")
+        return self
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings that make results comparable (the folder and the device are not)."""
+        out = asdict(self)
+        out["claims"] = list(self.claims)
+        for name in ("out", "device", "claims"):
+            out.pop(name)
+        return out
 
 
-def _config(run: dict[str, Any], n_layers: int, args: argparse.Namespace) -> TrainConfig:
-    fields = {k: v for k, v in run.items() if k not in ("name", "group")}
-    if fields["layers"] == "all":
-        fields["layers"] = list(range(n_layers))
-    e2e = fields.get("objective", "local") != "local"
+def split_rows(data: TokenData, eval_tokens: int) -> tuple[TokenData, torch.Tensor, int]:
+    """Training data without the reserved rows, the evaluation rows, and how many were reserved.
+
+    Evaluation = the held-out split's first rows up to `eval_tokens` tokens; where the held-out
+    split is smaller, rows from the end of the training split make up the rest, and those rows
+    leave the training data, so no run ever sees them.
+    """
+    ctx = data.val.shape[1]
+    wanted = math.ceil(eval_tokens / ctx)
+    needed = max(0, wanted - data.val.shape[0])
+    if needed >= data.train.shape[0] // 2:
+        raise SparseCircuitsError(
+            f"--eval-tokens {eval_tokens:,} would take {needed} of {data.train.shape[0]} training "
+            "rows; choose fewer evaluation tokens"
+        )
+    if not needed:
+        return data, data.val[:wanted], 0
+    reserved = data.train[data.train.shape[0] - needed :]
+    train = data.train[: data.train.shape[0] - needed]
+    rows = torch.cat([data.val, reserved])
+    return TokenData(train, data.val, data.bos, data.special_ids), rows, needed
+
+
+def _config(
+    point: SweepPoint, seed: int, tokens: int, lr: float, settings: SweepSettings, folder: Path
+) -> TrainConfig:
+    steps = max(1, tokens // settings.batch_tokens)
+    fields = {k: v for k, v in point.fields.items() if k != "lr"}
     return TrainConfig(
         **{
             "model": "default",
-            "activation": "topk",
-            "n_features": args.n_features,
-            "lr": SWEEP_LR,
-            "ctx_len": 128,
-            "batch_tokens": 2048,
-            "seed": 0,
-            "warmup_steps": 10,
+            "n_features": settings.n_features,
+            "ctx_len": settings.ctx_len,
+            "batch_tokens": settings.batch_tokens,
+            "warmup_steps": max(1, min(50, steps // 10)),
             **fields,
         },
-        total_tokens=int(args.e2e_tokens if e2e else args.tokens),
-        buffer_tokens=32768,
-        out_dir=str(Path(args.out) / "runs" / run["name"]),
-        device=args.device,
+        lr=lr,
+        seed=seed,
+        total_tokens=int(tokens),
+        out_dir=str(folder),
+        device=settings.device,
         evaluate=False,
         verbose=False,
-        checkpoint_every=0,
+        checkpoint_every=200,
+        buffer_tokens=max(4 * settings.batch_tokens, min(65536, int(tokens))),
     ).validate()
 
 
-@torch.no_grad()
-def downstream_fvu(
-    model: Any, dictionary: Dictionary, tokens: Int[Tensor, "rows ctx"], batch_size: int = 16
-) -> dict[str, float]:
-    """FVU of every later `hook_resid_post` when `dictionary` alone is spliced (BOS excluded).
-
-    sum ||r_spliced - r_orig||^2 / sum ||r_orig - mean r_orig||^2 per layer from the
-    dictionary's own layer on: how well the spliced model keeps the downstream computation.
-    """
-    from replacement.hooks import hook_layer
-
-    first = hook_layer(dictionary.out_hook)
-    hooks = [f"blocks.{m}.hook_resid_post" for m in range(first, int(model.cfg.n_layers))]
-    err = dict.fromkeys(hooks, 0.0)
-    s1: dict[str, Tensor] = {}
-    s2 = dict.fromkeys(hooks, 0.0)
-    n = 0
-    for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start : start + batch_size].to(model.cfg.device)
-        _, orig = model.run_with_cache(batch, names_filter=lambda name: name in hooks)
-        with splice(model, [dictionary]):
-            _, spl = model.run_with_cache(batch, names_filter=lambda name: name in hooks)
-        for h in hooks:
-            o, s = orig[h][:, 1:].double(), spl[h][:, 1:].double()
-            err[h] += float((s - o).pow(2).sum())
-            s1[h] = s1.get(h, 0) + o.sum((0, 1))
-            s2[h] += float(o.pow(2).sum())
-        n += batch.shape[0] * (batch.shape[1] - 1)
-    out = {}
-    for h in hooks:
-        var = s2[h] - float(s1[h].pow(2).sum()) / n
-        out[h] = err[h] / max(var, 1e-12)
-    return out
-
-
-def evaluate_run(
-    model: Any, dictionaries: list[Dictionary], layer: int, val: Int[Tensor, "rows ctx"]
-) -> dict[str, Any]:
-    """Figures of the layer-`layer` dictionary spliced alone (and of all, if several)."""
-    mine = next(d for d in dictionaries if d.out_hook.startswith(f"blocks.{layer}."))
-    report = spliced_loss(model, [mine], val, verbose=False)
-    row = report.all
-    out: dict[str, Any] = {
-        "l0": row.l0,
-        "fvu": row.fvu,
-        "ce_increase": row.ce_increase,
-        "kl": row.kl,
-        "frac_recovered": row.recovered_zero,
-        "frac_recovered_mean": row.recovered_mean,
-        "shrinkage": row.shrinkage,
-        "dead_share": row.dead_share,
-        "alive": int(round((1 - row.dead_share) * mine.n_features)),
-        "downstream_fvu": downstream_fvu(model, mine, val),
-    }
-    if len(dictionaries) > 1:
-        every = spliced_loss(model, dictionaries, val, verbose=False, per_layer=False)
-        out["all_layers"] = {
-            "ce_increase": every.all.ce_increase,
-            "frac_recovered": every.all.recovered_zero,
-        }
-    return out
-
-
-def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    """Train and measure every run not yet in the results file; returns the whole file."""
-    from replacement.model import load_model
-    from training.data import load_token_data
-    from training.trainer import Trainer
-
-    out = Path(args.out)
-    path = out / RESULTS_FILE
-    results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-    model = load_model("default", device=args.device)
-    data: TokenData = load_token_data(model, None, ctx_len=128)
-    val = data.val[: args.eval_rows]
-    n_layers = int(model.cfg.n_layers)
-    results["setup"] = {
-        "model": "default",
-        "layer": args.layer,
-        "n_features": args.n_features,
-        "tokens_local": int(args.tokens),
-        "tokens_e2e": int(args.e2e_tokens),
-        "lr": SWEEP_LR,
-        "eval_tokens": int(val.numel()),
-        "command": "python -m training.claims_sweep " + " ".join(args.argv),
-    }
-    for run in sweep_runs(args.layer):
-        if run["group"] not in args.groups or run["name"] in results["runs"]:
+def tuned_lr(results: dict[str, Any], claim: str, arm: str) -> float | None:
+    """The tune point's lr with the lowest final training loss for (claim, arm); None if unrun."""
+    best: tuple[float, float] | None = None
+    for run in results["runs"].values():
+        if run["claim"] != claim or run["arm"] != arm or run["stage"] != "tune":
             continue
-        config = _config(run, n_layers, args)
-        start = time.perf_counter()
-        trainer = Trainer(config, model=model, data=data)
-        trained = trainer.train()
-        seconds = time.perf_counter() - start
-        dictionaries = [d.eval() for d in trained.values()]
-        record = {
-            "group": run["group"],
-            "kind": config.kind,
-            "activation": config.activation,
-            "objective": config.objective,
-            "k": config.k if config.activation in ("topk", "batchtopk") else None,
-            "l1_coefficient": config.l1_coefficient
-            if config.activation in ("relu", "gated")
-            else None,
-            "lr": config.learning_rate,
-            "layers": config.layers,
-            "training_tokens": trainer.step * trainer.tokens_per_step,
-            "train_seconds": seconds,
-            **evaluate_run(model, dictionaries, args.layer, val),
-        }
-        results["runs"][run["name"]] = record
-        write_json(path, results)
-        print(
-            f"{run['name']}: {seconds:.0f} s, L0 {record['l0']:.1f}, FVU {record['fvu']:.3f}, "
-            f"dCE {record['ce_increase']:.3f}, rec {record['frac_recovered']:.3f}",
-            flush=True,
+        rungs = run["seeds"].get("0", {}).get("rungs", [])
+        if not rungs:
+            return None
+        loss = rungs[-1]["final_loss"]
+        if math.isfinite(loss) and (best is None or loss < best[0]):
+            best = (loss, run["fields"]["lr"])
+    return None if best is None else best[1]
+
+
+def _point_record(results: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
+    return results["runs"].setdefault(
+        point.name,
+        {
+            "claim": point.claim,
+            "arm": point.arm,
+            "stage": point.stage,
+            "fields": dict(point.fields),
+            "seeds": {},
+        },
+    )
+
+
+def load_results(out: Path, settings: SweepSettings) -> dict[str, Any]:
+    """The results file (a new one if absent); refuses one recorded with other settings."""
+    path = out / RESULTS_FILE
+    if not path.is_file():
+        return {"version": FORMAT_VERSION, "setup": settings.recorded(), "runs": {}}
+    import json
+
+    results = json.loads(path.read_text())
+    if results.get("version") != FORMAT_VERSION:
+        raise SparseCircuitsError(
+            f"{str(path)!r} is not a claims sweep of format {FORMAT_VERSION}; use another --out"
+        )
+    diff = {
+        k: (results["setup"].get(k), v)
+        for k, v in settings.recorded().items()
+        if results["setup"].get(k) != v
+    }
+    if diff:
+        raise SparseCircuitsError(
+            f"{str(path)!r} was recorded with other settings {diff} (recorded, given); rerun with "
+            "the recorded values to resume, or use another --out"
         )
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line."""
-    import sys
+def run_claims(
+    settings: SweepSettings, log: Any = print, model: Any = None, data: TokenData | None = None
+) -> dict[str, Any]:
+    """Train and evaluate every unfinished rung of every point; returns the results.
 
-    p = argparse.ArgumentParser(prog="python -m training.claims_sweep", description=__doc__)
-    p.add_argument("--out", default="runs/claims", help="folder of runs and claims_sweep.json")
-    p.add_argument("--layer", type=int, default=1, help="block whose dictionaries are swept")
-    p.add_argument("--n-features", type=int, default=1024)
-    p.add_argument("--tokens", type=float, default=2e5, help="training tokens of a local run")
-    p.add_argument("--e2e-tokens", type=float, default=1e5, help="training tokens of e2e runs")
-    p.add_argument("--eval-rows", type=int, default=64, help="held-out rows of 128 tokens")
-    p.add_argument("--groups", default="skip,gated,e2e,e2e_zoo")
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    args.groups = [g for g in args.groups.split(",") if g]
-    torch.manual_seed(0)
-    run_sweep(args)
+    `model` and `data` default to the embedded model and its corpus (loaded only when some
+    rung is left to train).
+    """
+    from replacement.model import load_model
+    from training.data import load_token_data
+    from training.trainer import Trainer
+
+    settings.validate()
+    out = Path(settings.out).resolve()
+    results = load_results(out, settings)
+    path = out / RESULTS_FILE
+    ladder = budget_ladder(settings.start_tokens, settings.cap_tokens)
+    points = claim_points(tuple(settings.claims), settings.layer)
+    pending = [
+        (p, s)
+        for p in points
+        for s in (range(1) if p.stage == "tune" else range(settings.seeds))
+        if not _finished(results, p, s, ladder, settings)
+    ]
+    if not pending:
+        log(f"every run of {list(settings.claims)} has finished; nothing to train")
+        return results
+    model = model if model is not None else load_model("default", device=settings.device)
+    data = data if data is not None else load_token_data(model, None, ctx_len=settings.ctx_len)
+    train_data, rows, reserved = split_rows(data, settings.eval_tokens)
+    results["setup"]["eval_rows"] = {"heldout": int(data.val.shape[0]), "reserved": reserved}
+    hooks = sorted(
+        {f"blocks.{m}.hook_resid_post" for m in range(int(model.cfg.n_layers))}
+        | {f"blocks.{settings.layer}.hook_mlp_out", f"blocks.{settings.layer}.hook_resid_pre"}
+    )
+    original = original_side(model, rows, hooks, data.special_ids, settings.n_chunks)
+    for point, seed in pending:
+        lr = point.fields["lr"]
+        if lr == "tuned":
+            lr = tuned_lr(results, point.claim, point.arm)
+            if lr is None:
+                raise SparseCircuitsError(f"{point.name}: its lr-tuning runs have not finished")
+        record = _point_record(results, point)
+        entry = record["seeds"].setdefault(str(seed), {"rungs": [], "converged": False})
+        budgets = [settings.tune_tokens] if point.stage == "tune" else ladder
+        for tokens in budgets:
+            if any(r["tokens"] == tokens for r in entry["rungs"]):
+                continue
+            folder = out / "runs" / point.name / f"seed{seed}" / f"t{tokens}"
+            config = _config(point, seed, tokens, float(lr), settings, folder)
+            start = time.perf_counter()
+            trainer = Trainer(config, model=model, data=train_data)
+            trained = trainer.train()
+            seconds = time.perf_counter() - start
+            dictionary = trained[settings.layer].eval()
+            measured = evaluate_dictionary(model, dictionary, original)
+            final_loss = _final_loss(trainer)
+            entry["rungs"].append(
+                {
+                    "machine": _machine(settings.device),
+                    "tokens": tokens,
+                    "steps": trainer.step,
+                    "lr": float(lr),
+                    "train_seconds": seconds,
+                    "final_loss": final_loss,
+                    **measured,
+                    "figures": figures(measured["chunks"]),
+                }
+            )
+            curve = [(r["tokens"], r["figures"]["ce_increase"]) for r in entry["rungs"]]
+            entry["converged"] = point.stage == "tune" or has_converged(curve, settings.tolerance)
+            write_json(path, results)
+            f = entry["rungs"][-1]["figures"]
+            log(
+                f"{point.name} seed {seed} {tokens:,} tokens: {seconds:.0f} s, L0 {f['l0']:.1f}, "
+                f"CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}"
+                + (" (converged)" if entry["converged"] and point.stage != "tune" else "")
+            )
+            if entry["converged"]:
+                break
+    return results
 
 
-if __name__ == "__main__":
-    main()
+def _machine(device: str) -> str:
+    """Where a rung trained: the accelerator's name, or the CPU and its thread count."""
+    import platform
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def _final_loss(trainer: Any) -> float:
+    """The run's last training loss (from its metrics file when the run had already finished)."""
+    if trainer.last_metrics:
+        return float(trainer.last_metrics["loss"])
+    import json
+
+    lines = (trainer.out_dir / "metrics.jsonl").read_text().splitlines()
+    return float(json.loads(lines[-1])["loss"]) if lines else math.nan
+
+
+def _finished(
+    results: dict[str, Any], point: SweepPoint, seed: int, ladder: list[int], s: SweepSettings
+) -> bool:
+    entry = results["runs"].get(point.name, {}).get("seeds", {}).get(str(seed))
+    if not entry:
+        return False
+    if entry["converged"]:
+        return True
+    budgets = [s.tune_tokens] if point.stage == "tune" else ladder
+    return all(any(r["tokens"] == t for r in entry["rungs"]) for t in budgets)

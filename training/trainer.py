@@ -664,13 +664,13 @@ class Trainer:
                         self.step, self.config.total_steps, self.save_checkpoint()
                     )
                 record = self.advance()
-            layers = [record[f"layer_{layer}"] for layer in self.dictionaries]
-            bar.set_postfix(
-                loss=f"{record['loss']:.4g}",
-                fvu=f"{sum(m['fvu'] for m in layers) / len(layers):.3f}",
-                l0=f"{sum(m['l0'] for m in layers) / len(layers):.1f}",
-                dead=f"{sum(m['dead_share'] for m in layers) / len(layers):.2f}",
-            )
+                layers = [record[f"layer_{layer}"] for layer in self.dictionaries]
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4g}",
+                    fvu=f"{sum(m['fvu'] for m in layers) / len(layers):.3f}",
+                    l0=f"{sum(m['l0'] for m in layers) / len(layers):.1f}",
+                    dead=f"{sum(m['dead_share'] for m in layers) / len(layers):.2f}",
+                )
             if interrupted.is_set() and self.step < self.config.total_steps:
                 bar.close()
                 raise TrainingInterrupted(

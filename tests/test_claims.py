@@ -1,0 +1,182 @@
+"""The claims sweep: convergence rule, interval verdicts with known answers, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis.claims import Arm, claims, matched_l0_difference, paired_point_difference
+from analysis.claims_stats import Interval, bootstrap, verdict
+from training.convergence import budget_ladder, has_converged
+
+N_CHUNKS = 16
+
+
+def test_ladder_doubles_up_to_the_cap():
+    assert budget_ladder(1000, 8000) == [1000, 2000, 4000, 8000]
+    assert budget_ladder(1000, 5000) == [1000, 2000, 4000, 5000]
+    assert budget_ladder(1000, 1000) == [1000]
+
+
+def test_converged_only_after_a_small_change_over_a_doubling():
+    assert not has_converged([(1000, 0.10)])
+    assert not has_converged([(1000, 0.10), (2000, 0.09)])  # 10% change
+    assert has_converged([(1000, 0.10), (2000, 0.0990)])  # 1% change
+    # the cap rung is no doubling: a small change there proves nothing
+    assert not has_converged([(4000, 0.10), (5000, 0.0999)])
+
+
+def test_verdict_follows_the_interval_only():
+    assert verdict(Interval(-0.02, -0.03, -0.01), paper_sign=-1) == "agrees"
+    assert verdict(Interval(0.02, 0.01, 0.03), paper_sign=-1) == "disagrees"
+    assert verdict(Interval(-0.02, -0.05, 0.01), paper_sign=-1) == "inconclusive"
+    assert verdict(Interval(-0.02, -0.03, -0.01), -1, converged=False).startswith("inconclusive")
+
+
+def test_bootstrap_interval_covers_the_true_mean():
+    """Chunks with known noise: the 95% interval of their mean covers the truth in >= 90%."""
+    rng = np.random.default_rng(1)
+    covered = 0
+    for trial in range(200):
+        values = rng.normal(0.5, 1.0, size=40)
+
+        def stat(w, seeds, values=values):
+            return float(np.dot(w, values) / w.sum())
+
+        iv = bootstrap(stat, 40, {"a": [0]}, n_draws=300, seed=trial)
+        covered += iv.low <= 0.5 <= iv.high
+    assert covered >= 180
+
+
+def _rung(l0: float, ce: float, noise: np.ndarray, alive: int = 100) -> dict:
+    """Per-chunk sums of a rung whose chunk CE increases are ce + noise (mean of noise = 0)."""
+    n = len(noise)
+    tokens = [100.0] * n
+    return {
+        "tokens": 1000,
+        "train_seconds": 1.0,
+        "alive": alive,
+        "chunks": {
+            "tokens": tokens,
+            "ce_orig": [100.0] * n,
+            "ce_spliced": [100.0 + 100.0 * (ce + e) for e in noise],
+            "positions": tokens,
+            "l0": [100.0 * l0] * n,
+            "sq_err": [1.0] * n,
+            "sq_dev": [2.0] * n,
+            "dot": [1.0] * n,
+            "sq_hat": [1.0] * n,
+            "down_err": [1.0] * n,
+            "down_dev": [2.0] * n,
+        },
+    }
+
+
+def _arm(offset: float, seeds: int = 2, scale: float = 0.002, seed: int = 0) -> Arm:
+    """An arm whose CE increase is 0.1 - 0.02 log(L0) + offset, with chunk and seed noise."""
+    rng = np.random.default_rng(seed)
+    points = []
+    for l0 in (2.0, 4.0, 8.0, 16.0):
+        noise = {s: rng.normal(0, scale, N_CHUNKS) for s in range(seeds)}
+        for s in noise:
+            noise[s] -= noise[s].mean()
+        points.append(
+            {s: _rung(l0, 0.1 - 0.02 * np.log(l0) + offset, noise[s]) for s in range(seeds)}
+        )
+    return Arm("x", points, True)
+
+
+@pytest.mark.parametrize(
+    "offset,expected", [(-0.01, "agrees"), (0.01, "disagrees"), (0.0, "inconclusive")]
+)
+def test_matched_l0_difference_has_the_known_answer(offset, expected):
+    a, b = _arm(0.0, seed=1), _arm(offset, seed=2)
+    iv, grid = matched_l0_difference(a, b, "ce_increase", N_CHUNKS)
+    assert grid.size == 5 and grid[0] == pytest.approx(2.0) and grid[-1] == pytest.approx(16.0)
+    assert iv.estimate == pytest.approx(offset, abs=1e-9)  # chunk noise has mean 0 per seed
+    assert verdict(iv, paper_sign=-1) == expected
+    same = paired_point_difference(a, b, "ce_increase", N_CHUNKS)
+    assert same.estimate == pytest.approx(offset, abs=1e-9)
+
+
+def test_claims_from_synthetic_sweep_results():
+    """`claims` reads a format-2 results file: skip transcoders 0.01 nats better -> agrees on CE."""
+
+    def run(claim, arm, arm_obj):
+        return {
+            "claim": claim,
+            "arm": arm,
+            "stage": "sweep",
+            "fields": {},
+            "seeds": {
+                str(s): {"rungs": [p[s]], "converged": True} for s in range(2) for p in [arm_obj]
+            },
+        }
+
+    plain, skip = _arm(0.0, seed=3), _arm(-0.01, seed=4)
+    runs = {}
+    for i in range(4):
+        runs[f"skip/transcoder_{i}"] = run("skip", "transcoder", plain.points[i])
+        runs[f"skip/skip_transcoder_{i}"] = run("skip", "skip_transcoder", skip.points[i])
+    found = claims({"version": 2, "setup": {}, "runs": runs})
+    assert len(found) == 1
+    ce = found[0].intervals["ce_increase"]
+    assert ce[0] == pytest.approx(-0.01, abs=1e-9) and ce[2] < 0
+    # FVU is equal by construction: that part is inconclusive, so the claim is mixed
+    assert found[0].verdict == "mixed: inconclusive, agrees"
+
+
+def test_pilot_sweep_settles_nothing():
+    from analysis.claims import load_sweep
+
+    found = claims(load_sweep())
+    assert found and all(c.verdict.startswith("inconclusive") for c in found)
+
+
+@pytest.mark.slow
+def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, default_model, monkeypatch):
+    """A sweep that lost its last rung reruns it to the same figures; a finished sweep trains
+    nothing."""
+    import training.claims_plan as plan
+    from training.claims_sweep import RESULTS_FILE, SweepSettings, run_claims
+    from training.data import TokenData, load_token_data
+
+    monkeypatch.setattr(plan, "SKIP_KS", (4,))
+    full_data = load_token_data(default_model, None, ctx_len=128)
+    data = TokenData(
+        full_data.train[:128], full_data.val[:16], full_data.bos, full_data.special_ids
+    )
+    settings = SweepSettings(
+        out=str(tmp_path),
+        claims=("skip",),
+        seeds=1,
+        start_tokens=1024,
+        cap_tokens=2048,
+        eval_tokens=512,
+        n_chunks=2,
+        n_features=64,
+        batch_tokens=512,
+        tune_tokens=1024,
+    )
+    first = run_claims(settings, log=lambda m: None, model=default_model, data=data)
+    entry = first["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]
+    assert [r["tokens"] for r in entry["rungs"]] == [1024, 2048] or entry["converged"]
+    full = json.loads((tmp_path / RESULTS_FILE).read_text())
+    # lose the last rung of one run, as a kill before its results were written would
+    cut = json.loads(json.dumps(full))
+    cut["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]["rungs"].pop()
+    cut["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]["converged"] = False
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(cut))
+    lines: list[str] = []
+    again = run_claims(settings, log=lines.append, model=default_model, data=data)
+    a = full["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]["rungs"][-1]
+    b = again["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]["rungs"][-1]
+    assert a["tokens"] == b["tokens"]
+    for key in ("ce_spliced", "sq_err", "l0"):
+        np.testing.assert_allclose(a["chunks"][key], b["chunks"][key], rtol=1e-9)
+    assert len(lines) == 1  # only the lost rung was trained again
+    lines.clear()
+    run_claims(settings, log=lines.append, model=default_model, data=data)
+    assert lines == ["every run of ['skip'] has finished; nothing to train"]

@@ -1,0 +1,171 @@
+"""Held-out figures of one dictionary spliced alone, as additive sums per chunk of rows.
+
+Every figure is kept as sums over `n_chunks` disjoint chunks of the evaluation rows, so the
+analysis can bootstrap over chunks (paired across runs: chunk c is the same rows for every
+run) instead of trusting one number. The original model's side (its CE and the downstream
+activations' variance) is computed once per sweep (`OriginalSide`) and shared by every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from replacement.dictionary import Dictionary
+from replacement.hooks import hook_layer
+from replacement.splice import splice
+
+SUM_KEYS = (
+    "tokens",  # predicted tokens (CE sums' denominator)
+    "ce_orig",  # sum of the original model's CE
+    "ce_spliced",  # sum of the spliced model's CE
+    "positions",  # dictionary positions (BOS excluded): the denominator of the next three
+    "l0",  # sum over positions of active features
+    "sq_err",  # sum ||y - y_hat||^2
+    "sq_dev",  # sum ||y - mean y||^2, mean over all evaluation positions
+    "dot",  # sum <y_hat, y>
+    "sq_hat",  # sum ||y_hat||^2
+    "down_err",  # sum over later resid_post of ||r_spliced - r_orig||^2
+    "down_dev",  # sum over later resid_post of ||r_orig - mean r_orig||^2
+)
+
+
+@dataclass
+class OriginalSide:
+    """The original model's per-chunk CE sums and activation means, shared by every run."""
+
+    chunks: list[Int[Tensor, "rows ctx"]]
+    """The evaluation rows split into chunks (the bootstrap's units)."""
+    ce_orig: list[float]
+    """Sum of the original CE per chunk."""
+    tokens: list[int]
+    """Predicted tokens per chunk."""
+    means: dict[str, Float[Tensor, " d"]]
+    """Mean activation over all evaluation positions (BOS excluded) per hook."""
+    special_ids: list[int]
+    """Target tokens left out of every CE (BOS and the tokenizer's specials)."""
+
+
+def _token_ce(
+    logits: Float[Tensor, "rows ctx vocab"], rows: Int[Tensor, "rows ctx"], special: list[int]
+) -> tuple[Float[Tensor, " rows"], Int[Tensor, " rows"]]:
+    """Per-row CE sums and counts of next-token prediction, special targets left out."""
+    targets = rows[:, 1:]
+    logp = F.log_softmax(logits[:, :-1].double(), dim=-1)
+    ce = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    keep: Bool[Tensor, "rows pos"] = torch.ones_like(targets, dtype=torch.bool)
+    for token in special:
+        keep &= targets != token
+    return (ce * keep).sum(-1), keep.sum(-1)
+
+
+@torch.no_grad()
+def original_side(
+    model: Any,
+    rows: Int[Tensor, "rows ctx"],
+    hooks: list[str],
+    special_ids: list[int],
+    n_chunks: int = 64,
+    batch_size: int = 32,
+) -> OriginalSide:
+    """Split `rows` into `n_chunks` chunks; the original CE per chunk and each hook's mean."""
+    n_chunks = max(1, min(n_chunks, rows.shape[0]))
+    chunks = list(torch.tensor_split(rows, n_chunks))
+    ce, counts = [], []
+    sums: dict[str, Tensor] = {}
+    n_positions = 0
+    for chunk in chunks:
+        ce_sum, count = 0.0, 0
+        for start in range(0, chunk.shape[0], batch_size):
+            batch = chunk[start : start + batch_size].to(model.cfg.device)
+            logits, cache = model.run_with_cache(batch, names_filter=lambda n: n in hooks)
+            row_ce, row_n = _token_ce(logits, batch, special_ids)
+            ce_sum += float(row_ce.sum())
+            count += int(row_n.sum())
+            for h in hooks:
+                acts = cache[h][:, 1:].double()
+                sums[h] = sums.get(h, 0) + acts.reshape(-1, acts.shape[-1]).sum(0)
+            n_positions += batch.shape[0] * (batch.shape[1] - 1)
+        ce.append(ce_sum)
+        counts.append(count)
+    means = {h: (s / max(n_positions, 1)).cpu() for h, s in sums.items()}
+    return OriginalSide(chunks, ce, counts, means, list(special_ids))
+
+
+def downstream_hooks(model: Any, dictionary: Dictionary) -> list[str]:
+    """`hook_resid_post` of the dictionary's own block and every later one."""
+    first = hook_layer(dictionary.out_hook)
+    return [f"blocks.{m}.hook_resid_post" for m in range(first, int(model.cfg.n_layers))]
+
+
+@torch.no_grad()
+def evaluate_dictionary(
+    model: Any, dictionary: Dictionary, original: OriginalSide, batch_size: int = 32
+) -> dict[str, Any]:
+    """Per-chunk sums (`SUM_KEYS`) of `dictionary` spliced alone, and its alive features.
+
+    BOS (position 0) keeps the model's activation, as `splice` does by default, and is left
+    out of the dictionary's own figures.
+    """
+    down = downstream_hooks(model, dictionary)
+    out_mean = original.means[dictionary.out_hook].to(model.cfg.device)
+    down_means = {h: original.means[h].to(model.cfg.device) for h in down}
+    fired = torch.zeros(dictionary.n_features, dtype=torch.bool, device=model.cfg.device)
+    per_chunk: dict[str, list[float]] = {k: [] for k in SUM_KEYS}
+    for c, chunk in enumerate(original.chunks):
+        sums = dict.fromkeys(SUM_KEYS, 0.0)
+        sums["ce_orig"], sums["tokens"] = original.ce_orig[c], original.tokens[c]
+        for start in range(0, chunk.shape[0], batch_size):
+            batch = chunk[start : start + batch_size].to(model.cfg.device)
+            _, orig = model.run_with_cache(batch, names_filter=lambda n: n in down)
+            with splice(model, [dictionary], record=True) as state:
+                logits, spliced = model.run_with_cache(batch, names_filter=lambda n: n in down)
+            row_ce, _ = _token_ce(logits, batch, original.special_ids)
+            sums["ce_spliced"] += float(row_ce.sum())
+            hook = dictionary.out_hook
+            acts = state.acts[hook][:, 1:]
+            y = state.targets[hook][:, 1:].double()
+            y_hat = state.recons[hook][:, 1:].double()
+            active = acts != 0
+            fired |= active.reshape(-1, active.shape[-1]).any(0)
+            sums["positions"] += y.shape[0] * y.shape[1]
+            sums["l0"] += float(active.sum())
+            sums["sq_err"] += float((y - y_hat).pow(2).sum())
+            sums["sq_dev"] += float((y - out_mean).pow(2).sum())
+            sums["dot"] += float((y_hat * y).sum())
+            sums["sq_hat"] += float(y_hat.pow(2).sum())
+            for h in down:
+                o, s = orig[h][:, 1:].double(), spliced[h][:, 1:].double()
+                sums["down_err"] += float((s - o).pow(2).sum())
+                sums["down_dev"] += float((o - down_means[h]).pow(2).sum())
+        for k in SUM_KEYS:
+            per_chunk[k].append(sums[k])
+    return {"chunks": per_chunk, "alive": int(fired.sum()), "n_features": dictionary.n_features}
+
+
+def figures(chunks: dict[str, list[float]], weights: list[float] | None = None) -> dict[str, float]:
+    """Point figures from per-chunk sums; `weights` (chunk multiplicities) make a bootstrap draw.
+
+    ce_increase = (sum CE spliced - sum CE orig) / tokens; fvu = sq_err / sq_dev; l0 per
+    position; shrinkage gamma = sum ||y_hat||^2 / sum <y_hat, y> (1: no shrinkage, < 1 the
+    reconstruction is shrunk); downstream_fvu = down_err / down_dev over the later resid_posts.
+    """
+    n = len(chunks["tokens"])
+    w = weights if weights is not None else [1.0] * n
+
+    def total(key: str) -> float:
+        return sum(wi * v for wi, v in zip(w, chunks[key], strict=True))
+
+    tokens, positions = max(total("tokens"), 1e-12), max(total("positions"), 1e-12)
+    return {
+        "ce_increase": (total("ce_spliced") - total("ce_orig")) / tokens,
+        "fvu": total("sq_err") / max(total("sq_dev"), 1e-12),
+        "l0": total("l0") / positions,
+        "shrinkage": total("sq_hat") / max(total("dot"), 1e-12),
+        "downstream_fvu": total("down_err") / max(total("down_dev"), 1e-12),
+    }

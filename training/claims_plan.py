@@ -1,0 +1,140 @@
+"""The runs that test each seed paper's claim: arms, sparsities, seeds and learning rates.
+
+Three claims (issue 22), each a set of points (arm x sparsity), every point trained with >= 2
+seeds, each (point, seed) a ladder of budgets until its held-out CE increase settles
+(`training.convergence`):
+
+- braun (Braun et al. 2024): local vs e2e vs e2e+ds SAEs, each layer trained alone (the
+  others not spliced), L1-penalised ReLU SAEs as in the paper and TopK SAEs;
+- gated (Rajamanoharan et al. 2024): gated vs ReLU SAEs over six L1 coefficients, the lr
+  tuned per architecture on a grid (`tune` points, chosen on a tuning split);
+- skip (Paulo et al. 2025): skip vs plain transcoders at four values of k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CLAIMS = ("braun", "gated", "skip")
+SWEEP_LR = 4e-3
+"""One learning rate for every run that is not lr-tuned: objectives then differ in their loss
+only (the zoo's local lr, `training/build_zoo.py`)."""
+TOPK_KS = (4, 8, 16, 32)
+SKIP_KS = (4, 8, 16, 32)
+# L1 coefficients are in units of each objective's own loss (MSE for local, KL for e2e), so
+# equal coefficients do not give equal L0: each objective gets its own range, wide enough that
+# the Pareto curves overlap in L0 (the analysis reports the overlap it found).
+BRAUN_L1 = {
+    "local": (0.03, 0.1, 0.3, 1.0),
+    "e2e": (0.3, 1.0, 3.0, 10.0),
+    "e2e_ds": (0.3, 1.0, 3.0, 10.0),
+}
+GATED_L1 = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+GATED_LR_GRID = (1e-3, 4e-3, 1e-2)
+GATED_TUNE_L1 = 0.1
+"""The coefficient at which each architecture's lr is tuned."""
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of a claim's sweep: an arm at one sparsity, trained for every seed."""
+
+    name: str
+    """Unique name, also the run folder (`runs/<name>/seed<s>/t<tokens>`)."""
+    claim: str
+    """braun, gated or skip."""
+    arm: str
+    """What the claim compares (local / e2e / e2e_ds; relu / gated; transcoder / skip_transcoder),
+    with the activation family for braun (`local:relu`, `e2e:topk`, ...)."""
+    fields: dict[str, Any] = field(default_factory=dict, hash=False)
+    """TrainConfig fields of the point (lr `"tuned"` is filled in from the tune points)."""
+    stage: str = "sweep"
+    """`tune` points only choose a learning rate, on the tuning split."""
+
+
+def claim_points(claims: tuple[str, ...] = CLAIMS, layer: int = 1) -> list[SweepPoint]:
+    """Every point of the requested claims, tune points first."""
+    unknown = sorted(set(claims) - set(CLAIMS))
+    if unknown:
+        raise ValueError(f"unknown claims {unknown}; expected some of {list(CLAIMS)}")
+    points: list[SweepPoint] = []
+    base = {"layers": [layer], "lr": SWEEP_LR}
+    if "gated" in claims:
+        for act in ("relu", "gated"):
+            for lr in GATED_LR_GRID:
+                points.append(
+                    SweepPoint(
+                        f"gated/tune_{act}_lr{lr:g}",
+                        "gated",
+                        act,
+                        {
+                            **base,
+                            "kind": "sae",
+                            "activation": act,
+                            "lr": lr,
+                            "l1_coefficient": GATED_TUNE_L1,
+                        },
+                        stage="tune",
+                    )
+                )
+        for act in ("relu", "gated"):
+            for c in GATED_L1:
+                points.append(
+                    SweepPoint(
+                        f"gated/{act}_l1_{c:g}",
+                        "gated",
+                        act,
+                        {
+                            **base,
+                            "kind": "sae",
+                            "activation": act,
+                            "l1_coefficient": c,
+                            "lr": "tuned",
+                        },
+                    )
+                )
+    if "skip" in claims:
+        for kind in ("transcoder", "skip_transcoder"):
+            for k in SKIP_KS:
+                points.append(
+                    SweepPoint(
+                        f"skip/{kind}_k{k}",
+                        "skip",
+                        kind,
+                        {**base, "kind": kind, "activation": "topk", "k": k},
+                    )
+                )
+    if "braun" in claims:
+        for objective in ("local", "e2e", "e2e_ds"):
+            for k in TOPK_KS:
+                points.append(
+                    SweepPoint(
+                        f"braun/{objective}_topk_k{k}",
+                        "braun",
+                        f"{objective}:topk",
+                        {
+                            **base,
+                            "kind": "sae",
+                            "activation": "topk",
+                            "k": k,
+                            "objective": objective,
+                        },
+                    )
+                )
+            for c in BRAUN_L1[objective]:
+                points.append(
+                    SweepPoint(
+                        f"braun/{objective}_relu_l1_{c:g}",
+                        "braun",
+                        f"{objective}:relu",
+                        {
+                            **base,
+                            "kind": "sae",
+                            "activation": "relu",
+                            "l1_coefficient": c,
+                            "objective": objective,
+                        },
+                    )
+                )
+    return sorted(points, key=lambda p: p.stage != "tune")

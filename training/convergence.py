@@ -1,0 +1,56 @@
+"""When a training run has converged: a ladder of budgets that doubles until a metric settles.
+
+A run's held-out metric (CE increase) is measured at budgets T0, 2 T0, 4 T0, ... each a full
+training run with its own learning-rate schedule (a schedule that decays to the end of its own
+budget cannot be read off midway). The run has converged when the metric changed by less than
+`tolerance` (relative) over the last doubling; the ladder stops there or at its cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+DEFAULT_TOLERANCE = 0.02
+"""Relative change over the last doubling below which a run counts as converged (issue 22)."""
+
+
+def budget_ladder(start_tokens: int, cap_tokens: int) -> list[int]:
+    """Token budgets start, 2 start, 4 start, ... up to and including the cap (which ends it).
+
+    The cap itself is the last rung when it is not a doubling of the start, so a run never
+    trains past it.
+    """
+    if start_tokens <= 0:
+        raise ValueError(f"start_tokens must be positive; got {start_tokens}")
+    if cap_tokens < start_tokens:
+        raise ValueError(f"cap_tokens {cap_tokens} is below start_tokens {start_tokens}")
+    rungs = [int(start_tokens)]
+    while rungs[-1] * 2 <= cap_tokens:
+        rungs.append(rungs[-1] * 2)
+    if rungs[-1] < cap_tokens:
+        rungs.append(int(cap_tokens))
+    return rungs
+
+
+def relative_change(curve: Sequence[tuple[int, float]]) -> float | None:
+    """|m(last) - m(previous)| / |m(previous)| of a (tokens, metric) curve; None below 2 rungs."""
+    if len(curve) < 2:
+        return None
+    (_, previous), (_, last) = curve[-2], curve[-1]
+    scale = max(abs(previous), 1e-12)
+    return abs(last - previous) / scale
+
+
+def has_converged(curve: Sequence[tuple[int, float]], tolerance: float = DEFAULT_TOLERANCE) -> bool:
+    """True when the metric changed by less than `tolerance` over the last doubling of tokens.
+
+    `curve` holds (training tokens, held-out metric) in increasing tokens. A last rung that is
+    not a doubling of the previous one (the ladder's cap) does not count as a doubling.
+    """
+    if len(curve) < 2:
+        return False
+    (t_prev, _), (t_last, _) = curve[-2], curve[-1]
+    if t_last < 2 * t_prev:
+        return False
+    change = relative_change(curve)
+    return change is not None and change < tolerance
