@@ -34,8 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     from analysis.claims_report import write_claims_report
     from replacement.errors import SparseCircuitsError
+    from replacement.validation import check_device, check_output_dir
     from training.claims_sweep import RESULTS_FILE, SweepSettings, run_claims
 
+    check_output_dir(args.out, "--out")
+    check_device(args.device)
     settings = SweepSettings(
         out=args.out,
         claims=tuple(c for c in args.claims.split(",") if c),
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         tune_tokens=args.tune_tokens,
         eval_tokens=args.eval_tokens,
-        n_chunks=args.chunks,
+        n_chunks=args.n_chunks,
         n_features=args.n_features,
         device=args.device,
     ).validate()
@@ -113,7 +116,7 @@ def register(subparsers: Any) -> None:
         help="held-out evaluation tokens, at least (default: 1000000)",
     )
     p.add_argument(
-        "--chunks",
+        "--n-chunks",
         type=int,
         default=64,
         help="chunks of the evaluation rows for the bootstrap (default: 64)",

@@ -302,6 +302,9 @@ SWEEP_BASE = {
     "global": "global --model {model} --dictionaries {dicts} --layer-from 0 --layer-to 1 --out {root}/gl",
     "compare": "compare --model {model} --sets {dicts} --task-file {task} --pairs 2 --out {root}/cmp --quiet",
     "train-default-model": "train-default-model --out {root}/tdm --stage finish --data {empty_dir} --quiet",
+    "interpret": "interpret --model {model} --dictionaries {dicts} --fit-corpus {text} "
+    "--score-corpus {text} --fit-tokens 64 --no-controls --no-neurons --out {root}/interp --quiet",
+    "claims": "claims --out {root}/claims --quiet",
 }
 BAD_VALUES = {
     "0": "0",
@@ -360,7 +363,7 @@ SWEEP = {
         "--edge-threshold": (*NUMBERS, "huge"), "--batch-size": NUMBERS,
         "--top-features": ("neg", "type"), "--atlas": ("missing", "foreign_json"),
         "--dictionaries": ("missing", "foreign_dir"), "--out": ("file",), "--slug": ("path",),
-        "--model": ("missing", "foreign_dir"), "prompt": ("long",),
+        "--model": ("missing", "foreign_dir"), "prompt": ("long",), "--compare": ("choice", "missing"),
     },
     "global": {
         "--layer-from": ("neg", "type", "huge"), "--layer-to": ("neg", "type", "huge"),
@@ -382,6 +385,20 @@ SWEEP = {
         "--tokens": NUMBERS, "--batch-size": NUMBERS, "--lr": NUMBERS, "--vocab-size": NUMBERS,
         "--seed": ("neg", "type"), "--device": ("choice",), "--out": ("file",),
         "--data": ("missing", "file"), "--stage": ("choice",),
+    },
+    "interpret": {
+        "--dictionaries": ("missing", "foreign_dir"), "--out": ("file",), "--model": ("missing",),
+        "--fit-corpus": ("missing", "binary"), "--score-corpus": ("missing", "binary"),
+        "--fit-tokens": NUMBERS, "--score-tokens": NUMBERS, "--ctx": NUMBERS,
+        "--labeller": ("choice",), "--fit-labels": ("missing",), "--score-labels": ("missing",),
+        "--max-atoms": NUMBERS, "--atlas-out": ("file",), "--seed": ("neg", "type"),
+        "--threads": ("neg", "type"),
+    },
+    "claims": {
+        "--claims": ("choice",), "--layer": ("neg", "type"), "--seeds": NUMBERS,
+        "--start-tokens": NUMBERS, "--cap-tokens": NUMBERS, "--tolerance": (*NUMBERS, "huge"),
+        "--tune-tokens": NUMBERS, "--eval-tokens": NUMBERS, "--n-chunks": NUMBERS,
+        "--n-features": NUMBERS, "--device": ("choice",), "--out": ("file",),
     },
 }
 # fmt: on

@@ -78,6 +78,7 @@ class SweepSettings:
                 f"--claims: unknown {unknown}; expected some of {list(CLAIMS)}"
             )
         for name, low in (
+            ("layer", 0),
             ("seeds", 1),
             ("start_tokens", self.batch_tokens),
             ("eval_tokens", self.ctx_len),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from replacement.errors import SparseCircuitsError
+from replacement.validation import int_at_least, nonnegative_int, positive_int
 
 
 def _labeller(spec: str | None):
@@ -50,7 +51,13 @@ def run_interpret(args: argparse.Namespace) -> dict[str, Path]:
     from analysis.interpretability.run import InterpretSettings, interpret, settings_dict
     from replacement import load_dictionaries, load_model
     from replacement.atomic import write_json
+    from replacement.formats.detect import describe
+    from replacement.validation import check_output_dir, check_text_source
 
+    # every input the flags name is checked before the model loads
+    check_output_dir(args.out, "--out")
+    if args.atlas_out:
+        check_output_dir(args.atlas_out, "--atlas-out")
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -60,6 +67,11 @@ def run_interpret(args: argparse.Namespace) -> dict[str, Path]:
             raise SparseCircuitsError(f"{flag} {value!r} does not exist; expected a .npz file")
     if bool(args.fit_corpus) != bool(args.score_corpus):
         raise SparseCircuitsError("give both --fit-corpus and --score-corpus, or neither")
+    for flag, value in (("--fit-corpus", args.fit_corpus), ("--score-corpus", args.score_corpus)):
+        if value:
+            check_text_source(value, flag)
+    for name in args.dictionaries:
+        describe(name)  # a missing location fails now
     if args.model != "default" and not args.fit_corpus:
         raise SparseCircuitsError(
             "a model other than the default needs --fit-corpus and --score-corpus (text files "
@@ -135,23 +147,46 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", default="default", help="model name or folder (default: embedded)")
     p.add_argument("--fit-corpus", default=None, help="text the explainer is fitted on")
     p.add_argument("--score-corpus", default=None, help="disjoint text the scores come from")
-    p.add_argument("--fit-tokens", type=int, default=200_000, help="tokens of the fit split")
-    p.add_argument("--score-tokens", type=int, default=None, help="cap on the score split's tokens")
-    p.add_argument("--ctx", type=int, default=128, help="row length")
+    p.add_argument(
+        "--fit-tokens",
+        type=positive_int,
+        default=200_000,
+        help="tokens of the fit split (default: %(default)s)",
+    )
+    p.add_argument(
+        "--score-tokens",
+        type=positive_int,
+        default=None,
+        help="cap on the score split's tokens (default: the whole split)",
+    )
+    p.add_argument(
+        "--ctx",
+        type=int_at_least(3),
+        default=128,
+        help="row length in tokens (default: %(default)s)",
+    )
     p.add_argument("--labeller", default=None, help="MODULE:FUNCTION concept labeller")
     p.add_argument("--fit-labels", default=None, help=".npz per-token concept labels (fit split)")
     p.add_argument(
         "--score-labels", default=None, help=".npz per-token concept labels (score split)"
     )
     p.add_argument(
-        "--max-atoms", type=int, default=3, help="atoms per explanation (specificity budget)"
+        "--max-atoms",
+        type=positive_int,
+        default=3,
+        help="atoms per explanation, the specificity budget (default: %(default)s)",
     )
     p.add_argument("--no-controls", action="store_true", help="skip the random controls")
     p.add_argument("--no-neurons", action="store_true", help="skip the MLP-neuron control")
     p.add_argument(
         "--atlas-out", default=None, help="write per-feature scores for the atlases here"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed (default: %(default)s)")
+    p.add_argument(
+        "--threads",
+        type=nonnegative_int,
+        default=0,
+        help="torch threads (0: torch's default) (default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=lambda args: run_interpret(args) and 0)
