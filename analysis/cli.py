@@ -4,8 +4,10 @@
     sparse-circuits compare --sets sae_local,skip_transcoder --tasks close_bracket --out DIR
     sparse-circuits compare --task-file my_task.yaml --sets PATH_A,PATH_B --model gpt2 --out DIR
 
-Writes DIR/report.md, DIR/faithfulness.png, DIR/ce_vs_l0.png, DIR/cpr.png and
-DIR/results.json (every number, the claims sweep included).
+Writes DIR/report.md, DIR/faithfulness.png, DIR/ce_vs_l0.png and DIR/results.json (every
+per-pair metric, the summary with its intervals, the claims sweep). Node currencies, baselines
+(random dictionaries, neurons, MLP outputs), attention heads as nodes and a discovery /
+held-out split of the pairs are on by default; see `analysis.units` and `analysis.summary`.
 """
 
 from __future__ import annotations
@@ -18,30 +20,11 @@ from typing import Any
 from replacement.errors import SparseCircuitsError
 
 
-def findings(comparison: Any) -> str:
-    """One paragraph naming the most faithful set at fixed circuit sizes."""
-    from analysis.compare import FAITHFUL_LEVEL, REPORT_SIZES
-
-    rows = {s.name: comparison.set_row(s.name) for s in comparison.sets}
-    unit = comparison.settings.get("level", "nodes")
-    parts = []
-    for size in REPORT_SIZES:
-        key = f"faithfulness_at_{size}"
-        ranked = sorted((r[key], n) for n, r in rows.items() if r[key] is not None)[::-1]
-        if ranked:
-            parts.append(
-                f"at {size} {unit} the most faithful circuits come from `{ranked[0][1]}` "
-                f"({ranked[0][0]:.2f}; least: `{ranked[-1][1]}` {ranked[-1][0]:.2f})"
-            )
-    needed = sorted(
-        (r["nodes_needed"], n) for n, r in rows.items() if r["nodes_needed"] is not None
-    )
-    if needed:
-        parts.append(
-            f"`{needed[0][1]}` needs the fewest {unit} for faithfulness {FAITHFUL_LEVEL} "
-            f"({needed[0][0]:.0f} on average), `{needed[-1][1]}` the most ({needed[-1][0]:.0f})"
-        )
-    return "Averaged over the tasks, " + "; ".join(parts) + "."
+def _names(text: str, what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise SparseCircuitsError(f"no {what} given; expected a comma-separated list")
+    return names
 
 
 def run_compare(args: argparse.Namespace) -> dict[str, Path]:
@@ -51,7 +34,8 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
     from analysis.claims import claims, load_sweep
     from analysis.code_tasks import code_tasks, default_tasks
     from analysis.compare import compare
-    from analysis.report import write_report
+    from analysis.report import findings, write_report
+    from analysis.summary import summarize
     from analysis.tasks import load_task
     from replacement import load_dictionaries, load_model
     from replacement.zoo import list_dictionary_sets
@@ -66,9 +50,11 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
 
         comparison = Comparison.from_dict(json.loads(Path(args.results).read_text()))
         sweep = load_sweep(args.sweep)
+        summary = summarize(comparison, b=args.bootstrap)
         files = write_report(
-            comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison)
-        )
+            comparison, args.out, claims(sweep) if sweep else [], sweep,
+            findings(comparison, summary), summary,
+        )  # fmt: skip
         print(f"wrote {', '.join(str(p) for p in files.values())}")
         return files
     model = load_model(args.model)
@@ -106,13 +92,22 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
         per_position=not args.aggregate_positions,
         graph_prompts=args.graph_prompts,
         level=args.circuit,
+        currencies=_names(args.currency, "currency"),
+        baselines=[] if args.baselines == "none" else _names(args.baselines, "baseline"),
+        heads=not args.no_heads,
+        heldout=args.heldout,
+        compare_rankings=args.compare_rankings,
+        ig_steps=args.ig_steps,
+        seed=args.seed,
         verbose=not args.quiet,
     )
     sweep = load_sweep(args.sweep) if args.model == "default" else None
+    summary = summarize(comparison, b=args.bootstrap)
+    text = findings(comparison, summary)
     files = write_report(
-        comparison, args.out, claims(sweep) if sweep else [], sweep, findings(comparison)
+        comparison, args.out, claims(sweep) if sweep else [], sweep, text, summary
     )
-    print(findings(comparison))
+    print(text)
     print(
         f"wrote {', '.join(str(p) for p in files.values())} in {time.perf_counter() - start:.0f} s"
     )
@@ -121,9 +116,10 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
 
 def register(subparsers: Any) -> None:
     """Add the `compare` subcommand."""
-    from analysis.compare import LEVELS
-    from analysis.nodes import ABLATIONS
-    from analysis.ranking import METHODS
+    from analysis.circuit_eval import ABLATIONS, RANKINGS
+    from analysis.compare import BASELINES, DEFAULT_RANKING, LEVELS
+    from analysis.intervals import BOOTSTRAP
+    from analysis.units import CURRENCIES
 
     p = subparsers.add_parser(
         "compare",
@@ -145,20 +141,51 @@ def register(subparsers: Any) -> None:
         "--task-file", action="append", default=None, help="JSON/YAML task file (repeatable)"
     )
     p.add_argument("--pairs", type=int, default=64, help="prompt pairs per built-in task")
-    p.add_argument("--method", choices=METHODS, default="attribution_patching")
+    p.add_argument(
+        "--method",
+        choices=RANKINGS,
+        default=DEFAULT_RANKING,
+        help="the ranking the report's figures use",
+    )
     p.add_argument("--ablation", choices=ABLATIONS, default="mean")
+    p.add_argument(
+        "--currency",
+        default=",".join(CURRENCIES),
+        help=f"comma-separated node currencies, some of {', '.join(CURRENCIES)} (default: all)",
+    )
+    p.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help=f"comma-separated baselines, some of {', '.join(BASELINES)}, or none",
+    )
+    p.add_argument(
+        "--no-heads",
+        action="store_true",
+        help="leave attention live instead of making heads nodes (MLP-only circuits)",
+    )
+    p.add_argument(
+        "--heldout", type=float, default=0.5, help="share of each task's pairs held out from ranking"
+    )
+    p.add_argument(
+        "--compare-rankings",
+        type=int,
+        default=2,
+        help="tasks (the first ones) also ranked by the other method, for the rankings table",
+    )
+    p.add_argument("--ig-steps", type=int, default=4, help="path points of integrated gradients")
+    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and random dictionaries")
     p.add_argument(
         "--circuit",
         choices=LEVELS,
         default="nodes",
-        help="circuits as node sets, or as edge sets (node -> later site or logits; "
-        "ranked by edge attribution patching; sizes count edges)",
+        help="node circuits (edge circuits: analysis.edges from Python)",
     )
     p.add_argument(
         "--aggregate-positions", action="store_true", help="one node per feature over all positions"
     )
     p.add_argument(
-        "--graph-prompts", type=int, default=2, help="prompts per task traced for graph scores"
+        "--graph-prompts", type=int, default=1, help="prompts per task traced for graph scores"
     )
     p.add_argument(
         "--loss-rows", type=int, default=32, help="held-out rows of 128 tokens for the loss columns"
