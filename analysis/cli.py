@@ -169,8 +169,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--compare-rankings",
         type=int,
-        default=2,
-        help="tasks (the first ones) also ranked by the other method, for the rankings table",
+        default=1,
+        help="tasks (the shortest ones) also ranked by the other method, for the rankings table",
     )
     p.add_argument("--ig-steps", type=int, default=4, help="path points of integrated gradients")
     p.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="bootstrap resamples")

@@ -234,7 +234,7 @@ def compare(
     baselines: Sequence[str] = BASELINES,
     heads: bool = True,
     heldout: float = 0.5,
-    compare_rankings: int | None = None,
+    compare_rankings: int | None = 1,
     ig_steps: int = 4,
     seed: int = 0,
     verbose: bool = True,
@@ -262,8 +262,8 @@ def compare(
         heads: attention heads (per layer, head and position) as nodes, so that the empty
             circuit is the fully ablated model; False leaves attention live (MLP-only circuits).
         heldout: share of each task's pairs held out from ranking (0: rank and measure on all).
-        compare_rankings: rank by both attribution patching and integrated gradients on the
-            first this many tasks (None: every task; 0: only `method`).
+        compare_rankings: rank by both attribution patching and integrated gradients on this
+            many tasks, the shortest prompts first (None: every task; 0: only `method`).
         ig_steps: path points of integrated gradients.
         seed: seed of the splits and the random dictionaries.
         verbose: progress bars.
@@ -289,10 +289,15 @@ def compare(
         raise SparseCircuitsError(f"ablation {ablation!r} is unknown; expected one of {ABLATIONS}")
     start = time.perf_counter()
     systems, info = _systems(model, sets, baselines, seed)
-    n_rank_tasks = len(tasks) if compare_rankings is None else compare_rankings
+    # the side-by-side rankings run on the shortest tasks (integrated gradients cost a
+    # batched backward per source)
+    tokenized = [tokenize_task(model, t).to(model.cfg.device) for t in tasks]
+    by_length = sorted(range(len(tasks)), key=lambda i: (tokenized[i].clean.numel(), i))
+    n_rank = len(tasks) if compare_rankings is None else compare_rankings
+    both_rankings = set(by_length[:n_rank])
     batches, task_info = {}, []
     for i, t in enumerate(tasks):
-        batch = tokenize_task(model, t).to(model.cfg.device)
+        batch = tokenized[i]
         if per_position and not batch.equal_length:
             raise SparseCircuitsError(
                 f"task {t.name!r}: per-position nodes need prompts of one token length "
@@ -313,7 +318,9 @@ def compare(
                 "metric": t.metric,
                 "discovery": disc.tolist(),
                 "heldout": held.tolist(),
-                "rankings": list(RANKINGS) if i < n_rank_tasks else [method],
+                "rankings": [method, *(m for m in RANKINGS if m != method)]
+                if i in both_rankings
+                else [method],
             }
         )
     summaries, results = [], {}

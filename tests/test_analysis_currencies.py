@@ -16,7 +16,7 @@ from analysis.intervals import (
     pair_resamples,
     split_pairs,
 )
-from analysis.tasks import TaskBatch, prompt_metric
+from analysis.tasks import prompt_metric
 from analysis.units import CURRENCIES, Layout, NodeSystem, system_for
 from replacement import load_model
 from replacement.dictionary import Dictionary
