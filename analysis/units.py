@@ -35,10 +35,11 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from analysis.node_forward import ordered_sites
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer
-from replacement.splice import _flat, check_compatible
+from replacement.splice import _flat
 
 CURRENCIES = ("all", "features", "features-dense-live")
 """Node currencies, see the module docstring."""
@@ -264,16 +265,7 @@ def system_for(
     per_layer: dict[int, list[Source]] = {i: [] for i in range(n_layers)}
     taken: set[str] = set()
     if baseline is None:
-        if not dictionaries:
-            raise SparseCircuitsError("a node system needs at least one dictionary or a baseline")
-        for d in dictionaries:
-            if not isinstance(d, Dictionary):
-                raise SparseCircuitsError(
-                    f"circuit nodes need per-site dictionaries; got {type(d).__name__}"
-                )
-            check_compatible(model, d)
-            if d.out_hook in taken:
-                raise SparseCircuitsError(f"two dictionaries write the same hook {d.out_hook!r}")
+        for d in ordered_sites(model, dictionaries):  # checked: fit the model, one per hook
             taken.add(d.out_hook)
             per_layer[hook_layer(d.out_hook)].append(DictionarySource(d))
     elif baseline in ("neurons", "mlp"):

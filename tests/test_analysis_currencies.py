@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from analysis.circuit_eval import grid_sizes, measure, node_effects, order_of, record, references
 from analysis.intervals import (
@@ -23,7 +22,7 @@ from replacement.dictionary import Dictionary
 from replacement.hooks import layer_hooks
 from tests.attribution_helpers import random_transcoders
 from tests.test_analysis_faithfulness import random_batch
-from tests.tiny_models import save_hf
+from tests.tiny_models import make_gpt2, save_hf, silence_attention_and_first_mlp
 
 
 def curve(model, dicts, batch, currency, baseline=None, ablation="mean", sizes=None):
@@ -132,15 +131,9 @@ def skip_carries_task(tmp_path_factory, tiny_tokenizer):
     linear on the task's inputs (pre-activations far above zero, where GELU is the identity),
     with skip transcoders whose skip path is that linear map and whose features fire but
     write nothing: the skip path carries the whole task."""
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=64, n_embd=32,
-                                    n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)).eval()  # fmt: skip
+    hf = make_gpt2(len(tiny_tokenizer))
+    silence_attention_and_first_mlp(hf)
     with torch.no_grad():
-        for block in hf.transformer.h:
-            block.attn.c_proj.weight.zero_()
-            block.attn.c_proj.bias.zero_()
-        hf.transformer.h[0].mlp.c_proj.weight.zero_()
-        hf.transformer.h[0].mlp.c_proj.bias.zero_()
         mlp = hf.transformer.h[1].mlp
         mlp.c_fc.weight.mul_(0.05)
         mlp.c_fc.bias.fill_(20.0)
@@ -185,10 +178,7 @@ def test_features_of_a_dictionary_whose_skip_carries_the_task_are_worth_nothing(
 @pytest.fixture(scope="module")
 def relu_model(tmp_path_factory, tiny_tokenizer):
     """A 2-layer ReLU GPT-2 and transcoders whose features are its MLP neurons."""
-    torch.manual_seed(1)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=64, n_embd=32,
-                                    n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0,
-                                    activation_function="relu")).eval()  # fmt: skip
+    hf = make_gpt2(len(tiny_tokenizer), seed=1, activation_function="relu")
     model = load_model(save_hf(hf, tiny_tokenizer, tmp_path_factory.mktemp("relu_gpt2")))
     d, d_mlp = model.cfg.d_model, model.cfg.d_mlp
     dicts = []
