@@ -259,8 +259,8 @@ def system_for(
     kind: str = "dictionary",
 ) -> NodeSystem:
     """The node system of a dictionary set (or of a baseline: "neurons" or "mlp") with attention
-    heads as nodes in every layer (unless `heads` is False, or a dictionary already sits on
-    that layer's hook_z: its features are then the attention nodes)."""
+    heads as nodes in every layer (unless `heads` is False, or an attention-output dictionary
+    sits on that layer's hook_z or hook_attn_out: its features are then the attention nodes)."""
     n_layers = model.cfg.n_layers
     per_layer: dict[int, list[Source]] = {i: [] for i in range(n_layers)}
     taken: set[str] = set()
@@ -277,7 +277,8 @@ def system_for(
         raise SparseCircuitsError(f"baseline {baseline!r} is unknown; expected neurons or mlp")
     sources: list[Source] = []
     for layer in range(n_layers):
-        if heads and f"blocks.{layer}.attn.hook_z" not in taken:
+        attention_sae = {f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out"} & taken
+        if heads and not attention_sae:
             sources.append(head_source(model, layer))
         sources.extend(sorted(per_layer[layer], key=lambda s: s.parts[0].key))
     return NodeSystem(name, sources, currency, kind)
