@@ -311,3 +311,21 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
             assert at["lo"] <= at["hi"]
         assert set(e["vs"]) == {"random_skip_transcoder", "neurons", "mlp"}
     assert s["currencies"]["all"]["rankings"]["tc"]["top_overlap"] > 0
+
+
+def test_an_attention_output_sae_stands_for_the_heads_of_its_layer(skip_setup):
+    model, dicts, batch = skip_setup
+    d = model.cfg.d_model
+    sae = Dictionary(d, d, 16, "blocks.0.hook_attn_out", activation="relu")
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.3)
+        sae.W_dec.normal_(0, 0.3)
+    sizes, metric, model_metric, layout, _ = curve(model, [sae.eval(), *dicts], batch, "all")
+    heads = [p.layer for p in layout.parts if p.name == "heads"]
+    assert heads == list(range(1, model.cfg.n_layers))  # layer 0's attention is the SAE's
+    f = faith(metric, model_metric)
+    assert f[0] == 0.0 and f[-1] == pytest.approx(1.0, abs=1e-4)
+    means = hook_means(model, batch)
+    assert metric[0].mean() == pytest.approx(
+        ablated_model_metric(model, batch, lambda h, a: means[h].expand_as(a)), abs=1e-4
+    )
