@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.circuit_eval import GRID
 from analysis.claims import Claim, claims_markdown
 from analysis.compare import Comparison
 from analysis.intervals import faithfulness_rows
@@ -56,6 +57,15 @@ def _ci(e: dict[str, float], digits: int = 2) -> str:
     return f"{e['value']:.{d}f} [{e['lo']:.{d}f}, {e['hi']:.{d}f}]"
 
 
+def _against(verdict: str, other: str) -> str:
+    """'fewer nodes than X', 'more nodes than X' or 'inconclusive against X'."""
+    return f"{verdict} {'against' if verdict == 'inconclusive' else 'than'} {other}"
+
+
+def _one(values: list[int]) -> str:
+    return str(values[0]) if len(values) == 1 else f"{min(values)}-{max(values)}"
+
+
 def _nodes(e: dict[str, float], reached: int, n_tasks: int) -> str:
     text = f"{e['value']:.0f} [{e['lo']:.0f}, {e['hi']:.0f}]"
     return text + (f" ({reached}/{n_tasks}, >=)" if reached < n_tasks else "")
@@ -77,7 +87,7 @@ def currency_table(summary: dict[str, Any], currency: str, n_tasks: int) -> str:
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, e in cur["systems"].items():
-        vs = "; ".join(f"{v['verdict']} than {b}" for b, v in e.get("vs", {}).items())
+        vs = "; ".join(_against(v["verdict"], b) for b, v in e.get("vs", {}).items())
         cells = [
             f"`{name}`",
             KIND_TEXT[e["kind"]] or "-",
@@ -257,7 +267,7 @@ def findings(comparison: Comparison, summary: dict[str, Any] | None = None) -> s
         for name, e in summary["currencies"][c]["systems"].items():
             if e["kind"] != "dictionary":
                 continue
-            verdicts = ", ".join(f"{v['verdict']} than `{b}`" for b, v in e["vs"].items())
+            verdicts = ", ".join(_against(v["verdict"], f"`{b}`") for b, v in e["vs"].items())
             share = f"; all features carry {_ci(e['heldout']['share'])} of the task" if c == "features" else ""
             lines.append(
                 f"- {c}: `{name}` needs {_nodes(e['heldout']['nodes'], e['heldout']['reached'], len(comparison.tasks))} "
@@ -293,10 +303,12 @@ def write_report(
         "and per dictionary site its features, error term and (skip transcoders) skip path, "
         f"{'per position' if st['per_position'] else 'aggregated over positions'}. Nodes are "
         f"ranked by {st['method'].replace('_', ' ')} on a discovery split of each task's pairs "
-        f"and measured on the disjoint held-out split ({n_held} of {n_pairs} pairs held out, "
+        f"and measured on the disjoint held-out split ({_one(n_held)} of {_one(n_pairs)} pairs "
+        "held out, "
         f"seed {st['seed']}); nodes outside the circuit take their {st['ablation']} value "
         f"({'mean over the discovery pairs, per position' if st['ablation'] == 'mean' else st['ablation']}). "
-        f"Circuit sizes: 0, a log grid ({', '.join(str(s) for s in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200))}, ...) and all nodes. "
+        f"Circuit sizes: 0, the grid {', '.join(str(s) for s in GRID)} (below the node count) "
+        "and all nodes. "
         f"Nodes for {level}: the first crossing of {level}, interpolated in log size; over tasks "
         "the geometric mean, a task that never reaches it counting all its nodes (marked "
         f"'(k/{n_tasks}, >=)': a lower bound). Intervals: {summary['bootstrap']} bootstrap "
