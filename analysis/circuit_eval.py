@@ -26,10 +26,11 @@ from replacement.errors import SparseCircuitsError
 
 ABLATIONS = ("mean", "zero", "counterfactual")
 RANKINGS = ("attribution_patching", "integrated_gradients")
-GRID = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 5000, 20000)
-"""Circuit sizes evaluated (those below the node count), besides 0 and all nodes: two or three
-per decade up to 1000 nodes, where the faithfulness thresholds fall, coarser above (each
-size is a batched forward over every pair; the budget of the default run sets the count)."""
+GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 20000)
+"""Circuit sizes evaluated (those below the node count), besides 0 and all nodes: 1-2-5 per
+decade (and 3) up to 2000 nodes, where the faithfulness thresholds fall, coarser above. Each
+size is a row group of a batched forward over every pair; the 5-minute budget of the default
+run sets the count."""
 MAX_TOKENS = 24576
 """Tokens per batched forward when circuit sizes are stacked."""
 
