@@ -66,8 +66,6 @@ def random_baselines(
             while label in out:
                 label, i = f"{base}_{i}", i + 1
             by_sig[sig] = label
-            out[label] = [
-                random_like(d, seed * 1000 + j) for j, d in enumerate(dictionaries)
-            ]
+            out[label] = [random_like(d, seed * 1000 + j) for j, d in enumerate(dictionaries)]
         of_set[name] = by_sig[sig]
     return out, of_set

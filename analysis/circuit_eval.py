@@ -44,7 +44,7 @@ def repeat_batch(batch: TaskBatch, g: int) -> TaskBatch:
     """`g` copies of the batch stacked group-major."""
     if g == 1:
         return batch
-    rep = (lambda t: t.repeat(g, *([1] * (t.dim() - 1))))  # noqa: E731
+    rep = lambda t: t.repeat(g, *([1] * (t.dim() - 1)))  # noqa: E731
     return TaskBatch(
         rep(batch.clean), rep(batch.corrupt), rep(batch.last), rep(batch.answer),
         rep(batch.wrong), batch.metric,
@@ -102,9 +102,7 @@ def _rows_of(values: Values, rows: Tensor) -> Values:
     return {k: v if v.shape[0] == 1 else v[rows] for k, v in values.items()}
 
 
-def base_controls(
-    system: NodeSystem, reference: Values, n_pos: int
-) -> dict[str, PartControl]:
+def base_controls(system: NodeSystem, reference: Values, n_pos: int) -> dict[str, PartControl]:
     """Parts the currency holds at their reference value in every pass (BOS stays live)."""
     out = {}
     for p in system.held_ablated:
@@ -183,9 +181,9 @@ def node_effects(
         for k in keys:
             c, r = live[k], reference[k].to(live[k])
             a = alphas.to(c).repeat_interleave(n).reshape(-1, *([1] * (c.dim() - 1)))
-            point = r.repeat(steps * n // r.shape[0], *([1] * (r.dim() - 1))) + a * (
-                c - r
-            ).repeat(steps, *([1] * (c.dim() - 1)))
+            point = r.repeat(steps * n // r.shape[0], *([1] * (r.dim() - 1))) + a * (c - r).repeat(
+                steps, *([1] * (c.dim() - 1))
+            )
             src_leaves[k] = torch.zeros_like(point, requires_grad=True)
             controls[k] = PartControl(replace=point, delta=src_leaves[k])
         g = _gradients(system, model, big, controls, src_leaves, None)

@@ -104,9 +104,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Path]:
     sweep = load_sweep(args.sweep) if args.model == "default" else None
     summary = summarize(comparison, b=args.bootstrap)
     text = findings(comparison, summary)
-    files = write_report(
-        comparison, args.out, claims(sweep) if sweep else [], sweep, text, summary
-    )
+    files = write_report(comparison, args.out, claims(sweep) if sweep else [], sweep, text, summary)
     print(text)
     print(
         f"wrote {', '.join(str(p) for p in files.values())} in {time.perf_counter() - start:.0f} s"
@@ -164,7 +162,10 @@ def register(subparsers: Any) -> None:
         help="leave attention live instead of making heads nodes (MLP-only circuits)",
     )
     p.add_argument(
-        "--heldout", type=float, default=0.5, help="share of each task's pairs held out from ranking"
+        "--heldout",
+        type=float,
+        default=0.5,
+        help="share of each task's pairs held out from ranking",
     )
     p.add_argument(
         "--compare-rankings",

@@ -206,7 +206,10 @@ def _systems(
             if name in systems:
                 raise SparseCircuitsError(f"a set is named {name!r}, the name of a baseline")
             systems[name] = (dicts, None)
-            info[name] = {"kind": "random", "baseline_for": [s for s, r in of_set.items() if r == name]}
+            info[name] = {
+                "kind": "random",
+                "baseline_for": [s for s, r in of_set.items() if r == name],
+            }
         for s, r in of_set.items():
             info[s]["random"] = r
     for b in ("neurons", "mlp"):
@@ -339,7 +342,9 @@ def compare(
             clean, model_metric = record(system, model, batch)
             if "model" not in task_info[ti]:
                 task_info[ti]["model"] = [round(float(v), 6) for v in model_metric]
-            corrupt = record(system, model, batch, True)[0] if ablation == "counterfactual" else None
+            corrupt = (
+                record(system, model, batch, True)[0] if ablation == "counterfactual" else None
+            )
             reference = references(
                 {k: v[disc] for k, v in clean.items()}, batch.rows(disc), ablation, per_position,
                 corrupt,

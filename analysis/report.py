@@ -129,7 +129,9 @@ def rankings_table(summary: dict[str, Any]) -> str:
         if c not in summary["currencies"]:
             continue
         for name, r in summary["currencies"][c]["rankings"].items():
-            ratio = {k: float(np.exp(v)) for k, v in r["log_ratio_ig_atp"].items() if k != "verdict"}
+            ratio = {
+                k: float(np.exp(v)) for k, v in r["log_ratio_ig_atp"].items() if k != "verdict"
+            }
             lines.append(
                 f"| {c} | `{name}` | {r['spearman']:.2f} | {r['top_overlap']:.2f} | "
                 f"{r['nodes_atp']:.0f} | {r['nodes_ig']:.0f} | {_ci(ratio)} | "
@@ -191,13 +193,17 @@ def mean_curve(comparison: Comparison, system: str, currency: str, grid: np.ndar
     curves = []
     for t in comparison.tasks:
         r = comparison.results[system][currency][t["name"]]["rankings"][method]
-        f = faithfulness_rows(np.asarray(r["metric"]), np.asarray(t["model"]), np.asarray(t["heldout"]))[0]
+        f = faithfulness_rows(
+            np.asarray(r["metric"]), np.asarray(t["model"]), np.asarray(t["heldout"])
+        )[0]
         x = np.log(np.maximum(np.asarray(r["sizes"], float), 0.5))
         curves.append(np.interp(np.log(grid), x, f))
     return np.mean(curves, 0)
 
 
-def write_plots(comparison: Comparison, out: Path, sweep: dict[str, Any] | None = None) -> list[Path]:
+def write_plots(
+    comparison: Comparison, out: Path, sweep: dict[str, Any] | None = None
+) -> list[Path]:
     """faithfulness.png (one panel per currency, one line per set, baselines dashed) and
     ce_vs_l0.png."""
     import matplotlib
@@ -209,7 +215,9 @@ def write_plots(comparison: Comparison, out: Path, sweep: dict[str, Any] | None 
     currencies = [c for c in ORDER if c in comparison.settings["currencies"]]
     systems = comparison.settings["systems"]
     level = comparison.settings.get("faithful_level", 0.8)
-    fig, axes = plt.subplots(1, len(currencies), figsize=(4.6 * len(currencies), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(currencies), figsize=(4.6 * len(currencies), 3.6), squeeze=False
+    )
     grid = np.unique(np.round(np.logspace(-0.3, 5, 60)))
     for ax, currency in zip(axes.flat, currencies, strict=True):
         for name in comparison.results:
@@ -268,7 +276,11 @@ def findings(comparison: Comparison, summary: dict[str, Any] | None = None) -> s
             if e["kind"] != "dictionary":
                 continue
             verdicts = ", ".join(_against(v["verdict"], f"`{b}`") for b, v in e["vs"].items())
-            share = f"; all features carry {_ci(e['heldout']['share'])} of the task" if c == "features" else ""
+            share = (
+                f"; all features carry {_ci(e['heldout']['share'])} of the task"
+                if c == "features"
+                else ""
+            )
             lines.append(
                 f"- {c}: `{name}` needs {_nodes(e['heldout']['nodes'], e['heldout']['reached'], len(comparison.tasks))} "
                 f"nodes for {summary['level']} on held-out pairs{share}; {verdicts or 'no baseline'}."
@@ -379,7 +391,12 @@ def write_report(
     text += ["## Loss and attribution graphs", "", loss_table(comparison), "",
              "![CE increase against L0](ce_vs_l0.png)", ""]  # fmt: skip
     if claims:
-        text += ["## The seeds' claims", "", claims_markdown(claims, (sweep or {}).get("setup")), ""]
+        text += [
+            "## The seeds' claims",
+            "",
+            claims_markdown(claims, (sweep or {}).get("setup")),
+            "",
+        ]
     write_text(out / "report.md", "\n".join(text))
     data = comparison.to_dict()
     data["summary"] = summary

@@ -65,7 +65,9 @@ class _Curves:
             self.nodes_boot.append(nodes_for(sizes, boot, level))
             at = [np.interp(s, sizes, point) for s in sizes_at]
             self.at_point.append(at)
-            self.at_boot.append(np.stack([[np.interp(s, sizes, f) for s in sizes_at] for f in boot]))
+            self.at_boot.append(
+                np.stack([[np.interp(s, sizes, f) for s in sizes_at] for f in boot])
+            )
         self.caps_arr = np.asarray(self.caps)
 
     def share(self) -> tuple[np.ndarray, np.ndarray]:
@@ -192,8 +194,14 @@ def _rankings(comparison: Any, currency: str, level: float, b: int) -> dict[str,
             nodes_p, nodes_b, caps = [], [], []
             for j, (t, e) in enumerate(zip(both, entries, strict=True)):
                 r = e["rankings"][m]
-                metric, model, idx = np.asarray(r["metric"]), np.asarray(t["model"]), np.asarray(t["heldout"])
-                nodes_p.append(nodes_for(r["sizes"], faithfulness_rows(metric, model, idx)[0], level))
+                metric, model, idx = (
+                    np.asarray(r["metric"]),
+                    np.asarray(t["model"]),
+                    np.asarray(t["heldout"]),
+                )
+                nodes_p.append(
+                    nodes_for(r["sizes"], faithfulness_rows(metric, model, idx)[0], level)
+                )
                 res = idx[pair_resamples(len(idx), b, seed=j)]
                 nodes_b.append(nodes_for(r["sizes"], faithfulness_rows(metric, model, res), level))
                 caps.append(float(e["n_nodes"]))

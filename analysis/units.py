@@ -240,7 +240,10 @@ class NodeSystem:
 
     @contextlib.contextmanager
     def forward(
-        self, model: Any, controls: dict[str, PartControl] | None = None, record: Values | None = None
+        self,
+        model: Any,
+        controls: dict[str, PartControl] | None = None,
+        record: Values | None = None,
     ) -> Iterator[None]:
         """Context: forward passes of `model` run through the sources with `controls`; live
         part values are written to `record` if given."""

@@ -283,6 +283,7 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
     from analysis.tasks import task_from_dicts
 
     model, dicts, _ = skip_setup
+
     def tokens(text):
         return tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
 
