@@ -1,4 +1,5 @@
-"""The `sparse-circuits` console script: each package registers its own subcommands."""
+"""The `sparse-circuits` console script: `SUBCOMMANDS` lists every subcommand and the module,
+beside its package, that defines it."""
 
 from __future__ import annotations
 
@@ -10,36 +11,35 @@ import sys
 
 from replacement.errors import SparseCircuitsError
 
-# Modules with a `register(subparsers)` function; a missing one is skipped so that the
-# command keeps working while packages grow.
-_COMMAND_MODULES = (
-    "replacement.cli",
-    "replacement.evaluate_cli",
-    "replacement.atlas_cli",
-    "training.cli",
-    "training.cache_cli",
-    "training.default_model.__main__",
-    "circuits.cli",
-    "circuits.global_cli",
-    "analysis.cli",
-)
+# The subcommand table: every subcommand, in the order `--help` lists them, and the module beside
+# its package that defines it. Each module has a `register(subparsers)` that adds that subcommand
+# (its flags and the function that runs it); a module imports torch only when its command runs.
+SUBCOMMANDS = {
+    "info": "replacement.info_cli",
+    "evaluate": "replacement.evaluate_cli",
+    "features": "replacement.features_cli",
+    "train": "training.train_cli",
+    "cache": "training.cache_cli",
+    "train-default-model": "training.default_model.__main__",
+    "trace": "circuits.trace_cli",
+    "global": "circuits.global_cli",
+    "compare": "analysis.compare_cli",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered subcommand."""
+    """The argument parser with every subcommand of `SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="sparse-circuits",
         description="Train sparse dictionaries, splice them into a model, and trace circuits.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(subparsers)
+    for name, module in SUBCOMMANDS.items():
+        before = set(subparsers.choices)
+        importlib.import_module(module).register(subparsers)
+        added = set(subparsers.choices) - before
+        if added != {name}:  # a developer's slip: the table and the modules disagree
+            raise RuntimeError(f"{module}.register added {sorted(added)}; the table says {name!r}")
     return parser
 
 

@@ -134,7 +134,7 @@ def _loss_summary(model: Any, dictionaries, tokens: torch.Tensor, summary: SetSu
 
 def _graph_scores(model, dictionaries, batch: TaskBatch, n_prompts: int, max_feature_nodes: int):
     """Mean replacement and completeness scores of the first prompts' attribution graphs."""
-    from circuits.attribute import attribute
+    from circuits.attribution.attribute import attribute
 
     replacement, completeness = [], []
     for b in range(min(n_prompts, batch.clean.shape[0])):

@@ -8,7 +8,7 @@ Three methods:
 - `integrated_gradients`: the same with the gradient averaged along the straight path from
   the reference to the clean values of one site at a time (`steps` points per site), slower
   and more accurate where the metric is not linear in the nodes;
-- `graph_influence`: each prompt's attribution graph (`circuits.attribute`) with the metric's
+- `graph_influence`: each prompt's attribution graph (`circuits.attribution.attribute`) with the metric's
   unembedding direction as target; a node's score is its influence on that target.
 
 Scores are signed mean effects (influence is never negative); circuits take the nodes of
@@ -202,7 +202,7 @@ def graph_influence(
     (`attribute(..., target_direction=...)`); the first `max_prompts` prompts are traced,
     keeping at most `max_feature_nodes` features each.
     """
-    from circuits.attribute import attribute
+    from circuits.attribution.attribute import attribute
 
     batch = batch.to(model.cfg.device)
     layout = layout_for(model, dictionaries, batch, per_position)

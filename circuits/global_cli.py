@@ -68,7 +68,7 @@ def _earlier_global_file(path: Path) -> bool:
 
 def run_global(args: argparse.Namespace) -> int:
     """Build and write the graph."""
-    from circuits.global_graph import global_graph
+    from circuits.invariant.global_graph import global_graph
     from replacement.formats.detect import describe, load_model_and_dictionaries
     from replacement.zoo import DEFAULT_DICTIONARY_SET
 
@@ -108,9 +108,9 @@ def run_global(args: argparse.Namespace) -> int:
     graph.save(out / "graph")
     written = [stem.with_suffix(".json"), stem.with_suffix(".graphml"), out / "graph.json"]
     try:
-        from circuits.draw import graph_png
-    except ModuleNotFoundError as exc:  # drawing is optional until circuits.draw exists
-        if exc.name != "circuits.draw":
+        from circuits.views.draw import graph_png
+    except ModuleNotFoundError as exc:  # drawing is optional until circuits.views.draw exists
+        if exc.name != "circuits.views.draw":
             raise
         graph_png = None
     if graph_png is not None:

@@ -3,7 +3,7 @@ without importing torch and TransformerLens.
 
 `lazy_package(__name__, {"name": "package.module", ...})` installs a module `__getattr__` that
 imports a name's module when the name is first asked for. Some public names equal the name of
-the module that defines them (`circuits.attribute`, `replacement.splice`): importing such a
+the module that defines them (`replacement.splice`): importing such a
 submodule makes the import system bind the submodule on the package, hiding the function; the
 package's module class refuses that binding for those names, as the eager `from x import y`
 in `__init__` used to override it.

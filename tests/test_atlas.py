@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from circuits.attribute import attribute
-from circuits.export import validate
-from circuits.html_page import write_html
+from circuits.attribution.attribute import attribute
+from circuits.graph.export import validate
+from circuits.views.html_page import write_html
 from replacement.atlas import AtlasSettings, FeatureAtlas, build_atlas, feature_label
 from replacement.atlas.build import stream_features
 from replacement.atlas.card import token_display
@@ -325,7 +325,7 @@ def test_corpus_from_a_text_folder_and_bad_sources(tiny_gpt2, tmp_path):
 def test_trace_labels_with_a_given_atlas_and_refuses_a_foreign_one(
     tiny_gpt2, dictionaries, atlas, tmp_path
 ):
-    from circuits.cli import format_report, trace
+    from circuits.trace_cli import format_report, trace
     from replacement.errors import SparseCircuitsError
 
     folder = atlas.save(tmp_path / "atlas")

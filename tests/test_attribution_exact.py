@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.attribute import attribute
+from circuits.attribution.attribute import attribute
 from replacement import load_model
 from tests.attribution_helpers import frozen_effect, frozen_effects, random_transcoders
 from tests.tiny_models import make_gemma2, make_gemma3, make_gpt2, make_llama

@@ -7,7 +7,8 @@ import io
 import pytest
 import torch
 
-from circuits.draw import (
+from circuits.graph.attribution_graph import AttributionGraph
+from circuits.views.draw import (
     NEGATIVE,
     NODES_PER_UNIT,
     POSITIVE,
@@ -16,7 +17,6 @@ from circuits.draw import (
     graph_png,
     top_edges,
 )
-from circuits.graph import AttributionGraph
 
 
 def synthetic_graph(seed: int = 0, n_pos: int = 5, n_layers: int = 2) -> AttributionGraph:

@@ -21,7 +21,7 @@ import yaml
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from circuits.attribute import attribute
+from circuits.attribution.attribute import attribute
 from replacement import load_model, spliced_loss
 from replacement.formats.detect import load_dictionaries, load_model_and_dictionaries
 from replacement.processing import ProcessingError

@@ -6,7 +6,7 @@ import json
 
 import networkx as nx
 
-from circuits.export import validate
+from circuits.graph.export import validate
 from replacement.formats.native import save_dictionary
 from sparse_circuits_cli import main
 from tests.attribution_helpers import random_transcoders

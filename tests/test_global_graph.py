@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuits.global_graph import data_weighted_weights, global_graph
-from circuits.topk_graph import topk_graph
-from circuits.virtual_weights import virtual_weights
+from circuits.invariant.global_graph import data_weighted_weights, global_graph
+from circuits.invariant.topk_graph import topk_graph
+from circuits.invariant.virtual_weights import virtual_weights
 from replacement import to_tokens
 from replacement.errors import SparseCircuitsError
 from replacement.zoo import DEFAULT_DICTIONARY_SET, list_dictionary_sets
@@ -75,7 +75,7 @@ def test_data_weighted_agrees_with_averaged_attribution(default_model):
     """E_t[a_i v_ij 1[a_j > 0]] ranks the strongest connections L0 -> L1 like the average over
     prompts of the same-position attribution edges (measured with random skip transcoders:
     Spearman 0.95 over the top 100 pairs; with feature indices permuted about 0.0)."""
-    from circuits.attribute import attribute
+    from circuits.attribution.attribute import attribute
 
     model = default_model
     dicts = _default_dictionaries(model)

@@ -8,8 +8,8 @@ import networkx as nx
 import pytest
 import torch
 
-from circuits.export import cantor_pair, schema, validate
-from circuits.graph import AttributionGraph
+from circuits.graph.attribution_graph import AttributionGraph
+from circuits.graph.export import cantor_pair, schema, validate
 from replacement.errors import SparseCircuitsError
 from tests.test_graph_ops import hand_graph
 
@@ -42,7 +42,7 @@ def test_load_errors(tmp_path):
 
 
 def test_a_save_interrupted_between_its_two_files_is_refused_on_load(tmp_path, monkeypatch):
-    import circuits.graph as graph_module
+    import circuits.graph.attribution_graph as graph_module
 
     old, new = hand_graph(), hand_graph().prune(0.5, 1.0)
     old.save(tmp_path / "g")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.graph import AttributionGraph
+from circuits.graph.attribution_graph import AttributionGraph
 from replacement.errors import SparseCircuitsError
 
 # nodes: f0, f1 (features), e0 (error), t0, t1 (tokens), L (logit, p = 1)

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from circuits.html_page import influence_shares, page_data, visible_nodes, write_html
+from circuits.views.html_page import influence_shares, page_data, visible_nodes, write_html
 from tests.test_draw import synthetic_graph
 
 CHROMIUM = next(

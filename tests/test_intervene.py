@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.attribute import attribute
-from circuits.intervene import Intervention, intervene
+from circuits.attribution.attribute import attribute
+from circuits.attribution.intervene import Intervention, intervene
 from replacement.errors import SparseCircuitsError
 from tests.attribution_helpers import random_transcoders
 

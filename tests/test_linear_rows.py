@@ -1,4 +1,4 @@
-"""The linear attribution path (circuits.linear_rows) equals the autograd reference, and
+"""The linear attribution path (circuits.attribution.linear_rows) equals the autograd reference, and
 cross-layer transcoders attribute exactly.
 
 - every transcoder kind (ReLU, TopK, JumpReLU, gated; with and without W_skip; reading
@@ -19,8 +19,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from circuits.attribute import attribute
-from circuits.crosslayer_slices import expand_crosslayer
+from circuits.attribution.attribute import attribute
+from circuits.attribution.crosslayer_slices import expand_crosslayer
 from replacement import load_model
 from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import SparseCircuitsError
@@ -60,7 +60,7 @@ def test_linear_equals_autograd(model64, kind, params, skip):
 
 def test_patterns_stored_as_causal_bands_give_the_same_rows(model64, monkeypatch):
     """Bands of 3 keys (the prompt spans several, the last one partial) equal autograd."""
-    import circuits.linear_rows as linear_rows
+    import circuits.attribution.linear_rows as linear_rows
 
     monkeypatch.setattr(linear_rows, "PATTERN_BLOCK", 3)
     assert len(model64.to_tokens(PROMPT)[0]) % 3 != 0
@@ -190,7 +190,7 @@ def test_crosslayer_transcoder_edges_are_exact(tmp_path, tiny_tokenizer):
     moved = cut_graph.adjacency[:, layer0] - graph.adjacency[:, layer0]
     assert moved.abs().max() > 1e-3 * graph.adjacency.abs().max()
     # interventions: switching a layer-0 feature off moves each logit by minus its edge
-    from circuits.intervene import Intervention, intervene
+    from circuits.attribution.intervene import Intervention, intervene
 
     for s in (layer0[0], layer0[-1]):
         off = Intervention(0, int(graph.node_pos[s]), int(graph.node_feature[s]), value=0.0)
@@ -209,8 +209,8 @@ def test_crosslayer_virtual_weights_and_global_graph(tmp_path, tiny_tokenizer):
     """Virtual weights from a CLT's layer 0 to layer 2 sum its writes into layers 0 and 1,
     each through the paths from where it writes (checked against per-layer dictionaries
     carrying one decoder each); the global graph keeps the largest of them."""
-    from circuits.global_graph import global_graph
-    from circuits.virtual_weights import virtual_weights
+    from circuits.invariant.global_graph import global_graph
+    from circuits.invariant.virtual_weights import virtual_weights
 
     model, clt = _model_and_clt(make_gpt2, tmp_path, tiny_tokenizer)
     opts = {"include_attention": True}

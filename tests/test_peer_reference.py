@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from circuits.attribute import attribute
+from circuits.attribution.attribute import attribute
 from replacement import load_dictionaries, load_model, spliced_loss
 from replacement.processing import ProcessingError
 

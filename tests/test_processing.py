@@ -12,8 +12,8 @@ import warnings
 import pytest
 import torch
 
-from circuits.attribute import attribute
-from circuits.virtual_weights import virtual_weights
+from circuits.attribution.attribute import attribute
+from circuits.invariant.virtual_weights import virtual_weights
 from replacement import Dictionary, load_model, spliced_loss
 from replacement.formats.detect import _fit_to_model
 from replacement.processing import ProcessingError, choose_processing
@@ -217,7 +217,7 @@ def test_model_name_mismatch_warns(tiny_gpt2):
 
 
 def test_trace_and_global_refuse_width_mismatch_clearly(tiny_gpt2):
-    from circuits.virtual_weights import virtual_weights as vw
+    from circuits.invariant.virtual_weights import virtual_weights as vw
     from replacement.errors import ShapeError
 
     wide = [
@@ -253,7 +253,7 @@ def test_native_files_record_processing_and_legacy_files_are_folded(tiny_gpt2, t
 
 @pytest.mark.parametrize("processing", ["none", "folded"])
 def test_constrained_intervention_moves_the_logit_by_the_edge(both, processing):
-    from circuits.intervene import Intervention, intervene
+    from circuits.attribution.intervene import Intervention, intervene
 
     model = both[processing]
     dicts = fitted(model, norm_output_transcoders(both["none"]))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.attribute import attribute
-from circuits.graph import AttributionGraph
+from circuits.attribution.attribute import attribute
+from circuits.graph.attribution_graph import AttributionGraph
 from replacement.errors import SparseCircuitsError
 from tests.attribution_helpers import random_transcoders
 from tests.test_attribution_exact import PROMPT

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuits.attribute import attribute
+from circuits.attribution.attribute import attribute
 from replacement.splice import splice
 from tests.attribution_helpers import random_transcoders
 

@@ -9,10 +9,10 @@ import re
 import pytest
 import torch
 
-from circuits.attribute import attribute
-from circuits.cli import prompt_slug, unescape_prompt
-from circuits.export import validate
-from circuits.graph import AttributionGraph
+from circuits.attribution.attribute import attribute
+from circuits.graph.attribution_graph import AttributionGraph
+from circuits.graph.export import validate
+from circuits.trace_cli import prompt_slug, unescape_prompt
 from replacement.formats.detect import load_dictionaries
 from replacement.formats.native import save_dictionary
 from sparse_circuits_cli import main

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.topk_graph import blocked_topk, top_partners, topk_graph
-from circuits.virtual_weights import mean_norm_scales, virtual_weights
+from circuits.invariant.topk_graph import blocked_topk, top_partners, topk_graph
+from circuits.invariant.virtual_weights import mean_norm_scales, virtual_weights
 from replacement import load_model
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
@@ -85,7 +85,7 @@ def _prompt(tokenizer, text="def add(a, b): return"):
 def test_virtual_weight_equals_frozen_edge_and_attribution(gpt2_4layer, tiny_tokenizer):
     """Attention zeroed in layers 1-3: the edge L0 -> L3 is exactly a_i v_ij, with v_ij through
     the residual and both intermediate skip paths (in order), at the prompt's norm scales."""
-    from circuits.attribute import attribute
+    from circuits.attribution.attribute import attribute
 
     model = gpt2_4layer
     dicts = random_transcoders(model, n_features=40, seed=1)

@@ -4,7 +4,7 @@
     atlas[2, 148]                                 # in Jupyter: the feature's card
     atlas.label(2, 148)                           # "'return' -> self"
 
-Per layer it holds [F, ...] tensors (names in `LAYER_FIELDS`), the labels and the dictionary's
+Per layer it holds [F, ...] tensors (names in `storage.LAYER_FIELDS`), the labels and the dictionary's
 fingerprint; the corpus rows its contexts point into; and the vocabulary as strings, so that
 cards render without the model or its tokenizer.
 """
@@ -21,43 +21,18 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+# the on-disk fields live with the file format; re-exported here where they were defined before
+from replacement.atlas.storage import LAYER_FIELDS, OPTIONAL_FIELDS, read_atlas, save_atlas
 from replacement.errors import SparseCircuitsError
 
-LAYER_FIELDS = {
-    # name: dtype on disk (integers are stored as int16 wherever their values fit). [F] stats
-    "frequency": torch.float32,  # share of tokens (BOS excluded) where the feature is non-zero
-    "mean": torch.float32,  # mean activation over the tokens where it fires
-    "max": torch.float32,
-    "hist": torch.float16,  # [F, bins] share of firing tokens per bin of (0, max]
-    "band_edges": torch.float32,  # [F, bands + 1] quantile edges, 0 first and max last
-    # [F, N] top contexts (row -1: empty) and [F, N, window] activations, 255 = max
-    "top_value": torch.float16,
-    "top_row": torch.int32,
-    "top_pos": torch.int16,
-    "top_window": torch.uint8,
-    # [F, bands, per_band] examples per quantile band
-    "band_value": torch.float32,
-    "band_row": torch.int32,
-    "band_pos": torch.int16,
-    "band_window": torch.uint8,
-    # [F, k] weight-based lists (token ids; feature indices for neighbours)
-    "promoted_ids": torch.int32,
-    "promoted_values": torch.float16,
-    "suppressed_ids": torch.int32,
-    "suppressed_values": torch.float16,
-    "input_ids": torch.int32,
-    "input_values": torch.float16,
-    "neighbour_ids": torch.int32,
-    "neighbour_cos": torch.float16,
-}
-OPTIONAL_FIELDS = (
-    "promoted_ids",
-    "promoted_values",
-    "suppressed_ids",
-    "suppressed_values",
-    "input_ids",
-    "input_values",
-)
+__all__ = [
+    "LAYER_FIELDS",
+    "OPTIONAL_FIELDS",
+    "FeatureAtlas",
+    "FeatureView",
+    "LayerAtlas",
+    "dictionary_fingerprint",
+]
 
 
 def dictionary_fingerprint(dictionary: Any) -> str:
@@ -195,16 +170,18 @@ class FeatureAtlas:
     # ---- files -------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write `atlas.safetensors` + `atlas.json` into `folder` (atomically)."""
-        from replacement.atlas.storage import save_atlas
-
         return save_atlas(self, folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> FeatureAtlas:
         """Read an atlas written by `save`."""
-        from replacement.atlas.storage import load_atlas
-
-        return load_atlas(folder)
+        parts = read_atlas(folder)
+        return cls(
+            layers={layer: LayerAtlas(**entry) for layer, entry in parts["layers"].items()},
+            tokens=parts["tokens"],
+            vocab=parts["vocab"],
+            settings=parts["settings"],
+        )
 
     def __repr__(self) -> str:
         sizes = {layer: entry.n_features for layer, entry in sorted(self.layers.items())}

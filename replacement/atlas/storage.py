@@ -9,13 +9,52 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from replacement.atlas.atlas import LAYER_FIELDS, OPTIONAL_FIELDS, FeatureAtlas, LayerAtlas
 from replacement.atomic import atomic_path, write_json
 from replacement.errors import SparseCircuitsError
+
+if TYPE_CHECKING:  # `FeatureAtlas.save`/`load` call this module, never the other way round
+    from replacement.atlas.atlas import FeatureAtlas
+
+LAYER_FIELDS = {
+    # name: dtype on disk (integers are stored as int16 wherever their values fit). [F] stats
+    "frequency": torch.float32,  # share of tokens (BOS excluded) where the feature is non-zero
+    "mean": torch.float32,  # mean activation over the tokens where it fires
+    "max": torch.float32,
+    "hist": torch.float16,  # [F, bins] share of firing tokens per bin of (0, max]
+    "band_edges": torch.float32,  # [F, bands + 1] quantile edges, 0 first and max last
+    # [F, N] top contexts (row -1: empty) and [F, N, window] activations, 255 = max
+    "top_value": torch.float16,
+    "top_row": torch.int32,
+    "top_pos": torch.int16,
+    "top_window": torch.uint8,
+    # [F, bands, per_band] examples per quantile band
+    "band_value": torch.float32,
+    "band_row": torch.int32,
+    "band_pos": torch.int16,
+    "band_window": torch.uint8,
+    # [F, k] weight-based lists (token ids; feature indices for neighbours)
+    "promoted_ids": torch.int32,
+    "promoted_values": torch.float16,
+    "suppressed_ids": torch.int32,
+    "suppressed_values": torch.float16,
+    "input_ids": torch.int32,
+    "input_values": torch.float16,
+    "neighbour_ids": torch.int32,
+    "neighbour_cos": torch.float16,
+}
+OPTIONAL_FIELDS = (
+    "promoted_ids",
+    "promoted_values",
+    "suppressed_ids",
+    "suppressed_values",
+    "input_ids",
+    "input_values",
+)
 
 ATLAS_FORMAT_VERSION = 1
 TENSORS_FILE, META_FILE = "atlas.safetensors", "atlas.json"
@@ -50,8 +89,9 @@ def save_atlas(atlas: FeatureAtlas, folder: str | Path) -> Path:
     return folder
 
 
-def load_atlas(folder: str | Path) -> FeatureAtlas:
-    """Read an atlas folder written by `save_atlas`."""
+def read_atlas(folder: str | Path) -> dict[str, Any]:
+    """The parts of an atlas folder written by `save_atlas`: "layers" (layer -> the fields of a
+    `LayerAtlas`), "tokens", "vocab" and "settings" (`FeatureAtlas.load` assembles them)."""
     folder = Path(folder)
     meta_path, tensor_path = folder / META_FILE, folder / TENSORS_FILE
     for path in (meta_path, tensor_path):
@@ -81,21 +121,21 @@ def load_atlas(folder: str | Path) -> FeatureAtlas:
                     continue
                 raise SparseCircuitsError(f"atlas in {str(folder)!r} lacks layer{layer}.{name}")
             fields[name] = tensor if tensor.dtype == torch.uint8 else _widen(tensor)
-        layers[layer] = LayerAtlas(
-            in_hook=info["in_hook"],
-            out_hook=info["out_hook"],
-            n_features=int(info["n_features"]),
-            fingerprint=info["fingerprint"],
-            labels=list(info["labels"]),
-            tensors=fields,
-            source=info.get("source", ""),
-        )
-    return FeatureAtlas(
-        layers=layers,
-        tokens=tensors["tokens"].long(),
-        vocab=list(meta["vocab"]),
-        settings=meta.get("settings", {}),
-    )
+        layers[layer] = {
+            "in_hook": info["in_hook"],
+            "out_hook": info["out_hook"],
+            "n_features": int(info["n_features"]),
+            "fingerprint": info["fingerprint"],
+            "labels": list(info["labels"]),
+            "tensors": fields,
+            "source": info.get("source", ""),
+        }
+    return {
+        "layers": layers,
+        "tokens": tensors["tokens"].long(),
+        "vocab": list(meta["vocab"]),
+        "settings": meta.get("settings", {}),
+    }
 
 
 def _compact(tensor: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from circuits.attribute import attribute
+from circuits.attribution.attribute import attribute
 from replacement import load_model
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError

@@ -15,7 +15,7 @@ earlier ones grew, so run one length per process for clean figures), the process
 resident memory so far (model and dictionaries included: what has to fit) and, on CUDA, the peak accelerator memory, plus the memory the
 stored rows take ([budget, n_sources] floats), from which the largest prompt that fits a
 memory limit follows: the rows grow linearly with the prompt, the row working set is capped
-by `circuits.linear_rows.ROW_MEMORY_BYTES`. The dense adjacency [n_nodes, n_nodes] (n_nodes
+by `circuits.attribution.linear_rows.ROW_MEMORY_BYTES`. The dense adjacency [n_nodes, n_nodes] (n_nodes
 about (n_layers + 1) x tokens) grows with the square of the prompt; `--sparse` (with
 `--row-top-k` / `--row-min-abs`) stores the thresholded rows instead (`attribute(...,
 sparse=True)`), and the table gives the entries kept and what they take.
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_vs_circuit_tracer import PeakRSS  # noqa: E402
 
 from circuits import linear_rows  # noqa: E402
-from circuits.attribute import attribute  # noqa: E402
+from circuits.attribution.attribute import attribute  # noqa: E402
 from replacement import load_model  # noqa: E402
 from replacement.dictionary import Dictionary  # noqa: E402
 from replacement.hooks import layer_hooks  # noqa: E402

@@ -23,8 +23,8 @@ from types import SimpleNamespace
 
 import torch
 
-from circuits.topk_graph import blocked_topk, topk_graph
-from circuits.virtual_weights import apply_operator, dictionary_sites, path_operators
+from circuits.invariant.topk_graph import blocked_topk, topk_graph
+from circuits.invariant.virtual_weights import apply_operator, dictionary_sites, path_operators
 from replacement.dictionary import Dictionary
 from replacement.hooks import layer_hooks
 

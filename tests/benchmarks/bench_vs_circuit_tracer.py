@@ -179,7 +179,7 @@ def worker_ours(folder: Path, n: int, budget: int | None, threads: int, device: 
     import torch
 
     torch.set_num_threads(threads)
-    from circuits.attribute import attribute
+    from circuits.attribution.attribute import attribute
     from replacement import load_model
     from replacement.formats.circuit_tracer import load_circuit_tracer_set
     from replacement.model import model_name

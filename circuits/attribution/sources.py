@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.crosslayer_slices import later_decoders
+from circuits.attribution.crosslayer_slices import later_decoders
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 

@@ -1,6 +1,6 @@
 """Strongest virtual-weight partners without the full [F_l, F_l'] matrix.
 
-The virtual weights between two dictionaries are W_dec T W_enc (`circuits.virtual_weights`).
+The virtual weights between two dictionaries are W_dec T W_enc (`circuits.invariant.virtual_weights`).
 With L = W_dec T precomputed ([F_from, d], the size of a decoder), the scores are computed block
 by block -- `block_size` rows of L against `block_size` columns of W_enc -- and each block's
 top-k by |value| is merged into a running top-k, so memory stays
@@ -25,7 +25,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.virtual_weights import (
+from circuits.invariant.virtual_weights import (
     NormSpec,
     SiteKey,
     dictionary_sites,

@@ -1,7 +1,7 @@
 """Prompt attribution graphs: `attribute(model, dictionaries, prompt) -> AttributionGraph`.
 
 Method (REFERENCE.md, "Prompt attribution graphs"): in the frozen local replacement model
-(`circuits.replacement_forward`), every edge is linear, so
+(`circuits.attribution.replacement_forward`), every edge is linear, so
 
     A[t, s] = (source vector of s) . d(readout of t) / d(activation at s's out_hook)
 
@@ -32,12 +32,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.crosslayer_slices import expand_crosslayer
-from circuits.graph import AttributionGraph
-from circuits.linear_rows import LinearRowEngine, auto_batch_size, linear_path_problem
-from circuits.replacement_forward import FINAL_HOOK, frozen_forward
-from circuits.sources import PromptSources, collect_sources
-from circuits.sparse_rows import (
+from circuits.attribution.crosslayer_slices import expand_crosslayer
+from circuits.attribution.linear_rows import LinearRowEngine, auto_batch_size, linear_path_problem
+from circuits.attribution.replacement_forward import FINAL_HOOK, frozen_forward
+from circuits.attribution.sources import PromptSources, collect_sources
+from circuits.graph.attribution_graph import AttributionGraph
+from circuits.graph.sparse_rows import (
     RowSparsity,
     SparseRowStore,
     coo,
@@ -178,12 +178,12 @@ def attribute(
             is faster on an accelerator with memory to spare. The returned adjacency is
             always on the CPU.
         method: "linear" computes rows by the transposed frozen linear map
-            (`circuits.linear_rows`: no MLPs, no autograd graph); "autograd" by backward passes
+            (`circuits.attribution.linear_rows`: no MLPs, no autograd graph); "autograd" by backward passes
             through the frozen model (the reference); "auto" (default) takes "linear" wherever
             it applies (every MLP replaced by a transcoder) and "autograd" elsewhere (SAEs,
             layers without a transcoder). The method used is in `graph.metadata["method"]`.
         sparse: return the adjacency as a sparse COO tensor, built from each batch of rows as
-            it is computed (`circuits.sparse_rows`), never a dense [n_nodes, n_nodes] or
+            it is computed (`circuits.graph.sparse_rows`), never a dense [n_nodes, n_nodes] or
             [budget, n_sources] matrix: for long prompts whose dense adjacency does not fit.
             With no threshold it holds every non-zero entry and equals the dense graph.
         row_top_k, row_min_abs: keep of each row only the entries with |a| >= row_min_abs, and

@@ -8,7 +8,7 @@ non-zero (error and token nodes are sources only), and n_nodes grows with the pr
 keeps only what survives, as a coalesced COO tensor on the CPU. With the defaults (no top-k,
 `min_abs` 0) every non-zero entry is kept and the graph equals the dense one.
 
-`sparse_normalize_rows` and `sparse_vector_product` let `circuits.prune` run its dense sums
+`sparse_normalize_rows` and `sparse_vector_product` let `circuits.graph.prune` run its dense sums
 over the stored entries: an entry that was not
 stored counts as zero, exactly as a zero in the dense matrix.
 """
@@ -101,7 +101,7 @@ def coo(
 
 
 def sparse_normalize_rows(adjacency: Tensor) -> Tensor:
-    """`circuits.prune.normalize_rows` of a sparse COO adjacency (result coalesced, sparse)."""
+    """`circuits.graph.prune.normalize_rows` of a sparse COO adjacency (result coalesced, sparse)."""
     a = adjacency.coalesce()
     row, value = a.indices()[0], a.values().abs()
     sums = torch.zeros(a.shape[0], dtype=value.dtype).index_add_(0, row, value)

@@ -9,13 +9,17 @@ multiplication until it vanishes (one term per step of the longest path).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuits.graph import AttributionGraph
-from circuits.sparse_rows import coo, sparse_normalize_rows, sparse_vector_product
+from circuits.graph.sparse_rows import coo, sparse_normalize_rows, sparse_vector_product
 from replacement.errors import SparseCircuitsError
+
+if TYPE_CHECKING:
+    from circuits.graph.attribution_graph import AttributionGraph
 
 
 def normalize_rows(adjacency: Float[Tensor, "n n"]) -> Float[Tensor, "n n"]:

@@ -35,7 +35,8 @@ from replacement.validation import (
 )
 
 if TYPE_CHECKING:  # torch loads only when a trace runs, so that `--help` starts fast
-    from circuits.graph import AttributionGraph, GraphScores
+    from circuits.graph.attribution_graph import AttributionGraph
+    from circuits.graph.scores import GraphScores
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
@@ -95,13 +96,13 @@ def trace(
         out: output folder (created).
         slug: name of the pruned JSON and its `metadata.slug` (default: from the prompt).
         max_feature_nodes, max_n_logits, desired_logit_prob, batch_size, verbose: passed to
-            `circuits.attribute.attribute`.
+            `circuits.attribution.attribute.attribute`.
         node_threshold, edge_threshold: passed to `AttributionGraph.prune`.
         atlas: feature atlas for node labels and cards: None uses the zoo's atlas of a zoo set
             (when it matches the weights), a folder or `FeatureAtlas` that one, False none.
     """
-    from circuits.attribute import attribute
-    from circuits.draw import graph_png
+    from circuits.attribution.attribute import attribute
+    from circuits.views.draw import graph_png
     from replacement.atomic import atomic_path
     from replacement.formats.detect import describe, load_dictionaries, load_model_and_dictionaries
     from replacement.model import load_model

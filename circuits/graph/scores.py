@@ -3,10 +3,23 @@ graph scores"; circuit-tracer's `compute_graph_scores`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import torch
 
-from circuits.graph import AttributionGraph, GraphScores
-from circuits.prune import influence_series, normalize_rows
+from circuits.graph.prune import influence_series, normalize_rows
+
+if TYPE_CHECKING:
+    from circuits.graph.attribution_graph import AttributionGraph
+
+
+class GraphScores(NamedTuple):
+    """How much of the graph's influence on the logits is explained without error nodes."""
+
+    replacement: float
+    """Influence from tokens / (influence from tokens + influence from error nodes)."""
+    completeness: float
+    """Influence-weighted share of node inputs that do not come from error nodes."""
 
 
 def graph_scores(graph: AttributionGraph) -> GraphScores:

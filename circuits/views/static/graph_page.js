@@ -18,7 +18,7 @@
   const nodeCount = document.getElementById("node-count");
   const details = document.getElementById("details");
 
-  // ---- geometry (x in column units from circuits.draw.graph_layout) --------------------
+  // ---- geometry (x in column units from circuits.views.draw.graph_layout) --------------------
   const nRows = data.n_layers + 2;
   const colWidth = 90;
   const rowHeight = 110;

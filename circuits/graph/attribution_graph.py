@@ -19,7 +19,7 @@ import json
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -27,9 +27,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from circuits.sparse_rows import coo
+from circuits.graph.sparse_rows import coo
 from replacement.atomic import atomic_path, write_json
 from replacement.errors import SparseCircuitsError
+
+if TYPE_CHECKING:  # the methods delegate to modules that never import this one at run time
+    from circuits.graph.scores import GraphScores
 
 KINDS = ("feature", "error", "token", "logit")
 _TENSOR_FIELDS = (
@@ -41,15 +44,6 @@ _TENSOR_FIELDS = (
     "adjacency",
 )
 GRAPH_FORMAT_VERSION = 1
-
-
-class GraphScores(NamedTuple):
-    """How much of the graph's influence on the logits is explained without error nodes."""
-
-    replacement: float
-    """Influence from tokens / (influence from tokens + influence from error nodes)."""
-    completeness: float
-    """Influence-weighted share of node inputs that do not come from error nodes."""
 
 
 @dataclass
@@ -183,19 +177,19 @@ class AttributionGraph:
     # ---- analysis ------------------------------------------------------------------------
     def influence(self) -> Float[Tensor, " n"]:
         """Each node's total influence on the logits, w (A_hat + A_hat^2 + ...)."""
-        from circuits.prune import node_influence
+        from circuits.graph.prune import node_influence
 
         return node_influence(self.adjacency, self.logit_weights)
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> AttributionGraph:
-        """Pruned copy: see `circuits.prune.prune_graph`."""
-        from circuits.prune import prune_graph
+        """Pruned copy: see `circuits.graph.prune.prune_graph`."""
+        from circuits.graph.prune import prune_graph
 
         return prune_graph(self, node_threshold, edge_threshold)
 
     def scores(self) -> GraphScores:
-        """Replacement and completeness scores (see `circuits.scores.graph_scores`)."""
-        from circuits.scores import graph_scores
+        """Replacement and completeness scores (see `circuits.graph.scores.graph_scores`)."""
+        from circuits.graph.scores import graph_scores
 
         return graph_scores(self)
 
@@ -299,37 +293,37 @@ class AttributionGraph:
         node_threshold: float | None = None,
     ) -> dict[str, Any]:
         """The circuit-tracer / Neuronpedia JSON (validated against the project's schema)."""
-        from circuits.export import graph_to_json
+        from circuits.graph.export import graph_to_json
 
         return graph_to_json(self, slug=slug, path=path, node_threshold=node_threshold)
 
     def to_networkx(self):
         """A networkx DiGraph (edges source -> target, attribute `weight`)."""
-        from circuits.export import graph_to_networkx
+        from circuits.graph.export import graph_to_networkx
 
         return graph_to_networkx(self)
 
     def to_graphml(self, path: str | Path) -> Path:
         """Write GraphML (atomically)."""
-        from circuits.export import graph_to_graphml
+        from circuits.graph.export import graph_to_graphml
 
         return graph_to_graphml(self, path)
 
     def with_atlas(self, atlas: Any) -> AttributionGraph:
         """A copy whose feature nodes carry the labels of a `replacement.atlas.FeatureAtlas`."""
-        from circuits.feature_labels import label_features
+        from circuits.views.feature_labels import label_features
 
         return label_features(self, atlas)
 
     def draw(self, **kwargs: Any):
-        """A matplotlib figure of the graph (see `circuits.draw.draw_graph`)."""
-        from circuits.draw import draw_graph
+        """A matplotlib figure of the graph (see `circuits.views.draw.draw_graph`)."""
+        from circuits.views.draw import draw_graph
 
         return draw_graph(self, **kwargs)
 
     def to_html(self, path: str | Path, **kwargs: Any) -> Path:
-        """A self-contained interactive HTML page (see `circuits.html_page.write_html`)."""
-        from circuits.html_page import write_html
+        """A self-contained interactive HTML page (see `circuits.views.html_page.write_html`)."""
+        from circuits.views.html_page import write_html
 
         return write_html(self, path, **kwargs)
 

@@ -18,8 +18,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.attribute import prompt_tokens
-from circuits.crosslayer_slices import expand_crosslayer, later_decoders
+from circuits.attribution.attribute import prompt_tokens
+from circuits.attribution.crosslayer_slices import expand_crosslayer, later_decoders
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError

@@ -7,12 +7,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from circuits.feature_labels import atlas_label
-from circuits.graph import AttributionGraph
+from circuits.views.feature_labels import atlas_label
 from replacement.atomic import atomic_path, write_json
 
-if TYPE_CHECKING:  # networkx loads only for the networkx/GraphML exports (not for `trace`)
+if TYPE_CHECKING:
+    # networkx loads only for the networkx/GraphML exports (not for `trace`)
     import networkx as nx
+
+    from circuits.graph.attribution_graph import AttributionGraph
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",
@@ -73,7 +75,7 @@ def _node_record(graph: AttributionGraph, i: int, node_id: str, n_pos: int) -> d
 
 def schema() -> dict[str, Any]:
     """The JSON Schema every export is validated against."""
-    path = resources.files("circuits") / "schema" / "attribution_graph.schema.json"
+    path = resources.files("circuits.graph") / "schema" / "attribution_graph.schema.json"
     return json.loads(path.read_text())
 
 

@@ -1,8 +1,8 @@
 """A self-contained interactive HTML page of an attribution graph.
 
 The page needs no network: the graph is embedded as JSON, and the script and style sheet
-(`circuits/static/graph_page.{js,css}`) are inlined. It draws an inline SVG with the layout of
-`circuits.draw.graph_layout`; hovering shows a node's label and activation, clicking
+(`circuits/views/static/graph_page.{js,css}`) are inlined. It draws an inline SVG with the layout of
+`circuits.views.draw.graph_layout`; hovering shows a node's label and activation, clicking
 highlights its inputs and outputs, and a slider hides the feature and error nodes whose
 cumulative-influence share is above the threshold (tokens and logits always show).
 
@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.draw import graph_layout, top_edges
-from circuits.feature_labels import feature_cards
+from circuits.views.draw import graph_layout, top_edges
+from circuits.views.feature_labels import feature_cards
 from replacement.atlas.card import static_text
 from replacement.atlas.pages import script_json
 from replacement.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from circuits.graph import AttributionGraph
+    from circuits.graph.attribution_graph import AttributionGraph
     from replacement.atlas import FeatureAtlas
 
 ALWAYS_SHOWN = ("token", "logit")
@@ -39,12 +39,12 @@ def influence_shares(graph: AttributionGraph) -> Float[Tensor, " n"]:
     """Each node's cumulative-influence share, the quantity the page's slider thresholds.
 
     A pruned graph carries it already (`node_influence`); otherwise it is computed as pruning
-    does (`circuits.prune.cumulative_share` of the influence on the logits). Smaller is more
+    does (`circuits.graph.prune.cumulative_share` of the influence on the logits). Smaller is more
     influential; tokens and logits are shown whatever their share.
     """
     if graph.node_influence is not None:
         return graph.node_influence.double()
-    from circuits.prune import cumulative_share
+    from circuits.graph.prune import cumulative_share
 
     return cumulative_share(graph.influence()).double()
 
@@ -104,7 +104,7 @@ def page_data(
 
 
 def _static(name: str) -> str:
-    return resources.files("circuits").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("circuits.views").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def render_html(

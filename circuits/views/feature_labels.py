@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from circuits.graph import AttributionGraph
+    from circuits.graph.attribution_graph import AttributionGraph
     from replacement.atlas import FeatureAtlas
 
 LABELS_KEY = "feature_labels"

@@ -64,8 +64,8 @@ and the value/output biases (constants) are left out. Then
 
     T = T_res + sum_{m,h} T_{m,h},       total = W_dec^{up} T W_enc^{down}   [F_up, F_down].
 
-Top-k without the full matrix is in `circuits.topk_graph`; data-weighted (expected)
-attribution in `circuits.global_graph`.
+Top-k without the full matrix is in `circuits.invariant.topk_graph`; data-weighted (expected)
+attribution in `circuits.invariant.global_graph`.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.crosslayer_slices import expand_crosslayer, later_decoders
+from circuits.attribution.crosslayer_slices import expand_crosslayer, later_decoders
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hooks import hook_layer, layer_hooks
@@ -507,7 +507,7 @@ def virtual_weights(
     A cross-layer transcoder counts as one dictionary per layer; `total` sums every write of
     an upstream layer (to its own and to later layers), `residual`, `paths` and `heads` break
     down the write to its own layer.
-    Builds the full matrix: for large dictionaries use `circuits.topk_graph`.
+    Builds the full matrix: for large dictionaries use `circuits.invariant.topk_graph`.
     """
     dictionaries = expand_crosslayer(dictionaries)
     sites = dictionary_sites(dictionaries, model)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from circuits.graph import AttributionGraph
+    from circuits.graph.attribution_graph import AttributionGraph
 
 CELL_WIDTH = 0.8
 """Share of a position's column that the nodes of one cell spread over."""
@@ -138,7 +138,7 @@ def draw_graph(
     grows with |weight| and the colour gives the sign (blue positive, red negative).
     Token strings label the x axis and layers the y axis; the `max_logit_labels` most probable
     logits are labelled, and so are the `max_feature_labels` most influential features of a
-    graph labelled from an atlas (`circuits.feature_labels.label_features`). Returns the
+    graph labelled from an atlas (`circuits.views.feature_labels.label_features`). Returns the
     figure (created with `figsize` unless `ax` is given).
     """
     from matplotlib.collections import LineCollection
@@ -231,7 +231,7 @@ def draw_graph(
 def _annotate_features(graph: AttributionGraph, ax: Axes, x, y, limit: int) -> None:
     """Write the atlas labels of the most influential features beside their markers (the most
     influential feature of each (layer, position) cell, `limit` cells at most)."""
-    from circuits.feature_labels import atlas_label
+    from circuits.views.feature_labels import atlas_label
 
     labelled = [i for i in graph.find("feature") if atlas_label(graph, i) is not None]
     if not labelled or limit <= 0:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from replacement.atlas.build import AtlasSettings
+if TYPE_CHECKING:  # the atlas code loads torch: only when the command runs
+    from replacement.atlas.build import AtlasSettings
 
-ZOO_SETTINGS = AtlasSettings(
+ZOO_SETTINGS = dict(
     n_top=12, window_before=9, window_after=2, n_bands=4, per_band=2, n_logit_tokens=8
 )
-"""What the shipped atlases keep per feature (sized to fit the zoo's 40 MB budget)."""
+"""`AtlasSettings` of the shipped atlases: what they keep per feature (sized to fit the zoo's
+40 MB budget)."""
 
 
 def _summary(atlas, seconds: float) -> str:
@@ -62,6 +64,7 @@ def build_one(model, set_name: str, out: Path, settings: AtlasSettings, args) ->
 
 def run_features(args: argparse.Namespace) -> int:
     """Build the atlas of --dictionaries into --out, or the zoo's atlases with --zoo."""
+    from replacement.atlas.build import AtlasSettings
     from replacement.errors import SparseCircuitsError
     from replacement.model import load_model
 
@@ -74,7 +77,7 @@ def run_features(args: argparse.Namespace) -> int:
 
         names = [args.dictionaries] if args.dictionaries else []
         names = names or [entry.name for entry in list_dictionary_sets()]
-        settings = replace(ZOO_SETTINGS, seed=args.seed)
+        settings = AtlasSettings(**ZOO_SETTINGS, seed=args.seed)
         args.no_pages = True
         for name in names:
             build_one(model, name, shipped_atlas_path(name), settings, args)

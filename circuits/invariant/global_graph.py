@@ -2,7 +2,7 @@
 
 Two edge weights, both per pair (i upstream in layer l, j downstream in layer l'):
 
-- virtual: v_ij = d_i T e_j, the input-invariant weight of `circuits.virtual_weights`;
+- virtual: v_ij = d_i T e_j, the input-invariant weight of `circuits.invariant.virtual_weights`;
 - data-weighted (expected attribution, TWERA-style), over a token set of T positions:
 
       w_ij = (1/T) sum_t a_i(t) * v_ij * 1[a_j(t) > 0]  =  v_ij * (1/T) sum_t a_i(t) 1[a_j(t) > 0]
@@ -31,10 +31,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.crosslayer_slices import expand_crosslayer
-from circuits.graph import AttributionGraph
-from circuits.topk_graph import blocked_topk
-from circuits.virtual_weights import (
+from circuits.attribution.crosslayer_slices import expand_crosslayer
+from circuits.graph.attribution_graph import AttributionGraph
+from circuits.invariant.topk_graph import blocked_topk
+from circuits.invariant.virtual_weights import (
     NormSpec,
     SiteKey,
     decoder_paths,

@@ -39,7 +39,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuits.sources import PromptSources
+from circuits.attribution.sources import PromptSources
 from replacement.dictionary import Dictionary
 from replacement.hooks import hook_layer
 
