@@ -1,10 +1,14 @@
 """Which dictionaries give faithful circuits: `compare(model, {name: dictionaries}, tasks)`.
 
-For every dictionary set: its spliced-model loss (L0, FVU, CE increase, fraction of loss
-recovered, all layers spliced at once) on held-out tokens; for every task: node scores
-(attribution patching by default), the faithfulness curve on the MIB grid and fixed sizes,
-CPR and CMD, and the mean replacement and completeness scores of the attribution graphs of a
-few of the task's prompts. `analysis.report` writes the result as report.md, plots and JSON.
+For every dictionary set and every baseline (random dictionaries of each set's shapes, MLP
+neurons, whole MLP outputs), every task and every node currency (`analysis.units`): nodes,
+attention heads included, are ranked on a discovery split of the task's pairs (attribution
+patching, and integrated gradients side by side on some tasks), and the top-n circuits are
+measured on every pair for n on a log grid, prompt by prompt, so that `analysis.summary` can
+report held-out and in-sample faithfulness with bootstrap intervals. Also per set: its
+spliced-model loss (L0, FVU, CE increase, fraction of loss recovered) and the mean replacement
+and completeness scores of a few prompts' attribution graphs. `analysis.report` writes the
+result as report.md, plots and JSON.
 """
 
 from __future__ import annotations
@@ -18,10 +22,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from analysis.choices import LEVELS
-from analysis.faithfulness import MIB_PERCENTAGES, faithfulness_curve, mib_size
-from analysis.ranking import rank_nodes
+from analysis.baselines import random_baselines
+from analysis.choices import BASELINES, DEFAULT_RANKING, LEVELS
+from analysis.circuit_eval import (
+    ABLATIONS,
+    RANKINGS,
+    grid_sizes,
+    measure,
+    node_effects,
+    order_of,
+    record,
+    references,
+)
+from analysis.intervals import split_pairs
 from analysis.tasks import Task, TaskBatch, target_direction, task_accuracy, tokenize_task
+from analysis.units import CURRENCIES, DENSE_PARTS, Layout, NodeSystem, system_for
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
 
@@ -53,48 +68,19 @@ class SetSummary:
 
 @dataclass
 class Comparison:
-    """Result of `compare`: set summaries and, per (set, task), curve and graph scores."""
+    """Result of `compare`: set summaries, tasks with their splits, and per node system,
+    currency, task and ranking the metric of every prompt for every circuit size."""
 
     sets: list[SetSummary]
-    """One summary per set, in the given order."""
+    """One summary per dictionary set, in the given order."""
     tasks: list[dict[str, Any]]
-    """name, description, n prompts, accuracy of the model, metric."""
-    results: dict[str, dict[str, dict[str, Any]]]
-    """set -> task -> {curve (FaithfulnessCurve.to_dict()), replacement, completeness_score,
-    nodes_needed, faithfulness_at, top_nodes, seconds}."""
+    """name, description, n_pairs, n_tokens, accuracy, metric, discovery and heldout (pair
+    indices), model (each pair's metric m(M))."""
+    results: dict[str, dict[str, dict[str, dict[str, Any]]]]
+    """system -> currency -> task -> {rankings: {method: {sizes, metric [sizes][pairs], top}},
+    n_nodes, seconds}."""
     settings: dict[str, Any] = field(default_factory=dict)
-    """Method, ablation, node granularity, timings."""
-
-    def set_row(self, name: str) -> dict[str, Any]:
-        """The report's row of one set: its summary and its task results averaged."""
-        summary = next(s for s in self.sets if s.name == name)
-        per_task = list(self.results[name].values())
-
-        def mean(values: list[float | None]) -> float | None:
-            kept = [v for v in values if v is not None and np.isfinite(v)]
-            return float(np.mean(kept)) if kept else None
-
-        needed = [r["nodes_needed"] for r in per_task]
-        return {
-            **vars(summary),
-            # a task that never reaches the level counts as needing every node
-            "nodes_needed": mean(
-                [
-                    n if n is not None else r["curve"]["n_nodes"]
-                    for n, r in zip(needed, per_task, strict=True)
-                ]
-            ),
-            "tasks_reaching": sum(n is not None for n in needed),
-            **{
-                f"faithfulness_at_{s}": mean([r["faithfulness_at"][str(s)] for r in per_task])
-                for s in REPORT_SIZES
-            },
-            "cpr": mean([r["curve"]["cpr"] for r in per_task]),
-            "cmd": mean([r["curve"]["cmd"] for r in per_task]),
-            "replacement": mean([r["replacement"] for r in per_task]),
-            "completeness_score": mean([r["completeness_score"] for r in per_task]),
-            "empty_share": mean([r["empty_share"] for r in per_task]),
-        }
+    """Rankings, ablation, currencies, systems (name -> kind, baseline of), timings."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Comparison:
@@ -107,14 +93,18 @@ class Comparison:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Every number, JSON-serialisable."""
+        """Every number, JSON-serialisable (the summary with intervals is added by the report)."""
         return {
             "settings": self.settings,
             "tasks": self.tasks,
             "sets": [vars(s) for s in self.sets],
-            "rows": [self.set_row(s.name) for s in self.sets],
             "results": self.results,
         }
+
+    def run(self, system: str, currency: str, task: str, method: str | None = None) -> dict:
+        """One (system, currency, task) result of `method` (default: the report's ranking)."""
+        r = self.results[system][currency][task]
+        return r["rankings"][method or self.settings["method"]]
 
 
 def describe_set(name: str, dictionaries: Sequence[Dictionary]) -> SetSummary:
@@ -160,33 +150,70 @@ def _graph_scores(model, dictionaries, batch: TaskBatch, n_prompts: int, max_fea
     return float(np.mean(replacement)), float(np.mean(completeness))
 
 
-def _circuits(model, dictionaries, batch, level, method, ablation, per_position):
-    """Faithfulness curve and the ten best nodes (or edges) of one set on one task."""
-    if level == "edges":
-        from analysis.edges import edge_attribution_patching, edge_faithfulness_curve
+def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top: int = 50) -> dict[str, float]:
+    """Spearman correlation of two node scorings (ties at their mean rank) and the share of
+    the `top` nodes by |score| they have in common."""
 
-        scores = edge_attribution_patching(model, dictionaries, batch, ablation, per_position)
-        n, curve_of = scores.n_edges, edge_faithfulness_curve
-        top = [
-            {"layer": lpf[0], "pos": lpf[1], "feature": lpf[2], "target": t, "score": s}
-            for lpf, t, s in scores.top(10)
-        ]
-    else:
-        scores = rank_nodes(model, dictionaries, batch, method, ablation, per_position)
-        n, curve_of = scores.layout.n_nodes, faithfulness_curve
-        top = [
-            {"layer": lpf[0], "pos": lpf[1], "feature": lpf[2], "score": s}
-            for lpf, s in scores.top(10)
-        ]
-    curve = curve_of(
-        model,
-        dictionaries,
-        batch,
-        scores,
-        ablation=ablation,
-        completeness_sizes=[mib_size(p, n) for p in MIB_PERCENTAGES],
-    )
-    return curve, top
+    def ranks(x: np.ndarray) -> np.ndarray:
+        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+        start = np.cumsum(counts) - counts
+        return (start + (counts - 1) / 2)[inverse]
+
+    ra, rb = ranks(a.numpy()), ranks(b.numpy())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
+    top = min(top, a.numel())
+    common = set(order_of(a)[:top].tolist()) & set(order_of(b)[:top].tolist())
+    return {
+        "spearman": float((ra * rb).sum() / denominator) if denominator else float("nan"),
+        "top_overlap": len(common) / top,
+        "top": top,
+    }
+
+
+def _top(layout: Layout, scores: torch.Tensor, order: torch.Tensor, n: int = 10) -> list[dict]:
+    out = []
+    for i in order[:n].tolist():
+        part, layer, pos, k = layout.describe(int(i))
+        out.append({"part": part, "layer": layer, "pos": pos, "k": k, "score": float(scores[i])})
+    return out
+
+
+def _systems(
+    model: Any,
+    sets: Mapping[str, Sequence[Dictionary]],
+    baselines: Sequence[str],
+    seed: int,
+) -> tuple[dict[str, tuple[Sequence[Dictionary] | None, str | None]], dict[str, dict]]:
+    """Every node system to run: the sets, then the baselines. (name -> (dictionaries or None,
+    baseline name or None)), and name -> {kind, random_of / baseline_for}."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise SparseCircuitsError(f"baselines {unknown} are unknown; expected some of {BASELINES}")
+    systems: dict[str, tuple[Sequence[Dictionary] | None, str | None]] = {}
+    info: dict[str, dict] = {}
+    for name, dicts in sets.items():
+        systems[name] = ([d.float().eval() for d in dicts], None)
+        info[name] = {"kind": "dictionary"}
+    if "random" in baselines:
+        randoms, of_set = random_baselines({n: systems[n][0] for n in sets}, seed)
+        for name, dicts in randoms.items():
+            if name in systems:
+                raise SparseCircuitsError(f"a set is named {name!r}, the name of a baseline")
+            systems[name] = (dicts, None)
+            info[name] = {
+                "kind": "random",
+                "baseline_for": [s for s, r in of_set.items() if r == name],
+            }
+        for s, r in of_set.items():
+            info[s]["random"] = r
+    for b in ("neurons", "mlp"):
+        if b in baselines:
+            if b in systems:
+                raise SparseCircuitsError(f"a set is named {b!r}, the name of a baseline")
+            systems[b] = (None, b)
+            info[b] = {"kind": b}
+    return systems, info
 
 
 def compare(
@@ -195,15 +222,24 @@ def compare(
     tasks: Sequence[Task],
     *,
     loss_tokens: torch.Tensor | None = None,
-    method: str = "attribution_patching",
+    method: str = DEFAULT_RANKING,
     ablation: str = "mean",
     per_position: bool = True,
-    graph_prompts: int = 2,
+    graph_prompts: int = 1,
     graph_max_features: int = 128,
     level: str = "nodes",
+    currencies: Sequence[str] = CURRENCIES,
+    baselines: Sequence[str] = BASELINES,
+    heads: bool = True,
+    heldout: float = 0.5,
+    compare_rankings: int | None = 1,
+    ig_steps: int = 4,
+    seed: int = 0,
     verbose: bool = True,
 ) -> Comparison:
-    """Faithfulness of circuits built from each dictionary set, on each task.
+    """Faithfulness of circuits built from each dictionary set and each baseline, on each task,
+    in each node currency; nodes ranked on a discovery split of the pairs and measured on all
+    pairs (the report separates held-out and in-sample figures and bootstraps intervals).
 
     Args:
         model: the model every set was trained on.
@@ -211,13 +247,23 @@ def compare(
         tasks: tasks with their prompts (`analysis.code_tasks.default_tasks` for the default model).
         loss_tokens: held-out token rows [n, ctx] (BOS first) for L0, FVU, CE increase and loss
             recovered; None leaves those columns empty.
-        method: node ranking, see `analysis.ranking.METHODS`.
-        ablation: mean, zero or counterfactual values for nodes outside the circuit.
+        method: the ranking the report uses, one of `analysis.circuit_eval.RANKINGS`.
+        ablation: mean (over the discovery pairs, per position), zero or counterfactual values
+            for nodes outside the circuit.
         per_position: nodes per position (prompts of one length) or aggregated over positions.
         graph_prompts: prompts per task traced with `attribute` for the graph scores (0: none).
         graph_max_features: feature budget of those graphs.
-        level: "nodes" (circuits are node sets) or "edges" (edge sets, `analysis.edges`;
-            ranked by edge attribution patching, sizes count edges).
+        level: only "nodes" (edge circuits: `analysis.edges`).
+        currencies: node currencies (`analysis.units.CURRENCIES`).
+        baselines: some of `BASELINES`: random dictionaries of each set's shapes, MLP neurons,
+            whole MLP outputs.
+        heads: attention heads (per layer, head and position) as nodes, so that the empty
+            circuit is the fully ablated model; False leaves attention live (MLP-only circuits).
+        heldout: share of each task's pairs held out from ranking (0: rank and measure on all).
+        compare_rankings: rank by both attribution patching and integrated gradients on this
+            many tasks, the shortest prompts first (None: every task; 0: only `method`).
+        ig_steps: path points of integrated gradients.
+        seed: seed of the splits and the random dictionaries.
         verbose: progress bars.
     """
     if not sets:
@@ -226,57 +272,121 @@ def compare(
         raise SparseCircuitsError("compare needs at least one task")
     if level not in LEVELS:
         raise SparseCircuitsError(f"level {level!r} is unknown; expected one of {LEVELS}")
-    if level == "edges" and method != "attribution_patching":
+    if level == "edges":
         raise SparseCircuitsError(
-            f"edge circuits are ranked by edge attribution patching; got method {method!r}"
+            "compare measures node circuits (in currencies, with baselines and held-out pairs); "
+            "for edge circuits use analysis.edges.edge_attribution_patching and "
+            "edge_faithfulness_curve"
         )
+    if method not in RANKINGS:
+        raise SparseCircuitsError(f"ranking {method!r} is unknown; expected one of {RANKINGS}")
+    bad = [c for c in currencies if c not in CURRENCIES]
+    if bad or not currencies:
+        raise SparseCircuitsError(f"currencies {bad or '[]'}: expected some of {CURRENCIES}")
+    if ablation not in ABLATIONS:
+        raise SparseCircuitsError(f"ablation {ablation!r} is unknown; expected one of {ABLATIONS}")
     start = time.perf_counter()
-    batches = {t.name: tokenize_task(model, t) for t in tasks}
-    task_info = []
-    for t in tasks:
+    systems, info = _systems(model, sets, baselines, seed)
+    # the side-by-side rankings run on the shortest tasks (integrated gradients cost a
+    # batched backward per source)
+    tokenized = [tokenize_task(model, t).to(model.cfg.device) for t in tasks]
+    by_length = sorted(range(len(tasks)), key=lambda i: (tokenized[i].clean.numel(), i))
+    n_rank = len(tasks) if compare_rankings is None else compare_rankings
+    both_rankings = set(by_length[:n_rank])
+    batches, task_info = {}, []
+    for i, t in enumerate(tasks):
+        batch = tokenized[i]
+        if per_position and not batch.equal_length:
+            raise SparseCircuitsError(
+                f"task {t.name!r}: per-position nodes need prompts of one token length "
+                "(positions must align); use per_position=False to aggregate over positions"
+            )
+        disc, held = split_pairs(len(t), heldout, seed + i)
+        batches[t.name] = (batch, torch.as_tensor(disc), torch.as_tensor(held))
         accuracy = t.metadata.get("accuracy")
         if accuracy is None:
-            accuracy = task_accuracy(model, batches[t.name])
+            accuracy = task_accuracy(model, batch)
         task_info.append(
             {
                 "name": t.name,
                 "description": t.description,
                 "n_pairs": len(t),
-                "n_tokens": int(batches[t.name].clean.shape[1]) - 1,
+                "n_tokens": int(batch.clean.shape[1]) - 1,
                 "accuracy": accuracy,
                 "metric": t.metric,
+                "discovery": disc.tolist(),
+                "heldout": held.tolist(),
+                "rankings": [method, *(m for m in RANKINGS if m != method)]
+                if i in both_rankings
+                else [method],
             }
         )
     summaries, results = [], {}
-    bar = tqdm(total=len(sets) * len(tasks), desc="compare (set x task)", disable=not verbose)
-    for name, dictionaries in sets.items():
-        dictionaries = [d.float().eval() for d in dictionaries]
-        summary = describe_set(name, dictionaries)
-        if loss_tokens is not None:
-            _loss_summary(model, dictionaries, loss_tokens, summary)
-        summaries.append(summary)
-        results[name] = {}
-        for task in tasks:
+    bar = tqdm(total=len(systems) * len(tasks), desc="compare (system x task)", disable=not verbose)
+    for name, (dicts, baseline) in systems.items():
+        if info[name]["kind"] == "dictionary":
+            summary = describe_set(name, dicts)
+            if loss_tokens is not None:
+                _loss_summary(model, dicts, loss_tokens, summary)
+            summaries.append(summary)
+        results[name] = {c: {} for c in currencies}
+        for ti, task in enumerate(tasks):
             t0 = time.perf_counter()
-            batch = batches[task.name]
-            curve, top = _circuits(
-                model, dictionaries, batch, level, method, ablation, per_position
+            batch, disc, _ = batches[task.name]
+            system = system_for(model, dicts, name, "all", heads, baseline, info[name]["kind"])
+            clean, model_metric = record(system, model, batch)
+            if "model" not in task_info[ti]:
+                task_info[ti]["model"] = [round(float(v), 6) for v in model_metric]
+            corrupt = (
+                record(system, model, batch, True)[0] if ablation == "counterfactual" else None
             )
-            replacement, completeness = _graph_scores(
-                model, dictionaries, batch, graph_prompts, graph_max_features
-            )
-            results[name][task.name] = {
-                "curve": curve.to_dict(),
-                "nodes_needed": curve.nodes_needed(FAITHFUL_LEVEL),
-                "faithfulness_at": {str(s): curve.at(s) for s in REPORT_SIZES},
-                "empty_share": curve.metric_empty / curve.metric_full
-                if curve.metric_full
-                else None,
-                "replacement": replacement,
-                "completeness_score": completeness,
-                "top_nodes" if level == "nodes" else "top_edges": top,
-                "seconds": time.perf_counter() - t0,
-            }
+            reference = references(
+                {k: v[disc] for k, v in clean.items()}, batch.rows(disc), ablation, per_position,
+                corrupt,
+            )  # fmt: skip
+            ref_disc = {k: v if v.shape[0] == 1 else v[disc] for k, v in reference.items()}
+            effects: dict[tuple, dict] = {}
+            dense = any(p.name in DENSE_PARTS for p in system.parts)
+            done: dict[str, Any] = {}
+            for currency in currencies:
+                if not dense and done:  # no dense parts: every currency is the same system
+                    results[name][currency][task.name] = next(iter(done.values()))
+                    continue
+                cur = NodeSystem(name, system.sources, currency, system.kind)
+                layout = Layout(cur.counted, int(batch.clean.shape[1]), per_position)
+                sizes = grid_sizes(layout.n_nodes, REPORT_SIZES)
+                entry: dict[str, Any] = {"n_nodes": layout.n_nodes, "rankings": {}}
+                all_scores = {}
+                for m in task_info[ti]["rankings"]:
+                    key = (m, tuple(p.key for p in cur.held_ablated))
+                    if key not in effects:
+                        effects[key] = node_effects(
+                            cur, model, batch.rows(disc), ref_disc, m, ig_steps
+                        )
+                    scores = layout.flatten(effects[key])
+                    order = order_of(scores)
+                    all_scores[m] = scores
+                    full_row = None if cur.held_ablated else model_metric  # all nodes = M
+                    metric = measure(
+                        cur, model, batch, reference, layout, order, sizes, full_row=full_row
+                    )
+                    entry["rankings"][m] = {
+                        "sizes": sizes,
+                        "metric": [[round(float(v), 6) for v in row] for row in metric],
+                        "top": _top(layout, scores, order),
+                    }
+                if len(all_scores) == 2:
+                    entry["agreement"] = ranking_agreement(*all_scores.values())
+                entry["seconds"] = time.perf_counter() - t0
+                results[name][currency][task.name] = done[currency] = entry
+            if info[name]["kind"] == "dictionary" and graph_prompts > 0:
+                replacement, completeness = _graph_scores(
+                    model, dicts, batch, graph_prompts, graph_max_features
+                )
+                info[name].setdefault("graph", {})[task.name] = {
+                    "replacement": replacement,
+                    "completeness": completeness,
+                }
             bar.update(1)
     bar.close()
     settings = {
@@ -284,6 +394,13 @@ def compare(
         "ablation": ablation,
         "per_position": per_position,
         "level": level,
+        "currencies": list(currencies),
+        "baselines": list(baselines),
+        "heads": heads,
+        "heldout": heldout,
+        "ig_steps": ig_steps,
+        "seed": seed,
+        "systems": info,
         "graph_prompts": graph_prompts,
         "graph_max_features": graph_max_features,
         "faithful_level": FAITHFUL_LEVEL,

@@ -4,8 +4,10 @@
     sparse-circuits compare --sets sae_local,skip_transcoder --tasks close_bracket --out DIR
     sparse-circuits compare --task-file my_task.yaml --sets PATH_A,PATH_B --model gpt2 --out DIR
 
-Writes DIR/report.md, DIR/faithfulness.png, DIR/ce_vs_l0.png, DIR/cpr.png and
-DIR/results.json (every number, the claims sweep included).
+Writes DIR/report.md, DIR/faithfulness.png, DIR/ce_vs_l0.png and DIR/results.json (every
+per-pair metric, the summary with its intervals, the claims sweep). Node currencies, baselines
+(random dictionaries, neurons, MLP outputs), attention heads as nodes and a discovery /
+held-out split of the pairs are on by default; see `analysis.units` and `analysis.summary`.
 """
 
 from __future__ import annotations
@@ -20,30 +22,15 @@ from replacement.output_folder import add_overwrite_flag
 from replacement.validation import nonnegative_int, positive_int
 
 
-def findings(comparison: Any) -> str:
-    """One paragraph naming the most faithful set at fixed circuit sizes."""
-    from analysis.compare import FAITHFUL_LEVEL, REPORT_SIZES
-
-    rows = {s.name: comparison.set_row(s.name) for s in comparison.sets}
-    unit = comparison.settings.get("level", "nodes")
-    parts = []
-    for size in REPORT_SIZES:
-        key = f"faithfulness_at_{size}"
-        ranked = sorted((r[key], n) for n, r in rows.items() if r[key] is not None)[::-1]
-        if ranked:
-            parts.append(
-                f"at {size} {unit} the most faithful circuits come from `{ranked[0][1]}` "
-                f"({ranked[0][0]:.2f}; least: `{ranked[-1][1]}` {ranked[-1][0]:.2f})"
-            )
-    needed = sorted(
-        (r["nodes_needed"], n) for n, r in rows.items() if r["nodes_needed"] is not None
-    )
-    if needed:
-        parts.append(
-            f"`{needed[0][1]}` needs the fewest {unit} for faithfulness {FAITHFUL_LEVEL} "
-            f"({needed[0][0]:.0f} on average), `{needed[-1][1]}` the most ({needed[-1][0]:.0f})"
-        )
-    return "Averaged over the tasks, " + "; ".join(parts) + "."
+def _names(text: str, what: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated flag value as names, each one of `allowed` (checked before any work)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise SparseCircuitsError(f"no {what} given; expected a comma-separated list")
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise SparseCircuitsError(f"unknown {what} {unknown}; expected some of {list(allowed)}")
+    return names
 
 
 def _read_json(path: str, option: str) -> Any:
@@ -81,9 +68,12 @@ def _write_report(folder: Any, *args: Any) -> dict[str, Path]:
 def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
     import torch
 
+    from analysis.choices import BASELINES, CURRENCIES
     from analysis.claims import claims, load_sweep
     from analysis.code_tasks import code_tasks, default_tasks
     from analysis.compare import compare
+    from analysis.report import findings
+    from analysis.summary import summarize
     from analysis.tasks import load_task
     from replacement import load_dictionaries, load_model
     from replacement.formats.detect import describe
@@ -92,6 +82,10 @@ def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
 
     # every input the flags name is checked before the model loads
     check_output_dir(args.out, "--out")
+    currencies = _names(args.currency, "--currency", CURRENCIES)
+    baselines = [] if args.baselines == "none" else _names(args.baselines, "--baselines", BASELINES)
+    if not 0 < args.heldout < 1:
+        raise SparseCircuitsError(f"--heldout must be a share in (0, 1); got {args.heldout}")
     if args.sweep is not None:
         sweep = _read_json(args.sweep, "--sweep")
         if not (
@@ -116,9 +110,11 @@ def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
                 f"--results {args.results!r} is not a results.json of `compare` ({exc!r})"
             ) from exc
         sweep = load_sweep(args.sweep)
+        summary = summarize(comparison, b=args.bootstrap)
         files = _write_report(
-            folder, comparison, claims(sweep) if sweep else [], sweep, findings(comparison)
-        )
+            folder, comparison, claims(sweep) if sweep else [], sweep,
+            findings(comparison, summary), summary,
+        )  # fmt: skip
         print(f"wrote {', '.join(str(p) for p in files.values())}")
         return files
     names = [s for s in (args.sets or "").split(",") if s] or [
@@ -167,17 +163,26 @@ def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
         per_position=not args.aggregate_positions,
         graph_prompts=args.graph_prompts,
         level=args.circuit,
+        currencies=currencies,
+        baselines=baselines,
+        heads=not args.no_heads,
+        heldout=args.heldout,
+        compare_rankings=args.compare_rankings,
+        ig_steps=args.ig_steps,
+        seed=args.seed,
         verbose=not args.quiet,
     )
     sweep = load_sweep(args.sweep) if args.model == "default" else None
+    summary = summarize(comparison, b=args.bootstrap)
+    text = findings(comparison, summary)
     files = _write_report(
-        folder, comparison, claims(sweep) if sweep else [], sweep, findings(comparison)
+        folder, comparison, claims(sweep) if sweep else [], sweep, text, summary
     )
     if args.interpretability:  # the interpretability section (analysis.interpretability)
         from analysis.interpretability.report import add_to_compare_report
 
         files.update(add_to_compare_report(model, sets, args.out, args.interpretability))
-    print(findings(comparison))
+    print(text)
     print(
         f"wrote {', '.join(str(p) for p in files.values())} in {time.perf_counter() - start:.0f} s"
     )
@@ -186,7 +191,15 @@ def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
 
 def register(subparsers: Any) -> None:
     """Add the `compare` subcommand."""
-    from analysis.choices import ABLATIONS, LEVELS, METHODS
+    from analysis.choices import (
+        ABLATIONS,
+        BASELINES,
+        BOOTSTRAP,
+        CURRENCIES,
+        DEFAULT_RANKING,
+        LEVELS,
+        RANKINGS,
+    )
 
     p = subparsers.add_parser(
         "compare",
@@ -223,27 +236,75 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--method",
-        choices=METHODS,
-        default="attribution_patching",
-        help="how nodes are ranked: attribution_patching (gradient x (clean - ablated value), one "
-        "forward and backward pass), integrated_gradients (the gradient averaged along the path "
-        "from the ablated to the clean value, per site: slower, better where the metric is not "
-        "linear), graph_influence (influence on the metric's direction in each prompt's "
-        "attribution graph) (default: %(default)s)",
+        choices=RANKINGS,
+        default=DEFAULT_RANKING,
+        help="how nodes are ranked for the report's figures: attribution_patching (gradient x "
+        "(clean - ablated value), one forward and backward pass) or integrated_gradients (the "
+        "gradient averaged along the path from the ablated to the clean value: slower, better "
+        "where the metric is not linear); the other is also run on --compare-rankings tasks "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--ablation",
         choices=ABLATIONS,
         default="mean",
-        help="what a node outside the circuit takes: its mean over the task's prompts, zero, or "
-        "its value on the counterfactual prompt of the pair (default: %(default)s)",
+        help="what a node outside the circuit takes: its mean over the task's discovery pairs, "
+        "zero, or its value on the counterfactual prompt of the pair (default: %(default)s)",
+    )
+    p.add_argument(
+        "--currency",
+        default=",".join(CURRENCIES),
+        help="comma-separated node currencies, some of " + ", ".join(CURRENCIES)
+        + " (default: all three)",
+    )
+    p.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help="comma-separated baselines, some of " + ", ".join(BASELINES)
+        + ", or none (default: all three)",
+    )
+    p.add_argument(
+        "--no-heads",
+        action="store_true",
+        help="leave attention live instead of making heads nodes (MLP-only circuits)",
+    )
+    p.add_argument(
+        "--heldout",
+        type=float,
+        default=0.5,
+        help="share of each task's pairs held out from ranking (default: %(default)s)",
+    )
+    p.add_argument(
+        "--compare-rankings",
+        type=nonnegative_int,
+        default=1,
+        help="number of tasks (the shortest) also ranked by the other method, for the rankings "
+        "table (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ig-steps",
+        type=positive_int,
+        default=4,
+        help="path points of integrated gradients (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=positive_int,
+        default=BOOTSTRAP,
+        help="bootstrap resamples of the intervals (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the splits and random dictionaries (default: %(default)s)",
     )
     p.add_argument(
         "--circuit",
         choices=LEVELS,
         default="nodes",
-        help="circuits as node sets, or as edge sets (node -> later site or logits; "
-        "ranked by edge attribution patching; sizes count edges) (default: %(default)s)",
+        help="node circuits; edge circuits are computed by analysis.edges from Python "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--aggregate-positions", action="store_true", help="one node per feature over all positions"
@@ -251,7 +312,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--graph-prompts",
         type=nonnegative_int,
-        default=2,
+        default=1,
         help="number of prompts per task traced for the graph scores (default: %(default)s)",
     )
     p.add_argument(

@@ -1,78 +1,183 @@
-"""Write a `Comparison` as report.md, PNG plots and results.json into a folder."""
+"""Write a `Comparison` as report.md, PNG plots and results.json into a folder.
+
+The report leads with the `features` currency and the baselines, then the other currencies;
+every figure comes with its bootstrap 95% interval (`analysis.summary`), and verdicts follow
+from intervals only.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from analysis.circuit_eval import GRID
 from analysis.claims import Claim, claims_markdown
-from analysis.compare import FAITHFUL_LEVEL, REPORT_SIZES, Comparison
+from analysis.compare import Comparison
+from analysis.intervals import faithfulness_rows
+from analysis.summary import summarize
+from analysis.units import CURRENCIES
 from replacement.atomic import atomic_path, write_json, write_text
+
+CURRENCY_TEXT = {
+    "features": "only dictionary features count; error terms and skip paths are held at their "
+    "ablated value, so a circuit shows what the features carry alone (all features together "
+    "carry the share in the 'share' column)",
+    "all": "features, error terms and skip paths all count as nodes (a dense error or skip "
+    "vector costs as much as one feature)",
+    "features-dense-live": "only features count; error terms and skip paths keep their live "
+    "value and are not counted, so a circuit shows what the features add on top of the dense "
+    "paths",
+}
+KIND_TEXT = {
+    "random": "random dictionary with the set's shapes and sparsity",
+    "neurons": "MLP neurons as nodes",
+    "mlp": "whole MLP output, one node per layer and position",
+    "dictionary": "",
+}
+ORDER = ("features", "all", "features-dense-live")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
+        if not np.isfinite(value):
+            return "-"
         return f"{value:.{digits}f}"
     return str(value)
 
 
-def _unit(comparison: Comparison) -> str:
-    """What circuit sizes count: nodes, or edges for edge-level circuits."""
-    return str(comparison.settings.get("level", "nodes"))
+def _ci(e: dict[str, float], digits: int = 2) -> str:
+    """value [lo, hi]."""
+    if not np.isfinite(e["value"]):
+        return "-"
+    d = 0 if digits == 0 else digits
+    return f"{e['value']:.{d}f} [{e['lo']:.{d}f}, {e['hi']:.{d}f}]"
 
 
-def table_markdown(comparison: Comparison) -> str:
-    """The one table: a row per set, task results averaged over tasks."""
-    head = (
-        [
-            "set",
-            "kind",
-            "objective",
-            "L0",
-            "FVU",
-            "CE increase",
-            "loss recovered",
-            f"{_unit(comparison)} for faithfulness {FAITHFUL_LEVEL}",
-        ]
-        + [f"faithfulness @{s}" for s in REPORT_SIZES]
-        + ["CPR", "CMD", "replacement", "completeness", "m(empty)/m(M)"]
-    )
+def _against(verdict: str, other: str) -> str:
+    """'fewer nodes than X', 'more nodes than X' or 'inconclusive against X'."""
+    return f"{verdict} {'against' if verdict == 'inconclusive' else 'than'} {other}"
+
+
+def _one(values: list[int]) -> str:
+    return str(values[0]) if len(values) == 1 else f"{min(values)}-{max(values)}"
+
+
+def _nodes(e: dict[str, float], reached: int, n_tasks: int) -> str:
+    text = f"{e['value']:.0f} [{e['lo']:.0f}, {e['hi']:.0f}]"
+    return text + (f" ({reached}/{n_tasks}, >=)" if reached < n_tasks else "")
+
+
+def currency_table(summary: dict[str, Any], currency: str, n_tasks: int) -> str:
+    """A row per set and baseline: held-out nodes for the level, share, faithfulness at the
+    report sizes, in-sample nodes and the verdicts against the baselines."""
+    cur = summary["currencies"][currency]
+    level, at = summary["level"], summary["sizes_at"]
+    head = [
+        "system",
+        "baseline",
+        f"nodes for {level} (held-out)",
+        f"nodes for {level} (in-sample)",
+        "share carried by all nodes",
+        *[f"faithfulness @{s}" for s in at],
+        "against the baselines (nodes, held-out)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    n_tasks = len(comparison.tasks)
-    for s in comparison.sets:
-        row = comparison.set_row(s.name)
+    for name, e in cur["systems"].items():
+        vs = "; ".join(_against(v["verdict"], b) for b, v in e.get("vs", {}).items())
         cells = [
-            s.name,
-            s.kind,
-            s.objective,
-            _fmt(row["l0"], 1),
-            _fmt(row["fvu"]),
-            _fmt(row["ce_increase"]),
-            _fmt(row["frac_recovered"]),
-            f"{_fmt(row['nodes_needed'], 0)} ({row['tasks_reaching']}/{n_tasks})",
-            *[_fmt(row[f"faithfulness_at_{x}"], 2) for x in REPORT_SIZES],
-            _fmt(row["cpr"]),
-            _fmt(row["cmd"]),
-            _fmt(row["replacement"]),
-            _fmt(row["completeness_score"]),
-            _fmt(row["empty_share"], 2),
+            f"`{name}`",
+            KIND_TEXT[e["kind"]] or "-",
+            _nodes(e["heldout"]["nodes"], e["heldout"]["reached"], n_tasks),
+            _nodes(e["discovery"]["nodes"], e["discovery"]["reached"], n_tasks),
+            _ci(e["heldout"]["share"]),
+            *[_ci(e["heldout"]["faithfulness_at"][str(s)]) for s in at],
+            vs or "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def per_task_markdown(comparison: Comparison) -> str:
-    """Faithfulness at 50 nodes and nodes needed, per set and task."""
-    names = [t["name"] for t in comparison.tasks]
-    lines = ["| set | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
-    for s in comparison.sets:
+def gap_table(summary: dict[str, Any]) -> str:
+    """In-sample minus held-out faithfulness at 50 nodes and the ratio of nodes, per currency."""
+    currencies = [c for c in ORDER if c in summary["currencies"]]
+    head = ["system"] + [f"{c}: faithfulness @50 gap / nodes ratio" for c in currencies]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    first = summary["currencies"][currencies[0]]["systems"]
+    for name in first:
+        cells = [f"`{name}`"]
+        for c in currencies:
+            e = summary["currencies"][c]["systems"][name]
+            g = e["gap_log_nodes"]
+            ratio = {k: float(np.exp(v)) for k, v in g.items()}
+            cells.append(f"{_ci(e['gap_at']['50'])} / {_ci(ratio)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rankings_table(summary: dict[str, Any]) -> str:
+    """Attribution patching against integrated gradients, per currency and system."""
+    lines = [
+        "| currency | system | Spearman | top-50 overlap | nodes (AtP) | nodes (IG) | "
+        "IG / AtP nodes | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in ORDER:
+        if c not in summary["currencies"]:
+            continue
+        for name, r in summary["currencies"][c]["rankings"].items():
+            ratio = {
+                k: float(np.exp(v)) for k, v in r["log_ratio_ig_atp"].items() if k != "verdict"
+            }
+            lines.append(
+                f"| {c} | `{name}` | {r['spearman']:.2f} | {r['top_overlap']:.2f} | "
+                f"{r['nodes_atp']:.0f} | {r['nodes_ig']:.0f} | {_ci(ratio)} | "
+                f"{r['log_ratio_ig_atp']['verdict']} |"
+            )
+    return "\n".join(lines)
+
+
+def per_task_table(summary: dict[str, Any], currency: str, tasks: list[str]) -> str:
+    """Held-out nodes for the level [interval] per system and task (share in brackets for the
+    features currency)."""
+    cur = summary["currencies"][currency]["systems"]
+    lines = ["| system | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for name, e in cur.items():
         cells = []
-        for t in names:
-            r = comparison.results[s.name][t]
-            cells.append(f"{r['faithfulness_at']['50']:.2f} / {_fmt(r['nodes_needed'], 0)}")
-        lines.append(f"| {s.name} | " + " | ".join(cells) + " |")
+        for t in tasks:
+            p = e["per_task"][t]
+            n = p["nodes"]
+            text = (
+                f"{n['value']:.0f} [{n['lo']:.0f}, {n['hi']:.0f}]"
+                if np.isfinite(n["value"])
+                else f"> {p['n_nodes']:.0f}"
+            )
+            if currency == "features":
+                text += f" (share {p['share']['value']:.2f})"
+            cells.append(text)
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def loss_table(comparison: Comparison) -> str:
+    """Spliced-model loss and attribution-graph scores of each dictionary set."""
+    head = ["set", "kind", "objective", "L0", "FVU", "CE increase", "loss recovered",
+            "graph replacement", "graph completeness"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    systems = comparison.settings["systems"]
+    for s in comparison.sets:
+        graph = systems.get(s.name, {}).get("graph", {})
+
+        def mean(key: str, graph: dict = graph) -> float | None:
+            vals = [g[key] for g in graph.values() if g.get(key) is not None]
+            return float(np.mean(vals)) if vals else None
+
+        cells = [s.name, s.kind, s.objective, _fmt(s.l0, 1), _fmt(s.fvu), _fmt(s.ce_increase),
+                 _fmt(s.frac_recovered), _fmt(mean("replacement")), _fmt(mean("completeness"))]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -81,35 +186,55 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
+def mean_curve(comparison: Comparison, system: str, currency: str, grid: np.ndarray) -> np.ndarray:
+    """Held-out faithfulness averaged over tasks at `grid` sizes (each task's curve
+    interpolated in log size and held at its last value beyond its node count)."""
+    method = comparison.settings["method"]
+    curves = []
+    for t in comparison.tasks:
+        r = comparison.results[system][currency][t["name"]]["rankings"][method]
+        f = faithfulness_rows(
+            np.asarray(r["metric"]), np.asarray(t["model"]), np.asarray(t["heldout"])
+        )[0]
+        x = np.log(np.maximum(np.asarray(r["sizes"], float), 0.5))
+        curves.append(np.interp(np.log(grid), x, f))
+    return np.mean(curves, 0)
+
+
 def write_plots(
     comparison: Comparison, out: Path, sweep: dict[str, Any] | None = None
 ) -> list[Path]:
-    """faithfulness.png (one panel per task, one line per set), ce_vs_l0.png, cpr.png."""
+    """faithfulness.png (one panel per currency, one line per set, baselines dashed) and
+    ce_vs_l0.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    tasks = [t["name"] for t in comparison.tasks]
-    cols = min(3, len(tasks))
-    rows = (len(tasks) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks, strict=False):
-        for s in comparison.sets:
-            c = comparison.results[s.name][task]["curve"]
-            sizes = [max(x, 0.5) for x in c["sizes"]]  # size 0 drawn at 0.5 on the log axis
-            ax.plot(sizes, c["faithfulness"], marker=".", label=s.name)
+    currencies = [c for c in ORDER if c in comparison.settings["currencies"]]
+    systems = comparison.settings["systems"]
+    level = comparison.settings.get("faithful_level", 0.8)
+    fig, axes = plt.subplots(
+        1, len(currencies), figsize=(4.6 * len(currencies), 3.6), squeeze=False
+    )
+    grid = np.unique(np.round(np.logspace(-0.3, 5, 60)))
+    for ax, currency in zip(axes.flat, currencies, strict=True):
+        for name in comparison.results:
+            kind = systems[name]["kind"]
+            style = {"dictionary": "-", "random": ":", "neurons": "--", "mlp": "-."}[kind]
+            width = 1.6 if kind == "dictionary" else 1.0
+            colour = "black" if kind in ("neurons", "mlp") else None
+            ax.plot(grid, mean_curve(comparison, name, currency, grid), ls=style, lw=width,
+                    color=colour, label=name)  # fmt: skip
         ax.axhline(1.0, color="grey", lw=0.5)
-        ax.axhline(FAITHFUL_LEVEL, color="grey", lw=0.5, ls=":")
+        ax.axhline(level, color="grey", lw=0.5, ls=":")
         ax.set_xscale("log")
-        ax.set_ylim(-0.5, 1.5)
-        ax.set_title(task, fontsize=9)
-        ax.set_xlabel(f"circuit size ({_unit(comparison)})")
-        ax.set_ylabel("faithfulness")
-    for ax in list(axes.flat)[len(tasks) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+        ax.set_ylim(-0.3, 1.3)
+        ax.set_title(f"currency: {currency}", fontsize=9)
+        ax.set_xlabel("circuit size (nodes)")
+        ax.set_ylabel("held-out faithfulness (mean over tasks)")
+    axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
     paths.append(out / "faithfulness.png")
     _save(fig, paths[-1])
@@ -146,18 +271,30 @@ def write_plots(
     paths.append(out / "ce_vs_l0.png")
     _save(fig, paths[-1])
     plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    names = [s.name for s in comparison.sets]
-    ax.bar(names, [comparison.set_row(n)["cpr"] or 0 for n in names])
-    ax.set_ylabel("CPR (mean over tasks)")
-    ax.set_ylim(0.8, 1.02)
-    ax.tick_params(axis="x", rotation=30, labelsize=8)
-    fig.tight_layout()
-    paths.append(out / "cpr.png")
-    _save(fig, paths[-1])
-    plt.close(fig)
     return paths
+
+
+def findings(comparison: Comparison, summary: dict[str, Any] | None = None) -> str:
+    """The verdicts the intervals support, one line per currency and set."""
+    summary = summary or summarize(comparison)
+    lines = []
+    for c in ORDER:
+        if c not in summary["currencies"]:
+            continue
+        for name, e in summary["currencies"][c]["systems"].items():
+            if e["kind"] != "dictionary":
+                continue
+            verdicts = ", ".join(_against(v["verdict"], f"`{b}`") for b, v in e["vs"].items())
+            share = (
+                f"; all features carry {_ci(e['heldout']['share'])} of the task"
+                if c == "features"
+                else ""
+            )
+            lines.append(
+                f"- {c}: `{name}` needs {_nodes(e['heldout']['nodes'], e['heldout']['reached'], len(comparison.tasks))} "
+                f"nodes for {summary['level']} on held-out pairs{share}; {verdicts or 'no baseline'}."
+            )
+    return "\n".join(lines)
 
 
 def write_report(
@@ -165,60 +302,103 @@ def write_report(
     out: str | Path,
     claims: list[Claim] | None = None,
     sweep: dict[str, Any] | None = None,
-    findings: str = "",
+    findings_text: str = "",
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write report.md, the plots and results.json (with the sweep and claims) into `out`."""
+    """Write report.md, the plots and results.json (raw per-pair metrics, the summary with
+    intervals, the sweep and claims) into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    summary = summary or summarize(comparison)
     plots = write_plots(comparison, out, sweep)
     st = comparison.settings
-    unit = _unit(comparison)
+    n_tasks = len(comparison.tasks)
+    level = summary["level"]
+    currencies = [c for c in ORDER if c in st["currencies"]]
+    ranked = {t["name"]: t.get("rankings", [st["method"]]) for t in comparison.tasks}
+    both = [n for n, r in ranked.items() if len(r) == 2]
+    n_pairs = sorted({t["n_pairs"] for t in comparison.tasks})
+    n_held = sorted({len(t["heldout"]) for t in comparison.tasks})
     how = (
-        f"Nodes ranked by {st['method'].replace('_', ' ')}, "
-        f"{'per position' if st['per_position'] else 'aggregated over positions'}; nodes outside "
-        f"the circuit {st['ablation']}-ablated; one batched forward over all prompts per circuit "
-        "size."
-        if unit == "nodes"
-        else "Edge circuits: edges from a node (per position) to a later site or to the logits, "
-        "ranked by edge attribution patching; an edge outside the circuit hands the downstream "
-        f"site its upstream node's {st['ablation']} value (`analysis.edges`); one batched "
-        "forward per site over all prompts per circuit size. Sizes count edges."
+        f"Nodes: {'attention heads per (layer, head, position) via hook_z, ' if st['heads'] else ''}"
+        "and per dictionary site its features, error term and (skip transcoders) skip path, "
+        f"{'per position' if st['per_position'] else 'aggregated over positions'}. Nodes are "
+        f"ranked by {st['method'].replace('_', ' ')} on a discovery split of each task's pairs "
+        f"and measured on the disjoint held-out split ({_one(n_held)} of {_one(n_pairs)} pairs "
+        "held out, "
+        f"seed {st['seed']}); nodes outside the circuit take their {st['ablation']} value "
+        f"({'mean over the discovery pairs, per position' if st['ablation'] == 'mean' else st['ablation']}). "
+        f"Circuit sizes: 0, the grid {', '.join(str(s) for s in GRID)} (below the node count) "
+        "and all nodes. "
+        f"Nodes for {level}: the first crossing of {level}, interpolated in log size; over tasks "
+        "the geometric mean, a task that never reaches it counting all its nodes (marked "
+        f"'(k/{n_tasks}, >=)': a lower bound). Intervals: {summary['bootstrap']} bootstrap "
+        "resamples of the tasks and, within each, of the pairs (95% percentile intervals); "
+        "comparisons with baselines are paired (same resamples). Run time "
+        f"{st['seconds']:.0f} s on {st['threads']} threads."
     )
     task_lines = [
         f"- `{t['name']}` ({t['n_pairs']} pairs, {t['n_tokens']} tokens, accuracy "
-        f"{t['accuracy']:.3f}): {t['description']}"
+        f"{t['accuracy']:.3f}, m(empty)/m(model) {summary['empty_share'][t['name']]:.2f}): "
+        f"{t['description']}"
         for t in comparison.tasks
     ]
     text = [
         "# Which dictionaries give faithful circuits",
         "",
-        f"{how} Loss columns: every layer spliced at once on {_fmt(st['loss_tokens'])} held-out "
-        f"tokens. Replacement and completeness: mean scores of the attribution graphs of "
-        f"{st['graph_prompts']} prompts per task (target: the metric direction). Run time "
-        f"{st['seconds']:.0f} s on {st['threads']} threads.",
+        how,
         "",
-        "Tasks:",
+        "Currencies (which nodes a circuit pays for; attention heads count in all of them):",
+        *[f"- `{c}`: {CURRENCY_TEXT[c]}." for c in currencies],
+        "",
+        "Baselines: random dictionaries with each set's shapes, activation and sparsity "
+        "(seeded, built in memory; `analysis.baselines`), MLP neurons as nodes (`neurons`), and "
+        "the whole MLP output as one node per layer and position (`mlp`).",
+        "",
+        "Tasks (m(empty)/m(model): the metric left when every node is ablated, as a share of the "
+        "model's):",
         *task_lines,
         "",
-        table_markdown(comparison),
+    ]
+    if findings_text:
+        text += ["## Findings", "", findings_text, ""]
+    for c in currencies:
+        text += [
+            f"## Currency `{c}`",
+            "",
+            f"{CURRENCY_TEXT[c][0].upper()}{CURRENCY_TEXT[c][1:]}.",
+            "",
+            currency_table(summary, c, n_tasks),
+            "",
+        ]
+    text += [
+        "![faithfulness per currency](faithfulness.png)",
         "",
-        f"{unit.capitalize()} for faithfulness {FAITHFUL_LEVEL}: smallest evaluated size reaching it, averaged "
-        f"over tasks (a task that never reaches it counts all its {unit}; in brackets the tasks "
-        f"that reach it). CPR / CMD: MIB areas over the fraction of {unit} "
-        "{0.1 ... 100}%. m(empty)/m(M): the metric left when every node is ablated, as a share "
-        "of the full model's; the same for every set because the skip path of a skip transcoder is a node too.",
+        "## Held-out against in-sample",
         "",
-        f"Per task, faithfulness at 50 {unit} / {unit} for faithfulness {FAITHFUL_LEVEL}:",
+        "In-sample (discovery pairs) minus held-out faithfulness at 50 nodes, and in-sample over "
+        "held-out nodes for the level (below 1: in-sample figures flatter the circuits):",
         "",
-        per_task_markdown(comparison),
-        "",
-        "![faithfulness](faithfulness.png)",
-        "![CE increase against L0](ce_vs_l0.png)",
-        "![CPR](cpr.png)",
+        gap_table(summary),
         "",
     ]
-    if findings:
-        text += ["## Finding", "", findings, ""]
+    if both:
+        text += [
+            "## Rankings",
+            "",
+            f"Attribution patching (AtP) and integrated gradients (IG, {st['ig_steps']} points "
+            f"per source) on {len(both)} task(s) ({', '.join(both)}): Spearman correlation of "
+            "the node scores, overlap of the top 50 nodes, held-out nodes for "
+            f"{level} under each, and the paired interval of their ratio.",
+            "",
+            rankings_table(summary),
+            "",
+        ]
+    for c in currencies:
+        text += [f"## Per task, currency `{c}` (held-out nodes for {level})", "",
+                 per_task_table(summary, c, list(ranked)), ""]  # fmt: skip
+    text += ["## Loss and attribution graphs", "", loss_table(comparison), "",
+             "![CE increase against L0](ce_vs_l0.png)", ""]  # fmt: skip
     if claims:
         text += [
             "## The seeds' claims",
@@ -228,6 +408,7 @@ def write_report(
         ]
     write_text(out / "report.md", "\n".join(text))
     data = comparison.to_dict()
+    data["summary"] = summary
     data["claims"] = [vars(c) for c in claims or []]
     data["sweep"] = sweep
     write_json(out / "results.json", data)
@@ -236,3 +417,6 @@ def write_report(
         "results": out / "results.json",
         **{p.stem: p for p in plots},
     }
+
+
+__all__ = ["CURRENCIES", "findings", "summarize", "write_plots", "write_report"]

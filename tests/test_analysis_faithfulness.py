@@ -14,7 +14,7 @@ from replacement import load_model
 from replacement.dictionary import Dictionary
 from replacement.hooks import layer_hooks
 from tests.attribution_helpers import random_transcoders
-from tests.tiny_models import make_gpt2, save_hf
+from tests.tiny_models import make_gpt2, save_hf, silence_attention_and_first_mlp
 
 A, B, X, Y = 40, 41, 60, 61  # last tokens of the prompts and the two answers
 
@@ -113,12 +113,8 @@ def one_feature_model(tmp_path_factory, tiny_tokenizer):
     token (A -> answer X, B -> answer Y); attention and layer 0's MLP write nothing."""
     hf = make_gpt2(len(tiny_tokenizer))
     d = hf.config.n_embd
+    silence_attention_and_first_mlp(hf)
     with torch.no_grad():
-        for block in hf.transformer.h:
-            block.attn.c_proj.weight.zero_()
-            block.attn.c_proj.bias.zero_()
-        hf.transformer.h[0].mlp.c_proj.weight.zero_()
-        hf.transformer.h[0].mlp.c_proj.bias.zero_()
         last = 4
         wte, wpe = hf.transformer.wte.weight, hf.transformer.wpe.weight
 

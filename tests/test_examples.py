@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import nbformat
+import numpy as np
 from nbclient import NotebookClient
 
+from analysis.intervals import faithfulness_rows
 from replacement import load_model
 from replacement.formats.native import save_dictionary
 from replacement.zoo import DEFAULT_DICTIONARY_SET, list_dictionary_sets
@@ -145,11 +147,16 @@ def test_compare_dictionaries_notebook(tmp_path):
     _run(nb, tmp_path)
     out = tmp_path / "compare_out"
     report = (out / "report.md").read_text()
-    assert "| sae_local |" in report and "| skip_transcoder |" in report
+    assert "| `sae_local` |" in report and "| `skip_transcoder` |" in report
+    assert "| `mlp` |" in report and "## Currency `features`" in report
     results = json.loads((out / "results.json").read_text())
-    curve = results["results"]["sae_local"]["close_bracket"]["curve"]
-    assert curve["faithfulness"][0] == 0.0 and abs(curve["faithfulness"][-1] - 1.0) < 1e-3
-    for name in ("faithfulness", "ce_vs_l0", "cpr"):
+    task = results["tasks"][0]
+    run = results["results"]["sae_local"]["all"]["close_bracket"]["rankings"]
+    metric = np.asarray(run["attribution_patching"]["metric"])
+    faith = faithfulness_rows(metric, np.asarray(task["model"]), np.asarray(task["heldout"]))[0]
+    assert faith[0] == 0.0 and abs(faith[-1] - 1.0) < 1e-3
+    assert not set(task["discovery"]) & set(task["heldout"])
+    for name in ("faithfulness", "ce_vs_l0"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     plotted = next(c for c in nb.cells if c.cell_type == "code" and "plt.show()" in c.source)
     assert len(_png_outputs(plotted)) == 1

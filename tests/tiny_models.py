@@ -48,8 +48,8 @@ def make_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     )
 
 
-def make_gpt2(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 32):
-    """A random GPT-2 (LayerNorm + GELU MLP)."""
+def make_gpt2(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 32, **config):
+    """A random GPT-2 (LayerNorm + GELU MLP; `config` overrides, e.g. activation_function)."""
     torch.manual_seed(seed)
     cfg = GPT2Config(
         vocab_size=vocab_size,
@@ -59,8 +59,20 @@ def make_gpt2(vocab_size: int, seed: int = 0, n_layers: int = 2, d_model: int = 
         n_head=4,
         bos_token_id=0,
         eos_token_id=0,
+        **config,
     )
     return GPT2LMHeadModel(cfg).eval()
+
+
+def silence_attention_and_first_mlp(hf) -> None:
+    """Zero every attention output and layer 0's MLP output of a HF GPT-2 (in place): only
+    the later MLPs write to the residual stream."""
+    with torch.no_grad():
+        for block in hf.transformer.h:
+            block.attn.c_proj.weight.zero_()
+            block.attn.c_proj.bias.zero_()
+        hf.transformer.h[0].mlp.c_proj.weight.zero_()
+        hf.transformer.h[0].mlp.c_proj.bias.zero_()
 
 
 def _gqa_sizes(vocab_size: int, n_layers: int, d_model: int) -> dict[str, int]:
