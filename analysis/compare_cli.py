@@ -84,6 +84,13 @@ def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
     check_output_dir(args.out, "--out")
     currencies = _names(args.currency, "--currency", CURRENCIES)
     baselines = [] if args.baselines == "none" else _names(args.baselines, "--baselines", BASELINES)
+    if args.interpretability not in (None, "run"):
+        found = _read_json(args.interpretability, "--interpretability")
+        if not (isinstance(found, dict) and isinstance(found.get("results"), dict)):
+            raise SparseCircuitsError(
+                f"--interpretability {args.interpretability!r} is not the results.json of "
+                "`sparse-circuits interpret`; expected 'run' or such a file"
+            )
     if not 0 < args.heldout < 1:
         raise SparseCircuitsError(f"--heldout must be a share in (0, 1); got {args.heldout}")
     if args.sweep is not None:
@@ -175,9 +182,7 @@ def _run_compare(args: argparse.Namespace, folder: Any) -> dict[str, Path]:
     sweep = load_sweep(args.sweep) if args.model == "default" else None
     summary = summarize(comparison, b=args.bootstrap)
     text = findings(comparison, summary)
-    files = _write_report(
-        folder, comparison, claims(sweep) if sweep else [], sweep, text, summary
-    )
+    files = _write_report(folder, comparison, claims(sweep) if sweep else [], sweep, text, summary)
     if args.interpretability:  # the interpretability section (analysis.interpretability)
         from analysis.interpretability.report import add_to_compare_report
 
@@ -254,13 +259,15 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--currency",
         default=",".join(CURRENCIES),
-        help="comma-separated node currencies, some of " + ", ".join(CURRENCIES)
+        help="comma-separated node currencies, some of "
+        + ", ".join(CURRENCIES)
         + " (default: all three)",
     )
     p.add_argument(
         "--baselines",
         default=",".join(BASELINES),
-        help="comma-separated baselines, some of " + ", ".join(BASELINES)
+        help="comma-separated baselines, some of "
+        + ", ".join(BASELINES)
         + ", or none (default: all three)",
     )
     p.add_argument(
@@ -337,6 +344,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--interpretability",
         default=None,
-        help="add the interpretability section: 'run' (score the sets) or an interpret results.json",
+        help="add the interpretability section: 'run' (score the sets) or an interpret "
+        "results.json (default: none)",
     )
     p.set_defaults(func=lambda args: run_compare(args) and 0)

@@ -83,7 +83,10 @@ def nodes_for(
 
 
 def interval(samples: np.ndarray, axis: int = 0) -> tuple[float, float]:
-    """2.5 and 97.5 percentiles, NaNs ignored."""
+    """2.5 and 97.5 percentiles, NaNs ignored (NaN, NaN when every sample is NaN)."""
+    samples = np.asarray(samples, dtype=float)
+    if not np.isfinite(samples).any():  # e.g. a threshold no resample reaches
+        return float("nan"), float("nan")
     lo, hi = np.nanpercentile(samples, [2.5, 97.5], axis=axis)
     return float(lo), float(hi)
 

@@ -379,7 +379,10 @@ SWEEP = {
         "--results": ("missing", "foreign_json"), "--sweep": ("missing", "foreign_json"),
         "--tasks": ("choice",),
         "--method": ("choice",), "--ablation": ("choice",), "--circuit": ("choice",),
-        "--model": ("missing",),
+        "--model": ("missing",), "--currency": ("choice",), "--baselines": ("choice",),
+        "--heldout": (*NUMBERS, "huge"), "--compare-rankings": ("neg", "type"),
+        "--ig-steps": NUMBERS, "--bootstrap": NUMBERS, "--seed": ("neg", "type"),
+        "--interpretability": ("missing", "foreign_json"),
     },
     "train-default-model": {
         "--tokens": NUMBERS, "--batch-size": NUMBERS, "--lr": NUMBERS, "--vocab-size": NUMBERS,

@@ -145,8 +145,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dictionaries", nargs="+", required=True, help="zoo set names or folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default="default", help="model name or folder (default: embedded)")
-    p.add_argument("--fit-corpus", default=None, help="text the explainer is fitted on")
-    p.add_argument("--score-corpus", default=None, help="disjoint text the scores come from")
+    p.add_argument(
+        "--fit-corpus",
+        default=None,
+        help="text the explainer is fitted on (default: other stdlib files)",
+    )
+    p.add_argument(
+        "--score-corpus",
+        default=None,
+        help="disjoint text the scores come from (default: the held-out files)",
+    )
     p.add_argument(
         "--fit-tokens",
         type=positive_int,
@@ -165,10 +173,18 @@ def register(subparsers: Any) -> None:
         default=128,
         help="row length in tokens (default: %(default)s)",
     )
-    p.add_argument("--labeller", default=None, help="MODULE:FUNCTION concept labeller")
-    p.add_argument("--fit-labels", default=None, help=".npz per-token concept labels (fit split)")
     p.add_argument(
-        "--score-labels", default=None, help=".npz per-token concept labels (score split)"
+        "--labeller", default=None, help="MODULE:FUNCTION concept labeller (default: Python syntax)"
+    )
+    p.add_argument(
+        "--fit-labels",
+        default=None,
+        help=".npz per-token concept labels, fit split (default: none)",
+    )
+    p.add_argument(
+        "--score-labels",
+        default=None,
+        help=".npz per-token concept labels, score split (default: none)",
     )
     p.add_argument(
         "--max-atoms",
@@ -179,7 +195,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-controls", action="store_true", help="skip the random controls")
     p.add_argument("--no-neurons", action="store_true", help="skip the MLP-neuron control")
     p.add_argument(
-        "--atlas-out", default=None, help="write per-feature scores for the atlases here"
+        "--atlas-out",
+        default=None,
+        help="write per-feature scores for the atlases here (default: none)",
     )
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed (default: %(default)s)")
     p.add_argument(
@@ -188,5 +206,5 @@ def register(subparsers: Any) -> None:
         default=0,
         help="torch threads (0: torch's default) (default: %(default)s)",
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=lambda args: run_interpret(args) and 0)
