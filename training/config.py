@@ -104,7 +104,9 @@ class TrainConfig:
     batch_tokens: int = 4096
     """Tokens per optimiser step (e2e: rounded to whole sequences of ctx_len - 1 predicted tokens)."""
     total_tokens: int = 2_000_000
-    """Training tokens in all; steps = total_tokens // batch_tokens."""
+    """Training tokens in all; steps = total_tokens // batch_tokens. Cost on 2 CPU cores (default
+    model, 4 skip transcoders, F=1024): about 40 s per 1M tokens local from the model, 17 s from
+    an activation cache, about 4x the local time for e2e and e2e+ds (bench_train, 2026-12-03)."""
     ctx_len: int = 128
     """Sequence length, BOS included."""
     buffer_tokens: int = 65536
