@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -388,6 +389,25 @@ def test_killed_and_resumed_run_equals_uninterrupted(
     for name, tensor in full[1].state_dict().items():
         assert torch.equal(tensor, out[1].state_dict()[name]), name
     assert _metrics(resumed.config) == _metrics(_config(tmp_path / "a", **kw))
+
+
+def test_a_run_killed_after_its_last_step_writes_the_same_card(default_model, token_data, tmp_path):
+    """Killed after the final checkpoint but before its outputs: the rerun writes the card the
+    uninterrupted run wrote (the last step's training figures included), training nothing."""
+    import json
+
+    kw = dict(kind="transcoder", activation="topk", layers=[1], total_tokens=504 * 6,
+              batch_tokens=504, checkpoint_every=1, evaluate=False)  # fmt: skip
+    cfg = _config(tmp_path / "a", **kw)
+    Trainer(cfg, default_model, token_data).train()
+    folder = Path(cfg.out_dir)
+    card = json.loads((folder / "card.json").read_text())
+    assert card["layers"][0]["train_fvu"] is not None
+    for name in ("card.json", "layer_1.json", "layer_1.safetensors"):
+        (folder / name).unlink()
+    again = Trainer(_config(tmp_path / "a", **kw), default_model, token_data)
+    again.train()
+    assert json.loads((folder / "card.json").read_text()) == card
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(default_model, token_data, tmp_path):

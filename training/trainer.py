@@ -768,6 +768,10 @@ class Trainer:
             keep = [ln for ln in lines if _logged_step(ln) <= self.step]
             with atomic_path(path) as tmp:
                 tmp.write_text("".join(ln + "\n" for ln in keep))
+            if keep and _logged_step(keep[-1]) == self.step:
+                # a run resumed at its logged last step (say, killed after its final step) has
+                # that step's figures for its card, as the uninterrupted run had
+                self.last_metrics = json.loads(keep[-1])
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
