@@ -94,6 +94,8 @@ class ChatClient:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     requests_sent: int = 0
     """Requests that reached the server (cache hits excluded)."""
+    sent_at: list[float] = field(default_factory=list, repr=False)
+    """When each request left (time.monotonic), spaced by min_interval_s."""
 
     def _cache_path(self, payload: dict) -> Path | None:
         if self.cache_dir is None:
@@ -130,6 +132,7 @@ class ChatClient:
                 if wait > 0:
                     time.sleep(wait)
                 self._last = time.monotonic()
+                self.sent_at.append(self._last)
             try:
                 request = urllib.request.Request(url, data=body, headers=headers, method="POST")
                 self.requests_sent += 1

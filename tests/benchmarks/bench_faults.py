@@ -118,7 +118,9 @@ def _content(folder: Path) -> dict[str, Any] | None:
             tensors = load_file(str(path))  # the header holds the random pair id
             out[name] = {k: v.numpy().tobytes() for k, v in sorted(tensors.items())}
         elif name.endswith(("graph.json", "atlas.json")) or name.startswith("layer_"):
-            data = json.loads(path.read_text()) if path.suffix == ".json" else path.read_bytes()
+            data = (
+                json.loads(_unpathed(path, folder)) if path.suffix == ".json" else path.read_bytes()
+            )
             if isinstance(data, dict):
                 data.pop("pair_id", None)
                 data.pop("tensors_sha256", None)
@@ -129,9 +131,19 @@ def _content(folder: Path) -> dict[str, Any] | None:
             out[name] = re.sub(r"Run time \d+ s", "Run time", path.read_text())
         elif name == "checkpoint.pt":
             continue  # holds the config and RNG state; its result is the layer files
+        elif path.suffix in (".json", ".jsonl", ".md", ".txt"):
+            out[name] = _unpathed(path, folder)  # a run records its own --out folder
         else:
             out[name] = path.read_bytes()
     return out
+
+
+def _unpathed(path: Path, folder: Path) -> str:
+    """The file's text with the run's folder written as OUT (runs into other folders compare)."""
+    text = path.read_text()
+    for form in {str(folder.resolve()), str(folder)}:
+        text = text.replace(form, "OUT")
+    return text
 
 
 def _no_times(data: Any) -> Any:
