@@ -92,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: error: {_os_error_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug: still one line, the traceback on request
+        if type(exc).__name__ == "SafetensorError" and "I/O error" in str(exc):
+            # safetensors reports a failed write (a full disk, a file-size limit) as its own
+            # error type, not as OSError
+            print(
+                f"{prefix}: error: writing a tensor file failed ({exc}); free some space, raise "
+                "the file-size limit or write elsewhere (--out)",
+                file=sys.stderr,
+            )
+            return 1
         if os.environ.get("SPARSE_CIRCUITS_TRACEBACK"):
             raise
         print(

@@ -320,3 +320,23 @@ def test_out_dot_replaces_files_in_place_and_the_shell_stays_in_its_folder(tmp_p
             folder.commit()
     assert Path.cwd() == out and (out / "result.txt").read_text() == "2"
     assert Path(".").resolve() == out and Path("result.txt").read_text() == "2"
+
+
+def test_a_failed_tensor_write_is_one_line_not_a_bug_report(monkeypatch, capsys):
+    """safetensors reports a full disk as SafetensorError, not OSError (the fault benchmark met
+    it in `features` under a file-size limit): still one error line, exit 1."""
+    import argparse
+
+    from safetensors import SafetensorError
+
+    import sparse_circuits_cli
+
+    def failing(args):
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    parser = argparse.ArgumentParser()
+    parser.add_subparsers(dest="command").add_parser("features").set_defaults(func=failing)
+    monkeypatch.setattr(sparse_circuits_cli, "build_parser", lambda: parser)
+    assert sparse_circuits_cli.main(["features"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "writing a tensor file failed" in err[0] and "unexpected" not in err[0]
