@@ -340,3 +340,29 @@ def test_a_failed_tensor_write_is_one_line_not_a_bug_report(monkeypatch, capsys)
     assert sparse_circuits_cli.main(["features"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "writing a tensor file failed" in err[0] and "unexpected" not in err[0]
+
+
+def test_a_checkpoint_cut_short_is_a_disk_error(tmp_path, monkeypatch):
+    """torch.save reports a short write as a RuntimeError of its zip writer (the fault
+    benchmark met it in `train` under a file-size limit): it reaches the user as an OSError,
+    which the command line prints as one line."""
+    import errno
+
+    import torch
+
+    from training.trainer import Trainer
+
+    trainer = Trainer.__new__(Trainer)  # only what save_checkpoint reads
+    trainer.out_dir = tmp_path
+    trainer.dist = type("Dist", (), {"is_main": True})()
+    trainer.checkpoint_state = lambda: {"step": 1}
+
+    def short_write(obj, f):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 3648 vs 3542"
+        )
+
+    monkeypatch.setattr(torch, "save", short_write)
+    with pytest.raises(OSError) as caught:
+        trainer.save_checkpoint()
+    assert caught.value.errno == errno.ENOSPC and not (tmp_path / "checkpoint.pt").exists()

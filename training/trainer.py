@@ -21,6 +21,7 @@ uninterrupted run would be.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import re
@@ -605,7 +606,16 @@ class Trainer:
         path = self.out_dir / CHECKPOINT_FILE
         if self.dist.is_main:
             with atomic_path(path) as tmp:
-                torch.save(self.checkpoint_state(), tmp)
+                try:
+                    torch.save(self.checkpoint_state(), tmp)
+                except RuntimeError as exc:
+                    # torch's zip writer reports a short write (full disk, file-size limit) as
+                    # a RuntimeError from its inline container, not as OSError
+                    if "inline_container" not in str(exc) and "file write failed" not in str(exc):
+                        raise
+                    raise OSError(
+                        errno.ENOSPC, f"the checkpoint could not be written ({exc})", str(path)
+                    ) from exc
         return path
 
     def load_checkpoint(self, path: Path) -> None:
