@@ -27,6 +27,7 @@ Position 0 (BOS) has no nodes and keeps its live value, as in `splice`.
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,13 +106,14 @@ def control_part(value: Tensor, c: PartControl | None) -> Tensor:
 
 
 @dataclass
-class Source:
+class Source(ABC):
     """A hook whose activation is split into parts of nodes."""
 
     parts: list[Part]
 
+    @abstractmethod
     def hooks(self, controls: dict[str, PartControl], record: Values | None) -> list:
-        raise NotImplementedError
+        """The (hook name, function) pairs that record and control this source's parts."""
 
 
 class _Simple(Source):
