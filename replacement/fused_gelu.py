@@ -37,4 +37,3 @@ def fuse_tanh_gelu(model: nn.Module) -> int:
     for parent, name in targets:
         setattr(parent, name, FusedTanhGELU())
     return len(targets)
-
