@@ -127,7 +127,10 @@ def _lock(folder: Path, option: str) -> tuple[int, bool]:
     path = folder / LOCK
     for _ in range(5):
         try:
-            fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC), True
+            fd, created = (
+                os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644),
+                True,
+            )
         except FileExistsError:
             try:
                 fd, created = os.open(path, os.O_RDWR | os.O_CLOEXEC), False
