@@ -318,7 +318,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="/tmp/sparse_circuits_faults")
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--writers", type=int, default=3, help="two-writer trials per command")
+    parser.add_argument("--writers", type=int, default=10, help="two-writer trials per command")
     parser.add_argument("--commands", default=",".join([*COMMANDS, "bad_inputs"]))
     parser.add_argument("--table", action="store_true", help="print the table of stored results")
     args = parser.parse_args()
