@@ -163,7 +163,7 @@ def _lock(folder: Path, option: str) -> tuple[int, bool]:
 
 def _holder(fd: int) -> str:
     """The pid in a held lock file (the holder writes it just after taking the lock)."""
-    for _ in range(50):
+    for _ in range(100):
         text = os.pread(fd, 64, 0).decode(errors="replace")
         pid = text.split("\n", 1)[0].strip()
         if pid.isdigit() and text.endswith("\n"):

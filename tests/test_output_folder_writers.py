@@ -3,8 +3,9 @@
 A first writer (a child process) opens a folder with `OutputFolder` and pauses at each instant
 where the folder looks half-written: lock taken but its pid not yet written, the marker's
 temporary file half-written, a claimed file's temporary half-written, an entry moved in but
-not yet listed. At each pause a second writer must be refused naming the first's pid, never
-told that the folder holds files sparse-circuits did not write. A first writer killed (-9)
+not yet listed, a new set staged, the staged set's marker half-written, the set swapped in
+with the old one not yet removed. At each pause a second writer must be refused naming the
+first's pid, never told that the folder holds files sparse-circuits did not write. A first writer killed (-9)
 while its marker temporary exists leaves a folder that the next run opens as its own.
 """
 
@@ -31,6 +32,7 @@ _FIRST = textwrap.dedent(
     import fcntl, sys
     from pathlib import Path
     import replacement.atomic as atomic
+    import replacement.output_folder as of
     from replacement.output_folder import MARKER, OutputFolder
 
     def pause(name):
@@ -54,7 +56,13 @@ _FIRST = textwrap.dedent(
             pause("marker-temp")
             tmp.write_text(atomic.json.dumps(data))
 
-    fcntl.flock, atomic.write_json = flock, write_json
+    real_exchange = of._exchange
+
+    def exchange(a, b):  # the new set swapped in, the old one beside it, not yet removed
+        real_exchange(a, b)
+        pause("swapped")
+
+    fcntl.flock, atomic.write_json, of._exchange = flock, write_json, exchange
     with OutputFolder(sys.argv[1], command="first") as out:
         out.claim(["result.json"])
         with atomic.atomic_path(out.path / "result.json") as tmp:
@@ -64,6 +72,10 @@ _FIRST = textwrap.dedent(
         (out.path / "moved-in.json").write_text("{}")  # a set's entry moved in, not yet listed
         pause("unlisted")
         out.claim(["result.json", "moved-in.json"])  # now listed (the marker pauses again)
+        staging = out.stage()
+        (staging / "set.json").write_text("[]")
+        pause("staged")
+        out.commit()  # the staged marker pauses half-written, then the swap
     pause("closed")
     """
 )
@@ -113,12 +125,18 @@ def test_a_second_writer_is_refused_by_pid_at_every_instant_of_the_first(tmp_pat
         first.go()
         second.join()
         assert f"in use by another sparse-circuits run (pid {first.proc.pid})" in answer[0]
-        for instant in ("marker-temp", "marker-temp", "result-temp", "unlisted", "marker-temp"):
+        instants = [  # (where the first is, whether a half-written file is in the folder)
+            ("marker-temp", True), ("marker-temp", True), ("result-temp", True),
+            ("unlisted", True), ("marker-temp", True),
+            ("staged", True), ("marker-temp", True),  # the injected one (the new set's is beside)
+            ("swapped", False),  # the injected one went with the old set
+        ]  # fmt: skip
+        for instant, half_written in instants:
             assert first.reached() == instant
             if instant == "unlisted":  # and a temporary of our marker injected by hand
                 (folder / f".{MARKER}.injected.tmp").write_text("{")
             temporaries = [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
-            assert instant == "unlisted" or temporaries, instant  # the half-written file exists
+            assert bool(temporaries) == half_written, (instant, temporaries)
             message = _second(folder)
             assert f"(pid {first.proc.pid})" in message and "did not write" not in message, (
                 instant, message)  # fmt: skip
@@ -129,9 +147,10 @@ def test_a_second_writer_is_refused_by_pid_at_every_instant_of_the_first(tmp_pat
     finally:
         if first.proc.poll() is None:
             first.kill()
-    # free again: the next writer gets it (the injected temporary is ours, and goes)
+    # free again: the next writer gets it and finds the committed set
     with OutputFolder(folder, command="third"):
-        assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+        assert sorted(p.name for p in folder.iterdir()) == [MARKER, LOCK, "set.json"]
+        assert read_marker(folder) == {"set.json"}
 
 
 def test_a_writer_killed_while_writing_its_marker_leaves_a_folder_the_rerun_opens(tmp_path):
