@@ -10,9 +10,10 @@
 - A marker file (`MARKER`) lists the entries this toolkit wrote. A non-empty folder with
   entries the marker does not list is refused by name, unless `overwrite`; even then only
   listed entries are ever removed (files of ours with the same names are replaced).
-- An advisory `fcntl.flock` on `LOCK` is held while the folder is open: a second run into the
-  same folder is refused with the holder's pid. The kernel drops the lock when a process dies,
-  so a crash leaves nothing that blocks the rerun.
+- An advisory `fcntl.flock` on `LOCK` is held while the folder is open, and taken before the
+  folder's content is looked at (a running writer's half-written files would otherwise read as
+  foreign): a second run into the same folder is refused with the holder's pid. The kernel
+  drops the lock when a process dies, so a crash leaves nothing that blocks the rerun.
 - A new set is written into a staging folder beside the target and swapped in with one
   `renameat2(RENAME_EXCHANGE)` (two renames where that is missing; a run cut between them is
   rolled back by the next open): a kill at any instant leaves the old complete set or the new
@@ -30,6 +31,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -83,11 +85,12 @@ def write_marker(folder: Path, names: Iterable[str], command: str = "") -> None:
 
 
 def _our_temporary(name: str, ours: Callable[[str], bool]) -> bool:
-    """`.NAME.xxxx.tmp` left by an interrupted `atomic_path` of one of our files."""
+    """`.NAME.xxxx.tmp` of one of our files (the marker's included): being written, or left by a
+    kill in `atomic_path`."""
     if not (name.startswith(".") and name.endswith(".tmp")):
         return False
     inner = name[1:-4].rsplit(".", 1)[0]
-    return ours(inner)
+    return inner in (MARKER, LOCK) or ours(inner)
 
 
 def foreign_entries(
@@ -116,15 +119,30 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _lock(folder: Path, option: str) -> int:
-    """Hold `folder/LOCK` (non-blocking); raise `FolderInUseError` naming the holder's pid."""
+def _lock(folder: Path, option: str) -> tuple[int, bool]:
+    """Hold `folder/LOCK` (non-blocking); raise `FolderInUseError` naming the holder's pid.
+
+    Returns the descriptor and whether this call created the lock file.
+    """
     path = folder / LOCK
     for _ in range(5):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd, created = (
+                os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644),
+                True,
+            )
+        except FileExistsError:
+            try:
+                fd, created = os.open(path, os.O_RDWR | os.O_CLOEXEC), False
+            except FileNotFoundError:  # removed meanwhile by a run that gave the folder up
+                continue
+        except FileNotFoundError:  # the folder itself was removed meanwhile (an empty one)
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            holder = _holder(fd)
             os.close(fd)
             raise FolderInUseError(
                 f"{option} {str(folder)!r} is in use by another sparse-circuits run (pid "
@@ -134,12 +152,24 @@ def _lock(folder: Path, option: str) -> int:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
             same = False
-        if same:  # not a lock file that a swap moved away meanwhile
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd
+        if same:  # not a lock file that a swap moved away or a refusal removed meanwhile
+            pid = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, pid, 0)  # then cut: a reader never sees the file empty
+            os.ftruncate(fd, len(pid))
+            return fd, created
         os.close(fd)
     raise FolderInUseError(f"{option} {str(folder)!r} keeps changing; is another run writing it?")
+
+
+def _holder(fd: int) -> str:
+    """The pid in a held lock file (the holder writes it just after taking the lock)."""
+    for _ in range(100):
+        text = os.pread(fd, 64, 0).decode(errors="replace")
+        pid = text.split("\n", 1)[0].strip()
+        if pid.isdigit() and text.endswith("\n"):
+            return pid
+        time.sleep(0.02)
+    return "unknown"
 
 
 def _exchange(a: Path, b: Path) -> None:
@@ -153,7 +183,7 @@ def _exchange(a: Path, b: Path) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
             raise OSError(err, os.strerror(err), str(b))
-    # the window between the renames is rolled back by `OutputFolder._recover`
+    # the window between the renames is rolled back by `OutputFolder._rollback`
     old = b.with_name(f".{b.name}{_OLD}{os.getpid()}")
     os.rename(b, old)
     os.rename(a, b)
@@ -225,16 +255,25 @@ class OutputFolder:
         from replacement.validation import check_output_dir
 
         check_output_dir(self.path, self.option)
-        self._recover()
-        if self.path.is_dir():
-            self._foreign()  # a folder that is not ours is refused before we write anything
+        self._rollback()
         self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._fds.append(_lock(self.path, self.option))
+        # the lock before the content: a running writer's half-written files are not foreign
+        fd, made_lock = _lock(self.path, self.option)
+        self._fds.append(fd)
         _HELD[self.path] = self
         try:
+            self._remove_stale_staging()
+            try:
+                foreign = self._foreign()
+            except OutputFolderError:
+                if made_lock:  # a folder that is not ours keeps only what it held
+                    (self.path / LOCK).unlink(missing_ok=True)
+                raise
             listed = read_marker(self.path)
-            foreign = self._foreign()
+            for path in self.path.glob(".*.tmp"):  # a dead run's half-written files of ours
+                if _our_temporary(path.name, lambda n: n in listed) and path.is_file():
+                    path.unlink(missing_ok=True)
             self.shared = bool(foreign)
             ours = {p.name for p in self.path.iterdir()} - set(foreign) - {MARKER, LOCK}
             ours = {n for n in ours if not n.startswith(".") or n in listed}
@@ -263,28 +302,31 @@ class OutputFolder:
             if {p.name for p in self.path.iterdir()} <= {MARKER, LOCK}:
                 for name in (MARKER, LOCK):
                     (self.path / name).unlink(missing_ok=True)
-                self.path.rmdir()
+                with contextlib.suppress(OSError):  # another run may be entering it
+                    self.path.rmdir()
         for fd in self._fds:
             os.close(fd)
         self._fds = []
         if _HELD.get(self.path) is self:
             del _HELD[self.path]
 
-    def _recover(self) -> None:
-        """Roll back a swap cut between its two renames; remove staging folders of dead runs."""
+    def _rollback(self) -> None:
+        """Roll back a swap cut between its two renames (before the lock: the folder is away)."""
         parent = self.path.parent
         if not parent.is_dir():
             return
         olds = sorted(parent.glob(f".{self.path.name}{_OLD}*"))
         if olds and not self.path.exists() and _stale(olds[0]):
             os.rename(olds[0], self.path)  # the old complete set
-        for leftover in [*parent.glob(f".{self.path.name}{_NEW}*"), *olds[1:]]:
+
+    def _remove_stale_staging(self) -> None:
+        """Remove staging folders of dead runs (under the lock: no live run is staging)."""
+        parent = self.path.parent
+        olds = sorted(parent.glob(f".{self.path.name}{_OLD}*"))
+        leftovers = [*parent.glob(f".{self.path.name}{_NEW}*"), *olds, *self.path.glob(f"{_NEW}*")]
+        for leftover in leftovers:
             if leftover.is_dir() and _stale(leftover):
                 shutil.rmtree(leftover, ignore_errors=True)
-        if self.path.is_dir():
-            for leftover in self.path.glob(f"{_NEW}*"):
-                if leftover.is_dir() and _stale(leftover):
-                    shutil.rmtree(leftover, ignore_errors=True)
 
     # ---- checks -------------------------------------------------------------------------------
     def check_space(self, planned_bytes: int, what: str) -> None:
@@ -311,7 +353,7 @@ class OutputFolder:
         staging.mkdir()
         self._staging = staging
         # the staging folder's own lock becomes the folder's lock when it is swapped in
-        self._fds.append(_lock(staging, self.option))
+        self._fds.append(_lock(staging, self.option)[0])
         return staging
 
     def commit(self, names: Iterable[str] | None = None) -> list[Path]:

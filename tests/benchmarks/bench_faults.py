@@ -8,19 +8,20 @@ model and zoo dictionaries):
   the old set or the new one whole (train: its checkpoint), and rerunning the same command
   must give results equal to the reference (cache: byte-identical files; train: equal
   tensors and metrics; features, trace: equal tensors and files, the pair ids aside;
-  compare: equal results.json, run times aside);
+  compare: equal results.json, run times aside), and the folder hold only our files;
 - full disk: a run into a copy of the old folder under a 16 KB file-size limit
   (RLIMIT_FSIZE, SIGXFSZ ignored) must exit 1 with one error line, no traceback, the old
   set intact and no staging folder left;
-- two writers: two runs started together into one new folder: one finishes, the other is
-  refused naming the first's pid (or, if they did not overlap, both finish), and the result
-  equals the reference;
+- two writers (`--writers` times): two runs into one new folder, the second started together
+  with the first, then at random instants over the first 60% of the reference's run time: one
+  finishes, the other is refused naming the first's pid (or, if they did not overlap, both
+  finish), the result equals the reference and the folder holds only our files;
 - bad inputs: the CLI table test (`tests/test_cli_errors.py`) run once, cases passed/tried.
 
 Resumable: every finished trial is stored in `<work>/results.json` and skipped on a rerun.
 
     flock /tmp/cpu.lock python tests/benchmarks/bench_faults.py [--work /tmp/faults]
-        [--kills 10] [--commands cache,train,...] [--table]
+        [--kills 10] [--writers 3] [--commands cache,train,...,bad_inputs] [--table]
 """
 
 from __future__ import annotations
@@ -61,11 +62,11 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
         ["trace", PROMPT, "--max-feature-nodes", "100", "--quiet"],
         ["trace", "x = [1, 2,", "--max-feature-nodes", "50", "--quiet"],
     ),
-    "compare": (
-        ["compare", "--sets", "sae_local,transcoder", "--tasks", "close_bracket", "--pairs", "8",
-         "--graph-prompts", "1", "--loss-rows", "2", "--quiet"],
-        ["compare", "--sets", "sae_local,transcoder", "--tasks", "close_bracket", "--pairs", "4",
-         "--graph-prompts", "1", "--loss-rows", "2", "--quiet"],
+    "compare": (  # one set, no baselines: about 10 s a run on 2 cores
+        ["compare", "--sets", "sae_local", "--tasks", "close_bracket", "--pairs", "8",
+         "--baselines", "none", "--graph-prompts", "0", "--loss-rows", "2", "--quiet"],
+        ["compare", "--sets", "sae_local", "--tasks", "close_bracket", "--pairs", "4",
+         "--baselines", "none", "--graph-prompts", "0", "--loss-rows", "2", "--quiet"],
     ),
 }  # fmt: skip
 DISK_LIMIT = 16 << 10
@@ -154,6 +155,13 @@ def _no_times(data: Any) -> Any:
     return data
 
 
+def _not_ours(folder: Path) -> list[str]:
+    """Entries of the folder that its marker does not list (our lock, marker, temporaries aside)."""
+    from replacement.output_folder import foreign_entries, read_marker
+
+    return foreign_entries(folder, read_marker(folder)) if folder.is_dir() else []
+
+
 def _leftovers(folder: Path) -> list[str]:
     """Staging folders and temporaries a run left beside or in the folder."""
     found = [p.name for p in folder.parent.iterdir() if ".sc-" in p.name]
@@ -210,7 +218,8 @@ def kill_trial(work: Path, name: str, i: int, seconds: float) -> dict[str, Any]:
     rc, err, _ = _run(argv, folder)
     equal = rc == 0 and _content(folder) == ref
     return {"delay": round(delay, 2), "finished_first": finished, "old_or_new": whole,
-            "rerun_equal": equal, "leftovers": _leftovers(folder), "error": err[-300:] if rc else ""}  # fmt: skip
+            "rerun_equal": equal, "leftovers": _leftovers(folder), "not_ours": _not_ours(folder),
+            "error": err[-300:] if rc else ""}  # fmt: skip
 
 
 def disk_trial(work: Path, name: str) -> dict[str, Any]:
@@ -226,23 +235,26 @@ def disk_trial(work: Path, name: str) -> dict[str, Any]:
             "leftovers": _leftovers(folder), "message": lines[-1][:300] if lines else ""}  # fmt: skip
 
 
-def writers_trial(work: Path, name: str) -> dict[str, Any]:
-    """Two runs started together into one new folder."""
+def writers_trial(work: Path, name: str, j: int, seconds: float) -> dict[str, Any]:
+    """Two runs into one new folder, the second started `delay` after the first (trial 0: 0)."""
     argv = COMMANDS[name][0]
-    folder = work / name / "trials" / "writers" / "out"
+    folder = work / name / "trials" / f"writers{j}" / "out"
     if folder.parent.exists():
         shutil.rmtree(folder.parent)
     folder.parent.mkdir(parents=True)
-    procs = [_start(argv, folder), _start(argv, folder)]
+    delay = random.Random(f"{name}-writers-{j}").uniform(0.0, 0.6) * seconds if j else 0.0
+    procs = [_start(argv, folder)]
+    time.sleep(delay)
+    procs.append(_start(argv, folder))
     results = [(p.pid, *p.communicate(), p.returncode) for p in procs]
     codes = sorted(r[3] for r in results)
     refused = [r for r in results if r[3] == 1]
     named = bool(refused) and all(
         f"pid {other[0]}" in r[2] for r in refused for other in results if other is not r
     )
-    return {"codes": codes, "refused_with_pid": named,
+    return {"delay": round(delay, 2), "codes": codes, "refused_with_pid": named,
             "result_equal": _content(folder) == _content(work / name / "ref"),
-            "messages": [r[2].strip()[-200:] for r in refused]}  # fmt: skip
+            "not_ours": _not_ours(folder), "messages": [r[2].strip()[-200:] for r in refused]}  # fmt: skip
 
 
 def bad_inputs() -> dict[str, Any]:
@@ -259,48 +271,41 @@ def bad_inputs() -> dict[str, Any]:
 
 
 # ---- the table ---------------------------------------------------------------------------------
-def table(results: dict[str, Any], kills: int) -> str:
+def _disk_ok(disk: dict[str, Any] | None) -> str:
+    if not disk:
+        return "-"
+    ok = disk["rc"] == 1 and disk["one_line"] and not disk["traceback"]
+    return "yes" if ok and disk["old_whole"] and not disk["leftovers"] else "no"
+
+
+def _writers_ok(trials: list[dict[str, Any]]) -> str:
+    if not trials:
+        return "-"
+    refused = [t for t in trials if t["codes"] == [0, 1] and t["refused_with_pid"]]
+    apart = [t for t in trials if t["codes"] == [0, 0]]  # the second started after the first ended
+    ok = sum(t["result_equal"] and not t.get("not_ours") for t in [*refused, *apart])
+    return f"{ok}/{len(trials)} ({len(refused)} refused by pid, {len(apart)} did not overlap)"
+
+
+def table(results: dict[str, Any], kills: int, writers: int) -> str:
     rows = [
-        "| command | kill -9 at a random instant: old or new set whole | rerun equal to "
-        "uninterrupted | full disk (16 KB limit): one line, exit 1, old set whole | two "
-        "writers: one refused by pid, result equal |",
+        "| command | kill -9 at a random instant: old or new set whole, only our files | rerun "
+        "equal to uninterrupted | full disk (16 KB limit): one line, exit 1, old set whole | two "
+        "writers: the second refused by pid (or no overlap), result equal |",
         "|---|---|---|---|---|",
     ]
     for name in COMMANDS:
-        trials = [results.get(f"{name}/kill/{i}") for i in range(kills)]
-        done = [t for t in trials if t]
+        done = [t for i in range(kills) if (t := results.get(f"{name}/kill/{i}"))]
         if not done:
             continue
-        whole = sum(t["old_or_new"] and not t["leftovers"] for t in done)
+        whole = sum(t["old_or_new"] and not t["leftovers"] and not t.get("not_ours") for t in done)
         equal = sum(t["rerun_equal"] for t in done)
         before = sum(t["finished_first"] for t in done)
-        disk = results.get(f"{name}/disk")
-        disk_ok = (
-            "yes"
-            if disk
-            and disk["rc"] == 1
-            and disk["one_line"]
-            and not disk["traceback"]
-            and disk["old_whole"]
-            and not disk["leftovers"]
-            else ("no" if disk else "-")
-        )
-        two = results.get(f"{name}/writers")
-        two_ok = (
-            "-"
-            if not two
-            else (
-                "yes"
-                if two["result_equal"]
-                and (two["codes"] == [0, 0] or (two["codes"] == [0, 1] and two["refused_with_pid"]))
-                else "no"
-            )
-            + (" (no overlap)" if two and two["codes"] == [0, 0] else "")
-        )
+        two = [t for j in range(writers) if (t := results.get(f"{name}/writers/{j}"))]
         what = "n/a (resume)" if name == "train" else f"{whole}/{len(done)}"
         rows.append(
             f"| `{name}` | {what} | {equal}/{len(done)} ({before} ended before the kill) | "
-            f"{disk_ok} | {two_ok} |"
+            f"{_disk_ok(results.get(f'{name}/disk'))} | {_writers_ok(two)} |"
         )
     bad = results.get("bad_inputs")
     if bad:
@@ -313,7 +318,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="/tmp/sparse_circuits_faults")
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--commands", default=",".join(COMMANDS))
+    parser.add_argument("--writers", type=int, default=10, help="two-writer trials per command")
+    parser.add_argument("--commands", default=",".join([*COMMANDS, "bad_inputs"]))
     parser.add_argument("--table", action="store_true", help="print the table of stored results")
     args = parser.parse_args()
     work = Path(args.work)
@@ -328,16 +334,18 @@ def main() -> None:
         store.write_text(json.dumps(results, indent=1))
         print(key, json.dumps(results[key])[:300], flush=True)
 
-    if not args.table:
-        for name in args.commands.split(","):
-            info = prepare(work, name)
-            print(f"{name}: reference run {info['seconds']:.1f} s", flush=True)
-            for i in range(args.kills):
-                record(f"{name}/kill/{i}", kill_trial, work, name, i, info["seconds"])
-            record(f"{name}/disk", disk_trial, work, name)
-            record(f"{name}/writers", writers_trial, work, name)
-        record("bad_inputs", bad_inputs)
-    print(table(results, args.kills))
+    for name in [] if args.table else args.commands.split(","):
+        if name == "bad_inputs":
+            record("bad_inputs", bad_inputs)
+            continue
+        info = prepare(work, name)
+        print(f"{name}: reference run {info['seconds']:.1f} s", flush=True)
+        for i in range(args.kills):
+            record(f"{name}/kill/{i}", kill_trial, work, name, i, info["seconds"])
+        record(f"{name}/disk", disk_trial, work, name)
+        for j in range(args.writers):
+            record(f"{name}/writers/{j}", writers_trial, work, name, j, info["seconds"])
+    print(table(results, args.kills, args.writers))
 
 
 if __name__ == "__main__":
