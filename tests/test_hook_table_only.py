@@ -230,3 +230,71 @@ def test_the_scan_finds_a_hand_match(snippet):
 )
 def test_the_scan_lets_names_be_used(snippet):
     assert not scan_source(snippet), snippet
+
+
+# ---- the table's helpers that replaced the hand matching, on known answers -------------------
+def test_helpers_take_names_apart_as_the_hand_code_did():
+    from replacement import hook_table as ht
+
+    assert ht.hook_layer("blocks.12.ln2.hook_out") == 12 and ht.hook_layer("hook_embed") == -1
+    assert ht.layer_pattern("blocks.3.attn.hook_z") == "blocks.{l}.attn.hook_z"
+    assert ht.layer_pattern("ln_final.hook_scale") == "ln_final.hook_scale"
+    assert ht.fill_template("blocks.{layer}.hook_mlp_out", 2) == "blocks.2.hook_mlp_out"
+    assert ht.fill_template("hook_mlp_out", 2) == "blocks.2.hook_mlp_out"
+    assert ht.fill_template("blocks.5.hook_mlp_out", 2) == "blocks.5.hook_mlp_out"
+    assert ht.block_template("mlp.hook_in") == "blocks.{layer}.mlp.hook_in"
+    assert ht.bridge_port("ln2.hook_out") == ("ln2", "out")
+    assert ht.bridge_port("hook_in") == ("", "in")
+    assert ht.bridge_port("attn.hook_pattern") == ("attn", None)
+    assert ht.is_module_port("blocks.0.mlp.hook_in") and not ht.is_module_port("hook_in")
+    assert not ht.is_module_port("blocks.0.hook_resid_pre")
+    assert ht.is_attention_pattern("blocks.1.attn.hook_pattern")
+    assert not ht.is_attention_pattern("blocks.1.attn.hook_attn_scores")
+
+
+def test_helpers_recognise_through_the_aliases():
+    from replacement import hook_table as ht
+
+    assert ht.stream_point("blocks.1.hook_resid_mid") == "mid"
+    assert ht.stream_point("blocks.1.ln2.hook_in") == "mid"  # an alias of resid_mid
+    assert ht.stream_point("blocks.1.hook_out") == "post"
+    assert ht.stream_point("blocks.1.hook_mlp_out") is None
+    assert ht.is_attention_output("blocks.2.attn.o.hook_in", 2)  # an alias of attn.hook_z
+    assert ht.is_attention_output("blocks.2.hook_attn_out", 2)
+    assert not ht.is_attention_output("blocks.2.hook_attn_out", 1)
+    # before Gemma's post-attention norm, attn.hook_out is not what enters the stream
+    assert not ht.is_attention_output("blocks.2.attn.hook_out", 2, ht.GEMMA2)
+    assert ht.is_attention_output("blocks.2.ln1_post.hook_out", 2, ht.GEMMA2)
+    assert ht.is_block_site("ln2.hook_normalized") and not ht.is_block_site("hook_mlp_outt")
+
+
+@pytest.mark.parametrize(
+    "path,transcode,hooks",
+    [
+        ("layers.3.mlp", True, ("blocks.3.ln2.hook_out", "blocks.3.hook_mlp_out")),
+        ("model.layers.3.mlp", False, ("blocks.3.hook_mlp_out",) * 2),
+        ("layers.1.self_attn", False, ("blocks.1.hook_attn_out",) * 2),
+        ("h.0.attn", True, None),
+        ("gpt_neox.layers.4", False, ("blocks.4.hook_resid_post",) * 2),
+        ("h.2", True, ("blocks.2.hook_resid_pre", "blocks.2.hook_resid_post")),
+        ("layers.2.input_layernorm", False, None),
+        ("embed_tokens", False, None),
+    ],
+)
+def test_hugging_face_module_paths(path, transcode, hooks):
+    from replacement.hook_table import from_hf_module
+
+    assert from_hf_module(path, transcode) == hooks
+
+
+def test_post_norm_wiring_is_checked_against_the_model():
+    from types import SimpleNamespace
+
+    from replacement.hook_table import post_norm_mismatch
+
+    point, other = object(), object()
+    as_table = {"blocks.0.ln2_post.hook_out": point, "blocks.0.hook_mlp_out": point}
+    assert post_norm_mismatch(SimpleNamespace(hook_dict=as_table)) is None
+    assert post_norm_mismatch(SimpleNamespace(hook_dict={})) is None  # no post-norms
+    rewired = {"blocks.0.ln2_post.hook_out": point, "blocks.0.hook_mlp_out": other}
+    assert post_norm_mismatch(SimpleNamespace(hook_dict=rewired)) == ("ln2_post", "hook_mlp_out")
