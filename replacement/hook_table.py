@@ -443,6 +443,11 @@ def is_attention_pattern(hook: str) -> bool:
     return bool(prefix) and suffix == "attn.hook_pattern"
 
 
+def is_norm_module(module: Any) -> bool:
+    """Whether a bridge module is a norm (it has the hooks of a norm's scale and output)."""
+    return hasattr(module, "hook_normalized") and hasattr(module, "hook_scale")
+
+
 def has_post_attention_norm(model: Any) -> bool:
     """Whether blocks normalise the attention output before adding it (Gemma's ln1_post)."""
     return norm_scale_hook(block_hook(0, "ln1_post")) in model.hook_dict

@@ -132,6 +132,9 @@ class _Scan(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
+        if isinstance(func, ast.Name) and func.id == "hasattr" and len(node.args) == 2:
+            if _looks_like_hook(node.args[1]):
+                self._flag(node, "recognises a module by a hook attribute (hook_table)")
         if isinstance(func, ast.Attribute):
             receiver, method = func.value, func.attr
             if isinstance(receiver, ast.Name) and receiver.id == "re":
@@ -210,6 +213,7 @@ def test_the_scan_covers_every_package():
         'ok = "{layer}" in template',
         'ok = rest[0] == "mlp" or hookpoint.endswith(".mlp")',
         'match name:\n    case "hook_embed":\n        pass',
+        'ok = hasattr(module, "hook_normalized")',
     ],
 )
 def test_the_scan_finds_a_hand_match(snippet):
