@@ -42,6 +42,13 @@ TransformerLens 2/3 names, as SAELens and circuit-tracer write them (`from_tl2`)
 | `mlp.hook_out` (circuit-tracer's MLP wrapper) | `mlp.hook_out` (before a post-norm) | same | same |
 
 every other name means the same in both.
+
+Nothing outside this module recognises a hook name by hand (compares it with a literal, tests
+its ending, splits it at dots, matches a regex) or builds `blocks.{l}.<suffix>` itself: it asks
+the helpers below (`split_hook`, `hook_layer`, `block_hook`, `fill_template`, `bridge_port`,
+`stream_point`, `is_attention_pattern`, ...). `tests/test_hook_table_only.py` enforces this.
+The same goes for Hugging Face module paths (sparsify's hookpoints, `from_hf_module`) and the
+trainer's `BLOCK_SITES`.
 """
 
 from __future__ import annotations
