@@ -29,6 +29,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from replacement.errors import ModelLoadError
+from replacement.fused_gelu import fuse_tanh_gelu
 from replacement.processing import (
     PROCESSINGS,
     choose_processing,
@@ -114,7 +115,9 @@ def load_model(
 
     Returns:
         The bridge, in eval mode. Its processing is `model.sc_processing`; the unembedding is
-        never centred, so logits equal the Hugging Face model's. Norm weights and biases from
+        never centred, so logits equal the Hugging Face model's. A tanh-GELU (`gelu_new`) runs
+        in torch's fused kernel (`replacement.fused_gelu`; an in-memory model's activation
+        modules are swapped in place). Norm weights and biases from
         before folding are kept as `model.sc_original_norms` (dictionaries that read a norm's
         output are converted with them).
     """
@@ -168,6 +171,7 @@ def load_model(
             if str(source) == "default":
                 bridge.cfg.model_name = "sparse-circuits-default"
         bridge.sc_original_norms = original_norms(bridge)
+        fuse_tanh_gelu(bridge)  # same function, one kernel instead of five Python ops
         flags = parse_processing(processing)
         bridge.enable_compatibility_mode(
             disable_warnings=True,
