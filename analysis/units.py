@@ -40,7 +40,7 @@ from analysis.choices import CURRENCIES
 from analysis.node_forward import ordered_sites
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
-from replacement.hooks import hook_layer
+from replacement.hook_table import block_hook, hook_layer, is_attention_output, norm_facts
 from replacement.splice import _flat
 
 DENSE_PARTS = ("error", "skip")
@@ -139,18 +139,18 @@ class _Simple(Source):
 def head_source(model: Any, layer: int) -> Source:
     """Attention heads of `layer` (hook_z)."""
     c = model.cfg
-    return _Simple(f"blocks.{layer}.attn.hook_z", "heads", layer, c.n_heads, c.d_head, False)
+    return _Simple(block_hook(layer, "attn.hook_z"), "heads", layer, c.n_heads, c.d_head, False)
 
 
 def neuron_source(model: Any, layer: int) -> Source:
     """MLP neurons of `layer` (hook_post)."""
-    return _Simple(f"blocks.{layer}.mlp.hook_post", "neurons", layer, model.cfg.d_mlp, 1, True)
+    return _Simple(block_hook(layer, "mlp.hook_post"), "neurons", layer, model.cfg.d_mlp, 1, True)
 
 
 def mlp_source(model: Any, layer: int) -> Source:
     """The whole MLP output of `layer` as one node per position (hook_mlp_out)."""
     d = model.cfg.d_model
-    return _Simple(f"blocks.{layer}.hook_mlp_out", "mlp", layer, 1, d, False)
+    return _Simple(block_hook(layer, "hook_mlp_out"), "mlp", layer, 1, d, False)
 
 
 class DictionarySource(Source):
@@ -280,8 +280,9 @@ def system_for(
     else:
         raise SparseCircuitsError(f"baseline {baseline!r} is unknown; expected neurons or mlp")
     sources: list[Source] = []
+    facts = norm_facts(model)
     for layer in range(n_layers):
-        attention_sae = {f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out"} & taken
+        attention_sae = any(is_attention_output(h, layer, facts) for h in taken)
         if heads and not attention_sae:
             sources.append(head_source(model, layer))
         sources.extend(sorted(per_layer[layer], key=lambda s: s.parts[0].key))

@@ -24,9 +24,14 @@ from torch import Tensor, nn
 from replacement.activations import make_activation
 from replacement.atomic import atomic_path, write_json
 from replacement.errors import DictionaryFileError, SparseCircuitsError
+from replacement.hook_table import block_template, fill_template, is_template
 
 KIND = "crosslayer_transcoder"
 FORMAT_VERSION = 1
+DEFAULT_IN = block_template("ln2.hook_normalized")
+"""Where every layer's encoder reads unless a template says otherwise."""
+DEFAULT_OUT = block_template("hook_mlp_out")
+"""Where the decoders into every layer write unless a template says otherwise."""
 
 
 class CrossLayerTranscoder(nn.Module):
@@ -41,8 +46,8 @@ class CrossLayerTranscoder(nn.Module):
         *,
         activation_params: dict[str, Any] | None = None,
         skip: bool = False,
-        in_hook: str = "blocks.{layer}.ln2.hook_normalized",
-        out_hook: str = "blocks.{layer}.hook_mlp_out",
+        in_hook: str = DEFAULT_IN,
+        out_hook: str = DEFAULT_OUT,
         model_name: str = "",
         metadata: dict[str, Any] | None = None,
         dtype: torch.dtype = torch.float32,
@@ -53,7 +58,7 @@ class CrossLayerTranscoder(nn.Module):
         if len(feats) != n_layers:
             raise SparseCircuitsError(f"n_features has {len(feats)} entries for {n_layers} layers")
         for template in (in_hook, out_hook):
-            if "{layer}" not in template:
+            if not is_template(template):
                 raise SparseCircuitsError(f"hook template {template!r} lacks '{{layer}}'")
         self.n_layers, self.d_model, self.n_features = int(n_layers), int(d_model), feats
         self.d_in = self.d_out = self.d_model
@@ -86,11 +91,11 @@ class CrossLayerTranscoder(nn.Module):
 
     def in_hook(self, layer: int) -> str:
         """Hook that layer `layer`'s encoder reads."""
-        return self.in_hook_template.format(layer=layer)
+        return fill_template(self.in_hook_template, layer)
 
     def out_hook(self, layer: int) -> str:
         """Hook that the decoders into layer `layer` write."""
-        return self.out_hook_template.format(layer=layer)
+        return fill_template(self.out_hook_template, layer)
 
     @property
     def in_hooks(self) -> list[str]:
@@ -202,8 +207,8 @@ def crosslayer_from_config(cfg: dict[str, Any], dtype: torch.dtype) -> CrossLaye
         cfg.get("activation", "relu"),
         activation_params=cfg.get("activation_params") or {},
         skip=bool(cfg.get("skip", False)),
-        in_hook=cfg.get("in_hook", "blocks.{layer}.ln2.hook_normalized"),
-        out_hook=cfg.get("out_hook", "blocks.{layer}.hook_mlp_out"),
+        in_hook=cfg.get("in_hook", DEFAULT_IN),
+        out_hook=cfg.get("out_hook", DEFAULT_OUT),
         model_name=cfg.get("model_name", ""),
         metadata=cfg.get("metadata") or {},
         dtype=dtype,

@@ -42,6 +42,13 @@ TransformerLens 2/3 names, as SAELens and circuit-tracer write them (`from_tl2`)
 | `mlp.hook_out` (circuit-tracer's MLP wrapper) | `mlp.hook_out` (before a post-norm) | same | same |
 
 every other name means the same in both.
+
+Nothing outside this module recognises a hook name by hand (compares it with a literal, tests
+its ending, splits it at dots, matches a regex) or builds `blocks.{l}.<suffix>` itself: it asks
+the helpers below (`split_hook`, `hook_layer`, `block_hook`, `fill_template`, `bridge_port`,
+`stream_point`, `is_attention_pattern`, ...). `tests/test_hook_table_only.py` enforces this.
+The same goes for Hugging Face module paths (sparsify's hookpoints, `from_hf_module`) and the
+trainer's `BLOCK_SITES`.
 """
 
 from __future__ import annotations
@@ -368,6 +375,203 @@ def from_tl2(hook: str, fold_ln: bool, layernorm: bool = True) -> str:
     return hook
 
 
-def block_hook(layer: int, suffix: str) -> str:
-    """`blocks.{layer}.{suffix}`."""
+# ---- building and taking names apart ------------------------------------------------------------
+def block_hook(layer: int | str, suffix: str) -> str:
+    """`blocks.{layer}.{suffix}` (`layer` may be a placeholder such as `{layer}` or `{l}`)."""
     return f"blocks.{layer}.{suffix}"
+
+
+def hook_layer(hook: str) -> int:
+    """The block index in a hook name such as `blocks.3.hook_mlp_out` (-1 for embeddings)."""
+    return split_hook(hook).layer
+
+
+_LAYER_FIELD = "{layer}"
+
+
+def block_template(suffix: str) -> str:
+    """A hook template with `{layer}` for a suffix such as `hook_mlp_out` (a template stays)."""
+    return suffix if is_template(suffix) else block_hook(_LAYER_FIELD, suffix)
+
+
+def is_template(hook: str) -> bool:
+    """Whether `hook` is a template with `{layer}` still to fill in."""
+    return _LAYER_FIELD in hook
+
+
+def fill_template(template: str, layer: int) -> str:
+    """The hook of block `layer` for a template with `{layer}`, a per-block suffix such as
+    `hook_mlp_out`, or a full block hook name (kept as it is)."""
+    if is_template(template):
+        return template.format(layer=layer)
+    return template if split_hook(template).prefix else block_hook(layer, template)
+
+
+def layer_pattern(hook: str) -> str:
+    """`blocks.3.hook_mlp_out` -> `blocks.{l}.hook_mlp_out` (names outside blocks unchanged):
+    how error messages list a model's hooks once for every layer."""
+    prefix, suffix, _ = split_hook(hook)
+    return block_hook("{l}", suffix) if prefix else hook
+
+
+class Port(NamedTuple):
+    """Where a hook sits on a bridge module: its input or output, or another hook point."""
+
+    owner: str
+    """The module's path relative to where the name starts ('' for that root itself)."""
+    side: Literal["in", "out"] | None
+    """`hook_in` / `hook_out` of that module; None for any other hook (e.g. `hook_scale`)."""
+
+
+_PORTS: dict[str, Literal["in", "out"]] = {"hook_in": "in", "hook_out": "out"}
+
+
+def bridge_port(hook: str) -> Port:
+    """`ln2.hook_out` -> Port("ln2", "out"); `attn.hook_pattern` -> Port("attn", None)."""
+    owner, _, point = hook.rpartition(".")
+    return Port(owner, _PORTS.get(point))
+
+
+def is_module_port(hook: str) -> bool:
+    """Whether `hook` is a bridge module's `hook_in`/`hook_out` (which alias other hooks, or
+    name a submodule's boundary), as opposed to the hooks a user reads (`hook_resid_pre`...)."""
+    port = bridge_port(hook)
+    return port.side is not None and port.owner != ""
+
+
+def norm_scale_hook(norm: str) -> str:
+    """The hook of the scale a norm module (`blocks.1.ln2`, `ln_final`) divides by."""
+    return f"{norm}.hook_scale"
+
+
+def is_attention_pattern(hook: str) -> bool:
+    """Whether `hook` holds a block's attention probabilities (`blocks.l.attn.hook_pattern`)."""
+    prefix, suffix, _ = split_hook(hook)
+    return bool(prefix) and suffix == "attn.hook_pattern"
+
+
+def is_norm_module(module: Any) -> bool:
+    """Whether a bridge module is a norm (it has the hooks of a norm's scale and output)."""
+    return hasattr(module, "hook_normalized") and hasattr(module, "hook_scale")
+
+
+def has_post_attention_norm(model: Any) -> bool:
+    """Whether blocks normalise the attention output before adding it (Gemma's ln1_post)."""
+    return norm_scale_hook(block_hook(0, "ln1_post")) in model.hook_dict
+
+
+_POST_NORM_WRITES = {"ln1_post": "hook_attn_out", "ln2_post": "hook_mlp_out"}
+
+
+def post_norm_mismatch(model: Any) -> tuple[str, str] | None:
+    """A norm after attention or MLP whose output is not what the table says it is (what enters
+    the residual stream, `hook_attn_out` / `hook_mlp_out`) on `model`, as (norm, hook), or None
+    where every post-norm the model has is as the table says."""
+    for post, written in _POST_NORM_WRITES.items():
+        point = model.hook_dict.get(block_hook(0, f"{post}.hook_out"))
+        if point is not None and point is not model.hook_dict.get(block_hook(0, written)):
+            return post, written
+    return None
+
+
+StreamPoint = Literal["pre", "mid", "post"]
+_STREAM_POINTS: dict[str, StreamPoint] = {
+    "hook_resid_pre": "pre",
+    "hook_resid_mid": "mid",
+    "hook_resid_post": "post",
+}
+
+
+def stream_point(hook: str, facts: NormFacts = PROVISIONAL) -> StreamPoint | None:
+    """Where in its block `hook` holds the residual stream (before attention, between attention
+    and MLP, after the MLP), or None if it does not."""
+    return _STREAM_POINTS.get(split_hook(canonical(hook, facts)).suffix)
+
+
+_ATTENTION_OUTPUTS = {"attn.hook_z", "hook_attn_out"}
+
+
+def is_attention_output(hook: str, layer: int, facts: NormFacts = PROVISIONAL) -> bool:
+    """Whether `hook` holds the output of layer `layer`'s attention, per head (`attn.hook_z`) or
+    as written into the residual stream (`hook_attn_out`)."""
+    prefix, suffix, at = split_hook(canonical(hook, facts))
+    return at == layer and suffix in _ATTENTION_OUTPUTS
+
+
+# ---- where a dictionary may sit (the trainer's `site`) ------------------------------------------
+BLOCK_SITES = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_in",
+    "hook_mlp_out",
+    "ln1.hook_normalized",
+    "ln2.hook_normalized",
+    "attn.hook_z",
+)
+"""Hooks inside `blocks.{l}.` that an SAE can read and write (TransformerLens 4 names)."""
+
+
+def is_block_site(site: str) -> bool:
+    """Whether `site` is one of `BLOCK_SITES`."""
+    return site in BLOCK_SITES
+
+
+# ---- Hugging Face module paths (sparsify's hookpoints) ------------------------------------------
+_HF_ATTENTION = ("attn", "self_attn", "attention")
+_HF_MLP = "mlp"
+
+
+class HfModule(NamedTuple):
+    """What a Hugging Face module path names: which part of which layer."""
+
+    layer: int
+    """The block, from the last number in the path."""
+    part: Literal["mlp", "attn", "block", "other"]
+    """The MLP, the attention, the whole layer, or another module of the layer."""
+
+
+def hf_module_part(path: str) -> HfModule | None:
+    """`layers.3.mlp` -> (3, "mlp"); `h.3` / `gpt_neox.layers.3` -> (3, "block");
+    `model.layers.3.self_attn` -> (3, "attn"); None without a layer number."""
+    parts = path.split(".")
+    numbers = [i for i, p in enumerate(parts) if p.isdigit()]
+    if not numbers:
+        return None
+    at = numbers[-1]
+    layer, rest = int(parts[at]), parts[at + 1 :]
+    if not rest:
+        return HfModule(layer, "block")
+    if rest[0] == _HF_MLP:
+        return HfModule(layer, "mlp")
+    if rest[0] in _HF_ATTENTION:
+        return HfModule(layer, "attn")
+    return HfModule(layer, "other")
+
+
+def from_hf_module(path: str, transcode: bool) -> tuple[str, str] | None:
+    """TL4 (in_hook, out_hook) of a dictionary on the Hugging Face module `path` (sparsify's
+    hookpoint), on a pre-norm model (`module_output` renames the writes for post-norm ones):
+
+        transcoder on an MLP      blocks.3.ln2.hook_out -> blocks.3.hook_mlp_out
+        SAE on an MLP output      blocks.3.hook_mlp_out
+        SAE on an attention out   blocks.3.hook_attn_out
+        transcoder on a layer     blocks.3.hook_resid_pre -> blocks.3.hook_resid_post
+        SAE on a layer's output   blocks.3.hook_resid_post
+
+    The MLP's input is the norm's output, `ln2.hook_out` (Hugging Face has no hook between the
+    norm's scale and its weight). None where the path names no such module."""
+    part = hf_module_part(path)
+    if part is None:
+        return None
+    layer, kind = part
+    if kind == "mlp":
+        out = block_hook(layer, "hook_mlp_out")
+        return (block_hook(layer, "ln2.hook_out"), out) if transcode else (out, out)
+    if kind == "attn" and not transcode:
+        return block_hook(layer, "hook_attn_out"), block_hook(layer, "hook_attn_out")
+    if kind == "block":
+        post = block_hook(layer, "hook_resid_post")
+        return (block_hook(layer, "hook_resid_pre"), post) if transcode else (post, post)
+    return None

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Any, NamedTuple
 
 from replacement.errors import HookError
+from replacement.hook_table import (
+    block_hook,
+    hook_layer,
+    is_module_port,
+    layer_pattern,
+    norm_scale_hook,
+)
+
+__all__ = ["LayerHooks", "check_hook", "final_scale_hook", "hook_layer", "layer_hooks"]
 
 
 class LayerHooks(NamedTuple):
@@ -37,34 +45,27 @@ class LayerHooks(NamedTuple):
 
 def layer_hooks(layer: int) -> LayerHooks:
     """Hook names of block `layer` (no check against a model; see `check_hook`)."""
-    b = f"blocks.{layer}"
     return LayerHooks(
-        resid_pre=f"{b}.hook_resid_pre",
-        resid_mid=f"{b}.hook_resid_mid",
-        resid_post=f"{b}.hook_resid_post",
-        attn_out=f"{b}.hook_attn_out",
-        attn_pattern=f"{b}.attn.hook_pattern",
-        attn_z=f"{b}.attn.hook_z",
-        attn_scale=f"{b}.ln1.hook_scale",
-        mlp_in=f"{b}.ln2.hook_normalized",
-        mlp_out=f"{b}.hook_mlp_out",
-        mlp_scale=f"{b}.ln2.hook_scale",
+        resid_pre=block_hook(layer, "hook_resid_pre"),
+        resid_mid=block_hook(layer, "hook_resid_mid"),
+        resid_post=block_hook(layer, "hook_resid_post"),
+        attn_out=block_hook(layer, "hook_attn_out"),
+        attn_pattern=block_hook(layer, "attn.hook_pattern"),
+        attn_z=block_hook(layer, "attn.hook_z"),
+        attn_scale=block_hook(layer, "ln1.hook_scale"),
+        mlp_in=block_hook(layer, "ln2.hook_normalized"),
+        mlp_out=block_hook(layer, "hook_mlp_out"),
+        mlp_scale=block_hook(layer, "ln2.hook_scale"),
     )
 
 
 def final_scale_hook() -> str:
     """Hook of the final norm's scale."""
-    return "ln_final.hook_scale"
-
-
-def hook_layer(hook: str) -> int:
-    """The block index in a hook name such as `blocks.3.hook_mlp_out` (-1 for embeddings)."""
-    match = re.match(r"blocks\.(\d+)\.", hook)
-    return int(match.group(1)) if match else -1
+    return norm_scale_hook("ln_final")
 
 
 def _canonical_names(model: Any) -> list[str]:
-    return sorted(name for name in model.hook_dict if not re.search(r"\.(hook_in|hook_out)$", name))
+    return sorted(name for name in model.hook_dict if not is_module_port(name))
 
 
 def check_hook(model: Any, hook: str) -> str:
@@ -78,5 +79,5 @@ def check_hook(model: Any, hook: str) -> str:
         hint = f"the model has {model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1})"
     else:
         hint = "did you mean " + ", ".join(repr(c) for c in close) if close else ""
-    per_layer = sorted({re.sub(r"^blocks\.\d+\.", "blocks.{l}.", n) for n in names})
+    per_layer = sorted({layer_pattern(n) for n in names})
     raise HookError(f"the model has no hook {hook!r}; {hint}. Valid hooks: {', '.join(per_layer)}")

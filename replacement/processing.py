@@ -35,6 +35,7 @@ from replacement.hook_table import (
     from_tl2,
     holds_value_bias,
     is_layernorm,
+    is_norm_module,
     is_residual_write,
     norm_output,
     processing_known,
@@ -129,7 +130,7 @@ def original_norms(model: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor | N
     for name, module in model.named_modules(remove_duplicate=False):
         if "original_component" in name:  # the same norms again, under Hugging Face names
             continue
-        if not (hasattr(module, "hook_normalized") and hasattr(module, "hook_scale")):
+        if not is_norm_module(module):
             continue
         weight = getattr(module, "weight", None)
         if weight is None:

@@ -12,7 +12,9 @@ on the model under each processing with the linear and the autograd engine.
   `ln2.hook_normalized -> mlp.hook_out` (before Gemma's post-MLP norm);
 - the reference graph (unprocessed model, autograd) is checked by hand against the Hugging Face
   model's activations: feature activations, and the direct edges of the last layer's features
-  and error into every logit through the frozen final norm (and Gemma's post-MLP norm).
+  and error into every logit through the frozen final norm (and Gemma's post-MLP norm); on
+  Llama also every mid-graph edge from a layer-0 feature or error into a layer-1 feature,
+  through the residual stream and layer 1's attention (frozen pattern, GQA) and norms.
 """
 
 from __future__ import annotations
@@ -154,6 +156,8 @@ def test_every_processing_and_engine_gives_the_unprocessed_graph(arch, naming, t
     ref_dicts = load(arch.models["none"])
     ref = attribute(arch.models["none"], ref_dicts, IDS, verbose=False, method="autograd")
     _check_by_hand(arch, ref_dicts, ref)
+    if arch.name == "llama":
+        _check_mid_graph_by_hand(arch, ref_dicts, ref)
     for processing in PROCESSINGS:
         model = arch.models[processing]
         if _refused(arch.name, processing, naming):
@@ -278,6 +282,85 @@ def _check_by_hand(arch, dicts, graph):
         scale = by_hand.abs().max()
         assert scale > 1e-6
         assert (edges - by_hand).abs().max() <= 1e-5 * max(scale, 1e-3)
+
+
+@torch.no_grad()
+def _check_mid_graph_by_hand(arch, dicts, graph):
+    """Llama: every edge from a layer-0 feature or error node into a layer-1 feature, from the
+    Hugging Face model's weights and activations. The source vector v (a W_dec row, or the
+    error) enters the residual stream at its position k; layer 1's attention carries it to
+    query q through the frozen pattern P and ln1 scale s1: v[q] + sum_h P_h[q, k] OV_h(w1 v /
+    s1[k]); the target reads that at `hook_resid_mid`, or through the frozen ln2 scale s2[q]
+    (`ln2.hook_normalized`), and ln2's weight (`ln2.hook_out`); the edge is that read . W_enc."""
+    hf = arch.hf
+    facts = norm_facts(arch.models["none"])
+    layers, _ = _parts(hf)
+    block, attn = layers[1], layers[1].self_attn
+    seen = _hf_activations(hf)
+    got = {}
+
+    def keep(name):
+        def hook(module, args, out):
+            got[name] = (args[0][0], out)
+
+        return hook
+
+    modules = {"ln1": block.input_layernorm, "q": attn.q_proj, "k": attn.k_proj}
+    modules["rope"] = hf.model.rotary_emb
+    handles = [m.register_forward_hook(keep(name)) for name, m in modules.items()]
+    try:
+        hf(IDS[None])
+    finally:
+        for h in handles:
+            h.remove()
+    pattern = _llama_pattern(got, attn)  # [head, q, k]
+    _, s1 = _normalize(got["ln1"][0], block.input_layernorm, False)  # ln1's input: resid_pre
+    _, s2 = _normalize(seen["1.resid_mid"], block.post_attention_layernorm, False)
+    w1, w2 = _weight(block.input_layernorm), _weight(block.post_attention_layernorm)
+    n_heads, n_kv, d_head = pattern.shape[0], attn.config.num_key_value_heads, attn.head_dim
+    W_v = attn.v_proj.weight.detach().view(n_kv, d_head, -1)  # [kv head, e, d]
+    W_o = attn.o_proj.weight.detach().view(-1, n_heads, d_head)  # [d, head, e]
+    group = n_heads // n_kv  # grouped-query attention: head h reads kv head h // group
+    ov = torch.stack([W_v[h // group].T @ W_o[:, h].T for h in range(n_heads)])  # [h, d, d]
+    first, second = dicts
+    x0 = _read_for_hand(first, seen, layers, facts, 0)
+    acts0, error0 = first.encode(x0), seen["0.mlp_out"] - first(x0)
+    read = canonical(second.in_hook, facts).split(".", 2)[2]
+    sources = [*graph.find("feature", layer=0), *graph.find("error", layer=0)]
+    targets = graph.find("feature", layer=1)
+    assert len(sources) > 5 and len(targets) > 5
+    by_hand = torch.zeros(len(targets), len(sources), dtype=torch.float64)
+    for j, s in enumerate(sources):
+        k, f = int(graph.node_pos[s]), int(graph.node_feature[s])
+        v = acts0[k, f] * first.W_dec[f] if graph.node_kind[s] == "feature" else error0[k]
+        carried = torch.einsum("hq,hd->qd", pattern[:, :, k], (w1 * v / s1[k]) @ ov)  # [q, d]
+        carried[k] += v
+        if read != "hook_resid_mid":
+            carried = carried / s2
+            carried = carried * w2 if read == "ln2.hook_out" else carried
+        q, t = graph.node_pos[targets], graph.node_feature[targets]
+        by_hand[:, j] = (carried[q] * second.W_enc[:, t].T).sum(-1)
+    edges = graph.adjacency[targets][:, sources].double()
+    scale = by_hand.abs().max()
+    assert scale > 1e-3 and (edges != 0).float().mean() > 0.5
+    assert (edges - by_hand).abs().max() <= 1e-5 * scale
+
+
+def _llama_pattern(got, attn):
+    """Llama's attention pattern from its query and key projections and rotary cos/sin."""
+    cos, sin = (t[0, :, None] for t in got["rope"][1])  # [pos, 1, d_head]
+    d_head, n_pos = attn.head_dim, len(IDS)
+
+    def rotated(x):
+        x = x.view(n_pos, -1, d_head)
+        half = torch.cat([-x[..., d_head // 2 :], x[..., : d_head // 2]], -1)
+        return x * cos + half * sin
+
+    q, k = rotated(got["q"][1][0]), rotated(got["k"][1][0])
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # grouped-query attention
+    scores = torch.einsum("qhe,khe->hqk", q, k) / d_head**0.5
+    causal = torch.ones(n_pos, n_pos, dtype=torch.bool).tril()
+    return scores.masked_fill(~causal, -torch.inf).softmax(-1)
 
 
 def _read_for_hand(d, seen, layers, facts, layer):

@@ -14,6 +14,7 @@ import argparse
 from typing import Any
 
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import block_hook
 from replacement.output_folder import add_overwrite_flag
 from replacement.validation import int_at_least, positive_int
 from training.config import parse_layers
@@ -27,7 +28,7 @@ def cache_hooks(layers: list[int], sites: str | None, hooks: str | None) -> list
         return [h.strip() for h in hooks.split(",") if h.strip()]
     if sites:
         names = [s.strip() for s in sites.split(",") if s.strip()]
-        return [f"blocks.{layer}.{site}" for layer in layers for site in names]
+        return [block_hook(layer, site) for layer in layers for site in names]
     return [h for layer in layers for h in (layer_hooks(layer).mlp_in, layer_hooks(layer).mlp_out)]
 
 

@@ -17,7 +17,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from replacement.dictionary import Dictionary
-from replacement.hooks import hook_layer
+from replacement.hook_table import block_hook, hook_layer
 from replacement.splice import splice
 
 SUM_KEYS = (
@@ -100,7 +100,7 @@ def original_side(
 def downstream_hooks(model: Any, dictionary: Dictionary) -> list[str]:
     """`hook_resid_post` of the dictionary's own block and every later one."""
     first = hook_layer(dictionary.out_hook)
-    return [f"blocks.{m}.hook_resid_post" for m in range(first, int(model.cfg.n_layers))]
+    return [block_hook(m, "hook_resid_post") for m in range(first, int(model.cfg.n_layers))]
 
 
 @torch.no_grad()

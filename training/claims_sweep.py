@@ -27,6 +27,7 @@ import torch
 
 from replacement.atomic import write_json
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import block_hook
 from training.claims_eval import evaluate_dictionary, figures, original_side
 from training.claims_plan import CLAIMS, SweepPoint, claim_points
 from training.config import TrainConfig
@@ -241,8 +242,8 @@ def run_claims(
     train_data, rows, reserved = split_rows(data, settings.eval_tokens)
     results["setup"]["eval_rows"] = {"heldout": int(data.val.shape[0]), "reserved": reserved}
     hooks = sorted(
-        {f"blocks.{m}.hook_resid_post" for m in range(int(model.cfg.n_layers))}
-        | {f"blocks.{settings.layer}.hook_mlp_out", f"blocks.{settings.layer}.hook_resid_pre"}
+        {block_hook(m, "hook_resid_post") for m in range(int(model.cfg.n_layers))}
+        | {block_hook(settings.layer, s) for s in ("hook_mlp_out", "hook_resid_pre")}
     )
     original = original_side(model, rows, hooks, data.special_ids, settings.n_chunks)
     for point, seed in pending:

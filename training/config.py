@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import BLOCK_SITES, is_block_site
 
 KINDS = ("sae", "transcoder", "skip_transcoder")
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -17,19 +18,8 @@ OBJECTIVES = ("local", "e2e", "e2e_ds")
 DECAYS = ("cosine", "linear", "none")
 
 
-# Hooks inside `blocks.{l}.` that an SAE can read and write (TransformerLens 4 names); the
-# trainer also checks the chosen one against the loaded model.
-BLOCK_SITES = (
-    "hook_resid_pre",
-    "hook_resid_mid",
-    "hook_resid_post",
-    "hook_attn_out",
-    "hook_mlp_in",
-    "hook_mlp_out",
-    "ln1.hook_normalized",
-    "ln2.hook_normalized",
-    "attn.hook_z",
-)
+# Hooks inside `blocks.{l}.` that an SAE can read and write: `hook_table.BLOCK_SITES` (the
+# trainer also checks the chosen one against the loaded model).
 # Config fields whose CLI option is not simply --field-name
 _OPTIONS = {"total_tokens": "tokens", "out_dir": "out"}
 
@@ -221,7 +211,7 @@ class TrainConfig:
             raise ConfigError(
                 f"{_named('val_fraction')} must be in (0, 1), got {self.val_fraction}"
             )
-        if self.site not in BLOCK_SITES:  # a typo fails even where only SAEs use it
+        if not is_block_site(self.site):  # a typo fails even where only SAEs use it
             close = difflib.get_close_matches(self.site, BLOCK_SITES, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(

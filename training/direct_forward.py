@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from replacement.hook_table import norm_output
+from replacement.hook_table import bridge_port, norm_output, split_hook
 
 Capture = tuple[str, torch.nn.Module, str]
 """(hook name, twin module, "in" or "out")."""
@@ -163,17 +163,16 @@ def _plan(bridge: Any, twin: torch.nn.Module, hooks: Sequence[str]) -> list[Capt
     """Each hook as (name, twin module, in/out), or None if one has no module boundary."""
     captures = []
     for name in hooks:
-        parts = name.split(".")
-        if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        prefix, rest, layer = split_hook(name)
+        if not prefix:
             return None
-        block = bridge.blocks[int(parts[1])]
-        rest = ".".join(parts[2:])
+        block = bridge.blocks[layer]
         rest = (getattr(block, "hook_aliases", None) or {}).get(rest, rest)
-        owner, _, point = rest.rpartition(".")
+        owner, side = bridge_port(rest)
         read = norm_output(name)
         if read is not None and not read.after_weight:
-            point = "hook_out"  # a norm's output once its affine part is folded (checked below)
-        if point not in ("hook_in", "hook_out"):
+            side = "out"  # a norm's output once its affine part is folded (checked below)
+        if side is None:
             return None
         try:
             component = block.get_submodule(owner) if owner else block
@@ -182,7 +181,7 @@ def _plan(bridge: Any, twin: torch.nn.Module, hooks: Sequence[str]) -> list[Capt
         module = _twin_module(bridge.original_model, twin, component)
         if module is None:
             return None
-        captures.append((name, module, "in" if point == "hook_in" else "out"))
+        captures.append((name, module, side))
     return captures
 
 

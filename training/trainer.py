@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from replacement.atomic import atomic_path, write_json
 from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import block_hook
 from replacement.hooks import check_hook, layer_hooks
 from replacement.output_folder import OutputFolder, owned
 from replacement.processing import UNKNOWN, model_processing
@@ -120,7 +121,7 @@ def _stop_on_interrupt(enabled: bool) -> Iterator[threading.Event]:
 def dictionary_hooks(config: TrainConfig, layer: int) -> tuple[str, str]:
     """(in_hook, out_hook) of the configured kind's dictionary at `layer`."""
     if config.kind == "sae":
-        return f"blocks.{layer}.{config.site}", f"blocks.{layer}.{config.site}"
+        return block_hook(layer, config.site), block_hook(layer, config.site)
     hooks = layer_hooks(layer)
     return hooks.mlp_in, hooks.mlp_out
 
@@ -492,13 +493,13 @@ class Trainer:
             if cfg.objective == "e2e_ds"
             else []
         )
-        ds_hooks = [f"blocks.{m}.hook_resid_post" for m in ds_layers]
+        ds_hooks = [block_hook(m, "hook_resid_post") for m in ds_layers]
         fresh = step == 0 and not self._resumed
         firsts = [h for d in self.dictionaries.values() for h in (d.in_hook, d.out_hook)]
         # the blocks below the first spliced one compute the same in both passes: the
         # spliced pass starts from the original pass's residual there
         start = min(cfg.layers) if self.skip_unspliced_blocks else 0
-        start_hook = [f"blocks.{start}.hook_resid_pre"] if start > 0 else []
+        start_hook = [block_hook(start, "hook_resid_pre")] if start > 0 else []
         needed = sorted(set(ds_hooks + start_hook + (firsts if fresh else [])))
         with torch.no_grad():
             captured: dict[str, Tensor] = {}

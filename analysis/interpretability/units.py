@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
-from replacement.hooks import hook_layer
+from replacement.hook_table import block_hook, hook_layer
 
 
 @dataclass
@@ -98,7 +98,7 @@ def random_like(dictionary: Dictionary, seed: int) -> Dictionary:
 
 def _hooks(source: Source) -> list[str]:
     if isinstance(source, NeuronSource):
-        return [f"blocks.{layer}.mlp.hook_post" for layer in source.layers]
+        return [block_hook(layer, "mlp.hook_post") for layer in source.layers]
     return [d.in_hook for d in source]
 
 

@@ -49,6 +49,7 @@ from circuits.attribution.attribute import _ordered, _RowEngine
 from circuits.attribution.linear_rows import linear_path_problem
 from circuits.attribution.sources import collect_sources
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import block_hook, hook_layer
 
 ROWS_PER_BATCH = 64
 """Batch rows per forward/backward pass (each target takes 1 + L + L * H rows)."""
@@ -97,12 +98,12 @@ class _CutRowEngine(_RowEngine):
 
     def __enter__(self) -> _CutRowEngine:
         def hook(z: Tensor, hook: Any) -> Tensor:
-            layer = int(hook.name.split(".")[1])
+            layer = hook_layer(hook.name)
             mask = self.cut_mask[: z.shape[0], layer].to(z.device)[:, None, :, None]
             return torch.where(mask, z.detach(), z)
 
         n_layers = self.model.cfg.n_layers
-        hooks = [(f"blocks.{layer}.attn.hook_z", hook) for layer in range(n_layers)]
+        hooks = [(block_hook(layer, "attn.hook_z"), hook) for layer in range(n_layers)]
         with self.model.hooks(fwd_hooks=hooks):
             super().__enter__()
         return self

@@ -40,6 +40,7 @@ from circuits.attention.stream import ResidualStream
 from circuits.attribution.attribute import _ordered, prompt_tokens
 from circuits.attribution.sources import collect_sources
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import block_hook
 
 CHECK_TOLERANCE = 1e-4
 """Relative error allowed when the formulas reproduce the model's own queries, keys, scores."""
@@ -354,11 +355,12 @@ class AttentionAttribution:
                 else ("hook_" + side)
             )
             actual = st.get(layer, f"attn.{name}")
+            hook = block_hook(layer, f"attn.{name}")
             if actual is None:
-                raise SparseCircuitsError(f"the model has no blocks.{layer}.attn.{name} hook")
+                raise SparseCircuitsError(f"the model has no {hook} hook")
             if actual.shape != v.shape:
                 raise SparseCircuitsError(
-                    f"blocks.{layer}.attn.{name} has shape {tuple(actual.shape)}; the QK "
+                    f"{hook} has shape {tuple(actual.shape)}; the QK "
                     f"decomposition made {tuple(v.shape)}"
                 )
             _close(

@@ -35,8 +35,37 @@ from circuits.attribution.linear_rows import _norm_weight, linear_path_problem
 from circuits.attribution.sources import PromptSources
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
-from replacement.hook_table import mlp_read, mlp_replacement, norm_facts
-from replacement.hooks import hook_layer
+from replacement.hook_table import (
+    block_hook,
+    hook_layer,
+    mlp_read,
+    mlp_replacement,
+    norm_facts,
+    norm_scale_hook,
+)
+
+_CAPTURED = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "ln1.hook_scale",
+    "ln2.hook_scale",
+    "ln1_post.hook_scale",
+    "attn.hook_pattern",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_attn_scores",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
+    "attn.hook_cos",
+    "attn.hook_sin",
+    "attn.hook_q_normed",
+    "attn.hook_k_normed",
+    "attn.q_norm.hook_scale",
+    "attn.k_norm.hook_scale",
+)
+"""What `ResidualStream` freezes in every block (where the model has it)."""
 
 
 @dataclass
@@ -127,16 +156,9 @@ class ResidualStream:
     def _capture(self) -> dict[str, Tensor]:
         """One forward: patterns, scales, stream and block outputs, queries, keys, scores."""
         model, dt = self.model, self.dtype
-        wanted = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"]
+        wanted = ["hook_embed", "hook_pos_embed", norm_scale_hook("ln_final")]
         for layer in range(self.n_layers):
-            b = f"blocks.{layer}"
-            wanted += [f"{b}.{n}" for n in ("hook_resid_pre", "hook_resid_mid", "hook_attn_out")]
-            wanted += [f"{b}.{n}" for n in ("hook_mlp_out", "ln1.hook_scale", "ln2.hook_scale")]
-            wanted += [f"{b}.ln1_post.hook_scale", f"{b}.attn.hook_pattern"]
-            wanted += [f"{b}.attn.{n}" for n in ("hook_q", "hook_k", "hook_attn_scores")]
-            wanted += [f"{b}.attn.{n}" for n in ("hook_rot_q", "hook_rot_k", "hook_cos")]
-            wanted += [f"{b}.attn.{n}" for n in ("hook_sin", "hook_q_normed", "hook_k_normed")]
-            wanted += [f"{b}.attn.q_norm.hook_scale", f"{b}.attn.k_norm.hook_scale"]
+            wanted += [block_hook(layer, n) for n in _CAPTURED]
         names = [n for n in wanted if n in model.hook_dict]
         frozen: dict[str, Tensor] = {}
 
@@ -151,7 +173,7 @@ class ResidualStream:
 
     def get(self, layer: int, name: str) -> Tensor | None:
         """A frozen value of block `layer` (None where the model has no such hook)."""
-        return self.frozen.get(f"blocks.{layer}.{name}")
+        return self.frozen.get(block_hook(layer, name))
 
     # ---- the linear maps -------------------------------------------------------------------
     def centre(self, x: Tensor) -> Tensor:

@@ -45,17 +45,24 @@ from circuits.attribution.sources import PromptSources
 from replacement.dictionary import Dictionary
 from replacement.hook_table import (
     NormFacts,
+    block_hook,
+    has_post_attention_norm,
+    hook_layer,
+    is_attention_pattern,
     mlp_read,
     mlp_replacement,
     mlp_write,
     norm_facts,
+    norm_scale_hook,
+    post_norm_mismatch,
     same_tensor,
     split_hook,
 )
-from replacement.hooks import hook_layer
 
 FINAL_READ = "ln_final.hook_normalized"
 """Where logit directions are read (as the autograd reference does)."""
+_NORM_SCALES = ("ln1.hook_scale", "ln2.hook_scale")
+_POST_NORM_SCALES = ("ln1_post.hook_scale", "ln2_post.hook_scale")
 
 
 PATTERN_BLOCK = 256
@@ -95,18 +102,17 @@ def linear_path_problem(model: Any, dictionaries: list[Dictionary]) -> str | Non
     norm = str(getattr(cfg, "normalization_type", "") or "")
     if not norm.startswith(("LN", "RMS")):
         return f"normalization {norm!r} is not LayerNorm or RMSNorm"
-    needed = [FINAL_READ, "ln_final.hook_scale", "hook_embed"]
+    needed = [FINAL_READ, norm_scale_hook("ln_final"), "hook_embed"]
     for layer in range(cfg.n_layers):
-        b = f"blocks.{layer}"
-        needed += [f"{b}.attn.hook_pattern", f"{b}.ln1.hook_scale", f"{b}.ln2.hook_scale"]
+        needed += [block_hook(layer, s) for s in ("attn.hook_pattern", *_NORM_SCALES)]
     missing = [n for n in needed if n not in model.hook_dict]
     if missing:
         return f"the model lacks the hooks {missing[:3]}"
     # norms after attention/MLP are modelled where their outputs are what enters the stream
-    for post, written in (("ln1_post", "hook_attn_out"), ("ln2_post", "hook_mlp_out")):
-        point = model.hook_dict.get(f"blocks.0.{post}.hook_out")
-        if point is not None and point is not model.hook_dict.get(f"blocks.0.{written}"):
-            return f"the norm {post!r} does not write {written!r}, which the linear path assumes"
+    mismatch = post_norm_mismatch(model)
+    if mismatch is not None:
+        post, written = mismatch
+        return f"the norm {post!r} does not write {written!r}, which the linear path assumes"
     # hooks a caller installed (e.g. ablations) change the model in ways the map cannot see
     hooked = [n for n, h in model.hook_dict.items() if getattr(h, "_forward_hooks", None)]
     if hooked:
@@ -166,11 +172,6 @@ def _norm_weight(module: Any, dtype: torch.dtype) -> Tensor | None:
     return 1.0 + w if getattr(module, "uses_weight_offset", False) else w
 
 
-def _has_post_attention_norm(model: Any) -> bool:
-    """Whether blocks normalise the attention output before adding it (Gemma's ln1_post)."""
-    return "blocks.0.ln1_post.hook_scale" in model.hook_dict
-
-
 class LinearRowEngine:
     """Rows of the adjacency for batches of targets, by the transposed frozen linear map.
 
@@ -200,32 +201,31 @@ class LinearRowEngine:
     @torch.no_grad()
     def __enter__(self) -> LinearRowEngine:
         model, cfg, dt = self.model, self.model.cfg, self.dtype
-        names = ["ln_final.hook_scale"]
-        post = _has_post_attention_norm(model)
+        names = [norm_scale_hook("ln_final")]
+        post = has_post_attention_norm(model)
         for layer in range(cfg.n_layers):
-            b = f"blocks.{layer}"
-            names += [f"{b}.attn.hook_pattern", f"{b}.ln1.hook_scale", f"{b}.ln2.hook_scale"]
-            names += [f"{b}.ln1_post.hook_scale", f"{b}.ln2_post.hook_scale"] if post else []
+            names += [block_hook(layer, s) for s in ("attn.hook_pattern", *_NORM_SCALES)]
+            names += [block_hook(layer, s) for s in _POST_NORM_SCALES] if post else []
         frozen: dict[str, Tensor] = {}
 
         def keep(act: Tensor, hook: Any) -> Tensor:
             value = act[0].detach().to(dt)
-            if hook.name.endswith("attn.hook_pattern"):
+            if is_attention_pattern(hook.name):
                 # P^T[h, k, q] with ln1's frozen 1/scale of the key position folded in, made
                 # here (ln1 runs first) so that a long prompt never holds a second copy of
                 # every layer's [heads, pos, pos] pattern; only its causal bands are kept
-                inv_ln1 = 1.0 / frozen[hook.name.replace("attn.hook_pattern", "ln1.hook_scale")]
+                inv_ln1 = 1.0 / frozen[block_hook(hook_layer(hook.name), "ln1.hook_scale")]
                 value = _causal_blocks(value, inv_ln1[:, 0], PATTERN_BLOCK)
             frozen[hook.name] = value
             return act
 
         with model.hooks(fwd_hooks=[(n, keep) for n in names]):
             model(self.tokens.unsqueeze(0))
-        self.inv_final = 1.0 / frozen["ln_final.hook_scale"]  # [pos, 1]
+        self.inv_final = 1.0 / frozen[norm_scale_hook("ln_final")]  # [pos, 1]
         # logit directions are read at ln_final.hook_out (the unembedding's input), so through
         # ln_f's own weight first (1 on a folded model)
         self.lnf_w = _norm_weight(model.ln_final, dt)
-        self.inv_ln2 = [1.0 / frozen[f"blocks.{i}.ln2.hook_scale"] for i in range(cfg.n_layers)]
+        self.inv_ln2 = [1.0 / frozen[block_hook(i, "ln2.hook_scale")] for i in range(cfg.n_layers)]
         W_O, W_V = model.W_O.detach().to(dt), model.W_V.detach().to(dt)
         n_heads, d_head = W_O.shape[1], W_O.shape[2]
         if W_V.shape[1] != n_heads:  # grouped-query attention: each kv head serves a group
@@ -234,11 +234,11 @@ class LinearRowEngine:
         self.patterns, self.W_O_T, self.W_V_T = [], [], []
         # the post-attention norm's frozen 1/scale per position (None without one)
         self.inv_ln1_post: list[Tensor | None] = [
-            1.0 / frozen[f"blocks.{i}.ln1_post.hook_scale"] if post else None
+            1.0 / frozen[block_hook(i, "ln1_post.hook_scale")] if post else None
             for i in range(cfg.n_layers)
         ]
         for layer, block in enumerate(model.blocks):
-            self.patterns.append(frozen.pop(f"blocks.{layer}.attn.hook_pattern"))
+            self.patterns.append(frozen.pop(block_hook(layer, "attn.hook_pattern")))
             w_o = W_O[layer].reshape(n_heads * d_head, -1).T  # [d, h * e]
             if post:  # rows of diag(w1_post) C W_O^T: the post-norm's weight and centring
                 w_o = self._centre(_scaled_rows(w_o, _norm_weight(block.ln1_post, dt)), dim=0)
@@ -254,7 +254,7 @@ class LinearRowEngine:
         self.raw_write: list[tuple[Tensor, Tensor | None] | None] = [None] * cfg.n_layers
         for r in replaced:
             if r.write == "raw":
-                inv = 1.0 / frozen[f"blocks.{r.layer}.ln2_post.hook_scale"]
+                inv = 1.0 / frozen[block_hook(r.layer, "ln2_post.hook_scale")]
                 self.raw_write[r.layer] = (inv, _norm_weight(model.blocks[r.layer].ln2_post, dt))
         self.read_t = [self._read_matrix(k) for k in range(len(self.dictionaries))]
         self.skip_t = [self._skip_matrix(k) for k in range(len(self.dictionaries))]

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
-from replacement.hook_table import frozen_sites, quiet_norm_edits
+from replacement.hook_table import frozen_sites, is_attention_pattern, quiet_norm_edits
 
 FINAL_HOOK = "ln_final.hook_out"
 """Where logit directions are read: the final norm's output, the unembedding's input."""
@@ -61,7 +61,7 @@ def frozen_forward(
     # every attention pattern and every norm scale the model has (ln1, ln2, ln_final, and any
     # other norm such as q/k norms), so no nonlinearity outside the MLPs is left live
     frozen = frozen_sites(model)
-    if not any(n.endswith("hook_pattern") for n in frozen):
+    if not any(map(is_attention_pattern, frozen)):
         raise SparseCircuitsError("the model has no attn.hook_pattern hooks to freeze")
     hooks: list = [(name, _detach) for name in frozen]
 

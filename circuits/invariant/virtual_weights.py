@@ -81,8 +81,15 @@ from torch import Tensor
 from circuits.attribution.crosslayer_slices import expand_crosslayer, later_decoders
 from replacement.dictionary import Dictionary
 from replacement.errors import SparseCircuitsError
-from replacement.hook_table import canonical, mlp_replacement, norm_facts, same_tensor, split_hook
-from replacement.hooks import hook_layer
+from replacement.hook_table import (
+    block_hook,
+    hook_layer,
+    mlp_replacement,
+    norm_facts,
+    norm_scale_hook,
+    same_tensor,
+    stream_point,
+)
 from replacement.splice import check_compatible
 
 NormSpec = str | Mapping[int | str, float | Tensor]
@@ -91,7 +98,7 @@ SiteKey = int | str
 _MAX_BREAKDOWN_LAYERS = 16  # 2^16 path terms is already far more than anyone reads
 
 # positions along the residual stream of block l: 4 l + offset
-_RESID_OFFSET = {"hook_resid_pre": 0.0, "hook_resid_mid": 2.0, "hook_resid_post": 3.75}
+_RESID_OFFSET = {"pre": 0.0, "mid": 2.0, "post": 3.75}  # by `hook_table.stream_point`
 _ATTN_OFFSET, _LN2_READ_OFFSET, _MLP_OFFSET, _MLP_WRITE_OFFSET = 1.0, 2.5, 3.0, 3.5
 
 
@@ -162,19 +169,17 @@ def _site(index: int, d: Any, model: Any) -> Site:
     facts = norm_facts(model)
     base = 4.0 * layer
     if same_tensor(in_hook, out_hook, facts):
-        suffix = split_hook(canonical(out_hook, facts)).suffix
-        if suffix not in _RESID_OFFSET:
+        point = stream_point(out_hook, facts)
+        if point is None:
             raise SparseCircuitsError(
                 f"an SAE at {out_hook!r} has no input-invariant path to other features; "
                 f"virtual weights need {expected}"
             )
-        pos = base + _RESID_OFFSET[suffix]
+        pos = base + _RESID_OFFSET[point]
         return Site(index, out_hook, layer, "sae", pos, pos, False, d)
     replaced = mlp_replacement(in_hook, out_hook, facts)
     if replaced is not None and replaced.write == "written":
-        read = base + (
-            _RESID_OFFSET["hook_resid_mid"] if replaced.read == "resid" else _LN2_READ_OFFSET
-        )
+        read = base + (_RESID_OFFSET["mid"] if replaced.read == "resid" else _LN2_READ_OFFSET)
         return Site(
             index=index,
             name=out_hook,
@@ -250,12 +255,12 @@ def mean_norm_scales(
     The inverse is averaged because the normalised input is x / scale: folding the mean
     inverse in makes the operator the dataset-average one. BOS is left out by default.
     """
-    names = [
-        f"blocks.{m}.{ln}.hook_scale"
+    every = [
+        norm_scale_hook(block_hook(m, ln))
         for m in range(model.cfg.n_layers)
         for ln in ("ln1", "ln2", "ln1_post")
-        if f"blocks.{m}.{ln}.hook_scale" in model.hook_dict
     ]
+    names = [name for name in every if name in model.hook_dict]
     sums = dict.fromkeys(names, 0.0)
     count = 0
     start = 1 if skip_bos else 0
@@ -309,7 +314,7 @@ def _norm_operator(
         return eye
     scale: Any = 1.0
     if not isinstance(norm, str):
-        name = f"blocks.{layer}.{which}.hook_scale"
+        name = norm_scale_hook(block_hook(layer, which))
         if name in norm:
             scale = norm[name]
         elif which == "ln2" and layer in norm:
@@ -428,7 +433,7 @@ def path_operators(
             # attention reads ln1's output: its weight is part of the path (1 once folded)
             pre = stream.chain(w, at) @ _norm_operator(model, stream.norm, m, "ln1", affine=True)
             post = stream.chain(at, r) @ read
-            if f"blocks.{m}.ln1_post.hook_scale" in model.hook_dict:
+            if norm_scale_hook(block_hook(m, "ln1_post")) in model.hook_dict:
                 # Gemma normalises the attention output before adding it (never folded)
                 post = _norm_operator(model, stream.norm, m, "ln1_post", affine=True) @ post
             if per_head:

@@ -16,6 +16,7 @@ from replacement.hook_table import (
     norm_facts,
     norm_hook,
     norm_output,
+    norm_scale_hook,
     post_norm_of,
 )
 
@@ -54,7 +55,7 @@ def _norm_linear_part(model: Any, norm: str, x: Float[Tensor, "n d"]) -> Float[T
         captured["scale"] = act
         return act
 
-    with model.hooks(fwd_hooks=[(f"{norm}.hook_scale", keep)]):
+    with model.hooks(fwd_hooks=[(norm_scale_hook(norm), keep)]):
         out = module(x)
     bias = module(torch.zeros_like(x[:1]))  # C 0 = 0: the output is the bias alone
     return (out - bias) * captured["scale"]
@@ -114,7 +115,7 @@ def _direct_input(dictionary: Dictionary, model: Any) -> Tensor | None:
     if is_residual_stream(hook, facts):
         return embed.float().cpu()
     read = norm_output(hook, facts)
-    if read is None or f"{read.norm}.hook_scale" not in model.hook_dict:
+    if read is None or norm_scale_hook(read.norm) not in model.hook_dict:
         return None  # an MLP or attention output: no direct path from the embedding
     norm, hook = read.norm, norm_hook(read)
     captured: dict[str, Tensor] = {}

@@ -33,6 +33,7 @@ from replacement.errors import DictionaryFileError
 from replacement.formats.common import fill, finish, need, read_yaml, take
 from replacement.formats.model_hooks import tl2_source
 from replacement.formats.native import read_safetensors
+from replacement.hook_table import block_template, fill_template
 from replacement.processing import tl2_to_tl4_hook
 
 CONFIG_FILE = "config.yaml"
@@ -44,18 +45,6 @@ CLT_KIND = "cross_layer_transcoder"
 def is_circuit_tracer_folder(path: Path) -> bool:
     """True if `path` is a folder with circuit-tracer's `config.yaml`."""
     return path.is_dir() and (path / CONFIG_FILE).is_file()
-
-
-def _tl2_hook(template: str, layer: int) -> str:
-    """`blocks.{layer}.<suffix>` for a suffix, or a template with `{layer}` filled in (TL2)."""
-    if "{layer}" in template:
-        return template.format(layer=layer)
-    return template if template.startswith("blocks.") else f"blocks.{layer}.{template}"
-
-
-def _tl2_template(suffix: str) -> str:
-    """A hook template with `{layer}` for a suffix such as `hook_mlp_out` (TL2 meaning)."""
-    return suffix if "{layer}" in suffix else "blocks.{layer}." + suffix
 
 
 def _numbered(folder: Path, pattern: str) -> dict[int, Path]:
@@ -91,8 +80,8 @@ def _load_layer(
             f"{src!r}: 'W_dec' has shape {list(W_dec.shape)}, expected [{n_features}, d_out]"
         )
     d_out = int(W_dec.shape[1])
-    raw_in = _tl2_hook(str(need(cfg, "feature_input_hook", cfg_path)), layer)
-    raw_out = _tl2_hook(str(need(cfg, "feature_output_hook", cfg_path)), layer)
+    raw_in = fill_template(str(need(cfg, "feature_input_hook", cfg_path)), layer)
+    raw_out = fill_template(str(need(cfg, "feature_output_hook", cfg_path)), layer)
     # circuit-tracer runs TL2 unprocessed; what ln*.hook_normalized means there depends on the
     # model's norm (resolved by load_dictionaries(..., model=...))
     source: dict[str, Any] | None = tl2_source(raw_in, raw_out, fold_ln=False)
@@ -219,7 +208,7 @@ def load_circuit_tracer_clt(
     n_features, d_model = (int(s) for s in first.shape)
     has_threshold = "threshold_0" in encs[0]
     has_skip = "W_skip_0" in encs[0]
-    raw = [_tl2_template(str(need(cfg, key, cfg_path))) for key in _HOOK_KEYS]
+    raw = [block_template(str(need(cfg, key, cfg_path))) for key in _HOOK_KEYS]
     templates = [
         given or tl2_to_tl4_hook(t, fold_ln=False)
         for given, t in zip((in_hook, out_hook), raw, strict=True)

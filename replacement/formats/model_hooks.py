@@ -22,8 +22,16 @@ from __future__ import annotations
 from typing import Any
 
 from replacement.formats.sparsify import sparsify_hooks
-from replacement.hook_table import PROVISIONAL, NormFacts, from_tl2, module_output, norm_facts
-from replacement.hooks import hook_layer
+from replacement.hook_table import (
+    PROVISIONAL,
+    NormFacts,
+    fill_template,
+    from_tl2,
+    hook_layer,
+    is_template,
+    module_output,
+    norm_facts,
+)
 
 __all__ = ["PROVISIONAL", "NormFacts", "norm_facts", "fit_hooks_to_model", "unresolved_hooks"]
 
@@ -65,10 +73,12 @@ def _pending(d: Any, facts: NormFacts) -> tuple[str, str] | None:
     have = _hooks(d)
     kinds = [NormFacts(layernorm, post) for layernorm in (True, False) for post in (False, True)]
     named = {f: hooks_for(source, f) for f in kinds}
-    if "{layer}" in "".join(named[PROVISIONAL]) and "{layer}" not in "".join(have):
+    if any(map(is_template, named[PROVISIONAL])) and not any(map(is_template, have)):
         # one layer of a cross-layer transcoder (a slice, or a view when splicing)
         layer = hook_layer(have[1])
-        named = {f: (a.format(layer=layer), b.format(layer=layer)) for f, (a, b) in named.items()}
+        named = {
+            f: (fill_template(a, layer), fill_template(b, layer)) for f, (a, b) in named.items()
+        }
     wanted = named[facts]
     if have == wanted or have not in named.values():
         return None  # right for this model, or the hooks were set otherwise since loading

@@ -5,19 +5,14 @@ sparsify stores `encoder.weight [F, d]` (an `nn.Linear`), `encoder.bias [F]`, `W
 the k largest of ReLU(pre); an SAE (not `transcode`) subtracts b_dec from its input first.
 
 A folder is named after the Hugging Face module it hooked (`layers.3.mlp`, `h.3`,
-`gpt_neox.layers.3`); we map it to TransformerLens hooks:
-
-    transcoder on an MLP      blocks.3.ln2.hook_out -> blocks.3.hook_mlp_out
-    SAE on an MLP output      blocks.3.hook_mlp_out
-    SAE on an attention out   blocks.3.hook_attn_out
-    SAE on a layer's output   blocks.3.hook_resid_post
-
-The MLP's input is the norm's output, `ln2.hook_out` in TransformerLens 4 (`hook_normalized`
-precedes the norm's weight and bias). On a model with norms after attention and MLP (Gemma)
-the modules' outputs are `mlp.hook_out` / `attn.hook_out`, before those norms;
-`load_dictionaries(..., model=...)` renames them (`replacement.formats.model_hooks`). sparsify trains on the unprocessed Hugging Face model, so
-loaded dictionaries record processing "none"; `load_dictionaries(..., model=...)` converts them
-exactly for a folded model. Pass `hooks=` to choose other hooks.
+`gpt_neox.layers.3`); `hook_table.from_hf_module` maps it to TransformerLens hooks, e.g.
+`layers.3.mlp` to `blocks.3.ln2.hook_out -> blocks.3.hook_mlp_out` for a transcoder. The MLP's
+input is the norm's output, `ln2.hook_out` in TransformerLens 4 (`hook_normalized` precedes the
+norm's weight and bias). On a model with norms after attention and MLP (Gemma) the modules'
+outputs are `mlp.hook_out` / `attn.hook_out`, before those norms; `load_dictionaries(...,
+model=...)` renames them (`replacement.formats.model_hooks`). sparsify trains on the unprocessed
+Hugging Face model, so loaded dictionaries record processing "none"; `load_dictionaries(...,
+model=...)` converts them exactly for a folded model. Pass `hooks=` to choose other hooks.
 """
 
 from __future__ import annotations
@@ -31,11 +26,10 @@ from replacement.dictionary import Dictionary
 from replacement.errors import DictionaryFileError
 from replacement.formats.common import fill, finish, parse_hooks, read_json, take
 from replacement.formats.native import read_safetensors
-from replacement.hooks import layer_hooks
+from replacement.hook_table import from_hf_module, hf_module_part
 
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
-_ATTN = ("attn", "self_attn", "attention")
 
 
 def is_sparsify_folder(path: Path) -> bool:
@@ -45,26 +39,17 @@ def is_sparsify_folder(path: Path) -> bool:
 
 def sparsify_hooks(hookpoint: str, transcode: bool) -> tuple[str, str]:
     """TransformerLens (in_hook, out_hook) for a sparsify hookpoint (folder) name."""
-    parts = hookpoint.split(".")
-    numbers = [i for i, p in enumerate(parts) if p.isdigit()]
-    if not numbers:
+    if hf_module_part(hookpoint) is None:
         raise DictionaryFileError(
             f"cannot map the sparsify hookpoint {hookpoint!r} to a layer; pass hooks=(in, out)"
         )
-    at = numbers[-1]
-    layer, rest = int(parts[at]), parts[at + 1 :]
-    hooks = layer_hooks(layer)
-    if rest and rest[0] == "mlp":
-        mlp_input = f"blocks.{layer}.ln2.hook_out"  # the norm's output, as Hugging Face sees it
-        return (mlp_input, hooks.mlp_out) if transcode else (hooks.mlp_out, hooks.mlp_out)
-    if rest and rest[0] in _ATTN and not transcode:
-        return hooks.attn_out, hooks.attn_out
-    if not rest:
-        return (hooks.resid_pre, hooks.resid_post) if transcode else (hooks.resid_post,) * 2
-    raise DictionaryFileError(
-        f"cannot map the sparsify hookpoint {hookpoint!r} to TransformerLens hooks; "
-        "pass hooks=(in_hook, out_hook)"
-    )
+    hooks = from_hf_module(hookpoint, transcode)
+    if hooks is None:
+        raise DictionaryFileError(
+            f"cannot map the sparsify hookpoint {hookpoint!r} to TransformerLens hooks; "
+            "pass hooks=(in_hook, out_hook)"
+        )
+    return hooks
 
 
 def load_sparsify(
