@@ -376,6 +376,15 @@ class OutputFolder:
             _exchange(staging, self.path)  # staging now holds the old set
             shutil.rmtree(staging, ignore_errors=True)
         else:  # a folder shared with foreign files: only our entries move or go
+            clash = [n for n in names if n in foreign]
+            if clash:  # never replace a user's file of the same name; keep the new set aside
+                self._staging = None
+                raise OutputFolderError(
+                    f"{self.option} {str(self.path)!r}: your {', '.join(map(repr, clash))} would "
+                    f"be replaced by the new output of the same name; they are kept, and the new "
+                    f"set waits in {str(staging)!r} (until the next run into this folder): move "
+                    "it from there, or rename your files and run again"
+                )
             for name in names:
                 target = self.path / name
                 if target.is_dir() and not target.is_symlink():

@@ -129,6 +129,23 @@ def test_overwrite_removes_only_what_our_marker_lists(tmp_path):
     assert (out / "ours.txt").read_text() == "2" and (out / "theirs.txt").read_text() == "keep"
 
 
+def test_overwrite_never_replaces_a_users_file_of_the_same_name(tmp_path):
+    from replacement.output_folder import OutputFolder, OutputFolderError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("my notes")
+    with pytest.raises(OutputFolderError, match="'report.md' would be replaced") as caught:
+        with OutputFolder(out, command="test", overwrite=True) as folder:
+            stage = folder.stage()
+            (stage / "report.md").write_text("new report")
+            (stage / "results.json").write_text("{}")
+            folder.commit()
+    assert (out / "report.md").read_text() == "my notes"
+    waiting = str(caught.value).split("waits in '")[1].split("'")[0]
+    assert (pathlib.Path(waiting) / "report.md").read_text() == "new report"
+
+
 class _Killed(BaseException):
     """A kill -9: nothing after it runs, not even clean-up."""
 
