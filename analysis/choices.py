@@ -7,11 +7,11 @@ LEVELS = ("nodes", "edges")
 ABLATIONS = ("mean", "zero", "counterfactual")
 """What an ablated node takes: its mean over the task's discovery pairs, zero, or its value on
 the counterfactual prompt (`analysis.circuit_eval`)."""
-RANKINGS = ("attribution_patching", "integrated_gradients")
+RANKINGS = ("attribution_patching", "integrated_gradients", "joint_integrated_gradients")
 """How nodes are ranked (`analysis.circuit_eval`)."""
 METHODS = RANKINGS
 """The rankings under their older name."""
-DEFAULT_RANKING = "attribution_patching"
+DEFAULT_RANKING = "joint_integrated_gradients"
 """The ranking the report's figures use (see docs/faithfulness.md for why)."""
 CURRENCIES = ("all", "features", "features-dense-live")
 """Node currencies (`analysis.units`)."""

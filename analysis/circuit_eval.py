@@ -6,7 +6,9 @@
   position, zero, or each prompt's counterfactual values.
 - `node_effects`: per-part scores by attribution patching (one forward and backward) or
   integrated gradients (per source, `steps` points of the straight path from the reference to
-  the live values, the other sources running live; all steps of a source in one batched pass).
+  the live values, the other sources running live; all steps of a source in one batched pass),
+  or joint integrated gradients (all counted nodes move together from ablated to live: one
+  batched pass of `steps` points in all).
 - `measure`: the metric of every prompt with the top-n nodes kept and the rest ablated, for
   many n at once (circuit sizes are stacked as row groups of one batch).
 """
@@ -148,7 +150,10 @@ def node_effects(
     attribution_patching: dm/d(node) x (live - reference) at the currency's base state (all
     counted nodes live, held parts at their reference). integrated_gradients: the gradient
     averaged over `steps` midpoints of the path from the reference to the live values of one
-    source's counted parts, the other sources at the base state.
+    source's counted parts, the other sources at the base state. joint_integrated_gradients:
+    d metric / d (keep weight) of each node averaged over `steps` midpoints of the path on
+    which every counted node's keep weight rises together from 0 to 1 (the scores add up to
+    m(all nodes) - m(no nodes)).
     """
     if method not in RANKINGS:
         raise SparseCircuitsError(f"ranking {method!r} is unknown; expected one of {RANKINGS}")
@@ -171,6 +176,8 @@ def node_effects(
         raise SparseCircuitsError(f"integrated gradients need steps >= 1, got {steps}")
     alphas = (torch.arange(steps) + 0.5) / steps
     big = repeat_batch(batch, steps)
+    if method == "joint_integrated_gradients":
+        return _joint_integrated_gradients(system, model, big, base, reference, shape, alphas)
     grads: dict[str, Tensor] = {}
     counted_keys = {p.key for p in counted}
     for source in system.sources:
@@ -191,6 +198,38 @@ def node_effects(
         for k in keys:
             grads[k] = g[k].reshape(steps, n, *g[k].shape[1:]).mean(0)
     return {k: v / n for k, v in _effects(grads, live, reference, batch).items()}
+
+
+def _joint_integrated_gradients(
+    system: NodeSystem,
+    model: Any,
+    big: TaskBatch,
+    base: dict[str, PartControl],
+    reference: Values,
+    shape: dict[str, torch.Size],
+    alphas: Float[Tensor, " steps"],
+) -> dict[str, Float[Tensor, "pos K"]]:
+    """Integrated gradients of the circuit's own function: every counted node is
+    reference + w x (live - reference), each w rising together from 0 (the empty circuit) to
+    1 (all nodes); a node's score is d metric / d w averaged over the `steps` midpoints. The
+    scores of all nodes add up to m(all nodes) - m(no nodes), and the path's points are the
+    soft versions of the circuits `measure` evaluates. `big`: the batch repeated per step."""
+    steps = alphas.numel()
+    n = big.clean.shape[0] // steps
+    leaves, controls = {}, dict(base)
+    for key, (_, n_pos, k, _w) in shape.items():
+        a = alphas.repeat_interleave(n)[:, None, None].expand(steps * n, n_pos, k)
+        leaves[key] = a.clone().requires_grad_(True)
+        live_bos = torch.zeros(1, n_pos, 1)
+        live_bos[:, 0] = 1.0  # BOS keeps its live value, as in every circuit
+        weight = leaves[key] * (1 - live_bos) + live_bos
+        controls[key] = PartControl(reference=reference[key], weight=weight)
+    grads = _gradients(system, model, big, controls, leaves, None)
+    mask = valid_mask(big).to(torch.float32)[..., None]
+    return {
+        k: (g * mask.to(g)).reshape(steps, n, *g.shape[1:]).mean(0).sum(0).cpu() / n
+        for k, g in grads.items()
+    }
 
 
 def order_of(scores: Float[Tensor, " n_nodes"]) -> Int[Tensor, " n_nodes"]:

@@ -260,8 +260,8 @@ def compare(
         heads: attention heads (per layer, head and position) as nodes, so that the empty
             circuit is the fully ablated model; False leaves attention live (MLP-only circuits).
         heldout: share of each task's pairs held out from ranking (0: rank and measure on all).
-        compare_rankings: rank by both attribution patching and integrated gradients on this
-            many tasks, the shortest prompts first (None: every task; 0: only `method`).
+        compare_rankings: rank by every ranking of `RANKINGS` on this many tasks, the shortest
+            prompts first (None: every task; 0: only `method`); each is compared with `method`.
         ig_steps: path points of integrated gradients.
         seed: seed of the splits and the random dictionaries.
         verbose: progress bars.
@@ -375,8 +375,10 @@ def compare(
                         "metric": [[round(float(v), 6) for v in row] for row in metric],
                         "top": _top(layout, scores, order),
                     }
-                if len(all_scores) == 2:
-                    entry["agreement"] = ranking_agreement(*all_scores.values())
+                first, *others = all_scores  # the report's ranking, then the others
+                entry["agreement"] = {
+                    m: ranking_agreement(all_scores[first], all_scores[m]) for m in others
+                }
                 entry["seconds"] = time.perf_counter() - t0
                 results[name][currency][task.name] = done[currency] = entry
             if info[name]["kind"] == "dictionary" and graph_prompts > 0:

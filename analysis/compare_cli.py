@@ -244,10 +244,11 @@ def register(subparsers: Any) -> None:
         choices=RANKINGS,
         default=DEFAULT_RANKING,
         help="how nodes are ranked for the report's figures: attribution_patching (gradient x "
-        "(clean - ablated value), one forward and backward pass) or integrated_gradients (the "
-        "gradient averaged along the path from the ablated to the clean value: slower, better "
-        "where the metric is not linear); the other is also run on --compare-rankings tasks "
-        "(default: %(default)s)",
+        "(clean - ablated value), one forward and backward pass), integrated_gradients (the "
+        "gradient averaged along the path from the ablated to the clean values, one source at a "
+        "time: a batched pass per source) or joint_integrated_gradients (every node moves from "
+        "ablated to clean together: one batched pass); the others also run on "
+        "--compare-rankings tasks (default: %(default)s)",
     )
     p.add_argument(
         "--ablation",
@@ -285,8 +286,8 @@ def register(subparsers: Any) -> None:
         "--compare-rankings",
         type=nonnegative_int,
         default=1,
-        help="number of tasks (the shortest) also ranked by the other method, for the rankings "
-        "table (default: %(default)s)",
+        help="number of tasks (the shortest) also ranked by the other rankings, for the "
+        "rankings table (default: %(default)s)",
     )
     p.add_argument(
         "--ig-steps",

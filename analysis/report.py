@@ -16,7 +16,7 @@ from analysis.circuit_eval import GRID
 from analysis.claims import Claim, claims_markdown
 from analysis.compare import Comparison
 from analysis.intervals import faithfulness_rows
-from analysis.summary import summarize
+from analysis.summary import SHORT, summarize
 from analysis.units import CURRENCIES
 from replacement.atomic import atomic_path, write_json, write_text
 
@@ -119,24 +119,24 @@ def gap_table(summary: dict[str, Any]) -> str:
 
 
 def rankings_table(summary: dict[str, Any]) -> str:
-    """Attribution patching against integrated gradients, per currency and system."""
+    """Each ranking against the report's one, per currency and system: agreement of the node
+    scores, held-out nodes for the level under both, and their ratio with its interval."""
     lines = [
-        "| currency | system | Spearman | top-50 overlap | nodes (AtP) | nodes (IG) | "
-        "IG / AtP nodes | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| currency | system | ranking | Spearman | top-50 overlap | nodes (report's) | "
+        "nodes (this) | this / report's nodes | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in ORDER:
         if c not in summary["currencies"]:
             continue
         for name, r in summary["currencies"][c]["rankings"].items():
-            ratio = {
-                k: float(np.exp(v)) for k, v in r["log_ratio_ig_atp"].items() if k != "verdict"
-            }
-            lines.append(
-                f"| {c} | `{name}` | {r['spearman']:.2f} | {r['top_overlap']:.2f} | "
-                f"{r['nodes_atp']:.0f} | {r['nodes_ig']:.0f} | {_ci(ratio)} | "
-                f"{r['log_ratio_ig_atp']['verdict']} |"
-            )
+            for m, v in r["versus"].items():
+                ratio = {k: float(np.exp(x)) for k, x in v["log_ratio"].items() if k != "verdict"}
+                lines.append(
+                    f"| {c} | `{name}` | {SHORT[m]} | {v['spearman']:.2f} | "
+                    f"{v['top_overlap']:.2f} | {r['nodes'][r['reference']]:.0f} | "
+                    f"{r['nodes'][m]:.0f} | {_ci(ratio)} | {v['log_ratio']['verdict']} |"
+                )
     return "\n".join(lines)
 
 
@@ -316,7 +316,7 @@ def write_report(
     level = summary["level"]
     currencies = [c for c in ORDER if c in st["currencies"]]
     ranked = {t["name"]: t.get("rankings", [st["method"]]) for t in comparison.tasks}
-    both = [n for n, r in ranked.items() if len(r) == 2]
+    both = [n for n, r in ranked.items() if len(r) > 1]
     n_pairs = sorted({t["n_pairs"] for t in comparison.tasks})
     n_held = sorted({len(t["heldout"]) for t in comparison.tasks})
     how = (
@@ -386,10 +386,13 @@ def write_report(
         text += [
             "## Rankings",
             "",
-            f"Attribution patching (AtP) and integrated gradients (IG, {st['ig_steps']} points "
-            f"per source) on {len(both)} task(s) ({', '.join(both)}): Spearman correlation of "
-            "the node scores, overlap of the top 50 nodes, held-out nodes for "
-            f"{level} under each, and the paired interval of their ratio.",
+            f"Every ranking on {len(both)} task(s) ({', '.join(both)}), each against the "
+            f"report's ({SHORT[st['method']]}): attribution patching (AtP, one gradient at the "
+            f"live values), integrated gradients per source (IG, {st['ig_steps']} points per "
+            f"source, the other sources live) and joint integrated gradients ({st['ig_steps']} "
+            "points on the path where every node moves from ablated to live together). "
+            "Columns: Spearman correlation of the node scores, overlap of the top 50 nodes, "
+            f"held-out nodes for {level} under both, and the paired interval of their ratio.",
             "",
             rankings_table(summary),
             "",

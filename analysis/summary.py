@@ -175,30 +175,38 @@ def summarize(
     return out
 
 
+SHORT = {
+    "attribution_patching": "AtP",
+    "integrated_gradients": "IG per source",
+    "joint_integrated_gradients": "joint IG",
+}
+"""Short names of the rankings in tables and verdicts."""
+
+
 def _rankings(comparison: Any, currency: str, level: float, b: int) -> dict[str, Any]:
-    """Per system: agreement of the two rankings and held-out nodes for the level under each,
-    on the tasks ranked both ways, with the paired log ratio (IG over AtP)."""
-    both = [t for t in comparison.tasks if len(t.get("rankings", [])) == 2]
-    if not both:
+    """Per system, on the tasks ranked every way: held-out nodes for the level under each
+    ranking, and each other ranking against the report's one (`settings["method"]`):
+    agreement of their scores and the paired log ratio of their nodes (other over report's)."""
+    method = comparison.settings["method"]
+    ranked = [t for t in comparison.tasks if len(t.get("rankings", [])) > 1]
+    if not ranked:
         return {}
-    names = [t["name"] for t in both]
-    T = task_resamples(len(both), b, seed=2)
+    methods = ranked[0]["rankings"]
+    names = [t["name"] for t in ranked]
+    T = task_resamples(len(ranked), b, seed=2)
     rows = np.arange(b)[:, None]
     out = {}
     for name, per_cur in comparison.results.items():
         entries = [per_cur[currency][n] for n in names]
-        if any("agreement" not in e for e in entries):
+        if any(not e.get("agreement") for e in entries):
             continue
         agg, point = {}, {}
-        for m in ("attribution_patching", "integrated_gradients"):
+        for m in methods:
             nodes_p, nodes_b, caps = [], [], []
-            for j, (t, e) in enumerate(zip(both, entries, strict=True)):
+            for j, (t, e) in enumerate(zip(ranked, entries, strict=True)):
                 r = e["rankings"][m]
-                metric, model, idx = (
-                    np.asarray(r["metric"]),
-                    np.asarray(t["model"]),
-                    np.asarray(t["heldout"]),
-                )
+                metric, model = np.asarray(r["metric"]), np.asarray(t["model"])
+                idx = np.asarray(t["heldout"])
                 nodes_p.append(
                     nodes_for(r["sizes"], faithfulness_rows(metric, model, idx)[0], level)
                 )
@@ -208,17 +216,18 @@ def _rankings(comparison: Any, currency: str, level: float, b: int) -> dict[str,
             caps_a = np.asarray(caps)
             agg[m] = geometric_nodes(np.stack(nodes_b, 1)[rows, T], caps_a[T])
             point[m] = geometric_nodes(np.asarray(nodes_p, float), caps_a)
-        ratio = _estimate(
-            np.log(point["integrated_gradients"]) - np.log(point["attribution_patching"]),
-            np.log(agg["integrated_gradients"]) - np.log(agg["attribution_patching"]),
-        )
-        ratio["verdict"] = _verdict(ratio, "IG needs fewer", "IG needs more")
-        out[name] = {
-            "tasks": names,
-            "spearman": float(np.mean([e["agreement"]["spearman"] for e in entries])),
-            "top_overlap": float(np.mean([e["agreement"]["top_overlap"] for e in entries])),
-            "nodes_atp": point["attribution_patching"],
-            "nodes_ig": point["integrated_gradients"],
-            "log_ratio_ig_atp": ratio,
-        }
+        versus = {}
+        for m in methods:
+            if m == method:
+                continue
+            ratio = _estimate(
+                np.log(point[m]) - np.log(point[method]), np.log(agg[m]) - np.log(agg[method])
+            )
+            ratio["verdict"] = _verdict(ratio, f"{SHORT[m]} needs fewer", f"{SHORT[m]} needs more")
+            versus[m] = {
+                "spearman": float(np.mean([e["agreement"][m]["spearman"] for e in entries])),
+                "top_overlap": float(np.mean([e["agreement"][m]["top_overlap"] for e in entries])),
+                "log_ratio": ratio,
+            }
+        out[name] = {"tasks": names, "reference": method, "nodes": point, "versus": versus}
     return out

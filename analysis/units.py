@@ -78,6 +78,9 @@ class PartControl:
     """Values every node takes (integrated gradients), [rows, pos, K, w], before `delta`."""
     delta: Tensor | None = None
     """Added to the values: zero leaves whose gradients are d metric / d node."""
+    weight: Tensor | None = None
+    """A soft keep mask [rows, pos, K] (joint integrated gradients): values become
+    reference + weight x (value - reference), so 1 keeps a node and 0 ablates it."""
 
 
 def _rows(t: Tensor, rows: int) -> Tensor:
@@ -98,6 +101,11 @@ def control_part(value: Tensor, c: PartControl | None) -> Tensor:
         keep = c.keep.to(value.device)
         keep = keep.repeat_interleave(rows // keep.shape[0], 0) if keep.shape[0] != rows else keep
         value = torch.where(keep[..., None], value, _rows(c.reference.to(value), rows))
+    if c.weight is not None:
+        if c.reference is None:
+            raise SparseCircuitsError("a soft keep mask needs reference values")
+        reference = _rows(c.reference.to(value), rows)
+        value = reference + c.weight.to(value)[..., None] * (value - reference)
     if c.replace is not None:
         value = c.replace.to(value).expand_as(value)
     if c.delta is not None:

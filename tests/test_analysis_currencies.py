@@ -269,6 +269,24 @@ def test_integrated_gradients_of_a_source_add_up_to_its_ablation_effect(skip_set
     assert not torch.allclose(atp[keys[0]], effects[keys[0]])  # a real difference to AtP
 
 
+@pytest.mark.parametrize("currency", CURRENCIES)
+def test_joint_integrated_gradients_add_up_to_the_whole_circuit(skip_setup, currency):
+    """With many path points, the joint IG scores of all counted nodes sum to m(all nodes)
+    - m(no nodes), both measured as circuits (completeness on the circuit's own function)."""
+    model, dicts, batch = skip_setup
+    system = system_for(model, dicts, "x", currency)
+    clean, _ = record(system, model, batch)
+    reference = references(clean, batch, "mean")
+    layout = Layout(system.counted, batch.clean.shape[1])
+    effects = node_effects(system, model, batch, reference, "joint_integrated_gradients", 48)
+    total = float(layout.flatten(effects).sum())
+    order = torch.arange(layout.n_nodes)
+    ends = measure(system, model, batch, reference, layout, order, [0, layout.n_nodes])
+    expected = float(ends[1].mean() - ends[0].mean())
+    assert abs(expected) > 0.005  # the circuit does something to add up
+    assert total == pytest.approx(expected, rel=0.01, abs=1e-4)
+
+
 def test_unknown_currency_is_refused(skip_setup):
     model, dicts, _ = skip_setup
     with pytest.raises(Exception, match="currency 'features-only' is unknown"):
@@ -311,7 +329,10 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
             at = e[split]["faithfulness_at"]["10"]
             assert at["lo"] <= at["hi"]
         assert set(e["vs"]) == {"random_skip_transcoder", "neurons", "mlp"}
-    assert s["currencies"]["all"]["rankings"]["tc"]["top_overlap"] > 0
+    ranks = s["currencies"]["all"]["rankings"]["tc"]
+    assert ranks["reference"] == "joint_integrated_gradients"  # the default ranking
+    assert set(ranks["versus"]) == {"attribution_patching", "integrated_gradients"}
+    assert all(v["top_overlap"] > 0 for v in ranks["versus"].values())
 
 
 def test_an_attention_output_sae_stands_for_the_heads_of_its_layer(skip_setup):

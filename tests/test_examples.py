@@ -152,7 +152,8 @@ def test_compare_dictionaries_notebook(tmp_path):
     results = json.loads((out / "results.json").read_text())
     task = results["tasks"][0]
     run = results["results"]["sae_local"]["all"]["close_bracket"]["rankings"]
-    metric = np.asarray(run["attribution_patching"]["metric"])
+    assert results["settings"]["method"] == "joint_integrated_gradients"  # the default ranking
+    metric = np.asarray(run["joint_integrated_gradients"]["metric"])
     faith = faithfulness_rows(metric, np.asarray(task["model"]), np.asarray(task["heldout"]))[0]
     assert faith[0] == 0.0 and abs(faith[-1] - 1.0) < 1e-3
     assert not set(task["discovery"]) & set(task["heldout"])

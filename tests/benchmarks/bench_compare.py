@@ -1,7 +1,7 @@
 """Time `sparse-circuits compare --out DIR` with its defaults (six zoo sets, three random
 dictionary sets, neuron and MLP-output baselines, three node currencies, attention heads, eight
-tasks of 64 pairs split half/half, integrated gradients beside attribution patching on two
-tasks, 1000 bootstrap resamples).
+tasks of 64 pairs split half/half, nodes ranked by joint integrated gradients and all three
+rankings side by side on the shortest task, 1000 bootstrap resamples).
 
     flock /tmp/cpu.lock python tests/benchmarks/bench_compare.py --out runs/compare --threads 2
 
