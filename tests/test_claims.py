@@ -180,3 +180,37 @@ def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, default_model, monk
     lines.clear()
     run_claims(settings, log=lines.append, model=default_model, data=data)
     assert lines == ["every run of ['skip'] has finished; nothing to train"]
+
+
+def test_kept_original_residuals_give_the_same_figures_as_recomputing_them(default_model):
+    """The original residual streams kept by `original_side` replace a second original forward
+    per run without changing any sum; the downstream figure is the hand-computed one."""
+    import torch
+
+    from replacement import load_dictionaries
+    from replacement.hook_table import block_hook
+    from training.claims_eval import evaluate_dictionary, original_side
+    from training.data import load_token_data
+
+    data = load_token_data(default_model, None, ctx_len=128)
+    rows = data.val[:20]
+    hooks = [block_hook(1, "hook_mlp_out")]
+    kept = original_side(default_model, rows, hooks, data.special_ids, n_chunks=3, batch_size=4)
+    recomputed = original_side(default_model, rows, hooks, data.special_ids, n_chunks=3,
+                               batch_size=4, keep_resid_bytes=0)  # fmt: skip
+    assert kept.resid is not None and recomputed.resid is None
+    dictionary = load_dictionaries("transcoder")[1].float()
+    a = evaluate_dictionary(default_model, dictionary, kept, batch_size=4)
+    b = evaluate_dictionary(default_model, dictionary, recomputed, batch_size=4)
+    assert a["chunks"] == b["chunks"]  # bit for bit
+    from replacement.splice import splice
+
+    down = [block_hook(m, "hook_resid_post") for m in (1, 2, 3)]
+    with torch.no_grad():
+        _, orig = default_model.run_with_cache(rows, names_filter=down)
+        with splice(default_model, [dictionary]):
+            _, spliced = default_model.run_with_cache(rows, names_filter=down)
+    err = sum(float((spliced[h][:, 1:].double() - orig[h][:, 1:].double()).pow(2).sum())
+              for h in down)  # fmt: skip
+    assert err > 0
+    assert sum(a["chunks"]["down_err"]) == pytest.approx(err, rel=1e-5)
