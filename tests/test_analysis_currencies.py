@@ -269,14 +269,17 @@ def test_integrated_gradients_of_a_source_add_up_to_its_ablation_effect(skip_set
     assert not torch.allclose(atp[keys[0]], effects[keys[0]])  # a real difference to AtP
 
 
-@pytest.mark.parametrize("currency", CURRENCIES)
-def test_joint_integrated_gradients_add_up_to_the_whole_circuit(skip_setup, currency):
+@pytest.mark.parametrize(
+    "currency, ablation", [*((c, "mean") for c in CURRENCIES), ("all", "counterfactual")]
+)
+def test_joint_integrated_gradients_add_up_to_the_whole_circuit(skip_setup, currency, ablation):
     """With many path points, the joint IG scores of all counted nodes sum to m(all nodes)
     - m(no nodes), both measured as circuits (completeness on the circuit's own function)."""
     model, dicts, batch = skip_setup
     system = system_for(model, dicts, "x", currency)
     clean, _ = record(system, model, batch)
-    reference = references(clean, batch, "mean")
+    corrupt = record(system, model, batch, True)[0] if ablation == "counterfactual" else None
+    reference = references(clean, batch, ablation, corrupt=corrupt)
     layout = Layout(system.counted, batch.clean.shape[1])
     effects = node_effects(system, model, batch, reference, "joint_integrated_gradients", 48)
     total = float(layout.flatten(effects).sum())
