@@ -1,9 +1,9 @@
-"""Build the embedded zoo's dictionary sets for the default model.
+"""Build the embedded zoo's dictionary sets for the default model, by one documented recipe.
 
     python -m training.build_zoo --runs DIR --zoo replacement/zoo/dictionaries \\
-        [--tokens 20000000] [--device cuda] [--data .device_data] [--sets a,b]
+        [--start-tokens 250000] [--cap-tokens 16000000] [--device cuda] [--sets a,b]
 
-Six sets, every layer of the default model, the same token budget and width for each:
+Six sets, every layer of the default model, the same width, k and learning rate for each:
 
     sae_local            TopK SAE on the MLP output, local MSE
     sae_e2e              the same SAE trained end to end (KL to the original model)
@@ -12,11 +12,16 @@ Six sets, every layer of the default model, the same token budget and width for 
     skip_transcoder      TopK skip transcoder, local (the default set of `trace`)
     skip_transcoder_e2e  TopK skip transcoder, e2e
 
-Training writes full-precision runs (checkpoints, metrics) under --runs; `ship` stores the
-layer files in float16 under --zoo with a card.json whose figures are measured on the
-shipped (float16) weights by `spliced_loss` on the default model's held-out files.
-`--stage card` measures the cards of the shipped sets again without touching their weights
-(after a change to how `spliced_loss` measures, say).
+The recipe (`RECIPE`): every (set, layer) is its own run with only that layer's dictionary
+(for e2e: spliced alone, the other layers original, as in Braun et al. 2024); one Adam lr for
+every objective (`ZOO_LR`); BOS keeps the model's own activation; seed 0; a ladder of budgets
+doubling from --start-tokens until the layer's held-out CE increase (spliced alone, on the
+claims sweep's evaluation rows) changed by less than 2% over the last doubling, or --cap-tokens
+(`training.ladder`, resumable: finished rungs are skipped). `ship` stores each layer's final
+rung in float16 under --zoo with a card.json recording, per layer, the tokens, steps, lr, seed,
+convergence curve and machine, and the figures of `spliced_loss` measured on the shipped
+(float16) weights on the held-out files. `--stage card` measures the cards of the shipped sets
+again without touching their weights.
 """
 
 from __future__ import annotations
@@ -35,16 +40,17 @@ from replacement.atomic import write_json
 from training.config import TrainConfig
 from training.data import TokenData
 
-LOCAL_LR = 4e-3
-"""Adam lr of the local sets. The F-scaled default (8e-4 at F=1024) is tuned for far longer
-runs: on layer 3's skip transcoder after 1M tokens it left FVU 0.328, against 0.273 at 2e-3,
-0.243 at 4e-3 and 0.221 at 8e-3 (batch 4096); 4e-3 allows for the 4.5x longer zoo runs."""
+ZOO_LR = 4e-3
+"""Adam lr of every set, local and e2e alike (the claims sweep's `SWEEP_LR`): objectives then
+differ in their loss only. The F-scaled default (8e-4 at F=1024) is tuned for far longer runs:
+on layer 3's skip transcoder after 1M tokens it left FVU 0.328, against 0.273 at 2e-3, 0.243 at
+4e-3 and 0.221 at 8e-3 (batch 4096)."""
 ZOO_SETS: dict[str, dict[str, Any]] = {
-    "sae_local": {"kind": "sae", "site": "hook_mlp_out", "objective": "local", "lr": LOCAL_LR},
+    "sae_local": {"kind": "sae", "site": "hook_mlp_out", "objective": "local"},
     "sae_e2e": {"kind": "sae", "site": "hook_mlp_out", "objective": "e2e"},
     "sae_e2e_ds": {"kind": "sae", "site": "hook_mlp_out", "objective": "e2e_ds"},
-    "transcoder": {"kind": "transcoder", "objective": "local", "lr": LOCAL_LR},
-    "skip_transcoder": {"kind": "skip_transcoder", "objective": "local", "lr": LOCAL_LR},
+    "transcoder": {"kind": "transcoder", "objective": "local"},
+    "skip_transcoder": {"kind": "skip_transcoder", "objective": "local"},
     "skip_transcoder_e2e": {"kind": "skip_transcoder", "objective": "e2e"},
 }
 COMMON: dict[str, Any] = {
@@ -55,8 +61,19 @@ COMMON: dict[str, Any] = {
     "k": 16,
     "ctx_len": 128,
     "batch_tokens": 4096,
+    "lr": ZOO_LR,
     "seed": 0,
 }
+RECIPE = (
+    "each layer trained alone (e2e: spliced alone, the other layers original); Adam lr "
+    f"{ZOO_LR:g} for every objective; BOS keeps the model's activation; seed 0; budgets doubling "
+    "until the layer's held-out CE increase changed by less than 2% over the last doubling"
+)
+"""The recipe in one sentence, written on every card."""
+RECIPE_FIELDS = ("steps", "lr", "seed", "converged", "convergence", "machine")
+"""Per-layer card fields of the recipe, carried from the ladders onto the shipped card."""
+LADDER_FILE = "zoo_ladders.json"
+"""Per set and layer, every rung's figures (under --runs)."""
 
 
 def stream_token_data(folder: Path, bos: int, ctx_len: int, specials: list[int]) -> TokenData:
@@ -76,45 +93,134 @@ def stream_token_data(folder: Path, bos: int, ctx_len: int, specials: list[int])
     return TokenData(rows("train_tokens.npy"), rows("heldout_tokens.npy"), bos, specials)
 
 
-def train_sets(args: argparse.Namespace) -> None:
-    """Train the requested sets one after another into --runs/<set>."""
-    from replacement.model import load_model
-    from training.data import special_token_ids
-    from training.trainer import Trainer
+def rung_config(name: str, layer: int, tokens: int, folder: Path, device: str) -> TrainConfig:
+    """The recipe's config of one rung: set `name`, `layer` alone, `tokens` training tokens."""
+    steps = max(1, tokens // COMMON["batch_tokens"])
+    return TrainConfig(
+        **{**COMMON, **ZOO_SETS[name], "layers": [layer]},
+        warmup_steps=max(1, min(50, steps // 10)),
+        total_tokens=int(tokens),
+        out_dir=str(folder),
+        device=device,
+        verbose=False,
+        checkpoint_every=200,
+        evaluate=False,  # the ladder evaluates on the sweep's rows; `ship` on the shipped weights
+        buffer_tokens=max(4 * COMMON["batch_tokens"], min(65536, int(tokens))),
+    ).validate()
 
+
+def train_sets(args: argparse.Namespace) -> dict[str, Any]:
+    """Train the requested sets by the recipe into --runs/<set>/layer<l>/t<tokens>; returns the
+    ladders' results (also in --runs/zoo_ladders.json, written after every rung)."""
+    from replacement.hook_table import block_hook
+    from replacement.model import load_model
+    from training.claims_eval import original_side
+    from training.claims_sweep import split_rows
+    from training.convergence import DEFAULT_TOLERANCE, budget_ladder
+    from training.data import load_token_data, special_token_ids
+    from training.ladder import train_ladder
+
+    runs = Path(args.runs)
+    path = runs / LADDER_FILE
+    setup = {"recipe": RECIPE, "start_tokens": args.start_tokens, "cap_tokens": args.cap_tokens,
+             "eval_tokens": args.eval_tokens, "n_chunks": args.n_chunks}  # fmt: skip
+    results = json.loads(path.read_text()) if path.is_file() else {"setup": setup, "sets": {}}
+    if results["setup"] != setup:
+        raise SystemExit(
+            f"{path} was recorded with {results['setup']}; rerun with those settings to resume, "
+            "or use another --runs"
+        )
     model = load_model("default", device=args.device)
-    data = None
     if args.data:
         bos, specials = special_token_ids(model)
         data = stream_token_data(Path(args.data), bos, COMMON["ctx_len"], specials)
+    else:
+        data = load_token_data(model, None, ctx_len=COMMON["ctx_len"])
+    train_data, rows, _ = split_rows(data, args.eval_tokens)
+    n_layers = int(model.cfg.n_layers)
+    hooks = [block_hook(m, h) for m in range(n_layers) for h in ("hook_resid_post", "hook_mlp_out")]
+    original = original_side(model, rows, hooks, data.special_ids, args.n_chunks)
+    ladder = budget_ladder(args.start_tokens, args.cap_tokens)
     for name in args.sets:
         start = time.perf_counter()
-        config = TrainConfig(
-            **{**COMMON, **ZOO_SETS[name]},
-            total_tokens=int(args.tokens),
-            out_dir=str(Path(args.runs) / name),
-            device=args.device,
-            verbose=not args.quiet,
-            checkpoint_every=0,
-            evaluate=False,  # `ship` measures the shipped weights
-        )
-        Trainer(config, model=model, data=data).train()
+        per_layer = results["sets"].setdefault(name, {"layers": {}})["layers"]
+        for layer in COMMON["layers"]:
+            entry = per_layer.setdefault(str(layer), {"rungs": [], "converged": False})
+            train_ladder(
+                entry,
+                ladder,
+                lambda tokens, folder, n=name, at=layer: rung_config(
+                    n, at, tokens, folder, args.device
+                ),
+                runs / name / f"layer{layer}",
+                layer,
+                model,
+                train_data,
+                original,
+                save=lambda: write_json(path, results),
+                log=(lambda m: None) if args.quiet else lambda m: print(m, flush=True),
+                label=f"{name} layer {layer}",
+                tolerance=DEFAULT_TOLERANCE,
+            )
         print(f"{name}: {time.perf_counter() - start:.1f} s", flush=True)
+    return results
+
+
+def trained_card(
+    name: str, results: dict[str, Any], runs: Path
+) -> tuple[dict[str, Any], list[Path]]:
+    """A set's card from its ladders (training section, per-layer recipe fields) and the folder
+    of each layer's final rung."""
+    per_layer = results["sets"][name]["layers"]
+    rows, folders, training = [], [], None
+    for layer in COMMON["layers"]:
+        entry = per_layer[str(layer)]
+        last = entry["rungs"][-1]
+        folder = runs / name / f"layer{layer}" / f"t{last['tokens']}"
+        training = training or json.loads((folder / "card.json").read_text())["training"]
+        rows.append(
+            {
+                "layer": layer,
+                "training_tokens": last["tokens"],
+                "steps": last["steps"],
+                "lr": last["lr"],
+                "seed": COMMON["seed"],
+                "converged": entry["converged"],
+                "convergence": [
+                    [r["tokens"], round(r["figures"]["ce_increase"], 6)] for r in entry["rungs"]
+                ],
+                "machine": last["machine"],
+            }
+        )
+        folders.append(folder)
+    training = {**training, "layers": COMMON["layers"]}
+    tokens = sum(r["training_tokens"] for r in rows)
+    card = {
+        "description": f"{name} ({COMMON['activation']}, F={COMMON['n_features']}, "
+        f"k={COMMON['k']}) on default, {tokens:,} tokens over {len(rows)} layers",
+        "recipe": RECIPE,
+        "training": training,
+        "layers": rows,
+    }
+    return card, folders
 
 
 def ship(args: argparse.Namespace) -> None:
-    """Store each trained set in float16 under --zoo and measure its card on those weights."""
+    """Store each set's final rungs in float16 under --zoo and measure its card on those
+    weights."""
     from replacement.formats.native import load_native, save_dictionary
 
+    runs = Path(args.runs)
+    results = json.loads((runs / LADDER_FILE).read_text())
     model, val = _card_model_and_tokens(args)
     for name in args.sets:
-        run, dest = Path(args.runs) / name, Path(args.zoo) / name
-        run_card = json.loads((run / "card.json").read_text())
+        dest = Path(args.zoo) / name
+        run_card, folders = trained_card(name, results, runs)
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         dictionaries = []
-        for layer in COMMON["layers"]:
-            d = load_native(run / f"layer_{layer}").half()
+        for layer, folder in zip(COMMON["layers"], folders, strict=True):
+            d = load_native(folder / f"layer_{layer}").half()
             d.metadata["source"] = f"zoo:{name}/layer_{layer}"
             save_dictionary(d, tmp / f"layer_{layer}")
             dictionaries.append(d.float().eval())
@@ -178,11 +284,13 @@ def measure_card(
                 "dead_share": row.dead_share,
                 "shrinkage": row.shrinkage,
                 "training_tokens": row_trained["training_tokens"],
+                **{k: row_trained[k] for k in RECIPE_FIELDS if k in row_trained},
             }
         )
     every = report.all
     return {
         "description": trained.get("description", ""),
+        **({"recipe": trained["recipe"]} if "recipe" in trained else {}),
         "training": trained["training"],
         "evaluated_on": f"{val.numel():,} held-out tokens of the default model's corpus; "
         "position 0 (BOS) keeps the model's own activation in spliced and ablated passes",
@@ -221,7 +329,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", default="runs/zoo", help="folder of the full-precision runs")
     p.add_argument("--zoo", default="replacement/zoo/dictionaries", help="shipped sets folder")
     p.add_argument("--sets", default=",".join(ZOO_SETS), help="comma-separated set names")
-    p.add_argument("--tokens", type=float, default=2e7, help="training tokens per set")
+    p.add_argument(
+        "--start-tokens", type=int, default=250_000, help="first rung of every ladder (tokens)"
+    )
+    p.add_argument(
+        "--cap-tokens", type=int, default=16_000_000, help="largest rung of a ladder (tokens)"
+    )
+    p.add_argument(
+        "--eval-tokens", type=int, default=1_000_000, help="held-out tokens of the ladders"
+    )
+    p.add_argument("--n-chunks", type=int, default=64, help="chunks of the evaluation rows")
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default=None, help="folder with train_tokens.npy/heldout_tokens.npy")
     p.add_argument("--eval-rows", type=int, default=256, help="held-out rows for the cards")

@@ -18,7 +18,6 @@ training split (never trained on by any run) until `eval_tokens` is reached.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,12 @@ import torch
 from replacement.atomic import write_json
 from replacement.errors import SparseCircuitsError
 from replacement.hook_table import block_hook
-from training.claims_eval import evaluate_dictionary, figures, original_side
+from training.claims_eval import original_side
 from training.claims_plan import CLAIMS, SweepPoint, claim_points
 from training.config import TrainConfig
-from training.convergence import DEFAULT_TOLERANCE, budget_ladder, has_converged
+from training.convergence import DEFAULT_TOLERANCE, budget_ladder
 from training.data import TokenData
+from training.ladder import train_ladder
 
 RESULTS_FILE = "claims_sweep.json"
 FORMAT_VERSION = 2
@@ -220,7 +220,6 @@ def run_claims(
     """
     from replacement.model import load_model
     from training.data import load_token_data
-    from training.trainer import Trainer
 
     settings.validate()
     out = Path(settings.out).resolve()
@@ -254,62 +253,24 @@ def run_claims(
                 raise SparseCircuitsError(f"{point.name}: its lr-tuning runs have not finished")
         record = _point_record(results, point)
         entry = record["seeds"].setdefault(str(seed), {"rungs": [], "converged": False})
-        budgets = [settings.tune_tokens] if point.stage == "tune" else ladder
-        for tokens in budgets:
-            if any(r["tokens"] == tokens for r in entry["rungs"]):
-                continue
-            folder = out / "runs" / point.name / f"seed{seed}" / f"t{tokens}"
-            config = _config(point, seed, tokens, float(lr), settings, folder)
-            start = time.perf_counter()
-            trainer = Trainer(config, model=model, data=train_data)
-            trained = trainer.train()
-            seconds = time.perf_counter() - start
-            dictionary = trained[settings.layer].eval()
-            measured = evaluate_dictionary(model, dictionary, original)
-            final_loss = _final_loss(trainer)
-            entry["rungs"].append(
-                {
-                    "machine": _machine(settings.device),
-                    "tokens": tokens,
-                    "steps": trainer.step,
-                    "lr": float(lr),
-                    "train_seconds": seconds,
-                    "final_loss": final_loss,
-                    **measured,
-                    "figures": figures(measured["chunks"]),
-                }
-            )
-            curve = [(r["tokens"], r["figures"]["ce_increase"]) for r in entry["rungs"]]
-            entry["converged"] = point.stage == "tune" or has_converged(curve, settings.tolerance)
-            write_json(path, results)
-            f = entry["rungs"][-1]["figures"]
-            log(
-                f"{point.name} seed {seed} {tokens:,} tokens: {seconds:.0f} s, L0 {f['l0']:.1f}, "
-                f"CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}"
-                + (" (converged)" if entry["converged"] and point.stage != "tune" else "")
-            )
-            if entry["converged"]:
-                break
+        train_ladder(
+            entry,
+            [settings.tune_tokens] if point.stage == "tune" else ladder,
+            lambda tokens, folder, p=point, s=seed, r=float(lr): _config(
+                p, s, tokens, r, settings, folder
+            ),
+            out / "runs" / point.name / f"seed{seed}",
+            settings.layer,
+            model,
+            train_data,
+            original,
+            save=lambda: write_json(path, results),
+            log=log,
+            label=f"{point.name} seed {seed}",
+            tolerance=settings.tolerance,
+            converge=point.stage != "tune",
+        )
     return results
-
-
-def _machine(device: str) -> str:
-    """Where a rung trained: the accelerator's name, or the CPU and its thread count."""
-    import platform
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def _final_loss(trainer: Any) -> float:
-    """The run's last training loss (from its metrics file when the run had already finished)."""
-    if trainer.last_metrics:
-        return float(trainer.last_metrics["loss"])
-    import json
-
-    lines = (trainer.out_dir / "metrics.jsonl").read_text().splitlines()
-    return float(json.loads(lines[-1])["loss"]) if lines else math.nan
 
 
 def _finished(

@@ -1,0 +1,49 @@
+"""The zoo's recipe (`training.build_zoo`): each layer trained alone on a ladder, one lr for
+every objective, cards that record it, and a rerun that trains nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import training.build_zoo as build_zoo
+from replacement.formats.detect import load_dictionaries
+from replacement.hooks import hook_layer
+
+
+def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
+    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
+    runs, zoo = tmp_path / "runs", tmp_path / "zoo"
+    argv = ["--runs", str(runs), "--zoo", str(zoo), "--sets", "sae_e2e", "--start-tokens",
+            "512", "--cap-tokens", "1024", "--eval-tokens", "512", "--n-chunks", "2",
+            "--eval-rows", "4"]  # fmt: skip
+    build_zoo.main(argv)
+    card = json.loads((zoo / "sae_e2e" / "card.json").read_text())
+    assert card["recipe"] == build_zoo.RECIPE
+    assert [row["layer"] for row in card["layers"]] == build_zoo.COMMON["layers"]
+    for row in card["layers"]:
+        assert row["lr"] == build_zoo.ZOO_LR and row["seed"] == 0
+        assert row["machine"] and row["steps"] == row["training_tokens"] // 512
+        curve = row["convergence"]
+        assert [t for t, _ in curve] == [512, 1024][: len(curve)]  # the ladder, in order
+        assert row["training_tokens"] == curve[-1][0]
+        assert row["converged"] == (len(curve) == 2 and abs(curve[1][1] / curve[0][1] - 1) < 0.02)
+        # trained alone: the rung's own run holds only this layer's dictionary, e2e
+        rung = runs / "sae_e2e" / f"layer{row['layer']}" / f"t{row['training_tokens']}"
+        training = json.loads((rung / "card.json").read_text())["training"]
+        assert training["layers"] == [row["layer"]] and training["objective"] == "e2e"
+        assert training["lr"] == pytest.approx(build_zoo.ZOO_LR)
+    shipped = load_dictionaries(str(zoo / "sae_e2e"))
+    assert sorted(hook_layer(d.out_hook) for d in shipped) == build_zoo.COMMON["layers"]
+    capsys.readouterr()
+    build_zoo.main([*argv, "--stage", "train"])  # resumed: every rung is there
+    assert "tokens:" not in capsys.readouterr().out
+
+
+def test_every_set_uses_the_same_lr():
+    lrs = {name: {**build_zoo.COMMON, **spec}["lr"] for name, spec in build_zoo.ZOO_SETS.items()}
+    assert set(lrs.values()) == {build_zoo.ZOO_LR}

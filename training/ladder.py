@@ -1,0 +1,97 @@
+"""Train one dictionary on a ladder of budgets until its held-out CE increase settles.
+
+Shared by the claims sweep (`training.claims_sweep`) and the zoo recipe (`training.build_zoo`):
+each rung is a full `Trainer` run in its own folder (`<folder>/t<tokens>`, checkpointed, so a
+killed rung resumes), evaluated alone on the sweep's held-out rows (`training.claims_eval`),
+and recorded in `entry["rungs"]`; `save` persists the entry after every rung, so a rerun skips
+every finished rung.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.claims_eval import OriginalSide, evaluate_dictionary, figures
+from training.config import TrainConfig
+from training.convergence import has_converged
+
+
+def machine(device: str) -> str:
+    """Where a rung trained: the accelerator's name, or the CPU and its thread count."""
+    import platform
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def final_loss(trainer: Any) -> float:
+    """The run's last training loss (from its metrics file when the run had already finished)."""
+    if trainer.last_metrics:
+        return float(trainer.last_metrics["loss"])
+    import json
+
+    lines = (trainer.out_dir / "metrics.jsonl").read_text().splitlines()
+    return float(json.loads(lines[-1])["loss"]) if lines else math.nan
+
+
+def train_ladder(
+    entry: dict[str, Any],
+    budgets: Sequence[int],
+    make_config: Callable[[int, Path], TrainConfig],
+    folder: Path,
+    layer: int,
+    model: Any,
+    data: Any,
+    original: OriginalSide,
+    save: Callable[[], None],
+    log: Callable[[str], None],
+    label: str,
+    tolerance: float,
+    converge: bool = True,
+) -> None:
+    """Train the rungs of `budgets` missing from `entry` (a dict with "rungs" and "converged")
+    until the CE increase changed by less than `tolerance` over the last doubling (when
+    `converge`) or the budgets run out. `make_config(tokens, rung_folder)` gives each rung's
+    config; `layer` is the dictionary evaluated."""
+    from training.trainer import Trainer
+
+    entry.setdefault("rungs", [])
+    for tokens in budgets:
+        if entry.get("converged"):
+            break
+        if any(r["tokens"] == tokens for r in entry["rungs"]):
+            continue
+        config = make_config(tokens, folder / f"t{tokens}")
+        start = time.perf_counter()
+        trainer = Trainer(config, model=model, data=data)
+        trained = trainer.train()
+        seconds = time.perf_counter() - start
+        measured = evaluate_dictionary(model, trained[layer].eval(), original)
+        entry["rungs"].append(
+            {
+                "machine": machine(config.device),
+                "tokens": tokens,
+                "steps": trainer.step,
+                "lr": float(config.lr),
+                "train_seconds": seconds,
+                "final_loss": final_loss(trainer),
+                **measured,
+                "figures": figures(measured["chunks"]),
+            }
+        )
+        curve = [(r["tokens"], r["figures"]["ce_increase"]) for r in entry["rungs"]]
+        entry["converged"] = not converge or has_converged(curve, tolerance)
+        save()
+        f = entry["rungs"][-1]["figures"]
+        log(
+            f"{label} {tokens:,} tokens: {seconds:.0f} s, L0 {f['l0']:.1f}, "
+            f"CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}"
+            + (" (converged)" if entry["converged"] and converge else "")
+        )
