@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from replacement.activations import Activation, make_activation
 from replacement.errors import SparseCircuitsError
+from replacement.hook_table import same_on_every_model
 from replacement.sparse import SparseActs
 
 KINDS = ("sae", "transcoder", "skip_transcoder")
@@ -52,6 +53,8 @@ class Dictionary(nn.Module):
     ):
         super().__init__()
         out_hook = out_hook or in_hook
+        if same_on_every_model(in_hook, out_hook):
+            out_hook = in_hook  # two names of one tensor: it reads what it writes, an SAE
         if in_hook == out_hook and d_in != d_out:
             raise ValueError(f"an SAE at {in_hook!r} needs d_in == d_out, got {d_in} and {d_out}")
         self.d_in, self.d_out, self.n_features = int(d_in), int(d_out), int(n_features)

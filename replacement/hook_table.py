@@ -190,6 +190,11 @@ def same_tensor(a: str, b: str, facts: NormFacts = PROVISIONAL) -> bool:
     return canonical(a, facts) == canonical(b, facts)
 
 
+def same_on_every_model(a: str, b: str) -> bool:
+    """Whether two hook names hold the same tensor whatever the architecture's norms."""
+    return all(same_tensor(a, b, facts) for facts in (GPT2, LLAMA, GEMMA2))
+
+
 class NormRead(NamedTuple):
     """A hook that holds a norm's output."""
 

@@ -89,3 +89,31 @@ def test_batchtopk_keeps_k_times_batch_in_training():
     assert kept.min() >= d.pre_acts(x).flatten().topk(45).values.min() - 1e-6
     with pytest.raises(RuntimeError, match="eval mode"):
         d.encode_sparse(x)
+
+
+def test_two_names_of_one_tensor_make_an_sae_and_splice_like_one(tiny_gpt2):
+    """A dictionary whose input and output hooks name the same tensor on every architecture is
+    an SAE (it subtracts b_dec, splices where it reads); one whose names coincide only on some
+    architectures stays a transcoder."""
+    from replacement.splice import splice
+
+    d = tiny_gpt2.cfg.d_model
+    alias = Dictionary(d, d, 16, "blocks.0.hook_resid_post", "blocks.0.hook_out", "relu")
+    assert alias.out_hook == alias.in_hook and alias.kind == "sae"
+    assert alias.apply_b_dec_to_input
+    torch.manual_seed(0)
+    for p in alias.parameters():
+        p.data.normal_(0, 0.1)
+    one = Dictionary(d, d, 16, "blocks.0.hook_resid_post", activation="relu")
+    one.load_state_dict(alias.state_dict())
+    tokens = torch.randint(0, tiny_gpt2.cfg.d_vocab, (2, 6))
+    with torch.no_grad():
+        with splice(tiny_gpt2, [alias]):
+            a = tiny_gpt2(tokens)
+        with splice(tiny_gpt2, [one]):
+            b = tiny_gpt2(tokens)
+        plain = tiny_gpt2(tokens)
+    assert torch.equal(a, b) and not torch.allclose(a, plain)
+    # pre-norm models: the same tensor; Gemma-2's post-norm sits between them
+    partial = Dictionary(d, d, 16, "blocks.0.mlp.hook_out", "blocks.0.hook_mlp_out", "relu")
+    assert partial.kind == "transcoder" and not partial.apply_b_dec_to_input
