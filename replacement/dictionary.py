@@ -1,6 +1,7 @@
 """One base class for every sparse dictionary: SAEs, transcoders and skip transcoders.
 
-An SAE reads and writes the same hook; a transcoder reads `in_hook` (e.g. the MLP input after
+An SAE reads and writes the same hook (two names of one tensor, such as `hook_resid_post` and
+`hook_out`, count as one and are stored as the input's); a transcoder reads `in_hook` (e.g. the MLP input after
 its norm) and predicts `out_hook` (the MLP output). A skip transcoder adds an affine skip
 connection `x @ W_skip`. Kinds differ only in the activation (ReLU, TopK, BatchTopK,
 JumpReLU, or the gated encoder of `GatedDictionary`).
