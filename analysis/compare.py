@@ -84,7 +84,16 @@ class Comparison:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Comparison:
-        """Rebuild from `to_dict()` output (results.json)."""
+        """Rebuild from `to_dict()` output (results.json), also one written when two rankings
+        shared one flat agreement entry (before joint integrated gradients)."""
+        method = data["settings"].get("method")
+        for per_currency in data["results"].values():
+            for per_task in per_currency.values():
+                for entry in per_task.values():
+                    agreement = entry.get("agreement")
+                    if agreement and "spearman" in agreement:
+                        other = [m for m in entry["rankings"] if m != method]
+                        entry["agreement"] = {other[0]: agreement} if len(other) == 1 else {}
         return cls(
             [SetSummary(**s) for s in data["sets"]],
             data["tasks"],

@@ -336,6 +336,23 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
     assert ranks["reference"] == "joint_integrated_gradients"  # the default ranking
     assert set(ranks["versus"]) == {"attribution_patching", "integrated_gradients"}
     assert all(v["top_overlap"] > 0 for v in ranks["versus"].values())
+    # a results.json of two rankings with one flat agreement (written before joint IG) reads
+    import json
+
+    from analysis.compare import Comparison
+
+    old = json.loads(json.dumps(c.to_dict()))
+    old["settings"]["method"] = "attribution_patching"
+    for t in old["tasks"]:
+        t["rankings"] = ["attribution_patching", "integrated_gradients"]
+    for per_currency in old["results"].values():
+        for per_task in per_currency.values():
+            for e in per_task.values():
+                e["rankings"].pop("joint_integrated_gradients")
+                e["agreement"] = {"spearman": 0.5, "top_overlap": 0.6, "top": 50}
+    read = summarize(Comparison.from_dict(old), b=20)["currencies"]["all"]["rankings"]["tc"]
+    assert read["reference"] == "attribution_patching"
+    assert read["versus"]["integrated_gradients"]["spearman"] == 0.5
 
 
 def test_an_attention_output_sae_stands_for_the_heads_of_its_layer(skip_setup):
