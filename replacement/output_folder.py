@@ -30,6 +30,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -84,12 +85,18 @@ def write_marker(folder: Path, names: Iterable[str], command: str = "") -> None:
     )
 
 
+_MKSTEMP = re.compile(r"[a-z0-9_]{8}")
+"""The random part `tempfile.mkstemp` puts in a name (`atomic_path`'s temporaries)."""
+
+
 def _our_temporary(name: str, ours: Callable[[str], bool]) -> bool:
     """`.NAME.xxxx.tmp` of one of our files (the marker's included): being written, or left by a
     kill in `atomic_path`."""
     if not (name.startswith(".") and name.endswith(".tmp")):
         return False
-    inner = name[1:-4].rsplit(".", 1)[0]
+    inner, _, random = name[1:-4].rpartition(".")
+    if not _MKSTEMP.fullmatch(random):  # exactly tempfile's 8-character name, nothing else
+        return False
     return inner in (MARKER, LOCK) or ours(inner)
 
 

@@ -383,3 +383,21 @@ def test_a_checkpoint_cut_short_is_a_disk_error(tmp_path, monkeypatch):
     with pytest.raises(OSError) as caught:
         trainer.save_checkpoint()
     assert caught.value.errno == errno.ENOSPC and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_users_file_named_like_a_temporary_of_ours_is_never_removed(tmp_path):
+    """Only tempfile's own names (`.NAME.<8 chars>.tmp`) of listed files count as ours; a
+    user's `.result.json.backup-1.tmp` is foreign: refused by name, kept under --overwrite."""
+    from replacement.output_folder import OutputFolder, OutputFolderError
+
+    folder = tmp_path / "out"
+    with OutputFolder(folder, command="first") as out:
+        out.claim(["result.json"])
+        (folder / "result.json").write_text("{}")
+    mine = folder / ".result.json.backup-1.tmp"
+    mine.write_text("keep me")
+    with pytest.raises(OutputFolderError, match=r"\.result\.json\.backup-1\.tmp"):
+        OutputFolder(folder, command="second").open()
+    with OutputFolder(folder, command="third", overwrite=True):
+        pass
+    assert mine.read_text() == "keep me"

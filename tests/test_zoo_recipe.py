@@ -42,6 +42,15 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
     capsys.readouterr()
     build_zoo.main([*argv, "--stage", "train"])  # resumed: every rung is there
     assert "tokens:" not in capsys.readouterr().out
+    # shipping again replaces only a set folder of its own; a user's file beside stops it
+    build_zoo.main([*argv, "--stage", "ship"])
+    assert sorted(p.name for p in zoo.iterdir()) == ["sae_e2e"]
+    mine = zoo / "sae_e2e.old" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("keep me")
+    with pytest.raises(SystemExit, match="sae_e2e.old holds files that are not a zoo set's"):
+        build_zoo.main([*argv, "--stage", "ship"])
+    assert mine.read_text() == "keep me" and (zoo / "sae_e2e" / "card.json").is_file()
 
 
 def test_every_set_uses_the_same_lr():

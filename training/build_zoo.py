@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -212,12 +213,20 @@ def ship(args: argparse.Namespace) -> None:
 
     runs = Path(args.runs)
     results = json.loads((runs / LADDER_FILE).read_text())
+    for name in args.sets:  # before any work: replace only folders that hold a set of ours
+        dest = Path(args.zoo) / name
+        for place in (dest, *_beside(dest)):
+            if place.exists() and not is_set_folder(place):
+                raise SystemExit(
+                    f"{place} holds files that are not a zoo set's (card.json, layer_*); "
+                    "move them or choose another --zoo"
+                )
     model, val = _card_model_and_tokens(args)
     for name in args.sets:
         dest = Path(args.zoo) / name
         run_card, folders = trained_card(name, results, runs)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp, old = _beside(dest)
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed ship's half-written set
         dictionaries = []
         for layer, folder in zip(COMMON["layers"], folders, strict=True):
             d = load_native(folder / f"layer_{layer}").half()
@@ -227,9 +236,30 @@ def ship(args: argparse.Namespace) -> None:
         card = measure_card(model, val, dictionaries, run_card)
         card["description"] = run_card["description"] + "; shipped in float16"
         write_json(tmp / "card.json", card)
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)  # checked above: a set folder, or absent
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)  # new then swapped: a kill leaves the old set or the new one
+        shutil.rmtree(old, ignore_errors=True)
         _print_card(name, card)
+
+
+_SET_FILE = re.compile(r"(card\.json|layer_\d+\.(json|safetensors))")
+_SET_TEMPORARY = re.compile(r"\.(card\.json|layer_\d+\.(json|safetensors))\.[a-z0-9_]{8}\.tmp")
+
+
+def _beside(dest: Path) -> tuple[Path, Path]:
+    """The folders `ship` writes the new set into and moves the old one to."""
+    return dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+
+
+def is_set_folder(folder: Path) -> bool:
+    """Whether `folder` holds only what `ship` writes: card.json and layer_<n> files (or their
+    temporaries, left by a kill)."""
+    return folder.is_dir() and all(
+        p.is_file() and (_SET_FILE.fullmatch(p.name) or _SET_TEMPORARY.fullmatch(p.name))
+        for p in folder.iterdir()
+    )
 
 
 def remeasure(args: argparse.Namespace) -> None:
