@@ -135,23 +135,17 @@ def test_pilot_sweep_settles_nothing():
     assert found and all(c.verdict.startswith("inconclusive") for c in found)
 
 
-@pytest.mark.slow
-def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, default_model, monkeypatch):
-    """A sweep that lost its last rung reruns it to the same figures; a finished sweep trains
-    nothing."""
-    import training.claims_plan as plan
-    from training.claims_sweep import RESULTS_FILE, SweepSettings, run_claims
+def _tiny_sweep(out, model, seeds=1):
+    """Settings and data of a sweep that trains in seconds (skip claim; rows of the corpus)."""
+    from training.claims_sweep import SweepSettings
     from training.data import TokenData, load_token_data
 
-    monkeypatch.setattr(plan, "SKIP_KS", (4,))
-    full_data = load_token_data(default_model, None, ctx_len=128)
-    data = TokenData(
-        full_data.train[:128], full_data.val[:16], full_data.bos, full_data.special_ids
-    )
+    full = load_token_data(model, None, ctx_len=128)
+    data = TokenData(full.train[:128], full.val[:16], full.bos, full.special_ids)
     settings = SweepSettings(
-        out=str(tmp_path),
+        out=str(out),
         claims=("skip",),
-        seeds=1,
+        seeds=seeds,
         start_tokens=1024,
         cap_tokens=2048,
         eval_tokens=512,
@@ -160,6 +154,72 @@ def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, default_model, monk
         batch_tokens=512,
         tune_tokens=1024,
     )
+    return settings, data
+
+
+@pytest.mark.slow
+def test_a_run_another_process_holds_is_left_to_it_and_no_result_is_lost(
+    tmp_path, default_model, monkeypatch
+):
+    """Two processes on one sweep: the run held by the other is skipped, an entry the other
+    wrote meanwhile survives this process's saves, and the held run is trained once free."""
+    import training.claims_plan as plan
+    import training.claims_sweep as sweep
+    from training.sweep_locks import claimed, update_results
+
+    monkeypatch.setattr(plan, "SKIP_KS", (4,))
+    settings, data = _tiny_sweep(tmp_path, default_model, seeds=2)
+    held = tmp_path / "runs" / "skip" / "transcoder_k4" / "seed1"
+    other = {"rungs": [{"tokens": 1, "written_by": "the other process"}], "converged": False}
+    real_ladder = sweep.train_ladder
+
+    def ladder_then_the_other_writes(*args, **kwargs):
+        real_ladder(*args, **kwargs)
+
+        def put(current):
+            current["runs"].setdefault("elsewhere", {"seeds": {}})["seeds"]["0"] = other
+            return current
+
+        update_results(tmp_path / sweep.RESULTS_FILE, put)
+
+    monkeypatch.setattr(sweep, "train_ladder", ladder_then_the_other_writes)
+    lines: list[str] = []
+    with claimed(held) as mine:
+        assert mine
+        results = sweep.run_claims(settings, log=lines.append, model=default_model, data=data)
+    trained = {(n, s) for n, r in results["runs"].items() for s, e in r["seeds"].items()
+               if e["rungs"] and n != "elsewhere"}  # fmt: skip
+    assert ("skip/transcoder_k4", "1") not in trained
+    assert len(trained) == 3  # the other seed and both skip-transcoder seeds
+    assert "1 runs are being trained by another process; left to it" in lines
+    on_disk = json.loads((tmp_path / sweep.RESULTS_FILE).read_text())
+    assert on_disk["runs"]["elsewhere"]["seeds"]["0"] == other  # not overwritten by our saves
+    assert all(on_disk["runs"][n]["seeds"][s]["rungs"] for n, s in trained)
+    # every local run read the sweep's float32 cache, written once
+    assert (tmp_path / "activations" / "layer1" / "manifest.json").is_file()
+    assert sum("writing the activation cache" in m for m in lines) == 1
+    card = json.loads(next(held.parent.rglob("seed0/t*/card.json")).read_text())
+    assert card["training"]["activations"] == str(tmp_path / "activations" / "layer1")
+    lines.clear()
+    monkeypatch.setattr(sweep, "train_ladder", real_ladder)
+    sweep.run_claims(settings, log=lines.append, model=default_model, data=data)
+    assert [m.split(" 1,024")[0] for m in lines if "tokens:" in m][:1] == [
+        "skip/transcoder_k4 seed 1"
+    ]
+    assert not any("activation cache" in m for m in lines)  # reused
+    final = json.loads((tmp_path / sweep.RESULTS_FILE).read_text())
+    assert final["runs"]["skip/transcoder_k4"]["seeds"]["1"]["rungs"]
+
+
+@pytest.mark.slow
+def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, default_model, monkeypatch):
+    """A sweep that lost its last rung reruns it to the same figures; a finished sweep trains
+    nothing."""
+    import training.claims_plan as plan
+    from training.claims_sweep import RESULTS_FILE, run_claims
+
+    monkeypatch.setattr(plan, "SKIP_KS", (4,))
+    settings, data = _tiny_sweep(tmp_path, default_model)
     first = run_claims(settings, log=lambda m: None, model=default_model, data=data)
     entry = first["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]
     assert [r["tokens"] for r in entry["rungs"]] == [1024, 2048] or entry["converged"]
@@ -214,3 +274,24 @@ def test_kept_original_residuals_give_the_same_figures_as_recomputing_them(defau
               for h in down)  # fmt: skip
     assert err > 0
     assert sum(a["chunks"]["down_err"]) == pytest.approx(err, rel=1e-5)
+
+
+def test_two_processes_saving_entries_keep_each_others(tmp_path):
+    """save_entry merges: each process's entries survive the other's saves, metadata of a new
+    run is written with it, and the entry a process is still filling stays its own object."""
+    from training.sweep_locks import save_entry
+
+    path = tmp_path / "results.json"
+    a = {"version": 2, "runs": {"p": {"claim": "skip", "seeds": {"0": {"rungs": [1]}}}}}
+    b = {"version": 2, "runs": {"p": {"claim": "skip", "seeds": {"1": {"rungs": [2]}}},
+                                "q": {"claim": "gated", "seeds": {"0": {"rungs": [3]}}}}}  # fmt: skip
+    mine = a["runs"]["p"]["seeds"]["0"]
+    save_entry(path, a, ("runs", "p", "seeds", "0"))
+    save_entry(path, b, ("runs", "q", "seeds", "0"))
+    save_entry(path, b, ("runs", "p", "seeds", "1"))
+    mine["rungs"].append(4)  # a still filling its entry
+    save_entry(path, a, ("runs", "p", "seeds", "0"))
+    on_disk = json.loads(path.read_text())
+    assert on_disk["runs"]["p"]["seeds"] == {"0": {"rungs": [1, 4]}, "1": {"rungs": [2]}}
+    assert on_disk["runs"]["q"] == {"claim": "gated", "seeds": {"0": {"rungs": [3]}}}
+    assert a["runs"]["p"]["seeds"]["0"] is mine and a["runs"]["q"] == on_disk["runs"]["q"]

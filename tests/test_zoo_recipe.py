@@ -56,3 +56,40 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
 def test_every_set_uses_the_same_lr():
     lrs = {name: {**build_zoo.COMMON, **spec}["lr"] for name, spec in build_zoo.ZOO_SETS.items()}
     assert set(lrs.values()) == {build_zoo.ZOO_LR}
+
+
+def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladders(
+    tmp_path, monkeypatch, capsys
+):
+    """Local sets train from --runs/activations/layer<l> (written once per layer); a ladder
+    another process holds is left to it and trained by the next run once free."""
+    import numpy as np
+
+    from training.sweep_locks import claimed
+
+    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
+    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(build_zoo.COMMON, "layers", [0, 1])
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(data / "train_tokens.npy", rng.integers(1, 4000, 127 * 48).astype(np.uint16))
+    np.save(data / "heldout_tokens.npy", rng.integers(1, 4000, 127 * 8).astype(np.uint16))
+    runs = tmp_path / "runs"
+    argv = ["--runs", str(runs), "--sets", "transcoder", "--start-tokens", "512",
+            "--cap-tokens", "1024", "--eval-tokens", "512", "--n-chunks", "2",
+            "--data", str(data), "--stage", "train"]  # fmt: skip
+    with claimed(runs / "transcoder" / "layer1") as mine:
+        assert mine
+        build_zoo.main(argv)
+    out = capsys.readouterr().out
+    assert "1 ladders are being trained by another process; left to it" in out
+    assert out.count("writing the activation cache") == 1  # layer 0's only
+    rung = json.loads(next((runs / "transcoder" / "layer0").glob("t*/card.json")).read_text())
+    assert rung["training"]["activations"] == str(runs / "activations" / "layer0")
+    assert not list((runs / "transcoder" / "layer1").glob("t*"))
+    build_zoo.main(argv)
+    out = capsys.readouterr().out
+    assert "transcoder layer 1 512 tokens" in out and "transcoder layer 0 512" not in out
+    ladders = json.loads((runs / build_zoo.LADDER_FILE).read_text())
+    assert sorted(ladders["sets"]["transcoder"]["layers"]) == ["0", "1"]

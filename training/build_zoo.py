@@ -94,9 +94,13 @@ def stream_token_data(folder: Path, bos: int, ctx_len: int, specials: list[int])
     return TokenData(rows("train_tokens.npy"), rows("heldout_tokens.npy"), bos, specials)
 
 
-def rung_config(name: str, layer: int, tokens: int, folder: Path, device: str) -> TrainConfig:
-    """The recipe's config of one rung: set `name`, `layer` alone, `tokens` training tokens."""
+def rung_config(
+    name: str, layer: int, tokens: int, folder: Path, device: str, cache: Path | None = None
+) -> TrainConfig:
+    """The recipe's config of one rung: set `name`, `layer` alone, `tokens` training tokens
+    (a local set reads `cache`, the layer's activation cache, when given)."""
     steps = max(1, tokens // COMMON["batch_tokens"])
+    local = ZOO_SETS[name]["objective"] == "local"
     return TrainConfig(
         **{**COMMON, **ZOO_SETS[name], "layers": [layer]},
         warmup_steps=max(1, min(50, steps // 10)),
@@ -107,25 +111,33 @@ def rung_config(name: str, layer: int, tokens: int, folder: Path, device: str) -
         checkpoint_every=200,
         evaluate=False,  # the ladder evaluates on the sweep's rows; `ship` on the shipped weights
         buffer_tokens=max(4 * COMMON["batch_tokens"], min(65536, int(tokens))),
+        activations=str(cache) if cache is not None and local else None,
     ).validate()
 
 
 def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     """Train the requested sets by the recipe into --runs/<set>/layer<l>/t<tokens>; returns the
-    ladders' results (also in --runs/zoo_ladders.json, written after every rung)."""
+    ladders' results (also in --runs/zoo_ladders.json, written after every rung).
+
+    Layer by layer, so that one activation cache of a layer (--runs/activations/layer<l>,
+    float32: 8.6 GB for the default corpus) serves every local set of it. Started in several
+    shells, the processes share the work (`training.sweep_locks`).
+    """
     from replacement.hook_table import block_hook
+    from replacement.hooks import layer_hooks
     from replacement.model import load_model
     from training.claims_eval import original_side
     from training.claims_sweep import split_rows
     from training.convergence import DEFAULT_TOLERANCE, budget_ladder
     from training.data import load_token_data, special_token_ids
     from training.ladder import train_ladder
+    from training.sweep_locks import claimed, read_results, save_entry, shared_cache
 
     runs = Path(args.runs)
     path = runs / LADDER_FILE
     setup = {"recipe": RECIPE, "start_tokens": args.start_tokens, "cap_tokens": args.cap_tokens,
              "eval_tokens": args.eval_tokens, "n_chunks": args.n_chunks}  # fmt: skip
-    results = json.loads(path.read_text()) if path.is_file() else {"setup": setup, "sets": {}}
+    results = read_results(path) or {"setup": setup, "sets": {}}
     if results["setup"] != setup:
         raise SystemExit(
             f"{path} was recorded with {results['setup']}; rerun with those settings to resume, "
@@ -142,29 +154,54 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     hooks = [block_hook(m, h) for m in range(n_layers) for h in ("hook_resid_post", "hook_mlp_out")]
     original = original_side(model, rows, hooks, data.special_ids, args.n_chunks)
     ladder = budget_ladder(args.start_tokens, args.cap_tokens)
-    for name in args.sets:
-        start = time.perf_counter()
-        per_layer = results["sets"].setdefault(name, {"layers": {}})["layers"]
-        for layer in COMMON["layers"]:
-            entry = per_layer.setdefault(str(layer), {"rungs": [], "converged": False})
-            train_ladder(
-                entry,
-                ladder,
-                lambda tokens, folder, n=name, at=layer: rung_config(
-                    n, at, tokens, folder, args.device
-                ),
-                runs / name / f"layer{layer}",
-                layer,
-                model,
-                train_data,
-                original,
-                save=lambda: write_json(path, results),
-                log=(lambda m: None) if args.quiet else lambda m: print(m, flush=True),
-                label=f"{name} layer {layer}",
-                tolerance=DEFAULT_TOLERANCE,
-            )
-        print(f"{name}: {time.perf_counter() - start:.1f} s", flush=True)
-    return results
+    log = (lambda m: None) if args.quiet else lambda m: print(m, flush=True)
+    held = 0
+    for layer in COMMON["layers"]:
+        for name in args.sets:
+            folder = runs / name / f"layer{layer}"
+            with claimed(folder) as mine:
+                if not mine:
+                    held += 1
+                    continue
+                results = read_results(path) or results
+                per_layer = results["sets"].setdefault(name, {"layers": {}})["layers"]
+                entry = per_layer.setdefault(str(layer), {"rungs": [], "converged": False})
+                if entry["converged"] or len(entry["rungs"]) == len(ladder):
+                    continue
+                cache = None
+                if ZOO_SETS[name]["objective"] == "local" and args.activation_cache != "none":
+                    pair = layer_hooks(layer)
+                    cache = shared_cache(
+                        runs / "activations" / f"layer{layer}",
+                        args.activation_cache,
+                        [pair.mlp_in, pair.mlp_out],
+                        model,
+                        train_data,
+                        log,
+                    )
+                start = time.perf_counter()
+                train_ladder(
+                    entry,
+                    ladder,
+                    lambda tokens, f, n=name, at=layer, c=cache: rung_config(
+                        n, at, tokens, f, args.device, c
+                    ),
+                    folder,
+                    layer,
+                    model,
+                    train_data,
+                    original,
+                    save=lambda n=name, at=str(layer), r=results: save_entry(
+                        path, r, ("sets", n, "layers", at)
+                    ),
+                    log=log,
+                    label=f"{name} layer {layer}",
+                    tolerance=DEFAULT_TOLERANCE,
+                )
+                log(f"{name} layer {layer}: {time.perf_counter() - start:.1f} s")
+    if held:
+        log(f"{held} ladders are being trained by another process; left to it")
+    return read_results(path) or results
 
 
 def trained_card(
@@ -370,6 +407,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--n-chunks", type=int, default=64, help="chunks of the evaluation rows")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--activation-cache",
+        default="float32",
+        choices=["float32", "float16", "bfloat16", "none"],
+        help="dtype of the local sets' activation cache per layer under --runs, or none",
+    )
     p.add_argument("--data", default=None, help="folder with train_tokens.npy/heldout_tokens.npy")
     p.add_argument("--eval-rows", type=int, default=256, help="held-out rows for the cards")
     p.add_argument("--quiet", action="store_true")

@@ -65,12 +65,23 @@ def _token_ce(
 ) -> tuple[Float[Tensor, " rows"], Int[Tensor, " rows"]]:
     """Per-row CE sums and counts of next-token prediction, special targets left out."""
     targets = rows[:, 1:]
-    logp = F.log_softmax(logits[:, :-1].double(), dim=-1)
-    ce = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # float32 per token (within ~1e-6 nats of float64, at 3x its speed; the log-softmax in
+    # float64 was a quarter of an evaluation), summed in float64
+    vocab = logits.shape[-1]
+    ce = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, vocab), targets.reshape(-1), reduction="none"
+    )
+    ce = ce.view(targets.shape).double()
     keep: Bool[Tensor, "rows pos"] = torch.ones_like(targets, dtype=torch.bool)
     for token in special:
         keep &= targets != token
     return (ce * keep).sum(-1), keep.sum(-1)
+
+
+def _sum(x: Float[Tensor, "... d"]) -> float:
+    """Sum in float64 of float32 row sums (d terms each: exact to ~1e-7 relative) without a
+    float64 copy of the whole tensor."""
+    return float(x.sum(-1).double().sum())
 
 
 @torch.no_grad()
@@ -134,8 +145,8 @@ def evaluate_dictionary(
     out of the dictionary's own figures.
     """
     down = downstream_hooks(model, dictionary)
-    out_mean = original.means[dictionary.out_hook].to(model.cfg.device)
-    down_means = {h: original.means[h].to(model.cfg.device) for h in down}
+    out_mean = original.means[dictionary.out_hook].to(model.cfg.device).float()
+    down_means = {h: original.means[h].to(model.cfg.device).float() for h in down}
     fired = torch.zeros(dictionary.n_features, dtype=torch.bool, device=model.cfg.device)
     per_chunk: dict[str, list[float]] = {k: [] for k in SUM_KEYS}
     for c, chunk in enumerate(original.chunks):
@@ -155,20 +166,20 @@ def evaluate_dictionary(
             sums["ce_spliced"] += float(row_ce.sum())
             hook = dictionary.out_hook
             acts = state.acts[hook][:, 1:]
-            y = state.targets[hook][:, 1:].double()
-            y_hat = state.recons[hook][:, 1:].double()
+            y = state.targets[hook][:, 1:].float()
+            y_hat = state.recons[hook][:, 1:].float()
             active = acts != 0
             fired |= active.reshape(-1, active.shape[-1]).any(0)
             sums["positions"] += y.shape[0] * y.shape[1]
             sums["l0"] += float(active.sum())
-            sums["sq_err"] += float((y - y_hat).pow(2).sum())
-            sums["sq_dev"] += float((y - out_mean).pow(2).sum())
-            sums["dot"] += float((y_hat * y).sum())
-            sums["sq_hat"] += float(y_hat.pow(2).sum())
+            sums["sq_err"] += _sum((y - y_hat).pow(2))
+            sums["sq_dev"] += _sum((y - out_mean).pow(2))
+            sums["dot"] += _sum(y_hat * y)
+            sums["sq_hat"] += _sum(y_hat.pow(2))
             for h in down:
-                o, s = orig[h].double(), spliced[h][:, 1:].double()
-                sums["down_err"] += float((s - o).pow(2).sum())
-                sums["down_dev"] += float((o - down_means[h]).pow(2).sum())
+                o, s = orig[h].float(), spliced[h][:, 1:].float()
+                sums["down_err"] += _sum((s - o).pow(2))
+                sums["down_dev"] += _sum((o - down_means[h]).pow(2))
         for k in SUM_KEYS:
             per_chunk[k].append(sums[k])
     return {"chunks": per_chunk, "alive": int(fired.sum()), "n_features": dictionary.n_features}

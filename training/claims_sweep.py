@@ -2,6 +2,7 @@
 
     sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--seeds 2]
         [--start-tokens 2.5e5] [--cap-tokens 3.2e7] [--eval-tokens 1e6]
+        [--activation-cache float32|float16|bfloat16|none]
 
 Each (point, seed) trains a ladder of budgets (`training.convergence.budget_ladder`), each rung a
 normal `Trainer` run in `<out>/runs/<point>/seed<s>/t<tokens>` (checkpointed, so a killed rung
@@ -13,18 +14,24 @@ trains nothing.
 
 Evaluation rows are the default corpus's held-out files plus rows reserved from the end of the
 training split (never trained on by any run) until `eval_tokens` is reached.
+
+Local runs read their activations from one activation cache of the training rows
+(`<out>/activations/layer<L>`, written once, float32 by default so that they see exactly the
+model's activations): the model's forward was about two thirds of a local rung's time. The same
+command started in several shells shares the work (`training.sweep_locks`): each run is trained
+by one process, and every process's results land in the one results file.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from replacement.atomic import write_json
 from replacement.errors import SparseCircuitsError
 from replacement.hook_table import block_hook
 from training.claims_eval import original_side
@@ -33,9 +40,14 @@ from training.config import TrainConfig
 from training.convergence import DEFAULT_TOLERANCE, budget_ladder
 from training.data import TokenData
 from training.ladder import train_ladder
+from training.sweep_locks import claimed, read_results, save_entry, shared_cache
 
 RESULTS_FILE = "claims_sweep.json"
 FORMAT_VERSION = 2
+CACHE_CHOICES = ("float32", "float16", "bfloat16", "none")
+WAIT_SECONDS = 30
+"""How often a process with nothing else to do looks whether the lr-tuning runs another process
+holds have finished."""
 
 
 @dataclass
@@ -68,6 +80,8 @@ class SweepSettings:
     """Tokens per optimiser step."""
     ctx_len: int = 128
     """Row length of training and evaluation."""
+    activation_cache: str = "float32"
+    """dtype of the local runs' activation cache, or "none" to run the model on every step."""
     device: str = "cpu"
     """Where to train."""
 
@@ -97,6 +111,11 @@ class SweepSettings:
             )
         if not 0 < self.tolerance < 1:
             raise SparseCircuitsError(f"--tolerance must be in (0, 1); got {self.tolerance}")
+        if self.activation_cache not in CACHE_CHOICES:
+            raise SparseCircuitsError(
+                f"--activation-cache {self.activation_cache!r} is unknown; expected one of "
+                f"{list(CACHE_CHOICES)}"
+            )
         return self
 
     def recorded(self) -> dict[str, Any]:
@@ -132,10 +151,17 @@ def split_rows(data: TokenData, eval_tokens: int) -> tuple[TokenData, torch.Tens
 
 
 def _config(
-    point: SweepPoint, seed: int, tokens: int, lr: float, settings: SweepSettings, folder: Path
+    point: SweepPoint,
+    seed: int,
+    tokens: int,
+    lr: float,
+    settings: SweepSettings,
+    folder: Path,
+    cache: Path | None = None,
 ) -> TrainConfig:
     steps = max(1, tokens // settings.batch_tokens)
     fields = {k: v for k, v in point.fields.items() if k != "lr"}
+    local = fields.get("objective", "local") == "local"
     return TrainConfig(
         **{
             "model": "default",
@@ -154,6 +180,7 @@ def _config(
         verbose=False,
         checkpoint_every=200,
         buffer_tokens=max(4 * settings.batch_tokens, min(65536, int(tokens))),
+        activations=str(cache) if cache is not None and local else None,
     ).validate()
 
 
@@ -185,29 +212,35 @@ def _point_record(results: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
     )
 
 
-def load_results(out: Path, settings: SweepSettings) -> dict[str, Any]:
-    """The results file (a new one if absent); refuses one recorded with other settings."""
-    path = out / RESULTS_FILE
-    if not path.is_file():
-        return {"version": FORMAT_VERSION, "setup": settings.recorded(), "runs": {}}
-    import json
-
-    results = json.loads(path.read_text())
+def _check_setup(path: Path, results: dict[str, Any], settings: SweepSettings) -> None:
     if results.get("version") != FORMAT_VERSION:
         raise SparseCircuitsError(
             f"{str(path)!r} is not a claims sweep of format {FORMAT_VERSION}; use another --out"
         )
-    diff = {
-        k: (results["setup"].get(k), v)
-        for k, v in settings.recorded().items()
-        if results["setup"].get(k) != v
-    }
+    recorded = {"activation_cache": "none", **results["setup"]}  # older sweeps ran the model
+    diff = {k: (recorded.get(k), v) for k, v in settings.recorded().items() if recorded.get(k) != v}
     if diff:
         raise SparseCircuitsError(
             f"{str(path)!r} was recorded with other settings {diff} (recorded, given); rerun with "
             "the recorded values to resume, or use another --out"
         )
+
+
+def load_results(out: Path, settings: SweepSettings) -> dict[str, Any]:
+    """The results file (a new one if absent); refuses one recorded with other settings."""
+    path = out / RESULTS_FILE
+    results = read_results(path)
+    if results is None:
+        return {"version": FORMAT_VERSION, "setup": settings.recorded(), "runs": {}}
+    _check_setup(path, results, settings)
     return results
+
+
+def _refresh(path: Path, results: dict[str, Any]) -> None:
+    """Take in every run other processes recorded (the file is the reference)."""
+    current = read_results(path)
+    if current is not None:
+        results["runs"] = current["runs"]
 
 
 def run_claims(
@@ -216,10 +249,13 @@ def run_claims(
     """Train and evaluate every unfinished rung of every point; returns the results.
 
     `model` and `data` default to the embedded model and its corpus (loaded only when some
-    rung is left to train).
+    rung is left to train). Runs another process holds (the same command in another shell)
+    are left to it.
     """
+    from replacement.hooks import layer_hooks
     from replacement.model import load_model
     from training.data import load_token_data
+    from training.trainer import dictionary_hooks
 
     settings.validate()
     out = Path(settings.out).resolve()
@@ -240,36 +276,86 @@ def run_claims(
     data = data if data is not None else load_token_data(model, None, ctx_len=settings.ctx_len)
     train_data, rows, reserved = split_rows(data, settings.eval_tokens)
     results["setup"]["eval_rows"] = {"heldout": int(data.val.shape[0]), "reserved": reserved}
+    # the transcoder pair always, so that every claim's local runs at this layer share one cache
+    pair = layer_hooks(settings.layer)
+    local_hooks = sorted(
+        {pair.mlp_in, pair.mlp_out}
+        | {
+            h
+            for p, s in pending
+            if p.fields.get("objective", "local") == "local"
+            for h in dictionary_hooks(
+                _config(p, s, settings.start_tokens, 1e-3, settings, out), settings.layer
+            )
+        }
+    )
+    cache = (
+        None
+        if settings.activation_cache == "none"
+        else shared_cache(
+            out / "activations" / f"layer{settings.layer}",
+            settings.activation_cache,
+            local_hooks,
+            model,
+            train_data,
+            log,
+        )
+    )
     hooks = sorted(
         {block_hook(m, "hook_resid_post") for m in range(int(model.cfg.n_layers))}
         | {block_hook(settings.layer, s) for s in ("hook_mlp_out", "hook_resid_pre")}
     )
     original = original_side(model, rows, hooks, data.special_ids, settings.n_chunks)
-    for point, seed in pending:
-        lr = point.fields["lr"]
-        if lr == "tuned":
-            lr = tuned_lr(results, point.claim, point.arm)
-            if lr is None:
-                raise SparseCircuitsError(f"{point.name}: its lr-tuning runs have not finished")
-        record = _point_record(results, point)
-        entry = record["seeds"].setdefault(str(seed), {"rungs": [], "converged": False})
-        train_ladder(
-            entry,
-            [settings.tune_tokens] if point.stage == "tune" else ladder,
-            lambda tokens, folder, p=point, s=seed, r=float(lr): _config(
-                p, s, tokens, r, settings, folder
-            ),
-            out / "runs" / point.name / f"seed{seed}",
-            settings.layer,
-            model,
-            train_data,
-            original,
-            save=lambda: write_json(path, results),
-            log=log,
-            label=f"{point.name} seed {seed}",
-            tolerance=settings.tolerance,
-            converge=point.stage != "tune",
-        )
+    while pending:
+        held, waiting = [], []
+        for point, seed in pending:
+            folder = out / "runs" / point.name / f"seed{seed}"
+            with claimed(folder) as mine:
+                if not mine:
+                    held.append((point, seed))
+                    continue
+                _refresh(path, results)
+                if _finished(results, point, seed, ladder, settings):
+                    continue
+                lr = point.fields["lr"]
+                if lr == "tuned":
+                    lr = tuned_lr(results, point.claim, point.arm)
+                    if lr is None:
+                        waiting.append((point, seed))
+                        continue
+                record = _point_record(results, point)
+                entry = record["seeds"].setdefault(str(seed), {"rungs": [], "converged": False})
+                train_ladder(
+                    entry,
+                    [settings.tune_tokens] if point.stage == "tune" else ladder,
+                    lambda tokens, f, p=point, s=seed, r=float(lr): _config(
+                        p, s, tokens, r, settings, f, cache
+                    ),
+                    folder,
+                    settings.layer,
+                    model,
+                    train_data,
+                    original,
+                    save=lambda n=point.name, s=str(seed): save_entry(
+                        path, results, ("runs", n, "seeds", s)
+                    ),
+                    log=log,
+                    label=f"{point.name} seed {seed}",
+                    tolerance=settings.tolerance,
+                    converge=point.stage != "tune",
+                )
+        tuning_elsewhere = any(p.stage == "tune" for p, _ in held)
+        if waiting and not tuning_elsewhere:
+            names = sorted({p.name for p, _ in waiting})
+            raise SparseCircuitsError(f"{names}: their lr-tuning runs gave no finite loss")
+        if held:
+            log(f"{len(held)} runs are being trained by another process; left to it")
+        if not (waiting and tuning_elsewhere):
+            break
+        log(f"{len(waiting)} runs wait for lr-tuning runs another process is training")
+        time.sleep(WAIT_SECONDS)
+        pending = waiting + [pw for pw in held if pw[0].stage == "tune"]
+    _refresh(path, results)
     return results
 
 

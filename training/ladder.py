@@ -69,10 +69,12 @@ def train_ladder(
         if any(r["tokens"] == tokens for r in entry["rungs"]):
             continue
         config = make_config(tokens, folder / f"t{tokens}")
-        start = time.perf_counter()
         trainer = Trainer(config, model=model, data=data)
         trained = trainer.train()
-        seconds = time.perf_counter() - start
+        # the optimiser steps' time over every process that trained the rung (a rung finished
+        # before a kill is not counted again as 0 s); evaluation is timed apart
+        seconds = trainer.train_seconds
+        start = time.perf_counter()
         measured = evaluate_dictionary(model, trained[layer].eval(), original)
         entry["rungs"].append(
             {
@@ -81,6 +83,7 @@ def train_ladder(
                 "steps": trainer.step,
                 "lr": float(config.lr),
                 "train_seconds": seconds,
+                "eval_seconds": time.perf_counter() - start,
                 "final_loss": final_loss(trainer),
                 **measured,
                 "figures": figures(measured["chunks"]),

@@ -27,6 +27,7 @@ import math
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.params, lr=config.learning_rate, eps=config.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.step = 0
+        self.train_seconds = 0.0
+        """Wall seconds of the optimiser steps so far, across resumes (in the checkpoint)."""
         self.since_fired = {
             layer: torch.zeros(config.n_features, dtype=torch.long) for layer in config.layers
         }
@@ -598,6 +601,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "since_fired": self.since_fired,
+            "train_seconds": self.train_seconds,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -644,6 +648,7 @@ class Trainer:
         if state.get("rng_cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # older checkpoints: none
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self) -> dict[int, Dictionary]:
@@ -719,7 +724,9 @@ class Trainer:
     def advance(self) -> dict[str, Any]:
         """One optimiser step, with its metrics line and checkpoint; returns its record."""
         cfg = self.config
+        start = time.perf_counter()
         record = self._train_step(self.step)
+        self.train_seconds += time.perf_counter() - start
         self.step += 1
         self.last_metrics = record
         if self.dist.is_main and (self.step % max(1, cfg.log_every) == 0 or self.step == self._end):
