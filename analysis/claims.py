@@ -46,11 +46,6 @@ def load_sweep(path: str | Path | None = None) -> dict[str, Any] | None:
 
 
 # ---- reading the sweep -------------------------------------------------------------------------
-def final_rungs(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Each seed's last rung (its converged or largest budget)."""
-    return {int(s): e["rungs"][-1] for s, e in run["seeds"].items() if e["rungs"]}
-
-
 def rung_figures(rung: dict[str, Any], weights: np.ndarray | None = None) -> dict[str, float]:
     """ce_increase, fvu, l0, shrinkage, downstream_fvu (`training.claims_eval.figures`) of a
     rung under chunk weights, and its alive features."""
@@ -67,6 +62,8 @@ class Arm:
     name: str
     points: list[dict[int, dict[str, Any]]]
     converged: bool
+    labels: list[str] = field(default_factory=list)
+    """Each point's sparsity (`k=8`, `l1=0.1`), to pair points across arms."""
 
     @property
     def seeds(self) -> list[int]:
@@ -79,17 +76,60 @@ class Arm:
         figs = [rung_figures(p[seed], weights) for p in self.points]
         return np.array([f["l0"] for f in figs]), np.array([f[key] for f in figs])
 
+    def only(self, labels: list[str]) -> Arm:
+        """The arm restricted to the points of `labels` (in that order)."""
+        own = self.labels or [str(i) for i in range(len(self.points))]
+        index = {label: i for i, label in enumerate(own)}
+        return Arm(self.name, [self.points[index[x]] for x in labels], self.converged, labels)
+
+
+def sparsity_label(fields: dict[str, Any], name: str) -> str:
+    """`k=8` for TopK points, `l1=0.1` for L1-penalised ones, else the name's last part."""
+    if "k" in fields:
+        return f"k={fields['k']}"
+    if "l1_coefficient" in fields:
+        return f"l1={fields['l1_coefficient']:g}"
+    return name.rsplit("_", 1)[-1]
+
+
+def finished(entry: dict[str, Any], setup: dict[str, Any]) -> bool:
+    """A (point, seed) whose ladder has ended: converged, or its last rung at the cap."""
+    if entry.get("converged"):
+        return True
+    cap = setup.get("cap_tokens")
+    return bool(cap and entry["rungs"] and entry["rungs"][-1]["tokens"] >= cap)
+
 
 def arms(results: dict[str, Any], claim: str) -> dict[str, Arm]:
-    """The sweep points of `claim` grouped by arm (tune points left out)."""
+    """The sweep points of `claim` grouped by arm (tune points left out), each with the seeds
+    whose ladder has ended: a run still training is not read at an early budget."""
     grouped: dict[str, Arm] = {}
-    for run in results["runs"].values():
-        if run["claim"] != claim or run["stage"] != "sweep" or not final_rungs(run):
+    setup = results.get("setup", {})
+    for name, run in results["runs"].items():
+        if run["claim"] != claim or run["stage"] != "sweep":
+            continue
+        done = {s: e for s, e in run["seeds"].items() if e["rungs"] and finished(e, setup)}
+        if not done:
             continue
         arm = grouped.setdefault(run["arm"], Arm(run["arm"], [], True))
-        arm.points.append(final_rungs(run))
-        arm.converged &= all(e["converged"] for e in run["seeds"].values())
+        arm.points.append({int(s): e["rungs"][-1] for s, e in done.items()})
+        arm.labels.append(sparsity_label(run.get("fields", {}), name))
+        arm.converged &= all(e["converged"] for e in done.values())
     return grouped
+
+
+def progress(results: dict[str, Any], claim: str) -> tuple[int, int]:
+    """(runs whose ladder has ended, runs the sweep plans) of `claim`; a file without the
+    sweep's setup counts the runs it holds as planned."""
+    setup = results.get("setup", {})
+    runs = [r for r in results["runs"].values() if r["claim"] == claim and r["stage"] == "sweep"]
+    done = sum(finished(e, setup) for r in runs for e in r["seeds"].values() if e["rungs"])
+    if "seeds" not in setup or "layer" not in setup:
+        return done, sum(len(r["seeds"]) for r in runs)
+    from training.claims_plan import claim_points
+
+    planned = [p for p in claim_points((claim,), int(setup["layer"])) if p.stage == "sweep"]
+    return done, len(planned) * int(setup["seeds"])
 
 
 def n_chunks(results: dict[str, Any]) -> int:
@@ -167,31 +207,69 @@ def _pack(items: dict[str, Interval]) -> dict[str, list[float]]:
     return {k: [v.estimate, v.low, v.high] for k, v in items.items()}
 
 
+def _settled(results: dict[str, Any], claim: str, verdict_so_far: str) -> str:
+    """The verdict, or inconclusive while the claim's sweep has not ended (the finished runs'
+    reading quoted)."""
+    done, planned = progress(results, claim)
+    if done < planned:
+        return (
+            f"inconclusive (sweep incomplete: {done} of {planned} runs finished; "
+            f"the finished ones so far: {verdict_so_far})"
+        )
+    return verdict_so_far
+
+
+def _not_yet(results: dict[str, Any], claim: str, title: str, paper: str) -> Claim | None:
+    """A claim the sweep plans but cannot compare yet (None when it plans none)."""
+    done, planned = progress(results, claim)
+    if not planned:
+        return None
+    return Claim(
+        title,
+        paper,
+        f"not measured yet: {done} of {planned} runs finished, no comparison possible",
+        f"inconclusive (sweep incomplete: {done} of {planned} runs finished)",
+    )
+
+
 def _skip_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     groups = arms(results, "skip")
+    title = "Skip vs plain transcoders at equal k"
+    paper = (
+        "Paulo et al. 2025: skip transcoders reach lower reconstruction error (FVU) and lower CE "
+        "increase than plain transcoders of the same sparsity."
+    )
     a, b = groups.get("transcoder"), groups.get("skip_transcoder")
-    if not a or not b or len(a.points) != len(b.points) or not a.seeds or not b.seeds:
-        return None
+    common = [x for x in (a.labels if a else []) if b and x in b.labels]
+    if a and b and common:
+        a, b = a.only(common), b.only(common)
+    if not a or not b or not common or not a.seeds or not b.seeds:
+        return _not_yet(results, "skip", title, paper)
     found = {k: paired_point_difference(a, b, k, chunks) for k in ("fvu", "ce_increase", "l0")}
     converged = a.converged and b.converged
     verdicts = [verdict(found[k], -1, converged) for k in ("fvu", "ce_increase")]
+    ks = ", ".join(x.removeprefix("k=") for x in common)
     return Claim(
-        "Skip vs plain transcoders at equal k",
-        "Paulo et al. 2025: skip transcoders reach lower reconstruction error (FVU) and lower CE "
-        "increase than plain transcoders of the same sparsity.",
-        f"skip - plain, averaged over {len(a.points)} values of k: FVU {found['fvu'].text()}, "
+        title,
+        paper,
+        f"skip - plain, averaged over k = {ks}: FVU {found['fvu'].text()}, "
         f"CE increase {found['ce_increase'].text()} nats (L0 {found['l0'].text(2)}); "
         f"{_budget(results, 'skip')}.",
-        _combine(verdicts),
+        _settled(results, "skip", _combine(verdicts)),
         _pack(found),
     )
 
 
 def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     groups = arms(results, "gated")
+    title = "Gated vs ReLU SAEs at equal L0"
+    paper = (
+        "Rajamanoharan et al. 2024: at equal L0 gated SAEs lose less CE than ReLU SAEs, and "
+        "their relative reconstruction bias gamma is nearer 1 (ReLU SAEs shrink)."
+    )
     a, b = groups.get("relu"), groups.get("gated")
     if not a or not b or not a.seeds or not b.seeds:
-        return None
+        return _not_yet(results, "gated", title, paper)
     ce, grid = matched_l0_difference(a, b, "ce_increase", chunks)
     shrink, _ = matched_l0_difference(a, b, "shrinkage", chunks, transform=lambda x: np.abs(1 - x))
     converged = a.converged and b.converged
@@ -213,15 +291,24 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
         else "no common L0 range"
     )
     return Claim(
-        "Gated vs ReLU SAEs at equal L0",
-        "Rajamanoharan et al. 2024: at equal L0 gated SAEs lose less CE than ReLU SAEs, and "
-        "their relative reconstruction bias gamma is nearer 1 (ReLU SAEs shrink).",
+        title,
+        paper,
         f"gated - ReLU at matched L0 ({where}): CE increase {ce.text()} nats, |1 - gamma| "
         f"{shrink.text()}; lr tuned per architecture (relu {lrs['relu']}, gated {lrs['gated']}); "
         f"{_budget(results, 'gated')}.",
-        _combine([verdict(ce, -1, converged), verdict(shrink, -1, converged)]),
+        _settled(
+            results,
+            "gated",
+            _combine([verdict(ce, -1, converged), verdict(shrink, -1, converged)]),
+        ),
         _pack({"ce_increase": ce, "abs_one_minus_gamma": shrink}),
     )
+
+
+BRAUN_PAPER = (
+    "Braun et al. 2024: at equal L0, e2e SAEs increase CE less than local SAEs and keep fewer "
+    "alive features; e2e+ds reconstructs the downstream activations better than e2e."
+)
 
 
 def _braun_claims(results: dict[str, Any], chunks: int) -> list[Claim]:
@@ -229,7 +316,10 @@ def _braun_claims(results: dict[str, Any], chunks: int) -> list[Claim]:
     out = []
     for family in ("relu", "topk"):
         local, e2e, ds = (groups.get(f"{o}:{family}") for o in ("local", "e2e", "e2e_ds"))
+        title = f"e2e vs local SAEs, each layer trained alone ({family})"
         if not local or not e2e or not local.seeds or not e2e.seeds:
+            waiting = _not_yet(results, "braun", title, BRAUN_PAPER)
+            out += [waiting] if waiting else []
             continue
         ce, grid = matched_l0_difference(local, e2e, "ce_increase", chunks)
         alive, _ = matched_l0_difference(local, e2e, "alive", chunks)
@@ -250,12 +340,10 @@ def _braun_claims(results: dict[str, Any], chunks: int) -> list[Claim]:
         )
         out.append(
             Claim(
-                f"e2e vs local SAEs, each layer trained alone ({family})",
-                "Braun et al. 2024: at equal L0, e2e SAEs increase CE less than local SAEs and "
-                "keep fewer alive features; e2e+ds reconstructs the downstream activations better "
-                "than e2e.",
+                title,
+                BRAUN_PAPER,
                 f"{text} ({where}); {_budget(results, 'braun')}.",
-                _combine(verdicts),
+                _settled(results, "braun", _combine(verdicts)),
                 _pack(found),
             )
         )

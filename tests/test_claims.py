@@ -295,3 +295,40 @@ def test_two_processes_saving_entries_keep_each_others(tmp_path):
     assert on_disk["runs"]["p"]["seeds"] == {"0": {"rungs": [1, 4]}, "1": {"rungs": [2]}}
     assert on_disk["runs"]["q"] == {"claim": "gated", "seeds": {"0": {"rungs": [3]}}}
     assert a["runs"]["p"]["seeds"]["0"] is mine and a["runs"]["q"] == on_disk["runs"]["q"]
+
+
+def test_an_unfinished_sweep_compares_only_finished_runs_and_settles_nothing():
+    """Runs still training are not read at their early budget; arms are paired on the k both
+    have finished; the verdict stays inconclusive until every planned run has ended."""
+    plain, skip = _arm(0.0, seed=5), _arm(-0.01, seed=6)
+    ks = (4, 8, 16, 32)
+    runs = {}
+    for i, k in enumerate(ks):
+        for arm, obj in (("transcoder", plain), ("skip_transcoder", skip)):
+            ended = arm == "transcoder" or k in (4, 8)  # skip transcoders at 16, 32 still run
+            runs[f"skip/{arm}_k{k}"] = {
+                "claim": "skip", "arm": arm, "stage": "sweep",
+                "fields": {"kind": arm, "activation": "topk", "k": k},
+                "seeds": {str(s): {"rungs": [{**obj.points[i][s], "tokens": 1000}],
+                                   "converged": ended} for s in range(2)},
+            }  # fmt: skip
+    # an unfinished skip-transcoder run whose early rung would flip the sign if it were read
+    runs["skip/skip_transcoder_k16"]["seeds"]["0"]["rungs"][0] = plain.points[2][0] | {
+        "tokens": 1000
+    }
+    setup = {"layer": 1, "seeds": 2, "cap_tokens": 10**9}
+    (found,) = [c for c in claims({"version": 2, "setup": setup, "runs": runs})
+                if c.name.startswith("Skip")]  # fmt: skip
+    assert "k = 4, 8:" in found.ours
+    assert found.intervals["ce_increase"][0] == pytest.approx(-0.01, abs=1e-9)
+    assert found.verdict.startswith("inconclusive (sweep incomplete: 12 of 16 runs finished;")
+    assert found.verdict.endswith("so far: mixed: inconclusive, agrees)")
+    for k in (16, 32):  # once they end, all four k count and the verdict is the interval's
+        for s in ("0", "1"):
+            runs[f"skip/skip_transcoder_k{k}"]["seeds"][s] = {
+                "rungs": [{**skip.points[ks.index(k)][int(s)], "tokens": 1000}],
+                "converged": True,
+            }
+    (found,) = [c for c in claims({"version": 2, "setup": setup, "runs": runs})
+                if c.name.startswith("Skip")]  # fmt: skip
+    assert "k = 4, 8, 16, 32:" in found.ours and found.verdict == "mixed: inconclusive, agrees"

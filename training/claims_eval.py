@@ -55,6 +55,9 @@ class OriginalSide:
     instead of running the original model again (about 40% of an evaluation's compute)."""
 
 
+EVAL_BATCH_ROWS = 8
+"""Rows per forward pass: on 2 CPU cores 8 rows (1k tokens) evaluated 20% faster than 32 (the
+logits of a small batch stay in cache); the sums are the same."""
 KEEP_RESID_BYTES = 3 * 2**30
 """Largest size of the original residual streams kept in memory (3 GiB: 1M tokens of the
 default model's 4 layers take 2 GiB); above it each run recomputes them."""
@@ -91,7 +94,7 @@ def original_side(
     hooks: list[str],
     special_ids: list[int],
     n_chunks: int = 64,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH_ROWS,
     keep_resid_bytes: int = KEEP_RESID_BYTES,
 ) -> OriginalSide:
     """Split `rows` into `n_chunks` chunks; the original CE per chunk and the mean of each hook
@@ -137,7 +140,7 @@ def downstream_hooks(model: Any, dictionary: Dictionary) -> list[str]:
 
 @torch.no_grad()
 def evaluate_dictionary(
-    model: Any, dictionary: Dictionary, original: OriginalSide, batch_size: int = 32
+    model: Any, dictionary: Dictionary, original: OriginalSide, batch_size: int = EVAL_BATCH_ROWS
 ) -> dict[str, Any]:
     """Per-chunk sums (`SUM_KEYS`) of `dictionary` spliced alone, and its alive features.
 
