@@ -2,6 +2,7 @@
 
     sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--seeds 2]
         [--start-tokens 2.5e5] [--cap-tokens 3.2e7] [--eval-tokens 1e6] [--report-only]
+        [--merge OTHER/claims_sweep.json]
 
 Trains every point of every claim for each seed on a doubling ladder of budgets until the
 held-out CE increase changes by less than --tolerance over the last doubling (or --cap-tokens),
@@ -56,10 +57,15 @@ def run(args: argparse.Namespace) -> int:
         activation_cache=args.activation_cache,
         device=args.device,
     ).validate()
-    if args.report_only:
+    if args.merge:
+        from training.claims_sweep import merge_results
+
+        taken, kept = merge_results(args.out, args.merge)
+        print(f"merged {args.merge}: {taken} runs taken, {kept} kept from {args.out}")
+    if args.report_only or args.merge:
         path = Path(args.out) / RESULTS_FILE
         if not path.is_file():
-            raise SparseCircuitsError(f"--report-only: no {RESULTS_FILE} in {args.out!r} yet")
+            raise SparseCircuitsError(f"no {RESULTS_FILE} in {args.out!r} yet to report on")
         results = json.loads(path.read_text())
     else:
         results = run_claims(settings, log=(lambda m: None) if args.quiet else print)
@@ -133,5 +139,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--report-only", action="store_true", help="write the report from DIR's results")
+    p.add_argument(
+        "--merge",
+        metavar="FILE",
+        default=None,
+        help="take the runs of another claims_sweep.json of the same sweep (run elsewhere, "
+        "e.g. on an accelerator) into DIR's, then write the report; trains nothing",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)

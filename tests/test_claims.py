@@ -332,3 +332,42 @@ def test_an_unfinished_sweep_compares_only_finished_runs_and_settles_nothing():
     (found,) = [c for c in claims({"version": 2, "setup": setup, "runs": runs})
                 if c.name.startswith("Skip")]  # fmt: skip
     assert "k = 4, 8, 16, 32:" in found.ours and found.verdict == "mixed: inconclusive, agrees"
+
+
+def test_merging_a_sweep_run_elsewhere_takes_what_is_further_and_refuses_another_sweep(
+    tmp_path, capsys
+):
+    from replacement.errors import SparseCircuitsError
+    from sparse_circuits_cli import main
+    from training.claims_sweep import RESULTS_FILE, SweepSettings, merge_results
+
+    setup = SweepSettings(claims=("skip",)).recorded()
+
+    def sweep(runs):
+        return {"version": 2, "setup": setup, "runs": runs}
+
+    def run(**seeds):
+        return {"claim": "skip", "arm": "transcoder", "stage": "sweep", "fields": {"k": 4},
+                "seeds": {s: {"rungs": [{"tokens": t} for t in ts], "converged": c}
+                          for s, (ts, c) in seeds.items()}}  # fmt: skip
+
+    here, there = tmp_path / "here", tmp_path / "there.json"
+    here.mkdir()
+    (here / RESULTS_FILE).write_text(json.dumps(sweep({"a": run(**{"0": ([1, 2], True),
+                                                                  "1": ([1], False)})})))  # fmt: skip
+    there.write_text(json.dumps(sweep({"a": run(**{"0": ([1], False), "1": ([1, 2], False)}),
+                                       "b": run(**{"0": ([1, 2, 4], True)})})))  # fmt: skip
+    assert merge_results(here, there) == (2, 1)
+    merged = json.loads((here / RESULTS_FILE).read_text())["runs"]
+    assert merged["a"]["seeds"]["0"]["rungs"] == [{"tokens": 1}, {"tokens": 2}]  # ours, ended
+    assert merged["a"]["seeds"]["1"]["rungs"] == [{"tokens": 1}, {"tokens": 2}]  # theirs, further
+    assert merged["b"]["seeds"]["0"]["converged"]
+    before = (here / RESULTS_FILE).read_text()
+    other = json.loads(there.read_text())
+    other["setup"]["n_features"] = 64
+    there.write_text(json.dumps(other))
+    with pytest.raises(SparseCircuitsError, match="only runs of the same sweep can be merged"):
+        merge_results(here, there)
+    assert (here / RESULTS_FILE).read_text() == before  # nothing written
+    assert main(["claims", "--out", str(here), "--merge", str(tmp_path / "missing.json")]) != 0
+    assert "is not a file" in capsys.readouterr().err

@@ -40,7 +40,13 @@ from training.config import TrainConfig
 from training.convergence import DEFAULT_TOLERANCE, budget_ladder
 from training.data import TokenData
 from training.ladder import train_ladder
-from training.sweep_locks import claimed, read_results, save_entry, shared_cache
+from training.sweep_locks import (
+    claimed,
+    read_results,
+    save_entry,
+    shared_cache,
+    update_results,
+)
 
 RESULTS_FILE = "claims_sweep.json"
 FORMAT_VERSION = 2
@@ -357,6 +363,57 @@ def run_claims(
         pending = waiting + [pw for pw in held if pw[0].stage == "tune"]
     _refresh(path, results)
     return results
+
+
+def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
+    """Take into `out`'s results every run of the sweep results file `other` (the same sweep
+    run elsewhere, e.g. its e2e runs on an accelerator); returns (entries taken, kept).
+
+    A (point, seed) is taken when `out` lacks it or holds fewer rungs of an unfinished ladder;
+    an entry `out` already has at least as far is kept. Both files must record the same
+    settings (checked before anything is written).
+    """
+    import json
+
+    path = Path(out).resolve() / RESULTS_FILE
+    if not Path(other).is_file():
+        raise SparseCircuitsError(
+            f"--merge {str(other)!r} is not a file; expected a {RESULTS_FILE}"
+        )
+    try:
+        theirs = json.loads(Path(other).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SparseCircuitsError(f"--merge {str(other)!r} is not JSON ({exc})") from exc
+    if theirs.get("version") != FORMAT_VERSION:
+        raise SparseCircuitsError(
+            f"{str(other)!r} is not a claims sweep of format {FORMAT_VERSION}; nothing merged"
+        )
+    counts = [0, 0]
+
+    def merge(current: dict[str, Any] | None) -> dict[str, Any]:
+        if current is None:
+            counts[0] = sum(len(r["seeds"]) for r in theirs["runs"].values())
+            return theirs
+        mine = {k: v for k, v in current["setup"].items() if k != "eval_rows"}
+        given = {k: v for k, v in theirs["setup"].items() if k != "eval_rows"}
+        if {"activation_cache": "none", **mine} != {"activation_cache": "none", **given}:
+            raise SparseCircuitsError(
+                f"{str(other)!r} was recorded with settings {given}; {str(path)!r} with {mine}: "
+                "only runs of the same sweep can be merged"
+            )
+        for name, run in theirs["runs"].items():
+            record = current["runs"].setdefault(name, {**run, "seeds": {}})
+            for seed, entry in run["seeds"].items():
+                have = record["seeds"].get(seed)
+                ahead = have is not None and (
+                    have["converged"] or len(have["rungs"]) >= len(entry["rungs"])
+                )
+                record["seeds"][seed] = have if ahead else entry
+                counts[1 if ahead else 0] += 1
+        return current
+
+    update_results(path, merge)
+    return counts[0], counts[1]
 
 
 def _finished(
