@@ -254,11 +254,16 @@ def test_kept_original_residuals_give_the_same_figures_as_recomputing_them(defau
 
     data = load_token_data(default_model, None, ctx_len=128)
     rows = data.val[:20]
-    hooks = [block_hook(1, "hook_mlp_out")]
+    hooks = [block_hook(m, "hook_mlp_out") for m in (1, 2, 3)]
     kept = original_side(default_model, rows, hooks, data.special_ids, n_chunks=3, batch_size=4)
     recomputed = original_side(default_model, rows, hooks, data.special_ids, n_chunks=3,
                                batch_size=4, keep_resid_bytes=0)  # fmt: skip
     assert kept.resid is not None and recomputed.resid is None
+    # kept: the spliced pass starts at the dictionary's block from the kept residual
+    for other in load_dictionaries("sae_local")[2:]:
+        other = other.float()
+        x = evaluate_dictionary(default_model, other, kept, batch_size=4)
+        assert x["chunks"] == evaluate_dictionary(default_model, other, recomputed)["chunks"]
     dictionary = load_dictionaries("transcoder")[1].float()
     a = evaluate_dictionary(default_model, dictionary, kept, batch_size=4)
     b = evaluate_dictionary(default_model, dictionary, recomputed, batch_size=4)

@@ -50,9 +50,10 @@ class OriginalSide:
     special_ids: list[int]
     """Target tokens left out of every CE (BOS and the tokenizer's specials)."""
     resid: list[dict[str, Tensor]] | None = None
-    """Per chunk, the original `hook_resid_post` activations [rows, ctx - 1, d] (BOS dropped),
-    kept when they fit `KEEP_RESID_BYTES`: every run's downstream figures then reuse them
-    instead of running the original model again (about 40% of an evaluation's compute)."""
+    """Per chunk, the original `hook_resid_post` activations [rows, ctx, d], kept when they fit
+    `KEEP_RESID_BYTES`: every run's downstream figures then reuse them instead of running the
+    original model again (about 40% of an evaluation's compute), and its spliced pass starts
+    at the dictionary's block from them (the blocks below compute the same either way)."""
 
 
 EVAL_BATCH_ROWS = 8
@@ -103,7 +104,7 @@ def original_side(
     chunks = list(torch.tensor_split(rows, n_chunks))
     resid_hooks = [block_hook(m, "hook_resid_post") for m in range(int(model.cfg.n_layers))]
     hooks = sorted(set(hooks) | set(resid_hooks))
-    keep = rows.shape[0] * (rows.shape[1] - 1) * len(resid_hooks) * model.cfg.d_model * 4
+    keep = rows.shape[0] * rows.shape[1] * len(resid_hooks) * model.cfg.d_model * 4
     resid: list[dict[str, Tensor]] | None = [] if keep <= keep_resid_bytes else None
     ce, counts = [], []
     sums: dict[str, Tensor] = {}
@@ -122,7 +123,7 @@ def original_side(
                 sums[h] = sums.get(h, 0) + acts.reshape(-1, acts.shape[-1]).sum(0)
             if resid is not None:
                 for h in resid_hooks:
-                    kept[h].append(cache[h][:, 1:].float().cpu())
+                    kept[h].append(cache[h].float().cpu())
             n_positions += batch.shape[0] * (batch.shape[1] - 1)
         ce.append(ce_sum)
         counts.append(count)
@@ -138,6 +139,14 @@ def downstream_hooks(model: Any, dictionary: Dictionary) -> list[str]:
     return [block_hook(m, "hook_resid_post") for m in range(first, int(model.cfg.n_layers))]
 
 
+def first_block(dictionary: Dictionary) -> int:
+    """The first block whose computation the splice changes (a `hook_resid_pre` dictionary
+    reads the residual that block starts from, so its pass starts one block earlier)."""
+    hooks = (dictionary.in_hook, dictionary.out_hook)
+    first = min(hook_layer(h) for h in hooks)
+    return first - 1 if any(h.endswith("hook_resid_pre") for h in hooks) else first
+
+
 @torch.no_grad()
 def evaluate_dictionary(
     model: Any, dictionary: Dictionary, original: OriginalSide, batch_size: int = EVAL_BATCH_ROWS
@@ -148,6 +157,8 @@ def evaluate_dictionary(
     out of the dictionary's own figures.
     """
     down = downstream_hooks(model, dictionary)
+    first = first_block(dictionary)
+    start_hook = block_hook(first - 1, "hook_resid_post") if first > 0 else None
     out_mean = original.means[dictionary.out_hook].to(model.cfg.device).float()
     down_means = {h: original.means[h].to(model.cfg.device).float() for h in down}
     fired = torch.zeros(dictionary.n_features, dtype=torch.bool, device=model.cfg.device)
@@ -157,14 +168,22 @@ def evaluate_dictionary(
         sums["ce_orig"], sums["tokens"] = original.ce_orig[c], original.tokens[c]
         for start in range(0, chunk.shape[0], batch_size):
             batch = chunk[start : start + batch_size].to(model.cfg.device)
+            begin: dict[str, Any] = {}
             if original.resid is not None:
                 stop = start + batch.shape[0]
-                orig = {h: original.resid[c][h][start:stop].to(model.cfg.device) for h in down}
+                kept = {h: r[start:stop].to(model.cfg.device) for h, r in original.resid[c].items()}
+                orig = {h: kept[h][:, 1:] for h in down}
+                if start_hook is not None:  # bit-identical to running the blocks below again
+                    begin = {"start_at_layer": first}
             else:
                 _, cache = model.run_with_cache(batch, names_filter=lambda n: n in down)
                 orig = {h: cache[h][:, 1:] for h in down}
             with splice(model, [dictionary], record=True) as state:
-                logits, spliced = model.run_with_cache(batch, names_filter=lambda n: n in down)
+                logits, spliced = model.run_with_cache(
+                    kept[start_hook] if begin else batch,
+                    names_filter=lambda n: n in down,
+                    **begin,
+                )
             row_ce, _ = _token_ce(logits, batch, original.special_ids)
             sums["ce_spliced"] += float(row_ce.sum())
             hook = dictionary.out_hook
