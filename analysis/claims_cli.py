@@ -144,7 +144,8 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         default=None,
         help="take the runs of another claims_sweep.json of the same sweep (run elsewhere, "
-        "e.g. on an accelerator) into DIR's, then write the report; trains nothing",
+        "e.g. on an accelerator) into DIR's, then write the report; trains nothing (default: "
+        "none)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)

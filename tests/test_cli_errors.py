@@ -402,6 +402,7 @@ SWEEP = {
         "--start-tokens": NUMBERS, "--cap-tokens": NUMBERS, "--tolerance": (*NUMBERS, "huge"),
         "--tune-tokens": NUMBERS, "--eval-tokens": NUMBERS, "--n-chunks": NUMBERS,
         "--n-features": NUMBERS, "--device": ("choice",), "--out": ("file",),
+        "--activation-cache": ("choice",), "--merge": ("missing", "folder", "foreign_json", "file"),
     },
 }
 # fmt: on
