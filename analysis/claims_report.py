@@ -3,7 +3,9 @@
 `write_claims_report(results, out)` writes `claims.md`, `claims_pareto.png` (metric against L0
 per claim, one marker per seed, the seed mean joined), `claims_convergence.png` (held-out CE
 increase against training tokens for every run, so a reader sees each one settle) and
-`claims_verdicts.json` into `out`.
+`claims_verdicts.json` into `out`; every finished point's figures with 95% intervals (seeds
+and evaluation chunks resampled) as a table in `claims.md` and as error bars on the Pareto
+plot.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.claims import arms, claims, claims_markdown, rung_figures
+from analysis.claims import Arm, arms, claims, claims_markdown, n_chunks, rung_figures
+from analysis.claims_stats import Interval, bootstrap
 from replacement.atomic import atomic_path, write_json, write_text
 
 _PANELS = (
@@ -26,6 +29,62 @@ _PANELS = (
 def _save(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def point_interval(arm: Arm, index: int, key: str, chunks: int) -> Interval:
+    """The seed mean of `key` at one point of an arm, with its 95% interval (chunks and seeds
+    resampled)."""
+    point = arm.points[index]
+
+    def stat(weights: np.ndarray, seeds: dict[str, list[int]]) -> float:
+        return float(np.mean([rung_figures(point[s], weights)[key] for s in seeds["x"]]))
+
+    return bootstrap(stat, chunks, {"x": sorted(point)})
+
+
+def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (claim, arm, point) of the finished runs: L0, the panel's metric and CE
+    increase with intervals, seeds, final budgets and convergence."""
+    chunks = n_chunks(results)
+    rows = []
+    for claim, key, _ in _PANELS:
+        for name, arm in sorted(arms(results, claim).items()):
+            for i, label in enumerate(arm.labels):
+                point = arm.points[i]
+                found = {k: point_interval(arm, i, k, chunks) for k in {key, "ce_increase", "l0"}}
+                rows.append(
+                    {
+                        "claim": claim,
+                        "arm": name,
+                        "point": label,
+                        "seeds": sorted(point),
+                        "tokens": [int(point[s]["tokens"]) for s in sorted(point)],
+                        "key": key,
+                        **{k: [v.estimate, v.low, v.high] for k, v in found.items()},
+                    }
+                )
+    return rows
+
+
+def points_markdown(rows: list[dict[str, Any]]) -> str:
+    """The finished points as one table: each figure with its 95% interval."""
+    if not rows:
+        return "No point has finished yet.\n"
+
+    def iv(x: list[float], digits: int = 4) -> str:
+        return f"{x[0]:.{digits}f} [{x[1]:.{digits}f}, {x[2]:.{digits}f}]"
+
+    lines = [
+        "| claim | arm | point | seeds | final tokens | L0 | FVU or CE increase | CE increase |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tokens = ", ".join(f"{t / 1e6:g}M" for t in r["tokens"])
+        lines.append(
+            f"| {r['claim']} | {r['arm']} | {r['point']} | {len(r['seeds'])} | {tokens} | "
+            f"{iv(r['l0'], 1)} | {r['key']} {iv(r[r['key']])} | {iv(r['ce_increase'])} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot_pareto(results: dict[str, Any], path: Path) -> None:
@@ -49,7 +108,13 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
             l0 = np.mean([c[0] for c in per_seed], axis=0)
             metric = np.mean([c[1] for c in per_seed], axis=0)
             order = np.argsort(l0)
-            ax.plot(l0[order], metric[order], lw=1, label=name)
+            line = ax.plot(l0[order], metric[order], lw=1, label=name)[0]
+            chunks = len(arm.points[0][arm.seeds[0]]["chunks"]["tokens"])
+            bounds = np.array([point_interval(arm, i, key, chunks) for i in range(len(arm.points))])
+            low = np.array([b.low for b in bounds])
+            high = np.array([b.high for b in bounds])
+            ax.errorbar(l0, metric, yerr=[metric - low, high - metric], fmt="none",
+                        ecolor=line.get_color(), capsize=2, lw=0.8)  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("L0 (active features per token)")
         ax.set_ylabel(label)
@@ -115,6 +180,13 @@ def write_claims_report(results: dict[str, Any], out: str | Path) -> dict[str, P
         "",
         "![Convergence](claims_convergence.png)",
         "",
+        "## Every finished point",
+        "",
+        f"Seed means with 95% intervals (bootstrap over the {n_chunks(results)} evaluation "
+        "chunks and the seeds);",
+        "a run still training is left out until its ladder ends.",
+        "",
+        points_markdown(point_rows(results)),
     ]
     write_text(paths["report"], "\n".join(text))
     write_json(paths["verdicts"], [vars(c) for c in found])

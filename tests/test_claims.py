@@ -376,3 +376,33 @@ def test_merging_a_sweep_run_elsewhere_takes_what_is_further_and_refuses_another
     assert (here / RESULTS_FILE).read_text() == before  # nothing written
     assert main(["claims", "--out", str(here), "--merge", str(tmp_path / "missing.json")]) != 0
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_report_gives_every_finished_point_its_known_value_and_interval(tmp_path):
+    """The report's table: each point's seed-mean CE increase is the constructed one, inside
+    its interval; a run still training is not in it; the plots and verdicts are written."""
+    from analysis.claims_report import point_rows, write_claims_report
+
+    plain, skip = _arm(0.0, seed=7), _arm(-0.01, seed=8)
+    runs = {}
+    for i, k in enumerate((4, 8, 16, 32)):
+        for arm, obj in (("transcoder", plain), ("skip_transcoder", skip)):
+            runs[f"skip/{arm}_k{k}"] = {
+                "claim": "skip", "arm": arm, "stage": "sweep", "fields": {"k": k},
+                "seeds": {str(s): {"rungs": [{**obj.points[i][s], "tokens": 1000}],
+                                   "converged": True} for s in range(2)},
+            }  # fmt: skip
+    runs["skip/skip_transcoder_k32"]["seeds"]["1"]["converged"] = False  # still training
+    results = {"version": 2, "setup": {"cap_tokens": 10**9}, "runs": runs}
+    rows = {(r["arm"], r["point"]): r for r in point_rows(results)}
+    assert len(rows) == 8 and rows[("skip_transcoder", "k=32")]["seeds"] == [0]
+    for (arm, point), row in rows.items():
+        l0 = 2.0 ** (1 + (4, 8, 16, 32).index(int(point[2:])))
+        expected = 0.1 - 0.02 * np.log(l0) + (-0.01 if arm == "skip_transcoder" else 0.0)
+        est, low, high = row["ce_increase"]
+        assert est == pytest.approx(expected, abs=1e-9) and low <= est <= high and high > low
+    paths = write_claims_report(results, tmp_path)
+    text = paths["report"].read_text()
+    assert "| skip | skip_transcoder | k=32 | 1 | 0.001M |" in text
+    assert paths["pareto"].stat().st_size > 0 and paths["convergence"].stat().st_size > 0
+    assert json.loads(paths["verdicts"].read_text())[0]["name"].startswith("Skip")
