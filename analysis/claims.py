@@ -45,6 +45,18 @@ def load_sweep(path: str | Path | None = None) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def shipped_form(results: dict[str, Any]) -> dict[str, Any]:
+    """The results as shipped: per-chunk sums only on each ladder's last rung (the one the
+    claims read, with its intervals); earlier rungs keep their figures, which the convergence
+    curves draw. About a twentieth of the size; `claims` reads both alike."""
+    out = json.loads(json.dumps(results))
+    for run in out["runs"].values():
+        for entry in run["seeds"].values():
+            for rung in entry["rungs"][:-1]:
+                rung.pop("chunks", None)
+    return out
+
+
 # ---- reading the sweep -------------------------------------------------------------------------
 def rung_figures(rung: dict[str, Any], weights: np.ndarray | None = None) -> dict[str, float]:
     """ce_increase, fvu, l0, shrinkage, downstream_fvu (`training.claims_eval.figures`) of a
@@ -137,7 +149,7 @@ def n_chunks(results: dict[str, Any]) -> int:
     for run in results["runs"].values():
         for entry in run["seeds"].values():
             if entry["rungs"]:
-                return len(entry["rungs"][0]["chunks"]["tokens"])
+                return len(entry["rungs"][-1]["chunks"]["tokens"])  # the last rung keeps its sums
     return 0
 
 

@@ -2,7 +2,7 @@
 
     sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--seeds 2]
         [--start-tokens 2.5e5] [--cap-tokens 3.2e7] [--eval-tokens 1e6] [--report-only]
-        [--merge OTHER/claims_sweep.json]
+        [--merge OTHER/claims_sweep.json] [--export FILE]
 
 Trains every point of every claim for each seed on a doubling ladder of budgets until the
 held-out CE increase changes by less than --tolerance over the last doubling (or --cap-tokens),
@@ -37,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
 
     from analysis.claims_report import write_claims_report
     from replacement.errors import SparseCircuitsError
-    from replacement.validation import check_device, check_output_dir
+    from replacement.validation import check_device, check_output_dir, check_output_file
     from training.claims_sweep import RESULTS_FILE, SweepSettings, run_claims
 
     check_output_dir(args.out, "--out")
+    if args.export:
+        check_output_file(args.export, "--export")
     check_device(args.device)
     settings = SweepSettings(
         out=args.out,
@@ -71,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
         results = run_claims(settings, log=(lambda m: None) if args.quiet else print)
     paths = write_claims_report(results, args.out)
     print(f"wrote {paths['report']}")
+    if args.export:
+        from analysis.claims import shipped_form
+        from replacement.atomic import write_json
+
+        write_json(Path(args.export), shipped_form(results))
+        print(f"wrote {args.export} (each ladder's last rung with its per-chunk sums)")
     return 0
 
 
@@ -139,6 +147,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--report-only", action="store_true", help="write the report from DIR's results")
+    p.add_argument(
+        "--export",
+        metavar="FILE",
+        default=None,
+        help="also write the results as shipped (analysis/claims_sweep.json): per-chunk sums "
+        "on each ladder's last rung only (default: none)",
+    )
     p.add_argument(
         "--merge",
         metavar="FILE",

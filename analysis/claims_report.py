@@ -142,7 +142,11 @@ def plot_convergence(results: dict[str, Any], path: Path) -> None:
             if run["claim"] != claim or run["stage"] != "sweep":
                 continue
             for entry in run["seeds"].values():
-                pts = [(r["tokens"], rung_figures(r)["ce_increase"]) for r in entry["rungs"]]
+                # a shipped early rung keeps its figures only (`shipped_form`)
+                pts = [
+                    (r["tokens"], (r.get("figures") or rung_figures(r))["ce_increase"])
+                    for r in entry["rungs"]
+                ]
                 if pts:
                     ax.plot(
                         *zip(*pts, strict=True),

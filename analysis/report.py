@@ -201,6 +201,27 @@ def mean_curve(comparison: Comparison, system: str, currency: str, grid: np.ndar
     return np.mean(curves, 0)
 
 
+def _sweep_curve(sweep: dict[str, Any], act: str) -> list[tuple[float, float]]:
+    """(L0, CE increase) of the claims sweep's `act` SAEs of the gated claim: the pilot's
+    runs, or (format 2) each finished point's seed mean."""
+    if sweep.get("version", 1) < 2:
+        return sorted(
+            (r["l0"], r["ce_increase"])
+            for r in sweep["runs"].values()
+            if r.get("group") == "gated" and r.get("activation") == act
+        )
+    from analysis.claims import arms, rung_figures
+
+    arm = arms(sweep, "gated").get(act)
+    if arm is None:
+        return []
+    pts = []
+    for point in arm.points:
+        figs = [rung_figures(rung) for rung in point.values()]
+        pts.append(tuple(float(np.mean([f[k] for f in figs])) for k in ("l0", "ce_increase")))
+    return sorted(pts)
+
+
 def write_plots(
     comparison: Comparison, out: Path, sweep: dict[str, Any] | None = None
 ) -> list[Path]:
@@ -246,11 +267,7 @@ def write_plots(
             ax.scatter([s.l0], [s.ce_increase], label=s.name)
     if sweep:
         for act, marker in (("relu", "x"), ("gated", "+")):
-            pts = sorted(
-                (r["l0"], r["ce_increase"])
-                for r in sweep["runs"].values()
-                if r["group"] == "gated" and r["activation"] == act
-            )
+            pts = _sweep_curve(sweep, act)
             if pts:
                 ax.plot(
                     *zip(*pts, strict=True),

@@ -406,3 +406,12 @@ def test_report_gives_every_finished_point_its_known_value_and_interval(tmp_path
     assert "| skip | skip_transcoder | k=32 | 1 | 0.001M |" in text
     assert paths["pareto"].stat().st_size > 0 and paths["convergence"].stat().st_size > 0
     assert json.loads(paths["verdicts"].read_text())[0]["name"].startswith("Skip")
+    # shipped form: sums on each ladder's last rung only; the claims and table read the same
+    from analysis.claims import shipped_form
+
+    early = {**runs["skip/transcoder_k4"]["seeds"]["0"]["rungs"][0], "tokens": 500}
+    runs["skip/transcoder_k4"]["seeds"]["0"]["rungs"].insert(0, early)
+    shipped = shipped_form(results)
+    assert "chunks" not in shipped["runs"]["skip/transcoder_k4"]["seeds"]["0"]["rungs"][0]
+    assert [vars(c) for c in claims(shipped)] == [vars(c) for c in claims(results)]
+    assert point_rows(shipped) == point_rows(results)

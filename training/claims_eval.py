@@ -144,7 +144,8 @@ def first_block(dictionary: Dictionary) -> int:
     reads the residual that block starts from, so its pass starts one block earlier)."""
     hooks = (dictionary.in_hook, dictionary.out_hook)
     first = min(hook_layer(h) for h in hooks)
-    return first - 1 if any(h.endswith("hook_resid_pre") for h in hooks) else first
+    reads_resid_pre = any(h == block_hook(hook_layer(h), "hook_resid_pre") for h in hooks)
+    return first - 1 if reads_resid_pre else first
 
 
 @torch.no_grad()
