@@ -129,10 +129,34 @@ def test_claims_from_synthetic_sweep_results():
 
 
 def test_pilot_sweep_settles_nothing():
-    from analysis.claims import load_sweep
+    """A results file of the one-seed pilot (format 1) is read, and every claim from it is
+    inconclusive whatever its differences."""
+    pilot = {
+        "setup": {"tokens_local": 200000, "tokens_e2e": 100000},
+        "runs": {
+            "transcoder_k8": {"group": "skip", "l0": 8.0, "ce_increase": 0.160},
+            "skip_transcoder_k8": {"group": "skip", "l0": 8.0, "ce_increase": 0.145},
+            "relu_l1_0.1": {"group": "gated", "l0": 6.0, "ce_increase": 0.2},
+            "local_k16": {"group": "e2e", "l0": 16.0, "ce_increase": 0.101},
+        },
+    }
+    found = claims(pilot)
+    assert len(found) == 3 and all(c.verdict.startswith("inconclusive") for c in found)
+    assert "CE increase 0.145" in found[0].ours
 
-    found = claims(load_sweep())
-    assert found and all(c.verdict.startswith("inconclusive") for c in found)
+
+def test_the_shipped_sweep_gives_verdicts_only_where_every_run_ended():
+    from analysis.claims import load_sweep, progress
+
+    results = load_sweep()
+    found = claims(results)
+    assert found
+    for c in found:
+        if not c.verdict.startswith("inconclusive"):
+            claim = {"Skip": "skip", "Gated": "gated"}.get(c.name.split()[0], "braun")
+            done, planned = progress(results, claim)
+            assert done == planned, c
+            assert all(low <= est <= high for est, low, high in c.intervals.values())
 
 
 def _tiny_sweep(out, model, seeds=1):
