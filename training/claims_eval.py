@@ -150,12 +150,18 @@ def first_block(dictionary: Dictionary) -> int:
 
 @torch.no_grad()
 def evaluate_dictionary(
-    model: Any, dictionary: Dictionary, original: OriginalSide, batch_size: int = EVAL_BATCH_ROWS
+    model: Any,
+    dictionary: Dictionary,
+    original: OriginalSide,
+    batch_size: int = EVAL_BATCH_ROWS,
+    from_block: bool = True,
 ) -> dict[str, Any]:
     """Per-chunk sums (`SUM_KEYS`) of `dictionary` spliced alone, and its alive features.
 
     BOS (position 0) keeps the model's activation, as `splice` does by default, and is left
-    out of the dictionary's own figures.
+    out of the dictionary's own figures. With the original residuals kept, the spliced pass
+    starts at the dictionary's block from them (`from_block=False`: from the tokens, the
+    same figures; for checks and benchmarks).
     """
     down = downstream_hooks(model, dictionary)
     first = first_block(dictionary)
@@ -174,7 +180,7 @@ def evaluate_dictionary(
                 stop = start + batch.shape[0]
                 kept = {h: r[start:stop].to(model.cfg.device) for h, r in original.resid[c].items()}
                 orig = {h: kept[h][:, 1:] for h in down}
-                if start_hook is not None:  # bit-identical to running the blocks below again
+                if start_hook is not None and from_block:  # bit-identical to the full pass
                     begin = {"start_at_layer": first}
             else:
                 _, cache = model.run_with_cache(batch, names_filter=lambda n: n in down)
