@@ -261,12 +261,23 @@ def _skip_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     converged = a.converged and b.converged
     verdicts = [verdict(found[k], -1, converged) for k in ("fvu", "ce_increase")]
     ks = ", ".join(x.removeprefix("k=") for x in common)
+    # each k on its own too: an average can hide a gap that opens or closes with sparsity
+    per_k = []
+    for label in common:
+        one = {
+            f"{key}@{label}": paired_point_difference(a.only([label]), b.only([label]), key, chunks)
+            for key in ("fvu", "ce_increase")
+        }
+        found |= one
+        per_k.append(
+            f"{label}: FVU {one[f'fvu@{label}'].text()}, CE {one[f'ce_increase@{label}'].text()}"
+        )
     return Claim(
         title,
         paper,
         f"skip - plain, averaged over k = {ks}: FVU {found['fvu'].text()}, "
         f"CE increase {found['ce_increase'].text()} nats (L0 {found['l0'].text(2)}); "
-        f"{_budget(results, 'skip')}.",
+        f"per k: {'; '.join(per_k)}; {_budget(results, 'skip')}.",
         _settled(results, "skip", _combine(verdicts)),
         _pack(found),
     )

@@ -1,7 +1,7 @@
 """`sparse-circuits claims`: the seed papers' claims, swept until every run converges.
 
     sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--seeds 2]
-        [--start-tokens 2.5e5] [--cap-tokens 3.2e7] [--eval-tokens 1e6] [--report-only]
+        [--start-tokens 1e6] [--cap-tokens 3.2e7] [--eval-tokens 1e6] [--report-only]
         [--merge OTHER/claims_sweep.json] [--export FILE]
 
 Trains every point of every claim for each seed on a doubling ladder of budgets until the
@@ -105,8 +105,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--start-tokens",
         type=_tokens,
-        default=250_000,
-        help="first budget of every ladder, in tokens (default: 250000)",
+        default=1_000_000,
+        help="first budget of every ladder, in tokens (default: 1000000)",
     )
     p.add_argument(
         "--cap-tokens",

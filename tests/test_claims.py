@@ -124,6 +124,10 @@ def test_claims_from_synthetic_sweep_results():
     assert len(found) == 1
     ce = found[0].intervals["ce_increase"]
     assert ce[0] == pytest.approx(-0.01, abs=1e-9) and ce[2] < 0
+    for i in range(4):  # each k's own difference: -0.01 by construction, chunk noise aside
+        one = found[0].intervals[f"ce_increase@{i}"]
+        assert one[0] == pytest.approx(-0.01, abs=1e-9) and one[1] <= one[0] <= one[2] < 0
+        assert f"{i}: FVU" in found[0].ours
     # FVU is equal by construction: that part is inconclusive, so the claim is mixed
     assert found[0].verdict == "mixed: inconclusive, agrees"
 
@@ -264,6 +268,40 @@ def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, default_model, monk
     lines.clear()
     run_claims(settings, log=lines.append, model=default_model, data=data)
     assert lines == ["every run of ['skip'] has finished; nothing to train"]
+
+
+@pytest.mark.slow
+def test_a_shipped_unfinished_sweep_continues_on_a_new_machine(
+    tmp_path, default_model, monkeypatch
+):
+    """A sweep's shipped form (no checkpoints, no per-chunk sums on earlier rungs) merged into
+    an empty folder continues where it stopped: only the missing rung trains, to the figures
+    of the uninterrupted sweep, and every ended ladder is left alone."""
+    import training.claims_plan as plan
+    from analysis.claims import shipped_form
+    from training.claims_sweep import merge_results, run_claims
+
+    monkeypatch.setattr(plan, "SKIP_KS", (4,))
+    settings, data = _tiny_sweep(tmp_path / "first", default_model)
+    full = run_claims(settings, log=lambda m: None, model=default_model, data=data)
+    cut = shipped_form(full)
+    entry = cut["runs"]["skip/transcoder_k4"]["seeds"]["0"]
+    entry["rungs"] = entry["rungs"][:1]
+    entry["converged"] = False
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(json.dumps(cut))
+    settings.out = str(tmp_path / "second")
+    assert merge_results(settings.out, shipped) == (2, 0)
+    lines: list[str] = []
+    again = run_claims(settings, log=lines.append, model=default_model, data=data)
+    trained = [line for line in lines if line.startswith("skip/")]  # the new folder's cache too
+    assert len(trained) == 1 and trained[0].startswith("skip/transcoder_k4 seed 0 2,048 tokens")
+    a = full["runs"]["skip/transcoder_k4"]["seeds"]["0"]["rungs"][-1]
+    b = again["runs"]["skip/transcoder_k4"]["seeds"]["0"]["rungs"][-1]
+    for key in ("ce_spliced", "sq_err", "l0"):
+        np.testing.assert_allclose(a["chunks"][key], b["chunks"][key], rtol=1e-9)
+    ended = again["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]
+    assert ended == cut["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]
 
 
 def test_kept_original_residuals_give_the_same_figures_as_recomputing_them(default_model):

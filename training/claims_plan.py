@@ -95,8 +95,9 @@ def claim_points(claims: tuple[str, ...] = CLAIMS, layer: int = 1) -> list[Sweep
                     )
                 )
     if "skip" in claims:
-        for kind in ("transcoder", "skip_transcoder"):
-            for k in SKIP_KS:
+        # both arms at one k before the next k: a sweep cut short still pairs its arms
+        for k in SKIP_KS:
+            for kind in ("transcoder", "skip_transcoder"):
                 points.append(
                     SweepPoint(
                         f"skip/{kind}_k{k}",

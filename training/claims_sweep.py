@@ -1,7 +1,7 @@
 """The claims sweep: every point of `training.claims_plan`, per seed, trained until it converges.
 
     sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--seeds 2]
-        [--start-tokens 2.5e5] [--cap-tokens 3.2e7] [--eval-tokens 1e6]
+        [--start-tokens 1e6] [--cap-tokens 3.2e7] [--eval-tokens 1e6]
         [--activation-cache float32|float16|bfloat16|none]
 
 Each (point, seed) trains a ladder of budgets (`training.convergence.budget_ladder`), each rung a
@@ -68,8 +68,9 @@ class SweepSettings:
     """Block whose dictionaries are trained (each alone)."""
     seeds: int = 2
     """Seeds per point (>= 2 gives a spread)."""
-    start_tokens: int = 250_000
-    """First rung of every ladder (training tokens)."""
+    start_tokens: int = 1_000_000
+    """First rung of every ladder (training tokens); no run of the pilot or the first sweep had
+    settled below 1M, and each rung costs a full held-out evaluation (about 90 s on 2 cores)."""
     cap_tokens: int = 32_000_000
     """Largest budget a run may train for (its last rung)."""
     tolerance: float = DEFAULT_TOLERANCE
