@@ -1,7 +1,7 @@
 """Build the embedded zoo's dictionary sets for the default model, by one documented recipe.
 
     python -m training.build_zoo --runs DIR --zoo replacement/zoo/dictionaries \\
-        [--start-tokens 250000] [--cap-tokens 16000000] [--device cuda] [--sets a,b]
+        [--start-tokens 1000000] [--cap-tokens 16000000] [--device cuda] [--sets a,b]
 
 Six sets, every layer of the default model, the same width, k and learning rate for each:
 
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--zoo", default="replacement/zoo/dictionaries", help="shipped sets folder")
     p.add_argument("--sets", default=",".join(ZOO_SETS), help="comma-separated set names")
     p.add_argument(
-        "--start-tokens", type=int, default=250_000, help="first rung of every ladder (tokens)"
+        "--start-tokens", type=int, default=1_000_000, help="first rung of every ladder (tokens)"
     )
     p.add_argument(
         "--cap-tokens", type=int, default=16_000_000, help="largest rung of a ladder (tokens)"
