@@ -196,7 +196,7 @@ def paired_point_difference(a: Arm, b: Arm, key: str, n_chunks_: int) -> Interva
 
 
 def _budget(results: dict[str, Any], claim: str) -> str:
-    tokens, seconds, total, done, machines = [], 0.0, 0, 0, set()
+    tokens, seconds, evaluating, total, done, machines = [], 0.0, 0.0, 0, 0, set()
     for run in results["runs"].values():
         if run["claim"] != claim:
             continue
@@ -206,12 +206,14 @@ def _budget(results: dict[str, Any], claim: str) -> str:
             if entry["rungs"]:
                 tokens.append(entry["rungs"][-1]["tokens"])
             seconds += sum(r["train_seconds"] for r in entry["rungs"])
+            evaluating += sum(r.get("eval_seconds", 0.0) for r in entry["rungs"])
             machines |= {r.get("machine", "unrecorded machine") for r in entry["rungs"]}
     if not tokens:
         return "no runs"
     return (
         f"{done}/{total} runs converged; final budgets {min(tokens):,}-{max(tokens):,} tokens; "
-        f"{seconds / 3600:.1f} h of training on {', '.join(sorted(machines))}"
+        f"{seconds / 3600:.1f} h of training and {evaluating / 3600:.1f} h of held-out "
+        f"evaluation on {', '.join(sorted(machines))}"
     )
 
 

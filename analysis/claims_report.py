@@ -1,7 +1,7 @@
 """The claims report: verdicts with intervals, Pareto curves and convergence curves.
 
 `write_claims_report(results, out)` writes `claims.md`, `claims_pareto.png` (metric against L0
-per claim, one marker per seed, the seed mean joined), `claims_convergence.png` (held-out CE
+per claim, FVU and CE increase for the skip claim, one marker per seed, the seed mean joined), `claims_convergence.png` (held-out CE
 increase against training tokens for every run, so a reader sees each one settle) and
 `claims_verdicts.json` into `out`; every finished point's figures with 95% intervals (seeds
 and evaluation chunks resampled) as a table in `claims.md` and as error bars on the Pareto
@@ -21,9 +21,13 @@ from replacement.atomic import atomic_path, write_json, write_text
 
 _PANELS = (
     ("skip", "fvu", "FVU"),
+    ("skip", "ce_increase", "CE increase (nats)"),
     ("gated", "ce_increase", "CE increase (nats)"),
     ("braun", "ce_increase", "CE increase (nats)"),
 )
+"""The Pareto plot's panels: (claim, metric, axis label); Paulo et al. claim both FVU and CE."""
+_TABLE_KEY = {"skip": "fvu", "gated": "ce_increase", "braun": "ce_increase"}
+"""Each claim's own metric in the table of points (CE increase has a column of its own)."""
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -47,7 +51,7 @@ def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     increase with intervals, seeds, final budgets and convergence."""
     chunks = n_chunks(results)
     rows = []
-    for claim, key, _ in _PANELS:
+    for claim, key in _TABLE_KEY.items():
         for name, arm in sorted(arms(results, claim).items()):
             for i, label in enumerate(arm.labels):
                 point = arm.points[i]
@@ -103,12 +107,12 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
                 arm.curve(s, np.ones(len(arm.points[0][s]["chunks"]["tokens"])), key)
                 for s in arm.seeds
             ]
-            for l0, metric in per_seed:
-                ax.scatter(l0, metric, s=8, alpha=0.5)
             l0 = np.mean([c[0] for c in per_seed], axis=0)
             metric = np.mean([c[1] for c in per_seed], axis=0)
             order = np.argsort(l0)
             line = ax.plot(l0[order], metric[order], lw=1, label=name)[0]
+            for seed_l0, seed_metric in per_seed:
+                ax.scatter(seed_l0, seed_metric, s=8, alpha=0.5, color=line.get_color())
             chunks = len(arm.points[0][arm.seeds[0]]["chunks"]["tokens"])
             bounds = np.array([point_interval(arm, i, key, chunks) for i in range(len(arm.points))])
             low = np.array([b.low for b in bounds])
@@ -121,6 +125,8 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
         ax.set_title(claim, fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center")
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -137,11 +143,16 @@ def plot_convergence(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(
         1, max(1, len(claims_seen)), figsize=(4.4 * max(1, len(claims_seen)), 3.4), squeeze=False
     )
+    colours = plt.get_cmap("tab20").colors
     for ax, claim in zip(axes.flat, claims_seen, strict=False):
-        for run in results["runs"].values():
-            if run["claim"] != claim or run["stage"] != "sweep":
-                continue
-            for entry in run["seeds"].values():
+        points = sorted(
+            (name, run)
+            for name, run in results["runs"].items()
+            if run["claim"] == claim and run["stage"] == "sweep"
+        )
+        # one colour per point, one line style per seed, so every line can be told apart
+        for i, (name, run) in enumerate(points):
+            for seed, entry in sorted(run["seeds"].items()):
                 # a shipped early rung keeps its figures only (`shipped_form`)
                 pts = [
                     (r["tokens"], (r.get("figures") or rung_figures(r))["ce_increase"])
@@ -151,13 +162,18 @@ def plot_convergence(results: dict[str, Any], path: Path) -> None:
                     ax.plot(
                         *zip(*pts, strict=True),
                         marker="." if entry["converged"] else "x",
+                        ls=("-", "--", ":", "-.")[int(seed) % 4],
+                        color=colours[i % len(colours)],
                         lw=0.7,
-                        alpha=0.7,
+                        alpha=0.8,
+                        label=name.split("/", 1)[-1] if seed == min(run["seeds"]) else None,
                     )
         ax.set_xscale("log")
         ax.set_xlabel("training tokens")
         ax.set_ylabel("held-out CE increase (nats)")
-        ax.set_title(f"{claim} (x: not converged)", fontsize=9)
+        ax.set_title(f"{claim} (seed 0 solid, seed 1 dashed; x: not converged)", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=5, ncol=2)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
