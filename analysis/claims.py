@@ -2,9 +2,10 @@
 
 `claims(results)` returns one `Claim` per comparison a paper makes: its statement, our figures
 with 95% intervals (paired chunk bootstrap and seeds, `analysis.claims_stats`), the budget, and
-a verdict that follows from the interval alone. Results of the old one-seed pilot sweep (format
-1, the shipped `analysis/claims_sweep.json`) can settle nothing: every claim read from them is
-inconclusive, with the pilot's figures quoted.
+a verdict that follows from the interval alone. The shipped `analysis/claims_sweep.json` is the
+sweep in its shipped form (`shipped_form`): the skip claim converged; the others continue from
+it (`sparse-circuits claims --merge`). Results of the old one-seed pilot sweep (format 1) can
+settle nothing: every claim read from them is inconclusive, with the pilot's figures quoted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from analysis.claims_stats import Interval, at_l0, bootstrap, matched_grid, verdict
 
 SHIPPED_SWEEP = Path(str(resources.files("analysis") / "claims_sweep.json"))
-"""The pilot sweep shipped with the package (layer 1 of the default model, one seed)."""
+"""The claims sweep shipped with the package (layer 1 of the default model, 2 seeds)."""
 
 
 @dataclass
