@@ -196,6 +196,29 @@ def paired_point_difference(a: Arm, b: Arm, key: str, n_chunks_: int) -> Interva
     return bootstrap(stat, n_chunks_, {"a": a.seeds, "b": b.seeds})
 
 
+def baseline_rung(results: dict[str, Any], claim: str, arm: str) -> dict[str, Any] | None:
+    """The fitted rung of `claim`'s baseline point `arm` (e.g. the skip claim's `linear`), or
+    None when the sweep has not fitted it."""
+    for run in results["runs"].values():
+        if run["claim"] == claim and run["arm"] == arm and run["stage"] == "baseline":
+            entry = run["seeds"].get("0", {})
+            if entry.get("rungs"):
+                return entry["rungs"][-1]
+    return None
+
+
+def baseline_margin(base: dict[str, Any], arm: Arm, key: str, n_chunks_: int) -> Interval:
+    """`arm` minus the baseline rung on `key`, averaged over the arm's points, paired by chunk
+    (the baseline has no seeds: the arm's are resampled)."""
+    fixed = Arm("baseline", [{0: base}] * len(arm.points), True, arm.labels)
+    return paired_point_difference(fixed, arm, key, n_chunks_)
+
+
+def single_run(rung: dict[str, Any], key: str, n_chunks_: int) -> Interval:
+    """`key` of one rung with its chunk-bootstrap interval."""
+    return bootstrap(lambda w, _: rung_figures(rung, w)[key], n_chunks_, {"a": [0]})
+
+
 def _budget(results: dict[str, Any], claim: str) -> str:
     tokens, seconds, evaluating, total, done, machines = [], 0.0, 0.0, 0, 0, set()
     for run in results["runs"].values():
@@ -280,9 +303,34 @@ def _skip_claim(results: dict[str, Any], chunks: int) -> Claim | None:
         paper,
         f"skip - plain, averaged over k = {ks}: FVU {found['fvu'].text()}, "
         f"CE increase {found['ce_increase'].text()} nats (L0 {found['l0'].text(2)}); "
-        f"per k: {'; '.join(per_k)}; {_budget(results, 'skip')}.",
+        f"per k: {'; '.join(per_k)}; {_linear_floor(results, a, b, chunks, found)}"
+        f"{_budget(results, 'skip')}.",
         _settled(results, "skip", _combine(verdicts)),
         _pack(found),
+    )
+
+
+def _linear_floor(
+    results: dict[str, Any], plain: Arm, skip: Arm, chunks: int, found: dict[str, Interval]
+) -> str:
+    """The linear-only baseline's figures and each arm's margin over it (filled into `found`);
+    an empty string while the sweep has not fitted it."""
+    base = baseline_rung(results, "skip", "linear")
+    if base is None:
+        return ""
+    parts = []
+    for key, name in (("fvu", "FVU"), ("ce_increase", "CE increase")):
+        found[f"linear_{key}"] = single_run(base, key, chunks)
+        for arm, label in ((plain, "plain"), (skip, "skip")):
+            found[f"{label}_minus_linear_{key}"] = baseline_margin(base, arm, key, chunks)
+        parts.append(
+            f"{name} {found[f'linear_{key}'].text()} (plain - linear "
+            f"{found[f'plain_minus_linear_{key}'].text()}, skip - linear "
+            f"{found[f'skip_minus_linear_{key}'].text()})"
+        )
+    return (
+        f"linear-only baseline (affine least squares on {base['tokens']:,} tokens, no "
+        f"features): {', '.join(parts)}; "
     )
 
 
@@ -440,7 +488,8 @@ def claims_markdown(items: list[Claim], setup: dict[str, Any] | None = None) -> 
         lines.append(
             f"Sweep: layer {setup['layer']} of the default model, F={setup['n_features']}, "
             f"{setup['seeds']} seeds per point, budgets doubling from {setup['start_tokens']:,} "
-            f"tokens until CE increase changes by < {setup['tolerance']:.0%} over a doubling (cap "
+            f"tokens until CE increase changes by < {setup['tolerance']:.0%} (or < "
+            f"{setup.get('floor', 0.0):g} nats) over a doubling (cap "
             f"{setup['cap_tokens']:,}), evaluated on >= {setup['eval_tokens']:,} held-out tokens in "
             f"{setup['n_chunks']} chunks; intervals are 95% paired bootstraps over chunks and "
             "seeds; a verdict follows from its interval alone.\n"

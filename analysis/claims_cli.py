@@ -5,8 +5,9 @@
         [--merge OTHER/claims_sweep.json] [--export FILE]
 
 Trains every point of every claim for each seed on a doubling ladder of budgets until the
-held-out CE increase changes by less than --tolerance over the last doubling (or --cap-tokens),
-then writes DIR/claims.md, the Pareto and convergence plots and claims_verdicts.json. It is
+held-out CE increase changes by less than --tolerance (or --floor nats) over the last doubling
+(or --cap-tokens), then writes DIR/claims.md, the Pareto and convergence plots and
+claims_verdicts.json. It is
 resumable: rerun the same command and finished rungs are skipped (a finished sweep trains
 nothing). Start the same command in several shells to share the work: each run is trained by
 one of them, all results land in DIR/claims_sweep.json. Local runs read an activation cache of
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         start_tokens=args.start_tokens,
         cap_tokens=args.cap_tokens,
         tolerance=args.tolerance,
+        floor=args.floor,
         tune_tokens=args.tune_tokens,
         eval_tokens=args.eval_tokens,
         n_chunks=args.n_chunks,
@@ -119,6 +121,13 @@ def register(subparsers: Any) -> None:
         type=float,
         default=0.02,
         help="converged below this relative change per doubling (default: 0.02)",
+    )
+    p.add_argument(
+        "--floor",
+        type=float,
+        default=5e-4,
+        help="... or below this absolute change in nats, for CE increases near zero "
+        "(default: 0.0005)",
     )
     p.add_argument(
         "--tune-tokens",

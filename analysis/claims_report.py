@@ -1,7 +1,8 @@
 """The claims report: verdicts with intervals, Pareto curves and convergence curves.
 
 `write_claims_report(results, out)` writes `claims.md`, `claims_pareto.png` (metric against L0
-per claim, FVU and CE increase for the skip claim, one marker per seed, the seed mean joined), `claims_convergence.png` (held-out CE
+per claim, FVU and CE increase for the skip claim with its linear-only baseline as a dotted
+line, one marker per seed, the seed mean joined), `claims_convergence.png` (held-out CE
 increase against training tokens for every run, so a reader sees each one settle) and
 `claims_verdicts.json` into `out`; every finished point's figures with 95% intervals (seeds
 and evaluation chunks resampled) as a table in `claims.md` and as error bars on the Pareto
@@ -15,7 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from analysis.claims import Arm, arms, claims, claims_markdown, n_chunks, rung_figures
+from analysis.claims import (
+    Arm,
+    arms,
+    baseline_rung,
+    claims,
+    claims_markdown,
+    n_chunks,
+    rung_figures,
+    single_run,
+)
 from analysis.claims_stats import Interval, bootstrap
 from replacement.atomic import atomic_path, write_json, write_text
 
@@ -67,6 +77,20 @@ def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                         **{k: [v.estimate, v.low, v.high] for k, v in found.items()},
                     }
                 )
+        base = baseline_rung(results, claim, "linear")
+        if base is not None:
+            found = {k: single_run(base, k, chunks) for k in {key, "ce_increase", "l0"}}
+            rows.append(
+                {
+                    "claim": claim,
+                    "arm": "linear (baseline)",
+                    "point": "no features",
+                    "seeds": [0],
+                    "tokens": [int(base["tokens"])],
+                    "key": key,
+                    **{k: [v.estimate, v.low, v.high] for k, v in found.items()},
+                }
+            )
     return rows
 
 
@@ -119,6 +143,10 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
             high = np.array([b.high for b in bounds])
             ax.errorbar(l0, metric, yerr=[metric - low, high - metric], fmt="none",
                         ecolor=line.get_color(), capsize=2, lw=0.8)  # fmt: skip
+        base = baseline_rung(results, claim, "linear")
+        if base is not None and ax.get_legend_handles_labels()[0]:
+            ax.axhline(rung_figures(base)[key], color="0.4", ls=":", lw=1,
+                       label="linear only (no features)")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("L0 (active features per token)")
         ax.set_ylabel(label)

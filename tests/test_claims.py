@@ -28,6 +28,29 @@ def test_converged_only_after_a_small_change_over_a_doubling():
     assert not has_converged([(4000, 0.10), (5000, 0.0999)])
 
 
+def test_a_metric_near_zero_converges_by_the_absolute_floor():
+    # the ReLU SAE at L0 250 of the gated claim: 4% relative, 7e-5 nats absolute
+    curve = [(8000, 0.00192), (16000, 0.00185)]
+    assert not has_converged(curve, tolerance=0.02)
+    assert has_converged(curve, tolerance=0.02, floor=5e-4)
+    assert not has_converged([(8000, 0.0100), (16000, 0.0090)], tolerance=0.02, floor=5e-4)
+    assert not has_converged([(4000, 0.00192), (5000, 0.00191)], floor=5e-4)  # no doubling
+
+
+def test_a_sweep_recorded_before_the_floor_resumes_only_with_the_floor_it_had(tmp_path):
+    """An older results file (no floor recorded) ran the relative rule alone: resuming it
+    under the default floor would mix two rules in one sweep, so it is refused."""
+    from replacement.errors import SparseCircuitsError
+    from training.claims_sweep import RESULTS_FILE, SweepSettings, load_results
+
+    old = SweepSettings(out=str(tmp_path)).recorded()
+    del old["floor"]
+    (tmp_path / RESULTS_FILE).write_text(json.dumps({"version": 2, "setup": old, "runs": {}}))
+    with pytest.raises(SparseCircuitsError, match="'floor': \\(0.0, 0.0005\\)"):
+        load_results(tmp_path, SweepSettings(out=str(tmp_path)))
+    assert load_results(tmp_path, SweepSettings(out=str(tmp_path), floor=0.0))["runs"] == {}
+
+
 def test_verdict_follows_the_interval_only():
     assert verdict(Interval(-0.02, -0.03, -0.01), paper_sign=-1) == "agrees"
     assert verdict(Interval(0.02, 0.01, 0.03), paper_sign=-1) == "disagrees"
@@ -218,7 +241,8 @@ def test_a_run_another_process_holds_is_left_to_it_and_no_result_is_lost(
     trained = {(n, s) for n, r in results["runs"].items() for s, e in r["seeds"].items()
                if e["rungs"] and n != "elsewhere"}  # fmt: skip
     assert ("skip/transcoder_k4", "1") not in trained
-    assert len(trained) == 3  # the other seed and both skip-transcoder seeds
+    # the other seed, both skip-transcoder seeds and the linear baseline
+    assert len(trained) == 4
     assert "1 runs are being trained by another process; left to it" in lines
     on_disk = json.loads((tmp_path / sweep.RESULTS_FILE).read_text())
     assert on_disk["runs"]["elsewhere"]["seeds"]["0"] == other  # not overwritten by our saves
@@ -291,7 +315,7 @@ def test_a_shipped_unfinished_sweep_continues_on_a_new_machine(
     shipped = tmp_path / "shipped.json"
     shipped.write_text(json.dumps(cut))
     settings.out = str(tmp_path / "second")
-    assert merge_results(settings.out, shipped) == (2, 0)
+    assert merge_results(settings.out, shipped) == (3, 0)  # the two arms and the baseline
     lines: list[str] = []
     again = run_claims(settings, log=lines.append, model=default_model, data=data)
     trained = [line for line in lines if line.startswith("skip/")]  # the new folder's cache too
@@ -440,12 +464,8 @@ def test_merging_a_sweep_run_elsewhere_takes_what_is_further_and_refuses_another
     assert "is not a file" in capsys.readouterr().err
 
 
-def test_report_gives_every_finished_point_its_known_value_and_interval(tmp_path):
-    """The report's table: each point's seed-mean CE increase is the constructed one, inside
-    its interval; a run still training is not in it; the plots and verdicts are written."""
-    from analysis.claims_report import point_rows, write_claims_report
-
-    plain, skip = _arm(0.0, seed=7), _arm(-0.01, seed=8)
+def skip_runs(plain: Arm, skip: Arm) -> dict:
+    """The skip claim's runs (k = 4, 8, 16, 32; 2 converged seeds) from two synthetic arms."""
     runs = {}
     for i, k in enumerate((4, 8, 16, 32)):
         for arm, obj in (("transcoder", plain), ("skip_transcoder", skip)):
@@ -454,6 +474,15 @@ def test_report_gives_every_finished_point_its_known_value_and_interval(tmp_path
                 "seeds": {str(s): {"rungs": [{**obj.points[i][s], "tokens": 1000}],
                                    "converged": True} for s in range(2)},
             }  # fmt: skip
+    return runs
+
+
+def test_report_gives_every_finished_point_its_known_value_and_interval(tmp_path):
+    """The report's table: each point's seed-mean CE increase is the constructed one, inside
+    its interval; a run still training is not in it; the plots and verdicts are written."""
+    from analysis.claims_report import point_rows, write_claims_report
+
+    runs = skip_runs(_arm(0.0, seed=7), _arm(-0.01, seed=8))
     runs["skip/skip_transcoder_k32"]["seeds"]["1"]["converged"] = False  # still training
     results = {"version": 2, "setup": {"cap_tokens": 10**9}, "runs": runs}
     rows = {(r["arm"], r["point"]): r for r in point_rows(results)}

@@ -400,6 +400,7 @@ SWEEP = {
     "claims": {
         "--claims": ("choice",), "--layer": ("neg", "type"), "--seeds": NUMBERS,
         "--start-tokens": NUMBERS, "--cap-tokens": NUMBERS, "--tolerance": (*NUMBERS, "huge"),
+        "--floor": ("neg", "type", "huge"),
         "--tune-tokens": NUMBERS, "--eval-tokens": NUMBERS, "--n-chunks": NUMBERS,
         "--n-features": NUMBERS, "--device": ("choice",), "--out": ("file",),
         "--activation-cache": ("choice",), "--merge": ("missing", "folder", "foreign_json", "file"),

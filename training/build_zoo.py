@@ -68,7 +68,8 @@ COMMON: dict[str, Any] = {
 RECIPE = (
     "each layer trained alone (e2e: spliced alone, the other layers original); Adam lr "
     f"{ZOO_LR:g} for every objective; BOS keeps the model's activation; seed 0; budgets doubling "
-    "until the layer's held-out CE increase changed by less than 2% over the last doubling"
+    "until the layer's held-out CE increase changed by less than 2% (or 5e-4 nats) over the last "
+    "doubling"
 )
 """The recipe in one sentence, written on every card."""
 RECIPE_FIELDS = ("steps", "lr", "seed", "converged", "convergence", "machine")
@@ -128,7 +129,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     from replacement.model import load_model
     from training.claims_eval import original_side
     from training.claims_sweep import split_rows
-    from training.convergence import DEFAULT_TOLERANCE, budget_ladder
+    from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder
     from training.data import load_token_data, special_token_ids
     from training.ladder import train_ladder
     from training.sweep_locks import claimed, read_results, save_entry, shared_cache
@@ -197,6 +198,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
                     log=log,
                     label=f"{name} layer {layer}",
                     tolerance=DEFAULT_TOLERANCE,
+                    floor=DEFAULT_FLOOR,
                 )
                 log(f"{name} layer {layer}: {time.perf_counter() - start:.1f} s")
     if held:

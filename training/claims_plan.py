@@ -50,7 +50,8 @@ class SweepPoint:
     fields: dict[str, Any] = field(default_factory=dict, hash=False)
     """TrainConfig fields of the point (lr `"tuned"` is filled in from the tune points)."""
     stage: str = "sweep"
-    """`tune` points only choose a learning rate, on the tuning split."""
+    """`tune` points only choose a learning rate, on the tuning split; `baseline` points are
+    fitted in closed form, once (`training.linear_baseline`)."""
 
 
 def claim_points(claims: tuple[str, ...] = CLAIMS, layer: int = 1) -> list[SweepPoint]:
@@ -106,6 +107,16 @@ def claim_points(claims: tuple[str, ...] = CLAIMS, layer: int = 1) -> list[Sweep
                         {**base, "kind": kind, "activation": "topk", "k": k},
                     )
                 )
+        # the floor both arms must beat: the skip path alone, fitted in closed form (no seed)
+        points.append(
+            SweepPoint(
+                "skip/linear",
+                "skip",
+                "linear",
+                {"layers": [layer], "kind": "skip_transcoder"},
+                stage="baseline",
+            )
+        )
     if "braun" in claims:
         for objective in ("local", "e2e", "e2e_ds"):
             for k in TOPK_KS:

@@ -37,7 +37,7 @@ from replacement.hook_table import block_hook
 from training.claims_eval import original_side
 from training.claims_plan import CLAIMS, SweepPoint, claim_points
 from training.config import TrainConfig
-from training.convergence import DEFAULT_TOLERANCE, budget_ladder
+from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder
 from training.data import TokenData
 from training.ladder import train_ladder
 from training.sweep_locks import (
@@ -75,6 +75,8 @@ class SweepSettings:
     """Largest budget a run may train for (its last rung)."""
     tolerance: float = DEFAULT_TOLERANCE
     """Converged when CE increase changed by less than this (relative) over the last doubling."""
+    floor: float = DEFAULT_FLOOR
+    """... or by less than this many nats (absolute), for runs whose CE increase is near zero."""
     tune_tokens: int = 1_000_000
     """Budget of the lr-tuning runs (gated claim)."""
     eval_tokens: int = 1_000_000
@@ -118,6 +120,8 @@ class SweepSettings:
             )
         if not 0 < self.tolerance < 1:
             raise SparseCircuitsError(f"--tolerance must be in (0, 1); got {self.tolerance}")
+        if not 0 <= self.floor < 1:
+            raise SparseCircuitsError(f"--floor must be in [0, 1) nats; got {self.floor}")
         if self.activation_cache not in CACHE_CHOICES:
             raise SparseCircuitsError(
                 f"--activation-cache {self.activation_cache!r} is unknown; expected one of "
@@ -219,12 +223,18 @@ def _point_record(results: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
     )
 
 
+def recorded_setup(setup: dict[str, Any]) -> dict[str, Any]:
+    """A results file's setup with the values older sweeps used where they did not record one:
+    they ran the model on every step and had no absolute convergence floor."""
+    return {"activation_cache": "none", "floor": 0.0, **setup}
+
+
 def _check_setup(path: Path, results: dict[str, Any], settings: SweepSettings) -> None:
     if results.get("version") != FORMAT_VERSION:
         raise SparseCircuitsError(
             f"{str(path)!r} is not a claims sweep of format {FORMAT_VERSION}; use another --out"
         )
-    recorded = {"activation_cache": "none", **results["setup"]}  # older sweeps ran the model
+    recorded = recorded_setup(results["setup"])
     diff = {k: (recorded.get(k), v) for k, v in settings.recorded().items() if recorded.get(k) != v}
     if diff:
         raise SparseCircuitsError(
@@ -273,7 +283,7 @@ def run_claims(
     pending = [
         (p, s)
         for p in points
-        for s in (range(1) if p.stage == "tune" else range(settings.seeds))
+        for s in (range(settings.seeds) if p.stage == "sweep" else range(1))
         if not _finished(results, p, s, ladder, settings)
     ]
     if not pending:
@@ -290,7 +300,7 @@ def run_claims(
         | {
             h
             for p, s in pending
-            if p.fields.get("objective", "local") == "local"
+            if p.fields.get("objective", "local") == "local" and p.stage != "baseline"
             for h in dictionary_hooks(
                 _config(p, s, settings.start_tokens, 1e-3, settings, out), settings.layer
             )
@@ -324,6 +334,9 @@ def run_claims(
                 _refresh(path, results)
                 if _finished(results, point, seed, ladder, settings):
                     continue
+                if point.stage == "baseline":
+                    _fit_baseline(point, settings, model, train_data, original, results, path, log)
+                    continue
                 lr = point.fields["lr"]
                 if lr == "tuned":
                     lr = tuned_lr(results, point.claim, point.arm)
@@ -349,6 +362,7 @@ def run_claims(
                     log=log,
                     label=f"{point.name} seed {seed}",
                     tolerance=settings.tolerance,
+                    floor=settings.floor,
                     converge=point.stage != "tune",
                 )
         tuning_elsewhere = any(p.stage == "tune" for p, _ in held)
@@ -364,6 +378,54 @@ def run_claims(
         pending = waiting + [pw for pw in held if pw[0].stage == "tune"]
     _refresh(path, results)
     return results
+
+
+def _fit_baseline(
+    point: SweepPoint,
+    settings: SweepSettings,
+    model: Any,
+    data: TokenData,
+    original: Any,
+    results: dict[str, Any],
+    path: Path,
+    log: Any,
+) -> None:
+    """Fit the linear-only baseline on the first `start_tokens` training tokens and record it
+    as a one-rung, converged entry (a closed-form fit has nothing left to converge)."""
+    from replacement.hooks import layer_hooks
+    from training.claims_eval import evaluate_dictionary, figures
+    from training.ladder import machine
+    from training.linear_baseline import fit_linear_transcoder
+
+    pair = layer_hooks(settings.layer)
+    start = time.perf_counter()
+    linear, seen = fit_linear_transcoder(
+        model, data.train, data.special_ids, pair.mlp_in, pair.mlp_out, settings.start_tokens
+    )
+    fitted = time.perf_counter() - start
+    start = time.perf_counter()
+    measured = evaluate_dictionary(model, linear.eval(), original)
+    entry = _point_record(results, point)["seeds"].setdefault("0", {})
+    entry["rungs"] = [
+        {
+            "machine": machine(settings.device),
+            "tokens": seen,
+            "steps": 0,
+            "lr": 0.0,
+            "train_seconds": fitted,
+            "eval_seconds": time.perf_counter() - start,
+            "final_loss": None,  # no training loss: a closed-form fit
+            **measured,
+            "figures": figures(measured["chunks"]),
+        }
+    ]
+    entry["converged"] = True
+    save_entry(path, results, ("runs", point.name, "seeds", "0"))
+    f = entry["rungs"][-1]["figures"]
+    log(
+        f"{point.name}: least squares on {seen:,} tokens in {fitted:.0f} s, "
+        f"CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}"
+    )
 
 
 def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
@@ -397,7 +459,7 @@ def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
             return theirs
         mine = {k: v for k, v in current["setup"].items() if k != "eval_rows"}
         given = {k: v for k, v in theirs["setup"].items() if k != "eval_rows"}
-        if {"activation_cache": "none", **mine} != {"activation_cache": "none", **given}:
+        if recorded_setup(mine) != recorded_setup(given):
             raise SparseCircuitsError(
                 f"{str(other)!r} was recorded with settings {given}; {str(path)!r} with {mine}: "
                 "only runs of the same sweep can be merged"

@@ -54,10 +54,12 @@ def train_ladder(
     log: Callable[[str], None],
     label: str,
     tolerance: float,
+    floor: float = 0.0,
     converge: bool = True,
 ) -> None:
     """Train the rungs of `budgets` missing from `entry` (a dict with "rungs" and "converged")
-    until the CE increase changed by less than `tolerance` over the last doubling (when
+    until the CE increase changed by less than `tolerance` (relative) or `floor` (nats) over the
+    last doubling (when
     `converge`) or the budgets run out. `make_config(tokens, rung_folder)` gives each rung's
     config; `layer` is the dictionary evaluated."""
     from training.trainer import Trainer
@@ -90,7 +92,7 @@ def train_ladder(
             }
         )
         curve = [(r["tokens"], r["figures"]["ce_increase"]) for r in entry["rungs"]]
-        entry["converged"] = not converge or has_converged(curve, tolerance)
+        entry["converged"] = not converge or has_converged(curve, tolerance, floor)
         save()
         f = entry["rungs"][-1]["figures"]
         log(
