@@ -33,9 +33,11 @@ _PANELS = (
     ("skip", "fvu", "FVU"),
     ("skip", "ce_increase", "CE increase (nats)"),
     ("gated", "ce_increase", "CE increase (nats)"),
+    ("gated", "shrinkage", "gamma (relative reconstruction bias)"),
     ("braun", "ce_increase", "CE increase (nats)"),
 )
-"""The Pareto plot's panels: (claim, metric, axis label); Paulo et al. claim both FVU and CE."""
+"""The Pareto plot's panels: (claim, metric, axis label); Paulo et al. claim both FVU and CE,
+Rajamanoharan et al. both CE and shrinkage (gamma < 1)."""
 _TABLE_KEY = {"skip": "fvu", "gated": "ce_increase", "braun": "ce_increase"}
 """Each claim's own metric in the table of points (CE increase has a column of its own)."""
 
@@ -65,7 +67,10 @@ def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for name, arm in sorted(arms(results, claim).items()):
             for i, label in enumerate(arm.labels):
                 point = arm.points[i]
-                found = {k: point_interval(arm, i, k, chunks) for k in {key, "ce_increase", "l0"}}
+                found = {
+                    k: point_interval(arm, i, k, chunks)
+                    for k in {key, "ce_increase", "l0", "shrinkage"}
+                }
                 rows.append(
                     {
                         "claim": claim,
@@ -79,7 +84,9 @@ def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 )
         base = baseline_rung(results, claim, "linear")
         if base is not None:
-            found = {k: single_run(base, k, chunks) for k in {key, "ce_increase", "l0"}}
+            found = {
+                k: single_run(base, k, chunks) for k in {key, "ce_increase", "l0", "shrinkage"}
+            }
             rows.append(
                 {
                     "claim": claim,
@@ -103,14 +110,16 @@ def points_markdown(rows: list[dict[str, Any]]) -> str:
         return f"{x[0]:.{digits}f} [{x[1]:.{digits}f}, {x[2]:.{digits}f}]"
 
     lines = [
-        "| claim | arm | point | seeds | final tokens | L0 | FVU or CE increase | CE increase |",
-        "|---|---|---|---|---|---|---|---|",
+        "| claim | arm | point | seeds | final tokens | L0 | FVU or CE increase | CE increase "
+        "| gamma |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tokens = ", ".join(f"{t / 1e6:g}M" for t in r["tokens"])
         lines.append(
             f"| {r['claim']} | {r['arm']} | {r['point']} | {len(r['seeds'])} | {tokens} | "
-            f"{iv(r['l0'], 1)} | {r['key']} {iv(r[r['key']])} | {iv(r['ce_increase'])} |"
+            f"{iv(r['l0'], 1)} | {r['key']} {iv(r[r['key']])} | {iv(r['ce_increase'])} | "
+            f"{iv(r['shrinkage'], 3)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -121,9 +130,14 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(1, len(_PANELS), figsize=(4.4 * len(_PANELS), 3.4), squeeze=False)
-    for ax, (claim, key, label) in zip(axes.flat, _PANELS, strict=True):
+    cols = 3
+    rows = -(-len(_PANELS) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(_PANELS) :]:
+        ax.set_visible(False)
+    for ax, (claim, key, label) in zip(axes.flat, _PANELS, strict=False):
         for name, arm in sorted(arms(results, claim).items()):
             if not arm.seeds:
                 continue
@@ -148,6 +162,7 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
             ax.axhline(rung_figures(base)[key], color="0.4", ls=":", lw=1,
                        label="linear only (no features)")  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a narrow range
         ax.set_xlabel("L0 (active features per token)")
         ax.set_ylabel(label)
         ax.set_title(claim, fontsize=9)
@@ -232,7 +247,8 @@ def write_claims_report(results: dict[str, Any], out: str | Path) -> dict[str, P
         "",
         f"Seed means with 95% intervals (bootstrap over the {n_chunks(results)} evaluation "
         "chunks and the seeds);",
-        "a run still training is left out until its ladder ends.",
+        "a run still training is left out until its ladder ends. gamma is the relative",
+        "reconstruction bias sum |y_hat|^2 / sum <y_hat, y> (1: none; below 1: shrunk).",
         "",
         points_markdown(point_rows(results)),
     ]

@@ -495,6 +495,8 @@ def test_report_gives_every_finished_point_its_known_value_and_interval(tmp_path
     paths = write_claims_report(results, tmp_path)
     text = paths["report"].read_text()
     assert "| skip | skip_transcoder | k=32 | 1 | 0.001M |" in text
+    assert all(r["shrinkage"][0] == pytest.approx(1.0) for r in rows.values())  # dot = sq_hat
+    assert text.count("| 1.000 [1.000, 1.000] |") == 8
     assert paths["pareto"].stat().st_size > 0 and paths["convergence"].stat().st_size > 0
     assert json.loads(paths["verdicts"].read_text())[0]["name"].startswith("Skip")
     # shipped form: sums on each ladder's last rung only; the claims and table read the same
