@@ -79,8 +79,10 @@ def claim_points(claims: tuple[str, ...] = CLAIMS, layer: int = 1) -> list[Sweep
                         stage="tune",
                     )
                 )
-        for act in ("relu", "gated"):
-            for c in GATED_L1:
+        # both arms at one coefficient before the next: a sweep cut short still has both
+        # curves over a common L0 range
+        for c in GATED_L1:
+            for act in ("relu", "gated"):
                 points.append(
                     SweepPoint(
                         f"gated/{act}_l1_{c:g}",
