@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from analysis.claims_stats import Interval, at_l0, bootstrap, matched_grid, verdict
+from training.claims_plan import GATED_TUNE_L1
 
 SHIPPED_SWEEP = Path(str(resources.files("analysis") / "claims_sweep.json"))
 """The claims sweep shipped with the package (layer 1 of the default model, 2 seeds)."""
@@ -334,6 +335,21 @@ def _linear_floor(
     )
 
 
+def _lr_tuning(results: dict[str, Any], claim: str, arm: str) -> str:
+    """Which lr won `arm`'s tuning and the final training loss of every candidate."""
+    tried = sorted(
+        (run["fields"]["lr"], *(run["seeds"]["0"]["rungs"][-1][k] for k in ("final_loss", "tokens")))
+        for run in results["runs"].values()
+        if run["claim"] == claim and run["arm"] == arm and run["stage"] == "tune"
+        and run["seeds"].get("0", {}).get("rungs")
+    )  # fmt: skip
+    if not tried:
+        return "untuned"
+    best = min(tried, key=lambda t: t[1])[0]
+    losses = ", ".join(f"{lr:g}: {loss:.3f}" for lr, loss, _ in tried)
+    return f"{best:g} won at {tried[0][2]:,} tokens ({losses})"
+
+
 def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     groups = arms(results, "gated")
     title = "Gated vs ReLU SAEs at equal L0"
@@ -347,18 +363,7 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     ce, grid = matched_l0_difference(a, b, "ce_increase", chunks)
     shrink, _ = matched_l0_difference(a, b, "shrinkage", chunks, transform=lambda x: np.abs(1 - x))
     converged = a.converged and b.converged
-    lrs = {
-        arm: sorted(
-            {
-                r["rungs"][-1]["lr"]
-                for run in results["runs"].values()
-                if run["claim"] == "gated" and run["arm"] == arm and run["stage"] == "sweep"
-                for r in run["seeds"].values()
-                if r["rungs"]
-            }
-        )
-        for arm in ("relu", "gated")
-    }
+    lrs = {arm: _lr_tuning(results, "gated", arm) for arm in ("relu", "gated")}
     where = (
         f"{grid.size} L0 values in [{grid[0]:.1f}, {grid[-1]:.1f}]"
         if grid.size
@@ -368,7 +373,8 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
         title,
         paper,
         f"gated - ReLU at matched L0 ({where}): CE increase {ce.text()} nats, |1 - gamma| "
-        f"{shrink.text()}; lr tuned per architecture (relu {lrs['relu']}, gated {lrs['gated']}); "
+        f"{shrink.text()}; lr tuned per architecture by final training loss at L1 "
+        f"{GATED_TUNE_L1:g}: relu {lrs['relu']}, gated {lrs['gated']}; "
         f"{_budget(results, 'gated')}.",
         _settled(
             results,

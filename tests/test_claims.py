@@ -155,6 +155,35 @@ def test_claims_from_synthetic_sweep_results():
     assert found[0].verdict == "mixed: inconclusive, agrees"
 
 
+def test_the_gated_claim_reads_its_known_answer_and_names_the_winning_lr():
+    """Gated 0.01 nats below ReLU at every L0 -> agrees on CE; gamma equal by construction ->
+    inconclusive there; the tuning runs' losses name the lr each arm trained with."""
+    relu, gated = _arm(0.0, seed=5), _arm(-0.01, seed=6)
+    runs = {}
+    for i in range(4):
+        for arm, obj in (("relu", relu), ("gated", gated)):
+            runs[f"gated/{arm}_{i}"] = {
+                "claim": "gated", "arm": arm, "stage": "sweep", "fields": {},
+                "seeds": {str(s): {"rungs": [obj.points[i][s]], "converged": True}
+                          for s in range(2)},
+            }  # fmt: skip
+    for arm, losses in (("relu", (0.49, 0.41, 0.42)), ("gated", (0.66, 0.58, 0.57))):
+        for lr, loss in zip((1e-3, 4e-3, 1e-2), losses, strict=True):
+            runs[f"gated/tune_{arm}_lr{lr:g}"] = {
+                "claim": "gated", "arm": arm, "stage": "tune", "fields": {"lr": lr},
+                "seeds": {"0": {"rungs": [{"final_loss": loss, "tokens": 1000,
+                                           "train_seconds": 1.0}],
+                                "converged": True}},
+            }  # fmt: skip
+    (found,) = claims({"version": 2, "setup": {}, "runs": runs})
+    ce = found.intervals["ce_increase"]
+    assert ce[0] == pytest.approx(-0.01, abs=1e-9) and ce[2] < 0
+    assert found.intervals["abs_one_minus_gamma"][0] == pytest.approx(0.0, abs=1e-12)
+    assert found.verdict == "mixed: agrees, inconclusive"
+    assert "relu 0.004 won at 1,000 tokens (0.001: 0.490, 0.004: 0.410, 0.01: 0.420)" in found.ours
+    assert "gated 0.01 won" in found.ours
+
+
 def test_pilot_sweep_settles_nothing():
     """A results file of the one-seed pilot (format 1) is read, and every claim from it is
     inconclusive whatever its differences."""
