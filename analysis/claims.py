@@ -335,6 +335,18 @@ def _linear_floor(
     )
 
 
+def _matched_range(grid: np.ndarray, compared: dict[str, Arm], chunks: int) -> str:
+    """Where the curves were compared, or, when their L0 ranges do not overlap, each range (the
+    differences are then undefined, and the verdict inconclusive)."""
+    if grid.size:
+        return f"{grid.size} L0 values in [{grid[0]:.1f}, {grid[-1]:.1f}]"
+    ranges = []
+    for name, arm in compared.items():
+        l0 = np.concatenate([arm.curve(s, np.ones(chunks), "l0")[0] for s in arm.seeds])
+        ranges.append(f"{name} L0 {l0.min():.1f}-{l0.max():.1f}")
+    return f"no common L0 range: {', '.join(ranges)}"
+
+
 def _lr_tuning(results: dict[str, Any], claim: str, arm: str) -> str:
     """Which lr won `arm`'s tuning and the final training loss of every candidate."""
     tried = sorted(
@@ -364,11 +376,7 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     shrink, _ = matched_l0_difference(a, b, "shrinkage", chunks, transform=lambda x: np.abs(1 - x))
     converged = a.converged and b.converged
     lrs = {arm: _lr_tuning(results, "gated", arm) for arm in ("relu", "gated")}
-    where = (
-        f"{grid.size} L0 values in [{grid[0]:.1f}, {grid[-1]:.1f}]"
-        if grid.size
-        else "no common L0 range"
-    )
+    where = _matched_range(grid, {"relu": a, "gated": b}, chunks)
     return Claim(
         title,
         paper,
@@ -413,11 +421,7 @@ def _braun_claims(results: dict[str, Any], chunks: int) -> list[Claim]:
             found |= {"ds_minus_e2e_downstream_fvu": down, "ds_minus_e2e_ce_increase": ds_ce}
             verdicts.append(verdict(down, -1, converged and ds.converged))
             text += f"; e2e+ds - e2e: downstream FVU {down.text()}, CE increase {ds_ce.text()}"
-        where = (
-            f"{grid.size} L0 values in [{grid[0]:.1f}, {grid[-1]:.1f}]"
-            if grid.size
-            else "no common L0 range"
-        )
+        where = _matched_range(grid, {"local": local, "e2e": e2e}, chunks)
         out.append(
             Claim(
                 title,

@@ -182,6 +182,14 @@ def test_the_gated_claim_reads_its_known_answer_and_names_the_winning_lr():
     assert found.verdict == "mixed: agrees, inconclusive"
     assert "relu 0.004 won at 1,000 tokens (0.001: 0.490, 0.004: 0.410, 0.01: 0.420)" in found.ours
     assert "gated 0.01 won" in found.ours
+    # curves that do not overlap in L0: no difference is defined, each range is named
+    for i in range(4):
+        for seed in (0, 1):
+            rung = runs[f"gated/gated_{i}"]["seeds"][str(seed)]["rungs"][0]
+            rung["chunks"] = {**rung["chunks"], "l0": [x * 100 for x in rung["chunks"]["l0"]]}
+    (apart,) = claims({"version": 2, "setup": {}, "runs": runs})
+    assert "no common L0 range: relu L0 2.0-16.0, gated L0 200.0-1600.0" in apart.ours
+    assert apart.verdict.startswith("inconclusive")
 
 
 def test_pilot_sweep_settles_nothing():
