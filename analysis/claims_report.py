@@ -162,7 +162,9 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
             ax.axhline(rung_figures(base)[key], color="0.4", ls=":", lw=1,
                        label="linear only (no features)")  # fmt: skip
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a narrow range
+        low, high = ax.get_xlim()
+        if high / low < 2:  # matplotlib labels every minor tick of so narrow a range: they overlap
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("L0 (active features per token)")
         ax.set_ylabel(label)
         ax.set_title(claim, fontsize=9)
