@@ -226,19 +226,21 @@ def _budget(results: dict[str, Any], claim: str) -> str:
         if run["claim"] != claim:
             continue
         for entry in run["seeds"].values():
-            total += 1
-            done += bool(entry["converged"])
-            if entry["rungs"]:
-                tokens.append(entry["rungs"][-1]["tokens"])
+            # tuning runs and closed-form baselines cost time but are no ladders of the claim
+            if run["stage"] == "sweep":
+                total += 1
+                done += bool(entry["converged"])
+                if entry["rungs"]:
+                    tokens.append(entry["rungs"][-1]["tokens"])
             seconds += sum(r["train_seconds"] for r in entry["rungs"])
             evaluating += sum(r.get("eval_seconds", 0.0) for r in entry["rungs"])
             machines |= {r.get("machine", "unrecorded machine") for r in entry["rungs"]}
     if not tokens:
         return "no runs"
     return (
-        f"{done}/{total} runs converged; final budgets {min(tokens):,}-{max(tokens):,} tokens; "
-        f"{seconds / 3600:.1f} h of training and {evaluating / 3600:.1f} h of held-out "
-        f"evaluation on {', '.join(sorted(machines))}"
+        f"{done}/{total} ladders converged; final budgets {min(tokens):,}-{max(tokens):,} tokens; "
+        f"{seconds / 3600:.1f} h of training (tuning and baselines included) and "
+        f"{evaluating / 3600:.1f} h of held-out evaluation on {', '.join(sorted(machines))}"
     )
 
 
@@ -355,9 +357,11 @@ def _lr_tuning(results: dict[str, Any], claim: str, arm: str) -> str:
         if run["claim"] == claim and run["arm"] == arm and run["stage"] == "tune"
         and run["seeds"].get("0", {}).get("rungs")
     )  # fmt: skip
-    if not tried:
+    from training.claims_sweep import tuned_lr  # the rule the sweep trained with
+
+    best = tuned_lr(results, claim, arm)
+    if best is None:
         return "untuned"
-    best = min(tried, key=lambda t: t[1])[0]
     losses = ", ".join(f"{lr:g}: {loss:.3f}" for lr, loss, _ in tried)
     return f"{best:g} won at {tried[0][2]:,} tokens ({losses})"
 

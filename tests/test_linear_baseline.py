@@ -92,6 +92,8 @@ def test_the_skip_claim_and_its_table_carry_the_baseline(tmp_path):
     found = claims(results)[0]
     assert found.verdict == without.verdict  # the baseline is context, not the paper's claim
     assert "linear-only baseline" in found.ours
+    # the baseline's 5000 fit tokens are no ladder's final budget
+    assert "16/16 ladders converged; final budgets 1,000-1,000 tokens" in found.ours
     mean_plain = np.mean([0.1 - 0.02 * np.log(2.0**j) for j in range(1, 5)])
     est, low, high = found.intervals["plain_minus_linear_ce_increase"]
     assert est == pytest.approx(mean_plain - 0.30, abs=1e-9) and low <= est <= high < 0

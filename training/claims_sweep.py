@@ -393,8 +393,8 @@ def _fit_baseline(
     """Fit the linear-only baseline on the first `start_tokens` training tokens and record it
     as a one-rung, converged entry (a closed-form fit has nothing left to converge)."""
     from replacement.hooks import layer_hooks
-    from training.claims_eval import evaluate_dictionary, figures
-    from training.ladder import machine
+    from training.claims_eval import evaluate_dictionary
+    from training.ladder import machine, rung_record
     from training.linear_baseline import fit_linear_transcoder
 
     pair = layer_hooks(settings.layer)
@@ -406,18 +406,9 @@ def _fit_baseline(
     start = time.perf_counter()
     measured = evaluate_dictionary(model, linear.eval(), original)
     entry = _point_record(results, point)["seeds"].setdefault("0", {})
-    entry["rungs"] = [
-        {
-            "machine": machine(settings.device),
-            "tokens": seen,
-            "steps": 0,
-            "lr": 0.0,
-            "train_seconds": fitted,
-            "eval_seconds": time.perf_counter() - start,
-            "final_loss": None,  # no training loss: a closed-form fit
-            **measured,
-            "figures": figures(measured["chunks"]),
-        }
+    eval_seconds = time.perf_counter() - start
+    entry["rungs"] = [  # no steps, lr or training loss: a closed-form fit
+        rung_record(machine(settings.device), seen, 0, 0.0, fitted, eval_seconds, None, measured)
     ]
     entry["converged"] = True
     save_entry(path, results, ("runs", point.name, "seeds", "0"))

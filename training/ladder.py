@@ -41,6 +41,31 @@ def final_loss(trainer: Any) -> float:
     return float(json.loads(lines[-1])["loss"]) if lines else math.nan
 
 
+def rung_record(
+    where: str,
+    tokens: int,
+    steps: int,
+    lr: float,
+    train_seconds: float,
+    eval_seconds: float,
+    loss: float | None,
+    measured: dict[str, Any],
+) -> dict[str, Any]:
+    """One rung as the results file keeps it: how it trained, its per-chunk sums
+    (`evaluate_dictionary`) and the figures they give."""
+    return {
+        "machine": where,
+        "tokens": tokens,
+        "steps": steps,
+        "lr": lr,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "final_loss": loss,
+        **measured,
+        "figures": figures(measured["chunks"]),
+    }
+
+
 def train_ladder(
     entry: dict[str, Any],
     budgets: Sequence[int],
@@ -79,17 +104,16 @@ def train_ladder(
         start = time.perf_counter()
         measured = evaluate_dictionary(model, trained[layer].eval(), original)
         entry["rungs"].append(
-            {
-                "machine": machine(config.device),
-                "tokens": tokens,
-                "steps": trainer.step,
-                "lr": float(config.lr),
-                "train_seconds": seconds,
-                "eval_seconds": time.perf_counter() - start,
-                "final_loss": final_loss(trainer),
-                **measured,
-                "figures": figures(measured["chunks"]),
-            }
+            rung_record(
+                machine(config.device),
+                tokens,
+                trainer.step,
+                float(config.lr),
+                seconds,
+                time.perf_counter() - start,
+                final_loss(trainer),
+                measured,
+            )
         )
         curve = [(r["tokens"], r["figures"]["ce_increase"]) for r in entry["rungs"]]
         entry["converged"] = not converge or has_converged(curve, tolerance, floor)

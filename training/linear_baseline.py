@@ -46,9 +46,9 @@ def fit_linear_transcoder(
     counted = token_mask(rows, special_ids).sum(dim=1).cumsum(0)
     if int(counted[-1]) < tokens:
         raise ValueError(f"the rows hold {int(counted[-1])} counted tokens; the fit needs {tokens}")
-    rows = rows[: int(torch.searchsorted(counted, tokens)) + 1]  # the first whole rows enough
-    xtx = torch.zeros(0)
-    xty = torch.zeros(0)
+    n_rows = int(torch.searchsorted(counted, tokens)) + 1  # the first whole rows enough
+    rows, seen = rows[:n_rows], int(counted[n_rows - 1])
+    xtx = xty = torch.zeros(0)
     for start in range(0, rows.shape[0], FIT_BATCH_ROWS):
         batch = rows[start : start + FIT_BATCH_ROWS]
         acts = collect_activations(model, batch, [in_hook, out_hook])
@@ -58,7 +58,6 @@ def fit_linear_transcoder(
         x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         xtx = x1.T @ x1 if start == 0 else xtx + x1.T @ x1
         xty = x1.T @ y if start == 0 else xty + x1.T @ y
-    seen = int(token_mask(rows, special_ids).sum())
     weight, bias = affine_least_squares(xtx, xty)
     d_in, d_out = weight.shape
     linear = Dictionary(
