@@ -1,6 +1,7 @@
 """`sparse-circuits claims`: the seed papers' claims, swept until every run converges.
 
-    sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--seeds 2]
+    sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--points GLOB,..]
+        [--seeds 2]
         [--start-tokens 1e6] [--cap-tokens 3.2e7] [--eval-tokens 1e6] [--report-only]
         [--merge OTHER/claims_sweep.json] [--export FILE]
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     settings = SweepSettings(
         out=args.out,
         claims=tuple(c for c in args.claims.split(",") if c),
+        points=tuple(c for c in (args.points or "").split(",") if c),
         layer=args.layer,
         seeds=args.seeds,
         start_tokens=args.start_tokens,
@@ -99,6 +101,13 @@ def register(subparsers: Any) -> None:
         "--claims",
         default=",".join(CLAIMS),
         help=f"comma-separated claims (default: {','.join(CLAIMS)})",
+    )
+    p.add_argument(
+        "--points",
+        default=None,
+        help="comma-separated glob patterns on point names (e.g. 'braun/e2e*'): train only "
+        "those (and the lr-tuning runs they need); another machine takes the rest "
+        "(default: every point of --claims)",
     )
     p.add_argument(
         "--layer", type=int, default=1, help="block trained, each dictionary alone (default: 1)"

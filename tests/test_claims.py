@@ -245,6 +245,51 @@ def _tiny_sweep(out, model, seeds=1):
     return settings, data
 
 
+def test_points_select_by_name_with_the_tuning_runs_they_need():
+    from replacement.errors import SparseCircuitsError
+    from training.claims_plan import claim_points
+    from training.claims_sweep import selected_points
+
+    every = claim_points()
+    assert selected_points(every, ()) == every
+    e2e = selected_points(every, ("braun/e2e*",))
+    assert {p.arm for p in e2e} == {"e2e:topk", "e2e:relu", "e2e_ds:topk", "e2e_ds:relu"}
+    assert len(e2e) == 16
+    # a tuned-lr point brings its own arm's tuning runs, not the other arm's
+    gated = selected_points(every, ("gated/gated_l1_0.3",))
+    assert [p.name for p in gated if p.stage == "tune"] == [
+        "gated/tune_gated_lr0.001",
+        "gated/tune_gated_lr0.004",
+        "gated/tune_gated_lr0.01",
+    ]
+    assert [p.name for p in gated if p.stage != "tune"] == ["gated/gated_l1_0.3"]
+    with pytest.raises(SparseCircuitsError, match=r"--points 'braun/e3e\*' matches no point"):
+        selected_points(every, ("braun/e2e*", "braun/e3e*"))
+
+
+@pytest.mark.slow
+def test_a_process_given_only_the_baseline_fits_it_and_writes_no_activation_cache(
+    tmp_path, default_model
+):
+    """`--points skip/linear` (how a sweep is split across machines): only that point runs,
+    and no cache is written, since no local run needs one."""
+    from dataclasses import replace
+
+    from training.claims_sweep import run_claims
+
+    settings, data = _tiny_sweep(tmp_path, default_model)
+    lines: list[str] = []
+    results = run_claims(
+        replace(settings, points=("skip/linear",)),
+        log=lines.append,
+        model=default_model,
+        data=data,
+    )
+    assert sorted(results["runs"]) == ["skip/linear"]
+    assert not (tmp_path / "activations").exists()
+    assert not any("activation cache" in m for m in lines)
+
+
 @pytest.mark.slow
 def test_a_run_another_process_holds_is_left_to_it_and_no_result_is_lost(
     tmp_path, default_model, monkeypatch

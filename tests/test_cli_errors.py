@@ -398,7 +398,8 @@ SWEEP = {
         "--threads": ("neg", "type"),
     },
     "claims": {
-        "--claims": ("choice",), "--layer": ("neg", "type"), "--seeds": NUMBERS,
+        "--claims": ("choice",), "--points": ("choice",), "--layer": ("neg", "type"),
+        "--seeds": NUMBERS,
         "--start-tokens": NUMBERS, "--cap-tokens": NUMBERS, "--tolerance": (*NUMBERS, "huge"),
         "--floor": ("neg", "type", "huge"),
         "--tune-tokens": NUMBERS, "--eval-tokens": NUMBERS, "--n-chunks": NUMBERS,

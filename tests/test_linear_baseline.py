@@ -61,7 +61,10 @@ def test_each_arms_margin_over_the_baseline_is_the_known_one():
     base = _rung(0.0, 0.20, noise)
     arm = Arm(
         "plain",
-        [{s: _rung(4.0, 0.15, noise) for s in range(2)}, {s: _rung(8.0, 0.11, noise) for s in range(2)}],
+        [
+            {s: _rung(4.0, 0.15, noise) for s in range(2)},
+            {s: _rung(8.0, 0.11, noise) for s in range(2)},
+        ],
         True,
         ["k=4", "k=8"],
     )

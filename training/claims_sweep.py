@@ -1,7 +1,7 @@
 """The claims sweep: every point of `training.claims_plan`, per seed, trained until it converges.
 
-    sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--seeds 2]
-        [--start-tokens 1e6] [--cap-tokens 3.2e7] [--eval-tokens 1e6]
+    sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--points GLOB,..]
+        [--seeds 2] [--start-tokens 1e6] [--cap-tokens 3.2e7] [--eval-tokens 1e6]
         [--activation-cache float32|float16|bfloat16|none]
 
 Each (point, seed) trains a ladder of budgets (`training.convergence.budget_ladder`), each rung a
@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ class SweepSettings:
     """Folder of the runs and of claims_sweep.json."""
     claims: tuple[str, ...] = CLAIMS
     """Which claims to sweep."""
+    points: tuple[str, ...] = ()
+    """Glob patterns on point names (`braun/e2e*`): this process trains only the matching
+    points (and the lr-tuning runs they need); empty for all. Splits a sweep across machines."""
     layer: int = 1
     """Block whose dictionaries are trained (each alone)."""
     seeds: int = 2
@@ -122,6 +126,7 @@ class SweepSettings:
             raise SparseCircuitsError(f"--tolerance must be in (0, 1); got {self.tolerance}")
         if not 0 <= self.floor < 1:
             raise SparseCircuitsError(f"--floor must be in [0, 1) nats; got {self.floor}")
+        selected_points(claim_points(self.claims, self.layer), self.points)
         if self.activation_cache not in CACHE_CHOICES:
             raise SparseCircuitsError(
                 f"--activation-cache {self.activation_cache!r} is unknown; expected one of "
@@ -130,10 +135,11 @@ class SweepSettings:
         return self
 
     def recorded(self) -> dict[str, Any]:
-        """The settings that make results comparable (the folder and the device are not)."""
+        """The settings that make results comparable (the folder, the device and which points
+        this process takes are not)."""
         out = asdict(self)
         out["claims"] = list(self.claims)
-        for name in ("out", "device", "claims"):
+        for name in ("out", "device", "claims", "points"):
             out.pop(name)
         return out
 
@@ -253,6 +259,25 @@ def load_results(out: Path, settings: SweepSettings) -> dict[str, Any]:
     return results
 
 
+def selected_points(points: list[SweepPoint], patterns: tuple[str, ...]) -> list[SweepPoint]:
+    """The points whose names match one of the glob `patterns` (all when there are none), plus
+    the lr-tuning points of the selected points' claims and arms, which they need.
+
+    Raises `SparseCircuitsError` naming a pattern that matches no point.
+    """
+    if not patterns:
+        return points
+    for pattern in patterns:
+        if not any(fnmatchcase(p.name, pattern) for p in points):
+            raise SparseCircuitsError(
+                f"--points {pattern!r} matches no point of this sweep; its points are "
+                f"{[p.name for p in points]}"
+            )
+    chosen = [p for p in points if any(fnmatchcase(p.name, pat) for pat in patterns)]
+    tuned = {(p.claim, p.arm) for p in chosen if p.fields.get("lr") == "tuned"}
+    return [p for p in points if p in chosen or (p.stage == "tune" and (p.claim, p.arm) in tuned)]
+
+
 def _refresh(path: Path, results: dict[str, Any]) -> None:
     """Take in every run other processes recorded (the file is the reference)."""
     current = read_results(path)
@@ -279,7 +304,7 @@ def run_claims(
     results = load_results(out, settings)
     path = out / RESULTS_FILE
     ladder = budget_ladder(settings.start_tokens, settings.cap_tokens)
-    points = claim_points(tuple(settings.claims), settings.layer)
+    points = selected_points(claim_points(tuple(settings.claims), settings.layer), settings.points)
     pending = [
         (p, s)
         for p in points
@@ -293,22 +318,27 @@ def run_claims(
     data = data if data is not None else load_token_data(model, None, ctx_len=settings.ctx_len)
     train_data, rows, reserved = split_rows(data, settings.eval_tokens)
     results["setup"]["eval_rows"] = {"heldout": int(data.val.shape[0]), "reserved": reserved}
+    local = [
+        (p, s)
+        for p, s in pending
+        if p.fields.get("objective", "local") == "local" and p.stage != "baseline"
+    ]
     # the transcoder pair always, so that every claim's local runs at this layer share one cache
     pair = layer_hooks(settings.layer)
     local_hooks = sorted(
         {pair.mlp_in, pair.mlp_out}
         | {
             h
-            for p, s in pending
-            if p.fields.get("objective", "local") == "local" and p.stage != "baseline"
+            for p, s in local
             for h in dictionary_hooks(
                 _config(p, s, settings.start_tokens, 1e-3, settings, out), settings.layer
             )
         }
     )
+    # e2e runs read the model, not the cache: a process given only those writes none
     cache = (
         None
-        if settings.activation_cache == "none"
+        if settings.activation_cache == "none" or not local
         else shared_cache(
             out / "activations" / f"layer{settings.layer}",
             settings.activation_cache,
