@@ -78,6 +78,10 @@ class Arm:
     converged: bool
     labels: list[str] = field(default_factory=list)
     """Each point's sparsity (`k=8`, `l1=0.1`), to pair points across arms."""
+    l0_changes: list[float | None] = field(default_factory=list)
+    """Each point's relative change of L0 over its last doubling, seed mean (None where a
+    seed's ladder ended without one): the convergence rule reads CE increase only, so this
+    says how far the point may still move along the L0 axis."""
 
     @property
     def seeds(self) -> list[int]:
@@ -94,7 +98,10 @@ class Arm:
         """The arm restricted to the points of `labels` (in that order)."""
         own = self.labels or [str(i) for i in range(len(self.points))]
         index = {label: i for i, label in enumerate(own)}
-        return Arm(self.name, [self.points[index[x]] for x in labels], self.converged, labels)
+        changes = [self.l0_changes[index[x]] for x in labels] if self.l0_changes else []
+        return Arm(
+            self.name, [self.points[index[x]] for x in labels], self.converged, labels, changes
+        )
 
 
 def sparsity_label(fields: dict[str, Any], name: str) -> str:
@@ -114,6 +121,19 @@ def finished(entry: dict[str, Any], setup: dict[str, Any]) -> bool:
     return bool(cap and entry["rungs"] and entry["rungs"][-1]["tokens"] >= cap)
 
 
+def last_doubling_change(rungs: list[dict[str, Any]], key: str) -> float | None:
+    """Relative change of figure `key` from a ladder's second-last rung to its last, when the
+    last doubled the budget (None otherwise: one rung, or a last rung at the cap)."""
+    if len(rungs) < 2 or rungs[-1]["tokens"] != 2 * rungs[-2]["tokens"]:
+        return None
+    before, last = (
+        r.get("figures") or (rung_figures(r) if "chunks" in r else {}) for r in rungs[-2:]
+    )
+    if key not in before or key not in last or not before[key]:
+        return None  # a rung recorded without its figures
+    return float(last[key] / before[key] - 1)
+
+
 def arms(results: dict[str, Any], claim: str) -> dict[str, Arm]:
     """The sweep points of `claim` grouped by arm (tune points left out), each with the seeds
     whose ladder has ended: a run still training is not read at an early budget."""
@@ -128,6 +148,10 @@ def arms(results: dict[str, Any], claim: str) -> dict[str, Arm]:
         arm = grouped.setdefault(run["arm"], Arm(run["arm"], [], True))
         arm.points.append({int(s): e["rungs"][-1] for s, e in done.items()})
         arm.labels.append(sparsity_label(run.get("fields", {}), name))
+        changes = [last_doubling_change(e["rungs"], "l0") for e in done.values()]
+        arm.l0_changes.append(
+            None if None in changes else float(np.mean([c for c in changes if c is not None]))
+        )
         arm.converged &= all(e["converged"] for e in done.values())
     return grouped
 
@@ -183,6 +207,31 @@ def matched_l0_difference(
     return bootstrap(stat, n_chunks_, {"a": a.seeds, "b": b.seeds}), grid
 
 
+def l0_moved(arm: Arm) -> Arm:
+    """The arm with each point's L0 moved once more by its last doubling's change (L0 x (1 +
+    change); unchanged where there is none). The convergence rule reads CE increase only, so a
+    ladder can stop while its L0 still falls; a verdict at matched L0 should survive the move
+    the next doubling would likely make."""
+    changes = arm.l0_changes or [None] * len(arm.points)
+    points = [
+        {s: _scaled_l0(rung, 1.0 + (change or 0.0)) for s, rung in point.items()}
+        for point, change in zip(arm.points, changes, strict=True)
+    ]
+    return Arm(arm.name, points, arm.converged, arm.labels, arm.l0_changes)
+
+
+def _scaled_l0(rung: dict[str, Any], factor: float) -> dict[str, Any]:
+    chunks = {**rung["chunks"], "l0": [x * factor for x in rung["chunks"]["l0"]]}
+    return {**rung, "chunks": chunks}
+
+
+def _drift_range(*arms_: Arm) -> str:
+    found = [c for a in arms_ for c in a.l0_changes if c is not None]
+    if not found:
+        return "no point's L0 moved"
+    return f"L0 changes over the last doubling {100 * min(found):+.0f}% to {100 * max(found):+.0f}%"
+
+
 def paired_point_difference(a: Arm, b: Arm, key: str, n_chunks_: int) -> Interval:
     """B - A of `key` averaged over the arms' points in order (equal sparsities, e.g. equal k)."""
 
@@ -222,6 +271,7 @@ def single_run(rung: dict[str, Any], key: str, n_chunks_: int) -> Interval:
 
 def _budget(results: dict[str, Any], claim: str) -> str:
     tokens, seconds, evaluating, total, done, machines = [], 0.0, 0.0, 0, 0, set()
+    training, setup = 0, results.get("setup", {})
     for run in results["runs"].values():
         if run["claim"] != claim:
             continue
@@ -230,15 +280,18 @@ def _budget(results: dict[str, Any], claim: str) -> str:
             if run["stage"] == "sweep":
                 total += 1
                 done += bool(entry["converged"])
-                if entry["rungs"]:
+                if entry["rungs"] and finished(entry, setup):
                     tokens.append(entry["rungs"][-1]["tokens"])
+                training += bool(entry["rungs"]) and not finished(entry, setup)
             seconds += sum(r["train_seconds"] for r in entry["rungs"])
             evaluating += sum(r.get("eval_seconds", 0.0) for r in entry["rungs"])
             machines |= {r.get("machine", "unrecorded machine") for r in entry["rungs"]}
     if not tokens:
         return "no runs"
+    still = f" ({training} still training)" if training else ""
     return (
-        f"{done}/{total} ladders converged; final budgets {min(tokens):,}-{max(tokens):,} tokens; "
+        f"{done}/{total} ladders converged{still}; final budgets {min(tokens):,}-"
+        f"{max(tokens):,} tokens; "
         f"{seconds / 3600:.1f} h of training (tuning and baselines included) and "
         f"{evaluating / 3600:.1f} h of held-out evaluation on {', '.join(sorted(machines))}"
     )
@@ -378,6 +431,7 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
         return _not_yet(results, "gated", title, paper)
     ce, grid = matched_l0_difference(a, b, "ce_increase", chunks)
     shrink, _ = matched_l0_difference(a, b, "shrinkage", chunks, transform=lambda x: np.abs(1 - x))
+    moved, _ = matched_l0_difference(l0_moved(a), l0_moved(b), "ce_increase", chunks)
     converged = a.converged and b.converged
     lrs = {arm: _lr_tuning(results, "gated", arm) for arm in ("relu", "gated")}
     where = _matched_range(grid, {"relu": a, "gated": b}, chunks)
@@ -385,15 +439,22 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
         title,
         paper,
         f"gated - ReLU at matched L0 ({where}): CE increase {ce.text()} nats, |1 - gamma| "
-        f"{shrink.text()}; lr tuned per architecture by final training loss at L1 "
-        f"{GATED_TUNE_L1:g}: relu {lrs['relu']}, gated {lrs['gated']}; "
-        f"{_budget(results, 'gated')}.",
+        f"{shrink.text()}; CE increase with every point's L0 moved once more by its last "
+        f"doubling's change ({_drift_range(a, b)}): {moved.text()}; lr tuned per "
+        f"architecture by final training loss at L1 {GATED_TUNE_L1:g}: relu {lrs['relu']}, "
+        f"gated {lrs['gated']}; {_budget(results, 'gated')}.",
         _settled(
             results,
             "gated",
-            _combine([verdict(ce, -1, converged), verdict(shrink, -1, converged)]),
+            _combine(
+                [
+                    verdict(ce, -1, converged),
+                    verdict(shrink, -1, converged),
+                    verdict(moved, -1, converged),
+                ]
+            ),
         ),
-        _pack({"ce_increase": ce, "abs_one_minus_gamma": shrink}),
+        _pack({"ce_increase": ce, "abs_one_minus_gamma": shrink, "ce_increase_l0_moved": moved}),
     )
 
 
@@ -415,10 +476,15 @@ def _braun_claims(results: dict[str, Any], chunks: int) -> list[Claim]:
             continue
         ce, grid = matched_l0_difference(local, e2e, "ce_increase", chunks)
         alive, _ = matched_l0_difference(local, e2e, "alive", chunks)
-        found = {"e2e_ce_increase": ce, "e2e_alive": alive}
+        moved, _ = matched_l0_difference(l0_moved(local), l0_moved(e2e), "ce_increase", chunks)
+        found = {"e2e_ce_increase": ce, "e2e_alive": alive, "e2e_ce_increase_l0_moved": moved}
         converged = local.converged and e2e.converged
-        verdicts = [verdict(ce, -1, converged), verdict(alive, -1, converged)]
-        text = f"e2e - local at matched L0: CE increase {ce.text()} nats, alive features {alive.text(0)}"
+        verdicts = [verdict(c, -1, converged) for c in (ce, alive, moved)]
+        text = (
+            f"e2e - local at matched L0: CE increase {ce.text()} nats, alive features "
+            f"{alive.text(0)}; CE increase with every point's L0 moved once more by its last "
+            f"doubling's change ({_drift_range(local, e2e)}): {moved.text()}"
+        )
         if ds and ds.seeds:
             down, _ = matched_l0_difference(e2e, ds, "downstream_fvu", chunks)
             ds_ce, _ = matched_l0_difference(e2e, ds, "ce_increase", chunks)

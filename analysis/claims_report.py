@@ -80,6 +80,7 @@ def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                         "tokens": [int(point[s]["tokens"]) for s in sorted(point)],
                         "key": key,
                         **{k: [v.estimate, v.low, v.high] for k, v in found.items()},
+                        "l0_change": arm.l0_changes[i] if arm.l0_changes else None,
                     }
                 )
         base = baseline_rung(results, claim, "linear")
@@ -96,6 +97,7 @@ def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "tokens": [int(base["tokens"])],
                     "key": key,
                     **{k: [v.estimate, v.low, v.high] for k, v in found.items()},
+                    "l0_change": None,
                 }
             )
     return rows
@@ -110,16 +112,17 @@ def points_markdown(rows: list[dict[str, Any]]) -> str:
         return f"{x[0]:.{digits}f} [{x[1]:.{digits}f}, {x[2]:.{digits}f}]"
 
     lines = [
-        "| claim | arm | point | seeds | final tokens | L0 | FVU or CE increase | CE increase "
-        "| gamma |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| claim | arm | point | seeds | final tokens | L0 | L0 change, last doubling "
+        "| FVU or CE increase | CE increase | gamma |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tokens = ", ".join(f"{t / 1e6:g}M" for t in r["tokens"])
+        change = "-" if r.get("l0_change") is None else f"{100 * r['l0_change']:+.1f}%"
         lines.append(
             f"| {r['claim']} | {r['arm']} | {r['point']} | {len(r['seeds'])} | {tokens} | "
-            f"{iv(r['l0'], 1)} | {r['key']} {iv(r[r['key']])} | {iv(r['ce_increase'])} | "
-            f"{iv(r['shrinkage'], 3)} |"
+            f"{iv(r['l0'], 1)} | {change} | {r['key']} {iv(r[r['key']])} | "
+            f"{iv(r['ce_increase'])} | {iv(r['shrinkage'], 3)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -252,6 +255,8 @@ def write_claims_report(results: dict[str, Any], out: str | Path) -> dict[str, P
         "chunks and the seeds);",
         "a run still training is left out until its ladder ends. gamma is the relative",
         "reconstruction bias sum |y_hat|^2 / sum <y_hat, y> (1: none; below 1: shrunk).",
+        "Convergence is read on CE increase only; the L0 change over each ladder's last",
+        "doubling (seed mean) says how far a point may still move along the L0 axis.",
         "",
         points_markdown(point_rows(results)),
     ]

@@ -124,6 +124,21 @@ def test_matched_l0_difference_has_the_known_answer(offset, expected):
     assert same.estimate == pytest.approx(offset, abs=1e-9)
 
 
+def test_moving_each_points_l0_by_its_last_change_shifts_the_difference_by_the_known_amount():
+    """CE = 0.1 - 0.02 ln L0 on both arms; A's L0 still halving per doubling: moved once more,
+    A's curve sits 0.02 ln 2 lower at every L0 of the common range, so B - A = +0.02 ln 2."""
+    from analysis.claims import l0_moved
+
+    a, b = _arm(0.0, seed=1), _arm(0.0, seed=2)
+    a.l0_changes, b.l0_changes = [-0.5] * 4, [None] * 4
+    measured, _ = matched_l0_difference(a, b, "ce_increase", N_CHUNKS)
+    moved, grid = matched_l0_difference(l0_moved(a), l0_moved(b), "ce_increase", N_CHUNKS)
+    assert measured.estimate == pytest.approx(0.0, abs=1e-9)
+    assert moved.estimate == pytest.approx(0.02 * np.log(2), abs=1e-9)
+    assert grid[0] == pytest.approx(2.0) and grid[-1] == pytest.approx(8.0)
+    assert a.curve(0, np.ones(N_CHUNKS), "l0")[0][0] == pytest.approx(2.0)  # a is untouched
+
+
 def test_claims_from_synthetic_sweep_results():
     """`claims` reads a format-2 results file: skip transcoders 0.01 nats better -> agrees on CE."""
 
@@ -179,7 +194,10 @@ def test_the_gated_claim_reads_its_known_answer_and_names_the_winning_lr():
     ce = found.intervals["ce_increase"]
     assert ce[0] == pytest.approx(-0.01, abs=1e-9) and ce[2] < 0
     assert found.intervals["abs_one_minus_gamma"][0] == pytest.approx(0.0, abs=1e-12)
-    assert found.verdict == "mixed: agrees, inconclusive"
+    # the L0-drift check: single-rung ladders have no last doubling, so it reads as measured
+    assert found.intervals["ce_increase_l0_moved"][0] == pytest.approx(ce[0], abs=1e-12)
+    assert "(no point's L0 moved)" in found.ours
+    assert found.verdict == "mixed: agrees, inconclusive, agrees"
     assert "relu 0.004 won at 1,000 tokens (0.001: 0.490, 0.004: 0.410, 0.01: 0.420)" in found.ours
     assert "gated 0.01 won" in found.ours
     # curves that do not overlap in L0: no difference is defined, each range is named
@@ -496,6 +514,13 @@ def test_an_unfinished_sweep_compares_only_finished_runs_and_settles_nothing():
     assert found.intervals["ce_increase"][0] == pytest.approx(-0.01, abs=1e-9)
     assert found.verdict.startswith("inconclusive (sweep incomplete: 12 of 16 runs finished;")
     assert found.verdict.endswith("so far: mixed: inconclusive, agrees)")
+    # the budget line counts the ones still training apart, and not at their early budget
+    runs["skip/skip_transcoder_k32"]["seeds"]["0"]["rungs"][0]["tokens"] = 500
+    (found,) = [c for c in claims({"version": 2, "setup": setup, "runs": runs})
+                if c.name.startswith("Skip")]  # fmt: skip
+    assert "12/16 ladders converged (4 still training); final budgets 1,000-1,000 tokens" in (
+        found.ours
+    )
     for k in (16, 32):  # once they end, all four k count and the verdict is the interval's
         for s in ("0", "1"):
             runs[f"skip/skip_transcoder_k{k}"]["seeds"][s] = {
@@ -590,3 +615,28 @@ def test_report_gives_every_finished_point_its_known_value_and_interval(tmp_path
     assert "chunks" not in shipped["runs"]["skip/transcoder_k4"]["seeds"]["0"]["rungs"][0]
     assert [vars(c) for c in claims(shipped)] == [vars(c) for c in claims(results)]
     assert point_rows(shipped) == point_rows(results)
+
+
+def test_the_table_gives_each_points_l0_change_over_its_last_doubling(tmp_path):
+    """L0 falling from 5.0 to 4.0 over the last doubling reads -20.0%, the mean of the seeds'
+    changes; a ladder whose last rung did not double its budget reads '-'."""
+    from analysis.claims_report import point_rows, write_claims_report
+
+    runs = skip_runs(_arm(0.0), _arm(-0.01))
+    noise = np.zeros(N_CHUNKS)
+    for s, (before, last) in enumerate(((5.0, 4.0), (4.0, 3.2))):  # -20% and -20%
+        runs["skip/transcoder_k4"]["seeds"][str(s)]["rungs"] = [
+            {**_rung(before, 0.1, noise), "tokens": 500},
+            {**_rung(last, 0.1, noise), "tokens": 1000},
+        ]
+    # the cap rung is no doubling
+    runs["skip/transcoder_k8"]["seeds"]["0"]["rungs"].insert(
+        0, {**_rung(9.0, 0.1, noise), "tokens": 600}
+    )
+    results = {"version": 2, "setup": {"cap_tokens": 10**9}, "runs": runs}
+    rows = {(r["arm"], r["point"]): r for r in point_rows(results)}
+    assert rows[("transcoder", "k=4")]["l0_change"] == pytest.approx(-0.2)
+    assert rows[("transcoder", "k=8")]["l0_change"] is None
+    assert rows[("skip_transcoder", "k=4")]["l0_change"] is None  # one rung
+    text = write_claims_report(results, tmp_path)["report"].read_text()
+    assert text.count("| -20.0% |") == 1
