@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Part of a claims sweep (docs/claims.md) on an accelerator lent through this workplace's
+# `device` tool: a machine with PyTorch and CUDA but without transformer-lens, that reaches no
+# network and keeps nothing after the session. Its results come back as one claims_sweep.json,
+# which `sparse-circuits claims --out DIR --merge FILE` takes into the sweep here.
+#
+#   here, once:  bash tools/accelerator_claims.sh wheels
+#                (the packages it lacks, as wheels, into .whl/, which git is told to ignore)
+#   there:       bash tools/accelerator_claims.sh run 'braun/e2e*' 8 520
+#                (device `run` with carry [".whl"]: 8 processes share the GPU for at most
+#                520 s, then the results file and the logs are copied to $OUT)
+#   here:        sparse-circuits claims --out DIR --merge <files_at>/claims_sweep.json
+#
+# The repository (about 43 MB) and the wheels (about 20 MB) travel together within the
+# tool's 64 MiB. The versions are this project's own venv's, so both machines run the same
+# transformer-lens and transformers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(transformer-lens==4.3.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+        transformers==5.25.0 huggingface_hub==2.4.0 tokenizers==0.23.3)
+
+case "${1:-}" in
+  wheels)
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    rm -rf .whl && mkdir .whl
+    # the accelerator's python is 3.12 on x86-64
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+    du -sh .whl
+    ;;
+  run)
+    pattern="${2:?a --points pattern, e.g. 'braun/e2e*'}"
+    workers="${3:-8}"
+    seconds="${4:-520}"
+    out="${OUT:?run this through the device tool, which sets OUT}"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+    sweep=/tmp/claims
+    mkdir -p "$sweep"
+    for w in $(seq 1 "$workers"); do
+      timeout "$seconds" python3 sparse_circuits_cli.py claims --out "$sweep" --claims braun \
+        --points "$pattern" --device cuda > "$sweep/worker$w.log" 2>&1 &
+      sleep 2  # staggered, so each takes another (point, seed)
+    done
+    wait || true
+    cp "$sweep/claims_sweep.json" "$out/" 2>/dev/null || echo "no rung finished"
+    tail -n 30 "$sweep"/worker*.log > "$out/workers.log" || true
+    grep -h "tokens:" "$sweep"/worker*.log || true
+    ;;
+  *)
+    echo "usage: $0 wheels | run PATTERN [WORKERS] [SECONDS]" >&2
+    exit 2
+    ;;
+esac
