@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from analysis.claims_stats import Interval, at_l0, bootstrap, matched_grid, verdict
+from analysis.claims_stats import (
+    Interval,
+    at_l0,
+    bootstrap,
+    bootstrap_many,
+    matched_grid,
+    verdict,
+)
 from training.claims_plan import GATED_TUNE_L1
 
 SHIPPED_SWEEP = Path(str(resources.files("analysis") / "claims_sweep.json"))
@@ -188,6 +195,15 @@ def matched_l0_difference(
     The grid is fixed from the point estimate (every chunk, every seed): the interval is then
     of one well-defined quantity. `transform` (say |1 - x|) applies to the metric first.
     """
+    mean, _, grid = matched_l0_profile(a, b, key, n_chunks_, grid_size, transform)
+    return mean, grid
+
+
+def matched_l0_profile(
+    a: Arm, b: Arm, key: str, n_chunks_: int, grid_size: int = 5, transform: Any = None
+) -> tuple[Interval, list[Interval], np.ndarray]:
+    """`matched_l0_difference`, and B - A at each L0 of the grid, all read on the same
+    bootstrap draws: where along the curves a difference lies."""
     f = transform or (lambda x: x)
     ones = np.ones(n_chunks_)
     grid = matched_grid(
@@ -195,16 +211,18 @@ def matched_l0_difference(
         grid_size,
     )
     if grid.size == 0:
-        return Interval(float("nan"), float("nan"), float("nan")), grid
+        return Interval(float("nan"), float("nan"), float("nan")), [], grid
 
-    def stat(weights: np.ndarray, seeds: dict[str, list[int]]) -> float:
+    def stat(weights: np.ndarray, seeds: dict[str, list[int]]) -> list[float]:
         means = []
         for arm, side in ((a, "a"), (b, "b")):
             vals = [at_l0(*arm.curve(s, weights, key), grid) for s in seeds[side]]
             means.append(f(np.mean(vals, axis=0)))
-        return float(np.mean(means[1] - means[0]))
+        diff = means[1] - means[0]
+        return [float(np.mean(diff)), *map(float, diff)]
 
-    return bootstrap(stat, n_chunks_, {"a": a.seeds, "b": b.seeds}), grid
+    found = bootstrap_many(stat, n_chunks_, {"a": a.seeds, "b": b.seeds})
+    return found[0], found[1:], grid
 
 
 def l0_moved(arm: Arm) -> Arm:
@@ -429,17 +447,18 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     a, b = groups.get("relu"), groups.get("gated")
     if not a or not b or not a.seeds or not b.seeds:
         return _not_yet(results, "gated", title, paper)
-    ce, grid = matched_l0_difference(a, b, "ce_increase", chunks)
+    ce, each, grid = matched_l0_profile(a, b, "ce_increase", chunks)
     shrink, _ = matched_l0_difference(a, b, "shrinkage", chunks, transform=lambda x: np.abs(1 - x))
     moved, _ = matched_l0_difference(l0_moved(a), l0_moved(b), "ce_increase", chunks)
+    profile = "; ".join(f"{g:.3g}: {iv.text()}" for g, iv in zip(grid, each, strict=True))
     converged = a.converged and b.converged
     lrs = {arm: _lr_tuning(results, "gated", arm) for arm in ("relu", "gated")}
     where = _matched_range(grid, {"relu": a, "gated": b}, chunks)
     return Claim(
         title,
         paper,
-        f"gated - ReLU at matched L0 ({where}): CE increase {ce.text()} nats, |1 - gamma| "
-        f"{shrink.text()}; CE increase with every point's L0 moved once more by its last "
+        f"gated - ReLU at matched L0 ({where}): CE increase {ce.text()} nats (at each L0: "
+        f"{profile or 'none'}), |1 - gamma| {shrink.text()}; CE increase with every point's L0 moved once more by its last "
         f"doubling's change ({_drift_range(a, b)}): {moved.text()}; lr tuned per "
         f"architecture by final training loss at L1 {GATED_TUNE_L1:g}: relu {lrs['relu']}, "
         f"gated {lrs['gated']}; {_budget(results, 'gated')}.",
@@ -454,7 +473,14 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
                 ]
             ),
         ),
-        _pack({"ce_increase": ce, "abs_one_minus_gamma": shrink, "ce_increase_l0_moved": moved}),
+        _pack(
+            {
+                "ce_increase": ce,
+                "abs_one_minus_gamma": shrink,
+                "ce_increase_l0_moved": moved,
+                **{f"ce_increase@L0={g:.3g}": iv for g, iv in zip(grid, each, strict=True)},
+            }
+        ),
     )
 
 

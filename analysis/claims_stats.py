@@ -76,6 +76,18 @@ def bootstrap(
     Draw 0 uses every chunk once and every seed once: the point estimate. Other draws resample
     chunks (shared by all runs) and, per arm, its seeds with replacement.
     """
+    return bootstrap_many(lambda w, s: [statistic(w, s)], n_chunks, seeds, n_draws, seed)[0]
+
+
+def bootstrap_many(
+    statistic: Callable[[np.ndarray, dict[str, list[int]]], Sequence[float]],
+    n_chunks: int,
+    seeds: dict[str, list[int]],
+    n_draws: int = N_DRAWS,
+    seed: int = 0,
+) -> list[Interval]:
+    """`bootstrap` of a statistic with several components, all read on the same draws: one
+    interval per component (each a percentile interval of its own finite values)."""
     rng = np.random.default_rng(seed)
     weights = chunk_weights(n_chunks, n_draws, rng)
     values = []
@@ -85,10 +97,13 @@ def bootstrap(
             if d == 0
             else {arm: list(rng.choice(s, size=len(s), replace=True)) for arm, s in seeds.items()}
         )
-        values.append(statistic(weights[d], picked))
-    values_arr = np.asarray(values, dtype=float)
-    finite = values_arr[np.isfinite(values_arr)]
-    if finite.size == 0:
-        return Interval(float("nan"), float("nan"), float("nan"))
-    low, high = np.percentile(finite, [2.5, 97.5])
-    return Interval(float(values_arr[0]), float(low), float(high))
+        values.append(np.asarray(statistic(weights[d], picked), dtype=float))
+    out = []
+    for column in np.stack(values, axis=1):
+        finite = column[np.isfinite(column)]
+        if finite.size == 0:
+            out.append(Interval(float("nan"), float("nan"), float("nan")))
+            continue
+        low, high = np.percentile(finite, [2.5, 97.5])
+        out.append(Interval(float(column[0]), float(low), float(high)))
+    return out

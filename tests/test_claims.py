@@ -139,6 +139,28 @@ def test_moving_each_points_l0_by_its_last_change_shifts_the_difference_by_the_k
     assert a.curve(0, np.ones(N_CHUNKS), "l0")[0][0] == pytest.approx(2.0)  # a is untouched
 
 
+def test_the_profile_gives_the_known_difference_at_each_l0():
+    """CE 0.1 - 0.02 ln L0 against 0.1 - 0.03 ln L0: B - A is -0.01 ln L0 at every grid L0,
+    and the mean is the mean of those; every component comes from the same draws."""
+    from analysis.claims import matched_l0_profile
+    from analysis.claims_stats import bootstrap_many
+
+    zeros = np.zeros(N_CHUNKS)
+    a, b = (
+        Arm(n, [{s: _rung(x, 0.1 - c * np.log(x), zeros) for s in range(2)}
+                for x in (2.0, 4.0, 8.0, 16.0)], True)
+        for n, c in (("a", 0.02), ("b", 0.03))
+    )  # fmt: skip
+    mean, each, grid = matched_l0_profile(a, b, "ce_increase", N_CHUNKS)
+    assert [iv.estimate for iv in each] == pytest.approx(list(-0.01 * np.log(grid)), abs=1e-12)
+    assert mean.estimate == pytest.approx(float(np.mean(-0.01 * np.log(grid))), abs=1e-12)
+    one, two = bootstrap_many(
+        lambda w, s: [float(w[:4].sum()), 2 * float(w[:4].sum())], N_CHUNKS, {"x": [0, 1]}
+    )
+    assert (two.estimate, two.low, two.high) == (2 * one.estimate, 2 * one.low, 2 * one.high)
+    assert one.low < one.high
+
+
 def test_claims_from_synthetic_sweep_results():
     """`claims` reads a format-2 results file: skip transcoders 0.01 nats better -> agrees on CE."""
 
@@ -197,6 +219,11 @@ def test_the_gated_claim_reads_its_known_answer_and_names_the_winning_lr():
     # the L0-drift check: single-rung ladders have no last doubling, so it reads as measured
     assert found.intervals["ce_increase_l0_moved"][0] == pytest.approx(ce[0], abs=1e-12)
     assert "(no point's L0 moved)" in found.ours
+    # the difference at each L0 of the grid (2 to 16): -0.01 at every one
+    at = {k: v for k, v in found.intervals.items() if k.startswith("ce_increase@L0=")}
+    assert len(at) == 5 and "ce_increase@L0=2" in at and "ce_increase@L0=16" in at
+    assert all(v[0] == pytest.approx(-0.01, abs=1e-9) for v in at.values())
+    assert "(at each L0: 2: -0.0100 [" in found.ours
     assert found.verdict == "mixed: agrees, inconclusive, agrees"
     assert "relu 0.004 won at 1,000 tokens (0.001: 0.490, 0.004: 0.410, 0.01: 0.420)" in found.ours
     assert "gated 0.01 won" in found.ours
