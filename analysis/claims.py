@@ -408,11 +408,32 @@ def _linear_floor(
     )
 
 
+def widest_gap(arm: Arm, grid: np.ndarray) -> str:
+    """The widest step between an arm's neighbouring points (seed-mean L0) within the grid's
+    range, as "7.8-52.9 (6.8x)": what a matched-L0 figure there interpolates across."""
+    l0 = sorted(
+        float(np.mean([rung_figures(point[s])["l0"] for s in point])) for point in arm.points
+    )
+    steps = [
+        (lo, hi)
+        for lo, hi in zip(l0[:-1], l0[1:], strict=True)
+        if hi > grid[0] and lo < grid[-1] and lo > 0
+    ]
+    if not steps:
+        return ""
+    lo, hi = max(steps, key=lambda pair: pair[1] / pair[0])
+    return f"{lo:.3g}-{hi:.3g} ({hi / lo:.1f}x)"
+
+
 def _matched_range(grid: np.ndarray, compared: dict[str, Arm], chunks: int) -> str:
     """Where the curves were compared, or, when their L0 ranges do not overlap, each range (the
     differences are then undefined, and the verdict inconclusive)."""
     if grid.size:
-        return f"{grid.size} L0 values in [{grid[0]:.1f}, {grid[-1]:.1f}]"
+        gaps = ", ".join(
+            f"{name} {gap}" for name, arm in compared.items() if (gap := widest_gap(arm, grid))
+        )
+        widest = f"; widest L0 gap interpolated across: {gaps}" if gaps else ""
+        return f"{grid.size} L0 values in [{grid[0]:.1f}, {grid[-1]:.1f}]{widest}"
     ranges = []
     for name, arm in compared.items():
         l0 = np.concatenate([arm.curve(s, np.ones(chunks), "l0")[0] for s in arm.seeds])

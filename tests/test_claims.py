@@ -161,6 +161,15 @@ def test_the_profile_gives_the_known_difference_at_each_l0():
     assert one.low < one.high
 
 
+def test_the_widest_gap_is_the_largest_l0_step_inside_the_grid():
+    from analysis.claims import widest_gap
+
+    zeros = np.zeros(N_CHUNKS)
+    arm = Arm("x", [{0: _rung(x, 0.1, zeros)} for x in (40.0, 2.0, 4.0, 20.0, 400.0)], True)
+    assert widest_gap(arm, np.array([3.0, 30.0])) == "4-20 (5.0x)"  # 20-400 lies outside
+    assert widest_gap(arm, np.array([25.0, 30.0])) == "20-40 (2.0x)"
+
+
 def test_claims_from_synthetic_sweep_results():
     """`claims` reads a format-2 results file: skip transcoders 0.01 nats better -> agrees on CE."""
 
@@ -224,6 +233,8 @@ def test_the_gated_claim_reads_its_known_answer_and_names_the_winning_lr():
     assert len(at) == 5 and "ce_increase@L0=2" in at and "ce_increase@L0=16" in at
     assert all(v[0] == pytest.approx(-0.01, abs=1e-9) for v in at.values())
     assert "(at each L0: 2: -0.0100 [" in found.ours
+    # points at L0 2, 4, 8, 16: each arm's widest step inside the grid is 2x
+    assert "widest L0 gap interpolated across: relu 2-4 (2.0x), gated 2-4 (2.0x)" in found.ours
     assert found.verdict == "mixed: agrees, inconclusive, agrees"
     assert "relu 0.004 won at 1,000 tokens (0.001: 0.490, 0.004: 0.410, 0.01: 0.420)" in found.ours
     assert "gated 0.01 won" in found.ours

@@ -6,7 +6,7 @@ seeds, each (point, seed) a ladder of budgets until its held-out CE increase set
 
 - braun (Braun et al. 2024): local vs e2e vs e2e+ds SAEs, each layer trained alone (the
   others not spliced), L1-penalised ReLU SAEs as in the paper and TopK SAEs;
-- gated (Rajamanoharan et al. 2024): gated vs ReLU SAEs over six L1 coefficients, the lr
+- gated (Rajamanoharan et al. 2024): gated vs ReLU SAEs over eight L1 coefficients, the lr
   tuned per architecture on a grid (`tune` points, chosen on a tuning split);
 - skip (Paulo et al. 2025): skip vs plain transcoders at four values of k.
 """
@@ -30,7 +30,10 @@ BRAUN_L1 = {
     "e2e": (0.3, 1.0, 3.0, 10.0),
     "e2e_ds": (0.3, 1.0, 3.0, 10.0),
 }
-GATED_L1 = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+GATED_L1 = (0.01, 0.03, 0.1, 0.17, 0.3, 0.55, 1.0, 3.0)
+"""0.17 and 0.55 (the geometric midpoints) were added once the first six had converged: their
+curves jumped from L0 53 to 7.8 (ReLU) and 66 to 9.7 (gated), 0.1 -> 0.3, and from 7.8 to a
+dead SAE at L1 1 (ReLU), so equal L0 there was interpolation across a 7-25x gap."""
 GATED_LR_GRID = (1e-3, 4e-3, 1e-2)
 GATED_TUNE_L1 = 0.1
 """The coefficient at which each architecture's lr is tuned."""
