@@ -289,11 +289,13 @@ def single_run(rung: dict[str, Any], key: str, n_chunks_: int) -> Interval:
 
 def _budget(results: dict[str, Any], claim: str) -> str:
     tokens, seconds, evaluating, total, done, machines = [], 0.0, 0.0, 0, 0, set()
-    training, setup = 0, results.get("setup", {})
+    training, shared, setup = 0, 0, results.get("setup", {})
     for run in results["runs"].values():
         if run["claim"] != claim:
             continue
         for entry in run["seeds"].values():
+            twin = "same_run_as" in entry  # another claim's run: its time is counted there
+            shared += twin
             # tuning runs and closed-form baselines cost time but are no ladders of the claim
             if run["stage"] == "sweep":
                 total += 1
@@ -301,12 +303,16 @@ def _budget(results: dict[str, Any], claim: str) -> str:
                 if entry["rungs"] and finished(entry, setup):
                     tokens.append(entry["rungs"][-1]["tokens"])
                 training += bool(entry["rungs"]) and not finished(entry, setup)
+            if twin:
+                continue
             seconds += sum(r["train_seconds"] for r in entry["rungs"])
             evaluating += sum(r.get("eval_seconds", 0.0) for r in entry["rungs"])
             machines |= {r.get("machine", "unrecorded machine") for r in entry["rungs"]}
     if not tokens:
         return "no runs"
     still = f" ({training} still training)" if training else ""
+    if shared:
+        still += f" ({shared} the same runs as another claim's, whose time is counted there)"
     return (
         f"{done}/{total} ladders converged{still}; final budgets {min(tokens):,}-"
         f"{max(tokens):,} tokens; "

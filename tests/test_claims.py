@@ -323,6 +323,53 @@ def test_points_select_by_name_with_the_tuning_runs_they_need():
         selected_points(every, ("braun/e2e*", "braun/e3e*"))
 
 
+def test_braun_local_relu_takes_the_gated_claims_relu_coefficients():
+    from training.claims_plan import BRAUN_L1, GATED_L1
+
+    assert BRAUN_L1["local"] == GATED_L1
+
+
+@pytest.mark.slow
+def test_the_same_run_under_two_claims_trains_once_and_is_recorded_under_both(
+    tmp_path, default_model, monkeypatch
+):
+    """Braun's local ReLU point equals the gated claim's ReLU point once ReLU's tuned lr is the
+    sweep lr: a process given the Braun point and the tuning runs trains the ladder once, in
+    the gated point's folder, and records it under both; another tuned lr makes them two runs."""
+    import training.claims_plan as plan
+    from analysis.claims import _budget
+    from training.claims_sweep import run_claims
+
+    monkeypatch.setattr(plan, "GATED_L1", (0.1,))
+    monkeypatch.setattr(plan, "TOPK_KS", ())
+    monkeypatch.setattr(plan, "BRAUN_L1", {"local": (0.1,), "e2e": (), "e2e_ds": ()})
+    monkeypatch.setattr(plan, "GATED_LR_GRID", (plan.SWEEP_LR,))  # so ReLU's tuned lr is it
+    settings, data = _tiny_sweep(tmp_path, default_model)
+    settings.claims = ("gated", "braun")
+    settings.points = ("braun/local*", "gated/tune_relu*")
+    lines: list[str] = []
+    results = run_claims(settings, log=lines.append, model=default_model, data=data)
+    gated = results["runs"]["gated/relu_l1_0.1"]["seeds"]["0"]
+    braun = results["runs"]["braun/local_relu_l1_0.1"]["seeds"]["0"]
+    assert gated["rungs"] and braun["same_run_as"] == "gated/relu_l1_0.1"
+    assert {k: v for k, v in braun.items() if k != "same_run_as"} == gated
+    assert not list((tmp_path / "runs" / "braun").rglob("card.json"))  # nothing trained there
+    assert [m for m in lines if m.startswith("braun/")] == [
+        "braun/local_relu_l1_0.1 seed 0: the same run as gated/relu_l1_0.1; its ladder taken, "
+        "none trained"
+    ]
+    assert "the same runs as another claim's" in _budget(results, "braun")
+    lines.clear()
+    run_claims(settings, log=lines.append, model=default_model, data=data)
+    assert lines == ["every run of ['gated', 'braun'] has finished; nothing to train"]
+    # ReLU tuned to another lr: the Braun point (sweep lr) is a run of its own
+    monkeypatch.setattr(plan, "GATED_LR_GRID", (1e-2,))
+    settings.out = str(tmp_path / "other")
+    other = run_claims(settings, log=lambda m: None, model=default_model, data=data)
+    assert "same_run_as" not in other["runs"]["braun/local_relu_l1_0.1"]["seeds"]["0"]
+    assert list((tmp_path / "other" / "runs" / "braun").rglob("card.json"))
+
+
 @pytest.mark.slow
 def test_a_process_given_only_the_baseline_fits_it_and_writes_no_activation_cache(
     tmp_path, default_model

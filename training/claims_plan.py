@@ -24,9 +24,11 @@ TOPK_KS = (4, 8, 16, 32)
 SKIP_KS = (4, 8, 16, 32)
 # L1 coefficients are in units of each objective's own loss (MSE for local, KL for e2e), so
 # equal coefficients do not give equal L0: each objective gets its own range, wide enough that
-# the Pareto curves overlap in L0 (the analysis reports the overlap it found).
+# the Pareto curves overlap in L0 (the analysis reports the overlap it found). Local takes the
+# gated claim's ReLU coefficients: while ReLU's tuned lr is the sweep lr those are the same runs,
+# trained once (`training.claims_sweep`), and its curve has no 7-27x L0 gaps.
 BRAUN_L1 = {
-    "local": (0.03, 0.1, 0.3, 1.0),
+    "local": (0.01, 0.03, 0.1, 0.17, 0.3, 0.55, 1.0, 3.0),
     "e2e": (0.3, 1.0, 3.0, 10.0),
     "e2e_ds": (0.3, 1.0, 3.0, 10.0),
 }

@@ -205,7 +205,7 @@ def tuned_lr(results: dict[str, Any], claim: str, arm: str) -> float | None:
     """The tune point's lr with the lowest final training loss for (claim, arm); None if unrun."""
     best: tuple[float, float] | None = None
     for run in results["runs"].values():
-        if run["claim"] != claim or run["arm"] != arm or run["stage"] != "tune":
+        if (run.get("claim"), run.get("arm"), run.get("stage")) != (claim, arm, "tune"):
             continue
         rungs = run["seeds"].get("0", {}).get("rungs", [])
         if not rungs:
@@ -214,6 +214,54 @@ def tuned_lr(results: dict[str, Any], claim: str, arm: str) -> float | None:
         if math.isfinite(loss) and (best is None or loss < best[0]):
             best = (loss, run["fields"]["lr"])
     return None if best is None else best[1]
+
+
+def _run_key(point: SweepPoint, seed: int, lr: float, settings: SweepSettings) -> dict[str, Any]:
+    """What makes a training run: its config but for where it is written and read from."""
+    config = asdict(_config(point, seed, settings.start_tokens, lr, settings, Path(".")))
+    for name in ("out_dir", "activations"):
+        config.pop(name)
+    return config
+
+
+def _twin(
+    results: dict[str, Any],
+    plan: list[SweepPoint],
+    point: SweepPoint,
+    seed: int,
+    lr: float,
+    settings: SweepSettings,
+) -> SweepPoint | None:
+    """The first point before `point` in the plan whose run for `seed` is the same training run
+    (Braun's local ReLU SAEs are the gated claim's ReLU ones while ReLU's tuned lr is the sweep
+    lr), or None. Another point's tuned lr counts only once its tuning runs have ended."""
+    if point.stage != "sweep":
+        return None
+    key = _run_key(point, seed, lr, settings)
+    for other in plan:
+        if other.name == point.name:
+            return None
+        if other.stage != "sweep":
+            continue
+        other_lr = other.fields["lr"]
+        if other_lr == "tuned":
+            other_lr = tuned_lr(results, other.claim, other.arm)
+        if other_lr is not None and _run_key(other, seed, float(other_lr), settings) == key:
+            return other
+    return None
+
+
+def _take_twin(
+    results: dict[str, Any], path: Path, point: SweepPoint, twin: SweepPoint, seed: int, log: Any
+) -> None:
+    """Record the twin's finished ladder as `point`'s too, marked as the same run."""
+    import copy
+
+    entry = copy.deepcopy(results["runs"][twin.name]["seeds"][str(seed)])
+    entry["same_run_as"] = twin.name
+    _point_record(results, point)["seeds"][str(seed)] = entry
+    save_entry(path, results, ("runs", point.name, "seeds", str(seed)))
+    log(f"{point.name} seed {seed}: the same run as {twin.name}; its ladder taken, none trained")
 
 
 def _point_record(results: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
@@ -353,6 +401,28 @@ def run_claims(
         | {block_hook(settings.layer, s) for s in ("hook_mlp_out", "hook_resid_pre")}
     )
     original = original_side(model, rows, hooks, data.special_ids, settings.n_chunks)
+    plan = claim_points(CLAIMS, settings.layer)
+
+    def train(point: SweepPoint, seed: int, lr: float) -> None:
+        record = _point_record(results, point)
+        entry = record["seeds"].setdefault(str(seed), {"rungs": [], "converged": False})
+        train_ladder(
+            entry,
+            [settings.tune_tokens] if point.stage == "tune" else ladder,
+            lambda tokens, f: _config(point, seed, tokens, lr, settings, f, cache),
+            out / "runs" / point.name / f"seed{seed}",
+            settings.layer,
+            model,
+            train_data,
+            original,
+            save=lambda: save_entry(path, results, ("runs", point.name, "seeds", str(seed))),
+            log=log,
+            label=f"{point.name} seed {seed}",
+            tolerance=settings.tolerance,
+            floor=settings.floor,
+            converge=point.stage != "tune",
+        )
+
     while pending:
         held, waiting = [], []
         for point, seed in pending:
@@ -373,28 +443,20 @@ def run_claims(
                     if lr is None:
                         waiting.append((point, seed))
                         continue
-                record = _point_record(results, point)
-                entry = record["seeds"].setdefault(str(seed), {"rungs": [], "converged": False})
-                train_ladder(
-                    entry,
-                    [settings.tune_tokens] if point.stage == "tune" else ladder,
-                    lambda tokens, f, p=point, s=seed, r=float(lr): _config(
-                        p, s, tokens, r, settings, f, cache
-                    ),
-                    folder,
-                    settings.layer,
-                    model,
-                    train_data,
-                    original,
-                    save=lambda n=point.name, s=str(seed): save_entry(
-                        path, results, ("runs", n, "seeds", s)
-                    ),
-                    log=log,
-                    label=f"{point.name} seed {seed}",
-                    tolerance=settings.tolerance,
-                    floor=settings.floor,
-                    converge=point.stage != "tune",
-                )
+                twin = _twin(results, plan, point, seed, float(lr), settings)
+                if twin is None:
+                    train(point, seed, float(lr))
+                    continue
+                # the same run under another point's name: trained once, in the first point's
+                # folder, and recorded under both
+                with claimed(out / "runs" / twin.name / f"seed{seed}") as free:
+                    if not free:
+                        held.append((point, seed))
+                        continue
+                    _refresh(path, results)
+                    if not _finished(results, twin, seed, ladder, settings):
+                        train(twin, seed, float(lr))
+                _take_twin(results, path, point, twin, seed, log)
         tuning_elsewhere = any(p.stage == "tune" for p, _ in held)
         if waiting and not tuning_elsewhere:
             names = sorted({p.name for p, _ in waiting})
