@@ -310,7 +310,7 @@ def test_points_select_by_name_with_the_tuning_runs_they_need():
     assert selected_points(every, ()) == every
     e2e = selected_points(every, ("braun/e2e*",))
     assert {p.arm for p in e2e} == {"e2e:topk", "e2e:relu", "e2e_ds:topk", "e2e_ds:relu"}
-    assert len(e2e) == 16
+    assert len(e2e) == 20  # 2 objectives x (4 k + 6 L1 coefficients)
     # a tuned-lr point brings its own arm's tuning runs, not the other arm's
     gated = selected_points(every, ("gated/gated_l1_0.3",))
     assert [p.name for p in gated if p.stage == "tune"] == [
