@@ -93,3 +93,59 @@ def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladder
     assert "transcoder layer 1 512 tokens" in out and "transcoder layer 0 512" not in out
     ladders = json.loads((runs / build_zoo.LADDER_FILE).read_text())
     assert sorted(ladders["sets"]["transcoder"]["layers"]) == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_ladders_the_claims_sweep_trained_are_taken_not_trained_again(
+    tmp_path, monkeypatch, capsys, default_model
+):
+    """`--claims-runs`: the zoo's layer-1 transcoder is the skip claim's k=16 transcoder, seed 0
+    (the same run): its ladder is taken and its weights shipped, nothing is trained; a sweep
+    evaluated on another split is not taken from."""
+    import torch
+
+    import training.claims_plan as plan
+    import training.data
+    from replacement.formats.native import load_native
+    from training.claims_sweep import RESULTS_FILE, SweepSettings, run_claims
+    from training.data import TokenData, load_token_data
+
+    full = load_token_data(default_model, None, ctx_len=128)
+    data = TokenData(full.train[:128], full.val[:16], full.bos, full.special_ids)
+    monkeypatch.setattr(training.data, "load_token_data", lambda *a, **k: data)
+    monkeypatch.setattr(plan, "SKIP_KS", (16,))
+    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
+    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(build_zoo.COMMON, "layers", [1])
+    claims = tmp_path / "claims"
+    settings = SweepSettings(
+        out=str(claims), claims=("skip",), seeds=1, start_tokens=1024, cap_tokens=2048,
+        eval_tokens=512, n_chunks=2, n_features=64, batch_tokens=512,
+    )  # fmt: skip
+    swept = run_claims(settings, log=lambda m: None, model=default_model, data=data)
+    runs, zoo = tmp_path / "runs", tmp_path / "zoo"
+    argv = ["--runs", str(runs), "--zoo", str(zoo), "--sets", "transcoder", "--start-tokens",
+            "1024", "--cap-tokens", "2048", "--eval-tokens", "512", "--n-chunks", "2",
+            "--eval-rows", "4", "--claims-runs", str(claims)]  # fmt: skip
+    capsys.readouterr()
+    build_zoo.main(argv)
+    out = capsys.readouterr().out
+    entry = swept["runs"]["skip/transcoder_k16"]["seeds"]["0"]
+    assert f"the claims sweep skip/transcoder_k16 seed 0; its {len(entry['rungs'])} rungs" in out
+    assert "tokens:" not in out
+    assert not list((runs / "transcoder" / "layer1").glob("t*"))  # nothing trained here
+    ladder = json.loads((runs / build_zoo.LADDER_FILE).read_text())["sets"]["transcoder"]
+    assert ladder["layers"]["1"]["rungs"] == entry["rungs"]
+    card = json.loads((zoo / "transcoder" / "card.json").read_text())
+    assert card["layers"][0]["trained_as"] == "claims sweep skip/transcoder_k16 seed 0"
+    last = entry["rungs"][-1]["tokens"]
+    theirs = load_native(claims / "runs/skip/transcoder_k16/seed0" / f"t{last}" / "layer_1")
+    shipped = load_native(zoo / "transcoder" / "layer_1")
+    for name, tensor in theirs.state_dict().items():
+        torch.testing.assert_close(shipped.state_dict()[name], tensor.half(), rtol=0, atol=0)
+    # a sweep of other held-out rows evaluates otherwise: the zoo trains its own ladder
+    results = json.loads((claims / RESULTS_FILE).read_text())
+    results["setup"]["eval_rows"]["reserved"] += 1
+    (claims / RESULTS_FILE).write_text(json.dumps(results))
+    build_zoo.main([*argv, "--runs", str(tmp_path / "runs2"), "--stage", "train"])
+    assert "transcoder layer 1 1,024 tokens" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
     python -m training.build_zoo --runs DIR --zoo replacement/zoo/dictionaries \\
         [--start-tokens 1000000] [--cap-tokens 16000000] [--device cuda] [--sets a,b]
+        [--claims-runs CLAIMS_DIR]
 
 Six sets, every layer of the default model, the same width, k and learning rate for each:
 
@@ -21,7 +22,8 @@ claims sweep's evaluation rows) changed by less than 2% over the last doubling, 
 rung in float16 under --zoo with a card.json recording, per layer, the tokens, steps, lr, seed,
 convergence curve and machine, and the figures of `spliced_loss` measured on the shipped
 (float16) weights on the held-out files. `--stage card` measures the cards of the shipped sets
-again without touching their weights.
+again without touching their weights. `--claims-runs` takes the (set, layer) ladders that a
+claims sweep trained as the same run (`training.zoo_from_claims`) instead of training them.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ RECIPE = (
     "doubling"
 )
 """The recipe in one sentence, written on every card."""
-RECIPE_FIELDS = ("steps", "lr", "seed", "converged", "convergence", "machine")
+RECIPE_FIELDS = ("steps", "lr", "seed", "converged", "convergence", "machine", "trained_as")
 """Per-layer card fields of the recipe, carried from the ladders onto the shipped card."""
 LADDER_FILE = "zoo_ladders.json"
 """Per set and layer, every rung's figures (under --runs)."""
@@ -133,6 +135,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     from training.data import load_token_data, special_token_ids
     from training.ladder import train_ladder
     from training.sweep_locks import claimed, read_results, save_entry, shared_cache
+    from training.zoo_from_claims import claims_ladder
 
     runs = Path(args.runs)
     path = runs / LADDER_FILE
@@ -150,7 +153,8 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
         data = stream_token_data(Path(args.data), bos, COMMON["ctx_len"], specials)
     else:
         data = load_token_data(model, None, ctx_len=COMMON["ctx_len"])
-    train_data, rows, _ = split_rows(data, args.eval_tokens)
+    train_data, rows, reserved = split_rows(data, args.eval_tokens)
+    eval_rows = {"heldout": int(data.val.shape[0]), "reserved": reserved}
     n_layers = int(model.cfg.n_layers)
     hooks = [block_hook(m, h) for m in range(n_layers) for h in ("hook_resid_post", "hook_mlp_out")]
     original = original_side(model, rows, hooks, data.special_ids, args.n_chunks)
@@ -169,6 +173,15 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
                 entry = per_layer.setdefault(str(layer), {"rungs": [], "converged": False})
                 if entry["converged"] or len(entry["rungs"]) == len(ladder):
                     continue
+                if args.claims_runs and not entry["rungs"]:
+                    first = rung_config(name, layer, ladder[0], folder, args.device)
+                    taken = claims_ladder(Path(args.claims_runs), first, ladder, args, eval_rows)
+                    if taken is not None:
+                        per_layer[str(layer)] = taken
+                        save_entry(path, results, ("sets", name, "layers", str(layer)))
+                        log(f"{name} layer {layer}: the {taken['trained_as']}; its "
+                            f"{len(taken['rungs'])} rungs taken, none trained")  # fmt: skip
+                        continue
                 cache = None
                 if ZOO_SETS[name]["objective"] == "local" and args.activation_cache != "none":
                     pair = layer_hooks(layer)
@@ -216,7 +229,9 @@ def trained_card(
     for layer in COMMON["layers"]:
         entry = per_layer[str(layer)]
         last = entry["rungs"][-1]
-        folder = runs / name / f"layer{layer}" / f"t{last['tokens']}"
+        # a ladder taken from the claims sweep lives in its run folder there
+        home = Path(entry.get("same_run_as", runs / name / f"layer{layer}"))
+        folder = home / f"t{last['tokens']}"
         training = training or json.loads((folder / "card.json").read_text())["training"]
         rows.append(
             {
@@ -230,6 +245,7 @@ def trained_card(
                     [r["tokens"], round(r["figures"]["ce_increase"], 6)] for r in entry["rungs"]
                 ],
                 "machine": last["machine"],
+                **({"trained_as": entry["trained_as"]} if "trained_as" in entry else {}),
             }
         )
         folders.append(folder)
@@ -417,6 +433,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--data", default=None, help="folder with train_tokens.npy/heldout_tokens.npy")
     p.add_argument("--eval-rows", type=int, default=256, help="held-out rows for the cards")
+    p.add_argument(
+        "--claims-runs",
+        default=None,
+        help="a claims sweep's --out: (set, layer) ladders it trained as the same run are taken "
+        "from it instead of trained (training.zoo_from_claims)",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.sets = [s for s in args.sets.split(",") if s]

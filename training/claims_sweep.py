@@ -37,7 +37,7 @@ from replacement.errors import SparseCircuitsError
 from replacement.hook_table import block_hook
 from training.claims_eval import original_side
 from training.claims_plan import CLAIMS, SweepPoint, claim_points
-from training.config import TrainConfig
+from training.config import TrainConfig, run_identity
 from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder
 from training.data import TokenData
 from training.ladder import train_ladder
@@ -216,12 +216,10 @@ def tuned_lr(results: dict[str, Any], claim: str, arm: str) -> float | None:
     return None if best is None else best[1]
 
 
-def _run_key(point: SweepPoint, seed: int, lr: float, settings: SweepSettings) -> dict[str, Any]:
-    """What makes a training run: its config but for where it is written and read from."""
-    config = asdict(_config(point, seed, settings.start_tokens, lr, settings, Path(".")))
-    for name in ("out_dir", "activations"):
-        config.pop(name)
-    return config
+def run_key(point: SweepPoint, seed: int, lr: float, settings: SweepSettings) -> dict[str, Any]:
+    """The identity (`training.config.run_identity`) of a (point, seed)'s first rung: equal
+    keys, equal ladders."""
+    return run_identity(_config(point, seed, settings.start_tokens, lr, settings, Path(".")))
 
 
 def _twin(
@@ -237,7 +235,7 @@ def _twin(
     lr), or None. Another point's tuned lr counts only once its tuning runs have ended."""
     if point.stage != "sweep":
         return None
-    key = _run_key(point, seed, lr, settings)
+    key = run_key(point, seed, lr, settings)
     for other in plan:
         if other.name == point.name:
             return None
@@ -246,7 +244,7 @@ def _twin(
         other_lr = other.fields["lr"]
         if other_lr == "tuned":
             other_lr = tuned_lr(results, other.claim, other.arm)
-        if other_lr is not None and _run_key(other, seed, float(other_lr), settings) == key:
+        if other_lr is not None and run_key(other, seed, float(other_lr), settings) == key:
             return other
     return None
 

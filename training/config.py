@@ -255,6 +255,16 @@ class TrainConfig:
         return cls.from_dict(data)
 
 
+def run_identity(config: TrainConfig) -> dict[str, Any]:
+    """What makes a training run: its config but for the folder it is written to and the
+    activation cache it reads (a cache of the same rows, at a dtype both runs record, holds
+    the model's own activations). Equal identities train equal dictionaries."""
+    identity = asdict(config)
+    for name in ("out_dir", "activations"):
+        identity.pop(name)
+    return identity
+
+
 def read_config_file(path: str | Path) -> Any:
     """The content of a YAML (.yaml/.yml) or JSON file; a clear ConfigError if it is not valid."""
     path = Path(path)
