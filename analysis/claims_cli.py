@@ -3,7 +3,7 @@
     sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--points GLOB,..]
         [--seeds 2]
         [--start-tokens 1e6] [--cap-tokens 3.2e7] [--eval-tokens 1e6] [--report-only]
-        [--merge OTHER/claims_sweep.json] [--export FILE]
+        [--merge OTHER/claims_sweep.json] [--export FILE] [--rows ROWS.npz]
 
 Trains every point of every claim for each seed on a doubling ladder of budgets until the
 held-out CE increase changes by less than --tolerance (or --floor nats) over the last doubling
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         n_features=args.n_features,
         activation_cache=args.activation_cache,
         device=args.device,
+        rows=args.rows,
     ).validate()
     if args.merge:
         from training.claims_sweep import merge_results
@@ -164,6 +165,14 @@ def register(subparsers: Any) -> None:
         "none to run the model on every step (default: float32, the model's own values)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--rows",
+        metavar="FILE",
+        default=None,
+        help="token rows (python -m training.token_rows) to train and evaluate on instead of "
+        "the default corpus, which another Python reads differently; the sweep records which "
+        "rows it ran on and refuses others (default: the default corpus)",
+    )
     p.add_argument("--report-only", action="store_true", help="write the report from DIR's results")
     p.add_argument(
         "--export",

@@ -405,7 +405,7 @@ SWEEP = {
         "--tune-tokens": NUMBERS, "--eval-tokens": NUMBERS, "--n-chunks": NUMBERS,
         "--n-features": NUMBERS, "--device": ("choice",), "--out": ("file",),
         "--activation-cache": ("choice",), "--merge": ("missing", "folder", "foreign_json", "file"),
-        "--export": ("folder", "under_file"),
+        "--export": ("folder", "under_file"), "--rows": ("missing", "folder", "foreign_json"),
     },
 }
 # fmt: on

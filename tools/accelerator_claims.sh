@@ -5,20 +5,27 @@
 # which `sparse-circuits claims --out DIR --merge FILE` takes into the sweep here.
 #
 #   here, once:  bash tools/accelerator_claims.sh wheels
-#                (the packages it lacks, as wheels, into .whl/, which git is told to ignore)
+#                (into .whl/, which git is told to ignore: the packages it lacks, as wheels,
+#                and this machine's token rows, rows.npz: the accelerator's Python 3.12 reads
+#                another standard library, so the default corpus there is other rows)
 #   there:       bash tools/accelerator_claims.sh run 'braun/e2e*' 8 520
-#                (device `run` with carry [".whl"]: 8 processes share the GPU for at most
-#                520 s, then the results file and the logs are copied to $OUT)
+#                (device `run` with carry [".whl"]: the shipped analysis/claims_sweep.json is
+#                merged first, so finished rungs are not trained again; 8 processes share the
+#                GPU for at most 520 s on the carried rows, then the results file and the logs
+#                are copied to $OUT)
 #   here:        sparse-circuits claims --out DIR --merge <files_at>/claims_sweep.json
+#                (refused if it was made on other rows: the sweep records their sha256)
 #
-# The repository (about 43 MB) and the wheels (about 20 MB) travel together within the
-# tool's 64 MiB. The versions are this project's own venv's, so both machines run the same
-# transformer-lens and transformers.
+# The working tree (about 42 MB), the wheels (2.7 MB) and the rows (6.3 MB) travel within the
+# tool's 64 MiB. The accelerator's own transformers 5.17.0, huggingface_hub 1.33.0 and
+# tokenizers 0.23.2 are used, not carried: with them the default model's logits were
+# bit-identical to this venv's (transformers 5.25.0) on 4 x 128 tokens (checked 2026-12-05),
+# and transformers 5.25 would need `kernels` as well. transformer-lens 4.3.0 runs without its
+# declared beartype, fancy-einsum, typeguard and wandb (checked here by hiding them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WHEELS=(transformer-lens==4.3.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-        transformers==5.25.0 huggingface_hub==2.4.0 tokenizers==0.23.3)
+WHEELS=(transformer-lens==4.3.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19)
 
 case "${1:-}" in
   wheels)
@@ -28,6 +35,7 @@ case "${1:-}" in
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+    python3 -m training.token_rows .whl/rows.npz
     du -sh .whl
     ;;
   run)
@@ -41,9 +49,11 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
     sweep=/tmp/claims
     mkdir -p "$sweep"
+    python3 sparse_circuits_cli.py claims --out "$sweep" --merge analysis/claims_sweep.json \
+      > "$sweep/merge.log" 2>&1 || { cat "$sweep/merge.log"; exit 1; }
     for w in $(seq 1 "$workers"); do
       timeout "$seconds" python3 sparse_circuits_cli.py claims --out "$sweep" --claims braun \
-        --points "$pattern" --device cuda > "$sweep/worker$w.log" 2>&1 &
+        --points "$pattern" --device cuda --rows .whl/rows.npz > "$sweep/worker$w.log" 2>&1 &
       sleep 2  # staggered, so each takes another (point, seed)
     done
     wait || true

@@ -135,6 +135,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     from training.data import load_token_data, special_token_ids
     from training.ladder import train_ladder
     from training.sweep_locks import claimed, read_results, save_entry, shared_cache
+    from training.token_rows import rows_digest
     from training.zoo_from_claims import claims_ladder
 
     runs = Path(args.runs)
@@ -155,6 +156,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
         data = load_token_data(model, None, ctx_len=COMMON["ctx_len"])
     train_data, rows, reserved = split_rows(data, args.eval_tokens)
     eval_rows = {"heldout": int(data.val.shape[0]), "reserved": reserved}
+    digest = rows_digest(train_data.train, rows)
     n_layers = int(model.cfg.n_layers)
     hooks = [block_hook(m, h) for m in range(n_layers) for h in ("hook_resid_post", "hook_mlp_out")]
     original = original_side(model, rows, hooks, data.special_ids, args.n_chunks)
@@ -175,7 +177,9 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 if args.claims_runs and not entry["rungs"]:
                     first = rung_config(name, layer, ladder[0], folder, args.device)
-                    taken = claims_ladder(Path(args.claims_runs), first, ladder, args, eval_rows)
+                    taken = claims_ladder(
+                        Path(args.claims_runs), first, ladder, args, eval_rows, digest
+                    )
                     if taken is not None:
                         per_layer[str(layer)] = taken
                         save_entry(path, results, ("sets", name, "layers", str(layer)))

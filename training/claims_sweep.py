@@ -48,6 +48,7 @@ from training.sweep_locks import (
     shared_cache,
     update_results,
 )
+from training.token_rows import check_rows, read_rows, rows_digest
 
 RESULTS_FILE = "claims_sweep.json"
 FORMAT_VERSION = 2
@@ -97,6 +98,10 @@ class SweepSettings:
     """dtype of the local runs' activation cache, or "none" to run the model on every step."""
     device: str = "cpu"
     """Where to train."""
+    rows: str | None = None
+    """Token rows file (`training.token_rows`) to train and evaluate on instead of reading the
+    default corpus: a machine with another Python reads another standard library, so a sweep
+    split across machines carries this machine's rows."""
 
     def validate(self) -> SweepSettings:
         """Raise `SparseCircuitsError` naming the first bad setting; returns self."""
@@ -127,6 +132,8 @@ class SweepSettings:
         if not 0 <= self.floor < 1:
             raise SparseCircuitsError(f"--floor must be in [0, 1) nats; got {self.floor}")
         selected_points(claim_points(self.claims, self.layer), self.points)
+        if self.rows is not None:
+            check_rows(self.rows)
         if self.activation_cache not in CACHE_CHOICES:
             raise SparseCircuitsError(
                 f"--activation-cache {self.activation_cache!r} is unknown; expected one of "
@@ -139,7 +146,7 @@ class SweepSettings:
         this process takes are not)."""
         out = asdict(self)
         out["claims"] = list(self.claims)
-        for name in ("out", "device", "claims", "points"):
+        for name in ("out", "device", "claims", "points", "rows"):
             out.pop(name)
         return out
 
@@ -361,9 +368,21 @@ def run_claims(
         log(f"every run of {list(settings.claims)} has finished; nothing to train")
         return results
     model = model if model is not None else load_model("default", device=settings.device)
+    if data is None and settings.rows is not None:
+        data = read_rows(settings.rows)
     data = data if data is not None else load_token_data(model, None, ctx_len=settings.ctx_len)
     train_data, rows, reserved = split_rows(data, settings.eval_tokens)
+    digest = rows_digest(train_data.train, rows)
+    recorded = results["setup"].get("rows_sha256")
+    if recorded not in (None, digest):
+        raise SparseCircuitsError(
+            f"{str(path)!r} was trained and evaluated on other token rows (sha256 {recorded[:12]}"
+            f"..., these {digest[:12]}...): another corpus or another Python's standard library; "
+            "pass the sweep's rows with --rows, or use another --out"
+        )
     results["setup"]["eval_rows"] = {"heldout": int(data.val.shape[0]), "reserved": reserved}
+    results["setup"]["rows_sha256"] = digest
+    save_entry(path, results, ("setup",))  # recorded before any run, so others can check
     local = [
         (p, s)
         for p, s in pending
@@ -538,8 +557,18 @@ def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
         if current is None:
             counts[0] = sum(len(r["seeds"]) for r in theirs["runs"].values())
             return theirs
-        mine = {k: v for k, v in current["setup"].items() if k != "eval_rows"}
-        given = {k: v for k, v in theirs["setup"].items() if k != "eval_rows"}
+        rows = [s.get("rows_sha256") for s in (current["setup"], theirs["setup"])]
+        if None not in rows and rows[0] != rows[1]:
+            raise SparseCircuitsError(
+                f"{str(other)!r} was trained and evaluated on other token rows than "
+                f"{str(path)!r} (sha256 {rows[1][:12]}... against {rows[0][:12]}...): its "
+                "figures are not comparable; rerun it with --rows of this sweep's rows"
+            )
+        if rows[0] is None and rows[1] is not None:
+            current["setup"]["rows_sha256"] = rows[1]
+        volatile = ("eval_rows", "rows_sha256")
+        mine = {k: v for k, v in current["setup"].items() if k not in volatile}
+        given = {k: v for k, v in theirs["setup"].items() if k not in volatile}
         if recorded_setup(mine) != recorded_setup(given):
             raise SparseCircuitsError(
                 f"{str(other)!r} was recorded with settings {given}; {str(path)!r} with {mine}: "

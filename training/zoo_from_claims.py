@@ -28,15 +28,19 @@ def _sweep_settings(setup: dict[str, Any], out: Path) -> Any:
     return SweepSettings(out=str(out), **known)
 
 
-def same_evaluation(setup: dict[str, Any], args: Any, eval_rows: dict[str, int]) -> bool:
-    """Whether the sweep's ladders are trained, evaluated and ended as the zoo's (`args`, its
-    held-out and reserved row counts `eval_rows`) would be."""
+def same_evaluation(
+    setup: dict[str, Any], args: Any, eval_rows: dict[str, int], digest: str
+) -> bool:
+    """Whether the sweep's ladders are trained, evaluated and ended as the zoo's (`args`; its
+    held-out and reserved row counts `eval_rows`, its rows' `training.token_rows.rows_digest`)
+    would be. Sweeps that recorded no digest are checked on the row counts."""
     from training.claims_sweep import recorded_setup
 
     recorded = recorded_setup(setup)
     return (
         args.data is None  # the zoo trained on other rows than the model's own corpus
         and setup.get("eval_rows") == eval_rows  # another corpus, or another split of it
+        and setup.get("rows_sha256", digest) == digest
         and recorded.get("start_tokens") == args.start_tokens
         and recorded.get("eval_tokens") == args.eval_tokens
         and recorded.get("n_chunks") == args.n_chunks
@@ -89,6 +93,7 @@ def claims_ladder(
     budgets: list[int],
     args: Any,
     eval_rows: dict[str, int],
+    digest: str,
 ) -> dict[str, Any] | None:
     """The zoo ladder of `zoo_config` (its first rung's config) taken from the claims sweep in
     `claims_out`, or None when the sweep has no such run, evaluates otherwise, has not yet
@@ -97,7 +102,7 @@ def claims_ladder(
     from training.sweep_locks import read_results
 
     results = read_results(claims_out / RESULTS_FILE)
-    if results is None or not same_evaluation(results["setup"], args, eval_rows):
+    if results is None or not same_evaluation(results["setup"], args, eval_rows, digest):
         return None
     name = twin_point(results, claims_out, zoo_config)
     if name is None:
