@@ -187,6 +187,28 @@ def n_chunks(results: dict[str, Any]) -> int:
 
 
 # ---- comparisons -------------------------------------------------------------------------------
+COLLAPSED_FVU = 1.0
+"""A point whose seed-mean FVU is at least this reconstructs no better than the mean."""
+
+
+def live(arm: Arm) -> tuple[Arm, list[str]]:
+    """The arm without its collapsed points (seed-mean FVU >= 1: a dead dictionary), and their
+    labels. A collapsed point marks where a curve ends; at its L0 it says nothing about the
+    architecture, and two arms' dead ends would otherwise be compared as if they were curves."""
+    own = arm.labels or [str(i) for i in range(len(arm.points))]
+    keep, dropped = [], []
+    for label, point in zip(own, arm.points, strict=True):
+        fvu = float(np.mean([rung_figures(point[s])["fvu"] for s in point]))
+        (dropped if fvu >= COLLAPSED_FVU else keep).append(label)
+    return arm.only(keep), dropped
+
+
+def collapsed_text(dropped: dict[str, list[str]]) -> str:
+    """"; collapsed points left out (FVU >= 1): relu l1=1, l1=3", or "" when none were."""
+    named = "; ".join(f"{arm} {', '.join(labels)}" for arm, labels in dropped.items() if labels)
+    return f"; collapsed points left out (FVU >= 1): {named}" if named else ""
+
+
 def matched_l0_difference(
     a: Arm, b: Arm, key: str, n_chunks_: int, grid_size: int = 5, transform: Any = None
 ) -> tuple[Interval, np.ndarray]:
@@ -474,6 +496,9 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     a, b = groups.get("relu"), groups.get("gated")
     if not a or not b or not a.seeds or not b.seeds:
         return _not_yet(results, "gated", title, paper)
+    (a, dead_a), (b, dead_b) = live(a), live(b)
+    if not a.seeds or not b.seeds:
+        return _not_yet(results, "gated", title, paper)
     ce, each, grid = matched_l0_profile(a, b, "ce_increase", chunks)
     shrink, _ = matched_l0_difference(a, b, "shrinkage", chunks, transform=lambda x: np.abs(1 - x))
     moved, _ = matched_l0_difference(l0_moved(a), l0_moved(b), "ce_increase", chunks)
@@ -481,6 +506,7 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     converged = a.converged and b.converged
     lrs = {arm: _lr_tuning(results, "gated", arm) for arm in ("relu", "gated")}
     where = _matched_range(grid, {"relu": a, "gated": b}, chunks)
+    where += collapsed_text({"relu": dead_a, "gated": dead_b})
     return Claim(
         title,
         paper,
@@ -521,8 +547,13 @@ def _braun_claims(results: dict[str, Any], chunks: int) -> list[Claim]:
     groups = arms(results, "braun")
     out = []
     for family in ("relu", "topk"):
-        local, e2e, ds = (groups.get(f"{o}:{family}") for o in ("local", "e2e", "e2e_ds"))
         title = f"e2e vs local SAEs, each layer trained alone ({family})"
+        found_arms = {o: groups.get(f"{o}:{family}") for o in ("local", "e2e", "e2e_ds")}
+        dead: dict[str, list[str]] = {}
+        for objective, arm in found_arms.items():
+            if arm is not None:
+                found_arms[objective], dead[objective] = live(arm)
+        local, e2e, ds = found_arms.values()
         if not local or not e2e or not local.seeds or not e2e.seeds:
             waiting = _not_yet(results, "braun", title, BRAUN_PAPER)
             out += [waiting] if waiting else []
@@ -545,6 +576,7 @@ def _braun_claims(results: dict[str, Any], chunks: int) -> list[Claim]:
             verdicts.append(verdict(down, -1, converged and ds.converged))
             text += f"; e2e+ds - e2e: downstream FVU {down.text()}, CE increase {ds_ce.text()}"
         where = _matched_range(grid, {"local": local, "e2e": e2e}, chunks)
+        where += collapsed_text(dead)
         out.append(
             Claim(
                 title,

@@ -725,3 +725,30 @@ def test_the_table_gives_each_points_l0_change_over_its_last_doubling(tmp_path):
     assert rows[("skip_transcoder", "k=4")]["l0_change"] is None  # one rung
     text = write_claims_report(results, tmp_path)["report"].read_text()
     assert text.count("| -20.0% |") == 1
+
+
+def test_collapsed_points_are_left_out_of_the_matched_comparison_and_named():
+    """A dead SAE (FVU >= 1) on one arm at L0 0.5 with a CE that would pull the difference
+    down: left out, the grid and the difference are those of the live points, and it is named."""
+    from analysis.claims import live
+
+    relu, gated = _arm(0.0, seed=5), _arm(-0.01, seed=6)
+    dead = {s: {**_rung(0.5, 0.9, np.zeros(N_CHUNKS))} for s in range(2)}
+    for rung in dead.values():
+        rung["chunks"] = {**rung["chunks"], "sq_err": [2.2] * N_CHUNKS}  # FVU 1.1
+    relu.points.insert(0, dead)
+    relu.labels = ["l1=3", "l1=1", "l1=0.3", "l1=0.1", "l1=0.03"]
+    kept, dropped = live(relu)
+    assert dropped == ["l1=3"] and kept.labels == ["l1=1", "l1=0.3", "l1=0.1", "l1=0.03"]
+    runs = {}
+    for arm, obj in (("relu", relu), ("gated", gated)):
+        for i, point in enumerate(obj.points):
+            runs[f"gated/{arm}_{i}"] = {
+                "claim": "gated", "arm": arm, "stage": "sweep",
+                "fields": {"l1_coefficient": [3, 1, 0.3, 0.1, 0.03][i] if arm == "relu" else i},
+                "seeds": {str(s): {"rungs": [point[s]], "converged": True} for s in range(2)},
+            }  # fmt: skip
+    (found,) = claims({"version": 2, "setup": {}, "runs": runs})
+    assert found.intervals["ce_increase"][0] == pytest.approx(-0.01, abs=1e-9)
+    assert "5 L0 values in [2.0, 16.0]" in found.ours
+    assert "collapsed points left out (FVU >= 1): relu l1=3" in found.ours
