@@ -405,35 +405,62 @@ def _skip_claim(results: dict[str, Any], chunks: int) -> Claim | None:
         paper,
         f"skip - plain, averaged over k = {ks}: FVU {found['fvu'].text()}, "
         f"CE increase {found['ce_increase'].text()} nats (L0 {found['l0'].text(2)}); "
-        f"per k: {'; '.join(per_k)}; {_linear_floor(results, a, b, chunks, found)}"
+        f"per k: {'; '.join(per_k)}; "
+        f"{_floor(results, 'skip', {'plain': a, 'skip': b}, _FVU_CE, chunks, found)}"
         f"{_budget(results, 'skip')}.",
         _settled(results, "skip", _combine(verdicts)),
         _pack(found),
     )
 
 
-def _linear_floor(
-    results: dict[str, Any], plain: Arm, skip: Arm, chunks: int, found: dict[str, Interval]
+BASELINES = {
+    "skip": ("linear", "linear-only baseline (affine least squares on {tokens:,} tokens, no features)"),
+    "gated": ("mean", "mean-ablation baseline (the SAEs' site replaced by its mean over {tokens:,} training tokens, no dictionary)"),
+    "braun": ("mean", "mean-ablation baseline (the SAEs' site replaced by its mean over {tokens:,} training tokens, no dictionary)"),
+}  # fmt: skip
+"""Each claim's closed-form baseline point (its arm name) and how the claim describes it."""
+_FVU_CE = (("fvu", "FVU"), ("ce_increase", "CE increase"))
+_CE = (("ce_increase", "CE increase"),)
+
+
+def worst_point(arm: Arm, key: str) -> str:
+    """The label of the arm's point with the highest seed-mean `key`: where it comes nearest a
+    baseline it must beat."""
+    own = arm.labels or [str(i) for i in range(len(arm.points))]
+    values = [float(np.mean([rung_figures(p[s])[key] for s in p])) for p in arm.points]
+    return own[int(np.argmax(values))]
+
+
+def _floor(
+    results: dict[str, Any],
+    claim: str,
+    compared: dict[str, Arm],
+    keys: tuple[tuple[str, str], ...],
+    chunks: int,
+    found: dict[str, Interval],
 ) -> str:
-    """The linear-only baseline's figures and each arm's margin over it (filled into `found`);
-    an empty string while the sweep has not fitted it."""
-    base = baseline_rung(results, "skip", "linear")
+    """The claim's baseline figures and each arm's margin over it, averaged over the arm's
+    points and at its worst point (filled into `found`); an empty string while the sweep has
+    not fitted it."""
+    name, described = BASELINES[claim]
+    base = baseline_rung(results, claim, name)
     if base is None:
         return ""
     parts = []
-    for key, name in (("fvu", "FVU"), ("ce_increase", "CE increase")):
-        found[f"linear_{key}"] = single_run(base, key, chunks)
-        for arm, label in ((plain, "plain"), (skip, "skip")):
-            found[f"{label}_minus_linear_{key}"] = baseline_margin(base, arm, key, chunks)
-        parts.append(
-            f"{name} {found[f'linear_{key}'].text()} (plain - linear "
-            f"{found[f'plain_minus_linear_{key}'].text()}, skip - linear "
-            f"{found[f'skip_minus_linear_{key}'].text()})"
-        )
-    return (
-        f"linear-only baseline (affine least squares on {base['tokens']:,} tokens, no "
-        f"features): {', '.join(parts)}; "
-    )
+    for key, title in keys:
+        found[f"{name}_{key}"] = single_run(base, key, chunks)
+        margins = []
+        for label, arm in compared.items():
+            found[f"{label}_minus_{name}_{key}"] = baseline_margin(base, arm, key, chunks)
+            worst = worst_point(arm, key)
+            at = baseline_margin(base, arm.only([worst]), key, chunks)
+            found[f"{label}_minus_{name}_{key}@{worst}"] = at
+            margins.append(
+                f"{label} - {name} {found[f'{label}_minus_{name}_{key}'].text()} over its "
+                f"points, {at.text()} at its worst ({worst})"
+            )
+        parts.append(f"{title} {found[f'{name}_{key}'].text()} ({'; '.join(margins)})")
+    return f"{described.format(tokens=int(base['tokens']))}: {', '.join(parts)}; "
 
 
 def widest_gap(arm: Arm, grid: np.ndarray) -> str:
@@ -507,6 +534,8 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
     lrs = {arm: _lr_tuning(results, "gated", arm) for arm in ("relu", "gated")}
     where = _matched_range(grid, {"relu": a, "gated": b}, chunks)
     where += collapsed_text({"relu": dead_a, "gated": dead_b})
+    floors: dict[str, Interval] = {}
+    floor = _floor(results, "gated", {"relu": a, "gated": b}, _CE, chunks, floors)
     return Claim(
         title,
         paper,
@@ -514,7 +543,7 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
         f"{profile or 'none'}), |1 - gamma| {shrink.text()}; CE increase with every point's L0 moved once more by its last "
         f"doubling's change ({_drift_range(a, b)}): {moved.text()}; lr tuned per "
         f"architecture by final training loss at L1 {GATED_TUNE_L1:g}: relu {lrs['relu']}, "
-        f"gated {lrs['gated']}; {_budget(results, 'gated')}.",
+        f"gated {lrs['gated']}; {floor}{_budget(results, 'gated')}.",
         _settled(
             results,
             "gated",
@@ -532,6 +561,7 @@ def _gated_claim(results: dict[str, Any], chunks: int) -> Claim | None:
                 "abs_one_minus_gamma": shrink,
                 "ce_increase_l0_moved": moved,
                 **{f"ce_increase@L0={g:.3g}": iv for g, iv in zip(grid, each, strict=True)},
+                **floors,
             }
         ),
     )
@@ -577,11 +607,13 @@ def _braun_claims(results: dict[str, Any], chunks: int) -> list[Claim]:
             text += f"; e2e+ds - e2e: downstream FVU {down.text()}, CE increase {ds_ce.text()}"
         where = _matched_range(grid, {"local": local, "e2e": e2e}, chunks)
         where += collapsed_text(dead)
+        present = {o: arm for o, arm in found_arms.items() if arm is not None and arm.seeds}
+        floor = _floor(results, "braun", present, _CE, chunks, found)
         out.append(
             Claim(
                 title,
                 BRAUN_PAPER,
-                f"{text} ({where}); {_budget(results, 'braun')}.",
+                f"{text} ({where}); {floor}{_budget(results, 'braun')}.",
                 _settled(results, "braun", _combine(verdicts)),
                 _pack(found),
             )

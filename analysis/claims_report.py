@@ -1,12 +1,14 @@
 """The claims report: verdicts with intervals, Pareto curves and convergence curves.
 
-`write_claims_report(results, out)` writes `claims.md`, `claims_pareto.png` (metric against L0
-per claim, FVU and CE increase for the skip claim with its linear-only baseline as a dotted
-line, one marker per seed, the seed mean joined), `claims_convergence.png` (held-out CE
-increase against training tokens for every run, so a reader sees each one settle) and
-`claims_verdicts.json` into `out`; every finished point's figures with 95% intervals (seeds
-and evaluation chunks resampled) as a table in `claims.md` and as error bars on the Pareto
-plot.
+`write_claims_report(results, out)` writes into `out`:
+- `claims.md`: the verdicts, and every finished point's figures with 95% intervals (seeds and
+  evaluation chunks resampled) as a table;
+- `claims_pareto.png`: metric against L0 per claim (FVU and CE increase for the skip claim),
+  one marker per seed, the seed mean joined, the intervals as error bars, and each claim's
+  closed-form baseline (linear only for the transcoders, mean ablation for the SAEs) dotted;
+- `claims_convergence.png`: held-out CE increase against training tokens for every run, so a
+  reader sees each one settle;
+- `claims_verdicts.json`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from analysis.claims import (
+    BASELINES,
     Arm,
     arms,
     baseline_rung,
@@ -40,6 +43,8 @@ _PANELS = (
 Rajamanoharan et al. both CE and shrinkage (gamma < 1)."""
 _TABLE_KEY = {"skip": "fvu", "gated": "ce_increase", "braun": "ce_increase"}
 """Each claim's own metric in the table of points (CE increase has a column of its own)."""
+_BASELINE_POINT = {"linear": "no features", "mean": "no dictionary"}
+_BASELINE_LINE = {"linear": "linear only (no features)", "mean": "mean ablation (no dictionary)"}
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -83,7 +88,8 @@ def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                         "l0_change": arm.l0_changes[i] if arm.l0_changes else None,
                     }
                 )
-        base = baseline_rung(results, claim, "linear")
+        base_arm = BASELINES[claim][0]
+        base = baseline_rung(results, claim, base_arm)
         if base is not None:
             found = {
                 k: single_run(base, k, chunks) for k in {key, "ce_increase", "l0", "shrinkage"}
@@ -91,8 +97,8 @@ def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "claim": claim,
-                    "arm": "linear (baseline)",
-                    "point": "no features",
+                    "arm": f"{base_arm} (baseline)",
+                    "point": _BASELINE_POINT[base_arm],
                     "seeds": [0],
                     "tokens": [int(base["tokens"])],
                     "key": key,
@@ -160,10 +166,12 @@ def plot_pareto(results: dict[str, Any], path: Path) -> None:
             high = np.array([b.high for b in bounds])
             ax.errorbar(l0, metric, yerr=[metric - low, high - metric], fmt="none",
                         ecolor=line.get_color(), capsize=2, lw=0.8)  # fmt: skip
-        base = baseline_rung(results, claim, "linear")
-        if base is not None and ax.get_legend_handles_labels()[0]:
+        base_arm = BASELINES[claim][0]
+        base = baseline_rung(results, claim, base_arm)
+        # gamma of a constant output measures nothing about shrinkage: no line there
+        if base is not None and key != "shrinkage" and ax.get_legend_handles_labels()[0]:
             ax.axhline(rung_figures(base)[key], color="0.4", ls=":", lw=1,
-                       label="linear only (no features)")  # fmt: skip
+                       label=_BASELINE_LINE[base_arm])  # fmt: skip
         ax.set_xscale("log")
         low, high = ax.get_xlim()
         if high / low < 2:  # matplotlib labels every minor tick of so narrow a range: they overlap

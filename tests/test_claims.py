@@ -371,11 +371,12 @@ def test_the_same_run_under_two_claims_trains_once_and_is_recorded_under_both(
 
 
 @pytest.mark.slow
-def test_a_process_given_only_the_baseline_fits_it_and_writes_no_activation_cache(
+def test_a_process_given_only_the_baselines_fits_them_and_writes_no_activation_cache(
     tmp_path, default_model
 ):
-    """`--points skip/linear` (how a sweep is split across machines): only that point runs,
-    and no cache is written, since no local run needs one."""
+    """`--points skip/linear gated/mean` (how a sweep is split across machines): only those
+    baselines are fitted (the transcoders' affine map, the SAEs' mean: no feature fires), and
+    no cache is written, since no local run needs one."""
     from dataclasses import replace
 
     from training.claims_sweep import run_claims
@@ -383,12 +384,15 @@ def test_a_process_given_only_the_baseline_fits_it_and_writes_no_activation_cach
     settings, data = _tiny_sweep(tmp_path, default_model)
     lines: list[str] = []
     results = run_claims(
-        replace(settings, points=("skip/linear",)),
+        replace(settings, claims=("skip", "gated"), points=("skip/linear", "gated/mean")),
         log=lines.append,
         model=default_model,
         data=data,
     )
-    assert sorted(results["runs"]) == ["skip/linear"]
+    assert sorted(results["runs"]) == ["gated/mean", "skip/linear"]
+    mean = results["runs"]["gated/mean"]["seeds"]["0"]["rungs"][0]
+    assert mean["alive"] == 0 and mean["figures"]["l0"] == 0.0 and mean["tokens"] >= 1024
+    assert mean["figures"]["fvu"] >= 1.0  # a mean fitted elsewhere explains no variance here
     assert not (tmp_path / "activations").exists()
     assert not any("activation cache" in m for m in lines)
 

@@ -9,6 +9,10 @@ seeds, each (point, seed) a ladder of budgets until its held-out CE increase set
 - gated (Rajamanoharan et al. 2024): gated vs ReLU SAEs over eight L1 coefficients, the lr
   tuned per architecture on a grid (`tune` points, chosen on a tuning split);
 - skip (Paulo et al. 2025): skip vs plain transcoders at four values of k.
+
+Each claim also has a dictionary-free baseline both arms must beat, fitted in closed form
+(`training.closed_form_baselines`): the affine map for the transcoders, the site's mean (mean
+ablation) for the SAEs.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ class SweepPoint:
     """TrainConfig fields of the point (lr `"tuned"` is filled in from the tune points)."""
     stage: str = "sweep"
     """`tune` points only choose a learning rate, on the tuning split; `baseline` points are
-    fitted in closed form, once (`training.linear_baseline`)."""
+    fitted in closed form, once (`training.closed_form_baselines`)."""
 
 
 def claim_points(claims: tuple[str, ...] = CLAIMS, layer: int = 1) -> list[SweepPoint]:
@@ -106,6 +110,7 @@ def claim_points(claims: tuple[str, ...] = CLAIMS, layer: int = 1) -> list[Sweep
                         },
                     )
                 )
+        points.append(mean_baseline("gated", layer))
     if "skip" in claims:
         # both arms at one k before the next k: a sweep cut short still pairs its arms
         for k in SKIP_KS:
@@ -160,4 +165,12 @@ def claim_points(claims: tuple[str, ...] = CLAIMS, layer: int = 1) -> list[Sweep
                         },
                     )
                 )
+        points.append(mean_baseline("braun", layer))
     return sorted(points, key=lambda p: p.stage != "tune")
+
+
+def mean_baseline(claim: str, layer: int) -> SweepPoint:
+    """The SAE claims' floor: the SAEs' site replaced by its mean, fitted once (no seed)."""
+    return SweepPoint(
+        f"{claim}/mean", claim, "mean", {"layers": [layer], "kind": "sae"}, stage="baseline"
+    )

@@ -499,21 +499,33 @@ def _fit_baseline(
     path: Path,
     log: Any,
 ) -> None:
-    """Fit the linear-only baseline on the first `start_tokens` training tokens and record it
-    as a one-rung, converged entry (a closed-form fit has nothing left to converge)."""
+    """Fit the point's closed-form baseline (the skip claim's affine map, the SAE claims' mean)
+    on the first `start_tokens` training tokens and record it as a one-rung, converged entry (a
+    closed-form fit has nothing left to converge)."""
     from replacement.hooks import layer_hooks
     from training.claims_eval import evaluate_dictionary
+    from training.closed_form_baselines import fit_linear_transcoder, fit_mean_sae
+    from training.config import TrainConfig
     from training.ladder import machine, rung_record
-    from training.linear_baseline import fit_linear_transcoder
 
-    pair = layer_hooks(settings.layer)
     start = time.perf_counter()
-    linear, seen = fit_linear_transcoder(
-        model, data.train, data.special_ids, pair.mlp_in, pair.mlp_out, settings.start_tokens
-    )
+    if point.arm == "linear":
+        pair = layer_hooks(settings.layer)
+        fitted_dict, seen = fit_linear_transcoder(
+            model, data.train, data.special_ids, pair.mlp_in, pair.mlp_out, settings.start_tokens
+        )
+        how = "least squares"
+    elif point.arm == "mean":
+        site = block_hook(settings.layer, TrainConfig.site)  # where the claims' SAEs sit
+        fitted_dict, seen = fit_mean_sae(
+            model, data.train, data.special_ids, site, settings.start_tokens
+        )
+        how = "the mean"
+    else:
+        raise ValueError(f"{point.name}: no closed-form baseline named {point.arm!r}")
     fitted = time.perf_counter() - start
     start = time.perf_counter()
-    measured = evaluate_dictionary(model, linear.eval(), original)
+    measured = evaluate_dictionary(model, fitted_dict.eval(), original)
     entry = _point_record(results, point)["seeds"].setdefault("0", {})
     eval_seconds = time.perf_counter() - start
     entry["rungs"] = [  # no steps, lr or training loss: a closed-form fit
@@ -523,7 +535,7 @@ def _fit_baseline(
     save_entry(path, results, ("runs", point.name, "seeds", "0"))
     f = entry["rungs"][-1]["figures"]
     log(
-        f"{point.name}: least squares on {seen:,} tokens in {fitted:.0f} s, "
+        f"{point.name}: {how} of {seen:,} tokens in {fitted:.0f} s, "
         f"CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}"
     )
 

@@ -9,7 +9,7 @@ import torch
 
 from analysis.claims import Arm, baseline_margin, single_run
 from tests.test_claims import N_CHUNKS, _rung
-from training.linear_baseline import affine_least_squares, fit_linear_transcoder
+from training.closed_form_baselines import affine_least_squares, fit_linear_transcoder
 
 
 def test_least_squares_recovers_a_known_affine_map():
@@ -107,4 +107,89 @@ def test_the_skip_claim_and_its_table_carry_the_baseline(tmp_path):
     assert row["ce_increase"][0] == pytest.approx(0.30, abs=1e-9) and row["l0"][0] == 0.0
     assert "| skip | linear (baseline) | no features | 1 | 0.005M |" in (
         write_claims_report(results, tmp_path)["report"].read_text()
+    )
+
+
+def test_the_mean_baseline_is_the_sites_mean_and_its_splice_is_mean_ablation(default_model):
+    """The fitted SAE outputs the mean of its fit tokens at every token and no feature fires;
+    spliced, its CE increase is that of replacing the site by the mean with a plain hook (the
+    intervention it stands for), and its FVU is 1 plus the squared distance of the fit mean
+    from the evaluation rows' mean (the known decomposition)."""
+    from replacement.hook_table import block_hook
+    from training.activations import collect_activations
+    from training.claims_eval import _token_ce, evaluate_dictionary, figures, original_side
+    from training.closed_form_baselines import fit_mean_sae, fit_rows
+    from training.data import load_token_data, token_mask
+
+    data = load_token_data(default_model, None, ctx_len=64)
+    hook, rows = block_hook(1, "hook_mlp_out"), data.train[:40]
+    sae, seen = fit_mean_sae(default_model, rows, data.special_ids, hook, tokens=1000)
+    fitted_on, n_fit = fit_rows(rows, data.special_ids, 1000)  # the rows it read
+    assert n_fit == seen and 1000 <= seen < 1000 + 64  # the first whole rows that reach it
+    acts = collect_activations(default_model, fitted_on, [hook])[hook]
+    counted = acts[token_mask(fitted_on, data.special_ids)].double()
+    assert counted.shape[0] == seen
+    y = acts[:3].reshape(-1, acts.shape[-1])
+    with torch.no_grad():
+        assert float(sae.encode(y).abs().max()) == 0.0
+        torch.testing.assert_close(sae(y).double(), counted.mean(0).expand_as(y), rtol=0, atol=1e-6)
+
+    held = data.val[:8]
+    original = original_side(default_model, held, [hook], data.special_ids, n_chunks=2)
+    got = evaluate_dictionary(default_model, sae.eval(), original)
+    f = figures(got["chunks"])
+    mean = sae.b_dec.detach()
+
+    def ablate(act, hook=None):
+        act[:, 1:] = mean  # BOS keeps the model's activation, as the splice does
+        return act
+
+    with torch.no_grad():
+        logits = default_model.run_with_hooks(held, fwd_hooks=[(hook, ablate)])
+        ablated, n = _token_ce(logits, held, data.special_ids)
+        plain, _ = _token_ce(default_model(held), held, data.special_ids)
+    expected = float(ablated.sum() - plain.sum()) / float(n.sum())
+    assert f["ce_increase"] == pytest.approx(expected, rel=1e-4)
+    assert f["l0"] == 0.0 and got["alive"] == 0
+    y = collect_activations(default_model, held, [hook])[hook][:, 1:].double()
+    y = y.reshape(-1, y.shape[-1])
+    gap = (y.mean(0) - mean.double()).pow(2).sum() * y.shape[0]
+    assert f["fvu"] == pytest.approx(1 + float(gap / (y - y.mean(0)).pow(2).sum()), rel=1e-4)
+
+
+def test_the_sae_claims_read_each_arms_margin_over_the_mean_baseline():
+    """With a fitted mean baseline the gated claim gives each arm's known margin, averaged over
+    its points and at its worst point, and the table has the baseline's row; the verdict is the
+    paper's claim alone."""
+    from analysis.claims import claims
+    from analysis.claims_report import point_rows
+    from tests.test_claims import _arm
+
+    relu, gated = _arm(0.0, seed=5), _arm(-0.01, seed=6)
+    runs = {
+        f"gated/{name}_{i}": {
+            "claim": "gated", "arm": name, "stage": "sweep", "fields": {},
+            "seeds": {str(s): {"rungs": [arm.points[i][s]], "converged": True} for s in range(2)},
+        }
+        for name, arm in (("relu", relu), ("gated", gated)) for i in range(4)
+    }  # fmt: skip
+    results = {"version": 2, "setup": {}, "runs": runs}
+    runs["gated/mean"] = {
+        "claim": "gated", "arm": "mean", "stage": "baseline", "fields": {},
+        "seeds": {"0": {"rungs": [{**_rung(0.0, 0.50, np.zeros(N_CHUNKS)), "tokens": 5000}],
+                        "converged": True}},
+    }  # fmt: skip
+    (found,) = claims(results)
+    assert found.verdict == "mixed: agrees, inconclusive, agrees"  # as without the baseline
+    curve = [0.1 - 0.02 * np.log(2.0**j) for j in range(1, 5)]  # L0 2, 4, 8, 16
+    est, low, high = found.intervals["relu_minus_mean_ce_increase"]
+    assert est == pytest.approx(np.mean(curve) - 0.5, abs=1e-9) and low <= est <= high < 0
+    # the worst point is the sparsest (L0 2, label "0"), the one nearest the baseline
+    worst = found.intervals["gated_minus_mean_ce_increase@0"]
+    assert worst[0] == pytest.approx(curve[0] - 0.01 - 0.5, abs=1e-9)
+    assert "mean-ablation baseline (the SAEs' site replaced by its mean over 5,000" in found.ours
+    assert "at its worst (0)" in found.ours
+    row = next(r for r in point_rows(results) if r["arm"] == "mean (baseline)")
+    assert (
+        row["ce_increase"][0] == pytest.approx(0.50, abs=1e-9) and row["point"] == "no dictionary"
     )
