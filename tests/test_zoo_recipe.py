@@ -149,3 +149,41 @@ def test_ladders_the_claims_sweep_trained_are_taken_not_trained_again(
     (claims / RESULTS_FILE).write_text(json.dumps(results))
     build_zoo.main([*argv, "--runs", str(tmp_path / "runs2"), "--stage", "train"])
     assert "transcoder layer 1 1,024 tokens" in capsys.readouterr().out
+
+
+def test_the_zoo_trains_on_the_rows_it_is_given_and_refuses_to_resume_on_others(
+    tmp_path, monkeypatch, default_model
+):
+    """`--rows FILE` (how an accelerator with another Python gets this machine's corpus): the
+    ladders record those rows' sha256 and are evaluated on them; a resume given other rows stops
+    before training, naming both; a file that is not rows stops before any work."""
+    from training.claims_sweep import split_rows
+    from training.data import TokenData, load_token_data
+    from training.token_rows import rows_digest, write_rows
+
+    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
+    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(build_zoo.COMMON, "layers", [1])
+    full = load_token_data(default_model, None, ctx_len=128)
+    mine = TokenData(full.train[:64], full.val[:12], full.bos, full.special_ids)
+    write_rows(tmp_path / "rows.npz", mine)
+    runs = tmp_path / "runs"
+    argv = ["--runs", str(runs), "--sets", "transcoder", "--start-tokens", "1024",
+            "--cap-tokens", "1024", "--eval-tokens", "512", "--n-chunks", "2",
+            "--activation-cache", "none", "--stage", "train", "--quiet"]  # fmt: skip
+    build_zoo.main([*argv, "--rows", str(tmp_path / "rows.npz")])
+    ladders = json.loads((runs / build_zoo.LADDER_FILE).read_text())
+    train, held, _ = split_rows(mine, 512)
+    assert ladders["setup"]["rows_sha256"] == rows_digest(train.train, held)
+    rung = ladders["sets"]["transcoder"]["layers"]["1"]["rungs"][0]
+    assert sum(rung["chunks"]["positions"]) == held.shape[0] * (held.shape[1] - 1)
+    other = TokenData(full.train[64:128], full.val[:12], full.bos, full.special_ids)
+    write_rows(tmp_path / "other.npz", other)
+    with pytest.raises(SystemExit, match="other token rows"):
+        build_zoo.main([*argv, "--rows", str(tmp_path / "other.npz")])
+    (tmp_path / "junk.npz").write_text("not rows")
+    with pytest.raises(SystemExit, match="junk.npz"):
+        build_zoo.main(
+            [*argv, "--runs", str(tmp_path / "runs2"), "--rows", str(tmp_path / "junk.npz")]
+        )
+    assert not (tmp_path / "runs2").exists()

@@ -2,7 +2,7 @@
 
     python -m training.build_zoo --runs DIR --zoo replacement/zoo/dictionaries \\
         [--start-tokens 1000000] [--cap-tokens 16000000] [--device cuda] [--sets a,b]
-        [--claims-runs CLAIMS_DIR]
+        [--claims-runs CLAIMS_DIR] [--rows ROWS.npz]
 
 Six sets, every layer of the default model, the same width, k and learning rate for each:
 
@@ -24,6 +24,9 @@ convergence curve and machine, and the figures of `spliced_loss` measured on the
 (float16) weights on the held-out files. `--stage card` measures the cards of the shipped sets
 again without touching their weights. `--claims-runs` takes the (set, layer) ladders that a
 claims sweep trained as the same run (`training.zoo_from_claims`) instead of training them.
+`--rows` trains, evaluates and measures the cards on the rows of a `training.token_rows` file
+(this machine's corpus, on a machine whose Python would read another); the ladders record the
+rows' sha256, and a resume on other rows is refused.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     from training.data import load_token_data, special_token_ids
     from training.ladder import train_ladder
     from training.sweep_locks import claimed, read_results, save_entry, shared_cache
-    from training.token_rows import rows_digest
+    from training.token_rows import read_rows, rows_digest
     from training.zoo_from_claims import claims_ladder
 
     runs = Path(args.runs)
@@ -143,20 +146,32 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     setup = {"recipe": RECIPE, "start_tokens": args.start_tokens, "cap_tokens": args.cap_tokens,
              "eval_tokens": args.eval_tokens, "n_chunks": args.n_chunks}  # fmt: skip
     results = read_results(path) or {"setup": setup, "sets": {}}
-    if results["setup"] != setup:
+    kept = {k: v for k, v in results["setup"].items() if k != "rows_sha256"}  # checked below
+    if kept != setup:
         raise SystemExit(
-            f"{path} was recorded with {results['setup']}; rerun with those settings to resume, "
+            f"{path} was recorded with {kept}; rerun with those settings to resume, "
             "or use another --runs"
         )
     model = load_model("default", device=args.device)
     if args.data:
         bos, specials = special_token_ids(model)
         data = stream_token_data(Path(args.data), bos, COMMON["ctx_len"], specials)
+    elif args.rows:
+        data = read_rows(args.rows)
     else:
         data = load_token_data(model, None, ctx_len=COMMON["ctx_len"])
     train_data, rows, reserved = split_rows(data, args.eval_tokens)
     eval_rows = {"heldout": int(data.val.shape[0]), "reserved": reserved}
     digest = rows_digest(train_data.train, rows)
+    recorded = results["setup"].get("rows_sha256")
+    if recorded not in (None, digest):
+        raise SystemExit(
+            f"{path} was trained and evaluated on other token rows (sha256 {recorded[:12]}..., "
+            f"these {digest[:12]}...): another corpus or another Python's standard library; "
+            "pass its rows with --rows, or use another --runs"
+        )
+    results["setup"]["rows_sha256"] = digest
+    save_entry(path, results, ("setup",))  # before any rung: a run elsewhere can be checked
     n_layers = int(model.cfg.n_layers)
     hooks = [block_hook(m, h) for m in range(n_layers) for h in ("hook_resid_post", "hook_mlp_out")]
     original = original_side(model, rows, hooks, data.special_ids, args.n_chunks)
@@ -341,8 +356,11 @@ def remeasure(args: argparse.Namespace) -> None:
 def _card_model_and_tokens(args: argparse.Namespace) -> tuple[Any, torch.Tensor]:
     from replacement.model import load_model
     from training.data import load_token_data
+    from training.token_rows import read_rows
 
     model = load_model("default")
+    if args.rows:
+        return model, read_rows(args.rows).val[: args.eval_rows]
     return model, load_token_data(model, None, ctx_len=COMMON["ctx_len"]).val[: args.eval_rows]
 
 
@@ -435,7 +453,16 @@ def main(argv: list[str] | None = None) -> None:
         choices=["float32", "float16", "bfloat16", "none"],
         help="dtype of the local sets' activation cache per layer under --runs, or none",
     )
-    p.add_argument("--data", default=None, help="folder with train_tokens.npy/heldout_tokens.npy")
+    rows = p.add_mutually_exclusive_group()
+    rows.add_argument(
+        "--data", default=None, help="folder with train_tokens.npy/heldout_tokens.npy"
+    )
+    rows.add_argument(
+        "--rows",
+        default=None,
+        help="token rows written by `python -m training.token_rows` (the model's corpus as read "
+        "on another machine: an accelerator's Python reads another standard library)",
+    )
     p.add_argument("--eval-rows", type=int, default=256, help="held-out rows for the cards")
     p.add_argument(
         "--claims-runs",
@@ -449,6 +476,14 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in args.sets if s not in ZOO_SETS]
     if unknown:
         raise SystemExit(f"unknown sets {unknown}; known: {list(ZOO_SETS)}")
+    if args.rows:
+        from replacement.errors import SparseCircuitsError
+        from training.token_rows import check_rows
+
+        try:
+            check_rows(args.rows)  # before any work
+        except SparseCircuitsError as exc:
+            raise SystemExit(str(exc)) from exc
     if args.stage in ("train", "all"):
         train_sets(args)
     if args.stage in ("ship", "all"):
