@@ -129,6 +129,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     float32: 8.6 GB for the default corpus) serves every local set of it. Started in several
     shells, the processes share the work (`training.sweep_locks`).
     """
+    from replacement.errors import SparseCircuitsError
     from replacement.hook_table import block_hook
     from replacement.hooks import layer_hooks
     from replacement.model import load_model
@@ -138,7 +139,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     from training.data import load_token_data, special_token_ids
     from training.ladder import train_ladder
     from training.sweep_locks import claimed, read_results, save_entry, shared_cache
-    from training.token_rows import read_rows, rows_digest
+    from training.token_rows import read_rows, record_rows, rows_digest
     from training.zoo_from_claims import claims_ladder
 
     runs = Path(args.runs)
@@ -163,14 +164,10 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     train_data, rows, reserved = split_rows(data, args.eval_tokens)
     eval_rows = {"heldout": int(data.val.shape[0]), "reserved": reserved}
     digest = rows_digest(train_data.train, rows)
-    recorded = results["setup"].get("rows_sha256")
-    if recorded not in (None, digest):
-        raise SystemExit(
-            f"{path} was trained and evaluated on other token rows (sha256 {recorded[:12]}..., "
-            f"these {digest[:12]}...): another corpus or another Python's standard library; "
-            "pass its rows with --rows, or use another --runs"
-        )
-    results["setup"]["rows_sha256"] = digest
+    try:
+        record_rows(results["setup"], digest, str(path), "--runs")
+    except SparseCircuitsError as exc:
+        raise SystemExit(str(exc)) from exc
     save_entry(path, results, ("setup",))  # before any rung: a run elsewhere can be checked
     n_layers = int(model.cfg.n_layers)
     hooks = [block_hook(m, h) for m in range(n_layers) for h in ("hook_resid_post", "hook_mlp_out")]

@@ -48,7 +48,7 @@ from training.sweep_locks import (
     shared_cache,
     update_results,
 )
-from training.token_rows import check_rows, read_rows, rows_digest
+from training.token_rows import check_rows, read_rows, record_rows, rows_digest
 
 RESULTS_FILE = "claims_sweep.json"
 FORMAT_VERSION = 2
@@ -373,15 +373,8 @@ def run_claims(
     data = data if data is not None else load_token_data(model, None, ctx_len=settings.ctx_len)
     train_data, rows, reserved = split_rows(data, settings.eval_tokens)
     digest = rows_digest(train_data.train, rows)
-    recorded = results["setup"].get("rows_sha256")
-    if recorded not in (None, digest):
-        raise SparseCircuitsError(
-            f"{str(path)!r} was trained and evaluated on other token rows (sha256 {recorded[:12]}"
-            f"..., these {digest[:12]}...): another corpus or another Python's standard library; "
-            "pass the sweep's rows with --rows, or use another --out"
-        )
+    record_rows(results["setup"], digest, str(path), "--out")
     results["setup"]["eval_rows"] = {"heldout": int(data.val.shape[0]), "reserved": reserved}
-    results["setup"]["rows_sha256"] = digest
     save_entry(path, results, ("setup",))  # recorded before any run, so others can check
     local = [
         (p, s)

@@ -89,6 +89,19 @@ def rows_digest(train: Int[Tensor, "rows ctx"], evaluation: Int[Tensor, "rows ct
     return h.hexdigest()
 
 
+def record_rows(setup: dict[str, Any], digest: str, where: str, out_flag: str) -> None:
+    """Record `digest` in a results file's `setup`, or raise `SparseCircuitsError` when `where`
+    already recorded other rows (its runs would be compared with runs on these)."""
+    recorded = setup.get("rows_sha256")
+    if recorded not in (None, digest):
+        raise SparseCircuitsError(
+            f"{where!r} was trained and evaluated on other token rows (sha256 {recorded[:12]}"
+            f"..., these {digest[:12]}...): another corpus or another Python's standard library; "
+            f"pass its rows with --rows, or use another {out_flag}"
+        )
+    setup["rows_sha256"] = digest
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write the default corpus's rows for the embedded model."""
     from replacement.model import load_model
