@@ -63,6 +63,14 @@ def point_interval(arm: Arm, index: int, key: str, chunks: int) -> Interval:
     return bootstrap(stat, chunks, {"x": sorted(point)})
 
 
+def _sparsity(label: str) -> tuple[float, str]:
+    """`k=8` -> 8.0, `l1=0.17` -> 0.17 (a label without a number sorts last, by name)."""
+    try:
+        return float(label.split("=", 1)[-1]), label
+    except ValueError:
+        return float("inf"), label
+
+
 def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (claim, arm, point) of the finished runs: L0, the panel's metric and CE
     increase with intervals, seeds, final budgets and convergence."""
@@ -70,8 +78,9 @@ def point_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for claim, key in _TABLE_KEY.items():
         for name, arm in sorted(arms(results, claim).items()):
-            for i, label in enumerate(arm.labels):
-                point = arm.points[i]
+            # in order of sparsity, not of when a point was added to the plan
+            for i in sorted(range(len(arm.labels)), key=lambda j: _sparsity(arm.labels[j])):
+                label, point = arm.labels[i], arm.points[i]
                 found = {
                     k: point_interval(arm, i, k, chunks)
                     for k in {key, "ce_increase", "l0", "shrinkage"}

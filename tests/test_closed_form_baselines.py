@@ -166,13 +166,18 @@ def test_the_sae_claims_read_each_arms_margin_over_the_mean_baseline():
     from tests.test_claims import _arm
 
     relu, gated = _arm(0.0, seed=5), _arm(-0.01, seed=6)
+    # points added out of order, as the plan's L1 0.17 and 0.55 were
     runs = {
         f"gated/{name}_{i}": {
-            "claim": "gated", "arm": name, "stage": "sweep", "fields": {},
+            "claim": "gated",
+            "arm": name,
+            "stage": "sweep",
+            "fields": {},
             "seeds": {str(s): {"rungs": [arm.points[i][s]], "converged": True} for s in range(2)},
         }
-        for name, arm in (("relu", relu), ("gated", gated)) for i in range(4)
-    }  # fmt: skip
+        for name, arm in (("relu", relu), ("gated", gated))
+        for i in (2, 0, 3, 1)
+    }
     results = {"version": 2, "setup": {}, "runs": runs}
     runs["gated/mean"] = {
         "claim": "gated", "arm": "mean", "stage": "baseline", "fields": {},
@@ -189,7 +194,9 @@ def test_the_sae_claims_read_each_arms_margin_over_the_mean_baseline():
     assert worst[0] == pytest.approx(curve[0] - 0.01 - 0.5, abs=1e-9)
     assert "mean-ablation baseline (the SAEs' site replaced by its mean over 5,000" in found.ours
     assert "at its worst (0)" in found.ours
-    row = next(r for r in point_rows(results) if r["arm"] == "mean (baseline)")
+    rows = point_rows(results)
+    assert [r["point"] for r in rows if r["arm"] == "relu"] == ["0", "1", "2", "3"]  # by sparsity
+    row = next(r for r in rows if r["arm"] == "mean (baseline)")
     assert (
         row["ce_increase"][0] == pytest.approx(0.50, abs=1e-9) and row["point"] == "no dictionary"
     )
