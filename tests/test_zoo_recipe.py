@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import training.build_zoo as build_zoo
 from replacement.formats.detect import load_dictionaries
+from replacement.formats.native import load_native
 from replacement.hooks import hook_layer
 
 
@@ -51,6 +53,23 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
     with pytest.raises(SystemExit, match="sae_e2e.old holds files that are not a zoo set's"):
         build_zoo.main([*argv, "--stage", "ship"])
     assert mine.read_text() == "keep me" and (zoo / "sae_e2e" / "card.json").is_file()
+    # trained elsewhere (an accelerator): exported without checkpoints, merged, shippable here
+    moved, runs2 = tmp_path / "moved", tmp_path / "runs2"
+    build_zoo.main([*argv, "--stage", "export", "--transfer", str(moved)])
+    assert not list(moved.rglob("checkpoint.pt"))
+    here = ["--runs", str(runs2)]
+    build_zoo.main([*argv, *here, "--stage", "merge", "--transfer", str(moved)])
+    ladders = [json.loads((r / build_zoo.LADDER_FILE).read_text()) for r in (runs, runs2)]
+    assert ladders[1] == ladders[0]  # so a train stage there trains nothing
+    _, folders = build_zoo.trained_card("sae_e2e", ladders[1], runs2)  # what ship reads
+    for layer, folder in zip(build_zoo.COMMON["layers"], folders, strict=True):
+        got = load_native(folder / f"layer_{layer}").state_dict()
+        want = load_native(runs / folder.relative_to(runs2) / f"layer_{layer}").state_dict()
+        assert all(torch.equal(got[k], v) for k, v in want.items())
+    ladders[0]["setup"]["rows_sha256"] = "0" * 64  # trained on other rows there
+    (moved / build_zoo.LADDER_FILE).write_text(json.dumps(ladders[0]))
+    with pytest.raises(SystemExit, match="other token rows"):
+        build_zoo.main([*argv, *here, "--stage", "merge", "--transfer", str(moved)])
 
 
 def test_every_set_uses_the_same_lr():
@@ -102,11 +121,8 @@ def test_ladders_the_claims_sweep_trained_are_taken_not_trained_again(
     """`--claims-runs`: the zoo's layer-1 transcoder is the skip claim's k=16 transcoder, seed 0
     (the same run): its ladder is taken and its weights shipped, nothing is trained; a sweep
     evaluated on another split is not taken from."""
-    import torch
-
     import training.claims_plan as plan
     import training.data
-    from replacement.formats.native import load_native
     from training.claims_sweep import RESULTS_FILE, SweepSettings, run_claims
     from training.data import TokenData, load_token_data
 

@@ -16,6 +16,13 @@
 #   here:        sparse-circuits claims --out DIR --merge <files_at>/claims_sweep.json
 #                (refused if it was made on other rows: the sweep records their sha256)
 #
+# The zoo's e2e sets by its recipe (training/build_zoo.py), the same way:
+#   there:       bash tools/accelerator_claims.sh zoo sae_e2e,sae_e2e_ds,skip_transcoder_e2e 8 520
+#                (ladders of an earlier lease, if copied to .whl/zoo, are merged first; the
+#                ladder file and each ladder's final rung come back in $OUT/zoo, no checkpoints)
+#   here:        python -m training.build_zoo --runs RUNS --stage merge --transfer <files_at>/zoo
+#                (and copy <files_at>/zoo to .whl/zoo before the next lease, to resume there)
+#
 # The working tree (about 42 MB), the wheels (2.7 MB) and the rows (6.3 MB) travel within the
 # tool's 64 MiB. The accelerator's own transformers 5.17.0, huggingface_hub 1.33.0 and
 # tokenizers 0.23.2 are used, not carried: with them the default model's logits were
@@ -26,6 +33,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=(transformer-lens==4.3.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19)
+
+install_wheels() {  # the packages the accelerator lacks, into a path of their own
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+}
 
 case "${1:-}" in
   wheels)
@@ -43,10 +57,7 @@ case "${1:-}" in
     workers="${3:-8}"
     seconds="${4:-520}"
     out="${OUT:?run this through the device tool, which sets OUT}"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+    install_wheels
     sweep=/tmp/claims
     mkdir -p "$sweep"
     python3 sparse_circuits_cli.py claims --out "$sweep" --merge analysis/claims_sweep.json \
@@ -61,8 +72,30 @@ case "${1:-}" in
     tail -n 30 "$sweep"/worker*.log > "$out/workers.log" || true
     grep -h "tokens:" "$sweep"/worker*.log || true
     ;;
+  zoo)
+    sets="${2:-sae_e2e,sae_e2e_ds,skip_transcoder_e2e}"
+    workers="${3:-8}"
+    seconds="${4:-520}"
+    out="${OUT:?run this through the device tool, which sets OUT}"
+    install_wheels
+    runs=/tmp/zoo
+    mkdir -p "$runs"
+    if [ -f .whl/zoo/zoo_ladders.json ]; then
+      python3 -m training.build_zoo --runs "$runs" --stage merge --transfer .whl/zoo
+    fi
+    for w in $(seq 1 "$workers"); do
+      timeout "$seconds" python3 -m training.build_zoo --runs "$runs" --stage train \
+        --sets "$sets" --rows .whl/rows.npz --device cuda > "$runs/worker$w.log" 2>&1 &
+      sleep 2  # staggered, so each takes another (set, layer)
+    done
+    wait || true
+    python3 -m training.build_zoo --runs "$runs" --stage export --transfer "$out/zoo" \
+      || echo "no rung finished"
+    tail -n 30 "$runs"/worker*.log > "$out/workers.log" || true
+    grep -h "tokens:" "$runs"/worker*.log || true
+    ;;
   *)
-    echo "usage: $0 wheels | run PATTERN [WORKERS] [SECONDS]" >&2
+    echo "usage: $0 wheels | run PATTERN [WORKERS] [SECONDS] | zoo [SETS] [WORKERS] [SECONDS]" >&2
     exit 2
     ;;
 esac

@@ -24,6 +24,8 @@ convergence curve and machine, and the figures of `spliced_loss` measured on the
 (float16) weights on the held-out files. `--stage card` measures the cards of the shipped sets
 again without touching their weights. `--claims-runs` takes the (set, layer) ladders that a
 claims sweep trained as the same run (`training.zoo_from_claims`) instead of training them.
+`--stage export --transfer DEST` (on an accelerator) and `--stage merge --transfer DEST` (here)
+move ladders trained elsewhere, with their final rungs, into --runs (`training.zoo_transfer`).
 `--rows` trains, evaluates and measures the cards on the rows of a `training.token_rows` file
 (this machine's corpus, on a machine whose Python would read another); the ladders record the
 rows' sha256, and a resume on other rows is refused.
@@ -426,10 +428,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m training.build_zoo", description=__doc__)
     p.add_argument(
         "--stage",
-        choices=["train", "ship", "all", "card"],
+        choices=["train", "ship", "all", "card", "export", "merge"],
         default="all",
-        help="card: measure the cards of the shipped sets again, weights unchanged",
+        help="card: measure the cards of the shipped sets again, weights unchanged; export: "
+        "copy --runs' ladders and final rungs to --transfer DIR (on an accelerator); merge: "
+        "take the ladders of such a DIR that are further than --runs' (training.zoo_transfer)",
     )
+    p.add_argument("--transfer", default=None, help="the folder of --stage export / merge")
     p.add_argument("--runs", default="runs/zoo", help="folder of the full-precision runs")
     p.add_argument("--zoo", default="replacement/zoo/dictionaries", help="shipped sets folder")
     p.add_argument("--sets", default=",".join(ZOO_SETS), help="comma-separated set names")
@@ -481,6 +486,18 @@ def main(argv: list[str] | None = None) -> None:
             check_rows(args.rows)  # before any work
         except SparseCircuitsError as exc:
             raise SystemExit(str(exc)) from exc
+    if args.stage in ("export", "merge"):
+        from training.zoo_transfer import export_runs, merge_runs
+
+        if not args.transfer:
+            raise SystemExit(f"--stage {args.stage} needs --transfer DIR")
+        runs, other = Path(args.runs), Path(args.transfer)
+        if args.stage == "export":
+            print(f"exported {export_runs(runs, other, LADDER_FILE)} final rungs to {other}")
+        else:
+            taken, kept = merge_runs(runs, other, LADDER_FILE)
+            print(f"merged {other}: {taken} ladders taken, {kept} kept as they were")
+        return
     if args.stage in ("train", "all"):
         train_sets(args)
     if args.stage in ("ship", "all"):

@@ -1,0 +1,120 @@
+"""Move the zoo's ladders between machines: an accelerator trains the e2e sets, this machine
+ships the zoo (`build_zoo --export-runs DEST` there, `build_zoo --merge DEST` here).
+
+An accelerator lent for a session keeps nothing and returns only small files, so the export
+holds what `ship` and a later resume need: the ladder file (`zoo_ladders.json`: every rung's
+figures) and, for each (set, layer), its final rung's weights and card, not checkpoints, not
+earlier rungs (each rung is a full run of its own, so a resume never reads them). The merge
+takes a (set, layer) whose ladder there is further than here, with its final rung's files, and
+refuses a ladder file recorded with other settings or on other token rows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from replacement.atomic import atomic_path
+
+FINAL_RUNG_FILES = ("card.json", "layer_*.json", "layer_*.safetensors")
+"""What `ship` reads from a rung folder."""
+
+
+def _final_rungs(results: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(set, layer, tokens of its last rung) of every ladder trained here (not one taken from
+    a claims sweep, whose weights live in the sweep's folder)."""
+    return [
+        (name, layer, int(entry["rungs"][-1]["tokens"]))
+        for name, record in results["sets"].items()
+        for layer, entry in record["layers"].items()
+        if entry["rungs"] and "same_run_as" not in entry
+    ]
+
+
+def _copy_rung(source: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for pattern in FINAL_RUNG_FILES:
+        for f in sorted(source.glob(pattern)):
+            with atomic_path(dest / f.name) as tmp:
+                shutil.copyfile(f, tmp)
+
+
+def export_runs(runs: Path, dest: Path, ladder_file: str) -> int:
+    """Copy `runs`' ladder file and every ladder's final rung files into `dest` (a new or empty
+    folder); returns the rungs copied."""
+    from training.sweep_locks import read_results
+
+    results = read_results(runs / ladder_file)
+    if results is None:
+        raise SystemExit(f"{runs / ladder_file} does not exist: nothing trained to export")
+    if dest.exists() and any(dest.iterdir()):
+        raise SystemExit(f"--export-runs {dest} is not empty; give a new folder")
+    found = _final_rungs(results)
+    for name, layer, tokens in found:
+        rung = Path(name) / f"layer{layer}" / f"t{tokens}"
+        _copy_rung(runs / rung, dest / rung)
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest / ladder_file) as tmp:
+        tmp.write_text(json.dumps(results))
+    return len(found)
+
+
+def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
+    """Take into `runs` every (set, layer) ladder of `other` (an `export_runs` folder) that is
+    further than the one here, with its final rung files; returns (taken, kept)."""
+    from training.sweep_locks import update_results
+
+    path = other / ladder_file
+    if not path.is_file():
+        raise SystemExit(
+            f"--merge {other}: no {ladder_file} there; expected a --export-runs folder"
+        )
+    theirs = json.loads(path.read_text())
+    missing = [
+        f"{n} layer {layer}" for n, layer, t in _final_rungs(theirs)
+        if not (other / n / f"layer{layer}" / f"t{t}" / "card.json").is_file()
+    ]  # fmt: skip
+    if missing:
+        raise SystemExit(f"--merge {other} lacks the final rung files of {missing}")
+    counts = [0, 0]
+
+    def merge(current: dict[str, Any] | None) -> dict[str, Any]:
+        if current is None:
+            current = {"setup": theirs["setup"], "sets": {}}
+        mine, given = current["setup"], theirs["setup"]
+        rows = [s.get("rows_sha256") for s in (mine, given)]
+        if None not in rows and rows[0] != rows[1]:
+            raise SystemExit(
+                f"{other} was trained and evaluated on other token rows than {runs} (sha256 "
+                f"{rows[1][:12]}... against {rows[0][:12]}...); train it with --rows of these"
+            )
+        strip = ("rows_sha256",)
+        if {k: v for k, v in mine.items() if k not in strip} != {
+            k: v for k, v in given.items() if k not in strip
+        }:
+            raise SystemExit(f"{other} was recorded with {given}; {runs} with {mine}")
+        if rows[0] is None and rows[1] is not None:
+            mine["rows_sha256"] = rows[1]
+        for name, record in theirs["sets"].items():
+            here = current["sets"].setdefault(name, {"layers": {}})["layers"]
+            for layer, entry in record["layers"].items():
+                if "same_run_as" in entry:  # a claims sweep's run there: no weights came
+                    counts[1] += 1
+                    continue
+                have = here.get(layer)
+                ahead = have is not None and (
+                    have["converged"] or len(have["rungs"]) >= len(entry["rungs"])
+                )
+                if not ahead and entry["rungs"]:
+                    rung = Path(name) / f"layer{layer}" / f"t{entry['rungs'][-1]['tokens']}"
+                    _copy_rung(other / rung, runs / rung)  # before the ladder says it is here
+                if not ahead:
+                    here[layer] = entry
+                counts[1 if ahead else 0] += 1
+        return current
+
+    runs.mkdir(parents=True, exist_ok=True)
+    update_results(runs / ladder_file, merge)
+    return counts[0], counts[1]
