@@ -72,8 +72,7 @@ def rung_figures(rung: dict[str, Any], weights: np.ndarray | None = None) -> dic
     rung under chunk weights, and its alive features."""
     from training.claims_eval import figures
 
-    w = None if weights is None else [float(x) for x in weights]
-    return {**figures(rung["chunks"], w), "alive": float(rung["alive"])}
+    return {**figures(rung["chunks"], weights), "alive": float(rung["alive"])}
 
 
 @dataclass
@@ -120,6 +119,14 @@ def sparsity_label(fields: dict[str, Any], name: str) -> str:
     return name.rsplit("_", 1)[-1]
 
 
+def with_arrays(rung: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the rung whose per-chunk sums are a `ChunkSums` (numpy): a bootstrap reads them
+    about 10^5 times per report, and summing lists in Python was most of its cost."""
+    from training.claims_eval import ChunkSums
+
+    return {**rung, "chunks": ChunkSums(rung["chunks"])} if rung.get("chunks") else rung
+
+
 def finished(entry: dict[str, Any], setup: dict[str, Any]) -> bool:
     """A (point, seed) whose ladder has ended: converged, or its last rung at the cap."""
     if entry.get("converged"):
@@ -153,7 +160,7 @@ def arms(results: dict[str, Any], claim: str) -> dict[str, Arm]:
         if not done:
             continue
         arm = grouped.setdefault(run["arm"], Arm(run["arm"], [], True))
-        arm.points.append({int(s): e["rungs"][-1] for s, e in done.items()})
+        arm.points.append({int(s): with_arrays(e["rungs"][-1]) for s, e in done.items()})
         arm.labels.append(sparsity_label(run.get("fields", {}), name))
         changes = [last_doubling_change(e["rungs"], "l0") for e in done.values()]
         arm.l0_changes.append(
@@ -204,7 +211,7 @@ def live(arm: Arm) -> tuple[Arm, list[str]]:
 
 
 def collapsed_text(dropped: dict[str, list[str]]) -> str:
-    """"; collapsed points left out (FVU >= 1): relu l1=1, l1=3", or "" when none were."""
+    """ "; collapsed points left out (FVU >= 1): relu l1=1, l1=3", or "" when none were."""
     named = "; ".join(f"{arm} {', '.join(labels)}" for arm, labels in dropped.items() if labels)
     return f"; collapsed points left out (FVU >= 1): {named}" if named else ""
 
@@ -261,7 +268,10 @@ def l0_moved(arm: Arm) -> Arm:
 
 
 def _scaled_l0(rung: dict[str, Any], factor: float) -> dict[str, Any]:
-    chunks = {**rung["chunks"], "l0": [x * factor for x in rung["chunks"]["l0"]]}
+    from training.claims_eval import ChunkSums
+
+    l0 = np.asarray(rung["chunks"]["l0"], dtype=float) * factor
+    chunks = ChunkSums({**rung["chunks"], "l0": l0})
     return {**rung, "chunks": chunks}
 
 
@@ -293,7 +303,7 @@ def baseline_rung(results: dict[str, Any], claim: str, arm: str) -> dict[str, An
         if run["claim"] == claim and run["arm"] == arm and run["stage"] == "baseline":
             entry = run["seeds"].get("0", {})
             if entry.get("rungs"):
-                return entry["rungs"][-1]
+                return with_arrays(entry["rungs"][-1])
     return None
 
 
