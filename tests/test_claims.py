@@ -756,3 +756,20 @@ def test_collapsed_points_are_left_out_of_the_matched_comparison_and_named():
     assert found.intervals["ce_increase"][0] == pytest.approx(-0.01, abs=1e-9)
     assert "5 L0 values in [2.0, 16.0]" in found.ours
     assert "collapsed points left out (FVU >= 1): relu l1=3" in found.ours
+
+
+def test_chunk_sums_as_a_matrix_give_the_figures_of_the_lists():
+    """The report's fast path (`ChunkSums`) weighs the per-chunk sums exactly as the lists do,
+    and weights for another number of chunks are refused."""
+    from training.claims_eval import ChunkSums, figures
+
+    rng = np.random.default_rng(1)
+    rung = _rung(8.0, 0.1, rng.normal(0, 0.01, N_CHUNKS))
+    rung["chunks"]["sq_err"] = list(rng.uniform(0.5, 1.5, N_CHUNKS))
+    weights = rng.multinomial(N_CHUNKS, np.full(N_CHUNKS, 1 / N_CHUNKS)).astype(float)
+    plain, fast = figures(rung["chunks"], weights), figures(ChunkSums(rung["chunks"]), weights)
+    assert fast == pytest.approx(plain, rel=1e-12)
+    by_hand = sum(w * e for w, e in zip(weights, rung["chunks"]["sq_err"], strict=True))
+    assert fast["fvu"] == pytest.approx(by_hand / (2.0 * N_CHUNKS), rel=1e-12)
+    with pytest.raises(ValueError, match="3 chunk weights for 16 chunks"):
+        figures(ChunkSums(rung["chunks"]), np.ones(3))
