@@ -40,7 +40,7 @@ from training.claims_plan import CLAIMS, SweepPoint, claim_points
 from training.config import TrainConfig, run_identity
 from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder
 from training.data import TokenData
-from training.ladder import train_ladder
+from training.ladder import kept_on_merge, train_ladder
 from training.sweep_locks import (
     claimed,
     read_results,
@@ -48,7 +48,7 @@ from training.sweep_locks import (
     shared_cache,
     update_results,
 )
-from training.token_rows import check_rows, read_rows, record_rows, rows_digest
+from training.token_rows import check_rows, read_rows, record_rows, rows_digest, take_rows
 
 RESULTS_FILE = "claims_sweep.json"
 FORMAT_VERSION = 2
@@ -562,15 +562,7 @@ def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
         if current is None:
             counts[0] = sum(len(r["seeds"]) for r in theirs["runs"].values())
             return theirs
-        rows = [s.get("rows_sha256") for s in (current["setup"], theirs["setup"])]
-        if None not in rows and rows[0] != rows[1]:
-            raise SparseCircuitsError(
-                f"{str(other)!r} was trained and evaluated on other token rows than "
-                f"{str(path)!r} (sha256 {rows[1][:12]}... against {rows[0][:12]}...): its "
-                "figures are not comparable; rerun it with --rows of this sweep's rows"
-            )
-        if rows[0] is None and rows[1] is not None:
-            current["setup"]["rows_sha256"] = rows[1]
+        take_rows(current["setup"], theirs["setup"], str(path), str(other))
         volatile = ("eval_rows", "rows_sha256")
         mine = {k: v for k, v in current["setup"].items() if k not in volatile}
         given = {k: v for k, v in theirs["setup"].items() if k not in volatile}
@@ -583,9 +575,7 @@ def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
             record = current["runs"].setdefault(name, {**run, "seeds": {}})
             for seed, entry in run["seeds"].items():
                 have = record["seeds"].get(seed)
-                ahead = have is not None and (
-                    have["converged"] or len(have["rungs"]) >= len(entry["rungs"])
-                )
+                ahead = kept_on_merge(have, entry)
                 record["seeds"][seed] = have if ahead else entry
                 counts[1 if ahead else 0] += 1
         return current

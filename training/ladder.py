@@ -66,6 +66,14 @@ def rung_record(
     }
 
 
+def kept_on_merge(have: dict[str, Any] | None, incoming: dict[str, Any]) -> bool:
+    """Whether a ladder entry here (`have`) stays when the same ladder from elsewhere is merged:
+    it has converged, or holds at least as many rungs (each rung is a full run of its own)."""
+    return have is not None and (
+        bool(have["converged"]) or len(have["rungs"]) >= len(incoming["rungs"])
+    )
+
+
 def train_ladder(
     entry: dict[str, Any],
     budgets: Sequence[int],

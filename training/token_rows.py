@@ -102,6 +102,21 @@ def record_rows(setup: dict[str, Any], digest: str, where: str, out_flag: str) -
     setup["rows_sha256"] = digest
 
 
+def take_rows(mine: dict[str, Any], theirs: dict[str, Any], here: str, other: str) -> None:
+    """Before merging results file `other` (setup `theirs`) into `here` (setup `mine`): raise
+    `SparseCircuitsError` when they record other token rows, and take theirs when `mine` has
+    none."""
+    rows = [s.get("rows_sha256") for s in (mine, theirs)]
+    if None not in rows and rows[0] != rows[1]:
+        raise SparseCircuitsError(
+            f"{other!r} was trained and evaluated on other token rows than {here!r} (sha256 "
+            f"{rows[1][:12]}... against {rows[0][:12]}...): its figures are not comparable; "
+            "rerun it with --rows of these rows"
+        )
+    if rows[0] is None and rows[1] is not None:
+        mine["rows_sha256"] = rows[1]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write the default corpus's rows for the embedded model."""
     from replacement.model import load_model

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from replacement.atomic import atomic_path
+from replacement.errors import SparseCircuitsError
+from training.ladder import kept_on_merge
+from training.token_rows import take_rows
 
 FINAL_RUNG_FILES = ("card.json", "layer_*.json", "layer_*.safetensors")
 """What `ship` reads from a rung folder."""
@@ -84,19 +87,15 @@ def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
         if current is None:
             current = {"setup": theirs["setup"], "sets": {}}
         mine, given = current["setup"], theirs["setup"]
-        rows = [s.get("rows_sha256") for s in (mine, given)]
-        if None not in rows and rows[0] != rows[1]:
-            raise SystemExit(
-                f"{other} was trained and evaluated on other token rows than {runs} (sha256 "
-                f"{rows[1][:12]}... against {rows[0][:12]}...); train it with --rows of these"
-            )
+        try:
+            take_rows(mine, given, str(runs), str(other))
+        except SparseCircuitsError as exc:
+            raise SystemExit(str(exc)) from exc
         strip = ("rows_sha256",)
         if {k: v for k, v in mine.items() if k not in strip} != {
             k: v for k, v in given.items() if k not in strip
         }:
             raise SystemExit(f"{other} was recorded with {given}; {runs} with {mine}")
-        if rows[0] is None and rows[1] is not None:
-            mine["rows_sha256"] = rows[1]
         for name, record in theirs["sets"].items():
             here = current["sets"].setdefault(name, {"layers": {}})["layers"]
             for layer, entry in record["layers"].items():
@@ -104,9 +103,7 @@ def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
                     counts[1] += 1
                     continue
                 have = here.get(layer)
-                ahead = have is not None and (
-                    have["converged"] or len(have["rungs"]) >= len(entry["rungs"])
-                )
+                ahead = kept_on_merge(have, entry)
                 if not ahead and entry["rungs"]:
                     rung = Path(name) / f"layer{layer}" / f"t{entry['rungs'][-1]['tokens']}"
                     _copy_rung(other / rung, runs / rung)  # before the ladder says it is here
