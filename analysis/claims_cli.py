@@ -123,8 +123,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--cap-tokens",
         type=_tokens,
-        default=32_000_000,
-        help="largest budget a run may train for, in tokens (default: 32000000)",
+        default=64_000_000,
+        help="largest budget a run may train for, in tokens (default: 64000000); a resumed "
+        "sweep's cap may be raised to a doubling of the recorded one, never lowered",
     )
     p.add_argument(
         "--tolerance",

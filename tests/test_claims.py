@@ -398,6 +398,49 @@ def test_a_process_given_only_the_baselines_fits_them_and_writes_no_activation_c
 
 
 @pytest.mark.slow
+def test_raising_the_cap_extends_only_the_ladders_that_ended_there_and_it_never_falls(
+    tmp_path, default_model, monkeypatch
+):
+    """A sweep resumed under a higher cap trains one more rung of each ladder that stopped at
+    the old cap unconverged, keeps every rung it had, and records the new cap; a lower cap, or
+    one whose ladder lacks the old cap, is refused before any work."""
+    from dataclasses import replace
+
+    import training.claims_plan as plan
+    from replacement.errors import SparseCircuitsError
+    from training.claims_sweep import RESULTS_FILE, run_claims
+
+    monkeypatch.setattr(plan, "SKIP_KS", (4,))
+    settings, data = _tiny_sweep(tmp_path, default_model)
+    settings = replace(settings, tolerance=1e-12, floor=0.0)  # nothing settles this fast
+    first = run_claims(settings, log=lambda m: None, model=default_model, data=data)
+    ladders = {n: r["seeds"]["0"] for n, r in first["runs"].items()}
+    assert [r["tokens"] for r in ladders["skip/transcoder_k4"]["rungs"]] == [1024, 2048]
+    raised = run_claims(
+        replace(settings, cap_tokens=4096), log=lambda m: None, model=default_model, data=data
+    )
+    assert raised["setup"]["cap_tokens"] == 4096
+    for name, before in ladders.items():
+        after = raised["runs"][name]["seeds"]["0"]
+        assert after["rungs"][: len(before["rungs"])] == before["rungs"]
+        grown = 0 if before["converged"] else 1  # the closed-form baseline is not retrained
+        assert len(after["rungs"]) == len(before["rungs"]) + grown
+    assert [r["tokens"] for r in raised["runs"]["skip/transcoder_k4"]["seeds"]["0"]["rungs"]] == [
+        1024, 2048, 4096
+    ]  # fmt: skip
+    written = (tmp_path / RESULTS_FILE).read_text()
+    with pytest.raises(SparseCircuitsError, match="recorded with --cap-tokens 4,096; .* 2,048"):
+        run_claims(replace(settings, cap_tokens=2048), model=default_model, data=data)
+    assert (tmp_path / RESULTS_FILE).read_text() == written
+    # an old cap that was no doubling of the start (3000) is no rung of a higher cap's ladder
+    from training.claims_sweep import raised_cap
+
+    assert raised_cap({"cap_tokens": 3000}, 1024, 3000, "x") == 3000
+    with pytest.raises(SparseCircuitsError, match="can only be raised to a doubling"):
+        raised_cap({"cap_tokens": 3000}, 1024, 8192, "x")
+
+
+@pytest.mark.slow
 def test_a_run_another_process_holds_is_left_to_it_and_no_result_is_lost(
     tmp_path, default_model, monkeypatch
 ):
@@ -656,6 +699,19 @@ def test_merging_a_sweep_run_elsewhere_takes_what_is_further_and_refuses_another
     with pytest.raises(SparseCircuitsError, match="only runs of the same sweep can be merged"):
         merge_results(here, there)
     assert (here / RESULTS_FILE).read_text() == before  # nothing written
+    # a sweep resumed elsewhere under a raised cap: the merged file runs under the higher one
+    other["setup"] = {**setup, "cap_tokens": 2 * setup["cap_tokens"]}
+    there.write_text(json.dumps(other))
+    merge_results(here, there)
+    assert json.loads((here / RESULTS_FILE).read_text())["setup"]["cap_tokens"] == (
+        2 * setup["cap_tokens"]
+    )
+    other["setup"]["cap_tokens"] = 3 * setup["start_tokens"]  # no rung of the merged ladder
+    there.write_text(json.dumps(other))
+    before = (here / RESULTS_FILE).read_text()
+    with pytest.raises(SparseCircuitsError, match="can only be raised to a doubling"):
+        merge_results(here, there)
+    assert (here / RESULTS_FILE).read_text() == before
     assert main(["claims", "--out", str(here), "--merge", str(tmp_path / "missing.json")]) != 0
     assert "is not a file" in capsys.readouterr().err
 

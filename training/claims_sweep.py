@@ -1,7 +1,7 @@
 """The claims sweep: every point of `training.claims_plan`, per seed, trained until it converges.
 
     sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--points GLOB,..]
-        [--seeds 2] [--start-tokens 1e6] [--cap-tokens 3.2e7] [--eval-tokens 1e6]
+        [--seeds 2] [--start-tokens 1e6] [--cap-tokens 6.4e7] [--eval-tokens 1e6]
         [--activation-cache float32|float16|bfloat16|none]
 
 Each (point, seed) trains a ladder of budgets (`training.convergence.budget_ladder`), each rung a
@@ -76,8 +76,9 @@ class SweepSettings:
     start_tokens: int = 1_000_000
     """First rung of every ladder (training tokens); no run of the pilot or the first sweep had
     settled below 1M, and each rung costs a full held-out evaluation (about 90 s on 2 cores)."""
-    cap_tokens: int = 32_000_000
-    """Largest budget a run may train for (its last rung)."""
+    cap_tokens: int = 64_000_000
+    """Largest budget a run may train for (its last rung). It may be raised on resume (to a
+    doubling of the recorded cap): 32M until local TopK at k >= 16 was found unsettled there."""
     tolerance: float = DEFAULT_TOLERANCE
     """Converged when CE increase changed by less than this (relative) over the last doubling."""
     floor: float = DEFAULT_FLOOR
@@ -294,7 +295,11 @@ def _check_setup(path: Path, results: dict[str, Any], settings: SweepSettings) -
             f"{str(path)!r} is not a claims sweep of format {FORMAT_VERSION}; use another --out"
         )
     recorded = recorded_setup(results["setup"])
-    diff = {k: (recorded.get(k), v) for k, v in settings.recorded().items() if recorded.get(k) != v}
+    diff = {
+        k: (recorded.get(k), v)
+        for k, v in settings.recorded().items()
+        if recorded.get(k) != v and k != "cap_tokens"
+    }
     if diff:
         raise SparseCircuitsError(
             f"{str(path)!r} was recorded with other settings {diff} (recorded, given); rerun with "
@@ -309,7 +314,30 @@ def load_results(out: Path, settings: SweepSettings) -> dict[str, Any]:
     if results is None:
         return {"version": FORMAT_VERSION, "setup": settings.recorded(), "runs": {}}
     _check_setup(path, results, settings)
+    results["setup"]["cap_tokens"] = raised_cap(
+        results["setup"], settings.start_tokens, settings.cap_tokens, str(path)
+    )
     return results
+
+
+def raised_cap(setup: dict[str, Any], start_tokens: int, cap_tokens: int, where: str) -> int:
+    """The cap a resumed (or merged) sweep runs under: a sweep's cap may rise, never fall.
+
+    Raising it extends the ladders that ended at the old cap unconverged and leaves every
+    converged one as it was, so all runs still follow one rule (a run stops when it settles or
+    at the cap). The old cap must be a rung of the new ladder, or the ladders would have a rung
+    that is no longer on it; a lower cap would leave rungs above the cap. Raises
+    `SparseCircuitsError` naming both caps otherwise.
+    """
+    old = int(setup["cap_tokens"])
+    if cap_tokens == old:
+        return old
+    if cap_tokens < old or old not in budget_ladder(start_tokens, cap_tokens):
+        raise SparseCircuitsError(
+            f"{where!r} was recorded with --cap-tokens {old:,}; a sweep's cap can only be "
+            f"raised to a doubling of it (got {cap_tokens:,}), so its ladders keep their rungs"
+        )
+    return cap_tokens
 
 
 def selected_points(points: list[SweepPoint], patterns: tuple[str, ...]) -> list[SweepPoint]:
@@ -563,7 +591,7 @@ def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
             counts[0] = sum(len(r["seeds"]) for r in theirs["runs"].values())
             return theirs
         take_rows(current["setup"], theirs["setup"], str(path), str(other))
-        volatile = ("eval_rows", "rows_sha256")
+        volatile = ("eval_rows", "rows_sha256", "cap_tokens")
         mine = {k: v for k, v in current["setup"].items() if k not in volatile}
         given = {k: v for k, v in theirs["setup"].items() if k not in volatile}
         if recorded_setup(mine) != recorded_setup(given):
@@ -571,6 +599,11 @@ def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
                 f"{str(other)!r} was recorded with settings {given}; {str(path)!r} with {mine}: "
                 "only runs of the same sweep can be merged"
             )
+        # the merged sweep runs under the higher cap; the lower must be a rung of its ladder
+        low, high = sorted((current["setup"], theirs["setup"]), key=lambda s: s["cap_tokens"])
+        current["setup"]["cap_tokens"] = raised_cap(
+            low, int(current["setup"]["start_tokens"]), int(high["cap_tokens"]), str(other)
+        )
         for name, run in theirs["runs"].items():
             record = current["runs"].setdefault(name, {**run, "seeds": {}})
             for seed, entry in run["seeds"].items():
