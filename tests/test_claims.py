@@ -433,7 +433,7 @@ def test_raising_the_cap_extends_only_the_ladders_that_ended_there_and_it_never_
         run_claims(replace(settings, cap_tokens=2048), model=default_model, data=data)
     assert (tmp_path / RESULTS_FILE).read_text() == written
     # an old cap that was no doubling of the start (3000) is no rung of a higher cap's ladder
-    from training.claims_sweep import raised_cap
+    from training.convergence import raised_cap
 
     assert raised_cap({"cap_tokens": 3000}, 1024, 3000, "x") == 3000
     with pytest.raises(SparseCircuitsError, match="can only be raised to a doubling"):

@@ -66,6 +66,12 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
         got = load_native(folder / f"layer_{layer}").state_dict()
         want = load_native(runs / folder.relative_to(runs2) / f"layer_{layer}").state_dict()
         assert all(torch.equal(got[k], v) for k, v in want.items())
+    # exported under a raised cap there: merged, the ladders here run under it
+    raised = {**ladders[0], "setup": {**ladders[0]["setup"], "cap_tokens": 2048}}
+    (moved / build_zoo.LADDER_FILE).write_text(json.dumps(raised))
+    build_zoo.main([*argv, *here, "--stage", "merge", "--transfer", str(moved)])
+    got = json.loads((runs2 / build_zoo.LADDER_FILE).read_text())["setup"]["cap_tokens"]
+    assert got == 2048
     ladders[0]["setup"]["rows_sha256"] = "0" * 64  # trained on other rows there
     (moved / build_zoo.LADDER_FILE).write_text(json.dumps(ladders[0]))
     with pytest.raises(SystemExit, match="other token rows"):
@@ -143,9 +149,19 @@ def test_ladders_the_claims_sweep_trained_are_taken_not_trained_again(
     argv = ["--runs", str(runs), "--zoo", str(zoo), "--sets", "transcoder", "--start-tokens",
             "1024", "--cap-tokens", "2048", "--eval-tokens", "512", "--n-chunks", "2",
             "--eval-rows", "4", "--claims-runs", str(claims)]  # fmt: skip
+    # first under a lower cap: one rung taken; raising the cap takes the ladder further from
+    # the sweep (never trains on here: the weights live there), and the cap never falls
+    low = [*argv[:9], "1024", *argv[10:]]
     capsys.readouterr()
+    build_zoo.main(low)
+    assert "skip/transcoder_k16 seed 0; its 1 rungs taken, none trained" in capsys.readouterr().out
+    no_sweep = [a for a in argv if a not in ("--claims-runs", str(claims))]
+    with pytest.raises(SystemExit, match="is the claims sweep skip/transcoder_k16 seed 0, which"):
+        build_zoo.main([*no_sweep, "--stage", "train"])
     build_zoo.main(argv)
     out = capsys.readouterr().out
+    with pytest.raises(SystemExit, match="can only be raised"):
+        build_zoo.main([*low, "--stage", "train"])
     entry = swept["runs"]["skip/transcoder_k16"]["seeds"]["0"]
     assert f"the claims sweep skip/transcoder_k16 seed 0; its {len(entry['rungs'])} rungs" in out
     assert "tokens:" not in out

@@ -1,7 +1,7 @@
 """Build the embedded zoo's dictionary sets for the default model, by one documented recipe.
 
     python -m training.build_zoo --runs DIR --zoo replacement/zoo/dictionaries \\
-        [--start-tokens 1000000] [--cap-tokens 16000000] [--device cuda] [--sets a,b]
+        [--start-tokens 1000000] [--cap-tokens 64000000] [--device cuda] [--sets a,b]
         [--claims-runs CLAIMS_DIR] [--rows ROWS.npz]
 
 Six sets, every layer of the default model, the same width, k and learning rate for each:
@@ -137,7 +137,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     from replacement.model import load_model
     from training.claims_eval import original_side
     from training.claims_sweep import split_rows
-    from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder
+    from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder, raised_cap
     from training.data import load_token_data, special_token_ids
     from training.ladder import train_ladder
     from training.sweep_locks import claimed, read_results, save_entry, shared_cache
@@ -149,12 +149,20 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     setup = {"recipe": RECIPE, "start_tokens": args.start_tokens, "cap_tokens": args.cap_tokens,
              "eval_tokens": args.eval_tokens, "n_chunks": args.n_chunks}  # fmt: skip
     results = read_results(path) or {"setup": setup, "sets": {}}
-    kept = {k: v for k, v in results["setup"].items() if k != "rows_sha256"}  # checked below
-    if kept != setup:
+    # the rows are checked below; the cap may rise (as a claims sweep's may)
+    volatile = ("rows_sha256", "cap_tokens")
+    kept = {k: v for k, v in results["setup"].items() if k not in volatile}
+    if kept != {k: v for k, v in setup.items() if k not in volatile}:
         raise SystemExit(
             f"{path} was recorded with {kept}; rerun with those settings to resume, "
             "or use another --runs"
         )
+    try:
+        results["setup"]["cap_tokens"] = raised_cap(
+            results["setup"], args.start_tokens, args.cap_tokens, str(path)
+        )
+    except SparseCircuitsError as exc:
+        raise SystemExit(str(exc)) from exc
     model = load_model("default", device=args.device)
     if args.data:
         bos, specials = special_token_ids(model)
@@ -189,7 +197,9 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
                 entry = per_layer.setdefault(str(layer), {"rungs": [], "converged": False})
                 if entry["converged"] or len(entry["rungs"]) == len(ladder):
                     continue
-                if args.claims_runs and not entry["rungs"]:
+                # a ladder taken from the sweep is taken again when a raised cap extends it:
+                # its weights live in the sweep's folder, so it is never trained on here
+                if args.claims_runs and (not entry["rungs"] or "trained_as" in entry):
                     first = rung_config(name, layer, ladder[0], folder, args.device)
                     taken = claims_ladder(
                         Path(args.claims_runs), first, ladder, args, eval_rows, digest
@@ -200,6 +210,12 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
                         log(f"{name} layer {layer}: the {taken['trained_as']}; its "
                             f"{len(taken['rungs'])} rungs taken, none trained")  # fmt: skip
                         continue
+                if "trained_as" in entry:
+                    raise SystemExit(
+                        f"{name} layer {layer} is the {entry['trained_as']}, which has not "
+                        f"trained as far as --cap-tokens {args.cap_tokens:,} needs: train it "
+                        "there (sparse-circuits claims) and pass that folder as --claims-runs"
+                    )
                 cache = None
                 if ZOO_SETS[name]["objective"] == "local" and args.activation_cache != "none":
                     pair = layer_hooks(layer)
@@ -442,7 +458,11 @@ def main(argv: list[str] | None = None) -> None:
         "--start-tokens", type=int, default=1_000_000, help="first rung of every ladder (tokens)"
     )
     p.add_argument(
-        "--cap-tokens", type=int, default=16_000_000, help="largest rung of a ladder (tokens)"
+        "--cap-tokens",
+        type=int,
+        default=64_000_000,
+        help="largest rung of a ladder (tokens); a resumed build's cap may be raised to a "
+        "doubling of the recorded one, never lowered",
     )
     p.add_argument(
         "--eval-tokens", type=int, default=1_000_000, help="held-out tokens of the ladders"

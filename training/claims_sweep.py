@@ -38,7 +38,7 @@ from replacement.hook_table import block_hook
 from training.claims_eval import original_side
 from training.claims_plan import CLAIMS, SweepPoint, claim_points
 from training.config import TrainConfig, run_identity
-from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder
+from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder, raised_cap
 from training.data import TokenData
 from training.ladder import kept_on_merge, train_ladder
 from training.sweep_locks import (
@@ -318,26 +318,6 @@ def load_results(out: Path, settings: SweepSettings) -> dict[str, Any]:
         results["setup"], settings.start_tokens, settings.cap_tokens, str(path)
     )
     return results
-
-
-def raised_cap(setup: dict[str, Any], start_tokens: int, cap_tokens: int, where: str) -> int:
-    """The cap a resumed (or merged) sweep runs under: a sweep's cap may rise, never fall.
-
-    Raising it extends the ladders that ended at the old cap unconverged and leaves every
-    converged one as it was, so all runs still follow one rule (a run stops when it settles or
-    at the cap). The old cap must be a rung of the new ladder, or the ladders would have a rung
-    that is no longer on it; a lower cap would leave rungs above the cap. Raises
-    `SparseCircuitsError` naming both caps otherwise.
-    """
-    old = int(setup["cap_tokens"])
-    if cap_tokens == old:
-        return old
-    if cap_tokens < old or old not in budget_ladder(start_tokens, cap_tokens):
-        raise SparseCircuitsError(
-            f"{where!r} was recorded with --cap-tokens {old:,}; a sweep's cap can only be "
-            f"raised to a doubling of it (got {cap_tokens:,}), so its ladders keep their rungs"
-        )
-    return cap_tokens
 
 
 def selected_points(points: list[SweepPoint], patterns: tuple[str, ...]) -> list[SweepPoint]:

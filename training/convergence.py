@@ -11,6 +11,9 @@ there or at its cap. The floor is for metrics near zero, where a relative change
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from replacement.errors import SparseCircuitsError
 
 DEFAULT_TOLERANCE = 0.02
 """Relative change over the last doubling below which a run counts as converged (issue 22)."""
@@ -65,3 +68,23 @@ def has_converged(
     change = relative_change(curve)
     absolute = abs(curve[-1][1] - curve[-2][1])
     return (change is not None and change < tolerance) or absolute < floor
+
+
+def raised_cap(setup: dict[str, Any], start_tokens: int, cap_tokens: int, where: str) -> int:
+    """The cap a resumed (or merged) sweep runs under: a sweep's cap may rise, never fall.
+
+    Raising it extends the ladders that ended at the old cap unconverged and leaves every
+    converged one as it was, so all runs still follow one rule (a run stops when it settles or
+    at the cap). The old cap must be a rung of the new ladder, or the ladders would have a rung
+    that is no longer on it; a lower cap would leave rungs above the cap. Raises
+    `SparseCircuitsError` naming both caps otherwise.
+    """
+    old = int(setup["cap_tokens"])
+    if cap_tokens == old:
+        return old
+    if cap_tokens < old or old not in budget_ladder(start_tokens, cap_tokens):
+        raise SparseCircuitsError(
+            f"{where!r} was recorded with --cap-tokens {old:,}; a sweep's cap can only be "
+            f"raised to a doubling of it (got {cap_tokens:,}), so its ladders keep their rungs"
+        )
+    return cap_tokens

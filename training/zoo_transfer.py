@@ -18,6 +18,7 @@ from typing import Any
 
 from replacement.atomic import atomic_path
 from replacement.errors import SparseCircuitsError
+from training.convergence import raised_cap
 from training.ladder import kept_on_merge
 from training.token_rows import take_rows
 
@@ -91,11 +92,19 @@ def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
             take_rows(mine, given, str(runs), str(other))
         except SparseCircuitsError as exc:
             raise SystemExit(str(exc)) from exc
-        strip = ("rows_sha256",)
+        strip = ("rows_sha256", "cap_tokens")
         if {k: v for k, v in mine.items() if k not in strip} != {
             k: v for k, v in given.items() if k not in strip
         }:
             raise SystemExit(f"{other} was recorded with {given}; {runs} with {mine}")
+        # ladders built under a raised cap elsewhere: the merged ones run under the higher
+        low, high = sorted((mine, given), key=lambda s: s["cap_tokens"])
+        try:
+            mine["cap_tokens"] = raised_cap(
+                low, int(mine["start_tokens"]), int(high["cap_tokens"]), str(other)
+            )
+        except SparseCircuitsError as exc:
+            raise SystemExit(str(exc)) from exc
         for name, record in theirs["sets"].items():
             here = current["sets"].setdefault(name, {"layers": {}})["layers"]
             for layer, entry in record["layers"].items():
