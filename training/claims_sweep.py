@@ -38,7 +38,13 @@ from replacement.hook_table import block_hook
 from training.claims_eval import original_side
 from training.claims_plan import CLAIMS, SweepPoint, claim_points
 from training.config import TrainConfig, run_identity
-from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder, raised_cap
+from training.convergence import (
+    DEFAULT_FLOOR,
+    DEFAULT_TOLERANCE,
+    budget_ladder,
+    merged_cap,
+    raised_cap,
+)
 from training.data import TokenData
 from training.ladder import kept_on_merge, train_ladder
 from training.sweep_locks import (
@@ -579,11 +585,7 @@ def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
                 f"{str(other)!r} was recorded with settings {given}; {str(path)!r} with {mine}: "
                 "only runs of the same sweep can be merged"
             )
-        # the merged sweep runs under the higher cap; the lower must be a rung of its ladder
-        low, high = sorted((current["setup"], theirs["setup"]), key=lambda s: s["cap_tokens"])
-        current["setup"]["cap_tokens"] = raised_cap(
-            low, int(current["setup"]["start_tokens"]), int(high["cap_tokens"]), str(other)
-        )
+        current["setup"]["cap_tokens"] = merged_cap(current["setup"], theirs["setup"], str(other))
         for name, run in theirs["runs"].items():
             record = current["runs"].setdefault(name, {**run, "seeds": {}})
             for seed, entry in run["seeds"].items():

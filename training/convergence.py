@@ -88,3 +88,10 @@ def raised_cap(setup: dict[str, Any], start_tokens: int, cap_tokens: int, where:
             f"raised to a doubling of it (got {cap_tokens:,}), so its ladders keep their rungs"
         )
     return cap_tokens
+
+
+def merged_cap(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> int:
+    """The cap of two merged ladder files' setups: the higher one, whose ladder must hold the
+    lower cap as a rung (`raised_cap`); raises `SparseCircuitsError` otherwise."""
+    low, high = sorted((ours, theirs), key=lambda s: int(s["cap_tokens"]))
+    return raised_cap(low, int(ours["start_tokens"]), int(high["cap_tokens"]), where)

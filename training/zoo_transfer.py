@@ -18,7 +18,7 @@ from typing import Any
 
 from replacement.atomic import atomic_path
 from replacement.errors import SparseCircuitsError
-from training.convergence import raised_cap
+from training.convergence import merged_cap
 from training.ladder import kept_on_merge
 from training.token_rows import take_rows
 
@@ -97,12 +97,8 @@ def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
             k: v for k, v in given.items() if k not in strip
         }:
             raise SystemExit(f"{other} was recorded with {given}; {runs} with {mine}")
-        # ladders built under a raised cap elsewhere: the merged ones run under the higher
-        low, high = sorted((mine, given), key=lambda s: s["cap_tokens"])
-        try:
-            mine["cap_tokens"] = raised_cap(
-                low, int(mine["start_tokens"]), int(high["cap_tokens"]), str(other)
-            )
+        try:  # ladders built under a raised cap elsewhere run under it here too
+            mine["cap_tokens"] = merged_cap(mine, given, str(other))
         except SparseCircuitsError as exc:
             raise SystemExit(str(exc)) from exc
         for name, record in theirs["sets"].items():
