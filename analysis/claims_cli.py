@@ -2,8 +2,8 @@
 
     sparse-circuits claims --out runs/claims [--claims braun,gated,skip] [--points GLOB,..]
         [--seeds 2]
-        [--start-tokens 1e6] [--cap-tokens 3.2e7] [--eval-tokens 1e6] [--report-only]
-        [--merge OTHER/claims_sweep.json] [--export FILE] [--rows ROWS.npz]
+        [--start-tokens 1e6] [--cap-tokens 6.4e7] [--eval-tokens 1e6] [--report-only]
+        [--merge OTHER/claims_sweep.json] [--export FILE] [--rows ROWS.npz] [--together 20]
 
 Trains every point of every claim for each seed on a doubling ladder of budgets until the
 held-out CE increase changes by less than --tolerance (or --floor nats) over the last doubling
@@ -13,8 +13,10 @@ resumable: rerun the same command and finished rungs are skipped (a finished swe
 nothing). Start the same command in several shells to share the work: each run is trained by
 one of them, all results land in DIR/claims_sweep.json. Local runs read an activation cache of
 the layer that the first of them writes to DIR/activations (about 8.6 GB in float32 for the
-default model). Cost on 2 CPU cores: e2e ~5k tokens/s, so one e2e rung of 1e7 tokens takes
-~35 min; the whole default sweep is sized for an accelerator or for many sessions of resume.
+default model). e2e ladders of one seed train together (--together), sharing the original
+model's pass. Cost on one CPU thread: e2e ~4k tokens/s alone, ~1.6x that per run for 4
+together, so one e2e rung of 1e7 tokens takes ~25-40 min; the whole default sweep is sized
+for an accelerator or for many sessions of resume.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         n_features=args.n_features,
         activation_cache=args.activation_cache,
         device=args.device,
+        together=args.together,
         rows=args.rows,
     ).validate()
     if args.merge:
@@ -166,6 +169,15 @@ def register(subparsers: Any) -> None:
         "none to run the model on every step (default: float32, the model's own values)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument(
+        "--together",
+        type=int,
+        default=20,
+        metavar="N",
+        help="e2e ladders of one seed this process trains together, rung by rung, sharing "
+        "the original model's pass of each step (results equal training each alone); 1 "
+        "trains each alone (default: 20)",
+    )
     p.add_argument(
         "--rows",
         metavar="FILE",

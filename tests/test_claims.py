@@ -454,7 +454,7 @@ def test_a_run_another_process_holds_is_left_to_it_and_no_result_is_lost(
     settings, data = _tiny_sweep(tmp_path, default_model, seeds=2)
     held = tmp_path / "runs" / "skip" / "transcoder_k4" / "seed1"
     other = {"rungs": [{"tokens": 1, "written_by": "the other process"}], "converged": False}
-    real_ladder = sweep.train_ladder
+    real_ladder = sweep.train_ladders
 
     def ladder_then_the_other_writes(*args, **kwargs):
         real_ladder(*args, **kwargs)
@@ -465,7 +465,7 @@ def test_a_run_another_process_holds_is_left_to_it_and_no_result_is_lost(
 
         update_results(tmp_path / sweep.RESULTS_FILE, put)
 
-    monkeypatch.setattr(sweep, "train_ladder", ladder_then_the_other_writes)
+    monkeypatch.setattr(sweep, "train_ladders", ladder_then_the_other_writes)
     lines: list[str] = []
     with claimed(held) as mine:
         assert mine
@@ -485,7 +485,7 @@ def test_a_run_another_process_holds_is_left_to_it_and_no_result_is_lost(
     card = json.loads(next(held.parent.rglob("seed0/t*/card.json")).read_text())
     assert card["training"]["activations"] == str(tmp_path / "activations" / "layer1")
     lines.clear()
-    monkeypatch.setattr(sweep, "train_ladder", real_ladder)
+    monkeypatch.setattr(sweep, "train_ladders", real_ladder)
     sweep.run_claims(settings, log=lines.append, model=default_model, data=data)
     assert [m.split(" 1,024")[0] for m in lines if "tokens:" in m][:1] == [
         "skip/transcoder_k4 seed 1"
@@ -493,6 +493,36 @@ def test_a_run_another_process_holds_is_left_to_it_and_no_result_is_lost(
     assert not any("activation cache" in m for m in lines)  # reused
     final = json.loads((tmp_path / sweep.RESULTS_FILE).read_text())
     assert final["runs"]["skip/transcoder_k4"]["seeds"]["1"]["rungs"]
+
+
+def test_e2e_ladders_trained_together_give_each_ones_result_alone_and_all_are_saved(
+    tmp_path, default_model, monkeypatch
+):
+    """The e2e ladders of a seed train together (one original pass per step): every rung's
+    figures equal those of the same ladder trained alone, and every ladder's rungs reach the
+    results file."""
+    from dataclasses import replace
+
+    import training.claims_plan as plan
+    from training.claims_sweep import RESULTS_FILE, run_claims
+
+    monkeypatch.setattr(plan, "TOPK_KS", (4, 8))
+    settings, data = _tiny_sweep(tmp_path / "together", default_model)
+    settings = replace(settings, claims=("braun",), points=("braun/e2e*topk*",))
+    lines: list[str] = []
+    together = run_claims(settings, log=lines.append, model=default_model, data=data)
+    assert "training 4 e2e ladders of seed 0 together" in lines
+    alone_settings = replace(settings, out=str(tmp_path / "alone"), together=1)
+    alone = run_claims(alone_settings, log=lambda m: None, model=default_model, data=data)
+    on_disk = json.loads((tmp_path / "together" / RESULTS_FILE).read_text())
+    names = [f"braun/{o}_topk_k{k}" for o in ("e2e", "e2e_ds") for k in (4, 8)]
+    for name in names:
+        a = together["runs"][name]["seeds"]["0"]
+        b = alone["runs"][name]["seeds"]["0"]
+        assert [r["tokens"] for r in a["rungs"]] == [r["tokens"] for r in b["rungs"]] != []
+        for ra, rb in zip(a["rungs"], b["rungs"], strict=True):
+            assert ra["chunks"] == rb["chunks"], name
+        assert on_disk["runs"][name]["seeds"]["0"]["rungs"] == json.loads(json.dumps(a["rungs"]))
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@
 #   there:       bash tools/accelerator_claims.sh run 'braun/e2e*' 8 520
 #                (device `run` with carry [".whl"]: the shipped analysis/claims_sweep.json is
 #                merged first, so finished rungs are not trained again; 8 processes share the
-#                GPU for at most 520 s on the carried rows, then the results file and the logs
+#                GPU for at most 520 s, each training up to 5 e2e ladders of one seed together
+#                (--together 5: 40 ladders make 8 groups), on the carried rows; then the results file and the logs
 #                are copied to $OUT)
 #   here:        sparse-circuits claims --out DIR --merge <files_at>/claims_sweep.json
 #                (refused if it was made on other rows: the sweep records their sha256)
@@ -64,7 +65,8 @@ case "${1:-}" in
       > "$sweep/merge.log" 2>&1 || { cat "$sweep/merge.log"; exit 1; }
     for w in $(seq 1 "$workers"); do
       timeout "$seconds" python3 sparse_circuits_cli.py claims --out "$sweep" --claims braun \
-        --points "$pattern" --device cuda --rows .whl/rows.npz > "$sweep/worker$w.log" 2>&1 &
+        --points "$pattern" --device cuda --rows .whl/rows.npz --together 5 \
+        > "$sweep/worker$w.log" 2>&1 &
       sleep 2  # staggered, so each takes another (point, seed)
     done
     wait || true

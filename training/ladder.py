@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,20 @@ def kept_on_merge(have: dict[str, Any] | None, incoming: dict[str, Any]) -> bool
     )
 
 
+@dataclass
+class Ladder:
+    """One dictionary's ladder: where its rungs are recorded, trained and saved."""
+
+    entry: dict[str, Any]
+    """A dict with "rungs" and "converged" (a results file's entry)."""
+    make_config: Callable[[int, Path], TrainConfig]
+    """(tokens, rung folder) -> the rung's config."""
+    folder: Path
+    save: Callable[[], None]
+    """Persists `entry` (called after every rung)."""
+    label: str
+
+
 def train_ladder(
     entry: dict[str, Any],
     budgets: Sequence[int],
@@ -95,40 +110,93 @@ def train_ladder(
     last doubling (when
     `converge`) or the budgets run out. `make_config(tokens, rung_folder)` gives each rung's
     config; `layer` is the dictionary evaluated."""
-    from training.trainer import Trainer
+    train_ladders(
+        [Ladder(entry, make_config, folder, save, label)],
+        budgets,
+        layer,
+        model,
+        data,
+        original,
+        log,
+        tolerance,
+        floor,
+        converge,
+    )
 
-    entry.setdefault("rungs", [])
+
+def train_ladders(
+    ladders: Sequence[Ladder],
+    budgets: Sequence[int],
+    layer: int,
+    model: Any,
+    data: Any,
+    original: OriginalSide,
+    log: Callable[[str], None],
+    tolerance: float,
+    floor: float = 0.0,
+    converge: bool = True,
+) -> None:
+    """`train_ladder` for several ladders, rung by rung: the rungs of one budget that are due
+    train together (`training.trainer.train_many`: e2e runs of one seed share the original
+    model's pass of each step; the result equals training each alone), then each is evaluated
+    and its convergence decided. A ladder leaves when it has converged."""
+    from training.trainer import Trainer, train_together, trainers_for
+
+    for ladder in ladders:
+        ladder.entry.setdefault("rungs", [])
     for tokens in budgets:
-        if entry.get("converged"):
-            break
-        if any(r["tokens"] == tokens for r in entry["rungs"]):
+        due = [
+            ladder
+            for ladder in ladders
+            if not ladder.entry.get("converged")
+            and not any(r["tokens"] == tokens for r in ladder.entry["rungs"])
+        ]
+        if not due:
             continue
-        config = make_config(tokens, folder / f"t{tokens}")
-        trainer = Trainer(config, model=model, data=data)
-        trained = trainer.train()
-        # the optimiser steps' time over every process that trained the rung (a rung finished
-        # before a kill is not counted again as 0 s); evaluation is timed apart
-        seconds = trainer.train_seconds
-        start = time.perf_counter()
-        measured = evaluate_dictionary(model, trained[layer].eval(), original)
-        entry["rungs"].append(
-            rung_record(
-                machine(config.device),
-                tokens,
-                trainer.step,
-                float(config.lr),
-                seconds,
-                time.perf_counter() - start,
-                final_loss(trainer),
-                measured,
+        configs = [ladder.make_config(tokens, ladder.folder / f"t{tokens}") for ladder in due]
+        if len(due) == 1:
+            trainers = [Trainer(configs[0], model=model, data=data)]
+            results = [trainers[0].train()]
+        else:
+            trainers = trainers_for(configs, model, data)
+            results = train_together(trainers, model)
+        for ladder, config, trainer, trained in zip(due, configs, trainers, results, strict=True):
+            _record_rung(ladder, tokens, config, trainer, trained[layer], model, original)
+            curve = [(r["tokens"], r["figures"]["ce_increase"]) for r in ladder.entry["rungs"]]
+            ladder.entry["converged"] = not converge or has_converged(curve, tolerance, floor)
+            ladder.save()
+            f = ladder.entry["rungs"][-1]["figures"]
+            log(
+                f"{ladder.label} {tokens:,} tokens: {trainer.train_seconds:.0f} s, "
+                f"L0 {f['l0']:.1f}, CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}"
+                + (" (converged)" if ladder.entry["converged"] and converge else "")
             )
+
+
+def _record_rung(
+    ladder: Ladder,
+    tokens: int,
+    config: TrainConfig,
+    trainer: Any,
+    dictionary: Any,
+    model: Any,
+    original: OriginalSide,
+) -> None:
+    """Evaluate a trained rung alone on the held-out rows and append it to the ladder."""
+    # the optimiser steps' time over every process that trained the rung (a rung finished
+    # before a kill is not counted again as 0 s), with its share of passes shared with other
+    # runs; evaluation is timed apart
+    start = time.perf_counter()
+    measured = evaluate_dictionary(model, dictionary.eval(), original)
+    ladder.entry["rungs"].append(
+        rung_record(
+            machine(config.device),
+            tokens,
+            trainer.step,
+            float(config.lr),
+            trainer.train_seconds,
+            time.perf_counter() - start,
+            final_loss(trainer),
+            measured,
         )
-        curve = [(r["tokens"], r["figures"]["ce_increase"]) for r in entry["rungs"]]
-        entry["converged"] = not converge or has_converged(curve, tolerance, floor)
-        save()
-        f = entry["rungs"][-1]["figures"]
-        log(
-            f"{label} {tokens:,} tokens: {seconds:.0f} s, L0 {f['l0']:.1f}, "
-            f"CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}"
-            + (" (converged)" if entry["converged"] and converge else "")
-        )
+    )

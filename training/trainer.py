@@ -51,6 +51,7 @@ from training.config import ConfigError, TrainConfig, option_name
 from training.data import TokenData, load_token_data, sample_indices, token_mask
 from training.distributed import DistContext, context, use_global_batchtopk
 from training.fused_topk import fired_features, topk_reconstruct
+from training.kl_loss import kl_to_reference
 from training.losses import (
     LossScale,
     auxk_loss_sparse,
@@ -63,6 +64,7 @@ from training.losses import (
     remove_parallel_grad,
     sparsity_loss,
 )
+from training.original_pass import OriginalPasses
 from training.progress import progress
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -178,6 +180,8 @@ class Trainer:
             then the default model's corpus; read when first needed, tokenized once and
             kept in the token cache).
         batches: a shared source of cached batches (`CachedBatches`), for `train_many`.
+        originals: e2e: a shared source of the original model's passes (`OriginalPasses`),
+            for `train_many`.
     """
 
     def __init__(
@@ -186,6 +190,7 @@ class Trainer:
         model: Any = None,
         data: Any = None,
         batches: CachedBatches | None = None,
+        originals: OriginalPasses | None = None,
     ):
         self.config = config.validate()
         self._model, self._data_source = model, data
@@ -254,6 +259,10 @@ class Trainer:
         self.last_metrics: dict[str, Any] = {}
         self.skip_unspliced_blocks = True
         """e2e: run the spliced pass from the first spliced block (TL4's start_at_layer)."""
+        self.originals = originals
+        """e2e: the original model's passes, shared with the runs of a `train_many`."""
+        self._shared_seconds = 0.0
+        """This step's seconds of shared work: charged share minus time spent here."""
 
     def _check_against_model(self, model: Any) -> None:
         """Layers, hooks and ctx_len that the model has, checked before any data is read."""
@@ -486,31 +495,32 @@ class Trainer:
         )
         return self.data.train[rows][self.dist.shard(self.rows_per_step)]
 
-    def _e2e_loss(self, step: int) -> tuple[Tensor, dict[str, Any], int]:
+    def _e2e_hooks(self) -> tuple[list[str], str | None]:
+        """e2e+ds's downstream hooks and the hook the spliced pass starts from (None: from
+        the tokens)."""
         cfg = self.config
-        tokens = self._step_tokens(step).to(self.device)
-        mask = token_mask(tokens, self.data.special_ids).to(self.device)
-        n_tokens = float(self.dist.reduce_sum(mask.sum().double()))
         ds_layers = (
             list(range(min(cfg.layers), int(self.model.cfg.n_layers)))
             if cfg.objective == "e2e_ds"
             else []
         )
-        ds_hooks = [block_hook(m, "hook_resid_post") for m in ds_layers]
-        fresh = step == 0 and not self._resumed
-        firsts = [h for d in self.dictionaries.values() for h in (d.in_hook, d.out_hook)]
         # the blocks below the first spliced one compute the same in both passes: the
         # spliced pass starts from the original pass's residual there
         start = min(cfg.layers) if self.skip_unspliced_blocks else 0
-        start_hook = [block_hook(start, "hook_resid_pre")] if start > 0 else []
-        needed = sorted(set(ds_hooks + start_hook + (firsts if fresh else [])))
-        with torch.no_grad():
-            captured: dict[str, Tensor] = {}
-            fwd = [(h, _capture(captured, h)) for h in needed]
-            logits_orig = (
-                self.model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else self.model(tokens)
-            )
-            logp_orig = torch.log_softmax(logits_orig.float(), dim=-1)
+        return [block_hook(m, "hook_resid_post") for m in ds_layers], (
+            block_hook(start, "hook_resid_pre") if start > 0 else None
+        )
+
+    def _e2e_loss(self, step: int) -> tuple[Tensor, dict[str, Any], int]:
+        cfg = self.config
+        tokens = self._step_tokens(step).to(self.device)
+        mask = token_mask(tokens, self.data.special_ids).to(self.device)
+        n_tokens = float(self.dist.reduce_sum(mask.sum().double()))
+        ds_hooks, start_hook = self._e2e_hooks()
+        fresh = step == 0 and not self._resumed
+        original, spent, charged = self.originals.at(step, tokens, mask)
+        self._shared_seconds += charged - spent
+        captured = original.captured
         if fresh:
             self._init_from_batch(
                 {layer: captured[d.in_hook][mask] for layer, d in self.dictionaries.items()},
@@ -521,13 +531,13 @@ class Trainer:
             with self.model.hooks(
                 fwd_hooks=[(h, _capture(spliced_ds, h, detach=False)) for h in ds_hooks]
             ):
-                if start_hook:
-                    logits = self.model(captured[start_hook[0]], start_at_layer=start)
+                if start_hook is not None:
+                    start = min(cfg.layers)
+                    logits = self.model(captured[start_hook], start_at_layer=start)
                 else:
                     logits = self.model(tokens)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        kl_tok = (logp_orig.exp() * (logp_orig - logp)).sum(-1)
-        kl = kl_tok[mask].sum() / n_tokens
+        weights = torch.full((int(mask.sum()),), 1.0 / n_tokens, device=logits.device)
+        kl = kl_to_reference(logits[mask], original.reference, weights)
         total = cfg.kl_coefficient * kl
         metrics: dict[str, Any] = {"kl": float(self.dist.reduce_sum(kl.detach()))}
         for hook in ds_hooks:
@@ -708,6 +718,14 @@ class Trainer:
         if self._resumed:
             self._log(f"resuming from {str(ckpt)!r}")
             self.load_checkpoint(ckpt)
+        if cfg.objective != "local":
+            if self.originals is None:
+                self.originals = OriginalPasses(self.model)
+            ds_hooks, start_hook = self._e2e_hooks()
+            firsts = [h for d in self.dictionaries.values() for h in (d.in_hook, d.out_hook)]
+            self.originals.need(
+                ds_hooks + ([start_hook] if start_hook else []) + ([] if self._resumed else firsts)
+            )
         self._trim_metrics()
         total = cfg.total_steps
         self._end = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
@@ -725,8 +743,9 @@ class Trainer:
         """One optimiser step, with its metrics line and checkpoint; returns its record."""
         cfg = self.config
         start = time.perf_counter()
+        self._shared_seconds = 0.0
         record = self._train_step(self.step)
-        self.train_seconds += time.perf_counter() - start
+        self.train_seconds += time.perf_counter() - start + self._shared_seconds
         self.step += 1
         self.last_metrics = record
         if self.dist.is_main and (self.step % max(1, cfg.log_every) == 0 or self.step == self._end):
@@ -936,20 +955,40 @@ def train(config: TrainConfig, model: Any = None, data: Any = None) -> dict[int,
 def train_many(
     configs: Sequence[TrainConfig], model: Any = None, data: Any = None
 ) -> list[dict[int, Dictionary]]:
-    """Train several local runs in one pass over the same cached activations.
+    """Train several runs together, sharing the work that does not depend on the dictionary.
 
-    Every config reads `activations` from the same folder with the same batch_tokens and
-    seed, so each batch is read once and serves every run (different layers, kinds,
-    widths, k or sparsity coefficients). Each run keeps its own out_dir, checkpoint and
-    resume; the result equals training each config on its own.
+    Local runs read `activations` from the same folder with the same batch_tokens and seed,
+    so each batch is read once and serves every run (different layers, kinds, widths, k or
+    sparsity coefficients). e2e and e2e+ds runs (no activations) with the same model,
+    batch_tokens, ctx_len and seed train on the same token rows at every step, so the
+    original model's pass of each step is run once for all of them (`OriginalPasses`).
+    Each run keeps its own out_dir, checkpoint and resume; the result equals training each
+    config on its own, and each run's train_seconds includes an equal share of the shared
+    passes.
     """
+    trainers = trainers_for(configs, model, data)
+    return train_together(trainers, trainers[0]._model if trainers else model)
+
+
+def trainers_for(
+    configs: Sequence[TrainConfig], model: Any = None, data: Any = None
+) -> list[Trainer]:
+    """The `Trainer`s of `train_many`, sharing cached batches (local) or the original
+    model's passes (e2e); checked before any is built."""
     if not configs:
         return []
     first = configs[0]
-    if first.activations is None:
+    local = [c.objective == "local" for c in configs]
+    if any(local) and not all(local):
+        raise ConfigError(
+            "train_many trains local runs or e2e runs together, not both: local runs share "
+            "cached activations, e2e runs the original model's pass"
+        )
+    shared = ("activations", "batch_tokens", "seed") + (() if all(local) else ("model", "ctx_len"))
+    if all(local) and first.activations is None:
         raise ConfigError("train_many reads an activation cache: set activations on every config")
     for cfg in configs:
-        for name in ("activations", "batch_tokens", "seed"):
+        for name in shared:
             if getattr(cfg, name) != getattr(first, name):
                 raise ConfigError(
                     f"train_many needs one {name} for all runs; got {getattr(first, name)!r} "
@@ -957,12 +996,29 @@ def train_many(
                 )
     if len({str(Path(c.out_dir).resolve()) for c in configs}) < len(configs):
         raise ConfigError("train_many needs a different out_dir for every run")
+    if not all(local):
+        if model is None:
+            from replacement.model import load_model
+
+            model = load_model(first.model, device=first.device)
+        originals = OriginalPasses(model)
+        trainers = [Trainer(first, model, data, originals=originals)]
+        data = trainers[0].data  # tokenized once, for every run
+        return trainers + [Trainer(c, model, data, originals=originals) for c in configs[1:]]
     cache = ActivationCache(first.activations)
     hooks = sorted({h for c in configs for layer in c.layers for h in dictionary_hooks(c, layer)})
     dist = context(first.device)
     shards = rank_shards(cache.n_shards, dist.rank, dist.world_size)
     batches = CachedBatches(cache, hooks, first.batch_tokens, first.seed, shards)
-    trainers = [Trainer(c, model, data, batches=batches) for c in configs]
+    return [Trainer(c, model, data, batches=batches) for c in configs]
+
+
+def train_together(trainers: list[Trainer], model: Any) -> list[dict[int, Dictionary]]:
+    """Advance `trainers` step by step together (`trainers_for`); returns their dictionaries.
+
+    An interrupt (Ctrl-C, SIGTERM) between steps checkpoints every run and raises
+    `TrainingInterrupted` (for the first unfinished one); the folders are released either way.
+    """
     try:
         return _train_together(trainers, model)
     finally:
@@ -981,12 +1037,24 @@ def _train_together(trainers: list[Trainer], model: Any) -> list[dict[int, Dicti
         disable=not (first.verbose and dist.is_main),
         dynamic_ncols=True,
     )
-    for step in range(min(t.step for t in trainers), max(ends)):
-        for trainer, end in zip(trainers, ends, strict=True):
-            if trainer.step == step < end:
+    with _stop_on_interrupt(dist.world_size == 1) as interrupted:
+        for step in range(min(t.step for t in trainers), max(ends)):
+            if interrupted.is_set():  # only between steps, so every checkpoint is exact
+                break
+            active = [t for t, end in zip(trainers, ends, strict=True) if t.step == step < end]
+            if active and active[0].originals is not None:  # e2e: this step's pass is theirs
+                active[0].originals.sharers = len(active)
+            for trainer in active:
                 trainer.advance()
                 bar.update(1)
     bar.close()
+    if interrupted.is_set():
+        stopped = [t for t, end in zip(trainers, ends, strict=True) if t.step < end]
+        for t in stopped:
+            t.save_checkpoint()
+        if stopped:
+            t = stopped[0]
+            raise TrainingInterrupted(t.step, t.config.total_steps, t.out_dir / CHECKPOINT_FILE)
     if model is None and any(
         t.config.evaluate and t.step >= t.config.total_steps for t in trainers
     ):
