@@ -150,3 +150,26 @@ def test_train_many_refuses_runs_that_cannot_share_their_batches(tmp_path):
         train_many([_config(tmp_path / "a"), _config(tmp_path / "b", seed=1)])
     with pytest.raises(ConfigError, match="not both"):
         train_many([_config(tmp_path / "a"), _config(tmp_path / "b", objective="local")])
+
+
+def test_the_train_commands_sweep_trains_e2e_runs_together(tmp_path, capsys, monkeypatch):
+    from replacement.formats.native import load_native
+    from sparse_circuits_cli import main
+    from training.default_model.corpus import stdlib_dir
+
+    monkeypatch.setenv("SPARSE_CIRCUITS_CACHE", str(tmp_path / "token_cache"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted((stdlib_dir() / "json").glob("*.py")):
+        (src / p.name).write_text(p.read_text())
+    (tmp_path / "sweep.yaml").write_text(
+        f"- {{k: 4, out_dir: {tmp_path / 'a'}}}\n"
+        f"- {{k: 8, objective: e2e_ds, out_dir: {tmp_path / 'b'}}}\n"
+    )
+    argv = ["train", "--objective", "e2e", "--data", str(src), "--layers", "1"]
+    argv += ["--n-features", "32", "--batch-tokens", "124", "--tokens", "496", "--ctx-len", "32"]
+    argv += ["--sweep", str(tmp_path / "sweep.yaml"), "--quiet"]
+    assert main(argv) == 0
+    assert load_native(tmp_path / "a" / "layer_1").activation.k == 4
+    assert load_native(tmp_path / "b" / "layer_1").activation.k == 8
+    assert "trained 2 runs together, one original-model pass per step" in capsys.readouterr().out

@@ -133,6 +133,23 @@ class TrainConfig:
         """The lr in use: the configured one or 2e-4 / sqrt(F / 2^14)."""
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.n_features / 2**14)
 
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the base lr at `step`: linear warm-up, flat, then decay to 0."""
+        total = self.total_steps
+        factor = 1.0
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            factor = (step + 1) / self.warmup_steps
+        start = self.decay_start
+        if self.decay != "none" and step >= start and total > start:
+            p = (step - start) / (total - start)
+            factor *= 0.5 * (1 + math.cos(math.pi * p)) if self.decay == "cosine" else 1 - p
+        return factor
+
+    @property
+    def decay_start(self) -> int:
+        """The first step of the lr decay (the flat part ends there)."""
+        return int(self.total_steps * (1 - self.decay_fraction))
+
     @property
     def total_steps(self) -> int:
         """Optimiser steps of the whole run."""

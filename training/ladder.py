@@ -4,7 +4,9 @@ Shared by the claims sweep (`training.claims_sweep`) and the zoo recipe (`traini
 each rung is a full `Trainer` run in its own folder (`<folder>/t<tokens>`, checkpointed, so a
 killed rung resumes), evaluated alone on the sweep's held-out rows (`training.claims_eval`),
 and recorded in `entry["rungs"]`; `save` persists the entry after every rung, so a rerun skips
-every finished rung.
+every finished rung. A rung that passes through its previous rung's state (the same settings
+but the budget, the same schedule up to the previous rung's decay) starts from it there
+(`training.rung_branch`): the same result for 60% of the steps.
 """
 
 from __future__ import annotations
@@ -140,10 +142,12 @@ def train_ladders(
     train together (`training.trainer.train_many`: e2e runs of one seed share the original
     model's pass of each step; the result equals training each alone), then each is evaluated
     and its convergence decided. A ladder leaves when it has converged."""
+    from training.rung_branch import branch_step, start_from_branch
     from training.trainer import Trainer, train_together, trainers_for
 
     for ladder in ladders:
         ladder.entry.setdefault("rungs", [])
+    previous = dict(zip(budgets[1:], budgets[:-1], strict=False))
     for tokens in budgets:
         due = [
             ladder
@@ -154,11 +158,18 @@ def train_ladders(
         if not due:
             continue
         configs = [ladder.make_config(tokens, ladder.folder / f"t{tokens}") for ladder in due]
+        if tokens in previous:  # continue the previous rung where the two part, if they can
+            for ladder, config in zip(due, configs, strict=True):
+                start_from_branch(ladder.folder / f"t{previous[tokens]}", config)
         if len(due) == 1:
             trainers = [Trainer(configs[0], model=model, data=data)]
-            results = [trainers[0].train()]
         else:
             trainers = trainers_for(configs, model, data)
+        for trainer in trainers:  # for the next rung
+            trainer.branch_at = branch_step(trainer.config)
+        if len(due) == 1:
+            results = [trainers[0].train()]
+        else:
             results = train_together(trainers, model)
         for ladder, config, trainer, trained in zip(due, configs, trainers, results, strict=True):
             _record_rung(ladder, tokens, config, trainer, trained[layer], model, original)
@@ -200,3 +211,5 @@ def _record_rung(
             measured,
         )
     )
+    if trainer.branched_from is not None:
+        ladder.entry["rungs"][-1]["branched_from"] = trainer.branched_from

@@ -117,7 +117,12 @@ def run_train(args: argparse.Namespace) -> int:
             check_output_dir(entry.out_dir, "--out (sweep entry)")
         with _own_folders([c.out_dir for c in configs], args.overwrite, "--out (sweep entry)"):
             train_many(configs)
-        print(f"trained {len(configs)} runs in one pass over {config.activations}")
+        shared = (
+            f"in one pass over {config.activations}"
+            if config.objective == "local"
+            else "together, one original-model pass per step"
+        )
+        print(f"trained {len(configs)} runs {shared}")
         return 0
     check_output_dir(config.out_dir, "--out")
     if config.activations is not None and args.ctx_len is not None:
@@ -208,8 +213,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     parser.add_argument(
         "--sweep",
-        help="YAML or JSON list of field overrides: one run each, all in one pass over "
-        "--activations (default: one run)",
+        help="YAML or JSON list of field overrides: one run each, trained together: local "
+        "runs in one pass over --activations, e2e runs (same seed) on one original-model pass "
+        "per step (default: one run)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_overwrite_flag(parser)

@@ -68,6 +68,8 @@ from training.original_pass import OriginalPasses
 from training.progress import progress
 
 CHECKPOINT_FILE = "checkpoint.pt"
+BRANCH_FILE = "branch.pt"
+"""The checkpoint at `Trainer.branch_at` (training.rung_branch): a longer run continues it."""
 METRICS_FILE = "metrics.jsonl"
 EVAL_MIN_ROWS = 4
 """The end evaluation uses at least this many held-out sequences."""
@@ -261,6 +263,10 @@ class Trainer:
         """e2e: run the spliced pass from the first spliced block (TL4's start_at_layer)."""
         self.originals = originals
         """e2e: the original model's passes, shared with the runs of a `train_many`."""
+        self.branch_at: int | None = None
+        """A step at which to keep the checkpoint as `BRANCH_FILE` too (training.rung_branch)."""
+        self.branched_from: dict[str, int] | None = None
+        """The shorter run (its tokens, and the step) this run continued, if any."""
         self._shared_seconds = 0.0
         """This step's seconds of shared work: charged share minus time spent here."""
 
@@ -337,16 +343,8 @@ class Trainer:
 
     # ---- schedule ---------------------------------------------------------------------------
     def lr_factor(self, step: int) -> float:
-        """Multiplier of the base lr at `step`: linear warm-up, flat, then decay to 0."""
-        cfg, total = self.config, self.config.total_steps
-        factor = 1.0
-        if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-            factor = (step + 1) / cfg.warmup_steps
-        start = int(total * (1 - cfg.decay_fraction))
-        if cfg.decay != "none" and step >= start and total > start:
-            p = (step - start) / (total - start)
-            factor *= 0.5 * (1 + math.cos(math.pi * p)) if cfg.decay == "cosine" else 1 - p
-        return factor
+        """Multiplier of the base lr at `step` (`TrainConfig.lr_factor`)."""
+        return self.config.lr_factor(step)
 
     @property
     def tokens_per_step(self) -> int:
@@ -612,13 +610,14 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "since_fired": self.since_fired,
             "train_seconds": self.train_seconds,
+            "branched_from": self.branched_from,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write out_dir/checkpoint.pt atomically (rank 0 only)."""
-        path = self.out_dir / CHECKPOINT_FILE
+    def save_checkpoint(self, name: str = CHECKPOINT_FILE) -> Path:
+        """Write out_dir/checkpoint.pt (or out_dir/`name`) atomically (rank 0 only)."""
+        path = self.out_dir / name
         if self.dist.is_main:
             with atomic_path(path) as tmp:
                 try:
@@ -659,6 +658,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))  # older checkpoints: none
+        self.branched_from = state.get("branched_from")
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self) -> dict[int, Dictionary]:
@@ -712,7 +712,7 @@ class Trainer:
             # ours or refused, one writer at a time (locked until `finish`); files listed first
             self._folder_cm = owned(self.out_dir, command="train", legacy=_earlier_output)
             self._folder = self._folder_cm.__enter__()
-            self._folder.claim([CHECKPOINT_FILE, METRICS_FILE])
+            self._folder.claim([CHECKPOINT_FILE, METRICS_FILE, BRANCH_FILE])
         ckpt = self.out_dir / CHECKPOINT_FILE
         self._resumed = bool(cfg.resume and ckpt.exists())
         if self._resumed:
@@ -752,6 +752,8 @@ class Trainer:
             self._append_metrics(record)
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
+        if self.step == self.branch_at:
+            self.save_checkpoint(BRANCH_FILE)
         return record
 
     def finish(self) -> dict[int, Dictionary]:
@@ -832,6 +834,7 @@ class Trainer:
         tokens_seen = self.step * self.tokens_per_step
         written = [f"layer_{layer}.{ext}" for layer in self.dictionaries for ext in _LAYER_EXTS]
         written += ["card.json", METRICS_FILE, CHECKPOINT_FILE]
+        written += [BRANCH_FILE] if (self.out_dir / BRANCH_FILE).exists() else []
         written += ["report.json"] if cfg.evaluate else []
         if self._folder is not None:
             self._folder.claim(written)  # listed before written: a kill leaves them ours
@@ -925,7 +928,7 @@ _LAYER_EXTS = ("safetensors", "json")
 
 def _earlier_output(path: Path) -> bool:
     """Files a training run writes (checkpoint, metrics, layer files, report and card)."""
-    names = ("report.json", "card.json", CHECKPOINT_FILE, METRICS_FILE)
+    names = ("report.json", "card.json", CHECKPOINT_FILE, METRICS_FILE, BRANCH_FILE)
     return path.name in names or bool(re.fullmatch(r"layer_\d+\.(json|safetensors)", path.name))
 
 
