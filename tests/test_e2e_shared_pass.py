@@ -8,12 +8,11 @@ import math
 import pytest
 import torch
 
+from tests.tiny_e2e import CTX, e2e_config, json_package_rows
 from training.config import ConfigError, TrainConfig
-from training.data import TokenData, load_token_data
+from training.data import TokenData
 from training.kl_loss import Reference, kl_to_reference
 from training.trainer import Trainer, train_many
-
-CTX = 32
 
 
 def _autograd_kl(logits, reference_logits, weights):
@@ -59,32 +58,11 @@ def test_kl_has_its_known_values():
 
 @pytest.fixture(scope="module")
 def data(default_model) -> TokenData:
-    from training.default_model.corpus import stdlib_dir
-
-    texts = [p.read_text() for p in sorted((stdlib_dir() / "json").glob("*.py"))]
-    return load_token_data(default_model, texts, CTX)
+    return json_package_rows(default_model)
 
 
 def _config(folder, **kw) -> TrainConfig:
-    base = dict(
-        objective="e2e",
-        activation="topk",
-        layers=[1],
-        n_features=64,
-        k=4,
-        batch_tokens=4 * (CTX - 1),
-        total_tokens=4 * (CTX - 1) * 8,
-        ctx_len=CTX,
-        warmup_steps=2,
-        lr=3e-3,
-        checkpoint_every=0,
-        log_every=1,
-        dead_after_tokens=256,
-        evaluate=False,
-        verbose=False,
-        out_dir=str(folder),
-    )
-    return TrainConfig(**{**base, **kw})
+    return e2e_config(folder, **kw)
 
 
 def test_e2e_runs_trained_together_equal_each_trained_alone(default_model, data, tmp_path):

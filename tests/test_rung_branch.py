@@ -7,43 +7,20 @@ import json
 import pytest
 import torch
 
+from tests.tiny_e2e import STEP_TOKENS, e2e_config, json_package_rows
 from training.config import TrainConfig
-from training.data import TokenData, load_token_data
+from training.data import TokenData
 from training.rung_branch import branch_step, can_branch, start_from_branch
 from training.trainer import BRANCH_FILE, Trainer
-
-CTX = 32
-STEP_TOKENS = 4 * (CTX - 1)
 
 
 @pytest.fixture(scope="module")
 def data(default_model) -> TokenData:
-    from training.default_model.corpus import stdlib_dir
-
-    texts = [p.read_text() for p in sorted((stdlib_dir() / "json").glob("*.py"))]
-    return load_token_data(default_model, texts, CTX)
+    return json_package_rows(default_model)
 
 
 def _config(folder, steps: int, **kw) -> TrainConfig:
-    base = dict(
-        objective="e2e",
-        activation="topk",
-        layers=[1],
-        n_features=64,
-        k=4,
-        batch_tokens=STEP_TOKENS,
-        total_tokens=STEP_TOKENS * steps,
-        ctx_len=CTX,
-        warmup_steps=2,
-        lr=3e-3,
-        checkpoint_every=0,
-        log_every=1,
-        dead_after_tokens=4 * STEP_TOKENS,
-        evaluate=False,
-        verbose=False,
-        out_dir=str(folder),
-    )
-    return TrainConfig(**{**base, **kw})
+    return e2e_config(folder, steps, **kw)
 
 
 def _train(config, model, data, branch: bool = True):
