@@ -41,6 +41,16 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
         assert training["lr"] == pytest.approx(build_zoo.ZOO_LR)
     shipped = load_dictionaries(str(zoo / "sae_e2e"))
     assert sorted(hook_layer(d.out_hook) for d in shipped) == build_zoo.COMMON["layers"]
+    # its four e2e ladders trained together: each rung as trained alone
+    alone = tmp_path / "alone"
+    build_zoo.main([*argv, "--runs", str(alone), "--stage", "train", "--together", "1"])
+    grouped, single = (
+        json.loads((r / build_zoo.LADDER_FILE).read_text())["sets"]["sae_e2e"]["layers"]
+        for r in (runs, alone)
+    )
+    assert [[r["chunks"] for r in e["rungs"]] for e in grouped.values()] == [
+        [r["chunks"] for r in e["rungs"]] for e in single.values()
+    ]
     capsys.readouterr()
     build_zoo.main([*argv, "--stage", "train"])  # resumed: every rung is there
     assert "tokens:" not in capsys.readouterr().out

@@ -87,7 +87,8 @@ case "${1:-}" in
     fi
     for w in $(seq 1 "$workers"); do
       timeout "$seconds" python3 -m training.build_zoo --runs "$runs" --stage train \
-        --sets "$sets" --rows .whl/rows.npz --device cuda > "$runs/worker$w.log" 2>&1 &
+        --sets "$sets" --rows .whl/rows.npz --device cuda --together 2 \
+        > "$runs/worker$w.log" 2>&1 &
       sleep 2  # staggered, so each takes another (set, layer)
     done
     wait || true

@@ -34,6 +34,7 @@ rows' sha256, and a resume on other rows is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -139,7 +140,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     from training.claims_sweep import split_rows
     from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, budget_ladder, raised_cap
     from training.data import load_token_data, special_token_ids
-    from training.ladder import train_ladder
+    from training.ladder import Ladder, train_ladders
     from training.sweep_locks import claimed, read_results, save_entry, shared_cache
     from training.token_rows import read_rows, record_rows, rows_digest
     from training.zoo_from_claims import claims_ladder
@@ -185,37 +186,64 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     ladder = budget_ladder(args.start_tokens, args.cap_tokens)
     log = (lambda m: None) if args.quiet else lambda m: print(m, flush=True)
     held = 0
+
+    def due(name: str, layer: int) -> dict[str, Any] | None:
+        """The (set, layer) ladder's entry in `results` if it has rungs to train here (its
+        folder claimed, and `results` read again, by the caller), else None; a ladder the
+        claims sweep trained is taken from it."""
+        per_layer = results["sets"].setdefault(name, {"layers": {}})["layers"]
+        entry = per_layer.setdefault(str(layer), {"rungs": [], "converged": False})
+        if entry["converged"] or len(entry["rungs"]) == len(ladder):
+            return None
+        # a ladder taken from the sweep is taken again when a raised cap extends it: its
+        # weights live in the sweep's folder, so it is never trained on here
+        if args.claims_runs and (not entry["rungs"] or "trained_as" in entry):
+            first = rung_config(name, layer, ladder[0], runs / name / f"layer{layer}", args.device)
+            taken = claims_ladder(Path(args.claims_runs), first, ladder, args, eval_rows, digest)
+            if taken is not None:
+                per_layer[str(layer)] = taken
+                save_entry(path, results, ("sets", name, "layers", str(layer)))
+                log(f"{name} layer {layer}: the {taken['trained_as']}; its "
+                    f"{len(taken['rungs'])} rungs taken, none trained")  # fmt: skip
+                return None
+        if "trained_as" in entry:
+            raise SystemExit(
+                f"{name} layer {layer} is the {entry['trained_as']}, which has not "
+                f"trained as far as --cap-tokens {args.cap_tokens:,} needs: train it "
+                "there (sparse-circuits claims) and pass that folder as --claims-runs"
+            )
+        return entry
+
+    def ladder_of(name: str, layer: int, entry: dict[str, Any], cache: Path | None) -> Ladder:
+        return Ladder(
+            entry,
+            lambda tokens, f: rung_config(name, layer, tokens, f, args.device, cache),
+            runs / name / f"layer{layer}",
+            lambda: save_entry(path, results, ("sets", name, "layers", str(layer))),
+            f"{name} layer {layer}",
+            layer,
+        )
+
+    def train(ladders: list[Ladder]) -> None:
+        start = time.perf_counter()
+        train_ladders(ladders, ladder, None, model, train_data, original, log,
+                      tolerance=DEFAULT_TOLERANCE, floor=DEFAULT_FLOOR)  # fmt: skip
+        log(f"{', '.join(x.label for x in ladders)}: {time.perf_counter() - start:.1f} s")
+
+    together = args.together
+    e2e = [n for n in args.sets if ZOO_SETS[n]["objective"] != "local"]
     for layer in COMMON["layers"]:
         for name in args.sets:
-            folder = runs / name / f"layer{layer}"
-            with claimed(folder) as mine:
+            if name in e2e and together > 1:
+                continue  # below, with the other e2e ladders
+            with claimed(runs / name / f"layer{layer}") as mine:
                 if not mine:
                     held += 1
                     continue
                 results = read_results(path) or results
-                per_layer = results["sets"].setdefault(name, {"layers": {}})["layers"]
-                entry = per_layer.setdefault(str(layer), {"rungs": [], "converged": False})
-                if entry["converged"] or len(entry["rungs"]) == len(ladder):
+                entry = due(name, layer)
+                if entry is None:
                     continue
-                # a ladder taken from the sweep is taken again when a raised cap extends it:
-                # its weights live in the sweep's folder, so it is never trained on here
-                if args.claims_runs and (not entry["rungs"] or "trained_as" in entry):
-                    first = rung_config(name, layer, ladder[0], folder, args.device)
-                    taken = claims_ladder(
-                        Path(args.claims_runs), first, ladder, args, eval_rows, digest
-                    )
-                    if taken is not None:
-                        per_layer[str(layer)] = taken
-                        save_entry(path, results, ("sets", name, "layers", str(layer)))
-                        log(f"{name} layer {layer}: the {taken['trained_as']}; its "
-                            f"{len(taken['rungs'])} rungs taken, none trained")  # fmt: skip
-                        continue
-                if "trained_as" in entry:
-                    raise SystemExit(
-                        f"{name} layer {layer} is the {entry['trained_as']}, which has not "
-                        f"trained as far as --cap-tokens {args.cap_tokens:,} needs: train it "
-                        "there (sparse-circuits claims) and pass that folder as --claims-runs"
-                    )
                 cache = None
                 if ZOO_SETS[name]["objective"] == "local" and args.activation_cache != "none":
                     pair = layer_hooks(layer)
@@ -227,27 +255,27 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
                         train_data,
                         log,
                     )
-                start = time.perf_counter()
-                train_ladder(
-                    entry,
-                    ladder,
-                    lambda tokens, f, n=name, at=layer, c=cache: rung_config(
-                        n, at, tokens, f, args.device, c
-                    ),
-                    folder,
-                    layer,
-                    model,
-                    train_data,
-                    original,
-                    save=lambda n=name, at=str(layer), r=results: save_entry(
-                        path, r, ("sets", n, "layers", at)
-                    ),
-                    log=log,
-                    label=f"{name} layer {layer}",
-                    tolerance=DEFAULT_TOLERANCE,
-                    floor=DEFAULT_FLOOR,
-                )
-                log(f"{name} layer {layer}: {time.perf_counter() - start:.1f} s")
+                train([ladder_of(name, layer, entry, cache)])
+    # e2e ladders draw the same rows at every step: up to --together of them train together,
+    # rung by rung, on one pass of the original model per step (training.original_pass)
+    pairs = [(n, layer) for layer in COMMON["layers"] for n in e2e] if together > 1 else []
+    for i in range(0, len(pairs), together):
+        with contextlib.ExitStack() as stack:
+            mine = []
+            for name, layer in pairs[i : i + together]:
+                if stack.enter_context(claimed(runs / name / f"layer{layer}")):
+                    mine.append((name, layer))
+                else:
+                    held += 1
+            # read once for the group: every ladder's entry must stay in the `results` saved
+            results = read_results(path) or results
+            group = []
+            for name, layer in mine:
+                entry = due(name, layer)
+                if entry is not None:
+                    group.append(ladder_of(name, layer, entry, None))
+            if group:
+                train(group)
     if held:
         log(f"{held} ladders are being trained by another process; left to it")
     return read_results(path) or results
@@ -492,8 +520,18 @@ def main(argv: list[str] | None = None) -> None:
         help="a claims sweep's --out: (set, layer) ladders it trained as the same run are taken "
         "from it instead of trained (training.zoo_from_claims)",
     )
+    p.add_argument(
+        "--together",
+        type=int,
+        default=12,
+        help="e2e ladders this process trains together, rung by rung, on one pass of the "
+        "original model per step (the results equal training each alone); 1 trains each "
+        "alone (default: 12, every e2e ladder of the zoo)",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.together < 1:
+        raise SystemExit(f"--together must be >= 1; got {args.together}")
     args.sets = [s for s in args.sets.split(",") if s]
     unknown = [s for s in args.sets if s not in ZOO_SETS]
     if unknown:

@@ -89,6 +89,8 @@ class Ladder:
     save: Callable[[], None]
     """Persists `entry` (called after every rung)."""
     label: str
+    layer: int | None = None
+    """The dictionary evaluated (default: the `layer` given to `train_ladders`)."""
 
 
 def train_ladder(
@@ -129,7 +131,7 @@ def train_ladder(
 def train_ladders(
     ladders: Sequence[Ladder],
     budgets: Sequence[int],
-    layer: int,
+    layer: int | None,
     model: Any,
     data: Any,
     original: OriginalSide,
@@ -172,7 +174,8 @@ def train_ladders(
         else:
             results = train_together(trainers, model)
         for ladder, config, trainer, trained in zip(due, configs, trainers, results, strict=True):
-            _record_rung(ladder, tokens, config, trainer, trained[layer], model, original)
+            at = layer if ladder.layer is None else ladder.layer
+            _record_rung(ladder, tokens, config, trainer, trained[at], model, original)
             curve = [(r["tokens"], r["figures"]["ce_increase"]) for r in ladder.entry["rungs"]]
             ladder.entry["converged"] = not converge or has_converged(curve, tolerance, floor)
             ladder.save()
