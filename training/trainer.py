@@ -503,7 +503,8 @@ class Trainer:
             else []
         )
         # the blocks below the first spliced one compute the same in both passes: the
-        # spliced pass starts from the original pass's residual there
+        # spliced pass starts from the original pass's residual there (TransformerLens 4.3
+        # still runs those blocks and discards their output, so this saves no time yet)
         start = min(cfg.layers) if self.skip_unspliced_blocks else 0
         return [block_hook(m, "hook_resid_post") for m in ds_layers], (
             block_hook(start, "hook_resid_pre") if start > 0 else None
