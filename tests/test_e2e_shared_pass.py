@@ -151,3 +151,35 @@ def test_the_train_commands_sweep_trains_e2e_runs_together(tmp_path, capsys, mon
     assert load_native(tmp_path / "a" / "layer_1").activation.k == 4
     assert load_native(tmp_path / "b" / "layer_1").activation.k == 8
     assert "trained 2 runs together, one original-model pass per step" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_runs_trained_together_at_one_step_and_they_resume_exactly(
+    default_model, data, tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    from training.trainer import TrainingInterrupted
+
+    def configs(root):
+        return [_config(root / "a"), _config(root / "b", k=2)]
+
+    uninterrupted = train_many(configs(tmp_path / "whole"), default_model, data)
+    real_step = Trainer._train_step
+
+    def interrupt_at_3(self, step):
+        if step == 3 and self.config.k == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered now, handled between steps
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupt_at_3)
+    with pytest.raises(TrainingInterrupted, match="interrupted after step 4 of 8"):
+        train_many(configs(tmp_path / "cut"), default_model, data)
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    for name in ("a", "b"):  # both stopped after the same whole step
+        state = torch.load(tmp_path / "cut" / name / "checkpoint.pt", weights_only=False)
+        assert state["step"] == 4
+    resumed = train_many(configs(tmp_path / "cut"), default_model, data)
+    for whole, again in zip(uninterrupted, resumed, strict=True):
+        for key, t in whole[1].state_dict().items():
+            assert torch.equal(t, again[1].state_dict()[key]), key

@@ -1020,8 +1020,8 @@ def trainers_for(
 def train_together(trainers: list[Trainer], model: Any) -> list[dict[int, Dictionary]]:
     """Advance `trainers` step by step together (`trainers_for`); returns their dictionaries.
 
-    An interrupt (Ctrl-C, SIGTERM) between steps checkpoints every run and raises
-    `TrainingInterrupted` (for the first unfinished one); the folders are released either way.
+    A Ctrl-C (SIGINT) stops at the next step boundary: every unfinished run is checkpointed
+    and `TrainingInterrupted` is raised (naming the first); the folders are released either way.
     """
     try:
         return _train_together(trainers, model)
