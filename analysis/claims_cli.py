@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from analysis.claims_report import write_claims_report
     from replacement.errors import SparseCircuitsError
     from replacement.validation import check_device, check_output_dir, check_output_file
+    from training.allocator import keep_freed_memory
     from training.claims_sweep import RESULTS_FILE, SweepSettings, run_claims
+
+    keep_freed_memory()
 
     check_output_dir(args.out, "--out")
     if args.export:

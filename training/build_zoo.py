@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from replacement.atomic import write_json
+from training.allocator import keep_freed_memory
 from training.config import TrainConfig
 from training.data import TokenData
 
@@ -530,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    keep_freed_memory()
     if args.together < 1:
         raise SystemExit(f"--together must be >= 1; got {args.together}")
     args.sets = [s for s in args.sets.split(",") if s]

@@ -105,7 +105,10 @@ def run_train(args: argparse.Namespace) -> int:
     from training.progress import progress
 
     progress(not args.quiet, "train: starting")
+    from training.allocator import keep_freed_memory
     from training.trainer import Trainer, train_many
+
+    keep_freed_memory()
 
     config = config_from_args(args)
     check_device(config.device)

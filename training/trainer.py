@@ -535,8 +535,9 @@ class Trainer:
                     logits = self.model(captured[start_hook], start_at_layer=start)
                 else:
                     logits = self.model(tokens)
-        weights = torch.full((int(mask.sum()),), 1.0 / n_tokens, device=logits.device)
-        kl = kl_to_reference(logits[mask], original.reference, weights)
+        # every position, those the loss does not count weighted 0 (no gather of the logits)
+        weights = mask.reshape(-1).to(logits.dtype) / n_tokens
+        kl = kl_to_reference(logits.reshape(-1, logits.shape[-1]), original.reference, weights)
         total = cfg.kl_coefficient * kl
         metrics: dict[str, Any] = {"kl": float(self.dist.reduce_sum(kl.detach()))}
         for hook in ds_hooks:
