@@ -55,12 +55,17 @@ def load_sweep(path: str | Path | None = None) -> dict[str, Any] | None:
 
 
 def shipped_form(results: dict[str, Any]) -> dict[str, Any]:
-    """The results as shipped: per-chunk sums only on each ladder's last rung (the one the
-    claims read, with its intervals); earlier rungs keep their figures, which the convergence
-    curves draw. About a twentieth of the size; `claims` reads both alike."""
+    """The results as shipped: per-chunk sums only on each ended ladder's last rung (the one the
+    claims read, with its intervals) and on every rung of a ladder still training (a reading
+    at a stated budget, `analysis.claims_budget`, reads one of them); other rungs keep their
+    figures, which the convergence curves draw. About a twentieth of the size; `claims` reads
+    both alike."""
     out = json.loads(json.dumps(results))
+    setup = out.get("setup", {})
     for run in out["runs"].values():
         for entry in run["seeds"].values():
+            if entry["rungs"] and not finished(entry, setup):
+                continue
             for rung in entry["rungs"][:-1]:
                 rung.pop("chunks", None)
     return out

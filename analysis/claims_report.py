@@ -8,7 +8,9 @@
   closed-form baseline (linear only for the transcoders, mean ablation for the SAEs) dotted;
 - `claims_convergence.png`: held-out CE increase against training tokens for every run, so a
   reader sees each one settle;
-- `claims_verdicts.json`.
+- `claims_verdicts.json`;
+- `claims_readings.json`: the Braun TopK comparison at the e2e ladders' common budget while
+  they still train (`analysis.claims_budget`; a reading, never a verdict), also in claims.md.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from analysis.claims import (
     rung_figures,
     single_run,
 )
+from analysis.claims_budget import braun_readings, readings_markdown
 from analysis.claims_stats import Interval, bootstrap
 from replacement.atomic import atomic_path, write_json, write_text
 
@@ -250,11 +253,13 @@ def write_claims_report(results: dict[str, Any], out: str | Path) -> dict[str, P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     found = claims(results)
+    readings = braun_readings(results, n_chunks(results))
     paths = {
         "report": out / "claims.md",
         "pareto": out / "claims_pareto.png",
         "convergence": out / "claims_convergence.png",
         "verdicts": out / "claims_verdicts.json",
+        "readings": out / "claims_readings.json",
     }
     plot_pareto(results, paths["pareto"])
     plot_convergence(results, paths["convergence"])
@@ -262,6 +267,11 @@ def write_claims_report(results: dict[str, Any], out: str | Path) -> dict[str, P
         "# The seed papers' claims",
         "",
         claims_markdown(found, results.get("setup")),
+        *(
+            ["## Readings at a stated budget (not verdicts)", "", readings_markdown(readings)]
+            if readings
+            else []
+        ),
         "![Pareto curves](claims_pareto.png)",
         "",
         "![Convergence](claims_convergence.png)",
@@ -279,4 +289,5 @@ def write_claims_report(results: dict[str, Any], out: str | Path) -> dict[str, P
     ]
     write_text(paths["report"], "\n".join(text))
     write_json(paths["verdicts"], [vars(c) for c in found])
+    write_json(paths["readings"], [vars(r) for r in readings])
     return paths
