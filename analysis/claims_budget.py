@@ -170,6 +170,16 @@ def reading_word(interval: Interval, tokens: int) -> str:
     return f"no difference resolved at {tokens:,} tokens"
 
 
+def per_k_words(per_k: dict[str, Interval]) -> str:
+    """ "below at k = 4, 8; not resolved at k = 16; above at k = 32": an average over k can
+    hide a sign that changes with k."""
+    groups: dict[str, list[str]] = {}
+    for label, interval in per_k.items():
+        word = "below" if interval.high < 0 else "above" if interval.low > 0 else "not resolved"
+        groups.setdefault(word, []).append(label.removeprefix("k="))
+    return "; ".join(f"{w} at k = {', '.join(ks)}" for w, ks in groups.items())
+
+
 def braun_readings(results: dict[str, Any], chunks: int) -> list[Reading]:
     """e2e and e2e+ds TopK SAEs at their common budget against the ended local ones, per k
     and averaged over k, with the mean-ablation baseline each must beat."""
@@ -217,7 +227,8 @@ def braun_readings(results: dict[str, Any], chunks: int) -> list[Reading]:
                 f"{ks}: {found['ce_increase'].text()} nats; per k: {'; '.join(per_k)}; alive "
                 f"features {found['alive'].text(0)}{margin}. {ended} of {total} {title} "
                 f"ladders ended; at {tokens:,} tokens their {falling}.",
-                reading_word(found["ce_increase"], tokens),
+                f"{reading_word(found['ce_increase'], tokens)} on average over k (per k: "
+                f"{per_k_words({x: found[f'ce_increase@{x}'] for x in common})})",
                 {k: [v.estimate, v.low, v.high] for k, v in found.items()},
             )
         )

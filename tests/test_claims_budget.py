@@ -70,7 +70,11 @@ def test_the_reading_is_at_the_largest_budget_every_ladder_reached_with_the_know
     results = _results(_e2e({1000: -0.01, 2000: 0.05}, seed1_upto=1000))
     assert common_budget(results, "e2e:topk") == 1000
     (r,) = braun_readings(results, N_CHUNKS)
-    assert r.tokens == 1000 and r.reading == "e2e below local at 1,000 tokens"
+    assert r.tokens == 1000
+    assert (
+        r.reading
+        == "e2e below local at 1,000 tokens on average over k (per k: below at k = 4, 8, 16, 32)"
+    )
     est, low, high = r.intervals["ce_increase"]
     assert est == pytest.approx(-0.01, abs=1e-9) and low <= est <= high < 0
     for k in LOCAL_CE:
@@ -82,7 +86,7 @@ def test_the_reading_is_at_the_largest_budget_every_ladder_reached_with_the_know
     # once seed 1 reaches 2000 tokens too, the reading moves there, and e2e is above local
     results = _results(_e2e({1000: -0.01, 2000: 0.05}, seed1_upto=2000))
     (r,) = braun_readings(results, N_CHUNKS)
-    assert r.tokens == 2000 and r.reading == "e2e above local at 2,000 tokens"
+    assert r.tokens == 2000 and r.reading.startswith("e2e above local at 2,000 tokens on average")
     assert r.intervals["ce_increase"][0] == pytest.approx(0.05, abs=1e-9)
     assert "changed" in r.ours  # the change over the doubling up to it is stated
 
@@ -90,7 +94,7 @@ def test_the_reading_is_at_the_largest_budget_every_ladder_reached_with_the_know
 def test_an_equal_arm_is_not_resolved_and_no_reading_without_every_planned_ladder():
     # below local by far less than the chunk noise: the estimate's sign alone says nothing
     (r,) = braun_readings(_results(_e2e({1000: -0.0002}, seed1_upto=1000)), N_CHUNKS)
-    assert r.reading == "no difference resolved at 1,000 tokens"
+    assert r.reading.startswith("no difference resolved at 1,000 tokens on average over k")
     est, low, high = r.intervals["ce_increase"]
     assert est == pytest.approx(-0.0002, abs=1e-9) and low < 0 < high
     missing = _e2e({1000: -0.01}, seed1_upto=1000)
@@ -140,3 +144,11 @@ def test_the_report_carries_the_reading_and_its_file(tmp_path):
     assert saved["tokens"] == 1000 and saved["intervals"]["ce_increase"][2] < 0
     # the verdict stays inconclusive: the e2e ladders have not ended
     assert "inconclusive" in json.loads(paths["verdicts"].read_text())[-1]["verdict"]
+
+
+def test_the_reading_names_each_ks_side_when_the_sign_changes_with_k():
+    offsets = {4: -0.01, 8: -0.01, 16: -0.0002, 32: 0.01}
+    e2e = {(k, s): {1000: LOCAL_CE[k] + d} for k, d in offsets.items() for s in range(2)}
+    (r,) = braun_readings(_results(e2e), N_CHUNKS)
+    assert r.reading.endswith("(per k: below at k = 4, 8; not resolved at k = 16; above at k = 32)")
+    assert r.intervals["ce_increase"][0] == pytest.approx(np.mean(list(offsets.values())))
