@@ -241,9 +241,11 @@ def readings_markdown(items: list[Reading]) -> str:
         return ""
     lines = [
         "Each e2e ladder read at the largest budget every one of its arm's ladders has reached,",
-        "against the local ladder of the same k at its end. A reading at that budget, not a",
-        "verdict: below local says e2e already beats local's converged figure there; above or",
-        "across 0 says nothing about the converged comparison while the e2e ladders still train.",
+        "against the local ladder of the same k at its end, on the same held-out chunks (95%",
+        "paired bootstrap over chunks and seeds; alive features over seeds only). A reading at",
+        "that budget, not a verdict: below local says e2e already beats local's converged",
+        "figure there; above or across 0 says nothing about the converged comparison while the",
+        "e2e ladders still train.",
         "",
     ]
     for r in items:
