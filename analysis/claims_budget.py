@@ -12,6 +12,10 @@ seeds.
 It is a reading at T, never a verdict: an e2e interval below local's says e2e at T already
 beats local's converged CE increase; one above it or across 0 says nothing about the converged
 comparison, because the e2e ladders have not ended.
+
+e2e+ds is also read against e2e (`ds_against_e2e`), on downstream FVU (the paper's claim) and
+CE increase, at the largest budget every ladder of both arms reached. Neither arm has ended
+there, so that reading compares equal budgets and says nothing of converged runs either way.
 """
 
 from __future__ import annotations
@@ -87,18 +91,19 @@ def _seeds(results: dict[str, Any], run: dict[str, Any]) -> list[str]:
     return [str(s) for s in range(int(wanted))] if wanted else sorted(run["seeds"])
 
 
-def common_budget(results: dict[str, Any], arm: str) -> int | None:
-    """The largest budget every planned (point, seed) of `arm` can be read at, or None."""
-    runs = _planned(results, arm)
-    if not runs:
-        return None
+def common_budget(results: dict[str, Any], *arms: str) -> int | None:
+    """The largest budget every planned (point, seed) of `arms` can be read at, or None."""
     setup = results.get("setup", {})
     entries = []
-    for run in runs.values():
-        for seed in _seeds(results, run):
-            if seed not in run["seeds"]:
-                return None
-            entries.append(run["seeds"][seed])
+    for arm in arms:
+        runs = _planned(results, arm)
+        if not runs:
+            return None
+        for run in runs.values():
+            for seed in _seeds(results, run):
+                if seed not in run["seeds"]:
+                    return None
+                entries.append(run["seeds"][seed])
     budgets = sorted({r["tokens"] for e in entries for r in e.get("rungs") or []}, reverse=True)
     for tokens in budgets:
         if all(rung_at(e, tokens, setup) is not None for e in entries):
@@ -161,12 +166,12 @@ def _ended(results: dict[str, Any], arm: str) -> tuple[int, int]:
     return sum(finished(e, setup) for e in entries), len(entries)
 
 
-def reading_word(interval: Interval, tokens: int) -> str:
-    """What an interval of e2e - local says at budget `tokens`."""
+def reading_word(interval: Interval, tokens: int, ours: str = "e2e", theirs: str = "local") -> str:
+    """What an interval of ours - theirs says at budget `tokens`."""
     if interval.high < 0:
-        return f"e2e below local at {tokens:,} tokens"
+        return f"{ours} below {theirs} at {tokens:,} tokens"
     if interval.low > 0:
-        return f"e2e above local at {tokens:,} tokens"
+        return f"{ours} above {theirs} at {tokens:,} tokens"
     return f"no difference resolved at {tokens:,} tokens"
 
 
@@ -232,7 +237,61 @@ def braun_readings(results: dict[str, Any], chunks: int) -> list[Reading]:
                 {k: [v.estimate, v.low, v.high] for k, v in found.items()},
             )
         )
-    return out
+    ds = ds_against_e2e(results, chunks)
+    return out + ([ds] if ds else [])
+
+
+def ds_against_e2e(results: dict[str, Any], chunks: int) -> Reading | None:
+    """e2e+ds against e2e TopK SAEs of the same k at the largest budget every ladder of both
+    arms has reached: downstream FVU (the paper's claim) and CE increase. Both arms still
+    train, so this compares equal budgets, not converged runs, in either direction."""
+    tokens = common_budget(results, f"e2e:{FAMILY}", f"e2e_ds:{FAMILY}")
+    if tokens is None or not chunks:
+        return None
+    e2e = _arm_at(results, f"e2e:{FAMILY}", tokens)
+    ds = _arm_at(results, f"e2e_ds:{FAMILY}", tokens)
+    if e2e is None or ds is None:
+        return None
+    common = [x for x in e2e.labels if x in ds.labels]
+    a, b = e2e.only(common), ds.only(common)
+    found, parts = {}, []
+    for key, what in (("downstream_fvu", "downstream FVU"), ("ce_increase", "CE increase")):
+        found[key] = paired_point_difference(a, b, key, chunks)
+        per_k = {}
+        for label in common:
+            per_k[label] = paired_point_difference(a.only([label]), b.only([label]), key, chunks)
+            found[f"{key}@{label}"] = per_k[label]
+        parts.append(
+            f"{what} {found[key].text()} (per k: "
+            f"{'; '.join(f'{x}: {v.text()}' for x, v in per_k.items())})"
+        )
+    base = baseline_rung(results, "braun", "mean")
+    margin = ""
+    if base is not None:
+        found["downstream_fvu_minus_baseline"] = baseline_margin(base, b, "downstream_fvu", chunks)
+        margin = (
+            "; e2e+ds minus the mean-ablation baseline (no dictionary), downstream FVU: "
+            f"{found['downstream_fvu_minus_baseline'].text()}"
+        )
+    ended = [_ended(results, f"{o}:{FAMILY}") for o in ("e2e", "e2e_ds")]
+    ks = ", ".join(x.removeprefix("k=") for x in common)
+    word = reading_word(found["downstream_fvu"], tokens, "e2e+ds", "e2e")
+    moving = sum(t - e for e, t in ended)
+    why = (
+        f"{moving} of their ladders still train, so this compares budgets, not converged runs"
+        if moving
+        else "every ladder has ended: the verdict reads them"
+    )
+    return Reading(
+        f"e2e+ds against e2e TopK SAEs, both at {tokens:,} tokens",
+        tokens,
+        f"e2e+ds - e2e at {tokens:,} tokens each, averaged over k = {ks}: "
+        f"{'; '.join(parts)}{margin}. Ladders ended: e2e {ended[0][0]} of {ended[0][1]}, "
+        f"e2e+ds {ended[1][0]} of {ended[1][1]}.",
+        f"{word} in downstream FVU on average over k (per k: "
+        f"{per_k_words({x: found[f'downstream_fvu@{x}'] for x in common})}); {why}",
+        {k: [v.estimate, v.low, v.high] for k, v in found.items()},
+    )
 
 
 def readings_markdown(items: list[Reading]) -> str:
@@ -245,7 +304,8 @@ def readings_markdown(items: list[Reading]) -> str:
         "paired bootstrap over chunks and seeds; alive features over seeds only). A reading at",
         "that budget, not a verdict: below local says e2e already beats local's converged",
         "figure there; above or across 0 says nothing about the converged comparison while the",
-        "e2e ladders still train.",
+        "e2e ladders still train. e2e+ds is also read against e2e at the largest budget both",
+        "arms' ladders reached: neither has ended, so that compares equal budgets only.",
         "",
     ]
     for r in items:

@@ -28,9 +28,25 @@ def _ladder(k: int, seed: int, ces: dict[int, float], converged: bool) -> dict:
     return {"rungs": rungs, "converged": converged}
 
 
-def _results(e2e: dict[tuple[int, int], dict[int, float]]) -> dict:
+def _ds_ladder(k: int, seed: int, figures: dict[int, tuple[float, float]]) -> dict:
+    """An e2e+ds ladder still training: {tokens: (CE increase, downstream FVU)}, with chunk
+    noise of its own (chunk mean 0: the figures are exact)."""
+    rungs = []
+    for i, (tokens, (ce, down)) in enumerate(sorted(figures.items())):
+        rung = {**_rung(float(k), ce, _noise(1000 + 100 * k + 10 * seed + i)), "tokens": tokens}
+        noise = _noise(2000 + 100 * k + 10 * seed + i)
+        rung["chunks"]["down_err"] = [2.0 * (down + e) for e in noise]
+        rungs.append(rung)
+    return {"rungs": rungs, "converged": False}
+
+
+def _results(
+    e2e: dict[tuple[int, int], dict[int, float]],
+    ds: dict[tuple[int, int], dict[int, tuple[float, float]]] | None = None,
+) -> dict:
     """Local TopK ladders ended at LOCAL_CE; e2e ladders (k, seed) -> {tokens: CE increase},
-    still training; the mean-ablation baseline at CE increase 0.6."""
+    still training, at downstream FVU 0.5; e2e+ds ladders (k, seed) -> {tokens: (CE increase,
+    downstream FVU)}; the mean-ablation baseline at CE increase 0.6, downstream FVU 0.5."""
     runs = {}
     for p in claim_points(("braun",), 1):
         objective = p.fields.get("objective")
@@ -40,12 +56,16 @@ def _results(e2e: dict[tuple[int, int], dict[int, float]]) -> dict:
                             "fields": p.fields, "seeds": {"0": {"rungs": [base],
                                                                 "converged": True}}}  # fmt: skip
             continue
-        if p.fields.get("activation") != "topk" or objective == "e2e_ds":
+        if p.fields.get("activation") != "topk" or (objective == "e2e_ds" and ds is None):
             continue
         k = p.fields["k"]
         seeds = {}
         for s in range(2):
-            if objective == "local":
+            if objective == "e2e_ds" and ds is not None and (k, s) in ds:
+                seeds[str(s)] = _ds_ladder(k, s, ds[(k, s)])
+            elif objective == "e2e_ds":
+                continue
+            elif objective == "local":
                 seeds[str(s)] = _ladder(k, s, {4000: LOCAL_CE[k]}, True)
             elif (k, s) in e2e:
                 seeds[str(s)] = _ladder(k, s, e2e[(k, s)], False)
@@ -152,3 +172,36 @@ def test_the_reading_names_each_ks_side_when_the_sign_changes_with_k():
     (r,) = braun_readings(_results(e2e), N_CHUNKS)
     assert r.reading.endswith("(per k: below at k = 4, 8; not resolved at k = 16; above at k = 32)")
     assert r.intervals["ce_increase"][0] == pytest.approx(np.mean(list(offsets.values())))
+
+
+def test_e2e_ds_is_read_against_e2e_on_downstream_fvu_at_the_budget_both_arms_reached():
+    # e2e reached 2000 tokens on both seeds, e2e+ds only 1000 on seed 1: the common budget is
+    # 1000. e2e+ds's downstream FVU is 0.05 below e2e's (0.5) while its CE increase is 0.003
+    # above: the reading follows downstream FVU, the paper's claim, and gives the CE beside it
+    e2e = _e2e({1000: -0.01, 2000: -0.02}, seed1_upto=2000)
+    ds = {
+        (k, s): {t: (LOCAL_CE[k] - 0.01 + 0.003, 0.45) for t in (1000, 2000) if s == 0 or t == 1000}
+        for k in LOCAL_CE
+        for s in range(2)
+    }
+    ds[(32, 0)][2000] = (0.5, 0.9)  # a rung past the common budget is not read
+    plain, both = braun_readings(_results(e2e, ds), N_CHUNKS)[1:]
+    assert plain.name.startswith("e2e+ds TopK SAEs at 1,000 tokens against ended local ones")
+    assert both.tokens == 1000 and both.name == "e2e+ds against e2e TopK SAEs, both at 1,000 tokens"
+    assert both.reading.startswith(
+        "e2e+ds below e2e at 1,000 tokens in downstream FVU on average over k (per k: below at "
+        "k = 4, 8, 16, 32); 16 of their ladders still train"
+    )
+    est, low, high = both.intervals["downstream_fvu"]
+    assert est == pytest.approx(-0.05, abs=1e-9) and low <= est <= high < 0
+    est, low, high = both.intervals["ce_increase"]
+    assert est == pytest.approx(0.003, abs=1e-9) and 0 < low <= est <= high
+    assert both.intervals["downstream_fvu_minus_baseline"][0] == pytest.approx(-0.05, abs=1e-9)
+    assert "e2e 0 of 8, e2e+ds 0 of 8" in both.ours
+    # equal downstream FVU within the chunk noise: not resolved; a planned e2e+ds ladder
+    # missing: no reading of either e2e+ds kind
+    same = {key: {t: (ce, 0.5002) for t, (ce, _) in v.items()} for key, v in ds.items()}
+    (*_, r) = braun_readings(_results(e2e, same), N_CHUNKS)
+    assert r.reading.startswith("no difference resolved at 1,000 tokens in downstream FVU")
+    del ds[(16, 1)]
+    assert [r.name.split()[0] for r in braun_readings(_results(e2e, ds), N_CHUNKS)] == ["e2e"]
