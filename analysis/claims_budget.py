@@ -232,7 +232,7 @@ def braun_readings(results: dict[str, Any], chunks: int) -> list[Reading]:
                 f"{ks}: {found['ce_increase'].text()} nats; per k: {'; '.join(per_k)}; alive "
                 f"features {found['alive'].text(0)}{margin}. {ended} of {total} {title} "
                 f"ladders ended; at {tokens:,} tokens their {falling}.",
-                f"{reading_word(found['ce_increase'], tokens)} on average over k (per k: "
+                f"{reading_word(found['ce_increase'], tokens, title)} on average over k (per k: "
                 f"{per_k_words({x: found[f'ce_increase@{x}'] for x in common})})",
                 {k: [v.estimate, v.low, v.high] for k, v in found.items()},
             )

@@ -187,6 +187,7 @@ def test_e2e_ds_is_read_against_e2e_on_downstream_fvu_at_the_budget_both_arms_re
     ds[(32, 0)][2000] = (0.5, 0.9)  # a rung past the common budget is not read
     plain, both = braun_readings(_results(e2e, ds), N_CHUNKS)[1:]
     assert plain.name.startswith("e2e+ds TopK SAEs at 1,000 tokens against ended local ones")
+    assert plain.reading.startswith("e2e+ds below local at 1,000 tokens on average over k")
     assert both.tokens == 1000 and both.name == "e2e+ds against e2e TopK SAEs, both at 1,000 tokens"
     assert both.reading.startswith(
         "e2e+ds below e2e at 1,000 tokens in downstream FVU on average over k (per k: below at "
