@@ -9,15 +9,15 @@ Trains every point of every claim for each seed on a doubling ladder of budgets 
 held-out CE increase changes by less than --tolerance (or --floor nats) over the last doubling
 (or --cap-tokens), then writes DIR/claims.md, the Pareto and convergence plots,
 claims_verdicts.json and claims_readings.json (the Braun TopK comparison at the e2e ladders'
-common budget while they still train: a reading, not a verdict). It is resumable: rerun the
-same command and finished rungs are skipped (a finished sweep trains nothing). Start the same
-command in several shells to share the work: each run is trained by one of them, all results
-land in DIR/claims_sweep.json. Local runs read an activation cache of the layer that the first
-of them writes to DIR/activations (about 8.6 GB in float32 for the default model). e2e ladders
-of one seed train together (--together), sharing the original model's pass. Cost on one CPU
-thread: e2e ~4k tokens/s alone, ~1.6x that per run for 4 together, so one e2e rung of 1e7
-tokens takes ~25-40 min; the whole default sweep is sized for an accelerator or for many
-sessions of resume.
+common budget while they still train, and e2e+ds against e2e at equal budget: readings, not
+verdicts). It is resumable: rerun the same command and finished rungs are skipped (a finished
+sweep trains nothing). Start the same command in several shells to share the work: each run is
+trained by one of them, all results land in DIR/claims_sweep.json. Local runs read an
+activation cache of the layer that the first of them writes to DIR/activations (about 8.6 GB in
+float32 for the default model). e2e ladders of one seed train together (--together), sharing
+the original model's pass. Cost on one CPU thread: e2e ~4k tokens/s alone, ~1.6x that per run
+for 4 together, so one e2e rung of 1e7 tokens takes ~25-40 min; the whole default sweep is
+sized for an accelerator or for many sessions of resume.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@
   reader sees each one settle;
 - `claims_verdicts.json`;
 - `claims_readings.json`: the Braun TopK comparison at the e2e ladders' common budget while
-  they still train (`analysis.claims_budget`; a reading, never a verdict), also in claims.md.
+  they still train, and e2e+ds against e2e at equal budget (`analysis.claims_budget`;
+  readings, never verdicts), also in claims.md.
 """
 
 from __future__ import annotations
