@@ -188,9 +188,11 @@ def per_k_words(per_k: dict[str, Interval]) -> str:
 def braun_readings(results: dict[str, Any], chunks: int) -> list[Reading]:
     """e2e and e2e+ds TopK SAEs at their common budget against the ended local ones, per k
     and averaged over k, with the mean-ablation baseline each must beat."""
+    ds = ds_against_e2e(results, chunks)  # needs no local arm
+    extra = [ds] if ds else []
     local = _arm_at(results, f"local:{FAMILY}", None)
     if local is None or not chunks:
-        return []
+        return extra
     out = []
     for objective, title in (("e2e", "e2e"), ("e2e_ds", "e2e+ds")):
         arm = f"{objective}:{FAMILY}"
@@ -237,8 +239,7 @@ def braun_readings(results: dict[str, Any], chunks: int) -> list[Reading]:
                 {k: [v.estimate, v.low, v.high] for k, v in found.items()},
             )
         )
-    ds = ds_against_e2e(results, chunks)
-    return out + ([ds] if ds else [])
+    return out + extra
 
 
 def ds_against_e2e(results: dict[str, Any], chunks: int) -> Reading | None:
