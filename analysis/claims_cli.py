@@ -4,6 +4,7 @@
         [--seeds 2]
         [--start-tokens 1e6] [--cap-tokens 6.4e7] [--eval-tokens 1e6] [--report-only]
         [--merge OTHER/claims_sweep.json] [--export FILE] [--rows ROWS.npz] [--together 20]
+        [--up-to 1.6e7]
 
 Trains every point of every claim for each seed on a doubling ladder of budgets until the
 held-out CE increase changes by less than --tolerance (or --floor nats) over the last doubling
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         activation_cache=args.activation_cache,
         device=args.device,
         together=args.together,
+        up_to=args.up_to,
         rows=args.rows,
     ).validate()
     if args.merge:
@@ -133,6 +135,15 @@ def register(subparsers: Any) -> None:
         default=64_000_000,
         help="largest budget a run may train for, in tokens (default: 64000000); a resumed "
         "sweep's cap may be raised to a doubling of the recorded one, never lowered",
+    )
+    p.add_argument(
+        "--up-to",
+        type=_tokens,
+        default=None,
+        metavar="TOKENS",
+        help="train no rung above this budget in this run, the ladders left open (a later run "
+        "without it goes on): every ladder reaches one budget before any goes further, so a "
+        "reading at a common budget comes first (default: up to --cap-tokens)",
     )
     p.add_argument(
         "--tolerance",

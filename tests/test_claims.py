@@ -441,6 +441,49 @@ def test_raising_the_cap_extends_only_the_ladders_that_ended_there_and_it_never_
 
 
 @pytest.mark.slow
+def test_up_to_brings_every_ladder_to_one_budget_and_leaves_it_open_for_a_later_run(
+    tmp_path, default_model, monkeypatch
+):
+    """--up-to trains no rung above its budget and ends no ladder there (none converged), is
+    not recorded (a later run without it resumes the same sweep), and that later run keeps the
+    rungs it finds and trains only the budgets above; an --up-to below the first budget is
+    refused before any work."""
+    from dataclasses import replace
+
+    import training.claims_plan as plan
+    from replacement.errors import SparseCircuitsError
+    from training.claims_sweep import RESULTS_FILE, run_claims
+
+    monkeypatch.setattr(plan, "SKIP_KS", (4,))
+    settings, data = _tiny_sweep(tmp_path, default_model)
+    settings = replace(settings, cap_tokens=4096, tolerance=1e-12, floor=0.0)  # none settles
+    lines: list[str] = []
+    first = run_claims(
+        replace(settings, up_to=2048), log=lines.append, model=default_model, data=data
+    )
+    trained = {n: r["seeds"]["0"] for n, r in first["runs"].items() if "transcoder" in n}
+    assert len(trained) == 2
+    for entry in trained.values():
+        assert [r["tokens"] for r in entry["rungs"]] == [1024, 2048]
+        assert not entry["converged"]
+    assert "up_to" not in first["setup"]
+    lines.clear()
+    run_claims(replace(settings, up_to=2048), log=lines.append, model=default_model, data=data)
+    assert lines == [
+        "every run of ['skip'] has finished or reached --up-to 2,048; nothing to train"
+    ]
+    later = run_claims(settings, log=lambda m: None, model=default_model, data=data)
+    for name, before in trained.items():
+        after = later["runs"][name]["seeds"]["0"]
+        assert after["rungs"][:2] == before["rungs"]
+        assert [r["tokens"] for r in after["rungs"]] == [1024, 2048, 4096]
+    written = (tmp_path / RESULTS_FILE).read_text()
+    with pytest.raises(SparseCircuitsError, match="--up-to 512 is below --start-tokens 1024"):
+        run_claims(replace(settings, up_to=512), model=default_model, data=data)
+    assert (tmp_path / RESULTS_FILE).read_text() == written
+
+
+@pytest.mark.slow
 def test_a_run_another_process_holds_is_left_to_it_and_no_result_is_lost(
     tmp_path, default_model, monkeypatch
 ):

@@ -406,7 +406,7 @@ SWEEP = {
         "--n-features": NUMBERS, "--device": ("choice",), "--out": ("file",),
         "--activation-cache": ("choice",), "--merge": ("missing", "folder", "foreign_json", "file"),
         "--export": ("folder", "under_file"), "--rows": ("missing", "folder", "foreign_json"),
-        "--together": NUMBERS,
+        "--together": NUMBERS, "--up-to": NUMBERS,
     },
 }
 # fmt: on

@@ -110,6 +110,10 @@ class SweepSettings:
     """e2e and e2e+ds ladders of one seed trained together by this process, rung by rung,
     sharing the original model's pass of each step (the results equal training each alone;
     about 1.6x the tokens/s per run for 4 together on one CPU thread); 1 trains each alone."""
+    up_to: int | None = None
+    """Largest budget this process trains, or None for --cap-tokens: the ladders stay open (no
+    ladder ends here unless it converged), so a later run without it goes on. Brings every
+    ladder to one budget before any goes further, for a reading at a common budget soonest."""
     rows: str | None = None
     """Token rows file (`training.token_rows`) to train and evaluate on instead of reading the
     default corpus: a machine with another Python reads another standard library, so a sweep
@@ -140,6 +144,11 @@ class SweepSettings:
             raise SparseCircuitsError(
                 f"--cap-tokens {self.cap_tokens} is below --start-tokens {self.start_tokens}"
             )
+        if self.up_to is not None and self.up_to < self.start_tokens:
+            raise SparseCircuitsError(
+                f"--up-to {self.up_to} is below --start-tokens {self.start_tokens}: it would "
+                "train nothing"
+            )
         if not 0 < self.tolerance < 1:
             raise SparseCircuitsError(f"--tolerance must be in (0, 1); got {self.tolerance}")
         if not 0 <= self.floor < 1:
@@ -159,7 +168,7 @@ class SweepSettings:
         this process takes are not)."""
         out = asdict(self)
         out["claims"] = list(self.claims)
-        for name in ("out", "device", "claims", "points", "rows", "together"):
+        for name in ("out", "device", "claims", "points", "rows", "together", "up_to"):
             out.pop(name)
         return out
 
@@ -377,6 +386,8 @@ def run_claims(
     results = load_results(out, settings)
     path = out / RESULTS_FILE
     ladder = budget_ladder(settings.start_tokens, settings.cap_tokens)
+    if settings.up_to is not None:  # this process only; a ladder is still ended by the cap
+        ladder = [t for t in ladder if t <= settings.up_to]
     points = selected_points(claim_points(tuple(settings.claims), settings.layer), settings.points)
     pending = [
         (p, s)
@@ -385,7 +396,12 @@ def run_claims(
         if not _finished(results, p, s, ladder, settings)
     ]
     if not pending:
-        log(f"every run of {list(settings.claims)} has finished; nothing to train")
+        reached = (
+            "has finished"
+            if settings.up_to is None
+            else f"has finished or reached --up-to {settings.up_to:,}"
+        )
+        log(f"every run of {list(settings.claims)} {reached}; nothing to train")
         return results
     model = model if model is not None else load_model("default", device=settings.device)
     if data is None and settings.rows is not None:
