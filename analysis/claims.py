@@ -140,6 +140,19 @@ def finished(entry: dict[str, Any], setup: dict[str, Any]) -> bool:
     return bool(cap and entry["rungs"] and entry["rungs"][-1]["tokens"] >= cap)
 
 
+def passes(tokens: int | list[int], setup: dict[str, Any]) -> str:
+    """How many passes over the sweep's distinct training tokens a budget (or a range of
+    budgets) makes, as ", 1.9 passes over the 8,333,867 training tokens"; "" where the
+    sweep did not record them. A budget above one pass repeats rows: the report says so
+    beside every budget it gives."""
+    train = setup.get("train_tokens")
+    if not train:
+        return ""
+    lo, hi = (min(tokens), max(tokens)) if isinstance(tokens, list) else (tokens, tokens)
+    span = f"{lo / train:.2g}" if lo == hi else f"{lo / train:.2g}-{hi / train:.2g}"
+    return f", {span} passes over the {train:,} training tokens"
+
+
 def last_doubling_change(rungs: list[dict[str, Any]], key: str) -> float | None:
     """Relative change of figure `key` from a ladder's second-last rung to its last, when the
     last doubled the budget (None otherwise: one rung, or a last rung at the cap)."""
@@ -352,7 +365,7 @@ def _budget(results: dict[str, Any], claim: str) -> str:
         still += f" ({shared} the same runs as another claim's, whose time is counted there)"
     return (
         f"{done}/{total} ladders converged{still}; final budgets {min(tokens):,}-"
-        f"{max(tokens):,} tokens; "
+        f"{max(tokens):,} tokens{passes(tokens, setup)}; "
         f"{seconds / 3600:.1f} h of training (tuning and baselines included) and "
         f"{evaluating / 3600:.1f} h of held-out evaluation on {', '.join(sorted(machines))}"
     )
@@ -702,7 +715,8 @@ def claims_markdown(items: list[Claim], setup: dict[str, Any] | None = None) -> 
             f"{setup['seeds']} seeds per point, budgets doubling from {setup['start_tokens']:,} "
             f"tokens until CE increase changes by < {setup['tolerance']:.0%} (or < "
             f"{setup.get('floor', 0.0):g} nats) over a doubling (cap "
-            f"{setup['cap_tokens']:,}), evaluated on >= {setup['eval_tokens']:,} held-out tokens in "
+            f"{setup['cap_tokens']:,}{passes(setup['cap_tokens'], setup)}), evaluated on >= "
+            f"{setup['eval_tokens']:,} held-out tokens in "
             f"{setup['n_chunks']} chunks; intervals are 95% paired bootstraps over chunks and "
             "seeds; a verdict follows from its interval alone.\n"
         )

@@ -30,6 +30,7 @@ from analysis.claims import (
     finished,
     last_doubling_change,
     paired_point_difference,
+    passes,
     sparsity_label,
     with_arrays,
 )
@@ -230,7 +231,8 @@ def braun_readings(results: dict[str, Any], chunks: int) -> list[Reading]:
             Reading(
                 f"{title} TopK SAEs at {tokens:,} tokens against ended local ones",
                 tokens,
-                f"{title} at {tokens:,} tokens - local ended, CE increase averaged over k = "
+                f"At {tokens:,} tokens{passes(tokens, results.get('setup', {}))}: {title} - "
+                "local ended, CE increase averaged over k = "
                 f"{ks}: {found['ce_increase'].text()} nats; per k: {'; '.join(per_k)}; alive "
                 f"features {found['alive'].text(0)}{margin}. {ended} of {total} {title} "
                 f"ladders ended; at {tokens:,} tokens their {falling}.",
@@ -286,7 +288,8 @@ def ds_against_e2e(results: dict[str, Any], chunks: int) -> Reading | None:
     return Reading(
         f"e2e+ds against e2e TopK SAEs, both at {tokens:,} tokens",
         tokens,
-        f"e2e+ds - e2e at {tokens:,} tokens each, averaged over k = {ks}: "
+        f"At {tokens:,} tokens each{passes(tokens, results.get('setup', {}))}: e2e+ds - e2e, "
+        f"averaged over k = {ks}: "
         f"{'; '.join(parts)}{margin}. Ladders ended: e2e {ended[0][0]} of {ended[0][1]}, "
         f"e2e+ds {ended[1][0]} of {ended[1][1]}.",
         f"{word} in downstream FVU on average over k (per k: "

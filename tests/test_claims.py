@@ -569,18 +569,37 @@ def test_e2e_ladders_trained_together_give_each_ones_result_alone_and_all_are_sa
 
 
 @pytest.mark.slow
+def test_passes_count_how_often_a_budget_repeats_the_training_tokens():
+    from analysis.claims import passes
+
+    setup = {"train_tokens": 8_000_000}
+    assert passes(16_000_000, setup) == ", 2 passes over the 8,000,000 training tokens"
+    assert passes([1_000_000, 64_000_000], setup) == (
+        ", 0.12-8 passes over the 8,000,000 training tokens"
+    )
+    assert passes(16_000_000, {}) == ""  # a sweep recorded before the count: nothing claimed
+
+
 def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, default_model, monkeypatch):
     """A sweep that lost its last rung reruns it to the same figures; a finished sweep trains
     nothing."""
     import training.claims_plan as plan
     from training.claims_sweep import RESULTS_FILE, run_claims
+    from training.data import TokenData, token_mask
 
     monkeypatch.setattr(plan, "SKIP_KS", (4,))
     settings, data = _tiny_sweep(tmp_path, default_model)
+    # 2 held-out rows of the 4 the 512 evaluation tokens need: 2 more leave the training rows
+    data = TokenData(data.train, data.val[:2], data.bos, data.special_ids)
     first = run_claims(settings, log=lambda m: None, model=default_model, data=data)
     entry = first["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]
     assert [r["tokens"] for r in entry["rungs"]] == [1024, 2048] or entry["converged"]
     full = json.loads((tmp_path / RESULTS_FILE).read_text())
+    # the distinct training tokens: the counted tokens of the rows left once those are reserved
+    assert full["setup"]["eval_rows"] == {"heldout": 2, "reserved": 2}
+    assert full["setup"]["train_tokens"] == int(
+        token_mask(data.train[:126], data.special_ids).sum()
+    )
     # lose the last rung of one run, as a kill before its results were written would
     cut = json.loads(json.dumps(full))
     cut["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]["rungs"].pop()
@@ -723,7 +742,13 @@ def test_an_unfinished_sweep_compares_only_finished_runs_and_settles_nothing():
     runs["skip/skip_transcoder_k32"]["seeds"]["0"]["rungs"][0]["tokens"] = 500
     (found,) = [c for c in claims({"version": 2, "setup": setup, "runs": runs})
                 if c.name.startswith("Skip")]  # fmt: skip
-    assert "12/16 ladders converged (4 still training); final budgets 1,000-1,000 tokens" in (
+    assert "12/16 ladders converged (4 still training); final budgets 1,000-1,000 tokens;" in (
+        found.ours
+    )
+    # with the distinct training tokens recorded, each budget says how often it repeats them
+    (found,) = [c for c in claims({"version": 2, "setup": {**setup, "train_tokens": 400},
+                                   "runs": runs}) if c.name.startswith("Skip")]  # fmt: skip
+    assert "final budgets 1,000-1,000 tokens, 2.5 passes over the 400 training tokens;" in (
         found.ours
     )
     for k in (16, 32):  # once they end, all four k count and the verdict is the interval's

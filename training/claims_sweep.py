@@ -46,7 +46,7 @@ from training.convergence import (
     merged_cap,
     raised_cap,
 )
-from training.data import TokenData
+from training.data import TokenData, token_mask
 from training.ladder import Ladder, kept_on_merge, train_ladders
 from training.sweep_locks import (
     claimed,
@@ -411,6 +411,8 @@ def run_claims(
     digest = rows_digest(train_data.train, rows)
     record_rows(results["setup"], digest, str(path), "--out")
     results["setup"]["eval_rows"] = {"heldout": int(data.val.shape[0]), "reserved": reserved}
+    # distinct training tokens (the ones a loss counts): a budget above them repeats rows
+    results["setup"]["train_tokens"] = int(token_mask(train_data.train, data.special_ids).sum())
     save_entry(path, results, ("setup",))  # recorded before any run, so others can check
     local = [
         (p, s)
@@ -647,7 +649,9 @@ def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
             counts[0] = sum(len(r["seeds"]) for r in theirs["runs"].values())
             return theirs
         take_rows(current["setup"], theirs["setup"], str(path), str(other))
-        volatile = ("eval_rows", "rows_sha256", "cap_tokens")
+        if "train_tokens" in theirs["setup"]:  # follows from the rows, checked just above
+            current["setup"].setdefault("train_tokens", theirs["setup"]["train_tokens"])
+        volatile = ("eval_rows", "rows_sha256", "cap_tokens", "train_tokens")
         mine = {k: v for k, v in current["setup"].items() if k not in volatile}
         given = {k: v for k, v in theirs["setup"].items() if k not in volatile}
         if recorded_setup(mine) != recorded_setup(given):
