@@ -14,9 +14,9 @@ of one e2e ladder, on `--rows` rows each:
   Both are rows of the training split drawn at random, so the difference is the effect of
   having read them, with no change of distribution. The rows read more often are also the
   ones read more recently.
-- **held-out - training:** the sweep's evaluation rows minus training rows. This also holds
-  the difference between the held-out files and the training files, so its change from the
-  ladder's first rung is what to read.
+- **held-out - read more:** the sweep's evaluation rows minus the rows read most often. This
+  also holds the difference between the held-out files and the training files, so its change
+  from rung to rung is what to read.
 
 Intervals: 95% percentile bootstrap resampling each row set's chunks independently (the two
 sets are different rows, so nothing pairs them); the same draws for every rung of a ladder.
