@@ -227,6 +227,11 @@ def _checked(data: TokenData) -> TokenData:
 
 
 # ---- order and masks ----------------------------------------------------------------------------
+def rows_per_step(batch_tokens: int, ctx_len: int) -> int:
+    """Rows an e2e step reads: `batch_tokens` predicted tokens, ctx_len - 1 per BOS-first row."""
+    return max(1, int(batch_tokens) // (int(ctx_len) - 1))
+
+
 def sample_indices(n_items: int, start: int, count: int, seed: int) -> Int[Tensor, " count"]:
     """Items [start, start + count) of an endless stream of per-epoch permutations of n_items.
 

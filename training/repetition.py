@@ -39,7 +39,8 @@ from jaxtyping import Int
 from replacement.errors import SparseCircuitsError
 from replacement.formats.native import load_native
 from training.claims_eval import downstream_hooks, evaluate_dictionary, figures, original_side
-from training.data import sample_indices
+from training.config import TrainConfig
+from training.data import rows_per_step, sample_indices
 
 N_DRAWS = 2000
 
@@ -136,16 +137,14 @@ def ladder_fit(
 
 def rows_read(folder: Path) -> int:
     """Rows a finished e2e rung read from its stream: its steps times its rows a step, as the
-    trainer counts them (batch_tokens predicted tokens a step, ctx_len - 1 per row)."""
-    training = json.loads((folder / "card.json").read_text())["training"]
-    if training.get("objective") not in ("e2e", "e2e_ds"):
+    trainer counts them."""
+    config = TrainConfig.from_dict(json.loads((folder / "card.json").read_text())["training"])
+    if config.objective not in ("e2e", "e2e_ds"):
         raise SparseCircuitsError(
-            f"{str(folder)!r} is a {training.get('objective')!r} run; only e2e and e2e+ds "
-            "runs read their rows in the order this counts (a local run reads a cache)"
+            f"{str(folder)!r} is a {config.objective!r} run; only e2e and e2e+ds runs read "
+            "their rows in the order this counts (a local run reads a cache)"
         )
-    batch = int(training["batch_tokens"])
-    steps = max(1, int(training["total_tokens"]) // batch)
-    return steps * max(1, batch // (int(training["ctx_len"]) - 1))
+    return config.total_steps * rows_per_step(config.batch_tokens, config.ctx_len)
 
 
 def _line(row: dict[str, Any]) -> str:

@@ -48,7 +48,7 @@ from replacement.splice import splice
 from training.activation_cache import ActivationCache, CachedBatches, rank_shards
 from training.activations import ActivationBuffer
 from training.config import ConfigError, TrainConfig, option_name
-from training.data import TokenData, load_token_data, sample_indices, token_mask
+from training.data import TokenData, load_token_data, rows_per_step, sample_indices, token_mask
 from training.distributed import DistContext, context, use_global_batchtopk
 from training.fused_topk import fired_features, topk_reconstruct
 from training.kl_loss import kl_to_reference
@@ -257,7 +257,7 @@ class Trainer:
                 self.model, self.data, hooks, config.batch_tokens, config.buffer_tokens, config.seed
             )
         # sequences per e2e step: batch_tokens predicted tokens, ctx_len - 1 per sequence
-        self.rows_per_step = max(1, config.batch_tokens // (self.ctx_len - 1))
+        self.rows_per_step = rows_per_step(config.batch_tokens, self.ctx_len)
         self.last_metrics: dict[str, Any] = {}
         self.skip_unspliced_blocks = True
         """e2e: run the spliced pass from the first spliced block (TL4's start_at_layer)."""
