@@ -128,6 +128,7 @@ def test_train_many_refuses_runs_that_cannot_share_their_batches(tmp_path):
         train_many([_config(tmp_path / "a"), _config(tmp_path / "b", seed=1)])
     with pytest.raises(ConfigError, match="not both"):
         train_many([_config(tmp_path / "a"), _config(tmp_path / "b", objective="local")])
+    assert train_many([]) == []  # nothing to train (every run of a batch finished): no error
 
 
 def test_the_train_commands_sweep_trains_e2e_runs_together(tmp_path, capsys, monkeypatch):

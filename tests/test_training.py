@@ -23,7 +23,7 @@ from training.data import (
 )
 from training.default_model.corpus import stdlib_dir
 from training.losses import LossScale, auxk_loss, fvu, sparsity_loss, step_l0
-from training.trainer import Trainer, TrainingDivergedError
+from training.trainer import Trainer, TrainingDivergedError, train_many
 
 CTX = 64
 K = 8
@@ -218,24 +218,40 @@ def trained(default_model, token_data, tmp_path_factory):
     val = token_data.val
     mask = token_mask(val, token_data.special_ids)
 
+    def measured(cfg: TrainConfig, dicts: dict[int, Dictionary]) -> Run:
+        hooks = sorted({h for d in dicts.values() for h in (d.in_hook, d.out_hook)})
+        acts = collect_activations(default_model, val, hooks)
+        val_fvu, val_l0 = {}, {}
+        for layer, d in dicts.items():
+            assert not d.training
+            x, y = acts[d.in_hook][mask], acts[d.out_hook][mask]
+            with torch.no_grad():
+                val_l0[layer] = (d.encode(x) > 0).sum(-1).float()
+                val_fvu[layer] = fvu(y, d(x))
+        return Run(cfg, dicts, _metrics(cfg), val_fvu, val_l0)
+
+    def config(kw: dict) -> TrainConfig:
+        kw = {"log_every": 1, "warmup_steps": 10, **kw}
+        return _config(tmp_path_factory.mktemp("train"), **kw)
+
     def train(**kw) -> Run:
         key = repr(sorted(kw.items()))
         if key not in cache:
-            kw = {"log_every": 1, "warmup_steps": 10, **kw}
-            cfg = _config(tmp_path_factory.mktemp("train"), **kw)
-            dicts = Trainer(cfg, default_model, token_data).train()
-            hooks = sorted({h for d in dicts.values() for h in (d.in_hook, d.out_hook)})
-            acts = collect_activations(default_model, val, hooks)
-            val_fvu, val_l0 = {}, {}
-            for layer, d in dicts.items():
-                assert not d.training
-                x, y = acts[d.in_hook][mask], acts[d.out_hook][mask]
-                with torch.no_grad():
-                    val_l0[layer] = (d.encode(x) > 0).sum(-1).float()
-                    val_fvu[layer] = fvu(y, d(x))
-            cache[key] = Run(cfg, dicts, _metrics(cfg), val_fvu, val_l0)
+            cfg = config(kw)
+            cache[key] = measured(cfg, Trainer(cfg, default_model, token_data).train())
         return cache[key]
 
+    def train_together(runs: list[dict]) -> None:
+        """Train the runs not trained yet in one `train_many` (e2e runs share the original
+        model's pass of each step; the result equals each trained alone, test_e2e_shared_pass)."""
+        todo = {repr(sorted(kw.items())): kw for kw in runs}
+        todo = {key: kw for key, kw in todo.items() if key not in cache}
+        configs = [config(kw) for kw in todo.values()]
+        results = train_many(configs, default_model, token_data)
+        for key, cfg, dicts in zip(todo, configs, results, strict=True):
+            cache[key] = measured(cfg, dicts)
+
+    train.together = train_together
     return train
 
 
@@ -251,9 +267,9 @@ def _local(trained, kind: str, activation: str, **kw) -> Run:
     )
 
 
-def _e2e(trained, kind: str, activation: str, objective: str, layers: list[int]) -> Run:
+def _e2e_kw(kind: str, activation: str, objective: str, layers: list[int]) -> dict:
     # two sequences (126 predicted tokens) a step keep e2e affordable; lr 3e-3 kills features
-    return trained(
+    return dict(
         kind=kind,
         activation=activation,
         objective=objective,
@@ -262,6 +278,16 @@ def _e2e(trained, kind: str, activation: str, objective: str, layers: list[int])
         total_tokens=2 * (CTX - 1) * E2E_STEPS,
         lr=1e-3,
     )
+
+
+def _e2e(trained, kind: str, activation: str, objective: str, layers: list[int]) -> Run:
+    """The e2e run of these settings; the first call trains every run of this module's e2e
+    tests together, on one original pass per step."""
+    trained.together(
+        [_e2e_kw(*case[:2], "e2e", case[2]) for case in E2E_CASES]
+        + [_e2e_kw("skip_transcoder", "batchtopk", "e2e_ds", [1, 2])]
+    )
+    return trained(**_e2e_kw(kind, activation, objective, layers))
 
 
 def _assert_l0_near_target(run: Run, layer: int) -> None:

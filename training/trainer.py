@@ -1024,6 +1024,8 @@ def train_together(trainers: list[Trainer], model: Any) -> list[dict[int, Dictio
     A Ctrl-C (SIGINT) stops at the next step boundary: every unfinished run is checkpointed
     and `TrainingInterrupted` is raised (naming the first); the folders are released either way.
     """
+    if not trainers:
+        return []
     try:
         return _train_together(trainers, model)
     finally:
