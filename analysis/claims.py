@@ -20,10 +20,11 @@ import numpy as np
 
 from analysis.claims_stats import (
     Interval,
-    at_l0,
+    at_l0_draws,
     bootstrap,
     bootstrap_many,
     matched_grid,
+    seed_mean,
     verdict,
 )
 from training.claims_plan import GATED_TUNE_L1
@@ -74,10 +75,14 @@ def shipped_form(results: dict[str, Any]) -> dict[str, Any]:
 # ---- reading the sweep -------------------------------------------------------------------------
 def rung_figures(rung: dict[str, Any], weights: np.ndarray | None = None) -> dict[str, float]:
     """ce_increase, fvu, l0, shrinkage, downstream_fvu (`training.claims_eval.figures`) of a
-    rung under chunk weights, and its alive features."""
+    rung under chunk weights, and its alive features (one per draw for a [draws, chunks]
+    matrix of weights: they do not depend on the chunks)."""
     from training.claims_eval import figures
 
-    return {**figures(rung["chunks"], weights), "alive": float(rung["alive"])}
+    alive = float(rung["alive"])
+    if weights is not None and np.ndim(weights) == 2:
+        return {**figures(rung["chunks"], weights), "alive": np.full(len(weights), alive)}
+    return {**figures(rung["chunks"], weights), "alive": alive}
 
 
 @dataclass
@@ -101,7 +106,8 @@ class Arm:
         return sorted(common)
 
     def curve(self, seed: int, weights: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(L0, metric) over the arm's points for one seed."""
+        """(L0, metric) over the arm's points for one seed ([points], or [points, draws] for a
+        [draws, chunks] matrix of weights)."""
         figs = [rung_figures(p[seed], weights) for p in self.points]
         return np.array([f["l0"] for f in figs]), np.array([f[key] for f in figs])
 
@@ -125,8 +131,8 @@ def sparsity_label(fields: dict[str, Any], name: str) -> str:
 
 
 def with_arrays(rung: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the rung whose per-chunk sums are a `ChunkSums` (numpy): a bootstrap reads them
-    about 10^5 times per report, and summing lists in Python was most of its cost."""
+    """A copy of the rung whose per-chunk sums are a `ChunkSums` (numpy): a bootstrap weighs
+    them with every draw's chunk weights in one matrix product."""
     from training.claims_eval import ChunkSums
 
     return {**rung, "chunks": ChunkSums(rung["chunks"])} if rung.get("chunks") else rung
@@ -260,13 +266,13 @@ def matched_l0_profile(
     if grid.size == 0:
         return Interval(float("nan"), float("nan"), float("nan")), [], grid
 
-    def stat(weights: np.ndarray, seeds: dict[str, list[int]]) -> list[float]:
+    def stat(weights: np.ndarray, picks: dict[str, np.ndarray]) -> np.ndarray:
         means = []
         for arm, side in ((a, "a"), (b, "b")):
-            vals = [at_l0(*arm.curve(s, weights, key), grid) for s in seeds[side]]
-            means.append(f(np.mean(vals, axis=0)))
+            per_seed = {s: at_l0_draws(*arm.curve(s, weights, key), grid) for s in arm.seeds}
+            means.append(f(seed_mean(per_seed, picks[side])))  # [grid, draws]
         diff = means[1] - means[0]
-        return [float(np.mean(diff)), *map(float, diff)]
+        return np.vstack([diff.mean(axis=0), diff])
 
     found = bootstrap_many(stat, n_chunks_, {"a": a.seeds, "b": b.seeds})
     return found[0], found[1:], grid
@@ -303,13 +309,13 @@ def _drift_range(*arms_: Arm) -> str:
 def paired_point_difference(a: Arm, b: Arm, key: str, n_chunks_: int) -> Interval:
     """B - A of `key` averaged over the arms' points in order (equal sparsities, e.g. equal k)."""
 
-    def stat(weights: np.ndarray, seeds: dict[str, list[int]]) -> float:
+    def stat(weights: np.ndarray, picks: dict[str, np.ndarray]) -> np.ndarray:
         diffs = []
         for pa, pb in zip(a.points, b.points, strict=True):
-            va = np.mean([rung_figures(pa[s], weights)[key] for s in seeds["a"]])
-            vb = np.mean([rung_figures(pb[s], weights)[key] for s in seeds["b"]])
+            va = seed_mean({s: rung_figures(pa[s], weights)[key] for s in a.seeds}, picks["a"])
+            vb = seed_mean({s: rung_figures(pb[s], weights)[key] for s in b.seeds}, picks["b"])
             diffs.append(vb - va)
-        return float(np.mean(diffs))
+        return np.mean(diffs, axis=0)
 
     return bootstrap(stat, n_chunks_, {"a": a.seeds, "b": b.seeds})
 

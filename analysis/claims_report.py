@@ -33,7 +33,7 @@ from analysis.claims import (
     single_run,
 )
 from analysis.claims_budget import braun_readings, readings_markdown
-from analysis.claims_stats import Interval, bootstrap
+from analysis.claims_stats import Interval, bootstrap, seed_mean
 from replacement.atomic import atomic_path, write_json, write_text
 
 _PANELS = (
@@ -61,8 +61,8 @@ def point_interval(arm: Arm, index: int, key: str, chunks: int) -> Interval:
     resampled)."""
     point = arm.points[index]
 
-    def stat(weights: np.ndarray, seeds: dict[str, list[int]]) -> float:
-        return float(np.mean([rung_figures(point[s], weights)[key] for s in seeds["x"]]))
+    def stat(weights: np.ndarray, picks: dict[str, np.ndarray]) -> np.ndarray:
+        return seed_mean({s: rung_figures(point[s], weights)[key] for s in point}, picks["x"])
 
     return bootstrap(stat, chunks, {"x": sorted(point)})
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from jaxtyping import Float, Int
 
 N_DRAWS = 1000
 
@@ -51,10 +52,29 @@ def matched_grid(curves: Sequence[tuple[np.ndarray, np.ndarray]], n: int = 5) ->
     return np.geomspace(lo, hi, n)
 
 
-def at_l0(l0: np.ndarray, metric: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """The metric of one curve interpolated at `grid` on a log-L0 axis."""
-    order = np.argsort(l0)
-    return np.interp(np.log(grid), np.log(np.asarray(l0)[order]), np.asarray(metric)[order])
+def at_l0_draws(
+    l0: Float[np.ndarray, "points draws"],
+    metric: Float[np.ndarray, "points draws"],
+    grid: Float[np.ndarray, " grid"],
+) -> Float[np.ndarray, "grid draws"]:
+    """The metric of each draw's curve (column d: draw d's points) interpolated at `grid` on a
+    log-L0 axis, all draws at once, with `np.interp`'s arithmetic: the end values outside the
+    curve, a knot's own value on it, else the line between its neighbours."""
+    order = np.argsort(l0, axis=0, kind="stable")
+    x = np.log(np.take_along_axis(l0, order, axis=0))
+    y = np.take_along_axis(metric, order, axis=0)
+    g = np.log(grid)[:, None]
+    if x.shape[0] == 1:
+        return np.broadcast_to(y[0], (g.shape[0], y.shape[1])).copy()
+    j = (x[None] <= g[:, None]).sum(axis=1) - 1  # the knot at or below each grid value
+    left = np.clip(j, 0, x.shape[0] - 2)
+    x0, x1 = np.take_along_axis(x, left, axis=0), np.take_along_axis(x, left + 1, axis=0)
+    y0, y1 = np.take_along_axis(y, left, axis=0), np.take_along_axis(y, left + 1, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        line = (y1 - y0) / (x1 - x0) * (g - x0) + y0
+    line = np.where(g == x0, y0, line)
+    line = np.where(j < 0, y[0], line)
+    return np.where(j >= x.shape[0] - 1, y[-1], line)
 
 
 def chunk_weights(n_chunks: int, n_draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -64,8 +84,45 @@ def chunk_weights(n_chunks: int, n_draws: int, rng: np.random.Generator) -> np.n
     return draws.astype(float)
 
 
+def seed_picks(
+    seeds: dict[str, list[int]], n_draws: int, rng: np.random.Generator
+) -> dict[str, Int[np.ndarray, "draws seeds"]]:
+    """Per arm, its seeds drawn with replacement in each draw (row 0: the seeds themselves).
+
+    One `integers` call with each column's own bound draws the same stream as one
+    `rng.choice(seeds, len(seeds))` per draw and arm in turn (tested), so the intervals are
+    those a per-draw loop gives, at a small part of its cost.
+    """
+    sizes = [len(s) for s in seeds.values()]
+    bounds = np.repeat(np.asarray(sizes, dtype=np.int64), sizes)
+    drawn = rng.integers(0, np.broadcast_to(bounds, (n_draws - 1, bounds.size)))
+    picks, start = {}, 0
+    for (arm, own), n in zip(seeds.items(), sizes, strict=True):
+        values = np.asarray(own, dtype=np.int64)
+        picks[arm] = np.vstack([values[None], values[drawn[:, start : start + n]]])
+        start += n
+    return picks
+
+
+def seed_mean(per_seed: dict[int, np.ndarray], picks: Int[np.ndarray, "draws seeds"]) -> np.ndarray:
+    """Each draw's mean over its picked seeds: `per_seed[s]` has the draws last ([..., draws]),
+    the result too."""
+    order = sorted(per_seed)
+    stacked = np.moveaxis(np.stack([np.asarray(per_seed[s]) for s in order]), -1, 1)
+    where = np.searchsorted(np.asarray(order), picks)  # [draws, picked]
+    gathered = stacked[where, np.arange(picks.shape[0])[:, None]]  # [draws, picked, ...]
+    return np.moveaxis(gathered.mean(axis=1), 0, -1)
+
+
+Statistic = Callable[
+    [Float[np.ndarray, "draws chunks"], dict[str, Int[np.ndarray, "draws seeds"]]], np.ndarray
+]
+"""A statistic of every draw at once: (chunk weights, each arm's picked seeds) -> its values,
+draws last ([draws] for one component, [components, draws] for several)."""
+
+
 def bootstrap(
-    statistic: Callable[[np.ndarray, dict[str, list[int]]], float],
+    statistic: Statistic,
     n_chunks: int,
     seeds: dict[str, list[int]],
     n_draws: int = N_DRAWS,
@@ -76,30 +133,24 @@ def bootstrap(
     Draw 0 uses every chunk once and every seed once: the point estimate. Other draws resample
     chunks (shared by all runs) and, per arm, its seeds with replacement.
     """
-    return bootstrap_many(lambda w, s: [statistic(w, s)], n_chunks, seeds, n_draws, seed)[0]
+    return bootstrap_many(lambda w, s: statistic(w, s)[None], n_chunks, seeds, n_draws, seed)[0]
 
 
 def bootstrap_many(
-    statistic: Callable[[np.ndarray, dict[str, list[int]]], Sequence[float]],
+    statistic: Statistic,
     n_chunks: int,
     seeds: dict[str, list[int]],
     n_draws: int = N_DRAWS,
     seed: int = 0,
 ) -> list[Interval]:
-    """`bootstrap` of a statistic with several components, all read on the same draws: one
-    interval per component (each a percentile interval of its own finite values)."""
+    """`bootstrap` of a statistic with several components ([components, draws]), all read on
+    the same draws: one interval per component (each a percentile interval of its own finite
+    values)."""
     rng = np.random.default_rng(seed)
     weights = chunk_weights(n_chunks, n_draws, rng)
-    values = []
-    for d in range(n_draws):
-        picked = (
-            seeds
-            if d == 0
-            else {arm: list(rng.choice(s, size=len(s), replace=True)) for arm, s in seeds.items()}
-        )
-        values.append(np.asarray(statistic(weights[d], picked), dtype=float))
+    values = np.asarray(statistic(weights, seed_picks(seeds, n_draws, rng)), dtype=float)
     out = []
-    for column in np.stack(values, axis=1):
+    for column in values.reshape(-1, n_draws):
         finite = column[np.isfinite(column)]
         if finite.size == 0:
             out.append(Interval(float("nan"), float("nan"), float("nan")))

@@ -66,11 +66,50 @@ def test_bootstrap_interval_covers_the_true_mean():
         values = rng.normal(0.5, 1.0, size=40)
 
         def stat(w, seeds, values=values):
-            return float(np.dot(w, values) / w.sum())
+            return w @ values / w.sum(axis=1)
 
         iv = bootstrap(stat, 40, {"a": [0]}, n_draws=300, seed=trial)
         covered += iv.low <= 0.5 <= iv.high
     assert covered >= 180
+
+
+def test_seed_picks_are_the_per_draw_choices_of_each_arm_in_turn():
+    """The vectorised picks draw the stream a loop of `rng.choice` per draw and arm draws (the
+    form the shipped intervals were first computed with), for arms of unequal seed counts."""
+    from analysis.claims_stats import seed_picks
+
+    seeds = {"a": [0, 1], "b": [3], "c": [5, 6, 7]}
+    picks = seed_picks(seeds, 500, np.random.default_rng(4))
+    rng = np.random.default_rng(4)
+    for d in range(500):
+        for arm, own in seeds.items():
+            expected = own if d == 0 else list(rng.choice(own, size=len(own), replace=True))
+            assert list(picks[arm][d]) == expected
+
+
+def test_every_draws_interpolation_is_np_interp_of_its_own_curve():
+    """Unsorted points, grid values below, on, between and above the knots, per draw."""
+    from analysis.claims_stats import at_l0_draws
+
+    rng = np.random.default_rng(0)
+    l0 = rng.uniform(2.0, 20.0, size=(4, 50))
+    l0[:, 0] = [8.0, 2.0, 16.0, 4.0]  # draw 0 has the grid's knots exactly
+    metric = rng.normal(size=(4, 50))
+    grid = np.array([1.0, 2.0, 3.0, 4.0, 11.0, 16.0, 40.0])
+    found = at_l0_draws(l0, metric, grid)
+    for d in range(50):
+        order = np.argsort(l0[:, d])
+        ref = np.interp(np.log(grid), np.log(l0[order, d]), metric[order, d])
+        assert found[:, d] == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    assert found[[1, 3, 5], 0].tolist() == metric[[1, 3, 2], 0].tolist()  # knots exactly
+
+
+def test_the_seed_mean_averages_each_draws_picked_seeds():
+    from analysis.claims_stats import seed_mean
+
+    per_seed = {3: np.array([[1.0, 10.0], [2.0, 20.0]]), 7: np.array([[5.0, 50.0], [6.0, 60.0]])}
+    picks = np.array([[3, 7], [7, 7]])  # draw 0 both seeds, draw 1 seed 7 twice
+    assert seed_mean(per_seed, picks).tolist() == [[3.0, 50.0], [4.0, 60.0]]
 
 
 def _rung(l0: float, ce: float, noise: np.ndarray, alive: int = 100) -> dict:
@@ -155,7 +194,7 @@ def test_the_profile_gives_the_known_difference_at_each_l0():
     assert [iv.estimate for iv in each] == pytest.approx(list(-0.01 * np.log(grid)), abs=1e-12)
     assert mean.estimate == pytest.approx(float(np.mean(-0.01 * np.log(grid))), abs=1e-12)
     one, two = bootstrap_many(
-        lambda w, s: [float(w[:4].sum()), 2 * float(w[:4].sum())], N_CHUNKS, {"x": [0, 1]}
+        lambda w, s: np.vstack([w[:, :4].sum(1), 2 * w[:, :4].sum(1)]), N_CHUNKS, {"x": [0, 1]}
     )
     assert (two.estimate, two.low, two.high) == (2 * one.estimate, 2 * one.low, 2 * one.high)
     assert one.low < one.high
@@ -925,5 +964,9 @@ def test_chunk_sums_as_a_matrix_give_the_figures_of_the_lists():
     assert fast == pytest.approx(plain, rel=1e-12)
     by_hand = sum(w * e for w, e in zip(weights, rung["chunks"]["sq_err"], strict=True))
     assert fast["fvu"] == pytest.approx(by_hand / (2.0 * N_CHUNKS), rel=1e-12)
-    with pytest.raises(ValueError, match="3 chunk weights for 16 chunks"):
+    draws = np.stack([np.ones(N_CHUNKS), weights])  # every draw's figures at once
+    for chunks in (rung["chunks"], ChunkSums(rung["chunks"])):
+        each = figures(chunks, draws)
+        assert each["fvu"] == pytest.approx([figures(chunks)["fvu"], plain["fvu"]], rel=1e-12)
+    with pytest.raises(ValueError, match=r"shape \(3,\) for 16 chunks"):
         figures(ChunkSums(rung["chunks"]), np.ones(3))

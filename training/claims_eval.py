@@ -217,24 +217,32 @@ def evaluate_dictionary(
 
 class ChunkSums(dict):
     """Per-chunk sums (`SUM_KEYS` -> one value per chunk) that also hold them as one [keys,
-    chunks] matrix: a bootstrap weighs them about 10^5 times per claims report, and one
-    matrix-vector product per draw costs a tenth of a product per key."""
+    chunks] matrix: a bootstrap weighs them with all its draws' chunk weights at once (one
+    matrix product per rung and statistic, not a sum per key and draw)."""
 
     def __init__(self, chunks: dict[str, Any]):
         super().__init__({k: np.asarray(v, dtype=float) for k, v in chunks.items()})
         self.names = list(self)
         self.matrix = np.stack([self[k] for k in self.names]) if self.names else np.zeros((0, 0))
 
-    def totals(self, weights: Float[np.ndarray, " chunks"]) -> dict[str, float]:
-        """Each key's weighted sum over chunks."""
+    def totals(
+        self, weights: Float[np.ndarray, " chunks"] | Float[np.ndarray, "draws chunks"]
+    ) -> dict[str, float] | dict[str, Float[np.ndarray, " draws"]]:
+        """Each key's weighted sum over chunks (one per draw for a [draws, chunks] matrix)."""
+        if weights.ndim == 2:
+            return dict(zip(self.names, self.matrix @ weights.T, strict=True))
         return dict(zip(self.names, (self.matrix @ weights).tolist(), strict=True))
 
 
 def figures(
     chunks: dict[str, list[float]],
-    weights: Float[np.ndarray, " chunks"] | list[float] | None = None,
-) -> dict[str, float]:
-    """Point figures from per-chunk sums; `weights` (chunk multiplicities) make a bootstrap draw.
+    weights: Float[np.ndarray, " chunks"]
+    | Float[np.ndarray, "draws chunks"]
+    | list[float]
+    | None = None,
+) -> dict[str, Any]:
+    """Point figures from per-chunk sums; `weights` (chunk multiplicities) make a bootstrap draw,
+    and a [draws, chunks] matrix of them gives every figure per draw (arrays, not floats).
 
     ce_increase = (sum CE spliced - sum CE orig) / tokens; fvu = sq_err / sq_dev; l0 per
     position; shrinkage gamma = sum ||y_hat||^2 / sum <y_hat, y> (1: no shrinkage, < 1 the
@@ -242,20 +250,25 @@ def figures(
     """
     n = len(chunks["tokens"])
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
-    if w.shape != (n,):
-        raise ValueError(f"{w.shape[0] if w.ndim else 0} chunk weights for {n} chunks")
+    if w.ndim not in (1, 2) or w.shape[-1] != n:
+        raise ValueError(
+            f"chunk weights of shape {w.shape} for {n} chunks (expected ({n},) or (draws, {n}))"
+        )
     sums = chunks.totals(w) if isinstance(chunks, ChunkSums) else None
 
-    def total(key: str) -> float:
+    def total(key: str) -> Any:
         if sums is not None:
             return sums[key]
-        return float(np.dot(w, np.asarray(chunks[key], dtype=float)))
+        return np.dot(w, np.asarray(chunks[key], dtype=float))
 
-    tokens, positions = max(total("tokens"), 1e-12), max(total("positions"), 1e-12)
-    return {
-        "ce_increase": (total("ce_spliced") - total("ce_orig")) / tokens,
-        "fvu": total("sq_err") / max(total("sq_dev"), 1e-12),
-        "l0": total("l0") / positions,
-        "shrinkage": total("sq_hat") / max(total("dot"), 1e-12),
-        "downstream_fvu": total("down_err") / max(total("down_dev"), 1e-12),
+    def floor(key: str) -> Any:
+        return np.maximum(total(key), 1e-12)
+
+    found = {
+        "ce_increase": (total("ce_spliced") - total("ce_orig")) / floor("tokens"),
+        "fvu": total("sq_err") / floor("sq_dev"),
+        "l0": total("l0") / floor("positions"),
+        "shrinkage": total("sq_hat") / floor("dot"),
+        "downstream_fvu": total("down_err") / floor("down_dev"),
     }
+    return found if w.ndim == 2 else {k: float(v) for k, v in found.items()}
