@@ -630,9 +630,17 @@ def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, default_model, monk
     settings, data = _tiny_sweep(tmp_path, default_model)
     # 2 held-out rows of the 4 the 512 evaluation tokens need: 2 more leave the training rows
     data = TokenData(data.train, data.val[:2], data.bos, data.special_ids)
-    first = run_claims(settings, log=lambda m: None, model=default_model, data=data)
+    monkeypatch.setattr("training.heartbeat.EVERY_S", 0.0)  # a progress line every step
+    said: list[str] = []
+    first = run_claims(settings, log=said.append, model=default_model, data=data)
     entry = first["runs"]["skip/skip_transcoder_k4"]["seeds"]["0"]
     assert [r["tokens"] for r in entry["rungs"]] == [1024, 2048] or entry["converged"]
+    # each rung says where it is between its start and its end (the first step sets the pace):
+    # the 2,048-token rung continues the 1,024-token one's branch at step 1 of 4
+    beats = [m for m in said if m.startswith("skip/transcoder_k4 seed 0 2,048-token rung: ")]
+    assert [m.split(": step ")[1].split(" (")[0] for m in beats] == ["3 of 4", "4 of 4"]
+    assert "step 4 of 4 (100%)" in beats[-1] and beats[-1].endswith("about 0 s left")
+    monkeypatch.setattr("training.heartbeat.EVERY_S", 600.0)
     full = json.loads((tmp_path / RESULTS_FILE).read_text())
     # the distinct training tokens: the counted tokens of the rows left once those are reserved
     assert full["setup"]["eval_rows"] == {"heldout": 2, "reserved": 2}

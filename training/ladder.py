@@ -144,6 +144,7 @@ def train_ladders(
     train together (`training.trainer.train_many`: e2e runs of one seed share the original
     model's pass of each step; the result equals training each alone), then each is evaluated
     and its convergence decided. A ladder leaves when it has converged."""
+    from training.heartbeat import Heartbeat
     from training.rung_branch import branch_step, start_from_branch
     from training.trainer import Trainer, train_together, trainers_for
 
@@ -167,8 +168,9 @@ def train_ladders(
             trainers = [Trainer(configs[0], model=model, data=data)]
         else:
             trainers = trainers_for(configs, model, data)
-        for trainer in trainers:  # for the next rung
-            trainer.branch_at = branch_step(trainer.config)
+        for ladder, trainer in zip(due, trainers, strict=True):
+            trainer.branch_at = branch_step(trainer.config)  # for the next rung
+            trainer.heartbeat = Heartbeat(log, f"{ladder.label} {tokens:,}-token rung")
         if len(due) == 1:
             results = [trainers[0].train()]
         else:

@@ -28,7 +28,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,9 @@ class Trainer:
         """A step at which to keep the checkpoint as `BRANCH_FILE` too (training.rung_branch)."""
         self.branched_from: dict[str, int] | None = None
         """The shorter run (its tokens, and the step) this run continued, if any."""
+        self.heartbeat: Callable[[int, int], None] | None = None
+        """Called after each step with (steps done, total steps): a progress line for runs
+        without a bar (`training.heartbeat`)."""
         self._shared_seconds = 0.0
         """This step's seconds of shared work: charged share minus time spent here."""
 
@@ -756,6 +759,8 @@ class Trainer:
             self.save_checkpoint()
         if self.step == self.branch_at:
             self.save_checkpoint(BRANCH_FILE)
+        if self.heartbeat is not None and self.dist.is_main:
+            self.heartbeat(self.step, cfg.total_steps)
         return record
 
     def finish(self) -> dict[int, Dictionary]:
