@@ -185,8 +185,26 @@ def test_ladders_the_claims_sweep_trained_are_taken_not_trained_again(
     shipped = load_native(zoo / "transcoder" / "layer_1")
     for name, tensor in theirs.state_dict().items():
         torch.testing.assert_close(shipped.state_dict()[name], tensor.half(), rtol=0, atol=0)
-    # a sweep of other held-out rows evaluates otherwise: the zoo trains its own ladder
+    # a sweep that has not yet trained its run as far as the zoo's ladder goes keeps it: the
+    # zoo leaves it to the sweep instead of training a second copy, and ships no partial set
     results = json.loads((claims / RESULTS_FILE).read_text())
+    short = json.loads(json.dumps(results))
+    short["runs"]["skip/transcoder_k16"]["seeds"]["0"].update(
+        rungs=entry["rungs"][:1], converged=False
+    )
+    (claims / RESULTS_FILE).write_text(json.dumps(short))
+    runs3 = tmp_path / "runs3"
+    with pytest.raises(SystemExit, match="transcoder layer 1: 0 of 2 rungs, not converged"):
+        build_zoo.main([*argv, "--runs", str(runs3), "--zoo", str(tmp_path / "zoo3")])
+    out = capsys.readouterr().out
+    assert (
+        "left to the sweep (sparse-circuits claims --points skip/transcoder_k16 --up-to 2048)"
+        in out
+    )
+    assert "1 ladders wait for the claims sweep (transcoder layer 1)" in out
+    assert not list((runs3 / "transcoder" / "layer1").glob("t*"))  # nothing trained here
+    assert not (tmp_path / "zoo3").exists()
+    # a sweep of other held-out rows evaluates otherwise: the zoo trains its own ladder
     results["setup"]["eval_rows"]["reserved"] += 1
     (claims / RESULTS_FILE).write_text(json.dumps(results))
     build_zoo.main([*argv, "--runs", str(tmp_path / "runs2"), "--stage", "train"])

@@ -23,7 +23,9 @@ rung in float16 under --zoo with a card.json recording, per layer, the tokens, s
 convergence curve and machine, and the figures of `spliced_loss` measured on the shipped
 (float16) weights on the held-out files. `--stage card` measures the cards of the shipped sets
 again without touching their weights. `--claims-runs` takes the (set, layer) ladders that a
-claims sweep trained as the same run (`training.zoo_from_claims`) instead of training them.
+claims sweep trained as the same run (`training.zoo_from_claims`) instead of training them,
+and leaves to the sweep those it has not yet trained as far. `ship` ships a set only once each
+of its layers' ladders has ended (converged, or at the cap).
 `--stage export --transfer DEST` (on an accelerator) and `--stage merge --transfer DEST` (here)
 move ladders trained elsewhere, with their final rungs, into --runs (`training.zoo_transfer`).
 `--rows` trains, evaluates and measures the cards on the rows of a `training.token_rows` file
@@ -144,7 +146,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     from training.ladder import Ladder, train_ladders
     from training.sweep_locks import claimed, read_results, save_entry, shared_cache
     from training.token_rows import read_rows, record_rows, rows_digest
-    from training.zoo_from_claims import claims_ladder
+    from training.zoo_from_claims import sweep_twin
 
     runs = Path(args.runs)
     path = runs / LADDER_FILE
@@ -187,6 +189,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     ladder = budget_ladder(args.start_tokens, args.cap_tokens)
     log = (lambda m: None) if args.quiet else lambda m: print(m, flush=True)
     held = 0
+    left: list[str] = []
 
     def due(name: str, layer: int) -> dict[str, Any] | None:
         """The (set, layer) ladder's entry in `results` if it has rungs to train here (its
@@ -200,12 +203,21 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
         # weights live in the sweep's folder, so it is never trained on here
         if args.claims_runs and (not entry["rungs"] or "trained_as" in entry):
             first = rung_config(name, layer, ladder[0], runs / name / f"layer{layer}", args.device)
-            taken = claims_ladder(Path(args.claims_runs), first, ladder, args, eval_rows, digest)
-            if taken is not None:
-                per_layer[str(layer)] = taken
+            twin = sweep_twin(Path(args.claims_runs), first, ladder, args, eval_rows, digest)
+            if twin is not None and twin.ladder is not None:
+                taken = per_layer[str(layer)] = twin.ladder
                 save_entry(path, results, ("sets", name, "layers", str(layer)))
                 log(f"{name} layer {layer}: the {taken['trained_as']}; its "
                     f"{len(taken['rungs'])} rungs taken, none trained")  # fmt: skip
+                return None
+            if twin is not None and twin.short:
+                # the same run as the sweep's: trained here too, it would cost its whole
+                # ladder again (an e2e one: CPU-days) for a second copy of one run
+                left.append(f"{name} layer {layer}")
+                log(f"{name} layer {layer} is the claims sweep's {twin.name} seed 0, which has "
+                    f"not trained as far as --cap-tokens {args.cap_tokens:,} needs: left to "
+                    f"the sweep (sparse-circuits claims --points {twin.name} --up-to "
+                    f"{args.cap_tokens}), not trained here")  # fmt: skip
                 return None
         if "trained_as" in entry:
             raise SystemExit(
@@ -279,6 +291,9 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
                 train(group)
     if held:
         log(f"{held} ladders are being trained by another process; left to it")
+    if left:
+        log(f"{len(left)} ladders wait for the claims sweep ({', '.join(left)}); run this "
+            "again once it has trained them")  # fmt: skip
     return read_results(path) or results
 
 
@@ -331,6 +346,12 @@ def ship(args: argparse.Namespace) -> None:
 
     runs = Path(args.runs)
     results = json.loads((runs / LADDER_FILE).read_text())
+    unended = unended_ladders(results, args.sets)
+    if unended:  # before any work: a set ships whole, each layer at the end of its ladder
+        raise SystemExit(
+            f"{'; '.join(unended)}: a set ships once every layer's ladder has converged or "
+            "reached the cap; train them to the end first (--stage train)"
+        )
     for name in args.sets:  # before any work: replace only folders that hold a set of ours
         dest = Path(args.zoo) / name
         for place in (dest, *_beside(dest)):
@@ -360,6 +381,25 @@ def ship(args: argparse.Namespace) -> None:
         tmp.rename(dest)  # new then swapped: a kill leaves the old set or the new one
         shutil.rmtree(old, ignore_errors=True)
         _print_card(name, card)
+
+
+def unended_ladders(results: dict[str, Any], sets: list[str]) -> list[str]:
+    """The (set, layer) ladders in `results` (the ladder file) that have neither converged nor
+    reached the recorded cap, each as "<set> layer <l>: <why>"."""
+    from training.convergence import budget_ladder
+
+    setup = results["setup"]
+    budgets = budget_ladder(setup["start_tokens"], setup["cap_tokens"])
+    unended = []
+    for name in sets:
+        for layer in COMMON["layers"]:
+            entry = results["sets"].get(name, {}).get("layers", {}).get(str(layer))
+            rungs = len(entry["rungs"]) if entry else 0
+            if not entry or not (entry["converged"] or rungs == len(budgets)):
+                unended.append(
+                    f"{name} layer {layer}: {rungs} of {len(budgets)} rungs, not converged"
+                )
+    return unended
 
 
 _SET_FILE = re.compile(r"(card\.json|layer_\d+\.(json|safetensors))")

@@ -12,7 +12,7 @@ goes: its rungs up to the zoo's cap, ending where the zoo's rule would have ende
 from __future__ import annotations
 
 import copy
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -87,17 +87,31 @@ def taken_ladder(
     return {"rungs": rungs, "converged": converged, "same_run_as": str(folder)}
 
 
-def claims_ladder(
+@dataclass(frozen=True)
+class SweepTwin:
+    """What a claims sweep holds of one zoo ladder: the sweep run that is the same run, and
+    the zoo's ladder taken from it where the sweep has trained (and kept) far enough."""
+
+    name: str
+    """The sweep's point whose seed-0 run is the zoo's run."""
+    ladder: dict[str, Any] | None
+    """The zoo's ladder entry taken from it; None while the sweep has not trained as far as
+    the zoo's ladder goes, or when it lacks the final rung's weights (`short` says which)."""
+    short: bool
+    """The sweep has not trained this run as far as the zoo's ladder goes: it is to be
+    trained there, not again here."""
+
+
+def sweep_twin(
     claims_out: Path,
     zoo_config: TrainConfig,
     budgets: list[int],
     args: Any,
     eval_rows: dict[str, int],
     digest: str,
-) -> dict[str, Any] | None:
-    """The zoo ladder of `zoo_config` (its first rung's config) taken from the claims sweep in
-    `claims_out`, or None when the sweep has no such run, evaluates otherwise, has not yet
-    trained as far as the zoo's ladder goes, or lacks the final rung's weights."""
+) -> SweepTwin | None:
+    """The claims sweep in `claims_out`'s run of the zoo ladder whose first rung is
+    `zoo_config`, or None when the sweep has no such run or evaluates otherwise."""
     from training.claims_sweep import RESULTS_FILE
     from training.sweep_locks import read_results
 
@@ -107,13 +121,11 @@ def claims_ladder(
     name = twin_point(results, claims_out, zoo_config)
     if name is None:
         return None
-    entry = results["runs"].get(name, {}).get("seeds", {}).get("0")
-    if not entry:
-        return None
+    entry = results["runs"].get(name, {}).get("seeds", {}).get("0") or {"rungs": []}
     taken = taken_ladder(entry, budgets, claims_out / "runs" / name / "seed0")
     if taken is None:
-        return None
+        return SweepTwin(name, None, short=True)
     taken["trained_as"] = f"claims sweep {name} seed 0"
     last = Path(taken["same_run_as"]) / f"t{taken['rungs'][-1]['tokens']}"
-    # a sweep merged from a shipped file has the figures but not the weights
-    return taken if (last / "card.json").is_file() else None
+    # a sweep merged from a shipped file (or a lost machine's) has the figures, not the weights
+    return SweepTwin(name, taken if (last / "card.json").is_file() else None, short=False)
