@@ -247,3 +247,18 @@ def test_the_zoo_trains_on_the_rows_it_is_given_and_refuses_to_resume_on_others(
             [*argv, "--runs", str(tmp_path / "runs2"), "--rows", str(tmp_path / "junk.npz")]
         )
     assert not (tmp_path / "runs2").exists()
+
+
+def test_an_interrupted_build_says_where_it_resumes(tmp_path, monkeypatch):
+    """Ctrl-C during a rung ends the build with the trainer's message (the checkpoint that
+    holds the step), not a traceback."""
+    from pathlib import Path
+
+    from training.trainer import TrainingInterrupted
+
+    def interrupted(args):
+        raise TrainingInterrupted(35, 976, Path("runs/sae_e2e/layer0/t4000000/checkpoint.pt"))
+
+    monkeypatch.setattr(build_zoo, "train_sets", interrupted)
+    with pytest.raises(SystemExit, match="interrupted after step 35 of 976; checkpoint"):
+        build_zoo.main(["--stage", "train", "--runs", str(tmp_path / "runs")])

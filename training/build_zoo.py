@@ -599,7 +599,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"merged {other}: {taken} ladders taken, {kept} kept as they were")
         return
     if args.stage in ("train", "all"):
-        train_sets(args)
+        from training.trainer import TrainingInterrupted
+
+        try:
+            train_sets(args)
+        except TrainingInterrupted as exc:  # Ctrl-C: say where it resumes, no traceback
+            raise SystemExit(str(exc)) from None
     if args.stage in ("ship", "all"):
         ship(args)
     if args.stage == "card":
