@@ -12,6 +12,7 @@ import training.build_zoo as build_zoo
 from replacement.formats.detect import load_dictionaries
 from replacement.formats.native import load_native
 from replacement.hooks import hook_layer
+from training.zoo_cards import recipe_problems
 
 
 def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
@@ -26,6 +27,9 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
     build_zoo.main(argv)
     card = json.loads((zoo / "sae_e2e" / "card.json").read_text())
     assert card["recipe"] == build_zoo.RECIPE
+    assert recipe_problems("sae_e2e", card) == []  # the rule read off its own curves again
+    shipped_files = "".join(p.read_text() for p in (zoo / "sae_e2e").glob("*.json"))
+    assert str(runs) not in shipped_files  # no folder of the training machine is shipped
     assert [row["layer"] for row in card["layers"]] == build_zoo.COMMON["layers"]
     for row in card["layers"]:
         assert row["lr"] == build_zoo.ZOO_LR and row["seed"] == 0

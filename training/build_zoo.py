@@ -25,7 +25,9 @@ convergence curve and machine, and the figures of `spliced_loss` measured on the
 again without touching their weights. `--claims-runs` takes the (set, layer) ladders that a
 claims sweep trained as the same run (`training.zoo_from_claims`) instead of training them,
 and leaves to the sweep those it has not yet trained as far. `ship` ships a set only once each
-of its layers' ladders has ended (converged, or at the cap).
+of its layers' ladders has ended (converged, or at the cap); `--zoo training/zoo_staged` ships
+such a set into the repository before the whole zoo can ship (`training.zoo_cards`, whose
+`recipe_problems` checks a card against the recipe).
 `--stage export --transfer DEST` (on an accelerator) and `--stage merge --transfer DEST` (here)
 move ladders trained elsewhere, with their final rungs, into --runs (`training.zoo_transfer`).
 `--rows` trains, evaluates and measures the cards on the rows of a `training.token_rows` file
@@ -85,6 +87,8 @@ RECIPE = (
 """The recipe in one sentence, written on every card."""
 RECIPE_FIELDS = ("steps", "lr", "seed", "converged", "convergence", "machine", "trained_as")
 """Per-layer card fields of the recipe, carried from the ladders onto the shipped card."""
+MACHINE_PATHS = ("out_dir", "activations")
+"""Training-config fields that name folders of the machine a run trained on: not shipped."""
 LADDER_FILE = "zoo_ladders.json"
 """Per set and layer, every rung's figures (under --runs)."""
 
@@ -300,8 +304,10 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
 def trained_card(
     name: str, results: dict[str, Any], runs: Path
 ) -> tuple[dict[str, Any], list[Path]]:
-    """A set's card from its ladders (training section, per-layer recipe fields) and the folder
-    of each layer's final rung."""
+    """A set's card from its ladders (training section, the ladder's rule, per-layer recipe
+    fields) and the folder of each layer's final rung."""
+    from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE
+
     per_layer = results["sets"][name]["layers"]
     rows, folders, training = [], [], None
     for layer in COMMON["layers"]:
@@ -327,12 +333,24 @@ def trained_card(
             }
         )
         folders.append(folder)
-    training = {**training, "layers": COMMON["layers"]}
+    # each layer's budget is its row's training_tokens
+    per_run = ("total_tokens", *MACHINE_PATHS)
+    training = {
+        **{k: v for k, v in training.items() if k not in per_run},
+        "layers": COMMON["layers"],
+    }
     tokens = sum(r["training_tokens"] for r in rows)
+    setup = results["setup"]
     card = {
         "description": f"{name} ({COMMON['activation']}, F={COMMON['n_features']}, "
         f"k={COMMON['k']}) on default, {tokens:,} tokens over {len(rows)} layers",
         "recipe": RECIPE,
+        # the rule each layer's convergence curve was read by (training.zoo_cards checks it)
+        "ladder": {
+            **{k: setup[k] for k in ("start_tokens", "cap_tokens", "eval_tokens", "n_chunks")},
+            "tolerance": DEFAULT_TOLERANCE,
+            "floor": DEFAULT_FLOOR,
+        },
         "training": training,
         "layers": rows,
     }
@@ -370,6 +388,8 @@ def ship(args: argparse.Namespace) -> None:
         for layer, folder in zip(COMMON["layers"], folders, strict=True):
             d = load_native(folder / f"layer_{layer}").half()
             d.metadata["source"] = f"zoo:{name}/layer_{layer}"
+            run = d.metadata.get("training", {})
+            d.metadata["training"] = {k: v for k, v in run.items() if k not in MACHINE_PATHS}
             save_dictionary(d, tmp / f"layer_{layer}")
             dictionaries.append(d.float().eval())
         card = measure_card(model, val, dictionaries, run_card)
@@ -481,7 +501,7 @@ def measure_card(
     every = report.all
     return {
         "description": trained.get("description", ""),
-        **({"recipe": trained["recipe"]} if "recipe" in trained else {}),
+        **{k: trained[k] for k in ("recipe", "ladder") if k in trained},
         "training": trained["training"],
         "evaluated_on": f"{val.numel():,} held-out tokens of the default model's corpus; "
         "position 0 (BOS) keeps the model's own activation in spliced and ablated passes",

@@ -1,0 +1,73 @@
+"""Whether a zoo set's card follows the recipe it names (`training.build_zoo.RECIPE`).
+
+A card written by `build_zoo` ship records, per layer, the ladder's convergence curve, whether
+it converged, the lr, seed and machine, and (under "ladder") the rule the curve was read by. The
+check reads the rule off the curve again: the rungs are the ladder's budgets in order, the
+ladder stopped at the first rung that settled, a layer that did not settle reached the cap, and
+the training section is the set's (kind, objective, width, k, lr). Sets are staged under
+`training/zoo_staged/` when their ladders end before the whole zoo can ship (docs/claims.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+STAGED = Path(__file__).parent / "zoo_staged"
+"""Sets whose ladders ended, shipped here by `build_zoo --stage ship --zoo` until the whole zoo
+ships: run folders live on one machine and are lost with it, these files are committed."""
+
+
+def recipe_problems(name: str, card: dict[str, Any]) -> list[str]:
+    """What in set `name`'s card breaks the zoo's recipe, one sentence each ([] if nothing).
+
+    `name` is a `training.build_zoo.ZOO_SETS` key; `card` is its card.json as `ship` writes it.
+    """
+    from training.build_zoo import COMMON, RECIPE, ZOO_SETS
+    from training.convergence import budget_ladder, has_converged
+
+    if name not in ZOO_SETS:
+        return [f"{name} is not a zoo set; known: {list(ZOO_SETS)}"]
+    if card.get("recipe") != RECIPE or "ladder" not in card:
+        return [f"{name}: the card names no recipe or no ladder (trained before the recipe)"]
+    problems = []
+    training = card["training"]
+    want = {**COMMON, **ZOO_SETS[name]}
+    for key in ("kind", "objective", "activation", "n_features", "k", "lr", "batch_tokens"):
+        if training.get(key) != want[key]:
+            problems.append(f"{name}: training {key} is {training.get(key)!r}, not {want[key]!r}")
+    rule = card["ladder"]
+    budgets = budget_ladder(rule["start_tokens"], rule["cap_tokens"])
+    rows = card["layers"]
+    if [row["layer"] for row in rows] != COMMON["layers"]:
+        problems.append(f"{name}: layers {[row['layer'] for row in rows]}, not {COMMON['layers']}")
+    for row in rows:
+        where = f"{name} layer {row['layer']}"
+        curve = [(int(t), float(ce)) for t, ce in row["convergence"]]
+        tokens = [t for t, _ in curve]
+        settled = has_converged(curve, rule["tolerance"], rule["floor"])
+        if tokens != budgets[: len(tokens)] or not tokens:
+            problems.append(f"{where}: rungs {tokens} are not the ladder's {budgets}")
+            continue
+        if row["training_tokens"] != tokens[-1]:
+            problems.append(
+                f"{where}: shipped {row['training_tokens']:,} tokens, not the last rung"
+            )
+        early = [
+            tokens[i - 1]
+            for i in range(2, len(curve))
+            if has_converged(curve[:i], rule["tolerance"], rule["floor"])
+        ]
+        if early:
+            problems.append(f"{where}: settled at {early[0]:,} tokens but trained on")
+        if row["converged"] != settled:
+            problems.append(
+                f"{where}: marked converged={row['converged']}, its curve says {settled}"
+            )
+        if not settled and tokens[-1] != budgets[-1]:
+            problems.append(f"{where}: neither converged nor at the cap ({tokens[-1]:,} tokens)")
+        if row.get("lr") != want["lr"] or row.get("seed") != want["seed"]:
+            problems.append(f"{where}: lr {row.get('lr')} seed {row.get('seed')}, not the recipe's")
+        if not row.get("machine"):
+            problems.append(f"{where}: no machine recorded")
+    return problems
