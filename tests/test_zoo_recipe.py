@@ -266,3 +266,38 @@ def test_an_interrupted_build_says_where_it_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(build_zoo, "train_sets", interrupted)
     with pytest.raises(SystemExit, match="interrupted after step 35 of 976; checkpoint"):
         build_zoo.main(["--stage", "train", "--runs", str(tmp_path / "runs")])
+
+
+def test_a_recorded_ladder_resumes_at_its_next_rung_on_a_new_machine(tmp_path, monkeypatch, capsys):
+    """`--stage record` keeps unfinished ladders as figures only (committed, they outlive the
+    machine); merged into an empty --runs, each trains on from its next rung, which equals
+    that rung of an uninterrupted build. A finished ladder's weights must come with it."""
+    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
+    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(build_zoo.COMMON, "layers", [1])
+    base = ["--sets", "sae_e2e", "--start-tokens", "512", "--eval-tokens", "512", "--n-chunks",
+            "2", "--stage", "train"]  # fmt: skip
+    lost, straight, fresh = (tmp_path / n for n in ("lost", "straight", "fresh"))
+    build_zoo.main([*base, "--runs", str(lost), "--cap-tokens", "512"])  # rung 1 of 2 (below)
+    record = tmp_path / "record"
+    build_zoo.main([*base, "--runs", str(lost), "--stage", "record", "--transfer", str(record)])
+    assert [p.name for p in record.iterdir()] == [build_zoo.LADDER_FILE]  # no weights
+    # recorded at its cap: finished, so ship would need its weights, which did not come
+    with pytest.raises(SystemExit, match=r"lacks the final rung files of \['sae_e2e layer 1'\]"):
+        build_zoo.main([*base, "--runs", str(fresh), "--stage", "merge", "--transfer", str(record)])
+    kept = json.loads((record / build_zoo.LADDER_FILE).read_text())
+    kept["setup"]["cap_tokens"] = 1024  # as if recorded before its last rung
+    (record / build_zoo.LADDER_FILE).write_text(json.dumps(kept))
+    build_zoo.main([*base, "--runs", str(fresh), "--stage", "merge", "--transfer", str(record)])
+    capsys.readouterr()
+    build_zoo.main([*base, "--runs", str(fresh), "--cap-tokens", "1024"])
+    out = capsys.readouterr().out
+    assert "sae_e2e layer 1 1,024 tokens" in out and "sae_e2e layer 1 512 tokens" not in out
+    build_zoo.main([*base, "--runs", str(straight), "--cap-tokens", "1024"])
+    resumed, whole = (
+        json.loads((r / build_zoo.LADDER_FILE).read_text())["sets"]["sae_e2e"]["layers"]["1"]
+        for r in (fresh, straight)
+    )
+    assert [r["tokens"] for r in resumed["rungs"]] == [512, 1024]
+    assert resumed["rungs"][1]["chunks"] == whole["rungs"][1]["chunks"]
+    assert resumed["rungs"][0]["figures"] == whole["rungs"][0]["figures"]

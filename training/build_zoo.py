@@ -29,7 +29,9 @@ of its layers' ladders has ended (converged, or at the cap); `--zoo training/zoo
 such a set into the repository before the whole zoo can ship (`training.zoo_cards`, whose
 `recipe_problems` checks a card against the recipe).
 `--stage export --transfer DEST` (on an accelerator) and `--stage merge --transfer DEST` (here)
-move ladders trained elsewhere, with their final rungs, into --runs (`training.zoo_transfer`).
+move ladders trained elsewhere, with their final rungs, into --runs (`training.zoo_transfer`);
+`--stage record --transfer DEST` writes the ladders as figures only, to commit at the end of a
+session: merged on a new machine, each unfinished ladder resumes at its next rung.
 `--rows` trains, evaluates and measures the cards on the rows of a `training.token_rows` file
 (this machine's corpus, on a machine whose Python would read another); the ladders record the
 rows' sha256, and a resume on other rows is refused.
@@ -533,11 +535,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m training.build_zoo", description=__doc__)
     p.add_argument(
         "--stage",
-        choices=["train", "ship", "all", "card", "export", "merge"],
+        choices=["train", "ship", "all", "card", "export", "merge", "record"],
         default="all",
         help="card: measure the cards of the shipped sets again, weights unchanged; export: "
         "copy --runs' ladders and final rungs to --transfer DIR (on an accelerator); merge: "
-        "take the ladders of such a DIR that are further than --runs' (training.zoo_transfer)",
+        "take the ladders of such a DIR that are further than --runs' (training.zoo_transfer); "
+        "record: write --sets' ladders as figures only to --transfer DIR, to commit (a merge "
+        "of it on a new machine resumes each ladder at its next rung)",
     )
     p.add_argument("--transfer", default=None, help="the folder of --stage export / merge")
     p.add_argument("--runs", default="runs/zoo", help="folder of the full-precision runs")
@@ -606,14 +610,17 @@ def main(argv: list[str] | None = None) -> None:
             check_rows(args.rows)  # before any work
         except SparseCircuitsError as exc:
             raise SystemExit(str(exc)) from exc
-    if args.stage in ("export", "merge"):
-        from training.zoo_transfer import export_runs, merge_runs
+    if args.stage in ("export", "merge", "record"):
+        from training.zoo_transfer import export_runs, merge_runs, record_runs
 
         if not args.transfer:
             raise SystemExit(f"--stage {args.stage} needs --transfer DIR")
         runs, other = Path(args.runs), Path(args.transfer)
         if args.stage == "export":
             print(f"exported {export_runs(runs, other, LADDER_FILE)} final rungs to {other}")
+        elif args.stage == "record":
+            n = record_runs(runs, other, LADDER_FILE, args.sets)
+            print(f"recorded {n} ladders (figures, no weights) in {other / LADDER_FILE}")
         else:
             taken, kept = merge_runs(runs, other, LADDER_FILE)
             print(f"merged {other}: {taken} ladders taken, {kept} kept as they were")

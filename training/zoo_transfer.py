@@ -6,7 +6,10 @@ holds what `ship` and a later resume need: the ladder file (`zoo_ladders.json`: 
 figures) and, for each (set, layer), its final rung's weights and card, not checkpoints, not
 earlier rungs (each rung is a full run of its own, so a resume never reads them). The merge
 takes a (set, layer) whose ladder there is further than here, with its final rung's files, and
-refuses a ladder file recorded with other settings or on other token rows.
+refuses a ladder file recorded with other settings or on other token rows. `record_runs` writes
+the ladder file alone (figures, no weights), small enough to commit every session, since this
+project's machines may keep nothing but the repository: an unfinished ladder merged from it
+trains on from its next rung.
 """
 
 from __future__ import annotations
@@ -65,6 +68,38 @@ def export_runs(runs: Path, dest: Path, ladder_file: str) -> int:
     return len(found)
 
 
+def _ended(results: dict[str, Any], name: str, layer: str) -> bool:
+    """Whether the (set, layer) ladder of a ladder file converged or reached its cap."""
+    from training.convergence import budget_ladder
+
+    setup, entry = results["setup"], results["sets"][name]["layers"][layer]
+    budgets = budget_ladder(setup["start_tokens"], setup["cap_tokens"])
+    return bool(entry["converged"]) or len(entry["rungs"]) == len(budgets)
+
+
+def record_runs(runs: Path, dest: Path, ladder_file: str, sets: list[str]) -> int:
+    """Write `runs`' ladders of `sets` as figures only (per-chunk sums on each ladder's last two
+    rungs, no weights) to `dest`/`ladder_file`, replacing the record there; returns the ladders
+    written. Committed, it survives a lost machine: `merge_runs` takes it into an empty --runs,
+    and each unfinished ladder trains on from its next rung (from scratch: no weights came)."""
+    from training.sweep_locks import read_results
+
+    results = read_results(runs / ladder_file)
+    if results is None:
+        raise SystemExit(f"{runs / ladder_file} does not exist: nothing trained to record")
+    if dest.exists() and any(p.name != ladder_file for p in dest.iterdir()):
+        raise SystemExit(f"--transfer {dest} holds other files; give a folder of its own")
+    kept = {n: results["sets"][n] for n in sets if n in results["sets"]}
+    for record in kept.values():
+        for entry in record["layers"].values():
+            for rung in entry["rungs"][:-2]:
+                rung.pop("chunks", None)
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest / ladder_file) as tmp:
+        tmp.write_text(json.dumps({"setup": results["setup"], "sets": kept}, separators=(",", ":")))
+    return sum(len(r["layers"]) for r in kept.values())
+
+
 def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
     """Take into `runs` every (set, layer) ladder of `other` (an `export_runs` folder) that is
     further than the one here, with its final rung files; returns (taken, kept)."""
@@ -76,10 +111,13 @@ def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
             f"--merge {other}: no {ladder_file} there; expected a --export-runs folder"
         )
     theirs = json.loads(path.read_text())
-    missing = [
-        f"{n} layer {layer}" for n, layer, t in _final_rungs(theirs)
+    absent = {
+        (n, layer) for n, layer, t in _final_rungs(theirs)
         if not (other / n / f"layer{layer}" / f"t{t}" / "card.json").is_file()
-    ]  # fmt: skip
+    }  # fmt: skip
+    # an unfinished ladder may come as figures only (a `record_runs` file): its next rung
+    # trains from scratch; a finished one is what ship reads, so its files must come
+    missing = [f"{n} layer {layer}" for n, layer in sorted(absent) if _ended(theirs, n, layer)]
     if missing:
         raise SystemExit(f"--merge {other} lacks the final rung files of {missing}")
     counts = [0, 0]
@@ -109,7 +147,7 @@ def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
                     continue
                 have = here.get(layer)
                 ahead = kept_on_merge(have, entry)
-                if not ahead and entry["rungs"]:
+                if not ahead and entry["rungs"] and (name, layer) not in absent:
                     rung = Path(name) / f"layer{layer}" / f"t{entry['rungs'][-1]['tokens']}"
                     _copy_rung(other / rung, runs / rung)  # before the ladder says it is here
                 if not ahead:
