@@ -57,7 +57,12 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
     ]
     capsys.readouterr()
     build_zoo.main([*argv, "--stage", "train"])  # resumed: every rung is there
-    assert "tokens:" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tokens:" not in out and "mean_ablation" not in out  # baselines too, fitted once
+    baselines = json.loads((runs / build_zoo.LADDER_FILE).read_text())["baselines"]
+    for layer in build_zoo.COMMON["layers"]:  # on the ladders' chunks, with the rungs' figures
+        assert set(baselines[str(layer)]) == {"mean_ablation", "linear"}
+        assert len(baselines[str(layer)]["linear"]["chunks"]["positions"]) == 2
     # shipping again replaces only a set folder of its own; a user's file beside stops it
     build_zoo.main([*argv, "--stage", "ship"])
     assert sorted(p.name for p in zoo.iterdir()) == ["sae_e2e"]
@@ -282,6 +287,8 @@ def test_a_recorded_ladder_resumes_at_its_next_rung_on_a_new_machine(tmp_path, m
     record = tmp_path / "record"
     build_zoo.main([*base, "--runs", str(lost), "--stage", "record", "--transfer", str(record)])
     assert [p.name for p in record.iterdir()] == [build_zoo.LADDER_FILE]  # no weights
+    recorded = json.loads((record / build_zoo.LADDER_FILE).read_text())
+    assert set(recorded["baselines"]["1"]) == {"mean_ablation", "linear"}
     # recorded at its cap: finished, so ship would need its weights, which did not come
     with pytest.raises(SystemExit, match=r"lacks the final rung files of \['sae_e2e layer 1'\]"):
         build_zoo.main([*base, "--runs", str(fresh), "--stage", "merge", "--transfer", str(record)])
@@ -298,6 +305,7 @@ def test_a_recorded_ladder_resumes_at_its_next_rung_on_a_new_machine(tmp_path, m
         json.loads((r / build_zoo.LADDER_FILE).read_text())["sets"]["sae_e2e"]["layers"]["1"]
         for r in (fresh, straight)
     )
+    assert "mean_ablation" not in out  # the layer's baselines came with the record
     assert [r["tokens"] for r in resumed["rungs"]] == [512, 1024]
     assert resumed["rungs"][1]["chunks"] == whole["rungs"][1]["chunks"]
     assert resumed["rungs"][0]["figures"] == whole["rungs"][0]["figures"]

@@ -18,7 +18,9 @@ The recipe (`RECIPE`): every (set, layer) is its own run with only that layer's 
 every objective (`ZOO_LR`); BOS keeps the model's own activation; seed 0; a ladder of budgets
 doubling from --start-tokens until the layer's held-out CE increase (spliced alone, on the
 claims sweep's evaluation rows) changed by less than 2% over the last doubling, or --cap-tokens
-(`training.ladder`, resumable: finished rungs are skipped). `ship` stores each layer's final
+(`training.ladder`, resumable: finished rungs are skipped). Each layer's dictionary-free
+baselines (mean ablation, the affine map of the MLP; `training.zoo_baselines`) are fitted and
+evaluated once, on the same rows and chunks, into the ladder file. `ship` stores each layer's final
 rung in float16 under --zoo with a card.json recording, per layer, the tokens, steps, lr, seed,
 convergence curve and machine, and the figures of `spliced_loss` measured on the shipped
 (float16) weights on the held-out files. `--stage card` measures the cards of the shipped sets
@@ -152,6 +154,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     from training.ladder import Ladder, train_ladders
     from training.sweep_locks import claimed, read_results, save_entry, shared_cache
     from training.token_rows import read_rows, record_rows, rows_digest
+    from training.zoo_baselines import fit_layer_baselines
     from training.zoo_from_claims import sweep_twin
 
     runs = Path(args.runs)
@@ -194,6 +197,13 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     original = original_side(model, rows, hooks, data.special_ids, args.n_chunks)
     ladder = budget_ladder(args.start_tokens, args.cap_tokens)
     log = (lambda m: None) if args.quiet else lambda m: print(m, flush=True)
+    for layer in COMMON["layers"]:  # what each layer's dictionaries must beat, fitted once
+        with claimed(runs / "baselines" / f"layer{layer}") as mine:
+            if mine:
+                results = read_results(path) or results
+                fit_layer_baselines(results, path, layer, model, train_data.train,
+                                    data.special_ids, original, args.start_tokens, args.device,
+                                    log)  # fmt: skip
     held = 0
     left: list[str] = []
 

@@ -90,13 +90,15 @@ def record_runs(runs: Path, dest: Path, ladder_file: str, sets: list[str]) -> in
     if dest.exists() and any(p.name != ladder_file for p in dest.iterdir()):
         raise SystemExit(f"--transfer {dest} holds other files; give a folder of its own")
     kept = {n: results["sets"][n] for n in sets if n in results["sets"]}
+    extra = {"baselines": results["baselines"]} if "baselines" in results else {}
     for record in kept.values():
         for entry in record["layers"].values():
             for rung in entry["rungs"][:-2]:
                 rung.pop("chunks", None)
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest / ladder_file) as tmp:
-        tmp.write_text(json.dumps({"setup": results["setup"], "sets": kept}, separators=(",", ":")))
+        written = {"setup": results["setup"], **extra, "sets": kept}
+        tmp.write_text(json.dumps(written, separators=(",", ":")))
     return sum(len(r["layers"]) for r in kept.values())
 
 
@@ -139,6 +141,9 @@ def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
             mine["cap_tokens"] = merged_cap(mine, given, str(other))
         except SparseCircuitsError as exc:
             raise SystemExit(str(exc)) from exc
+        for layer, fitted in theirs.get("baselines", {}).items():  # same rows: checked above
+            for name, rung in fitted.items():
+                current.setdefault("baselines", {}).setdefault(layer, {}).setdefault(name, rung)
         for name, record in theirs["sets"].items():
             here = current["sets"].setdefault(name, {"layers": {}})["layers"]
             for layer, entry in record["layers"].items():
