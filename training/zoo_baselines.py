@@ -13,7 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from jaxtyping import Int
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from training.claims_eval import OriginalSide
 
 BASELINES = ("mean_ablation", "linear")
 """Names of the baselines recorded under the ladder file's "baselines"/<layer>."""
@@ -24,9 +30,9 @@ def fit_layer_baselines(
     path: Path,
     layer: int,
     model: Any,
-    train_rows: Any,
+    train_rows: Int[Tensor, "rows ctx"],
     special_ids: list[int],
-    original: Any,
+    original: OriginalSide,
     fit_tokens: int,
     device: str,
     log: Callable[[str], None],
