@@ -27,9 +27,9 @@ convergence curve and machine, and the figures of `spliced_loss` measured on the
 again without touching their weights. `--claims-runs` takes the (set, layer) ladders that a
 claims sweep trained as the same run (`training.zoo_from_claims`) instead of training them,
 and leaves to the sweep those it has not yet trained as far. `ship` ships a set only once each
-of its layers' ladders has ended (converged, or at the cap); `--zoo training/zoo_staged` ships
-such a set into the repository before the whole zoo can ship (`training.zoo_cards`, whose
-`recipe_problems` checks a card against the recipe).
+of its layers' ladders has ended (converged, or at the cap); the cards of such sets are kept in
+`training/zoo_staged/` until the whole zoo ships (`training.zoo_cards`, whose `recipe_problems`
+checks a card against the recipe).
 `--stage export --transfer DEST` (on an accelerator) and `--stage merge --transfer DEST` (here)
 move ladders trained elsewhere, with their final rungs, into --runs (`training.zoo_transfer`);
 `--stage record --transfer DEST` writes the ladders as figures only, to commit at the end of a

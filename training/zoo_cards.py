@@ -4,8 +4,8 @@ A card written by `build_zoo` ship records, per layer, the ladder's convergence 
 it converged, the lr, seed and machine, and (under "ladder") the rule the curve was read by. The
 check reads the rule off the curve again: the rungs are the ladder's budgets in order, the
 ladder stopped at the first rung that settled, a layer that did not settle reached the cap, and
-the training section is the set's (kind, objective, width, k, lr). Sets are staged under
-`training/zoo_staged/` when their ladders end before the whole zoo can ship (docs/claims.md).
+the training section is the set's (kind, objective, width, k, lr). The cards of sets whose
+ladders ended before the whole zoo can ship are kept under `training/zoo_staged/` (docs/claims.md).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 STAGED = Path(__file__).parent / "zoo_staged"
-"""Sets whose ladders ended, shipped here by `build_zoo --stage ship --zoo` until the whole zoo
-ships: run folders live on one machine and are lost with it, these files are committed."""
+"""The cards (`<set>/card.json`) and ladder record (`ladders.json`) of sets whose ladders ended,
+kept until the whole zoo ships. Their weights stay in the training machine's run folders: the
+repository's weights keep within the zoo's 40 MB budget, which a second copy of three sets would
+break."""
 
 
 def recipe_problems(name: str, card: dict[str, Any]) -> list[str]:
