@@ -419,6 +419,7 @@ def unended_ladders(results: dict[str, Any], sets: list[str]) -> list[str]:
     """The (set, layer) ladders in `results` (the ladder file) that have neither converged nor
     reached the recorded cap, each as "<set> layer <l>: <why>"."""
     from training.convergence import budget_ladder
+    from training.ladder import ladder_ended
 
     setup = results["setup"]
     budgets = budget_ladder(setup["start_tokens"], setup["cap_tokens"])
@@ -427,7 +428,7 @@ def unended_ladders(results: dict[str, Any], sets: list[str]) -> list[str]:
         for layer in COMMON["layers"]:
             entry = results["sets"].get(name, {}).get("layers", {}).get(str(layer))
             rungs = len(entry["rungs"]) if entry else 0
-            if not entry or not (entry["converged"] or rungs == len(budgets)):
+            if not ladder_ended(setup, entry):
                 unended.append(
                     f"{name} layer {layer}: {rungs} of {len(budgets)} rungs, not converged"
                 )

@@ -69,6 +69,14 @@ def rung_record(
     }
 
 
+def ladder_ended(setup: dict[str, Any], entry: dict[str, Any] | None) -> bool:
+    """Whether a ladder entry converged or trained every budget of `setup`'s ladder (its cap)."""
+    from training.convergence import budget_ladder
+
+    budgets = budget_ladder(setup["start_tokens"], setup["cap_tokens"])
+    return entry is not None and (bool(entry["converged"]) or len(entry["rungs"]) == len(budgets))
+
+
 def kept_on_merge(have: dict[str, Any] | None, incoming: dict[str, Any]) -> bool:
     """Whether a ladder entry here (`have`) stays when the same ladder from elsewhere is merged:
     it has converged, or holds at least as many rungs (each rung is a full run of its own)."""

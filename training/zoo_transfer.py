@@ -22,7 +22,7 @@ from typing import Any
 from replacement.atomic import atomic_path
 from replacement.errors import SparseCircuitsError
 from training.convergence import merged_cap
-from training.ladder import kept_on_merge
+from training.ladder import kept_on_merge, ladder_ended
 from training.token_rows import take_rows
 
 FINAL_RUNG_FILES = ("card.json", "layer_*.json", "layer_*.safetensors")
@@ -68,15 +68,6 @@ def export_runs(runs: Path, dest: Path, ladder_file: str) -> int:
     return len(found)
 
 
-def _ended(results: dict[str, Any], name: str, layer: str) -> bool:
-    """Whether the (set, layer) ladder of a ladder file converged or reached its cap."""
-    from training.convergence import budget_ladder
-
-    setup, entry = results["setup"], results["sets"][name]["layers"][layer]
-    budgets = budget_ladder(setup["start_tokens"], setup["cap_tokens"])
-    return bool(entry["converged"]) or len(entry["rungs"]) == len(budgets)
-
-
 def record_runs(runs: Path, dest: Path, ladder_file: str, sets: list[str]) -> int:
     """Write `runs`' ladders of `sets` as figures only (per-chunk sums on each ladder's last two
     rungs, no weights) to `dest`/`ladder_file`, replacing the record there; returns the ladders
@@ -119,7 +110,11 @@ def merge_runs(runs: Path, other: Path, ladder_file: str) -> tuple[int, int]:
     }  # fmt: skip
     # an unfinished ladder may come as figures only (a `record_runs` file): its next rung
     # trains from scratch; a finished one is what ship reads, so its files must come
-    missing = [f"{n} layer {layer}" for n, layer in sorted(absent) if _ended(theirs, n, layer)]
+    missing = [
+        f"{n} layer {layer}"
+        for n, layer in sorted(absent)
+        if ladder_ended(theirs["setup"], theirs["sets"][n]["layers"][layer])
+    ]
     if missing:
         raise SystemExit(f"--merge {other} lacks the final rung files of {missing}")
     counts = [0, 0]
