@@ -11,6 +11,7 @@ from replacement.formats.detect import load_dictionaries
 from replacement.hooks import hook_layer
 from replacement.zoo import list_dictionary_sets
 from training.build_zoo import COMMON, RECIPE, ZOO_LR, ZOO_SETS
+from training.zoo_baselines import card_baselines
 from training.zoo_cards import STAGED, recipe_problems
 
 M = 1_000_000
@@ -38,6 +39,7 @@ def _card(curves: list[list[tuple[int, float]]], converged: list[bool]) -> dict:
                 "lr": ZOO_LR,
                 "seed": 0,
                 "machine": "x86_64, 2 CPUs",
+                "baselines": {"mean_ablation": 0.7, "affine_map": 0.4},
             }  # fmt: skip
             for layer, curve, done in zip(COMMON["layers"], curves, converged, strict=True)
         ],
@@ -67,6 +69,8 @@ def test_a_card_that_follows_the_recipe_passes():
         (lambda c: c["layers"][2]["convergence"].insert(1, (3 * M, 0.4)), "are not the ladder"),
         (lambda c: c["layers"][3].update(lr=8e-4), "layer 3: lr 0.0008"),
         (lambda c: c["layers"][3].update(machine=""), "layer 3: no machine"),
+        (lambda c: c["layers"][2].pop("baselines"), "layer 2: baselines []"),
+        (lambda c: c["layers"][1]["baselines"].pop("affine_map"), "layer 1: baselines"),
         (lambda c: c["training"].update(objective="e2e"), "training objective is 'e2e'"),
         (lambda c: c.pop("ladder"), "no recipe or no ladder"),
     ],
@@ -88,6 +92,15 @@ def _staged_cards() -> list[str]:
 def test_every_staged_card_follows_the_recipe(name):
     card = json.loads((STAGED / name / "card.json").read_text())
     assert recipe_problems(name, card) == []
+    ladders = json.loads((STAGED / "ladders.json").read_text())  # its rows' baselines
+    for row in card["layers"]:
+        assert row["baselines"] == card_baselines(ladders, row["layer"])
+        assert row["convergence"][-1][1] == pytest.approx(
+            ladders["sets"][name]["layers"][str(row["layer"])]["rungs"][-1]["figures"][
+                "ce_increase"
+            ],
+            abs=1e-6,
+        )
 
 
 def test_every_shipped_set_that_names_the_recipe_follows_it():

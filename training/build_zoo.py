@@ -89,7 +89,16 @@ RECIPE = (
     "doubling"
 )
 """The recipe in one sentence, written on every card."""
-RECIPE_FIELDS = ("steps", "lr", "seed", "converged", "convergence", "machine", "trained_as")
+RECIPE_FIELDS = (
+    "steps",
+    "lr",
+    "seed",
+    "converged",
+    "convergence",
+    "baselines",
+    "machine",
+    "trained_as",
+)
 """Per-layer card fields of the recipe, carried from the ladders onto the shipped card."""
 MACHINE_PATHS = ("out_dir", "activations")
 """Training-config fields that name folders of the machine a run trained on: not shipped."""
@@ -319,6 +328,7 @@ def trained_card(
     """A set's card from its ladders (training section, the ladder's rule, per-layer recipe
     fields) and the folder of each layer's final rung."""
     from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE
+    from training.zoo_baselines import card_baselines
 
     per_layer = results["sets"][name]["layers"]
     rows, folders, training = [], [], None
@@ -340,6 +350,8 @@ def trained_card(
                 "convergence": [
                     [r["tokens"], round(r["figures"]["ce_increase"], 6)] for r in entry["rungs"]
                 ],
+                # on the rows of "convergence": what the layer's dictionary must beat
+                "baselines": card_baselines(results, layer),
                 "machine": last["machine"],
                 **({"trained_as": entry["trained_as"]} if "trained_as" in entry else {}),
             }

@@ -68,3 +68,21 @@ def fit_layer_baselines(
         save_entry(path, results, ("baselines", str(layer), name))
         f = have[name]["figures"]
         log(f"layer {layer} {name}: fitted on {seen:,} tokens, CE increase {f['ce_increase']:.4f}")
+
+
+CARD_NAMES = {"mean_ablation": "mean_ablation", "linear": "affine_map"}
+"""A baseline's name on a set's card (the ladder file calls the affine map "linear")."""
+
+
+def card_baselines(results: dict[str, Any], layer: int) -> dict[str, float]:
+    """Held-out CE increase of `layer`'s baselines on the ladder's own rows and chunks (those
+    of a card's "convergence" curve), keyed by `CARD_NAMES`; the values a layer's dictionary
+    must beat, recorded on its card."""
+    have = results.get("baselines", {}).get(str(layer), {})
+    missing = [name for name in BASELINES if name not in have]
+    if missing:
+        raise ValueError(
+            f"layer {layer} has no {', '.join(missing)} baseline in the ladder file; "
+            "run --stage train once to fit it"
+        )
+    return {CARD_NAMES[n]: round(float(have[n]["figures"]["ce_increase"]), 6) for n in BASELINES}

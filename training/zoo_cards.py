@@ -27,6 +27,7 @@ def recipe_problems(name: str, card: dict[str, Any]) -> list[str]:
     """
     from training.build_zoo import COMMON, RECIPE, ZOO_SETS
     from training.convergence import budget_ladder, has_converged
+    from training.zoo_baselines import CARD_NAMES
 
     if name not in ZOO_SETS:
         return [f"{name} is not a zoo set; known: {list(ZOO_SETS)}"]
@@ -72,4 +73,9 @@ def recipe_problems(name: str, card: dict[str, Any]) -> list[str]:
             problems.append(f"{where}: lr {row.get('lr')} seed {row.get('seed')}, not the recipe's")
         if not row.get("machine"):
             problems.append(f"{where}: no machine recorded")
+        if set(row.get("baselines") or {}) != set(CARD_NAMES.values()):
+            problems.append(
+                f"{where}: baselines {sorted(row.get('baselines') or {})}, not "
+                f"{sorted(CARD_NAMES.values())} (what the layer must beat, on the curve's rows)"
+            )
     return problems
