@@ -12,7 +12,8 @@ regenerate them from the repository alone:
 - each ladder's latest rung's held-out CE increase, with a 95% percentile interval over the
   evaluation chunks;
 - the baselines (mean ablation, the affine map), and each set minus the affine map, paired over
-  the same chunks (the same chunk weights in every draw).
+  the same chunks (the same chunk weights in every draw);
+- each ladder's curve: its CE increase at every rung and the change over each doubling.
 One seed: the intervals cover evaluation noise, not training noise.
 """
 
@@ -202,6 +203,25 @@ def ladder_tables(ladders: ZooLadders, n_draws: int = 2000, seed: int = 0) -> La
     return tables
 
 
+def curves_markdown(ladders: ZooLadders) -> str:
+    """Each ladder's held-out CE increase at every rung, with the change over each doubling:
+    the curve its convergence (or its cap) was read from."""
+    lines = []
+    for name, per_set in ladders.sets.items():
+        for layer in sorted(per_set, key=int):
+            rungs = per_set[layer]["rungs"]
+            cells = []
+            for i, r in enumerate(rungs):
+                ce = r["figures"]["ce_increase"]
+                cell = f"{_tokens(r['tokens'])} {ce:.4f}"
+                if i:
+                    before = rungs[i - 1]["figures"]["ce_increase"]
+                    cell += f" ({(ce - before) / max(abs(before), 1e-12) * 100:+.1f}%)"
+                cells.append(cell)
+            lines.append(f"- `{name}` layer {layer}: " + ", ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
 def tables_markdown(tables: LadderTables) -> str:
     """The three tables as markdown (docs/claims.md quotes them)."""
     head = "| set | " + " | ".join(f"layer {x}" for x in tables.layers) + " |"
@@ -261,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ladders = read_ladders(args.files)
     except ValueError as err:
         p.error(str(err))
-    print(tables_markdown(ladder_tables(ladders, args.draws, args.seed)), end="")
+    print(tables_markdown(ladder_tables(ladders, args.draws, args.seed)))
+    print("Held-out CE increase at every rung (change over the doubling):\n")
+    print(curves_markdown(ladders), end="")
     return 0
 
 

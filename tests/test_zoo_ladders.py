@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.zoo_ladders import ended_at, ladder_tables, main, read_ladders, tables_markdown
+from analysis.zoo_ladders import (
+    curves_markdown,
+    ended_at,
+    ladder_tables,
+    main,
+    read_ladders,
+    tables_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = {
@@ -114,3 +121,12 @@ def test_docs_quote_the_staged_ladders_tables():
     assert len(rows) == 3 * 3 + 2
     missing = [row for row in rows if row not in docs]
     assert not missing, f"docs/claims.md does not quote: {missing}"
+
+
+def test_the_curve_lists_every_rung_and_each_doublings_change(tmp_path):
+    rungs = [rung(1_000_000, 0.5, False), rung(2_000_000, 0.4, False), rung(4_000_000, 0.41)]
+    path = ladder_file(
+        tmp_path / "l.json", {"s": {"layers": {"2": {"rungs": rungs, "converged": False}}}}
+    )
+    text = curves_markdown(read_ladders([path]))
+    assert text == "- `s` layer 2: 1M 0.5000, 2M 0.4000 (-20.0%), 4M 0.4100 (+2.5%)\n"
