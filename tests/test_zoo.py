@@ -12,9 +12,9 @@ from replacement.formats.detect import load_dictionaries
 from replacement.hooks import hook_layer
 from replacement.loss import spliced_loss
 from replacement.zoo import dictionary_set_path, list_dictionary_sets, list_models
-from training.build_zoo import COMMON, ZOO_SETS
 from training.data import chunk_documents, special_token_ids, tokenize_documents
 from training.default_model.corpus import heldout_paths, read_document, stdlib_dir
+from training.zoo_recipe import COMMON, ZOO_SETS
 
 BUDGET_BYTES = 40_000_000
 """The zoo's size budget: the default model plus every dictionary set."""

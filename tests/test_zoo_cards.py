@@ -10,9 +10,9 @@ import pytest
 from replacement.formats.detect import load_dictionaries
 from replacement.hooks import hook_layer
 from replacement.zoo import list_dictionary_sets
-from training.build_zoo import COMMON, RECIPE, ZOO_LR, ZOO_SETS
 from training.zoo_baselines import card_baselines
 from training.zoo_cards import STAGED, recipe_problems
+from training.zoo_recipe import COMMON, RECIPE, ZOO_LR, ZOO_SETS
 
 M = 1_000_000
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import training.build_zoo as build_zoo
+import training.zoo_recipe as zoo_recipe
+import training.zoo_ship as zoo_ship
 from replacement.formats.detect import load_dictionaries
 from replacement.formats.native import load_native
 from replacement.hooks import hook_layer
@@ -18,21 +20,21 @@ from training.zoo_cards import recipe_problems
 def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
     tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
-    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(zoo_recipe.COMMON, "n_features", 64)
+    monkeypatch.setitem(zoo_recipe.COMMON, "batch_tokens", 512)
     runs, zoo = tmp_path / "runs", tmp_path / "zoo"
     argv = ["--runs", str(runs), "--zoo", str(zoo), "--sets", "sae_e2e", "--start-tokens",
             "512", "--cap-tokens", "1024", "--eval-tokens", "512", "--n-chunks", "2",
             "--eval-rows", "4"]  # fmt: skip
     build_zoo.main(argv)
     card = json.loads((zoo / "sae_e2e" / "card.json").read_text())
-    assert card["recipe"] == build_zoo.RECIPE
+    assert card["recipe"] == zoo_recipe.RECIPE
     assert recipe_problems("sae_e2e", card) == []  # the rule read off its own curves again
     shipped_files = "".join(p.read_text() for p in (zoo / "sae_e2e").glob("*.json"))
     assert str(runs) not in shipped_files  # no folder of the training machine is shipped
-    assert [row["layer"] for row in card["layers"]] == build_zoo.COMMON["layers"]
+    assert [row["layer"] for row in card["layers"]] == zoo_recipe.COMMON["layers"]
     for row in card["layers"]:
-        assert row["lr"] == build_zoo.ZOO_LR and row["seed"] == 0
+        assert row["lr"] == zoo_recipe.ZOO_LR and row["seed"] == 0
         assert row["machine"] and row["steps"] == row["training_tokens"] // 512
         curve = row["convergence"]
         assert [t for t, _ in curve] == [512, 1024][: len(curve)]  # the ladder, in order
@@ -42,14 +44,14 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
         rung = runs / "sae_e2e" / f"layer{row['layer']}" / f"t{row['training_tokens']}"
         training = json.loads((rung / "card.json").read_text())["training"]
         assert training["layers"] == [row["layer"]] and training["objective"] == "e2e"
-        assert training["lr"] == pytest.approx(build_zoo.ZOO_LR)
+        assert training["lr"] == pytest.approx(zoo_recipe.ZOO_LR)
     shipped = load_dictionaries(str(zoo / "sae_e2e"))
-    assert sorted(hook_layer(d.out_hook) for d in shipped) == build_zoo.COMMON["layers"]
+    assert sorted(hook_layer(d.out_hook) for d in shipped) == zoo_recipe.COMMON["layers"]
     # its four e2e ladders trained together: each rung as trained alone
     alone = tmp_path / "alone"
     build_zoo.main([*argv, "--runs", str(alone), "--stage", "train", "--together", "1"])
     grouped, single = (
-        json.loads((r / build_zoo.LADDER_FILE).read_text())["sets"]["sae_e2e"]["layers"]
+        json.loads((r / zoo_recipe.LADDER_FILE).read_text())["sets"]["sae_e2e"]["layers"]
         for r in (runs, alone)
     )
     assert [[r["chunks"] for r in e["rungs"]] for e in grouped.values()] == [
@@ -59,8 +61,8 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
     build_zoo.main([*argv, "--stage", "train"])  # resumed: every rung is there
     out = capsys.readouterr().out
     assert "tokens:" not in out and "mean_ablation" not in out  # baselines too, fitted once
-    baselines = json.loads((runs / build_zoo.LADDER_FILE).read_text())["baselines"]
-    for layer in build_zoo.COMMON["layers"]:  # on the ladders' chunks, with the rungs' figures
+    baselines = json.loads((runs / zoo_recipe.LADDER_FILE).read_text())["baselines"]
+    for layer in zoo_recipe.COMMON["layers"]:  # on the ladders' chunks, with the rungs' figures
         assert set(baselines[str(layer)]) == {"mean_ablation", "linear"}
         assert len(baselines[str(layer)]["linear"]["chunks"]["positions"]) == 2
     # shipping again replaces only a set folder of its own; a user's file beside stops it
@@ -78,28 +80,28 @@ def test_an_e2e_set_is_trained_layer_by_layer_and_its_card_records_the_recipe(
     assert not list(moved.rglob("checkpoint.pt"))
     here = ["--runs", str(runs2)]
     build_zoo.main([*argv, *here, "--stage", "merge", "--transfer", str(moved)])
-    ladders = [json.loads((r / build_zoo.LADDER_FILE).read_text()) for r in (runs, runs2)]
+    ladders = [json.loads((r / zoo_recipe.LADDER_FILE).read_text()) for r in (runs, runs2)]
     assert ladders[1] == ladders[0]  # so a train stage there trains nothing
-    _, folders = build_zoo.trained_card("sae_e2e", ladders[1], runs2)  # what ship reads
-    for layer, folder in zip(build_zoo.COMMON["layers"], folders, strict=True):
+    _, folders = zoo_ship.trained_card("sae_e2e", ladders[1], runs2)  # what ship reads
+    for layer, folder in zip(zoo_recipe.COMMON["layers"], folders, strict=True):
         got = load_native(folder / f"layer_{layer}").state_dict()
         want = load_native(runs / folder.relative_to(runs2) / f"layer_{layer}").state_dict()
         assert all(torch.equal(got[k], v) for k, v in want.items())
     # exported under a raised cap there: merged, the ladders here run under it
     raised = {**ladders[0], "setup": {**ladders[0]["setup"], "cap_tokens": 2048}}
-    (moved / build_zoo.LADDER_FILE).write_text(json.dumps(raised))
+    (moved / zoo_recipe.LADDER_FILE).write_text(json.dumps(raised))
     build_zoo.main([*argv, *here, "--stage", "merge", "--transfer", str(moved)])
-    got = json.loads((runs2 / build_zoo.LADDER_FILE).read_text())["setup"]["cap_tokens"]
+    got = json.loads((runs2 / zoo_recipe.LADDER_FILE).read_text())["setup"]["cap_tokens"]
     assert got == 2048
     ladders[0]["setup"]["rows_sha256"] = "0" * 64  # trained on other rows there
-    (moved / build_zoo.LADDER_FILE).write_text(json.dumps(ladders[0]))
+    (moved / zoo_recipe.LADDER_FILE).write_text(json.dumps(ladders[0]))
     with pytest.raises(SystemExit, match="other token rows"):
         build_zoo.main([*argv, *here, "--stage", "merge", "--transfer", str(moved)])
 
 
 def test_every_set_uses_the_same_lr():
-    lrs = {name: {**build_zoo.COMMON, **spec}["lr"] for name, spec in build_zoo.ZOO_SETS.items()}
-    assert set(lrs.values()) == {build_zoo.ZOO_LR}
+    lrs = {name: {**zoo_recipe.COMMON, **spec}["lr"] for name, spec in zoo_recipe.ZOO_SETS.items()}
+    assert set(lrs.values()) == {zoo_recipe.ZOO_LR}
 
 
 def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladders(
@@ -111,9 +113,9 @@ def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladder
 
     from training.sweep_locks import claimed
 
-    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
-    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
-    monkeypatch.setitem(build_zoo.COMMON, "layers", [0, 1])
+    monkeypatch.setitem(zoo_recipe.COMMON, "n_features", 64)
+    monkeypatch.setitem(zoo_recipe.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(zoo_recipe.COMMON, "layers", [0, 1])
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -135,7 +137,7 @@ def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladder
     build_zoo.main(argv)
     out = capsys.readouterr().out
     assert "transcoder layer 1 512 tokens" in out and "transcoder layer 0 512" not in out
-    ladders = json.loads((runs / build_zoo.LADDER_FILE).read_text())
+    ladders = json.loads((runs / zoo_recipe.LADDER_FILE).read_text())
     assert sorted(ladders["sets"]["transcoder"]["layers"]) == ["0", "1"]
 
 
@@ -155,9 +157,9 @@ def test_ladders_the_claims_sweep_trained_are_taken_not_trained_again(
     data = TokenData(full.train[:128], full.val[:16], full.bos, full.special_ids)
     monkeypatch.setattr(training.data, "load_token_data", lambda *a, **k: data)
     monkeypatch.setattr(plan, "SKIP_KS", (16,))
-    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
-    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
-    monkeypatch.setitem(build_zoo.COMMON, "layers", [1])
+    monkeypatch.setitem(zoo_recipe.COMMON, "n_features", 64)
+    monkeypatch.setitem(zoo_recipe.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(zoo_recipe.COMMON, "layers", [1])
     claims = tmp_path / "claims"
     settings = SweepSettings(
         out=str(claims), claims=("skip",), seeds=1, start_tokens=1024, cap_tokens=2048,
@@ -185,7 +187,7 @@ def test_ladders_the_claims_sweep_trained_are_taken_not_trained_again(
     assert f"the claims sweep skip/transcoder_k16 seed 0; its {len(entry['rungs'])} rungs" in out
     assert "tokens:" not in out
     assert not list((runs / "transcoder" / "layer1").glob("t*"))  # nothing trained here
-    ladder = json.loads((runs / build_zoo.LADDER_FILE).read_text())["sets"]["transcoder"]
+    ladder = json.loads((runs / zoo_recipe.LADDER_FILE).read_text())["sets"]["transcoder"]
     assert ladder["layers"]["1"]["rungs"] == entry["rungs"]
     card = json.loads((zoo / "transcoder" / "card.json").read_text())
     assert card["layers"][0]["trained_as"] == "claims sweep skip/transcoder_k16 seed 0"
@@ -230,9 +232,9 @@ def test_the_zoo_trains_on_the_rows_it_is_given_and_refuses_to_resume_on_others(
     from training.data import TokenData, load_token_data
     from training.token_rows import rows_digest, write_rows
 
-    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
-    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
-    monkeypatch.setitem(build_zoo.COMMON, "layers", [1])
+    monkeypatch.setitem(zoo_recipe.COMMON, "n_features", 64)
+    monkeypatch.setitem(zoo_recipe.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(zoo_recipe.COMMON, "layers", [1])
     full = load_token_data(default_model, None, ctx_len=128)
     mine = TokenData(full.train[:64], full.val[:12], full.bos, full.special_ids)
     write_rows(tmp_path / "rows.npz", mine)
@@ -241,7 +243,7 @@ def test_the_zoo_trains_on_the_rows_it_is_given_and_refuses_to_resume_on_others(
             "--cap-tokens", "1024", "--eval-tokens", "512", "--n-chunks", "2",
             "--activation-cache", "none", "--stage", "train", "--quiet"]  # fmt: skip
     build_zoo.main([*argv, "--rows", str(tmp_path / "rows.npz")])
-    ladders = json.loads((runs / build_zoo.LADDER_FILE).read_text())
+    ladders = json.loads((runs / zoo_recipe.LADDER_FILE).read_text())
     train, held, _ = split_rows(mine, 512)
     assert ladders["setup"]["rows_sha256"] == rows_digest(train.train, held)
     rung = ladders["sets"]["transcoder"]["layers"]["1"]["rungs"][0]
@@ -277,24 +279,24 @@ def test_a_recorded_ladder_resumes_at_its_next_rung_on_a_new_machine(tmp_path, m
     """`--stage record` keeps unfinished ladders as figures only (committed, they outlive the
     machine); merged into an empty --runs, each trains on from its next rung, which equals
     that rung of an uninterrupted build. A finished ladder's weights must come with it."""
-    monkeypatch.setitem(build_zoo.COMMON, "n_features", 64)
-    monkeypatch.setitem(build_zoo.COMMON, "batch_tokens", 512)
-    monkeypatch.setitem(build_zoo.COMMON, "layers", [1])
+    monkeypatch.setitem(zoo_recipe.COMMON, "n_features", 64)
+    monkeypatch.setitem(zoo_recipe.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(zoo_recipe.COMMON, "layers", [1])
     base = ["--sets", "sae_e2e", "--start-tokens", "512", "--eval-tokens", "512", "--n-chunks",
             "2", "--stage", "train"]  # fmt: skip
     lost, straight, fresh = (tmp_path / n for n in ("lost", "straight", "fresh"))
     build_zoo.main([*base, "--runs", str(lost), "--cap-tokens", "512"])  # rung 1 of 2 (below)
     record = tmp_path / "record"
     build_zoo.main([*base, "--runs", str(lost), "--stage", "record", "--transfer", str(record)])
-    assert [p.name for p in record.iterdir()] == [build_zoo.LADDER_FILE]  # no weights
-    recorded = json.loads((record / build_zoo.LADDER_FILE).read_text())
+    assert [p.name for p in record.iterdir()] == [zoo_recipe.LADDER_FILE]  # no weights
+    recorded = json.loads((record / zoo_recipe.LADDER_FILE).read_text())
     assert set(recorded["baselines"]["1"]) == {"mean_ablation", "linear"}
     # recorded at its cap: finished, so ship would need its weights, which did not come
     with pytest.raises(SystemExit, match=r"lacks the final rung files of \['sae_e2e layer 1'\]"):
         build_zoo.main([*base, "--runs", str(fresh), "--stage", "merge", "--transfer", str(record)])
-    kept = json.loads((record / build_zoo.LADDER_FILE).read_text())
+    kept = json.loads((record / zoo_recipe.LADDER_FILE).read_text())
     kept["setup"]["cap_tokens"] = 1024  # as if recorded before its last rung
-    (record / build_zoo.LADDER_FILE).write_text(json.dumps(kept))
+    (record / zoo_recipe.LADDER_FILE).write_text(json.dumps(kept))
     build_zoo.main([*base, "--runs", str(fresh), "--stage", "merge", "--transfer", str(record)])
     capsys.readouterr()
     build_zoo.main([*base, "--runs", str(fresh), "--cap-tokens", "1024"])
@@ -302,7 +304,7 @@ def test_a_recorded_ladder_resumes_at_its_next_rung_on_a_new_machine(tmp_path, m
     assert "sae_e2e layer 1 1,024 tokens" in out and "sae_e2e layer 1 512 tokens" not in out
     build_zoo.main([*base, "--runs", str(straight), "--cap-tokens", "1024"])
     resumed, whole = (
-        json.loads((r / build_zoo.LADDER_FILE).read_text())["sets"]["sae_e2e"]["layers"]["1"]
+        json.loads((r / zoo_recipe.LADDER_FILE).read_text())["sets"]["sae_e2e"]["layers"]["1"]
         for r in (fresh, straight)
     )
     assert "mean_ablation" not in out  # the layer's baselines came with the record

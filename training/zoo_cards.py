@@ -1,4 +1,4 @@
-"""Whether a zoo set's card follows the recipe it names (`training.build_zoo.RECIPE`).
+"""Whether a zoo set's card follows the recipe it names (`training.zoo_recipe.RECIPE`).
 
 A card written by `build_zoo` ship records, per layer, the ladder's convergence curve, whether
 it converged, the lr, seed and machine, and (under "ladder") the rule the curve was read by. The
@@ -13,6 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from training.convergence import budget_ladder, has_converged
+from training.zoo_baselines import CARD_NAMES
+from training.zoo_recipe import COMMON, RECIPE, ZOO_SETS
+
 STAGED = Path(__file__).parent / "zoo_staged"
 """The cards (`<set>/card.json`) and ladder record (`ladders.json`) of sets whose ladders ended,
 kept until the whole zoo ships. Their weights stay in the training machine's run folders: the
@@ -23,12 +27,8 @@ break."""
 def recipe_problems(name: str, card: dict[str, Any]) -> list[str]:
     """What in set `name`'s card breaks the zoo's recipe, one sentence each ([] if nothing).
 
-    `name` is a `training.build_zoo.ZOO_SETS` key; `card` is its card.json as `ship` writes it.
+    `name` is a `training.zoo_recipe.ZOO_SETS` key; `card` is its card.json as `ship` writes it.
     """
-    from training.build_zoo import COMMON, RECIPE, ZOO_SETS
-    from training.convergence import budget_ladder, has_converged
-    from training.zoo_baselines import CARD_NAMES
-
     if name not in ZOO_SETS:
         return [f"{name} is not a zoo set; known: {list(ZOO_SETS)}"]
     if card.get("recipe") != RECIPE or "ladder" not in card:
