@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One working session of issue 22's long training on this project's CPU machine, which may be
+# replaced between sessions with everything outside the repository lost (docs/claims.md).
+# The committed records are the only state that survives: analysis/claims_sweep.json (the
+# claims sweep's finished rungs) and training/zoo_progress/ (the zoo's e2e ladders as figures).
+#
+#   bash tools/cpu_session.sh restore      the records into the run folders (a new machine;
+#                                          on a surviving one nothing is taken twice)
+#   bash tools/cpu_session.sh zoo [N]      N (default 2) single-thread build_zoo processes on
+#                                          the zoo's e2e ladders, 5 trained together in each
+#   bash tools/cpu_session.sh claims POINTS [args]   one single-thread claims process
+#   bash tools/cpu_session.sh stop         SIGINT to every worker (each writes its checkpoint)
+#                                          and wait for them to exit
+#   bash tools/cpu_session.sh record       the zoo's e2e ladders and the sweep's results back
+#                                          into the committed records, to commit
+#
+# Folders: $RUNS (default /work/zoo_runs), $CLAIMS (default /work/claims_runs/cached), logs in
+# $LOGS (default /work/logs). Workers run detached (setsid), so they outlive the shell. Run it
+# with the project's environment active (`sparse-circuits` and its `python` on PATH).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${RUNS:-/work/zoo_runs}"
+CLAIMS="${CLAIMS:-/work/claims_runs/cached}"
+LOGS="${LOGS:-/work/logs}"
+E2E_SETS=sae_e2e,sae_e2e_ds,skip_transcoder_e2e
+# one thread a process: two processes on two cores train more than one with two threads
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+detached() {  # detached LOGNAME COMMAND...: run COMMAND in its own session, output to the log
+  local log="$LOGS/$1.log"
+  shift
+  mkdir -p "$LOGS"
+  setsid nohup "$@" >>"$log" 2>&1 </dev/null &
+  echo "started $* (log: $log)"
+}
+
+case "${1:-}" in
+  restore)
+    sparse-circuits claims --out "$CLAIMS" --merge analysis/claims_sweep.json --quiet
+    python -m training.build_zoo --stage merge --runs "$RUNS" --transfer training/zoo_progress
+    ;;
+  zoo)
+    for i in $(seq 1 "${2:-2}"); do
+      # each process claims the next group of ladders that no other process holds
+      detached "zoo$i" python -m training.build_zoo --stage train --runs "$RUNS" \
+        --sets "$E2E_SETS" --together 5 --claims-runs "$CLAIMS"
+      sleep 20
+    done
+    ;;
+  claims)
+    points="${2:?a --points pattern, e.g. braun/e2e_topk_k16,braun/e2e_ds_topk_k16}"
+    shift 2
+    detached "claims" sparse-circuits claims --out "$CLAIMS" --points "$points" "$@"
+    ;;
+  stop)
+    pkill -INT -f "training.build_zoo --stage train" || true
+    pkill -INT -f "sparse-circuits claims --out" || true
+    while pgrep -f "training.build_zoo --stage train|sparse-circuits claims --out" >/dev/null; do
+      sleep 5
+    done
+    echo "workers stopped"
+    ;;
+  record)
+    python -m training.build_zoo --stage record --runs "$RUNS" --transfer training/zoo_progress \
+      --sets "$E2E_SETS"
+    sparse-circuits claims --out "$CLAIMS" --report-only --export analysis/claims_sweep.json \
+      --quiet
+    python -m analysis.zoo_ladders training/zoo_staged/ladders.json \
+      training/zoo_progress/zoo_ladders.json
+    ;;
+  *)
+    sed -n '2,19p' "$0"
+    exit 2
+    ;;
+esac
