@@ -9,6 +9,10 @@
 #   bash tools/cpu_session.sh zoo [N]      N (default 2) single-thread build_zoo processes on
 #                                          the zoo's e2e ladders, 5 trained together in each
 #   bash tools/cpu_session.sh claims POINTS [args]   one single-thread claims process
+#   bash tools/cpu_session.sh hold FOLDER...   hold these ladder folders' claims (detached)
+#                                          until `stop`, so that a process started now takes
+#                                          only the others (build_zoo claims the first free
+#                                          group; e.g. two chosen pairs on a new machine)
 #   bash tools/cpu_session.sh stop         SIGINT to every worker (each writes its checkpoint)
 #                                          and wait for them to exit
 #   bash tools/cpu_session.sh record       the zoo's e2e ladders and the sweep's results back
@@ -52,7 +56,21 @@ case "${1:-}" in
     shift 2
     detached "claims" sparse-circuits claims --out "$CLAIMS" --points "$points" "$@"
     ;;
+  hold)
+    shift
+    detached "hold" python -c '
+import contextlib, sys, time
+from pathlib import Path
+from training.sweep_locks import claimed
+with contextlib.ExitStack() as stack:
+    for folder in sys.argv[1:]:
+        print(folder, "held" if stack.enter_context(claimed(Path(folder))) else "taken already")
+    while True:
+        time.sleep(60)
+' "$@"
+    ;;
   stop)
+    pkill -f "training.sweep_locks import claimed" || true
     pkill -INT -f "training.build_zoo --stage train" || true
     pkill -INT -f "sparse-circuits claims --out" || true
     while pgrep -f "training.build_zoo --stage train|sparse-circuits claims --out" >/dev/null; do
@@ -69,7 +87,7 @@ case "${1:-}" in
       training/zoo_progress/zoo_ladders.json
     ;;
   *)
-    sed -n '2,19p' "$0"
+    sed -n '2,23p' "$0"
     exit 2
     ;;
 esac
