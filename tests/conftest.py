@@ -9,7 +9,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# pytest-xdist runs the suite in several processes: share the cores among them instead of each
+# process spinning threads for every core. Set, not defaulted: xdist's workers inherit the
+# controller's environment, and the subprocesses tests start (notebook kernels, CLI runs) read it;
+# a kernel with 2 threads beside another busy process took 85-264 s for a notebook of 18 s.
+_THREADS = max(
+    1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+)
+os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+torch.set_num_threads(_THREADS)
 
 from replacement import load_model  # noqa: E402
 from tests.tiny_models import (  # noqa: E402
@@ -76,3 +84,24 @@ def tiny_model(request):
 def default_model():
     """The embedded default model."""
     return load_model("default")
+
+
+# The modules that take longest run first, so that pytest-xdist (which hands whole modules to its
+# processes in collection order, `--dist loadscope`) does not end on one long module with the
+# other processes idle. Order within a module is kept; measured with `--durations`.
+_LONGEST_FIRST = (
+    "test_examples.py",
+    "test_training.py",
+    "test_claims.py",
+    "test_zoo_recipe.py",
+    "test_distributed.py",
+    "test_output_folder.py",
+    "test_attention_notebook.py",
+    "test_distributed_cache.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the longest modules' tests first (a stable sort: other tests keep their order)."""
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
