@@ -19,6 +19,8 @@ import argparse
 
 import torch
 import torch.nn.functional as fn
+from jaxtyping import Float
+from torch import Tensor
 
 from replacement import load_dictionary, load_model, splice
 from training.data import load_token_data
@@ -45,6 +47,14 @@ def _run(model, rows, hooks, dictionaries=()):
 
 def _fvu(target, estimate):
     return ((target - estimate) ** 2).sum().item() / ((target - target.mean(0)) ** 2).sum().item()
+
+
+def along(excess: Float[Tensor, "n d"], direction: Float[Tensor, "n d"]) -> tuple[float, float]:
+    """The share of `excess`'s summed square that lies along `direction` (per row), and the
+    median over rows of the coefficient c in excess ~ c * direction."""
+    c = (excess * direction).sum(-1, keepdim=True) / (direction * direction).sum(-1, keepdim=True)
+    share = 1 - ((excess - c * direction) ** 2).sum().item() / (excess**2).sum().item()
+    return share, c.median().item()
 
 
 def _median_ratio(a, b):
@@ -81,14 +91,12 @@ def main() -> None:
         with torch.no_grad():
             x, mid, mlp = orig[IN], orig[MID], orig[MLP]
             skip = d.skip(x)
-            excess = d(x) - mlp
-            along = (excess * mid).sum(-1, keepdim=True) / (mid * mid).sum(-1, keepdim=True)
-            share = 1 - ((excess - along * mid) ** 2).sum().item() / (excess**2).sum().item()
+            share, coefficient = along(d(x) - mlp, mid)
         print(
             f"  skip path/MLP norm {_median_ratio(skip, mlp):.2f}, cosine with resid_mid "
             f"{fn.cosine_similarity(skip, mid, dim=-1).median().item():.2f}; features/MLP norm "
             f"{_median_ratio(d(x) - skip, mlp):.2f}; excess over the MLP output along "
-            f"resid_mid: {share:.0%} of its square, coefficient {along.median().item():.2f}"
+            f"resid_mid: {share:.0%} of its square, coefficient {coefficient:.2f}"
         )
 
 
