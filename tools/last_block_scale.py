@@ -24,6 +24,7 @@ from torch import Tensor
 
 from replacement import load_dictionary, load_model, splice
 from training.data import load_token_data
+from training.losses import fvu
 
 RESID, NORMED, MLP = "blocks.3.hook_resid_post", "ln_final.hook_normalized", "blocks.3.hook_mlp_out"
 IN, MID = "blocks.3.ln2.hook_normalized", "blocks.3.hook_resid_mid"
@@ -43,10 +44,6 @@ def _run(model, rows, hooks, dictionaries=()):
         logits = model.run_with_hooks(rows, fwd_hooks=[(h, keep(h)) for h in hooks])
     ce = fn.cross_entropy(logits[:, :-1].flatten(0, 1), rows[:, 1:].flatten()).item()
     return store, ce
-
-
-def _fvu(target, estimate):
-    return ((target - estimate) ** 2).sum().item() / ((target - target.mean(0)) ** 2).sum().item()
 
 
 def along(excess: Float[Tensor, "n d"], direction: Float[Tensor, "n d"]) -> tuple[float, float]:
@@ -82,9 +79,9 @@ def main() -> None:
             f"{path}\n  CE +{ce_spliced - ce:.4f}; output/MLP norm "
             f"{_median_ratio(spliced[MLP], orig[MLP]):.2f}; last residual norm ratio "
             f"{_median_ratio(spliced[RESID], orig[RESID]):.2f}, cosine {cos:.3f}\n"
-            f"  FVU: MLP output {_fvu(orig[MLP], spliced[MLP]):.2f}, last residual "
-            f"{_fvu(orig[RESID], spliced[RESID]):.2f}, after the final norm "
-            f"{_fvu(orig[NORMED], spliced[NORMED]):.3f}"
+            f"  FVU: MLP output {fvu(orig[MLP], spliced[MLP]):.2f}, last residual "
+            f"{fvu(orig[RESID], spliced[RESID]):.2f}, after the final norm "
+            f"{fvu(orig[NORMED], spliced[NORMED]):.3f}"
         )
         if d.W_skip is None:
             continue
