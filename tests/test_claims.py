@@ -736,6 +736,66 @@ def test_kept_original_residuals_give_the_same_figures_as_recomputing_them(defau
               for h in down)  # fmt: skip
     assert err > 0
     assert sum(a["chunks"]["down_err"]) == pytest.approx(err, rel=1e-5)
+    ln = torch.nn.functional.layer_norm
+    normed = [ln(c[h][:, 1:].double(), (c[h].shape[-1],), eps=default_model.cfg.eps)
+              for c in (spliced, orig) for h in down]  # fmt: skip
+    err = sum(float((s - o).pow(2).sum()) for s, o in zip(normed[:3], normed[3:], strict=True))
+    assert sum(a["chunks"]["down_norm_err"]) == pytest.approx(err, rel=1e-4)
+
+
+def test_normalised_is_the_models_norm_before_its_weight():
+    """`normalised` is torch's layer_norm (LayerNorm models) or rms_norm (RMSNorm models)
+    without a weight, and so blind to a change of scale alone."""
+    import torch
+    import torch.nn.functional as F
+
+    from training.claims_eval import normalised
+
+    r = torch.randn(5, 7, 16) * 3 + 1
+    torch.testing.assert_close(normalised(r, True, 1e-5), F.layer_norm(r, (16,), eps=1e-5))
+    torch.testing.assert_close(normalised(r, False, 1e-6), F.rms_norm(r, (16,), eps=1e-6))
+    scale = torch.rand(5, 7, 1) * 10 + 0.1
+    for layernorm in (True, False):
+        torch.testing.assert_close(
+            normalised(r * scale, layernorm, 1e-5),
+            normalised(r, layernorm, 1e-5),
+            atol=1e-4,
+            rtol=0,
+        )
+
+
+def test_a_change_of_the_last_residuals_scale_alone_costs_no_normalised_downstream_fvu(
+    default_model,
+):
+    """A dictionary at the last block's residual that writes c times what it reads (a skip path
+    c * I, no feature fires) only rescales the last residual, which the final norm divides out:
+    its normalised downstream FVU is 0 (to the norm's epsilon) and its CE increase about 0,
+    while the plain downstream FVU is the hand-computed (c - 1)^2 sum ||r||^2 / sum ||r - mean||^2."""
+    import torch
+
+    from replacement.dictionary import Dictionary
+    from replacement.hook_table import block_hook
+    from training.claims_eval import NORMED_KEYS, evaluate_dictionary, figures, original_side
+    from training.data import load_token_data
+
+    data = load_token_data(default_model, None, ctx_len=64)
+    rows, hook, c = data.val[:12], block_hook(3, "hook_resid_post"), 2.5
+    d = int(default_model.cfg.d_model)
+    scaler = Dictionary(d, d, 8, hook, skip=True, apply_b_dec_to_input=False)
+    with torch.no_grad():
+        scaler.W_skip.copy_(torch.eye(d) * c)
+    original = original_side(default_model, rows, [hook], data.special_ids, n_chunks=3)
+    chunks = evaluate_dictionary(default_model, scaler, original)["chunks"]
+    f = figures(chunks)
+    older = {k: v for k, v in chunks.items() if k not in NORMED_KEYS}  # a record from before
+    assert set(figures(older)) == set(f) - {"downstream_fvu_normed"}
+    with torch.no_grad():
+        _, cache = default_model.run_with_cache(rows, names_filter=[hook])
+    r = cache[hook][:, 1:].double().reshape(-1, d)
+    plain = (c - 1) ** 2 * float(r.pow(2).sum()) / float((r - r.mean(0)).pow(2).sum())
+    assert f["downstream_fvu"] == pytest.approx(plain, rel=1e-4) and plain > 1
+    assert f["downstream_fvu_normed"] < 1e-6
+    assert abs(f["ce_increase"]) < 1e-3 and f["l0"] == 0
 
 
 def test_two_processes_saving_entries_keep_each_others(tmp_path):

@@ -18,7 +18,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from replacement.dictionary import Dictionary
-from replacement.hook_table import block_hook, hook_layer
+from replacement.hook_table import block_hook, hook_layer, is_layernorm
 from replacement.splice import splice
 
 SUM_KEYS = (
@@ -33,7 +33,12 @@ SUM_KEYS = (
     "sq_hat",  # sum ||y_hat||^2
     "down_err",  # sum over later resid_post of ||r_spliced - r_orig||^2
     "down_dev",  # sum over later resid_post of ||r_orig - mean r_orig||^2
+    "down_norm_err",  # the same two over normalised residuals (`normalised`): scale-free
+    "down_norm_dev",
 )
+NORMED_KEYS = ("down_norm_err", "down_norm_dev")
+"""Added after the first records were written: a record without them has no
+`downstream_fvu_normed` (`figures` leaves it out) rather than a wrong one."""
 
 
 @dataclass
@@ -55,6 +60,8 @@ class OriginalSide:
     `KEEP_RESID_BYTES`: every run's downstream figures then reuse them instead of running the
     original model again (about 40% of an evaluation's compute), and its spliced pass starts
     at the dictionary's block from them (the blocks below compute the same either way)."""
+    normed_means: dict[str, Float[Tensor, " d"]] | None = None
+    """Mean over all evaluation positions of each `hook_resid_post` as `normalised` gives it."""
 
 
 EVAL_BATCH_ROWS = 8
@@ -83,6 +90,23 @@ def _token_ce(
     return (ce * keep).sum(-1), keep.sum(-1)
 
 
+def normalised(
+    resid: Float[Tensor, "... d"], layernorm: bool, eps: float
+) -> Float[Tensor, "... d"]:
+    """The residual as the model's next norm reads it before its weight, per position: centred
+    and divided by its standard deviation (LayerNorm) or divided by its root mean square
+    (RMSNorm). A change of the stream's scale alone leaves it unchanged, which a dictionary at
+    the last block can make freely (the final norm divides it out; docs/claims.md)."""
+    if layernorm:
+        resid = resid - resid.mean(-1, keepdim=True)
+    return resid * torch.rsqrt(resid.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _norm_of(model: Any) -> tuple[bool, float]:
+    """(LayerNorm?, epsilon) of the model's norms, for `normalised`."""
+    return is_layernorm(model.cfg), float(getattr(model.cfg, "eps", 1e-5))
+
+
 def _sum(x: Float[Tensor, "... d"]) -> float:
     """Sum in float64 of float32 row sums (d terms each: exact to ~1e-7 relative) without a
     float64 copy of the whole tensor."""
@@ -109,6 +133,8 @@ def original_side(
     resid: list[dict[str, Tensor]] | None = [] if keep <= keep_resid_bytes else None
     ce, counts = [], []
     sums: dict[str, Tensor] = {}
+    normed_sums: dict[str, Tensor] = {}
+    layernorm, eps = _norm_of(model)
     n_positions = 0
     for chunk in chunks:
         ce_sum, count = 0.0, 0
@@ -122,6 +148,9 @@ def original_side(
             for h in hooks:
                 acts = cache[h][:, 1:].double()
                 sums[h] = sums.get(h, 0) + acts.reshape(-1, acts.shape[-1]).sum(0)
+            for h in resid_hooks:
+                n = normalised(cache[h][:, 1:].float(), layernorm, eps).double()
+                normed_sums[h] = normed_sums.get(h, 0) + n.reshape(-1, n.shape[-1]).sum(0)
             if resid is not None:
                 for h in resid_hooks:
                     kept[h].append(cache[h].float().cpu())
@@ -131,7 +160,8 @@ def original_side(
         if resid is not None:
             resid.append({h: torch.cat(v) for h, v in kept.items()})
     means = {h: (s / max(n_positions, 1)).cpu() for h, s in sums.items()}
-    return OriginalSide(chunks, ce, counts, means, list(special_ids), resid)
+    normed = {h: (s / max(n_positions, 1)).cpu() for h, s in normed_sums.items()}
+    return OriginalSide(chunks, ce, counts, means, list(special_ids), resid, normed)
 
 
 def downstream_hooks(model: Any, dictionary: Dictionary) -> list[str]:
@@ -169,6 +199,10 @@ def evaluate_dictionary(
     start_hook = block_hook(first - 1, "hook_resid_post") if first > 0 else None
     out_mean = original.means[dictionary.out_hook].to(model.cfg.device).float()
     down_means = {h: original.means[h].to(model.cfg.device).float() for h in down}
+    if original.normed_means is None:
+        raise ValueError("an OriginalSide without normed_means: build it with original_side")
+    normed_means = {h: original.normed_means[h].to(model.cfg.device).float() for h in down}
+    layernorm, eps = _norm_of(model)
     fired = torch.zeros(dictionary.n_features, dtype=torch.bool, device=model.cfg.device)
     per_chunk: dict[str, list[float]] = {k: [] for k in SUM_KEYS}
     for c, chunk in enumerate(original.chunks):
@@ -210,6 +244,9 @@ def evaluate_dictionary(
                 o, s = orig[h].float(), spliced[h][:, 1:].float()
                 sums["down_err"] += _sum((s - o).pow(2))
                 sums["down_dev"] += _sum((o - down_means[h]).pow(2))
+                no, ns = normalised(o, layernorm, eps), normalised(s, layernorm, eps)
+                sums["down_norm_err"] += _sum((ns - no).pow(2))
+                sums["down_norm_dev"] += _sum((no - normed_means[h]).pow(2))
         for k in SUM_KEYS:
             per_chunk[k].append(sums[k])
     return {"chunks": per_chunk, "alive": int(fired.sum()), "n_features": dictionary.n_features}
@@ -246,7 +283,9 @@ def figures(
 
     ce_increase = (sum CE spliced - sum CE orig) / tokens; fvu = sq_err / sq_dev; l0 per
     position; shrinkage gamma = sum ||y_hat||^2 / sum <y_hat, y> (1: no shrinkage, < 1 the
-    reconstruction is shrunk); downstream_fvu = down_err / down_dev over the later resid_posts.
+    reconstruction is shrunk); downstream_fvu = down_err / down_dev over the later resid_posts;
+    downstream_fvu_normed the same over the residuals as the next norm reads them
+    (`normalised`), where the sums have it (records written before it existed do not).
     """
     n = len(chunks["tokens"])
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
@@ -271,4 +310,6 @@ def figures(
         "shrinkage": total("sq_hat") / floor("dot"),
         "downstream_fvu": total("down_err") / floor("down_dev"),
     }
+    if all(k in chunks for k in NORMED_KEYS):
+        found["downstream_fvu_normed"] = total("down_norm_err") / floor("down_norm_dev")
     return found if w.ndim == 2 else {k: float(v) for k, v in found.items()}

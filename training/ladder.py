@@ -192,8 +192,9 @@ def train_ladders(
             f = ladder.entry["rungs"][-1]["figures"]
             log(
                 f"{ladder.label} {tokens:,} tokens: {trainer.train_seconds:.0f} s, "
-                f"L0 {f['l0']:.1f}, CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}"
-                + (" (converged)" if ladder.entry["converged"] and converge else "")
+                f"L0 {f['l0']:.1f}, CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}, "
+                f"downstream FVU {f['downstream_fvu']:.3f} ({f['downstream_fvu_normed']:.3f} "
+                "normalised)" + (" (converged)" if ladder.entry["converged"] and converge else "")
             )
 
 
