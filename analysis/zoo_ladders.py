@@ -13,7 +13,10 @@ regenerate them from the repository alone:
   evaluation chunks;
 - the baselines (mean ablation, the affine map), and each set minus the affine map, paired over
   the same chunks (the same chunk weights in every draw);
-- each ladder's curve: its CE increase at every rung and the change over each doubling.
+- each ladder's curve: its CE increase at every rung and the change over each doubling;
+- where a latest rung has the sums for it, its downstream FVU, plain and normalised as the next
+  norm reads the residual (`training.claims_eval.normalised`: blind to a change of the stream's
+  scale, which a dictionary at the last block can make freely).
 One seed: the intervals cover evaluation noise, not training noise.
 """
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +129,16 @@ def _ce_draws(chunks: dict[str, list[float]], weights: Draws) -> Float[np.ndarra
     return np.asarray(figures(chunks, weights)["ce_increase"], dtype=float)
 
 
+def _downstream(chunks: dict[str, list[float]] | None, weights: Draws) -> str:
+    """`plain / normalised` downstream FVU with intervals, or "-" without the normalised sums."""
+    found = figures(chunks, weights) if chunks else {}
+    if "downstream_fvu_normed" not in found:
+        return "-"
+    plain, normed = (_interval(np.asarray(found[k], dtype=float))
+                     for k in ("downstream_fvu", "downstream_fvu_normed"))  # fmt: skip
+    return f"{_text(plain)} / {_text(normed)}"
+
+
 def _interval(values: Float[np.ndarray, " draws"]) -> Interval:
     low, high = np.percentile(values, [2.5, 97.5])
     return Interval(float(values[0]), float(low), float(high))
@@ -148,6 +161,8 @@ class LadderTables:
     ce_increase: dict[str, dict[str, Interval | None]]
     baselines: dict[str, dict[str, Interval | None]]
     minus_affine: dict[str, dict[str, Interval | None]]
+    downstream: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per set and layer `_downstream`'s cell: plain / normalised downstream FVU."""
 
 
 def ladder_tables(ladders: ZooLadders, n_draws: int = 2000, seed: int = 0) -> LadderTables:
@@ -187,6 +202,9 @@ def ladder_tables(ladders: ZooLadders, n_draws: int = 2000, seed: int = 0) -> La
         tables.baselines[label] = {k: None if v is None else _interval(v) for k, v in draws.items()}
     for name in ladders.sets:
         draws = per_layer(latest_chunks(name))
+        tables.downstream[name] = {
+            layer: _downstream(latest_chunks(name)(layer), weights) for layer in layers
+        }
         tables.ended[name] = {
             layer: ended_at(ladders.setup, entry)
             if (entry := ladders.sets[name].get(layer))
@@ -246,6 +264,19 @@ def tables_markdown(tables: LadderTables) -> str:
         row(f"`{name}` - affine", [_text(per[x], signed=True) for x in tables.layers])
         for name, per in tables.minus_affine.items()
     ]
+    down = [head, rule] + [
+        row(f"`{name}`", [per[x] for x in tables.layers]) for name, per in tables.downstream.items()
+    ]
+    if all(cell == "-" for per in tables.downstream.values() for cell in per.values()):
+        down = []  # no latest rung has the normalised sums yet
+    else:
+        down = [
+            "Downstream FVU at the latest rung, plain / normalised as the next norm reads it, "
+            "95% chunk-bootstrap intervals:",
+            "",
+            *down,
+            "",
+        ]
     return "\n".join(
         [
             "Budget each ladder ended at (seed 0):",
@@ -260,6 +291,7 @@ def tables_markdown(tables: LadderTables) -> str:
             "",
             *base,
             "",
+            *down,
         ]
     )
 

@@ -130,3 +130,19 @@ def test_the_curve_lists_every_rung_and_each_doublings_change(tmp_path):
     )
     text = curves_markdown(read_ladders([path]))
     assert text == "- `s` layer 2: 1M 0.5000, 2M 0.4000 (-20.0%), 4M 0.4100 (+2.5%)\n"
+
+
+def test_the_downstream_table_reads_plain_and_normalised_fvu_where_the_sums_are(tmp_path):
+    # a last-block dictionary that rescales the stream: plain downstream FVU 2, normalised 0.05
+    scaled = {**chunks(0.1), "down_err": [2.0] * 8, "down_norm_err": [0.05] * 8,
+              "down_norm_dev": [1.0] * 8}  # fmt: skip
+    old = {"rungs": [rung(1_000_000, 0.2)], "converged": False}  # recorded before the normed sums
+    new = {"rungs": [{"tokens": 1_000_000, "figures": {}, "chunks": scaled}], "converged": False}
+    sets = {"old": {"layers": {"3": old}}, "new": {"layers": {"3": new}}}
+    tables = ladder_tables(read_ladders([ladder_file(tmp_path / "l.json", sets)]), 100)
+    assert tables.downstream["new"]["3"] == "2.0000 [2.0000, 2.0000] / 0.0500 [0.0500, 0.0500]"
+    assert tables.downstream["old"]["3"] == "-"
+    text = tables_markdown(tables)
+    assert "| `new` | 2.0000 [2.0000, 2.0000] / 0.0500 [0.0500, 0.0500] |" in text
+    only_old = ladder_tables(read_ladders([ladder_file(tmp_path / "o.json", {"old": sets["old"]})]))
+    assert "Downstream FVU" not in tables_markdown(only_old)
