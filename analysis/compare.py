@@ -60,6 +60,9 @@ class SetSummary:
     """Mean active features per token, averaged over the set's sites."""
     fvu: float | None = None
     """Fraction of variance unexplained, averaged over sites."""
+    fvu_sites: dict[str, float] | None = None
+    """Each site's FVU (the report shows these: one site can dominate the mean, as a
+    last-block e2e dictionary that rescales the stream does; docs/claims.md)."""
     ce_increase: float | None = None
     """CE increase with every site spliced at once."""
     frac_recovered: float | None = None
@@ -132,6 +135,7 @@ def _loss_summary(model: Any, dictionaries, tokens: torch.Tensor, summary: SetSu
     rows = [r for r in report.rows if r.name != "all"]
     summary.l0 = float(np.mean([r.l0 for r in rows]))
     summary.fvu = float(np.mean([r.fvu for r in rows]))
+    summary.fvu_sites = {r.name: float(r.fvu) for r in rows}
     summary.ce_increase = report.all.ce_increase
     summary.frac_recovered = report.all.recovered_zero
 

@@ -164,7 +164,7 @@ def per_task_table(summary: dict[str, Any], currency: str, tasks: list[str]) -> 
 
 def loss_table(comparison: Comparison) -> str:
     """Spliced-model loss and attribution-graph scores of each dictionary set."""
-    head = ["set", "kind", "objective", "L0", "FVU", "CE increase", "loss recovered",
+    head = ["set", "kind", "objective", "L0", "FVU per site", "CE increase", "loss recovered",
             "graph replacement", "graph completeness"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     systems = comparison.settings["systems"]
@@ -175,7 +175,8 @@ def loss_table(comparison: Comparison) -> str:
             vals = [g[key] for g in graph.values() if g.get(key) is not None]
             return float(np.mean(vals)) if vals else None
 
-        cells = [s.name, s.kind, s.objective, _fmt(s.l0, 1), _fmt(s.fvu), _fmt(s.ce_increase),
+        fvu = " / ".join(_fmt(v) for v in s.fvu_sites.values()) if s.fvu_sites else _fmt(s.fvu)
+        cells = [s.name, s.kind, s.objective, _fmt(s.l0, 1), fvu, _fmt(s.ce_increase),
                  _fmt(s.frac_recovered), _fmt(mean("replacement")), _fmt(mean("completeness"))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

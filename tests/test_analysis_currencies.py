@@ -303,7 +303,7 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
     from analysis.summary import summarize
     from analysis.tasks import task_from_dicts
 
-    model, dicts, _ = skip_setup
+    model, dicts, random = skip_setup
 
     def tokens(text):
         return tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -321,10 +321,13 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
     assert len(pairs) == 12
     task = task_from_dicts("toy", pairs)
     c = compare(model, {"tc": dicts}, [task], graph_prompts=0, verbose=False,
-                compare_rankings=1, ig_steps=2)  # fmt: skip
+                compare_rankings=1, ig_steps=2, loss_tokens=random.clean)  # fmt: skip
     t = c.tasks[0]
     assert not set(t["discovery"]) & set(t["heldout"])
     assert set(c.results) == {"tc", "random_skip_transcoder", "neurons", "mlp"}
+    sites = c.sets[0].fvu_sites  # one per dictionary, and the summary's FVU is their mean
+    assert len(sites) == len(dicts)
+    assert sum(sites.values()) / len(sites) == pytest.approx(c.sets[0].fvu)
     s = summarize(c, b=100)
     for currency in CURRENCIES:
         e = s["currencies"][currency]["systems"]["tc"]

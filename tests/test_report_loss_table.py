@@ -1,0 +1,26 @@
+"""The compare report's loss table shows each site's FVU, so one site cannot hide in a mean."""
+
+from __future__ import annotations
+
+from analysis.compare import Comparison, SetSummary
+from analysis.report import loss_table
+
+
+def _table(*sets: SetSummary) -> list[str]:
+    comparison = Comparison(list(sets), [], {}, {"systems": {}})
+    return loss_table(comparison).splitlines()
+
+
+def test_each_sites_fvu_is_shown_where_one_site_dominates_the_mean():
+    # a last-block e2e skip transcoder: three sites near 0.5 and one at 44 (mean 11.4)
+    sites = {"blocks.0": 0.2, "blocks.1": 0.6, "blocks.2": 0.8, "blocks.3": 44.0}
+    e2e = SetSummary("e2e", "skip_transcoder", "e2e", 16.0, 11.4, sites, 0.1, 0.9)
+    lines = _table(e2e)
+    assert "FVU per site" in lines[0]
+    assert lines[2].split(" | ")[4] == "0.200 / 0.600 / 0.800 / 44.000"
+
+
+def test_a_results_file_from_before_per_site_fvu_shows_its_mean():
+    older = SetSummary(**{"name": "old", "kind": "sae", "objective": "local", "l0": 16.0,
+                          "fvu": 0.159, "ce_increase": 0.43, "frac_recovered": 0.945})  # fmt: skip
+    assert _table(older)[2].split(" | ")[4] == "0.159"
