@@ -32,6 +32,7 @@ def _unit_by_concept(acts: UnitActs, labels: np.ndarray, weighted: bool) -> np.n
         torch.from_numpy(np.stack([acts.unit.astype(np.int64), acts.token])),
         torch.from_numpy(values.astype(np.float32)),
         (acts.n_units, acts.n_tokens),
+        check_invariants=False,
     )
     return torch.sparse.mm(matrix, flat).numpy().astype(np.float64)
 
