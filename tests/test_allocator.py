@@ -48,5 +48,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     if not (thp.is_file() and "[always]" in thp.read_text()):  # else 2 MiB pages, few faults
         # glibc's default unmaps each block on free: all three fault in again every step
         assert default >= 3 * BLOCK_PAGES * 0.9, default
-    # kept in the heap, the blocks come back without faults (a little fragmentation aside)
-    assert kept < BLOCK_PAGES, (kept, default)
+    # kept in the heap, the blocks come back without faults: at most one of the three is placed
+    # afresh by glibc now and then (measured 8192.2 pages a step once in CI, else near 0),
+    # against all three by default
+    assert kept < 1.5 * BLOCK_PAGES, (kept, default)
