@@ -15,7 +15,7 @@ regenerate them from the repository alone:
   the same chunks (the same chunk weights in every draw);
 - each ladder's curve: its CE increase at every rung and the change over each doubling;
 - where a latest rung has the sums for it, its downstream FVU, plain and normalised as the next
-  norm reads the residual (`training.claims_eval.normalised`: blind to a change of the stream's
+  norm reads the residual, beside the baselines' (normalised where theirs have the sums) (`training.claims_eval.normalised`: blind to a change of the stream's
   scale, which a dictionary at the last block can make freely).
 One seed: the intervals cover evaluation noise, not training noise.
 """
@@ -130,13 +130,11 @@ def _ce_draws(chunks: dict[str, list[float]], weights: Draws) -> Float[np.ndarra
 
 
 def _downstream(chunks: dict[str, list[float]] | None, weights: Draws) -> str:
-    """`plain / normalised` downstream FVU with intervals, or "-" without the normalised sums."""
+    """`plain / normalised` downstream FVU with intervals ("-" for a figure a record lacks)."""
     found = figures(chunks, weights) if chunks else {}
-    if "downstream_fvu_normed" not in found:
-        return "-"
-    plain, normed = (_interval(np.asarray(found[k], dtype=float))
-                     for k in ("downstream_fvu", "downstream_fvu_normed"))  # fmt: skip
-    return f"{_text(plain)} / {_text(normed)}"
+    cells = [_text(_interval(np.asarray(found[k], dtype=float))) if k in found else "-"
+             for k in ("downstream_fvu", "downstream_fvu_normed")]  # fmt: skip
+    return " / ".join(cells) if chunks else "-"
 
 
 def _interval(values: Float[np.ndarray, " draws"]) -> Interval:
@@ -200,6 +198,9 @@ def ladder_tables(ladders: ZooLadders, n_draws: int = 2000, seed: int = 0) -> La
     for kind, label in BASELINE_LABELS.items():
         draws = per_layer(baseline_chunks(kind))
         tables.baselines[label] = {k: None if v is None else _interval(v) for k, v in draws.items()}
+        tables.downstream[label] = {
+            layer: _downstream(baseline_chunks(kind)(layer), weights) for layer in layers
+        }
     for name in ladders.sets:
         draws = per_layer(latest_chunks(name))
         tables.downstream[name] = {
@@ -265,9 +266,13 @@ def tables_markdown(tables: LadderTables) -> str:
         for name, per in tables.minus_affine.items()
     ]
     down = [head, rule] + [
-        row(f"`{name}`", [per[x] for x in tables.layers]) for name, per in tables.downstream.items()
+        row(
+            name if name in BASELINE_LABELS.values() else f"`{name}`",
+            [per[x] for x in tables.layers],
+        )
+        for name, per in tables.downstream.items()
     ]
-    if all(cell == "-" for per in tables.downstream.values() for cell in per.values()):
+    if all(not c.endswith("]") for per in tables.downstream.values() for c in per.values()):
         down = []  # no latest rung has the normalised sums yet
     else:
         down = [

@@ -139,10 +139,12 @@ def test_the_downstream_table_reads_plain_and_normalised_fvu_where_the_sums_are(
     old = {"rungs": [rung(1_000_000, 0.2)], "converged": False}  # recorded before the normed sums
     new = {"rungs": [{"tokens": 1_000_000, "figures": {}, "chunks": scaled}], "converged": False}
     sets = {"old": {"layers": {"3": old}}, "new": {"layers": {"3": new}}}
-    tables = ladder_tables(read_ladders([ladder_file(tmp_path / "l.json", sets)]), 100)
+    base = {"3": {"mean_ablation": {"chunks": {**chunks(2.0), "down_err": [3.0] * 8}}}}
+    tables = ladder_tables(read_ladders([ladder_file(tmp_path / "l.json", sets, base)]), 100)
     assert tables.downstream["new"]["3"] == "2.0000 [2.0000, 2.0000] / 0.0500 [0.0500, 0.0500]"
-    assert tables.downstream["old"]["3"] == "-"
+    assert tables.downstream["old"]["3"] == "1.0000 [1.0000, 1.0000] / -"
     text = tables_markdown(tables)
     assert "| `new` | 2.0000 [2.0000, 2.0000] / 0.0500 [0.0500, 0.0500] |" in text
+    assert "| mean ablation | 3.0000 [3.0000, 3.0000] / - |" in text  # the baseline beside it
     only_old = ladder_tables(read_ladders([ladder_file(tmp_path / "o.json", {"old": sets["old"]})]))
     assert "Downstream FVU" not in tables_markdown(only_old)
