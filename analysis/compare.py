@@ -67,6 +67,10 @@ class SetSummary:
     """CE increase with every site spliced at once."""
     frac_recovered: float | None = None
     """Fraction of loss recovered (zero-ablation baseline), every site spliced at once."""
+    ce_increase_interval: list[float] | None = None
+    """95% bootstrap interval of ce_increase over the evaluated sequences."""
+    frac_recovered_interval: list[float] | None = None
+    """95% bootstrap interval of frac_recovered over the evaluated sequences."""
 
 
 @dataclass
@@ -138,6 +142,8 @@ def _loss_summary(model: Any, dictionaries, tokens: torch.Tensor, summary: SetSu
     summary.fvu_sites = {r.name: float(r.fvu) for r in rows}
     summary.ce_increase = report.all.ce_increase
     summary.frac_recovered = report.all.recovered_zero
+    summary.ce_increase_interval = report.all.ce_increase_interval
+    summary.frac_recovered_interval = report.all.recovered_zero_interval
 
 
 def _graph_scores(model, dictionaries, batch: TaskBatch, n_prompts: int, max_feature_nodes: int):

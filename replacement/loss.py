@@ -8,6 +8,8 @@ loss recovered against zero- and mean-ablating the same sites:
 
 plus the local metrics of each dictionary on the original activations: FVU, explained
 variance, L0, share of dead features and shrinkage gamma = E||y_hat||^2 / E<y, y_hat>.
+CE increase, KL and loss recovered come with 95% bootstrap intervals over sequences
+(`replacement.loss_intervals`).
 
 Position 0 (BOS) is excluded everywhere: its activations from the local metrics and the
 prediction made at position 0 from the losses. Padding of ragged text is excluded likewise.
@@ -23,15 +25,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import ShapeError, SparseCircuitsError
+from replacement.loss_intervals import percentile_interval, resampled_sums
 from replacement.model import to_tokens
 from replacement.splice import (
     _flat,
@@ -60,8 +64,13 @@ class SplicedLossRow:
     """Mean CE of the spliced model (None when this row's spliced pass was not run)."""
     ce_increase: float | None = None
     """ce_spliced - ce_original."""
+    ce_increase_interval: list[float] | None = None
+    """95% bootstrap interval of ce_increase over sequences (`replacement.loss_intervals`;
+    None with one sequence)."""
     kl: float | None = None
     """Mean over tokens of KL(p_original || p_spliced), in nats."""
+    kl_interval: list[float] | None = None
+    """95% bootstrap interval of kl over sequences."""
     ce_zero_ablated: float | None = None
     """Mean CE with the same hooks set to zero."""
     ce_mean_ablated: float | None = None
@@ -70,6 +79,11 @@ class SplicedLossRow:
     """Fraction of loss recovered against zero ablation."""
     recovered_mean: float | None = None
     """Fraction of loss recovered against mean ablation."""
+    recovered_zero_interval: list[float] | None = None
+    """95% bootstrap interval of recovered_zero over sequences (the same resamples as every
+    other interval of the report, so differences between rows are paired)."""
+    recovered_mean_interval: list[float] | None = None
+    """95% bootstrap interval of recovered_mean over sequences."""
     fvu: float | None = None
     """Fraction of variance unexplained on the original activations (None for "all")."""
     explained_variance: float | None = None
@@ -130,6 +144,7 @@ class SplicedLossReport:
             ("name", "name"),
             ("CE", "ce_spliced"),
             ("dCE", "ce_increase"),
+            ("dCE 95%", "ce_increase_interval"),
             ("KL", "kl"),
             ("rec0", "recovered_zero"),
             ("recmean", "recovered_mean"),
@@ -144,7 +159,10 @@ class SplicedLossReport:
             cells = []
             for _, key in columns:
                 value = getattr(row, key)
-                cells.append(value if isinstance(value, str) else _fmt(value))
+                if isinstance(value, list):
+                    cells.append(f"[{_fmt(value[0])}, {_fmt(value[1])}]")
+                else:
+                    cells.append(value if isinstance(value, str) else _fmt(value))
             table.append(cells)
         widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
         lines = [
@@ -263,17 +281,32 @@ class _Local:
 
 
 class _LossSums:
-    """Streaming sums of CE and KL over predictions."""
+    """Streaming sums of CE and KL over predictions, in total and per sequence."""
 
     def __init__(self):
         self.ce = self.kl = 0.0
         self.n = 0
+        self._per_batch: list[Tensor] = []  # [rows, 3]: each sequence's CE, KL, predictions
 
-    def add(self, logp: Tensor, targets: Tensor, logp_orig: Tensor | None) -> None:
-        self.ce -= float(logp.gather(-1, targets[:, None]).double().sum())
+    def add(
+        self, logp: Tensor, targets: Tensor, logp_orig: Tensor | None, rows: Tensor, n_rows: int
+    ) -> None:
+        """Add a batch's predictions; `rows` gives each prediction's sequence in the batch."""
+        ce = -logp.gather(-1, targets[:, None])[:, 0].double()
+        self.ce += float(ce.sum())
+        kl = torch.zeros_like(ce)
         if logp_orig is not None:
-            self.kl += float((logp_orig.exp() * (logp_orig - logp)).sum(-1).double().sum())
+            kl = (logp_orig.exp() * (logp_orig - logp)).sum(-1).double()
+            self.kl += float(kl.sum())
         self.n += targets.shape[0]
+        per = torch.zeros(n_rows, 3, dtype=torch.float64, device=ce.device)
+        per.index_add_(0, rows, torch.stack([ce, kl, torch.ones_like(ce)], -1))
+        self._per_batch.append(per.cpu())
+
+    @property
+    def per_sequence(self) -> Float[np.ndarray, "sequences 3"]:
+        """Each sequence's sums of CE and KL and its number of predictions."""
+        return torch.cat(self._per_batch).numpy()
 
     @property
     def mean_ce(self) -> float:
@@ -433,6 +466,7 @@ def spliced_loss(
         act_mask: Bool[Tensor, "b t"] = (pos[None] >= 1) & (pos[None] < lens[:, None])
         pred_mask = act_mask[:, :-1] & (pos[None, 1:] < lens[:, None])
         targets = batch[:, 1:][pred_mask]
+        rows, n_rows = pred_mask.nonzero()[:, 0], batch.shape[0]  # each prediction's sequence
 
         # original pass, capturing every dictionary's input and target
         captured: dict[str, Tensor] = {}
@@ -448,7 +482,7 @@ def spliced_loss(
 
         logits = model.run_with_hooks(batch, fwd_hooks=[(h, capture(h)) for h in sorted(wanted)])
         logp_orig = _log_probs(logits, pred_mask)
-        orig.add(logp_orig, targets, None)
+        orig.add(logp_orig, targets, None, rows, n_rows)
 
         recon: dict[str, Tensor] = {}
         for unit in units:
@@ -461,7 +495,7 @@ def spliced_loss(
 
         def run(hooks: list, sums: _LossSums) -> None:
             out = model.run_with_hooks(batch, fwd_hooks=hooks)
-            sums.add(_log_probs(out, pred_mask), targets, logp_orig)
+            sums.add(_log_probs(out, pred_mask), targets, logp_orig, rows, n_rows)
 
         def ablate(sites: list[str], kind: str) -> list:
             fill = {h: torch.zeros_like if kind == "zero" else _filler(means[h]) for h in sites}
@@ -474,7 +508,7 @@ def spliced_loss(
                 # later layers of a CLT read the spliced stream: recompute
                 with splice(model, [unit], check_model=check_model, sparse=True, keep_bos=keep_bos):
                     out = model(batch)
-                spliced[name].add(_log_probs(out, pred_mask), targets, logp_orig)
+                spliced[name].add(_log_probs(out, pred_mask), targets, logp_orig, rows, n_rows)
             else:
                 # upstream of a lone dictionary is unchanged: reuse the reconstruction
                 run(_replace_hooks({h: _stored(recon[h]) for h in sites}), spliced[name])
@@ -483,7 +517,8 @@ def spliced_loss(
         if several:
             with splice(model, units, check_model=check_model, sparse=True, keep_bos=keep_bos):
                 out = model(batch)
-            spliced["all"].add(_log_probs(out, pred_mask), targets, logp_orig)
+            logp_all = _log_probs(out, pred_mask)
+            spliced["all"].add(logp_all, targets, logp_orig, rows, n_rows)
             for kind in ablations:
                 run(ablate(all_sites, kind), ablated[("all", kind)])
 
@@ -580,7 +615,40 @@ def _report(
         row = SplicedLossRow("all", [h for u in units for h in _out_hooks(u)])
         _fill_losses(row, orig, spliced["all"], ablated, "all", ablations)
         report.rows.append(row)
+    _add_intervals(report, orig, spliced, ablated, ablations)
     return report
+
+
+def _add_intervals(
+    report: SplicedLossReport,
+    orig: _LossSums,
+    spliced: dict[str, _LossSums],
+    ablated: dict[tuple[str, str], _LossSums],
+    ablations: Sequence[str],
+) -> None:
+    """Bootstrap intervals over sequences of every row's CE increase, KL and loss recovered."""
+    rows = [row for row in report.rows if row.ce_spliced is not None]
+    if report.n_sequences < 2 or not rows:
+        return  # one sequence has no spread to resample
+    base = orig.per_sequence
+    columns: dict[Any, np.ndarray] = {"orig": base[:, 0], "n": base[:, 2]}
+    for row in rows:
+        per = spliced[row.name].per_sequence
+        columns[(row.name, "ce")], columns[(row.name, "kl")] = per[:, 0], per[:, 1]
+        for kind in ablations:
+            columns[(row.name, kind)] = ablated[(row.name, kind)].per_sequence[:, 0]
+    keys = list(columns)
+    sums = resampled_sums(np.stack([columns[k] for k in keys], 1))
+    col = {k: sums[:, i] for i, k in enumerate(keys)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for row in rows:
+            ce = col[(row.name, "ce")]
+            row.ce_increase_interval = percentile_interval((ce - col["orig"]) / col["n"])
+            row.kl_interval = percentile_interval(col[(row.name, "kl")] / col["n"])
+            for kind in ablations:
+                ce_abl = col[(row.name, kind)]
+                recovered = (ce_abl - ce) / (ce_abl - col["orig"])
+                setattr(row, f"recovered_{kind}_interval", percentile_interval(recovered))
 
 
 def _fill_losses(

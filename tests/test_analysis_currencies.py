@@ -328,6 +328,10 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
     sites = c.sets[0].fvu_sites  # one per dictionary, and the summary's FVU is their mean
     assert len(sites) == len(dicts)
     assert sum(sites.values()) / len(sites) == pytest.approx(c.sets[0].fvu)
+    lo, hi = c.sets[0].ce_increase_interval  # over the loss tokens' sequences
+    assert lo < c.sets[0].ce_increase < hi
+    lo, hi = c.sets[0].frac_recovered_interval
+    assert lo < c.sets[0].frac_recovered < hi
     s = summarize(c, b=100)
     for currency in CURRENCIES:
         e = s["currencies"][currency]["systems"]["tc"]

@@ -24,3 +24,10 @@ def test_a_results_file_from_before_per_site_fvu_shows_its_mean():
     older = SetSummary(**{"name": "old", "kind": "sae", "objective": "local", "l0": 16.0,
                           "fvu": 0.159, "ce_increase": 0.43, "frac_recovered": 0.945})  # fmt: skip
     assert _table(older)[2].split(" | ")[4] == "0.159"
+
+
+def test_intervals_are_shown_beside_their_figures():
+    s = SetSummary("local", "sae", "local", 16.0, 0.2, {"blocks.0": 0.2}, 0.0431, 0.951)
+    s.ce_increase_interval, s.frac_recovered_interval = [0.0402, 0.0463], [0.945, 0.957]
+    cells = _table(s)[2].split(" | ")
+    assert cells[5:7] == ["0.043 [0.040, 0.046]", "0.951 [0.945, 0.957]"]

@@ -542,7 +542,8 @@ def test_cli_with_config_file(default_model, texts, tmp_path, capsys):
     n = card["eval_predictions"]
     assert n == report["n_predictions"]
     assert last.startswith(f"final ({n:,} held-out predictions): FVU {fvu:.4f}")
-    assert f"CE increase {card['all']['ce_increase']:+.4f} nats" in last
+    lo, hi = card["all"]["ce_increase_interval"]  # over the evaluated sequences
+    assert f"CE increase {card['all']['ce_increase']:+.4f} [{lo:+.4f}, {hi:+.4f}] nats" in last
     assert last.endswith(f"card {out / 'card.json'}")
 
 

@@ -870,8 +870,10 @@ class Trainer:
                     l0=r.l0,
                     dead_share=r.dead_share,
                     ce_increase=r.ce_increase,
+                    ce_increase_interval=r.ce_increase_interval,
                     kl=r.kl,
                     frac_recovered=r.recovered_zero,
+                    frac_recovered_interval=r.recovered_zero_interval,
                     frac_recovered_mean=r.recovered_mean,
                     shrinkage=r.shrinkage,
                 )
@@ -913,10 +915,11 @@ def final_line(card: dict[str, Any], card_path: Path) -> str:
         figures += [f"L0 {l0:.1f}" if l0 is not None else "L0 n/a"]
         figures += [f"dead {100 * dead:.1f}%" if dead is not None else "dead n/a"]
         return f"final (last training step, no evaluation): {'  '.join(figures)}; card {card_path}"
-    ce = card["all"]["ce_increase"]
+    ce, interval = card["all"]["ce_increase"], card["all"].get("ce_increase_interval")
+    ce_text = f"{ce:+.4f}" + (f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
     return (
         f"final ({card['eval_predictions']:,} held-out predictions): FVU {mean('fvu'):.4f}  "
-        f"L0 {mean('l0'):.1f}  dead {100 * mean('dead_share'):.1f}%  CE increase {ce:+.4f} nats "
+        f"L0 {mean('l0'):.1f}  dead {100 * mean('dead_share'):.1f}%  CE increase {ce_text} nats "
         f"({'all ' + str(n) + ' dictionaries' if n > 1 else 'the dictionary'} spliced); "
         f"card {card_path}"
     )

@@ -215,8 +215,10 @@ def measure_card(
                 "l0": row.l0,
                 "fvu": row.fvu,
                 "ce_increase": row.ce_increase,
+                "ce_increase_interval": row.ce_increase_interval,
                 "kl": row.kl,
                 "frac_recovered": row.recovered_zero,
+                "frac_recovered_interval": row.recovered_zero_interval,
                 "frac_recovered_mean": row.recovered_mean,
                 "dead_share": row.dead_share,
                 "shrinkage": row.shrinkage,
@@ -235,8 +237,11 @@ def measure_card(
         "all_layers": {
             "ce_original": report.ce_original,
             "ce_increase": every.ce_increase,
+            "ce_increase_interval": every.ce_increase_interval,
             "kl": every.kl,
             "frac_recovered": every.recovered_zero,
+            "frac_recovered_interval": every.recovered_zero_interval,
+            "intervals": "95% bootstrap over the evaluated sequences",
         },
     }
 
