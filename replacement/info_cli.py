@@ -13,6 +13,8 @@ def _figures(card: dict, keys: tuple[str, ...]) -> str:
         value = card.get(key)
         if isinstance(value, float):
             parts.append(f"{key}={value:.4g}")
+        elif isinstance(value, list) and all(isinstance(v, float) for v in value):
+            parts.append(f"{key}=[{', '.join(f'{v:.4g}' for v in value)}]")  # an interval
         elif value is not None:
             parts.append(f"{key}={value}")
     return ", ".join(parts)
@@ -55,6 +57,7 @@ def run_info(args: argparse.Namespace) -> int:
                         "l0",
                         "fvu",
                         "ce_increase",
+                        "ce_increase_interval",
                         "frac_recovered",
                         "dead_share",
                         "training_tokens",
