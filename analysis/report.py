@@ -184,6 +184,18 @@ def loss_table(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def _loss_note(settings: dict[str, Any]) -> str:
+    """What the loss table's figures were measured on, against what, with which intervals."""
+    if not settings.get("loss_tokens"):
+        return "No loss evaluation was run: the loss columns are empty."
+    return (
+        f"Every set spliced at once on {settings['loss_tokens']:,} held-out tokens (the "
+        "validation rows of the corpus this project trains on); baseline: loss recovered is "
+        "measured against zero ablation of the same sites; brackets: 95% bootstrap intervals "
+        "over the evaluated sequences (the same resamples for every figure of a set)."
+    )
+
+
 def _with_interval(value: float | None, interval: list[float] | None) -> str:
     """A figure and its interval (a results file from before the intervals has none)."""
     return _fmt(value) + (f" [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "")
@@ -426,9 +438,7 @@ def write_report(
         text += [f"## Per task, currency `{c}` (held-out nodes for {level})", "",
                  per_task_table(summary, c, list(ranked)), ""]  # fmt: skip
     text += ["## Loss and attribution graphs", "",
-             "Every set spliced at once on the evaluation tokens; loss recovered against zero "
-             "ablation of the same sites; brackets: 95% bootstrap intervals over the evaluated "
-             "sequences (the same resamples for every figure of a set).", "",
+             _loss_note(st), "",
              loss_table(comparison), "",
              "![CE increase against L0](ce_vs_l0.png)", ""]  # fmt: skip
     if claims:

@@ -31,3 +31,11 @@ def test_intervals_are_shown_beside_their_figures():
     s.ce_increase_interval, s.frac_recovered_interval = [0.0402, 0.0463], [0.945, 0.957]
     cells = _table(s)[2].split(" | ")
     assert cells[5:7] == ["0.043 [0.040, 0.046]", "0.951 [0.945, 0.957]"]
+
+
+def test_the_tables_note_names_the_held_out_tokens_baseline_and_intervals():
+    from analysis.report import _loss_note
+
+    note = _loss_note({"loss_tokens": 126_976})
+    assert "126,976 held-out tokens" in note and "zero ablation" in note and "95%" in note
+    assert "No loss evaluation" in _loss_note({"loss_tokens": None})
