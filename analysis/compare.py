@@ -71,6 +71,12 @@ class SetSummary:
     """95% bootstrap interval of ce_increase over the evaluated sequences."""
     frac_recovered_interval: list[float] | None = None
     """95% bootstrap interval of frac_recovered over the evaluated sequences."""
+    l0_interval: list[float] | None = None
+    """95% bootstrap interval of l0 (the mean over sites) over the evaluated sequences."""
+    fvu_interval: list[float] | None = None
+    """95% bootstrap interval of fvu (the mean over sites) over the evaluated sequences."""
+    fvu_sites_interval: dict[str, list[float] | None] | None = None
+    """95% bootstrap interval of each site's FVU over the evaluated sequences."""
 
 
 @dataclass
@@ -144,6 +150,8 @@ def _loss_summary(model: Any, dictionaries, tokens: torch.Tensor, summary: SetSu
     summary.frac_recovered = report.all.recovered_zero
     summary.ce_increase_interval = report.all.ce_increase_interval
     summary.frac_recovered_interval = report.all.recovered_zero_interval
+    summary.l0_interval, summary.fvu_interval = report.mean_l0_interval, report.mean_fvu_interval
+    summary.fvu_sites_interval = {r.name: r.fvu_interval for r in rows}
 
 
 def _graph_scores(model, dictionaries, batch: TaskBatch, n_prompts: int, max_feature_nodes: int):

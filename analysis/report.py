@@ -14,7 +14,7 @@ import numpy as np
 
 from analysis.circuit_eval import GRID
 from analysis.claims import Claim, claims_markdown
-from analysis.compare import Comparison
+from analysis.compare import Comparison, SetSummary
 from analysis.intervals import faithfulness_rows
 from analysis.summary import SHORT, summarize
 from analysis.units import CURRENCIES
@@ -175,8 +175,7 @@ def loss_table(comparison: Comparison) -> str:
             vals = [g[key] for g in graph.values() if g.get(key) is not None]
             return float(np.mean(vals)) if vals else None
 
-        fvu = " / ".join(_fmt(v) for v in s.fvu_sites.values()) if s.fvu_sites else _fmt(s.fvu)
-        cells = [s.name, s.kind, s.objective, _fmt(s.l0, 1), fvu,
+        cells = [s.name, s.kind, s.objective, _with_interval(s.l0, s.l0_interval, 1), _fvu_cell(s),
                  _with_interval(s.ce_increase, s.ce_increase_interval),
                  _with_interval(s.frac_recovered, s.frac_recovered_interval),
                  _fmt(mean("replacement")), _fmt(mean("completeness"))]  # fmt: skip
@@ -191,14 +190,25 @@ def _loss_note(settings: dict[str, Any]) -> str:
     return (
         f"Every set spliced at once on {settings['loss_tokens']:,} held-out tokens (the "
         "validation rows of the corpus this project trains on); baseline: loss recovered is "
-        "measured against zero ablation of the same sites; brackets: 95% bootstrap intervals "
-        "over the evaluated sequences (the same resamples for every figure of a set)."
+        "measured against zero ablation of the same sites; L0 and FVU per site on the same "
+        "tokens, from the original activations; brackets: 95% bootstrap intervals over the "
+        "evaluated sequences (the same resamples for every figure of a set)."
     )
 
 
-def _with_interval(value: float | None, interval: list[float] | None) -> str:
+def _with_interval(value: float | None, interval: list[float] | None, digits: int = 3) -> str:
     """A figure and its interval (a results file from before the intervals has none)."""
-    return _fmt(value) + (f" [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "")
+    if not interval:
+        return _fmt(value, digits)
+    return f"{_fmt(value, digits)} [{_fmt(interval[0], digits)}, {_fmt(interval[1], digits)}]"
+
+
+def _fvu_cell(s: SetSummary) -> str:
+    """Each site's FVU with its interval (one site can dominate the mean), else the mean."""
+    if not s.fvu_sites:
+        return _with_interval(s.fvu, s.fvu_interval)
+    bounds = s.fvu_sites_interval or {}
+    return " / ".join(_with_interval(v, bounds.get(k)) for k, v in s.fvu_sites.items())
 
 
 def _save(fig: Any, path: Path) -> None:

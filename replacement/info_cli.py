@@ -56,6 +56,7 @@ def run_info(args: argparse.Namespace) -> int:
                         "n_features",
                         "l0",
                         "fvu",
+                        "fvu_interval",
                         "ce_increase",
                         "ce_increase_interval",
                         "frac_recovered",

@@ -8,7 +8,7 @@ loss recovered against zero- and mean-ablating the same sites:
 
 plus the local metrics of each dictionary on the original activations: FVU, explained
 variance, L0, share of dead features and shrinkage gamma = E||y_hat||^2 / E<y, y_hat>.
-CE increase, KL and loss recovered come with 95% bootstrap intervals over sequences
+CE increase, KL, loss recovered, FVU and L0 come with 95% bootstrap intervals over sequences
 (`replacement.loss_intervals`).
 
 Position 0 (BOS) is excluded everywhere: its activations from the local metrics and the
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import ShapeError, SparseCircuitsError
-from replacement.loss_intervals import percentile_interval, resampled_sums
+from replacement.loss_intervals import RESAMPLES, percentile_interval, resampled_sums
 from replacement.model import to_tokens
 from replacement.splice import (
     _flat,
@@ -86,10 +86,15 @@ class SplicedLossRow:
     """95% bootstrap interval of recovered_mean over sequences."""
     fvu: float | None = None
     """Fraction of variance unexplained on the original activations (None for "all")."""
+    fvu_interval: list[float] | None = None
+    """95% bootstrap interval of fvu over sequences (each resample's FVU from its own sums,
+    the variance around its own mean)."""
     explained_variance: float | None = None
     """1 - FVU."""
     l0: float | None = None
     """Mean number of active features per token (summed over a CLT's layers)."""
+    l0_interval: list[float] | None = None
+    """95% bootstrap interval of l0 over sequences."""
     dead_share: float | None = None
     """Share of features that never fired on the evaluated tokens."""
     shrinkage: float | None = None
@@ -112,6 +117,11 @@ class SplicedLossReport:
     """Whether position 0 kept the model's own activation in the spliced and ablated passes."""
     rows: list[SplicedLossRow] = field(default_factory=list)
     """Per-dictionary rows, then "all" when there are several dictionaries."""
+    mean_fvu_interval: list[float] | None = None
+    """95% bootstrap interval of the mean FVU over the dictionaries' rows (the same resamples
+    as every row's intervals)."""
+    mean_l0_interval: list[float] | None = None
+    """95% bootstrap interval of the mean L0 over the dictionaries' rows."""
 
     def row(self, name: str) -> SplicedLossRow:
         """The row called `name` (an out_hook, a CLT name, or "all")."""
@@ -149,6 +159,7 @@ class SplicedLossReport:
             ("rec0", "recovered_zero"),
             ("recmean", "recovered_mean"),
             ("FVU", "fvu"),
+            ("FVU 95%", "fvu_interval"),
             ("EV", "explained_variance"),
             ("L0", "l0"),
             ("dead", "dead_share"),
@@ -243,7 +254,8 @@ def prepare_tokens(
 
 # ---- accumulators -------------------------------------------------------------------------------
 class _Local:
-    """Streaming local metrics of one dictionary (pooled over a CLT's layers)."""
+    """Streaming local metrics of one dictionary (pooled over a CLT's layers), in total and
+    per sequence (the per-sequence sums give the bootstrap intervals of FVU and L0)."""
 
     def __init__(self, n_features: int, device: torch.device):
         self.n = 0
@@ -251,22 +263,66 @@ class _Local:
         self.sum_y: dict[int, Tensor] = {}
         self.count_site: dict[int, int] = {}
         self.fired = torch.zeros(n_features, dtype=torch.bool, device=device)
+        # per batch: [rows, 4] sums of err2, y2, active features and tokens, plus each site's
+        # [rows, d] sum of y and [rows] token count
+        self._per_batch: list[Tensor] = []
+        self._sum_y_per_batch: dict[int, list[Tensor]] = {}
+        self._count_per_batch: dict[int, list[Tensor]] = {}
 
-    def add(self, site: int, y: Tensor, y_hat: Tensor) -> None:
+    def begin_batch(self, n_rows: int, device: torch.device) -> None:
+        """Open the per-sequence sums of a batch of `n_rows` sequences."""
+        self._per_batch.append(torch.zeros(n_rows, 4, dtype=torch.float64, device=device))
+
+    def _site_sums(self, site: int, d: int) -> tuple[list[Tensor], list[Tensor]]:
+        """A site's per-batch sums, with zeros for the batches it was not seen in."""
+        sums = self._sum_y_per_batch.setdefault(site, [])
+        counts = self._count_per_batch.setdefault(site, [])
+        while len(counts) < len(self._per_batch):
+            rows = self._per_batch[len(counts)].shape[0]
+            sums.append(torch.zeros(rows, d, dtype=torch.float64))
+            counts.append(torch.zeros(rows, dtype=torch.float64))
+        return sums, counts
+
+    def add(self, site: int, y: Tensor, y_hat: Tensor, rows: Tensor) -> None:
+        """Add one site's masked targets and reconstructions [tokens, d]; `rows` gives each
+        token's sequence in the current batch."""
         y, y_hat = y.double(), y_hat.double()
-        self.err2 += float((y - y_hat).pow(2).sum())
-        self.y2 += float(y.pow(2).sum())
+        err2, y2 = (y - y_hat).pow(2).sum(-1), y.pow(2).sum(-1)
+        self.err2 += float(err2.sum())
+        self.y2 += float(y2.sum())
         self.yhat2 += float(y_hat.pow(2).sum())
         self.dot += float((y * y_hat).sum())
         self.sum_y[site] = self.sum_y.get(site, 0) + y.sum(0)
         self.count_site[site] = self.count_site.get(site, 0) + y.shape[0]
+        zero = torch.zeros_like(err2)
+        self._per_batch[-1].index_add_(0, rows, torch.stack([err2, y2, zero, zero], -1))
+        n_rows = self._per_batch[-1].shape[0]
+        sum_y = torch.zeros(n_rows, y.shape[1], dtype=torch.float64, device=y.device)
+        sum_y.index_add_(0, rows, y)
+        count = torch.zeros(n_rows, dtype=torch.float64, device=y.device)
+        count.index_add_(0, rows, torch.ones_like(err2))
+        sums, counts = self._site_sums(site, y.shape[1])
+        sums[-1] += sum_y.cpu()
+        counts[-1] += count.cpu()
 
     def add_acts(
-        self, n_tokens: int, feature_idx: Tensor, offset: int = 0, new_tokens=True
+        self,
+        token_rows: Tensor,
+        feature_idx: Tensor,
+        feature_rows: Tensor,
+        offset: int = 0,
+        new_tokens: bool = True,
     ) -> None:
+        """Add the active features of masked tokens: `token_rows` gives each token's sequence
+        in the batch, `feature_rows` each active feature's (new_tokens: count the tokens)."""
         self.l0 += float(feature_idx.numel())
+        per = self._per_batch[-1]
+        ones = torch.ones_like(feature_rows, dtype=torch.float64)
+        per.index_add_(0, feature_rows, torch.stack([0 * ones, 0 * ones, ones, 0 * ones], -1))
         if new_tokens:
-            self.n += n_tokens
+            self.n += int(token_rows.numel())
+            ones = torch.ones_like(token_rows, dtype=torch.float64)
+            per.index_add_(0, token_rows, torch.stack([0 * ones, 0 * ones, 0 * ones, ones], -1))
         self.fired[feature_idx + offset] = True
 
     def fill(self, row: SplicedLossRow) -> None:
@@ -278,6 +334,24 @@ class _Local:
         row.l0 = self.l0 / max(self.n, 1)
         row.dead_share = float((~self.fired).float().mean())
         row.shrinkage = self.yhat2 / self.dot if self.dot != 0 else float("nan")
+
+    def resampled(self, resamples: int) -> tuple[np.ndarray, np.ndarray]:
+        """FVU and L0 under `resamples` bootstrap draws of the sequences (the draws of
+        `resampled_sums`, so paired with every loss figure of the report)."""
+        sites = sorted(self._sum_y_per_batch)
+        columns = [torch.cat(self._per_batch).cpu()]
+        for site in sites:
+            sums, counts = self._site_sums(site, self._sum_y_per_batch[site][0].shape[1])
+            columns += [torch.cat(sums), torch.cat(counts)[:, None]]
+        sums = resampled_sums(torch.cat(columns, 1).numpy(), resamples)
+        err2, y2, l0, n = sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3]
+        total_var, at = y2.copy(), 4
+        for site in sites:
+            d = self._sum_y_per_batch[site][0].shape[1]
+            sum_y, count = sums[:, at : at + d], sums[:, at + d]
+            total_var -= (sum_y**2).sum(1) / count
+            at += d + 1
+        return err2 / total_var, l0 / n
 
 
 class _LossSums:
@@ -359,6 +433,8 @@ def _local_outputs(
 ) -> list[Tensor]:
     """Reconstructions of a unit from original activations [B, T, d]; feeds the local metrics."""
     flat_mask = act_mask.reshape(-1)
+    token_rows = act_mask.nonzero()[:, 0]  # each masked token's sequence in the batch
+    local.begin_batch(act_mask.shape[0], act_mask.device)
     outs = []
     if isinstance(unit, CrossLayerTranscoder):
         acts = [unit.encode_layer(layer, x.to(unit.b_dec.dtype)) for layer, x in enumerate(xs)]
@@ -370,19 +446,22 @@ def _local_outputs(
             y_hat = y_hat.to(ys[layer].dtype)
             outs.append(y_hat)
             a = acts[layer].reshape(-1, unit.n_features[layer])[flat_mask]
-            _, feats = a.nonzero(as_tuple=True)
-            local.add_acts(a.shape[0], feats, offset, new_tokens=layer == 0)
+            tok, feats = a.nonzero(as_tuple=True)
+            local.add_acts(token_rows, feats, token_rows[tok], offset, new_tokens=layer == 0)
             offset += unit.n_features[layer]
             d = unit.d_model
-            local.add(layer, ys[layer].reshape(-1, d)[flat_mask], y_hat.reshape(-1, d)[flat_mask])
+            y, y_hat = ys[layer].reshape(-1, d)[flat_mask], y_hat.reshape(-1, d)[flat_mask]
+            local.add(layer, y, y_hat, token_rows)
         return outs
     x = xs[0]
     shape = x.shape[:-1]
     y_hat, sp = unit.forward_sparse(x.reshape(-1, unit.d_in).to(unit.W_enc.dtype))
     y_hat = y_hat.to(ys[0].dtype).reshape(*shape, unit.d_out)
     keep = flat_mask[sp.token_idx]
-    local.add_acts(int(flat_mask.sum()), sp.feature_idx[keep])
-    local.add(0, ys[0].reshape(-1, unit.d_out)[flat_mask], y_hat.reshape(-1, unit.d_out)[flat_mask])
+    feature_rows = sp.token_idx[keep] // act_mask.shape[1]  # flat token index -> its sequence
+    local.add_acts(token_rows, sp.feature_idx[keep], feature_rows)
+    y, y_hat_flat = ys[0].reshape(-1, unit.d_out), y_hat.reshape(-1, unit.d_out)
+    local.add(0, y[flat_mask], y_hat_flat[flat_mask], token_rows)
     return [y_hat]
 
 
@@ -616,6 +695,7 @@ def _report(
         _fill_losses(row, orig, spliced["all"], ablated, "all", ablations)
         report.rows.append(row)
     _add_intervals(report, orig, spliced, ablated, ablations)
+    _add_local_intervals(report, locals_)
     return report
 
 
@@ -649,6 +729,23 @@ def _add_intervals(
                 ce_abl = col[(row.name, kind)]
                 recovered = (ce_abl - ce) / (ce_abl - col["orig"])
                 setattr(row, f"recovered_{kind}_interval", percentile_interval(recovered))
+
+
+def _add_local_intervals(report: SplicedLossReport, locals_: dict[str, _Local]) -> None:
+    """Bootstrap intervals over sequences of every dictionary's FVU and L0, and of their means
+    over the dictionaries (the resamples of `_add_intervals`, so the figures are paired)."""
+    if report.n_sequences < 2:
+        return
+    fvus, l0s = [], []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for name, local in locals_.items():
+            row = report.row(name)
+            fvu, l0 = local.resampled(RESAMPLES)
+            row.fvu_interval, row.l0_interval = percentile_interval(fvu), percentile_interval(l0)
+            fvus.append(fvu)
+            l0s.append(l0)
+    report.mean_fvu_interval = percentile_interval(np.mean(fvus, 0))
+    report.mean_l0_interval = percentile_interval(np.mean(l0s, 0))
 
 
 def _fill_losses(

@@ -332,6 +332,10 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
     assert lo < c.sets[0].ce_increase < hi
     lo, hi = c.sets[0].frac_recovered_interval
     assert lo < c.sets[0].frac_recovered < hi
+    for name, (lo, hi) in c.sets[0].fvu_sites_interval.items():
+        assert lo < sites[name] < hi
+    lo, hi = c.sets[0].l0_interval
+    assert lo < c.sets[0].l0 < hi
     s = summarize(c, b=100)
     for currency in CURRENCIES:
         e = s["currencies"][currency]["systems"]["tc"]

@@ -33,6 +33,13 @@ def test_intervals_are_shown_beside_their_figures():
     assert cells[5:7] == ["0.043 [0.040, 0.046]", "0.951 [0.945, 0.957]"]
 
 
+def test_l0_and_each_sites_fvu_carry_their_intervals():
+    s = SetSummary("local", "sae", "local", 16.0, 0.3, {"blocks.0": 0.2, "blocks.1": 0.4}, 0.04)
+    s.l0_interval, s.fvu_sites_interval = [15.2, 16.9], {"blocks.0": [0.19, 0.21], "blocks.1": None}
+    cells = _table(s)[2].split(" | ")
+    assert cells[3:5] == ["16.0 [15.2, 16.9]", "0.200 [0.190, 0.210] / 0.400"]
+
+
 def test_the_tables_note_names_the_held_out_tokens_baseline_and_intervals():
     from analysis.report import _loss_note
 

@@ -867,7 +867,9 @@ class Trainer:
                 final.update(
                     n_features=d.n_features,
                     fvu=r.fvu,
+                    fvu_interval=r.fvu_interval,
                     l0=r.l0,
+                    l0_interval=r.l0_interval,
                     dead_share=r.dead_share,
                     ce_increase=r.ce_increase,
                     ce_increase_interval=r.ce_increase_interval,
