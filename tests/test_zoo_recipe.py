@@ -141,6 +141,38 @@ def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladder
     assert sorted(ladders["sets"]["transcoder"]["layers"]) == ["0", "1"]
 
 
+def test_layers_name_the_ladders_a_process_trains_and_bad_ones_are_refused_first(
+    tmp_path, monkeypatch, capsys
+):
+    import numpy as np
+
+    monkeypatch.setitem(zoo_recipe.COMMON, "n_features", 64)
+    monkeypatch.setitem(zoo_recipe.COMMON, "batch_tokens", 512)
+    monkeypatch.setitem(zoo_recipe.COMMON, "layers", [0, 1])
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(data / "train_tokens.npy", rng.integers(1, 4000, 127 * 48).astype(np.uint16))
+    np.save(data / "heldout_tokens.npy", rng.integers(1, 4000, 127 * 8).astype(np.uint16))
+    runs = tmp_path / "runs"
+    argv = ["--runs", str(runs), "--sets", "transcoder", "--start-tokens", "512",
+            "--cap-tokens", "1024", "--eval-tokens", "512", "--n-chunks", "2",
+            "--data", str(data), "--stage", "train", "--activation-cache", "none"]  # fmt: skip
+    for bad in ("2", "1,x", ","):
+        with pytest.raises(SystemExit, match="--layers"):
+            build_zoo.main([*argv, "--layers", bad])
+    assert not runs.exists()  # refused before any work
+    build_zoo.main([*argv, "--layers", "1"])
+    ladders = json.loads((runs / zoo_recipe.LADDER_FILE).read_text())
+    assert sorted(ladders["sets"]["transcoder"]["layers"]) == ["1"]
+    assert sorted(ladders["baselines"]) == ["1"]  # only the named layer's baselines fitted
+    assert (
+        list((runs / "transcoder" / "layer1").glob("t*"))
+        and not (runs / "transcoder" / "layer0").exists()
+    )
+    capsys.readouterr()
+
+
 @pytest.mark.slow
 def test_ladders_the_claims_sweep_trained_are_taken_not_trained_again(
     tmp_path, monkeypatch, capsys, default_model

@@ -9,10 +9,11 @@
 #   bash tools/cpu_session.sh zoo [N]      N (default 2) single-thread build_zoo processes on
 #                                          the zoo's e2e ladders, 5 trained together in each
 #   bash tools/cpu_session.sh claims POINTS [args]   one single-thread claims process
-#   bash tools/cpu_session.sh hold FOLDER...   hold these ladder folders' claims (detached)
-#                                          until `stop`, so that a process started now takes
-#                                          only the others (build_zoo claims the first free
-#                                          group; e.g. two chosen pairs on a new machine)
+#   bash tools/cpu_session.sh ladders SETS LAYERS   one single-thread build_zoo process on the
+#                                          named e2e ladders only, all trained together (e.g.
+#                                          `ladders sae_e2e,sae_e2e_ds 2`, then
+#                                          `ladders skip_transcoder_e2e 2` beside it); it stops
+#                                          once they have ended or are taken
 #   bash tools/cpu_session.sh stop         SIGINT to every worker (each writes its checkpoint)
 #                                          and wait for them to exit
 #   bash tools/cpu_session.sh record       the zoo's e2e ladders and the sweep's results back
@@ -56,21 +57,14 @@ case "${1:-}" in
     shift 2
     detached "claims" sparse-circuits claims --out "$CLAIMS" --points "$points" "$@"
     ;;
-  hold)
-    shift
-    detached "hold" python -c '
-import contextlib, sys, time
-from pathlib import Path
-from training.sweep_locks import claimed
-with contextlib.ExitStack() as stack:
-    for folder in sys.argv[1:]:
-        print(folder, "held" if stack.enter_context(claimed(Path(folder))) else "taken already")
-    while True:
-        time.sleep(60)
-' "$@"
+  ladders)
+    sets="${2:?comma-separated e2e sets, e.g. sae_e2e,sae_e2e_ds}"
+    layers="${3:?comma-separated layers, e.g. 2}"
+    n=$(( $(tr ',' '\n' <<<"$sets" | grep -c .) * $(tr ',' '\n' <<<"$layers" | grep -c .) ))
+    detached "ladders_${sets//,/+}_$layers" python -m training.build_zoo --stage train \
+      --runs "$RUNS" --sets "$sets" --layers "$layers" --together "$n" --claims-runs "$CLAIMS"
     ;;
   stop)
-    pkill -f "training.sweep_locks import claimed" || true
     pkill -INT -f "training.build_zoo --stage train" || true
     pkill -INT -f "sparse-circuits claims --out" || true
     while pgrep -f "training.build_zoo --stage train|sparse-circuits claims --out" >/dev/null; do

@@ -2,7 +2,7 @@
 
     python -m training.build_zoo --runs DIR --zoo replacement/zoo/dictionaries \\
         [--start-tokens 1000000] [--cap-tokens 64000000] [--device cuda] [--sets a,b]
-        [--claims-runs CLAIMS_DIR] [--rows ROWS.npz]
+        [--layers 0,2] [--claims-runs CLAIMS_DIR] [--rows ROWS.npz]
 
 Six sets, every layer of the default model, the same width, k and learning rate for each:
 
@@ -34,6 +34,8 @@ checks a card against the recipe).
 move ladders trained elsewhere, with their final rungs, into --runs (`training.zoo_transfer`);
 `--stage record --transfer DEST` writes the ladders as figures only, to commit at the end of a
 session: merged on a new machine, each unfinished ladder resumes at its next rung.
+`--sets` and `--layers` name the ladders a `train` process takes (each process claims the
+next free ones, `training.sweep_locks`), so that processes side by side train chosen ladders.
 `--rows` trains, evaluates and measures the cards on the rows of a `training.token_rows` file
 (this machine's corpus, on a machine whose Python would read another); the ladders record the
 rows' sha256, and a resume on other rows is refused.
@@ -162,7 +164,8 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     original = original_side(model, rows, hooks, data.special_ids, args.n_chunks)
     ladder = budget_ladder(args.start_tokens, args.cap_tokens)
     log = (lambda m: None) if args.quiet else lambda m: print(m, flush=True)
-    for layer in COMMON["layers"]:  # what each layer's dictionaries must beat, fitted once
+    layers = args.layers or COMMON["layers"]
+    for layer in layers:  # what each layer's dictionaries must beat, fitted once
         with claimed(runs / "baselines" / f"layer{layer}") as mine:
             if mine:
                 results = read_results(path) or results
@@ -226,7 +229,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
 
     together = args.together
     e2e = [n for n in args.sets if ZOO_SETS[n]["objective"] != "local"]
-    for layer in COMMON["layers"]:
+    for layer in layers:
         for name in args.sets:
             if name in e2e and together > 1:
                 continue  # below, with the other e2e ladders
@@ -252,7 +255,7 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
                 train([ladder_of(name, layer, entry, cache)])
     # e2e ladders draw the same rows at every step: up to --together of them train together,
     # rung by rung, on one pass of the original model per step (training.original_pass)
-    pairs = [(n, layer) for layer in COMMON["layers"] for n in e2e] if together > 1 else []
+    pairs = [(n, layer) for layer in layers for n in e2e] if together > 1 else []
     for i in range(0, len(pairs), together):
         with contextlib.ExitStack() as stack:
             mine = []
@@ -278,6 +281,21 @@ def train_sets(args: argparse.Namespace) -> dict[str, Any]:
     return read_results(path) or results
 
 
+def _layers(text: str | None) -> list[int] | None:
+    """--layers as the recipe's layers it names (None: every one), refused before any work."""
+    if text is None:
+        return None
+    known = COMMON["layers"]
+    try:
+        layers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--layers takes comma-separated layer numbers, got {text!r}") from None
+    bad = [layer for layer in layers if layer not in known]
+    if bad or not layers:
+        raise SystemExit(f"--layers {text!r}: the recipe's layers are {known}")
+    return sorted(set(layers))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
     p = argparse.ArgumentParser(prog="python -m training.build_zoo", description=__doc__)
@@ -295,6 +313,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", default="runs/zoo", help="folder of the full-precision runs")
     p.add_argument("--zoo", default="replacement/zoo/dictionaries", help="shipped sets folder")
     p.add_argument("--sets", default=",".join(ZOO_SETS), help="comma-separated set names")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated layers whose ladders --stage train trains (default: every layer "
+        "of the recipe); with --sets it names the ladders a process takes, so that two "
+        "processes train chosen ones side by side",
+    )
     p.add_argument(
         "--start-tokens", type=int, default=1_000_000, help="first rung of every ladder (tokens)"
     )
@@ -350,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in args.sets if s not in ZOO_SETS]
     if unknown:
         raise SystemExit(f"unknown sets {unknown}; known: {list(ZOO_SETS)}")
+    args.layers = _layers(args.layers)
     if args.rows:
         from replacement.errors import SparseCircuitsError
         from training.token_rows import check_rows
