@@ -13,6 +13,9 @@ regenerate them from the repository alone:
   evaluation chunks;
 - the baselines (mean ablation, the affine map), and each set minus the affine map, paired over
   the same chunks (the same chunk weights in every draw);
+- each ladder's change of CE increase over its last doubling, paired over the same chunks (the
+  same chunk weights for both rungs of a draw), where both rungs have the per-chunk sums: the
+  interval says whether a change is beyond the 2% rule or only looks so;
 - each ladder's curve: its CE increase at every rung and the change over each doubling;
 - where a latest rung has the sums for it, its downstream FVU, plain and normalised as the next
   norm reads the residual, beside the baselines' (normalised where theirs have the sums) (`training.claims_eval.normalised`: blind to a change of the stream's
@@ -137,9 +140,27 @@ def _downstream(chunks: dict[str, list[float]] | None, weights: Draws) -> str:
     return " / ".join(cells) if chunks else "-"
 
 
+def _last_doubling(entry: dict[str, Any] | None, weights: Draws) -> Interval | None:
+    """The relative change of CE increase over a ladder's last doubling, each draw weighing
+    both rungs' chunks alike (None without two rungs that have per-chunk sums)."""
+    rungs = entry["rungs"] if entry else []
+    if len(rungs) < 2 or not all("chunks" in r for r in rungs[-2:]):
+        return None
+    before, after = (_ce_draws(r["chunks"], weights) for r in rungs[-2:])
+    return _interval(after / before - 1)
+
+
 def _interval(values: Float[np.ndarray, " draws"]) -> Interval:
     low, high = np.percentile(values, [2.5, 97.5])
     return Interval(float(values[0]), float(low), float(high))
+
+
+def _percent(interval: Interval | None) -> str:
+    if interval is None:
+        return "-"
+    return (
+        f"{100 * interval.estimate:+.1f}% [{100 * interval.low:+.1f}%, {100 * interval.high:+.1f}%]"
+    )
 
 
 def _text(interval: Interval | None, signed: bool = False) -> str:
@@ -161,6 +182,9 @@ class LadderTables:
     minus_affine: dict[str, dict[str, Interval | None]]
     downstream: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per set and layer `_downstream`'s cell: plain / normalised downstream FVU."""
+    last_doubling: dict[str, dict[str, Interval | None]] = field(default_factory=dict)
+    """Per set and layer the relative change of CE increase from the second-last rung to the
+    last, paired over the chunks (None: fewer than two rungs with per-chunk sums)."""
 
 
 def ladder_tables(ladders: ZooLadders, n_draws: int = 2000, seed: int = 0) -> LadderTables:
@@ -219,6 +243,9 @@ def ladder_tables(ladders: ZooLadders, n_draws: int = 2000, seed: int = 0) -> La
             k: None if v is None or affine[k] is None else _interval(v - affine[k])
             for k, v in draws.items()
         }
+        tables.last_doubling[name] = {
+            layer: _last_doubling(ladders.sets[name].get(layer), weights) for layer in layers
+        }
     return tables
 
 
@@ -242,7 +269,7 @@ def curves_markdown(ladders: ZooLadders) -> str:
 
 
 def tables_markdown(tables: LadderTables) -> str:
-    """The three tables as markdown (docs/claims.md quotes them)."""
+    """The tables as markdown (docs/claims.md quotes them)."""
     head = "| set | " + " | ".join(f"layer {x}" for x in tables.layers) + " |"
     rule = "|---|" + "---|" * len(tables.layers)
 
@@ -272,6 +299,10 @@ def tables_markdown(tables: LadderTables) -> str:
         )
         for name, per in tables.downstream.items()
     ]
+    change = [head, rule] + [
+        row(f"`{name}`", [_percent(per[x]) for x in tables.layers])
+        for name, per in tables.last_doubling.items()
+    ]
     if all(not c.endswith("]") for per in tables.downstream.values() for c in per.values()):
         down = []  # no latest rung has the normalised sums yet
     else:
@@ -291,6 +322,11 @@ def tables_markdown(tables: LadderTables) -> str:
             "Held-out CE increase at the latest rung, 95% chunk-bootstrap interval:",
             "",
             *ce,
+            "",
+            "Change of the held-out CE increase over the last doubling, paired over the chunks "
+            "(95%; the rule's threshold is 2%):",
+            "",
+            *change,
             "",
             "Baselines on the same rows and chunks, and each set minus the affine map (paired):",
             "",

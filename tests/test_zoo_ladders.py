@@ -118,7 +118,7 @@ def test_docs_quote_the_staged_ladders_tables():
         for line in lines
         if line.startswith("| `") or line.startswith("| mean") or line.startswith("| affine")
     ]
-    assert len(rows) == 3 * 3 + 2
+    assert len(rows) == 4 * 3 + 2
     missing = [row for row in rows if row not in docs]
     assert not missing, f"docs/claims.md does not quote: {missing}"
 
@@ -148,3 +148,28 @@ def test_the_downstream_table_reads_plain_and_normalised_fvu_where_the_sums_are(
     assert "| mean ablation | 3.0000 [3.0000, 3.0000] / - |" in text  # the baseline beside it
     only_old = ladder_tables(read_ladders([ladder_file(tmp_path / "o.json", {"old": sets["old"]})]))
     assert "Downstream FVU" not in tables_markdown(only_old)
+
+
+def test_the_last_doubling_is_paired_over_the_chunks(tmp_path):
+    # every chunk falls by 10%: each draw weighs both rungs alike, so the change is -10% exactly
+    rates = np.array([0.1, 0.3, 0.2, 0.1, 0.5, 0.2, 0.4, 0.1])
+    falls = [{"tokens": t, "figures": {}, "chunks": chunks(list(r))}
+             for t, r in ((1_000_000, rates), (2_000_000, 0.9 * rates))]  # fmt: skip
+    # the second ladder's chunks move apart (two rise, the rest fall): a spread around its change
+    mixed = 0.9 * rates * np.array([1.3, 1, 1, 1, 1, 1, 1.2, 1])
+    spread = [falls[0], {"tokens": 2_000_000, "figures": {}, "chunks": chunks(list(mixed))}]
+    sets = {
+        "steady": {"layers": {"0": {"rungs": falls, "converged": False}}},
+        "mixed": {"layers": {"0": {"rungs": spread, "converged": False}}},
+        "one": {"layers": {"0": {"rungs": [rung(1_000_000, 0.1)], "converged": False}}},
+    }
+    tables = ladder_tables(read_ladders([ladder_file(tmp_path / "l.json", sets)]), 300)
+    steady = tables.last_doubling["steady"]["0"]
+    assert (steady.estimate, steady.low, steady.high) == pytest.approx((-0.1, -0.1, -0.1))
+    assert tables.last_doubling["one"]["0"] is None
+    got = tables.last_doubling["mixed"]["0"]
+    want = np.dot(mixed, TOKENS) / np.dot(rates, TOKENS) - 1  # the pooled change
+    assert got.estimate == pytest.approx(want) and got.low < want < got.high
+    assert got.high - got.low > 0.01
+    text = tables_markdown(tables)
+    assert "| `steady` | -10.0% [-10.0%, -10.0%] |" in text and "| `one` | - |" in text
