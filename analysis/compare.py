@@ -154,11 +154,14 @@ def _loss_summary(model: Any, dictionaries, tokens: torch.Tensor, summary: SetSu
     summary.fvu_sites_interval = {r.name: r.fvu_interval for r in rows}
 
 
-def _graph_scores(model, dictionaries, batch: TaskBatch, n_prompts: int, max_feature_nodes: int):
-    """Mean replacement and completeness scores of the first prompts' attribution graphs."""
+def _graph_scores(
+    model, dictionaries, batch: TaskBatch, n_prompts: int, max_feature_nodes: int
+) -> dict[str, list[float]]:
+    """Replacement and completeness scores of the first prompts' attribution graphs, one per
+    prompt (the report bootstraps them over tasks and prompts)."""
     from circuits.attribution.attribute import attribute
 
-    replacement, completeness = [], []
+    scores: dict[str, list[float]] = {"replacement": [], "completeness": []}
     for b in range(min(n_prompts, batch.clean.shape[0])):
         one = batch.rows(slice(b, b + 1))
         graph = attribute(
@@ -169,12 +172,10 @@ def _graph_scores(model, dictionaries, batch: TaskBatch, n_prompts: int, max_fea
             max_feature_nodes=max_feature_nodes,
             verbose=False,
         )
-        scores = graph.scores()
-        replacement.append(scores.replacement)
-        completeness.append(scores.completeness)
-    if not replacement:
-        return None, None
-    return float(np.mean(replacement)), float(np.mean(completeness))
+        found = graph.scores()
+        scores["replacement"].append(float(found.replacement))
+        scores["completeness"].append(float(found.completeness))
+    return scores
 
 
 def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top: int = 50) -> dict[str, float]:
@@ -409,12 +410,10 @@ def compare(
                 entry["seconds"] = time.perf_counter() - t0
                 results[name][currency][task.name] = done[currency] = entry
             if info[name]["kind"] == "dictionary" and graph_prompts > 0:
-                replacement, completeness = _graph_scores(
-                    model, dicts, batch, graph_prompts, graph_max_features
-                )
+                per_prompt = _graph_scores(model, dicts, batch, graph_prompts, graph_max_features)
                 info[name].setdefault("graph", {})[task.name] = {
-                    "replacement": replacement,
-                    "completeness": completeness,
+                    **{k: float(np.mean(v)) if v else None for k, v in per_prompt.items()},
+                    "per_prompt": per_prompt,
                 }
             bar.update(1)
     bar.close()

@@ -101,6 +101,24 @@ def task_resamples(n_tasks: int, b: int = BOOTSTRAP, seed: int = 1) -> np.ndarra
     return np.random.default_rng(seed).integers(0, n_tasks, size=(b, n_tasks))
 
 
+def task_prompt_mean(
+    per_task: Sequence[Sequence[float]], b: int = BOOTSTRAP
+) -> tuple[float, tuple[float, float] | None]:
+    """Mean over tasks of each task's mean over its prompts, and its 95% interval: each
+    resample draws tasks (`task_resamples`) and, within each drawn task j, its prompts
+    (`pair_resamples(n_j, b, seed=j)`), as the faithfulness figures are resampled. No interval
+    from a single prompt in all (nothing varies)."""
+    values = [np.asarray(v, dtype=float) for v in per_task]
+    point = float(np.mean([v.mean() for v in values]))
+    if sum(len(v) for v in values) < 2:
+        return point, None
+    within = np.stack(
+        [v[pair_resamples(len(v), b, seed=j)].mean(-1) for j, v in enumerate(values)], 1
+    )  # [b, tasks]
+    drawn = within[np.arange(b)[:, None], task_resamples(len(values), b)]
+    return point, interval(drawn.mean(-1))
+
+
 def geometric_nodes(
     nodes: Float[np.ndarray, "... tasks"], caps: Float[np.ndarray, " tasks"]
 ) -> Float[np.ndarray, "..."]:

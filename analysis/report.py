@@ -15,7 +15,7 @@ import numpy as np
 from analysis.circuit_eval import GRID
 from analysis.claims import Claim, claims_markdown
 from analysis.compare import Comparison, SetSummary
-from analysis.intervals import faithfulness_rows
+from analysis.intervals import faithfulness_rows, task_prompt_mean
 from analysis.summary import SHORT, summarize
 from analysis.units import CURRENCIES
 from replacement.atomic import atomic_path, write_json, write_text
@@ -171,28 +171,47 @@ def loss_table(comparison: Comparison) -> str:
     for s in comparison.sets:
         graph = systems.get(s.name, {}).get("graph", {})
 
-        def mean(key: str, graph: dict = graph) -> float | None:
-            vals = [g[key] for g in graph.values() if g.get(key) is not None]
-            return float(np.mean(vals)) if vals else None
+        def mean(key: str, graph: dict = graph) -> str:
+            return _graph_cell(graph, key)
 
         cells = [s.name, s.kind, s.objective, _with_interval(s.l0, s.l0_interval, 1), _fvu_cell(s),
                  _with_interval(s.ce_increase, s.ce_increase_interval),
                  _with_interval(s.frac_recovered, s.frac_recovered_interval),
-                 _fmt(mean("replacement")), _fmt(mean("completeness"))]  # fmt: skip
+                 mean("replacement"), mean("completeness")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _graph_cell(graph: dict[str, dict[str, Any]], key: str) -> str:
+    """Mean graph score over tasks (each task's mean over its prompts) with its interval over
+    tasks and prompts; a results file from before per-prompt scores shows the mean alone."""
+    tasks = [g for g in graph.values() if g.get(key) is not None]
+    if not tasks:
+        return _fmt(None)
+    if not all("per_prompt" in g for g in tasks):
+        return _fmt(float(np.mean([g[key] for g in tasks])))
+    point, bounds = task_prompt_mean([g["per_prompt"][key] for g in tasks])
+    return _with_interval(point, list(bounds) if bounds else None)
 
 
 def _loss_note(settings: dict[str, Any]) -> str:
     """What the loss table's figures were measured on, against what, with which intervals."""
     if not settings.get("loss_tokens"):
-        return "No loss evaluation was run: the loss columns are empty."
-    return (
-        f"Every set spliced at once on {settings['loss_tokens']:,} held-out tokens (the "
-        "validation rows of the corpus this project trains on); baseline: loss recovered is "
-        "measured against zero ablation of the same sites; L0 and FVU per site on the same "
-        "tokens, from the original activations; brackets: 95% bootstrap intervals over the "
-        "evaluated sequences (the same resamples for every figure of a set)."
+        loss = "No loss evaluation was run: the loss columns are empty."
+    else:
+        loss = (
+            f"Every set spliced at once on {settings['loss_tokens']:,} held-out tokens (the "
+            "validation rows of the corpus this project trains on); baseline: loss recovered is "
+            "measured against zero ablation of the same sites; L0 and FVU per site on the same "
+            "tokens, from the original activations; brackets: 95% bootstrap intervals over the "
+            "evaluated sequences (the same resamples for every figure of a set)."
+        )
+    prompts = settings.get("graph_prompts", 0)
+    if not prompts:
+        return loss + " No attribution graphs were traced: the graph columns are empty."
+    return loss + (
+        f" Graph scores: the mean over tasks of each task's first {prompts} prompt(s), traced "
+        "with the set's dictionaries; brackets: 95% bootstrap over the tasks and their prompts."
     )
 
 

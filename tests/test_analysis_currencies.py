@@ -320,8 +320,22 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
             break
     assert len(pairs) == 12
     task = task_from_dicts("toy", pairs)
-    c = compare(model, {"tc": dicts}, [task], graph_prompts=0, verbose=False,
+    c = compare(model, {"tc": dicts}, [task], graph_prompts=2, verbose=False,
                 compare_rankings=1, ig_steps=2, loss_tokens=random.clean)  # fmt: skip
+    # each of the first two prompts' own attribution graph, in order, gives its graph scores
+    from analysis.tasks import target_direction, tokenize_task
+    from circuits.attribution.attribute import attribute
+
+    graph = c.settings["systems"]["tc"]["graph"]["toy"]
+    batch = tokenize_task(model, task)
+    for b in range(2):
+        one = batch.rows(slice(b, b + 1))
+        own = attribute(model, dicts, one.clean[0, : int(one.last[0]) + 1], verbose=False,
+                        target_direction=target_direction(model, one), max_feature_nodes=128)  # fmt: skip
+        scores = own.scores()
+        assert graph["per_prompt"]["replacement"][b] == pytest.approx(scores.replacement)
+        assert graph["per_prompt"]["completeness"][b] == pytest.approx(scores.completeness)
+    assert graph["replacement"] == pytest.approx(np.mean(graph["per_prompt"]["replacement"]))
     t = c.tasks[0]
     assert not set(t["discovery"]) & set(t["heldout"])
     assert set(c.results) == {"tc", "random_skip_transcoder", "neurons", "mlp"}

@@ -1,8 +1,13 @@
-"""The compare report's loss table shows each site's FVU, so one site cannot hide in a mean."""
+"""The compare report's loss table: each site's FVU (one site cannot hide in a mean), and every
+figure with its interval (loss over sequences, graph scores over tasks and prompts)."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from analysis.compare import Comparison, SetSummary
+from analysis.intervals import task_prompt_mean
 from analysis.report import loss_table
 
 
@@ -46,3 +51,48 @@ def test_the_tables_note_names_the_held_out_tokens_baseline_and_intervals():
     note = _loss_note({"loss_tokens": 126_976})
     assert "126,976 held-out tokens" in note and "zero ablation" in note and "95%" in note
     assert "No loss evaluation" in _loss_note({"loss_tokens": None})
+
+
+def _graphs(per_task: dict[str, list[float]], with_prompts: bool = True) -> dict:
+    """A set's stored graph scores: per task the mean and, from compare, each prompt's."""
+    out = {}
+    for task, values in per_task.items():
+        entry = {"replacement": float(np.mean(values)), "completeness": 1.0}
+        if with_prompts:
+            entry["per_prompt"] = {"replacement": values, "completeness": [1.0] * len(values)}
+        out[task] = entry
+    return out
+
+
+def test_graph_scores_are_the_task_mean_with_the_documented_bootstrap():
+    per_task = {"a": [0.6, 0.9, 0.7], "b": [0.5], "c": [0.8, 0.4]}
+    point, (lo, hi) = task_prompt_mean(list(per_task.values()), b=400)
+    assert point == pytest.approx(np.mean([np.mean(v) for v in per_task.values()]))
+    # by hand: tasks drawn with task_resamples, each drawn task's prompts with seed = its index
+    values = [np.asarray(v) for v in per_task.values()]
+    within = np.stack(
+        [v[np.random.default_rng(j).integers(0, len(v), (400, len(v)))].mean(1)
+         for j, v in enumerate(values)], 1)  # fmt: skip
+    tasks = np.random.default_rng(1).integers(0, 3, (400, 3))
+    want = np.percentile(within[np.arange(400)[:, None], tasks].mean(1), [2.5, 97.5])
+    assert (lo, hi) == pytest.approx(tuple(want))
+    assert lo < point < hi
+
+
+def test_the_graph_columns_carry_their_interval_where_prompts_were_kept():
+    s = SetSummary("tc", "transcoder", "local", 16.0, 0.2)
+    same = _graphs({"a": [0.7, 0.7], "b": [0.7]})  # nothing varies: a zero-width interval
+    older = _graphs({"a": [0.6, 0.8]}, with_prompts=False)  # a results file without them
+    one = _graphs({"a": [0.65]})  # one prompt in all: no interval
+    cells = []
+    for graph in (same, older, one):
+        comparison = Comparison([s], [], {}, {"systems": {"tc": {"graph": graph}}})
+        cells.append(loss_table(comparison).splitlines()[2].split(" | ")[7])
+    assert cells == ["0.700 [0.700, 0.700]", "0.700", "0.650"]
+
+
+def test_the_note_says_how_many_prompts_the_graph_scores_read():
+    from analysis.report import _loss_note
+
+    assert "first 2 prompt(s)" in _loss_note({"loss_tokens": 1000, "graph_prompts": 2})
+    assert "graph columns are empty" in _loss_note({"loss_tokens": 1000, "graph_prompts": 0})
