@@ -4,6 +4,7 @@ every objective, cards that record it, and a rerun that trains nothing."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,14 +105,9 @@ def test_every_set_uses_the_same_lr():
     assert set(lrs.values()) == {zoo_recipe.ZOO_LR}
 
 
-def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladders(
-    tmp_path, monkeypatch, capsys
-):
-    """Local sets train from --runs/activations/layer<l> (written once per layer); a ladder
-    another process holds is left to it and trained by the next run once free."""
+def _two_layer_transcoder(tmp_path, monkeypatch) -> tuple[Path, list[str]]:
+    """A two-layer zoo of small local transcoders on random rows: --runs and the argv."""
     import numpy as np
-
-    from training.sweep_locks import claimed
 
     monkeypatch.setitem(zoo_recipe.COMMON, "n_features", 64)
     monkeypatch.setitem(zoo_recipe.COMMON, "batch_tokens", 512)
@@ -125,6 +121,17 @@ def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladder
     argv = ["--runs", str(runs), "--sets", "transcoder", "--start-tokens", "512",
             "--cap-tokens", "1024", "--eval-tokens", "512", "--n-chunks", "2",
             "--data", str(data), "--stage", "train"]  # fmt: skip
+    return runs, argv
+
+
+def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladders(
+    tmp_path, monkeypatch, capsys
+):
+    """Local sets train from --runs/activations/layer<l> (written once per layer); a ladder
+    another process holds is left to it and trained by the next run once free."""
+    from training.sweep_locks import claimed
+
+    runs, argv = _two_layer_transcoder(tmp_path, monkeypatch)
     with claimed(runs / "transcoder" / "layer1") as mine:
         assert mine
         build_zoo.main(argv)
@@ -144,20 +151,8 @@ def test_a_local_set_reads_one_activation_cache_per_layer_and_leaves_held_ladder
 def test_layers_name_the_ladders_a_process_trains_and_bad_ones_are_refused_first(
     tmp_path, monkeypatch, capsys
 ):
-    import numpy as np
-
-    monkeypatch.setitem(zoo_recipe.COMMON, "n_features", 64)
-    monkeypatch.setitem(zoo_recipe.COMMON, "batch_tokens", 512)
-    monkeypatch.setitem(zoo_recipe.COMMON, "layers", [0, 1])
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    np.save(data / "train_tokens.npy", rng.integers(1, 4000, 127 * 48).astype(np.uint16))
-    np.save(data / "heldout_tokens.npy", rng.integers(1, 4000, 127 * 8).astype(np.uint16))
-    runs = tmp_path / "runs"
-    argv = ["--runs", str(runs), "--sets", "transcoder", "--start-tokens", "512",
-            "--cap-tokens", "1024", "--eval-tokens", "512", "--n-chunks", "2",
-            "--data", str(data), "--stage", "train", "--activation-cache", "none"]  # fmt: skip
+    runs, argv = _two_layer_transcoder(tmp_path, monkeypatch)
+    argv += ["--activation-cache", "none"]
     for bad in ("2", "1,x", ","):
         with pytest.raises(SystemExit, match="--layers"):
             build_zoo.main([*argv, "--layers", bad])
