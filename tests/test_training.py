@@ -541,7 +541,11 @@ def test_cli_with_config_file(default_model, texts, tmp_path, capsys):
     fvu = sum(row["fvu"] for row in card["layers"]) / 2
     n = card["eval_predictions"]
     assert n == report["n_predictions"]
-    assert last.startswith(f"final ({n:,} held-out predictions): FVU {fvu:.4f}")
+    lo, hi = card["fvu_mean_interval"]  # the mean over both layers, resampled jointly
+    assert lo < fvu < hi
+    assert last.startswith(
+        f"final ({n:,} held-out predictions): FVU {fvu:.4f} [{lo:.4f}, {hi:.4f}]"
+    )
     lo, hi = card["all"]["ce_increase_interval"]  # over the evaluated sequences
     assert f"CE increase {card['all']['ce_increase']:+.4f} [{lo:+.4f}, {hi:+.4f}] nats" in last
     assert last.endswith(f"card {out / 'card.json'}")

@@ -895,6 +895,8 @@ class Trainer:
         if report is not None:
             card["all"] = {k: v for k, v in vars(report.all).items() if k != "hooks"}
             card["eval_predictions"] = report.n_predictions
+            # the mean over the dictionaries, resampled jointly (one dictionary: its own)
+            card["fvu_mean_interval"] = report.mean_fvu_interval
         write_json(self.out_dir / "card.json", card)
         self.card = card
         # an earlier run in this folder (other layers, or with a report) leaves no stale files
@@ -904,7 +906,8 @@ class Trainer:
 
 def final_line(card: dict[str, Any], card_path: Path) -> str:
     """One line of a finished run's figures from its card: FVU, L0 and dead share (means over
-    the dictionaries), CE increase with all of them spliced, and where the card went."""
+    the dictionaries), CE increase with all of them spliced (with their intervals over the
+    evaluated sequences where the card has them), and where the card went."""
 
     def mean(key: str) -> float | None:
         values = [row[key] for row in card["layers"] if row.get(key) is not None]
@@ -919,8 +922,10 @@ def final_line(card: dict[str, Any], card_path: Path) -> str:
         return f"final (last training step, no evaluation): {'  '.join(figures)}; card {card_path}"
     ce, interval = card["all"]["ce_increase"], card["all"].get("ce_increase_interval")
     ce_text = f"{ce:+.4f}" + (f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
+    fvu = card.get("fvu_mean_interval")
+    fvu_text = f"{mean('fvu'):.4f}" + (f" [{fvu[0]:.4f}, {fvu[1]:.4f}]" if fvu else "")
     return (
-        f"final ({card['eval_predictions']:,} held-out predictions): FVU {mean('fvu'):.4f}  "
+        f"final ({card['eval_predictions']:,} held-out predictions): FVU {fvu_text}  "
         f"L0 {mean('l0'):.1f}  dead {100 * mean('dead_share'):.1f}%  CE increase {ce_text} nats "
         f"({'all ' + str(n) + ' dictionaries' if n > 1 else 'the dictionary'} spliced); "
         f"card {card_path}"
