@@ -294,13 +294,13 @@ class _Local:
         self.dot += float((y * y_hat).sum())
         self.sum_y[site] = self.sum_y.get(site, 0) + y.sum(0)
         self.count_site[site] = self.count_site.get(site, 0) + y.shape[0]
-        zero = torch.zeros_like(err2)
-        self._per_batch[-1].index_add_(0, rows, torch.stack([err2, y2, zero, zero], -1))
-        n_rows = self._per_batch[-1].shape[0]
+        per = self._per_batch[-1]
+        n_rows = per.shape[0]
+        per[:, 0] += torch.bincount(rows, weights=err2, minlength=n_rows)
+        per[:, 1] += torch.bincount(rows, weights=y2, minlength=n_rows)
         sum_y = torch.zeros(n_rows, y.shape[1], dtype=torch.float64, device=y.device)
         sum_y.index_add_(0, rows, y)
-        count = torch.zeros(n_rows, dtype=torch.float64, device=y.device)
-        count.index_add_(0, rows, torch.ones_like(err2))
+        count = torch.bincount(rows, minlength=n_rows).to(torch.float64)
         sums, counts = self._site_sums(site, y.shape[1])
         sums[-1] += sum_y.cpu()
         counts[-1] += count.cpu()
@@ -317,12 +317,11 @@ class _Local:
         in the batch, `feature_rows` each active feature's (new_tokens: count the tokens)."""
         self.l0 += float(feature_idx.numel())
         per = self._per_batch[-1]
-        ones = torch.ones_like(feature_rows, dtype=torch.float64)
-        per.index_add_(0, feature_rows, torch.stack([0 * ones, 0 * ones, ones, 0 * ones], -1))
+        n_rows = per.shape[0]
+        per[:, 2] += torch.bincount(feature_rows, minlength=n_rows).to(per.dtype)
         if new_tokens:
             self.n += int(token_rows.numel())
-            ones = torch.ones_like(token_rows, dtype=torch.float64)
-            per.index_add_(0, token_rows, torch.stack([0 * ones, 0 * ones, 0 * ones, ones], -1))
+            per[:, 3] += torch.bincount(token_rows, minlength=n_rows).to(per.dtype)
         self.fired[feature_idx + offset] = True
 
     def fill(self, row: SplicedLossRow) -> None:
