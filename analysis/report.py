@@ -15,8 +15,8 @@ import numpy as np
 from analysis.circuit_eval import GRID
 from analysis.claims import Claim, claims_markdown
 from analysis.compare import Comparison, SetSummary
-from analysis.intervals import faithfulness_rows, task_prompt_mean
-from analysis.summary import SHORT, summarize
+from analysis.intervals import faithfulness_rows
+from analysis.summary import SHORT, graph_scores, summarize
 from analysis.units import CURRENCIES
 from replacement.atomic import atomic_path, write_json, write_text
 
@@ -168,11 +168,12 @@ def loss_table(comparison: Comparison) -> str:
             "graph replacement", "graph completeness"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     systems = comparison.settings["systems"]
+    scores = graph_scores(comparison)
     for s in comparison.sets:
         graph = systems.get(s.name, {}).get("graph", {})
 
-        def mean(key: str, graph: dict = graph) -> str:
-            return _graph_cell(graph, key)
+        def mean(key: str, graph: dict = graph, name: str = s.name) -> str:
+            return _graph_cell(graph, key, scores.get(name, {}).get(key))
 
         cells = [s.name, s.kind, s.objective, _with_interval(s.l0, s.l0_interval, 1), _fvu_cell(s),
                  _with_interval(s.ce_increase, s.ce_increase_interval),
@@ -182,16 +183,14 @@ def loss_table(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
-def _graph_cell(graph: dict[str, dict[str, Any]], key: str) -> str:
-    """Mean graph score over tasks (each task's mean over its prompts) with its interval over
-    tasks and prompts; a results file from before per-prompt scores shows the mean alone."""
-    tasks = [g for g in graph.values() if g.get(key) is not None]
-    if not tasks:
-        return _fmt(None)
-    if not all("per_prompt" in g for g in tasks):
-        return _fmt(float(np.mean([g[key] for g in tasks])))
-    point, bounds = task_prompt_mean([g["per_prompt"][key] for g in tasks])
-    return _with_interval(point, list(bounds) if bounds else None)
+def _graph_cell(graph: dict[str, dict[str, Any]], key: str, found: dict | None) -> str:
+    """A set's graph score with its interval (`analysis.summary.graph_scores`); a results file
+    from before per-prompt scores shows the mean over tasks alone."""
+    if found is not None:
+        bounds = [found["lo"], found["hi"]] if found["lo"] is not None else None
+        return _with_interval(found["value"], bounds)
+    means = [g[key] for g in graph.values() if g.get(key) is not None]
+    return _fmt(float(np.mean(means)) if means else None)
 
 
 def _loss_note(settings: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from analysis.intervals import (
     interval,
     nodes_for,
     pair_resamples,
+    task_prompt_mean,
     task_resamples,
 )
 
@@ -172,6 +173,24 @@ def summarize(
             cur["systems"][name]["vs"] = vs
         cur["rankings"] = _rankings(comparison, currency, level, b)
         out["currencies"][currency] = cur
+    out["graph"] = graph_scores(comparison, b)
+    return out
+
+
+def graph_scores(comparison: Any, b: int = BOOTSTRAP) -> dict[str, dict[str, dict[str, float]]]:
+    """Per set with traced graphs, its replacement and completeness scores: the mean over
+    tasks of each task's mean over its prompts, with the 95% interval of `task_prompt_mean`
+    (none from a results file without per-prompt scores, or from one prompt in all)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, info in comparison.settings["systems"].items():
+        tasks = [g for g in info.get("graph", {}).values() if "per_prompt" in g]
+        for key in ("replacement", "completeness"):
+            per_task = [g["per_prompt"][key] for g in tasks if g["per_prompt"][key]]
+            if not per_task:
+                continue
+            point, bounds = task_prompt_mean(per_task, b)
+            lo, hi = bounds if bounds else (None, None)
+            out.setdefault(name, {})[key] = {"value": point, "lo": lo, "hi": hi}
     return out
 
 

@@ -351,6 +351,9 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
     lo, hi = c.sets[0].l0_interval
     assert lo < c.sets[0].l0 < hi
     s = summarize(c, b=100)
+    got = s["graph"]["tc"]["replacement"]  # results.json carries the report's graph figure
+    assert got["value"] == pytest.approx(graph["replacement"])
+    assert got["lo"] <= got["value"] <= got["hi"]
     for currency in CURRENCIES:
         e = s["currencies"][currency]["systems"]["tc"]
         for split in ("heldout", "discovery"):
