@@ -500,6 +500,9 @@ def spliced_loss(
             last, zero ablation of every position; rows then carry `saelens` with SAELens'
             metric names, and `keep_bos`, `ablations` and `per_layer` do not apply.
 
+    The intervals keep each sequence's sums: for FVU that is each site's summed target, 8 * d
+    bytes per sequence and site (GPT-2, 1M tokens in rows of 128: about 50 MB a site).
+
     Returns:
         A `SplicedLossReport` (prints as a table; `.to_dict()` for JSON).
     """
