@@ -155,15 +155,15 @@ def _loss_summary(model: Any, dictionaries, tokens: torch.Tensor, summary: SetSu
 
 
 def _graph_scores(
-    model, dictionaries, batch: TaskBatch, n_prompts: int, max_feature_nodes: int
+    model, dictionaries, batch: TaskBatch, rows: torch.Tensor, max_feature_nodes: int
 ) -> dict[str, list[float]]:
-    """Replacement and completeness scores of the first prompts' attribution graphs, one per
-    prompt (the report bootstraps them over tasks and prompts)."""
+    """Replacement and completeness scores of the attribution graphs of the prompts `rows`,
+    one per prompt (the report bootstraps them over tasks and prompts)."""
     from circuits.attribution.attribute import attribute
 
     scores: dict[str, list[float]] = {"replacement": [], "completeness": []}
-    for b in range(min(n_prompts, batch.clean.shape[0])):
-        one = batch.rows(slice(b, b + 1))
+    for b in range(len(rows)):
+        one = batch.rows(rows[b : b + 1])
         graph = attribute(
             model,
             dictionaries,
@@ -279,7 +279,8 @@ def compare(
         ablation: mean (over the discovery pairs, per position), zero or counterfactual values
             for nodes outside the circuit.
         per_position: nodes per position (prompts of one length) or aggregated over positions.
-        graph_prompts: prompts per task traced with `attribute` for the graph scores (0: none).
+        graph_prompts: held-out prompts per task traced with `attribute` for the graph scores of
+            each set and of its random control (0: none).
         graph_max_features: feature budget of those graphs.
         level: only "nodes" (edge circuits: `analysis.edges`).
         currencies: node currencies (`analysis.units.CURRENCIES`).
@@ -409,8 +410,10 @@ def compare(
                 }
                 entry["seconds"] = time.perf_counter() - t0
                 results[name][currency][task.name] = done[currency] = entry
-            if info[name]["kind"] == "dictionary" and graph_prompts > 0:
-                per_prompt = _graph_scores(model, dicts, batch, graph_prompts, graph_max_features)
+            if info[name]["kind"] in ("dictionary", "random") and graph_prompts > 0:
+                # the first held-out prompts: the same ones for a set and its random control
+                held = batches[task.name][2][:graph_prompts]
+                per_prompt = _graph_scores(model, dicts, batch, held, graph_max_features)
                 info[name].setdefault("graph", {})[task.name] = {
                     **{k: float(np.mean(v)) if v else None for k, v in per_prompt.items()},
                     "per_prompt": per_prompt,

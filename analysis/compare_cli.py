@@ -321,7 +321,8 @@ def register(subparsers: Any) -> None:
         "--graph-prompts",
         type=nonnegative_int,
         default=1,
-        help="number of prompts per task traced for the graph scores (default: %(default)s)",
+        help="held-out prompts per task traced for the graph scores, of each set and of its "
+        "random control (default: %(default)s)",
     )
     p.add_argument(
         "--loss-rows",

@@ -162,23 +162,25 @@ def per_task_table(summary: dict[str, Any], currency: str, tasks: list[str]) -> 
     return "\n".join(lines)
 
 
-def loss_table(comparison: Comparison) -> str:
-    """Spliced-model loss and attribution-graph scores of each dictionary set."""
+def loss_table(comparison: Comparison, graph: dict[str, Any] | None = None) -> str:
+    """Spliced-model loss and attribution-graph scores of each dictionary set; `graph` is the
+    summary's `graph_scores` (computed here when not given)."""
     head = ["set", "kind", "objective", "L0", "FVU per site", "CE increase", "loss recovered",
-            "graph replacement", "graph completeness"]  # fmt: skip
+            "graph replacement", "graph completeness", "replacement - random"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     systems = comparison.settings["systems"]
-    scores = graph_scores(comparison)
+    scores = graph_scores(comparison) if graph is None else graph
     for s in comparison.sets:
-        graph = systems.get(s.name, {}).get("graph", {})
+        traced = systems.get(s.name, {}).get("graph", {})
 
-        def mean(key: str, graph: dict = graph, name: str = s.name) -> str:
-            return _graph_cell(graph, key, scores.get(name, {}).get(key))
+        def cell(key: str, traced: dict = traced, name: str = s.name) -> str:
+            return _graph_cell(traced, key, scores.get(name, {}).get(key))
 
         cells = [s.name, s.kind, s.objective, _with_interval(s.l0, s.l0_interval, 1), _fvu_cell(s),
                  _with_interval(s.ce_increase, s.ce_increase_interval),
                  _with_interval(s.frac_recovered, s.frac_recovered_interval),
-                 mean("replacement"), mean("completeness")]  # fmt: skip
+                 cell("replacement"), cell("completeness"),
+                 cell("replacement_minus_random")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -209,8 +211,10 @@ def _loss_note(settings: dict[str, Any]) -> str:
     if not prompts:
         return loss + " No attribution graphs were traced: the graph columns are empty."
     return loss + (
-        f" Graph scores: the mean over tasks of each task's first {prompts} prompt(s), traced "
-        "with the set's dictionaries; brackets: 95% bootstrap over the tasks and their prompts."
+        f" Graph scores: the mean over tasks of each task's first {prompts} held-out prompt(s), "
+        "traced with the set's dictionaries; baseline: the same prompts traced with the set's "
+        "random control (replacement - random, paired); brackets: 95% bootstrap over the "
+        "tasks and their prompts."
     )
 
 
@@ -467,7 +471,7 @@ def write_report(
                  per_task_table(summary, c, list(ranked)), ""]  # fmt: skip
     text += ["## Loss and attribution graphs", "",
              _loss_note(st), "",
-             loss_table(comparison), "",
+             loss_table(comparison, summary.get("graph")), "",
              "![CE increase against L0](ce_vs_l0.png)", ""]  # fmt: skip
     if claims:
         text += [

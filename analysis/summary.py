@@ -178,19 +178,36 @@ def summarize(
 
 
 def graph_scores(comparison: Any, b: int = BOOTSTRAP) -> dict[str, dict[str, dict[str, float]]]:
-    """Per set with traced graphs, its replacement and completeness scores: the mean over
-    tasks of each task's mean over its prompts, with the 95% interval of `task_prompt_mean`
-    (none from a results file without per-prompt scores, or from one prompt in all)."""
+    """Per system with traced graphs, its replacement and completeness scores: the mean over
+    tasks of each task's mean over its held-out prompts, with the 95% interval of
+    `task_prompt_mean` (none from a results file without per-prompt scores, or from one prompt
+    in all); for a set with a random control traced on the same prompts, also `<score> - random`,
+    the paired difference (the same tasks and prompts resampled for both)."""
+    systems = comparison.settings["systems"]
+
+    def per_task(info: dict[str, Any], key: str) -> dict[str, list[float]]:
+        graph = info.get("graph", {})
+        return {
+            t: g["per_prompt"][key] for t, g in graph.items() if g.get("per_prompt", {}).get(key)
+        }
+
+    def estimate(values: list[list[float]]) -> dict[str, float]:
+        point, bounds = task_prompt_mean(values, b)
+        lo, hi = bounds if bounds else (None, None)
+        return {"value": point, "lo": lo, "hi": hi}
+
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for name, info in comparison.settings["systems"].items():
-        tasks = [g for g in info.get("graph", {}).values() if "per_prompt" in g]
+    for name, info in systems.items():
         for key in ("replacement", "completeness"):
-            per_task = [g["per_prompt"][key] for g in tasks if g["per_prompt"][key]]
-            if not per_task:
+            mine = per_task(info, key)
+            if not mine:
                 continue
-            point, bounds = task_prompt_mean(per_task, b)
-            lo, hi = bounds if bounds else (None, None)
-            out.setdefault(name, {})[key] = {"value": point, "lo": lo, "hi": hi}
+            out.setdefault(name, {})[key] = estimate(list(mine.values()))
+            control = per_task(systems.get(info.get("random"), {}), key)
+            pairs = [t for t in mine if len(control.get(t, [])) == len(mine[t])]
+            if pairs:
+                diffs = [list(np.subtract(mine[t], control[t])) for t in pairs]
+                out[name][f"{key}_minus_random"] = estimate(diffs)
     return out
 
 

@@ -254,14 +254,11 @@ def prepare_tokens(
 
 # ---- accumulators -------------------------------------------------------------------------------
 class _Local:
-    """Streaming local metrics of one dictionary (pooled over a CLT's layers), in total and
-    per sequence (the per-sequence sums give the bootstrap intervals of FVU and L0)."""
+    """Streaming local metrics of one dictionary (pooled over a CLT's layers), kept per
+    sequence: the totals give the point figures, resampled sums their bootstrap intervals."""
 
     def __init__(self, n_features: int, device: torch.device):
-        self.n = 0
-        self.err2 = self.y2 = self.yhat2 = self.dot = self.l0 = 0.0
-        self.sum_y: dict[int, Tensor] = {}
-        self.count_site: dict[int, int] = {}
+        self.yhat2 = self.dot = 0.0
         self.fired = torch.zeros(n_features, dtype=torch.bool, device=device)
         # per batch: [rows, 4] sums of err2, y2, active features and tokens, plus each site's
         # [rows, d] sum of y and [rows] token count
@@ -287,23 +284,17 @@ class _Local:
         """Add one site's masked targets and reconstructions [tokens, d]; `rows` gives each
         token's sequence in the current batch."""
         y, y_hat = y.double(), y_hat.double()
-        err2, y2 = (y - y_hat).pow(2).sum(-1), y.pow(2).sum(-1)
-        self.err2 += float(err2.sum())
-        self.y2 += float(y2.sum())
         self.yhat2 += float(y_hat.pow(2).sum())
         self.dot += float((y * y_hat).sum())
-        self.sum_y[site] = self.sum_y.get(site, 0) + y.sum(0)
-        self.count_site[site] = self.count_site.get(site, 0) + y.shape[0]
         per = self._per_batch[-1]
         n_rows = per.shape[0]
-        per[:, 0] += torch.bincount(rows, weights=err2, minlength=n_rows)
-        per[:, 1] += torch.bincount(rows, weights=y2, minlength=n_rows)
+        per[:, 0] += torch.bincount(rows, weights=(y - y_hat).pow(2).sum(-1), minlength=n_rows)
+        per[:, 1] += torch.bincount(rows, weights=y.pow(2).sum(-1), minlength=n_rows)
         sum_y = torch.zeros(n_rows, y.shape[1], dtype=torch.float64, device=y.device)
         sum_y.index_add_(0, rows, y)
-        count = torch.bincount(rows, minlength=n_rows).to(torch.float64)
         sums, counts = self._site_sums(site, y.shape[1])
         sums[-1] += sum_y.cpu()
-        counts[-1] += count.cpu()
+        counts[-1] += torch.bincount(rows, minlength=n_rows).to(torch.float64).cpu()
 
     def add_acts(
         self,
@@ -315,42 +306,48 @@ class _Local:
     ) -> None:
         """Add the active features of masked tokens: `token_rows` gives each token's sequence
         in the batch, `feature_rows` each active feature's (new_tokens: count the tokens)."""
-        self.l0 += float(feature_idx.numel())
         per = self._per_batch[-1]
         n_rows = per.shape[0]
         per[:, 2] += torch.bincount(feature_rows, minlength=n_rows).to(per.dtype)
         if new_tokens:
-            self.n += int(token_rows.numel())
             per[:, 3] += torch.bincount(token_rows, minlength=n_rows).to(per.dtype)
         self.fired[feature_idx + offset] = True
 
+    def _columns(self) -> tuple[Float[np.ndarray, "sequences k"], list[int]]:
+        """Each sequence's sums side by side, and each site's width (see `_fvu_l0`)."""
+        columns, widths = [torch.cat(self._per_batch).cpu()], []
+        for site in sorted(self._sum_y_per_batch):
+            sums, counts = self._site_sums(site, self._sum_y_per_batch[site][0].shape[1])
+            columns += [torch.cat(sums), torch.cat(counts)[:, None]]
+            widths.append(sums[0].shape[1])
+        return torch.cat(columns, 1).numpy(), widths
+
+    @staticmethod
+    def _fvu_l0(sums: Float[np.ndarray, "draws k"], widths: list[int]) -> tuple[np.ndarray, ...]:
+        """FVU (the error over the variance around the draw's own mean, pooled over sites)
+        and L0 of each row of summed columns."""
+        err2, total_var, l0, n = sums[:, 0], sums[:, 1].copy(), sums[:, 2], sums[:, 3]
+        at = 4
+        for d in widths:
+            total_var -= (sums[:, at : at + d] ** 2).sum(1) / sums[:, at + d]
+            at += d + 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fvu = np.where(total_var > 0, err2 / total_var, np.nan)
+            return fvu, l0 / np.maximum(n, 1)
+
     def fill(self, row: SplicedLossRow) -> None:
-        total_var = self.y2 - sum(
-            float(s.pow(2).sum()) / self.count_site[k] for k, s in self.sum_y.items()
-        )
-        row.fvu = self.err2 / total_var if total_var > 0 else float("nan")
+        columns, widths = self._columns()
+        fvu, l0 = self._fvu_l0(columns.sum(0, keepdims=True), widths)
+        row.fvu, row.l0 = float(fvu[0]), float(l0[0])
         row.explained_variance = 1.0 - row.fvu
-        row.l0 = self.l0 / max(self.n, 1)
         row.dead_share = float((~self.fired).float().mean())
         row.shrinkage = self.yhat2 / self.dot if self.dot != 0 else float("nan")
 
     def resampled(self, resamples: int) -> tuple[np.ndarray, np.ndarray]:
         """FVU and L0 under `resamples` bootstrap draws of the sequences (the draws of
         `resampled_sums`, so paired with every loss figure of the report)."""
-        sites = sorted(self._sum_y_per_batch)
-        columns = [torch.cat(self._per_batch).cpu()]
-        for site in sites:
-            sums, counts = self._site_sums(site, self._sum_y_per_batch[site][0].shape[1])
-            columns += [torch.cat(sums), torch.cat(counts)[:, None]]
-        sums = resampled_sums(torch.cat(columns, 1).numpy(), resamples)
-        err2, y2, l0, n = sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3]
-        total_var, at = y2.copy(), 4
-        for site in sites:
-            d = self._sum_y_per_batch[site][0].shape[1]
-            sum_y, count = sums[:, at : at + d], sums[:, at + d]
-            total_var -= (sum_y**2).sum(1) / count
-            at += d + 1
-        return err2 / total_var, l0 / n
+        columns, widths = self._columns()
+        return self._fvu_l0(resampled_sums(columns, resamples), widths)
 
 
 class _LossSums:

@@ -322,14 +322,15 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
     task = task_from_dicts("toy", pairs)
     c = compare(model, {"tc": dicts}, [task], graph_prompts=2, verbose=False,
                 compare_rankings=1, ig_steps=2, loss_tokens=random.clean)  # fmt: skip
-    # each of the first two prompts' own attribution graph, in order, gives its graph scores
+    # each of the first two held-out prompts' own attribution graph, in order, gives its scores
     from analysis.tasks import target_direction, tokenize_task
     from circuits.attribution.attribute import attribute
 
     graph = c.settings["systems"]["tc"]["graph"]["toy"]
     batch = tokenize_task(model, task)
-    for b in range(2):
-        one = batch.rows(slice(b, b + 1))
+    held = c.tasks[0]["heldout"][:2]
+    for b, row in enumerate(held):
+        one = batch.rows(slice(row, row + 1))
         own = attribute(model, dicts, one.clean[0, : int(one.last[0]) + 1], verbose=False,
                         target_direction=target_direction(model, one), max_feature_nodes=128)  # fmt: skip
         scores = own.scores()
@@ -353,6 +354,11 @@ def test_compare_reports_heldout_figures_with_intervals(skip_setup, tiny_tokeniz
     s = summarize(c, b=100)
     got = s["graph"]["tc"]["replacement"]  # results.json carries the report's graph figure
     assert got["value"] == pytest.approx(graph["replacement"])
+    # the random control is traced on the same prompts; the set is compared with it, paired
+    control = c.settings["systems"]["random_skip_transcoder"]["graph"]["toy"]["per_prompt"]
+    diff = s["graph"]["tc"]["replacement_minus_random"]
+    want = np.mean(np.subtract(graph["per_prompt"]["replacement"], control["replacement"]))
+    assert diff["value"] == pytest.approx(want) and diff["lo"] <= diff["value"] <= diff["hi"]
     assert got["lo"] <= got["value"] <= got["hi"]
     for currency in CURRENCIES:
         e = s["currencies"][currency]["systems"]["tc"]

@@ -91,8 +91,21 @@ def test_the_graph_columns_carry_their_interval_where_prompts_were_kept():
     assert cells == ["0.700 [0.700, 0.700]", "0.700", "0.650"]
 
 
+def test_the_random_control_is_the_graph_scores_paired_baseline():
+    s = SetSummary("tc", "transcoder", "local", 16.0, 0.2)
+    mine = _graphs({"a": [0.7, 0.9], "b": [0.6, 0.8]})
+    # the control on the same prompts sits 0.3 below on every prompt: a paired difference of
+    # exactly 0.3, though each figure alone varies
+    control = _graphs({"a": [0.4, 0.6], "b": [0.3, 0.5]})
+    systems = {"tc": {"graph": mine, "random": "r"}, "r": {"graph": control}}
+    cells = loss_table(Comparison([s], [], {}, {"systems": systems})).splitlines()[2].split(" | ")
+    assert cells[9].rstrip(" |") == "0.300 [0.300, 0.300]"
+    assert cells[7] != "0.750 [0.750, 0.750]"  # the set's own score does vary
+
+
 def test_the_note_says_how_many_prompts_the_graph_scores_read():
     from analysis.report import _loss_note
 
-    assert "first 2 prompt(s)" in _loss_note({"loss_tokens": 1000, "graph_prompts": 2})
+    note = _loss_note({"loss_tokens": 1000, "graph_prompts": 2})
+    assert "first 2 held-out prompt(s)" in note and "random control" in note
     assert "graph columns are empty" in _loss_note({"loss_tokens": 1000, "graph_prompts": 0})
