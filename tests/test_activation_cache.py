@@ -21,7 +21,8 @@ from training.activations import collect_activations
 from training.config import TrainConfig
 from training.data import TokenData, load_token_data, token_mask
 from training.fused_topk import topk_reconstruct
-from training.trainer import Trainer, train_many
+from training.together import train_many
+from training.trainer import Trainer
 
 CTX = 32
 HOOKS = ["blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"]

@@ -12,7 +12,8 @@ from tests.tiny_e2e import CTX, e2e_config, json_package_rows
 from training.config import ConfigError, TrainConfig
 from training.data import TokenData
 from training.kl_loss import Reference, kl_to_reference
-from training.trainer import Trainer, train_many
+from training.together import train_many
+from training.trainer import Trainer
 
 
 def _autograd_kl(logits, reference_logits, weights):
@@ -160,7 +161,7 @@ def test_ctrl_c_stops_runs_trained_together_at_one_step_and_they_resume_exactly(
     import os
     import signal
 
-    from training.trainer import TrainingInterrupted
+    from training.interrupts import TrainingInterrupted
 
     def configs(root):
         return [_config(root / "a"), _config(root / "b", k=2)]

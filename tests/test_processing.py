@@ -236,7 +236,7 @@ def test_native_files_record_processing_and_legacy_files_are_folded(tiny_gpt2, t
     from replacement import load_dictionaries
     from replacement.formats.native import save_dictionary
     from training.config import TrainConfig
-    from training.trainer import build_dictionary
+    from training.dictionary_factory import build_dictionary
 
     trained = build_dictionary(tiny_gpt2, TrainConfig(n_features=8, k=4), 0)
     assert trained.metadata["processing"] == tiny_gpt2.sc_processing == "none"

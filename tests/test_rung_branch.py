@@ -10,8 +10,9 @@ import torch
 from tests.tiny_e2e import STEP_TOKENS, e2e_config, json_package_rows
 from training.config import TrainConfig
 from training.data import TokenData
+from training.run_files import BRANCH_FILE
 from training.rung_branch import branch_step, can_branch, start_from_branch
-from training.trainer import BRANCH_FILE, Trainer
+from training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ from training.data import (
 )
 from training.default_model.corpus import stdlib_dir
 from training.losses import LossScale, auxk_loss, fvu, sparsity_loss, step_l0
-from training.trainer import Trainer, TrainingDivergedError, train_many
+from training.together import train_many
+from training.trainer import Trainer, TrainingDivergedError
 
 CTX = 64
 K = 8

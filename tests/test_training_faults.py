@@ -21,7 +21,9 @@ import sparse_circuits_cli
 import training.trainer as trainer_module
 from training.config import TrainConfig
 from training.data import load_token_data
-from training.trainer import Trainer, TrainingInterrupted
+from training.interrupts import TrainingInterrupted
+from training.run_files import METRICS_FILE
+from training.trainer import Trainer
 
 TEXT = (
     "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, item):\n        pass\n"
@@ -96,7 +98,7 @@ def _arm(trainer: Trainer, step: int, phase: str) -> None:
 
         def half_line(record):
             if record["step"] == step:
-                with open(trainer.out_dir / trainer_module.METRICS_FILE, "a") as f:
+                with open(trainer.out_dir / METRICS_FILE, "a") as f:
                     f.write('{"step": ' + str(step) + ', "loss')
                 _die()
             append(record)

@@ -292,7 +292,7 @@ def test_an_interrupted_build_says_where_it_resumes(tmp_path, monkeypatch):
     holds the step), not a traceback."""
     from pathlib import Path
 
-    from training.trainer import TrainingInterrupted
+    from training.interrupts import TrainingInterrupted
 
     def interrupted(args):
         raise TrainingInterrupted(35, 976, Path("runs/sae_e2e/layer0/t4000000/checkpoint.pt"))

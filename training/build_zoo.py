@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"merged {other}: {taken} ladders taken, {kept} kept as they were")
         return
     if args.stage in ("train", "all"):
-        from training.trainer import TrainingInterrupted
+        from training.interrupts import TrainingInterrupted
 
         try:
             train_sets(args)

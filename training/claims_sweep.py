@@ -379,7 +379,7 @@ def run_claims(
     from replacement.hooks import layer_hooks
     from replacement.model import load_model
     from training.data import load_token_data
-    from training.trainer import dictionary_hooks
+    from training.dictionary_factory import dictionary_hooks
 
     settings.validate()
     out = Path(settings.out).resolve()

@@ -154,7 +154,8 @@ def train_ladders(
     and its convergence decided. A ladder leaves when it has converged."""
     from training.heartbeat import Heartbeat
     from training.rung_branch import branch_step, start_from_branch
-    from training.trainer import Trainer, train_together, trainers_for
+    from training.together import train_together, trainers_for
+    from training.trainer import Trainer
 
     for ladder in ladders:
         ladder.entry.setdefault("rungs", [])

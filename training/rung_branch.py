@@ -18,7 +18,8 @@ import torch
 
 from replacement.atomic import atomic_path
 from training.config import ConfigError, TrainConfig
-from training.trainer import _RESUMABLE_FIELDS, BRANCH_FILE, CHECKPOINT_FILE, METRICS_FILE
+from training.run_files import BRANCH_FILE, CHECKPOINT_FILE, METRICS_FILE
+from training.trainer import _RESUMABLE_FIELDS
 
 _BUDGET_FIELDS = {"total_tokens", "buffer_tokens"}
 """Fields a rung may differ in from the run it branches from (the buffer only sizes the

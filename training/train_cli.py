@@ -106,7 +106,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     progress(not args.quiet, "train: starting")
     from training.allocator import keep_freed_memory
-    from training.trainer import Trainer, train_many
+    from training.together import train_many
+    from training.trainer import Trainer
 
     keep_freed_memory()
 
@@ -144,7 +145,7 @@ def run_train(args: argparse.Namespace) -> int:
     if trainer.step < config.total_steps:
         print(f"stopped after step {trainer.step}; checkpoint in {config.out_dir}")
     else:
-        from training.trainer import final_line
+        from training.run_card import final_line
 
         print(f"trained {len(config.layers)} dictionaries -> {config.out_dir}")
         print(final_line(trainer.card, trainer.out_dir / "card.json"))
@@ -158,7 +159,7 @@ def _own_folders(folders: list[str], overwrite: bool, option: str) -> Iterator[N
     Only the main process of a data-parallel run holds them (the others write nothing).
     """
     from replacement.output_folder import OutputFolder
-    from training.trainer import _earlier_output
+    from training.run_files import earlier_output
 
     with contextlib.ExitStack() as stack:
         if int(os.environ.get("RANK", "0")) == 0:
@@ -169,7 +170,7 @@ def _own_folders(folders: list[str], overwrite: bool, option: str) -> Iterator[N
                         command="train",
                         overwrite=overwrite,
                         option=option,
-                        legacy=_earlier_output,
+                        legacy=earlier_output,
                     )
                 )
         yield
@@ -180,7 +181,7 @@ def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     import shlex
     from pathlib import Path
 
-    from training.trainer import CHECKPOINT_FILE
+    from training.run_files import CHECKPOINT_FILE
 
     out = args.out or (TrainConfig.from_file(args.config).out_dir if args.config else None)
     checkpoint = Path(out or TrainConfig.out_dir) / CHECKPOINT_FILE

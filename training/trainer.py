@@ -16,19 +16,18 @@ Objectives:
 The data of step s is a pure function of (seed, s), so resuming from a checkpoint (weights,
 optimiser, scheduler, RNG states, dead-feature counters, step) continues exactly where an
 uninterrupted run would be.
+
+Neighbours: `training.together` advances several runs step by step with their shared work
+done once; `training.run_card` writes a finished run's files and card; `training.run_files`
+names the files a run owns.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import math
-import re
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,11 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from replacement.atomic import atomic_path, write_json
+from replacement.atomic import atomic_path
 from replacement.dictionary import Dictionary, GatedDictionary
 from replacement.errors import SparseCircuitsError
 from replacement.hook_table import block_hook
-from replacement.hooks import check_hook, layer_hooks
+from replacement.hooks import check_hook
 from replacement.output_folder import OutputFolder, owned
 from replacement.processing import UNKNOWN, model_processing
 from replacement.splice import splice
@@ -49,8 +48,10 @@ from training.activation_cache import ActivationCache, CachedBatches, rank_shard
 from training.activations import ActivationBuffer
 from training.config import ConfigError, TrainConfig, option_name
 from training.data import TokenData, load_token_data, rows_per_step, sample_indices, token_mask
+from training.dictionary_factory import build_dictionary, dictionary_hooks
 from training.distributed import DistContext, context, use_global_batchtopk
 from training.fused_topk import fired_features, topk_reconstruct
+from training.interrupts import TrainingInterrupted, stop_on_interrupt
 from training.kl_loss import kl_to_reference
 from training.losses import (
     LossScale,
@@ -66,11 +67,16 @@ from training.losses import (
 )
 from training.original_pass import OriginalPasses
 from training.progress import progress
+from training.run_card import write_outputs
+from training.run_files import (
+    BRANCH_FILE,
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    append_metrics,
+    earlier_output,
+    trim_metrics,
+)
 
-CHECKPOINT_FILE = "checkpoint.pt"
-BRANCH_FILE = "branch.pt"
-"""The checkpoint at `Trainer.branch_at` (training.rung_branch): a longer run continues it."""
-METRICS_FILE = "metrics.jsonl"
 EVAL_MIN_ROWS = 4
 """The end evaluation uses at least this many held-out sequences."""
 # Fields that may change between a run and its resumption without changing the result.
@@ -91,84 +97,6 @@ class TrainingDivergedError(SparseCircuitsError):
 
 class CheckpointMismatchError(SparseCircuitsError):
     """out_dir holds a checkpoint of a run with a different configuration."""
-
-
-class TrainingInterrupted(SparseCircuitsError):
-    """Ctrl-C stopped training at a step boundary; a checkpoint of that step was written."""
-
-    def __init__(self, step: int, total: int, checkpoint: Path):
-        super().__init__(
-            f"interrupted after step {step} of {total}; checkpoint {str(checkpoint)!r} holds it, "
-            "and running again with the same settings resumes from there"
-        )
-        self.step, self.total, self.checkpoint = step, total, checkpoint
-
-
-@contextlib.contextmanager
-def _stop_on_interrupt(enabled: bool) -> Iterator[threading.Event]:
-    """Turn the first Ctrl-C into a flag read at step boundaries; a second one interrupts at once."""
-    flag = threading.Event()
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        flag.set()
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def dictionary_hooks(config: TrainConfig, layer: int) -> tuple[str, str]:
-    """(in_hook, out_hook) of the configured kind's dictionary at `layer`."""
-    if config.kind == "sae":
-        return block_hook(layer, config.site), block_hook(layer, config.site)
-    hooks = layer_hooks(layer)
-    return hooks.mlp_in, hooks.mlp_out
-
-
-def build_dictionary(
-    model: Any,
-    config: TrainConfig,
-    layer: int,
-    d_model: int | None = None,
-    model_name: str | None = None,
-    processing: str | None = None,
-) -> Dictionary:
-    """An untrained dictionary of the configured kind at `layer` (weights not initialised).
-
-    `d_model`, `model_name` and `processing` default to the model's; pass them (and
-    model=None) to build without a model, e.g. from an activation cache's manifest.
-    """
-    d_model = int(model.cfg.d_model) if d_model is None else int(d_model)
-    if model_name is None:
-        model_name = str(getattr(model.cfg, "model_name", "") or "")
-    in_hook, out_hook = dictionary_hooks(config, layer)
-    if processing is None:
-        processing = model_processing(model)
-    kw: dict[str, Any] = {
-        "skip": config.kind == "skip_transcoder",
-        "model_name": model_name,
-        # the activations it is trained on: the model's processing (replacement.processing)
-        "metadata": {} if processing == UNKNOWN else {"processing": processing},
-    }
-    if config.activation == "gated":
-        return GatedDictionary(d_model, d_model, config.n_features, in_hook, out_hook, **kw)
-    params = {"k": config.k} if config.activation in ("topk", "batchtopk") else {}
-    return Dictionary(
-        d_model,
-        d_model,
-        config.n_features,
-        in_hook,
-        out_hook,
-        config.activation,
-        activation_params=params,
-        **kw,
-    )
 
 
 class Trainer:
@@ -259,6 +187,8 @@ class Trainer:
         # sequences per e2e step: batch_tokens predicted tokens, ctx_len - 1 per sequence
         self.rows_per_step = rows_per_step(config.batch_tokens, self.ctx_len)
         self.last_metrics: dict[str, Any] = {}
+        self.card: dict[str, Any] | None = None
+        """The finished run's card.json (`training.run_card`)."""
         self.skip_unspliced_blocks = True
         """e2e: run the spliced pass from the first spliced block (TL4's start_at_layer)."""
         self.originals = originals
@@ -687,7 +617,7 @@ class Trainer:
             disable=not (self.config.verbose and self.dist.is_main),
             dynamic_ncols=True,
         )
-        with _stop_on_interrupt(self.dist.world_size == 1) as interrupted:
+        with stop_on_interrupt(self.dist.world_size == 1) as interrupted:
             for _ in bar:
                 if interrupted.is_set():  # only between steps, so the checkpoint is exact
                     bar.close()
@@ -715,7 +645,7 @@ class Trainer:
         cfg = self.config
         if self.dist.is_main and self._folder is None:
             # ours or refused, one writer at a time (locked until `finish`); files listed first
-            self._folder_cm = owned(self.out_dir, command="train", legacy=_earlier_output)
+            self._folder_cm = owned(self.out_dir, command="train", legacy=earlier_output)
             self._folder = self._folder_cm.__enter__()
             self._folder.claim([CHECKPOINT_FILE, METRICS_FILE, BRANCH_FILE])
         ckpt = self.out_dir / CHECKPOINT_FILE
@@ -776,7 +706,7 @@ class Trainer:
         if cfg.checkpoint_every:
             self.save_checkpoint()
         if self.dist.is_main:
-            self._write_outputs()
+            self.card = write_outputs(self)
         self.release()
         return self.dictionaries
 
@@ -802,27 +732,13 @@ class Trainer:
     # ---- outputs -----------------------------------------------------------------------------
     def _trim_metrics(self) -> None:
         """Drop metrics lines beyond the resumed step (they will be recomputed)."""
-        path = self.out_dir / METRICS_FILE
-        if not self.dist.is_main:
-            return
-        if not self._resumed:
-            if path.exists():
-                path.unlink()
-            return
-        if path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if _logged_step(ln) <= self.step]
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(ln + "\n" for ln in keep))
-            if keep and _logged_step(keep[-1]) == self.step:
-                # a run resumed at its logged last step (say, killed after its final step) has
-                # that step's figures for its card, as the uninterrupted run had
-                self.last_metrics = json.loads(keep[-1])
+        if self.dist.is_main:
+            last = trim_metrics(self.out_dir, self.step, self._resumed)
+            if last is not None:
+                self.last_metrics = last
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(self.out_dir, record)
 
     def validation_tokens(self) -> Int[Tensor, "rows ctx"]:
         """Held-out rows used for report.json: an eighth of the training tokens, at least four
@@ -832,121 +748,6 @@ class Trainer:
         budget = min(cfg.val_tokens, max(EVAL_MIN_ROWS * self.ctx_len, cfg.total_tokens // 8))
         n = max(1, budget // self.ctx_len)
         return self.data.val[:n]
-
-    def _write_outputs(self) -> None:
-        from replacement.formats.native import save_dictionary
-        from replacement.loss import spliced_loss
-
-        cfg = self.config
-        tokens_seen = self.step * self.tokens_per_step
-        written = [f"layer_{layer}.{ext}" for layer in self.dictionaries for ext in _LAYER_EXTS]
-        written += ["card.json", METRICS_FILE, CHECKPOINT_FILE]
-        written += [BRANCH_FILE] if (self.out_dir / BRANCH_FILE).exists() else []
-        written += ["report.json"] if cfg.evaluate else []
-        if self._folder is not None:
-            self._folder.claim(written)  # listed before written: a kill leaves them ours
-        report = None
-        if cfg.evaluate:
-            tokens = self.validation_tokens()
-            report = spliced_loss(
-                self.model, list(self.dictionaries.values()), tokens, verbose=cfg.verbose
-            )
-            write_json(self.out_dir / "report.json", report.to_dict())
-        layers_card = []
-        for layer, d in self.dictionaries.items():
-            train_m = self.last_metrics.get(f"layer_{layer}", {})
-            final = {
-                "layer": layer,
-                "training_tokens": tokens_seen,
-                "train_fvu": train_m.get("fvu"),
-                "train_l0": train_m.get("l0"),
-                "train_dead_share": train_m.get("dead_share"),
-            }
-            if report is not None:
-                r = report.row(d.out_hook) if len(self.dictionaries) > 1 else report.all
-                final.update(
-                    n_features=d.n_features,
-                    fvu=r.fvu,
-                    fvu_interval=r.fvu_interval,
-                    l0=r.l0,
-                    l0_interval=r.l0_interval,
-                    dead_share=r.dead_share,
-                    ce_increase=r.ce_increase,
-                    ce_increase_interval=r.ce_increase_interval,
-                    kl=r.kl,
-                    frac_recovered=r.recovered_zero,
-                    frac_recovered_interval=r.recovered_zero_interval,
-                    frac_recovered_mean=r.recovered_mean,
-                    shrinkage=r.shrinkage,
-                )
-            d.metadata = {**d.metadata, "training": cfg.to_dict(), "metrics": final}
-            save_dictionary(d, self.out_dir / f"layer_{layer}")
-            layers_card.append(final)
-        card = {
-            "description": (
-                f"{cfg.kind} ({cfg.activation}, F={cfg.n_features}"
-                + (f", k={cfg.k}" if cfg.activation in ("topk", "batchtopk") else "")
-                + f") on {cfg.model}, objective {cfg.objective}, {tokens_seen:,} tokens"
-            ),
-            "model": cfg.model,
-            "training": cfg.to_dict(),
-            "layers": layers_card,
-        }
-        if report is not None:
-            card["all"] = {k: v for k, v in vars(report.all).items() if k != "hooks"}
-            card["eval_predictions"] = report.n_predictions
-            # the mean over the dictionaries, resampled jointly (one dictionary: its own)
-            card["fvu_mean_interval"] = report.mean_fvu_interval
-        write_json(self.out_dir / "card.json", card)
-        self.card = card
-        # an earlier run in this folder (other layers, or with a report) leaves no stale files
-        if self._folder is not None:
-            self._folder.commit_in_place(written)
-
-
-def final_line(card: dict[str, Any], card_path: Path) -> str:
-    """One line of a finished run's figures from its card: FVU, L0 and dead share (means over
-    the dictionaries), CE increase with all of them spliced (with their intervals over the
-    evaluated sequences where the card has them), and where the card went."""
-
-    def mean(key: str) -> float | None:
-        values = [row[key] for row in card["layers"] if row.get(key) is not None]
-        return sum(values) / len(values) if values else None
-
-    n = len(card["layers"])
-    if "all" not in card:  # not evaluated: the last training step's figures
-        fvu, l0, dead = mean("train_fvu"), mean("train_l0"), mean("train_dead_share")
-        figures = [f"FVU {fvu:.4f}" if fvu is not None else "FVU n/a"]
-        figures += [f"L0 {l0:.1f}" if l0 is not None else "L0 n/a"]
-        figures += [f"dead {100 * dead:.1f}%" if dead is not None else "dead n/a"]
-        return f"final (last training step, no evaluation): {'  '.join(figures)}; card {card_path}"
-    ce, interval = card["all"]["ce_increase"], card["all"].get("ce_increase_interval")
-    ce_text = f"{ce:+.4f}" + (f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "")
-    fvu = card.get("fvu_mean_interval")
-    fvu_text = f"{mean('fvu'):.4f}" + (f" [{fvu[0]:.4f}, {fvu[1]:.4f}]" if fvu else "")
-    return (
-        f"final ({card['eval_predictions']:,} held-out predictions): FVU {fvu_text}  "
-        f"L0 {mean('l0'):.1f}  dead {100 * mean('dead_share'):.1f}%  CE increase {ce_text} nats "
-        f"({'all ' + str(n) + ' dictionaries' if n > 1 else 'the dictionary'} spliced); "
-        f"card {card_path}"
-    )
-
-
-def _logged_step(line: str) -> float:
-    """The step of a metrics line; a line cut short by a killed process counts as never logged."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
-
-
-_LAYER_EXTS = ("safetensors", "json")
-
-
-def _earlier_output(path: Path) -> bool:
-    """Files a training run writes (checkpoint, metrics, layer files, report and card)."""
-    names = ("report.json", "card.json", CHECKPOINT_FILE, METRICS_FILE, BRANCH_FILE)
-    return path.name in names or bool(re.fullmatch(r"layer_\d+\.(json|safetensors)", path.name))
 
 
 def _same_setting(key: str, old: Any, new: Any) -> bool:
@@ -970,117 +771,3 @@ def _capture(store: dict[str, Tensor], name: str, detach: bool = True):
 def train(config: TrainConfig, model: Any = None, data: Any = None) -> dict[int, Dictionary]:
     """`Trainer(config, model, data).train()`."""
     return Trainer(config, model, data).train()
-
-
-def train_many(
-    configs: Sequence[TrainConfig], model: Any = None, data: Any = None
-) -> list[dict[int, Dictionary]]:
-    """Train several runs together, sharing the work that does not depend on the dictionary.
-
-    Local runs read `activations` from the same folder with the same batch_tokens and seed,
-    so each batch is read once and serves every run (different layers, kinds, widths, k or
-    sparsity coefficients). e2e and e2e+ds runs (no activations) with the same model,
-    batch_tokens, ctx_len and seed train on the same token rows at every step, so the
-    original model's pass of each step is run once for all of them (`OriginalPasses`).
-    Each run keeps its own out_dir, checkpoint and resume; the result equals training each
-    config on its own, and each run's train_seconds includes an equal share of the shared
-    passes.
-    """
-    trainers = trainers_for(configs, model, data)
-    return train_together(trainers, trainers[0]._model if trainers else model)
-
-
-def trainers_for(
-    configs: Sequence[TrainConfig], model: Any = None, data: Any = None
-) -> list[Trainer]:
-    """The `Trainer`s of `train_many`, sharing cached batches (local) or the original
-    model's passes (e2e); checked before any is built."""
-    if not configs:
-        return []
-    first = configs[0]
-    local = [c.objective == "local" for c in configs]
-    if any(local) and not all(local):
-        raise ConfigError(
-            "train_many trains local runs or e2e runs together, not both: local runs share "
-            "cached activations, e2e runs the original model's pass"
-        )
-    shared = ("activations", "batch_tokens", "seed") + (() if all(local) else ("model", "ctx_len"))
-    if all(local) and first.activations is None:
-        raise ConfigError("train_many reads an activation cache: set activations on every config")
-    for cfg in configs:
-        for name in shared:
-            if getattr(cfg, name) != getattr(first, name):
-                raise ConfigError(
-                    f"train_many needs one {name} for all runs; got {getattr(first, name)!r} "
-                    f"and {getattr(cfg, name)!r}"
-                )
-    if len({str(Path(c.out_dir).resolve()) for c in configs}) < len(configs):
-        raise ConfigError("train_many needs a different out_dir for every run")
-    if not all(local):
-        if model is None:
-            from replacement.model import load_model
-
-            model = load_model(first.model, device=first.device)
-        originals = OriginalPasses(model)
-        trainers = [Trainer(first, model, data, originals=originals)]
-        data = trainers[0].data  # tokenized once, for every run
-        return trainers + [Trainer(c, model, data, originals=originals) for c in configs[1:]]
-    cache = ActivationCache(first.activations)
-    hooks = sorted({h for c in configs for layer in c.layers for h in dictionary_hooks(c, layer)})
-    dist = context(first.device)
-    shards = rank_shards(cache.n_shards, dist.rank, dist.world_size)
-    batches = CachedBatches(cache, hooks, first.batch_tokens, first.seed, shards)
-    return [Trainer(c, model, data, batches=batches) for c in configs]
-
-
-def train_together(trainers: list[Trainer], model: Any) -> list[dict[int, Dictionary]]:
-    """Advance `trainers` step by step together (`trainers_for`); returns their dictionaries.
-
-    A Ctrl-C (SIGINT) stops at the next step boundary: every unfinished run is checkpointed
-    and `TrainingInterrupted` is raised (naming the first); the folders are released either way.
-    """
-    if not trainers:
-        return []
-    try:
-        return _train_together(trainers, model)
-    finally:
-        for t in trainers:
-            t.release()
-
-
-def _train_together(trainers: list[Trainer], model: Any) -> list[dict[int, Dictionary]]:
-    first, dist = trainers[0].config, trainers[0].dist
-    configs = [t.config for t in trainers]
-    ends = [t.begin() for t in trainers]
-    bar = tqdm(
-        total=sum(c.total_steps for c in configs),
-        initial=sum(t.step for t in trainers),
-        desc=f"train {len(configs)} runs",
-        disable=not (first.verbose and dist.is_main),
-        dynamic_ncols=True,
-    )
-    with _stop_on_interrupt(dist.world_size == 1) as interrupted:
-        for step in range(min(t.step for t in trainers), max(ends)):
-            if interrupted.is_set():  # only between steps, so every checkpoint is exact
-                break
-            active = [t for t, end in zip(trainers, ends, strict=True) if t.step == step < end]
-            if active and active[0].originals is not None:  # e2e: this step's pass is theirs
-                active[0].originals.sharers = len(active)
-            for trainer in active:
-                trainer.advance()
-                bar.update(1)
-    bar.close()
-    if interrupted.is_set():
-        stopped = [t for t, end in zip(trainers, ends, strict=True) if t.step < end]
-        for t in stopped:
-            t.save_checkpoint()
-        if stopped:
-            t = stopped[0]
-            raise TrainingInterrupted(t.step, t.config.total_steps, t.out_dir / CHECKPOINT_FILE)
-    if model is None and any(
-        t.config.evaluate and t.step >= t.config.total_steps for t in trainers
-    ):
-        model = trainers[0].model  # evaluation needs the model: load it once for every run
-        for t in trainers:
-            t._model = model
-    return [t.finish() for t in trainers]

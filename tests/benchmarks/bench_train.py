@@ -58,7 +58,9 @@ from training.activations import collect_activations
 from training.config import TrainConfig
 from training.data import TokenData, chunk_documents, special_token_ids, token_mask
 from training.default_model.corpus import collect_corpus
-from training.trainer import Trainer, dictionary_hooks, train_many
+from training.dictionary_factory import dictionary_hooks
+from training.together import train_many
+from training.trainer import Trainer
 
 
 def _model(device: str) -> tuple[Any, Path, str]:
