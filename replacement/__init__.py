@@ -26,7 +26,7 @@ _HOMES = {
     "LayerHooks": "replacement.hooks",
     "check_hook": "replacement.hooks",
     "layer_hooks": "replacement.hooks",
-    "SplicedLossReport": "replacement.loss",
+    "SplicedLossReport": "replacement.loss_report",
     "spliced_loss": "replacement.loss",
     "DEFAULT_MODEL_DIR": "replacement.model",
     "load_model": "replacement.model",
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
         load_model_and_dictionaries,
     )
     from replacement.hooks import LayerHooks, check_hook, layer_hooks
-    from replacement.loss import SplicedLossReport, spliced_loss
+    from replacement.loss import spliced_loss
+    from replacement.loss_report import SplicedLossReport
     from replacement.model import DEFAULT_MODEL_DIR, load_model, to_tokens
     from replacement.splice import splice
 

@@ -112,8 +112,9 @@ def recorded_ctx_len(dictionaries, n_ctx: int) -> int | None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Load the model and dictionaries, compute the spliced loss, print and save the report."""
+    from replacement.eval_tokens import prepare_tokens
     from replacement.formats.detect import describe, load_model_and_dictionaries
-    from replacement.loss import prepare_tokens, spliced_loss
+    from replacement.loss import spliced_loss
 
     # inputs, device, dictionaries and the output path are checked before the model loads
     text = read_text_file(args.text, "--text") if args.text else None

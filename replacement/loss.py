@@ -9,7 +9,8 @@ loss recovered against zero- and mean-ablating the same sites:
 plus the local metrics of each dictionary on the original activations: FVU, explained
 variance, L0, share of dead features and shrinkage gamma = E||y_hat||^2 / E<y, y_hat>.
 CE increase, KL, loss recovered, FVU and L0 come with 95% bootstrap intervals over sequences
-(`replacement.loss_intervals`).
+(`replacement.loss_sums`, `replacement.loss_intervals`); the report's form is
+`replacement.loss_report`.
 
 Position 0 (BOS) is excluded everywhere: its activations from the local metrics and the
 prediction made at position 0 from the losses. Padding of ragged text is excluded likewise.
@@ -20,23 +21,21 @@ positions they were trained for; `keep_bos=False` splices and ablates BOS as wel
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
-from replacement.errors import ShapeError, SparseCircuitsError
-from replacement.loss_intervals import RESAMPLES, percentile_interval, resampled_sums
-from replacement.model import to_tokens
+from replacement.errors import SparseCircuitsError
+from replacement.eval_tokens import prepare_tokens
+from replacement.loss_report import SplicedLossReport, SplicedLossRow
+from replacement.loss_sums import LocalSums, LossSums, add_local_intervals, add_loss_intervals
 from replacement.splice import (
     _flat,
     _layer_views,
@@ -49,342 +48,6 @@ from replacement.splice import (
 Unit = Dictionary | CrossLayerTranscoder
 ABLATIONS = ("zero", "mean")
 CONVENTIONS = ("sparse-circuits", "saelens")
-
-
-# ---- results ------------------------------------------------------------------------------------
-@dataclass
-class SplicedLossRow:
-    """Figures of one dictionary spliced alone, or of all dictionaries together (name "all")."""
-
-    name: str
-    """The dictionary's out_hook (a CLT: `clt:<first>..<last>`), or "all"."""
-    hooks: list[str]
-    """The hooks this row replaces."""
-    ce_spliced: float | None = None
-    """Mean CE of the spliced model (None when this row's spliced pass was not run)."""
-    ce_increase: float | None = None
-    """ce_spliced - ce_original."""
-    ce_increase_interval: list[float] | None = None
-    """95% bootstrap interval of ce_increase over sequences (`replacement.loss_intervals`;
-    None with one sequence)."""
-    kl: float | None = None
-    """Mean over tokens of KL(p_original || p_spliced), in nats."""
-    kl_interval: list[float] | None = None
-    """95% bootstrap interval of kl over sequences."""
-    ce_zero_ablated: float | None = None
-    """Mean CE with the same hooks set to zero."""
-    ce_mean_ablated: float | None = None
-    """Mean CE with the same hooks set to their mean over the evaluated tokens."""
-    recovered_zero: float | None = None
-    """Fraction of loss recovered against zero ablation."""
-    recovered_mean: float | None = None
-    """Fraction of loss recovered against mean ablation."""
-    recovered_zero_interval: list[float] | None = None
-    """95% bootstrap interval of recovered_zero over sequences (the same resamples as every
-    other interval of the report, so differences between rows are paired)."""
-    recovered_mean_interval: list[float] | None = None
-    """95% bootstrap interval of recovered_mean over sequences."""
-    fvu: float | None = None
-    """Fraction of variance unexplained on the original activations (None for "all")."""
-    fvu_interval: list[float] | None = None
-    """95% bootstrap interval of fvu over sequences (each resample's FVU from its own sums,
-    the variance around its own mean)."""
-    explained_variance: float | None = None
-    """1 - FVU."""
-    l0: float | None = None
-    """Mean number of active features per token (summed over a CLT's layers)."""
-    l0_interval: list[float] | None = None
-    """95% bootstrap interval of l0 over sequences."""
-    dead_share: float | None = None
-    """Share of features that never fired on the evaluated tokens."""
-    shrinkage: float | None = None
-    """E||y_hat||^2 / E<y, y_hat>; 1 means no shrinkage."""
-    saelens: dict[str, float] | None = None
-    """With `conventions="saelens"`: SAELens' `run_evals` metrics under SAELens' names."""
-
-
-@dataclass
-class SplicedLossReport:
-    """Result of `spliced_loss`: the original CE and one row per dictionary plus "all"."""
-
-    ce_original: float
-    """Mean CE of the unspliced model on the evaluated predictions."""
-    n_predictions: int
-    """Number of next-token predictions evaluated (position 0 and padding excluded)."""
-    n_sequences: int
-    """Number of sequences (after chunking text to ctx_len)."""
-    keep_bos: bool = True
-    """Whether position 0 kept the model's own activation in the spliced and ablated passes."""
-    rows: list[SplicedLossRow] = field(default_factory=list)
-    """Per-dictionary rows, then "all" when there are several dictionaries."""
-    mean_fvu_interval: list[float] | None = None
-    """95% bootstrap interval of the mean FVU over the dictionaries' rows (the same resamples
-    as every row's intervals)."""
-    mean_l0_interval: list[float] | None = None
-    """95% bootstrap interval of the mean L0 over the dictionaries' rows."""
-
-    def row(self, name: str) -> SplicedLossRow:
-        """The row called `name` (an out_hook, a CLT name, or "all")."""
-        for row in self.rows:
-            if row.name == name:
-                return row
-        raise KeyError(f"no row {name!r}; rows: {[r.name for r in self.rows]}")
-
-    @property
-    def all(self) -> SplicedLossRow:
-        """The row of every dictionary spliced together."""
-        return self.row("all") if len(self.rows) > 1 else self.rows[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (NaN becomes None)."""
-
-        def clean(value: Any) -> Any:
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, list):
-                return [clean(v) for v in value]
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            return value
-
-        return clean(asdict(self))
-
-    def __str__(self) -> str:
-        columns = [
-            ("name", "name"),
-            ("CE", "ce_spliced"),
-            ("dCE", "ce_increase"),
-            ("dCE 95%", "ce_increase_interval"),
-            ("KL", "kl"),
-            ("rec0", "recovered_zero"),
-            ("recmean", "recovered_mean"),
-            ("FVU", "fvu"),
-            ("FVU 95%", "fvu_interval"),
-            ("EV", "explained_variance"),
-            ("L0", "l0"),
-            ("dead", "dead_share"),
-            ("gamma", "shrinkage"),
-        ]
-        table = [[title for title, _ in columns]]
-        for row in self.rows:
-            cells = []
-            for _, key in columns:
-                value = getattr(row, key)
-                if isinstance(value, list):
-                    cells.append(f"[{_fmt(value[0])}, {_fmt(value[1])}]")
-                else:
-                    cells.append(value if isinstance(value, str) else _fmt(value))
-            table.append(cells)
-        widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
-        lines = [
-            f"original CE {self.ce_original:.4f} nats over {self.n_predictions} predictions "
-            f"({self.n_sequences} sequences); position 0 "
-            + ("kept exact" if self.keep_bos else "spliced and ablated too")
-        ]
-        for i, cells in enumerate(table):
-            first = cells[0].ljust(widths[0])
-            rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-            lines.append("  ".join([first, *rest]))
-            if i == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan"
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
-
-
-# ---- tokens -------------------------------------------------------------------------------------
-def prepare_tokens(
-    model: Any,
-    tokens_or_text: Int[Tensor, "batch pos"] | str | Sequence[str],
-    ctx_len: int | None = None,
-) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
-    """Token rows and their lengths: text is tokenized, chunked to ctx_len and BOS-prefixed.
-
-    A LongTensor is used as given (each row its full length); it must fit in n_ctx.
-    """
-    n_ctx = int(model.cfg.n_ctx)
-    ctx = int(ctx_len or n_ctx)
-    if ctx > n_ctx:  # never clamp silently: the user asked for a length the model cannot see
-        raise ShapeError(
-            f"ctx_len (--ctx-len) {ctx} exceeds the model's context of {n_ctx} tokens; "
-            f"use {n_ctx} or less"
-        )
-    if ctx < 3:
-        raise SparseCircuitsError(f"ctx_len must be at least 3 (BOS + two tokens), got {ctx}")
-    if isinstance(tokens_or_text, Tensor):
-        tokens = tokens_or_text
-        if tokens.dim() == 1:
-            tokens = tokens[None]
-        if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
-            raise ShapeError(
-                f"tokens should be an integer tensor [batch, pos], got {tuple(tokens.shape)} "
-                f"{tokens.dtype}"
-            )
-        if tokens.shape[1] > n_ctx:
-            raise ShapeError(
-                f"tokens have {tokens.shape[1]} positions, the model's n_ctx is {n_ctx}"
-            )
-        lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long)
-        return tokens.long(), lengths
-    texts = [tokens_or_text] if isinstance(tokens_or_text, str) else list(tokens_or_text)
-    bos = model.tokenizer.bos_token_id
-    if bos is None:
-        raise SparseCircuitsError("the tokenizer has no BOS token; pass a token tensor instead")
-    rows: list[list[int]] = []
-    for text in texts:
-        ids = to_tokens(model, text, prepend_bos=False)[0].tolist() if text else []
-        for start in range(0, len(ids), ctx - 1):
-            rows.append([bos, *ids[start : start + ctx - 1]])
-    rows = [r for r in rows if len(r) >= 3]
-    if not rows:
-        raise SparseCircuitsError("the text gives no sequence of at least 3 tokens to evaluate")
-    width = max(len(r) for r in rows)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else bos
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return tokens, torch.tensor([len(r) for r in rows], dtype=torch.long)
-
-
-# ---- accumulators -------------------------------------------------------------------------------
-class _Local:
-    """Streaming local metrics of one dictionary (pooled over a CLT's layers), kept per
-    sequence: the totals give the point figures, resampled sums their bootstrap intervals."""
-
-    def __init__(self, n_features: int, device: torch.device):
-        self.yhat2 = self.dot = 0.0
-        self.fired = torch.zeros(n_features, dtype=torch.bool, device=device)
-        # per batch: [rows, 4] sums of err2, y2, active features and tokens, plus each site's
-        # [rows, d] sum of y and [rows] token count
-        self._per_batch: list[Tensor] = []
-        self._sum_y_per_batch: dict[int, list[Tensor]] = {}
-        self._count_per_batch: dict[int, list[Tensor]] = {}
-
-    def begin_batch(self, n_rows: int, device: torch.device) -> None:
-        """Open the per-sequence sums of a batch of `n_rows` sequences."""
-        self._per_batch.append(torch.zeros(n_rows, 4, dtype=torch.float64, device=device))
-
-    def _site_sums(self, site: int, d: int) -> tuple[list[Tensor], list[Tensor]]:
-        """A site's per-batch sums, with zeros for the batches it was not seen in."""
-        sums = self._sum_y_per_batch.setdefault(site, [])
-        counts = self._count_per_batch.setdefault(site, [])
-        while len(counts) < len(self._per_batch):
-            rows = self._per_batch[len(counts)].shape[0]
-            sums.append(torch.zeros(rows, d, dtype=torch.float64))
-            counts.append(torch.zeros(rows, dtype=torch.float64))
-        return sums, counts
-
-    def add(self, site: int, y: Tensor, y_hat: Tensor, rows: Tensor) -> None:
-        """Add one site's masked targets and reconstructions [tokens, d]; `rows` gives each
-        token's sequence in the current batch."""
-        y, y_hat = y.double(), y_hat.double()
-        self.yhat2 += float(y_hat.pow(2).sum())
-        self.dot += float((y * y_hat).sum())
-        per = self._per_batch[-1]
-        n_rows = per.shape[0]
-        per[:, 0] += torch.bincount(rows, weights=(y - y_hat).pow(2).sum(-1), minlength=n_rows)
-        per[:, 1] += torch.bincount(rows, weights=y.pow(2).sum(-1), minlength=n_rows)
-        sum_y = torch.zeros(n_rows, y.shape[1], dtype=torch.float64, device=y.device)
-        sum_y.index_add_(0, rows, y)
-        sums, counts = self._site_sums(site, y.shape[1])
-        sums[-1] += sum_y.cpu()
-        counts[-1] += torch.bincount(rows, minlength=n_rows).to(torch.float64).cpu()
-
-    def add_acts(
-        self,
-        token_rows: Tensor,
-        feature_idx: Tensor,
-        feature_rows: Tensor,
-        offset: int = 0,
-        new_tokens: bool = True,
-    ) -> None:
-        """Add the active features of masked tokens: `token_rows` gives each token's sequence
-        in the batch, `feature_rows` each active feature's (new_tokens: count the tokens)."""
-        per = self._per_batch[-1]
-        n_rows = per.shape[0]
-        per[:, 2] += torch.bincount(feature_rows, minlength=n_rows).to(per.dtype)
-        if new_tokens:
-            per[:, 3] += torch.bincount(token_rows, minlength=n_rows).to(per.dtype)
-        self.fired[feature_idx + offset] = True
-
-    def _columns(self) -> tuple[Float[np.ndarray, "sequences k"], list[int]]:
-        """Each sequence's sums side by side, and each site's width (see `_fvu_l0`)."""
-        columns, widths = [torch.cat(self._per_batch).cpu()], []
-        for site in sorted(self._sum_y_per_batch):
-            sums, counts = self._site_sums(site, self._sum_y_per_batch[site][0].shape[1])
-            columns += [torch.cat(sums), torch.cat(counts)[:, None]]
-            widths.append(sums[0].shape[1])
-        return torch.cat(columns, 1).numpy(), widths
-
-    @staticmethod
-    def _fvu_l0(sums: Float[np.ndarray, "draws k"], widths: list[int]) -> tuple[np.ndarray, ...]:
-        """FVU (the error over the variance around the draw's own mean, pooled over sites)
-        and L0 of each row of summed columns."""
-        err2, total_var, l0, n = sums[:, 0], sums[:, 1].copy(), sums[:, 2], sums[:, 3]
-        at = 4
-        for d in widths:
-            total_var -= (sums[:, at : at + d] ** 2).sum(1) / sums[:, at + d]
-            at += d + 1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fvu = np.where(total_var > 0, err2 / total_var, np.nan)
-            return fvu, l0 / np.maximum(n, 1)
-
-    def fill(self, row: SplicedLossRow) -> None:
-        columns, widths = self._columns()
-        fvu, l0 = self._fvu_l0(columns.sum(0, keepdims=True), widths)
-        row.fvu, row.l0 = float(fvu[0]), float(l0[0])
-        row.explained_variance = 1.0 - row.fvu
-        row.dead_share = float((~self.fired).float().mean())
-        row.shrinkage = self.yhat2 / self.dot if self.dot != 0 else float("nan")
-
-    def resampled(self, resamples: int) -> tuple[np.ndarray, np.ndarray]:
-        """FVU and L0 under `resamples` bootstrap draws of the sequences (the draws of
-        `resampled_sums`, so paired with every loss figure of the report)."""
-        columns, widths = self._columns()
-        return self._fvu_l0(resampled_sums(columns, resamples), widths)
-
-
-class _LossSums:
-    """Streaming sums of CE and KL over predictions, in total and per sequence."""
-
-    def __init__(self):
-        self.ce = self.kl = 0.0
-        self.n = 0
-        self._per_batch: list[Tensor] = []  # [rows, 3]: each sequence's CE, KL, predictions
-
-    def add(
-        self, logp: Tensor, targets: Tensor, logp_orig: Tensor | None, rows: Tensor, n_rows: int
-    ) -> None:
-        """Add a batch's predictions; `rows` gives each prediction's sequence in the batch."""
-        ce = -logp.gather(-1, targets[:, None])[:, 0].double()
-        self.ce += float(ce.sum())
-        kl = torch.zeros_like(ce)
-        if logp_orig is not None:
-            kl = (logp_orig.exp() * (logp_orig - logp)).sum(-1).double()
-            self.kl += float(kl.sum())
-        self.n += targets.shape[0]
-        per = torch.zeros(n_rows, 3, dtype=torch.float64, device=ce.device)
-        per.index_add_(0, rows, torch.stack([ce, kl, torch.ones_like(ce)], -1))
-        self._per_batch.append(per.cpu())
-
-    @property
-    def per_sequence(self) -> Float[np.ndarray, "sequences 3"]:
-        """Each sequence's sums of CE and KL and its number of predictions."""
-        return torch.cat(self._per_batch).numpy()
-
-    @property
-    def mean_ce(self) -> float:
-        return self.ce / max(self.n, 1)
-
-    @property
-    def mean_kl(self) -> float:
-        return self.kl / max(self.n, 1)
 
 
 class _Stop(Exception):
@@ -425,7 +88,7 @@ def _replace_hooks(values: dict[str, Callable[[Tensor], Tensor]], keep_bos: bool
 
 
 def _local_outputs(
-    unit: Unit, xs: list[Tensor], local: _Local, act_mask: Tensor, ys: list[Tensor]
+    unit: Unit, xs: list[Tensor], local: LocalSums, act_mask: Tensor, ys: list[Tensor]
 ) -> list[Tensor]:
     """Reconstructions of a unit from original activations [B, T, d]; feeds the local metrics."""
     flat_mask = act_mask.reshape(-1)
@@ -534,10 +197,10 @@ def spliced_loss(
 
     means = _site_means(model, batches, units, verbose) if "mean" in ablations else {}
 
-    orig = _LossSums()
-    locals_ = {_unit_name(u): _Local(sum(_features(u)), device) for u in units}
-    spliced = {name: _LossSums() for name in [*locals_, "all"]}
-    ablated = {(name, a): _LossSums() for name in [*locals_, "all"] for a in ablations}
+    orig = LossSums()
+    locals_ = {_unit_name(u): LocalSums(sum(_features(u)), device) for u in units}
+    spliced = {name: LossSums() for name in [*locals_, "all"]}
+    ablated = {(name, a): LossSums() for name in [*locals_, "all"] for a in ablations}
 
     def evaluate(batch: Tensor, lens: Tensor) -> None:
         pos = torch.arange(batch.shape[1], device=device)
@@ -571,7 +234,7 @@ def spliced_loss(
             for h, y_hat, y in zip(_out_hooks(unit), outs, ys, strict=True):
                 recon[h] = keep_first_position(y_hat, y) if keep_bos else y_hat
 
-        def run(hooks: list, sums: _LossSums) -> None:
+        def run(hooks: list, sums: LossSums) -> None:
             out = model.run_with_hooks(batch, fwd_hooks=hooks)
             sums.add(_log_probs(out, pred_mask), targets, logp_orig, rows, n_rows)
 
@@ -671,11 +334,11 @@ def _site_means(model: Any, batches: list, units: list[Unit], verbose: bool) -> 
 
 
 def _report(
-    orig: _LossSums,
+    orig: LossSums,
     units: list[Unit],
-    locals_: dict[str, _Local],
-    spliced: dict[str, _LossSums],
-    ablated: dict[tuple[str, str], _LossSums],
+    locals_: dict[str, LocalSums],
+    spliced: dict[str, LossSums],
+    ablated: dict[tuple[str, str], LossSums],
     ablations: Sequence[str],
     several: bool,
     alone: bool,
@@ -693,65 +356,16 @@ def _report(
         row = SplicedLossRow("all", [h for u in units for h in _out_hooks(u)])
         _fill_losses(row, orig, spliced["all"], ablated, "all", ablations)
         report.rows.append(row)
-    _add_intervals(report, orig, spliced, ablated, ablations)
-    _add_local_intervals(report, locals_)
+    add_loss_intervals(report, orig, spliced, ablated, ablations)
+    add_local_intervals(report, locals_)
     return report
-
-
-def _add_intervals(
-    report: SplicedLossReport,
-    orig: _LossSums,
-    spliced: dict[str, _LossSums],
-    ablated: dict[tuple[str, str], _LossSums],
-    ablations: Sequence[str],
-) -> None:
-    """Bootstrap intervals over sequences of every row's CE increase, KL and loss recovered."""
-    rows = [row for row in report.rows if row.ce_spliced is not None]
-    if report.n_sequences < 2 or not rows:
-        return  # one sequence has no spread to resample
-    base = orig.per_sequence
-    columns: dict[Any, np.ndarray] = {"orig": base[:, 0], "n": base[:, 2]}
-    for row in rows:
-        per = spliced[row.name].per_sequence
-        columns[(row.name, "ce")], columns[(row.name, "kl")] = per[:, 0], per[:, 1]
-        for kind in ablations:
-            columns[(row.name, kind)] = ablated[(row.name, kind)].per_sequence[:, 0]
-    keys = list(columns)
-    sums = resampled_sums(np.stack([columns[k] for k in keys], 1))
-    col = {k: sums[:, i] for i, k in enumerate(keys)}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for row in rows:
-            ce = col[(row.name, "ce")]
-            row.ce_increase_interval = percentile_interval((ce - col["orig"]) / col["n"])
-            row.kl_interval = percentile_interval(col[(row.name, "kl")] / col["n"])
-            for kind in ablations:
-                ce_abl = col[(row.name, kind)]
-                recovered = (ce_abl - ce) / (ce_abl - col["orig"])
-                setattr(row, f"recovered_{kind}_interval", percentile_interval(recovered))
-
-
-def _add_local_intervals(report: SplicedLossReport, locals_: dict[str, _Local]) -> None:
-    """Bootstrap intervals over sequences of every dictionary's FVU and L0, and of their means
-    over the dictionaries (the resamples of `_add_intervals`, so the figures are paired)."""
-    if report.n_sequences < 2:
-        return
-    fvus, l0s = [], []
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for name, local in locals_.items():
-            row = report.row(name)
-            fvu, l0 = local.resampled(RESAMPLES)
-            row.fvu_interval, row.l0_interval = percentile_interval(fvu), percentile_interval(l0)
-            fvus.append(fvu)
-            l0s.append(l0)
-    report.mean_fvu_interval = percentile_interval(np.mean(fvus, 0))
-    report.mean_l0_interval = percentile_interval(np.mean(l0s, 0))
 
 
 def _fill_losses(
     row: SplicedLossRow,
-    orig: _LossSums,
-    spliced: _LossSums,
-    ablated: dict[tuple[str, str], _LossSums],
+    orig: LossSums,
+    spliced: LossSums,
+    ablated: dict[tuple[str, str], LossSums],
     name: str,
     ablations: Sequence[str],
 ) -> None:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from replacement.dictionary import Dictionary
-from replacement.loss import prepare_tokens, spliced_loss
+from replacement.eval_tokens import prepare_tokens
+from replacement.loss import spliced_loss
 
 TOKENS = torch.randint(1, 300, (3, 16), generator=torch.Generator().manual_seed(2))
 
