@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.claims import (
+from analysis.claims_arms import (
     Arm,
     baseline_margin,
     baseline_rung,

@@ -21,17 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.claims import (
-    BASELINES,
-    Arm,
-    arms,
-    baseline_rung,
-    claims,
-    claims_markdown,
-    n_chunks,
-    rung_figures,
-    single_run,
-)
+from analysis.claims import BASELINES, claims, claims_markdown
+from analysis.claims_arms import Arm, arms, baseline_rung, n_chunks, rung_figures, single_run
 from analysis.claims_budget import braun_readings, readings_markdown
 from analysis.claims_stats import Interval, bootstrap, seed_mean
 from replacement.atomic import atomic_path, write_json, write_text

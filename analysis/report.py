@@ -262,7 +262,7 @@ def _sweep_curve(sweep: dict[str, Any], act: str) -> list[tuple[float, float]]:
             for r in sweep["runs"].values()
             if r.get("group") == "gated" and r.get("activation") == act
         )
-    from analysis.claims import arms, rung_figures
+    from analysis.claims_arms import arms, rung_figures
 
     arm = arms(sweep, "gated").get(act)
     if arm is None:

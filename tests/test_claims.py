@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from analysis.claims import Arm, claims, matched_l0_difference, paired_point_difference
+from analysis.claims import claims
+from analysis.claims_arms import Arm, matched_l0_difference, paired_point_difference
 from analysis.claims_stats import Interval, bootstrap, verdict
 from training.convergence import budget_ladder, has_converged
 
@@ -166,7 +167,7 @@ def test_matched_l0_difference_has_the_known_answer(offset, expected):
 def test_moving_each_points_l0_by_its_last_change_shifts_the_difference_by_the_known_amount():
     """CE = 0.1 - 0.02 ln L0 on both arms; A's L0 still halving per doubling: moved once more,
     A's curve sits 0.02 ln 2 lower at every L0 of the common range, so B - A = +0.02 ln 2."""
-    from analysis.claims import l0_moved
+    from analysis.claims_arms import l0_moved
 
     a, b = _arm(0.0, seed=1), _arm(0.0, seed=2)
     a.l0_changes, b.l0_changes = [-0.5] * 4, [None] * 4
@@ -181,7 +182,7 @@ def test_moving_each_points_l0_by_its_last_change_shifts_the_difference_by_the_k
 def test_the_profile_gives_the_known_difference_at_each_l0():
     """CE 0.1 - 0.02 ln L0 against 0.1 - 0.03 ln L0: B - A is -0.01 ln L0 at every grid L0,
     and the mean is the mean of those; every component comes from the same draws."""
-    from analysis.claims import matched_l0_profile
+    from analysis.claims_arms import matched_l0_profile
     from analysis.claims_stats import bootstrap_many
 
     zeros = np.zeros(N_CHUNKS)
@@ -305,7 +306,8 @@ def test_pilot_sweep_settles_nothing():
 
 
 def test_the_shipped_sweep_gives_verdicts_only_where_every_run_ended():
-    from analysis.claims import load_sweep, progress
+    from analysis.claims import load_sweep
+    from analysis.claims_arms import progress
 
     results = load_sweep()
     found = claims(results)
@@ -609,7 +611,7 @@ def test_e2e_ladders_trained_together_give_each_ones_result_alone_and_all_are_sa
 
 @pytest.mark.slow
 def test_passes_count_how_often_a_budget_repeats_the_training_tokens():
-    from analysis.claims import passes
+    from analysis.claims_arms import passes
 
     setup = {"train_tokens": 8_000_000}
     assert passes(16_000_000, setup) == ", 2 passes over the 8,000,000 training tokens"
@@ -995,7 +997,7 @@ def test_the_table_gives_each_points_l0_change_over_its_last_doubling(tmp_path):
 def test_collapsed_points_are_left_out_of_the_matched_comparison_and_named():
     """A dead SAE (FVU >= 1) on one arm at L0 0.5 with a CE that would pull the difference
     down: left out, the grid and the difference are those of the live points, and it is named."""
-    from analysis.claims import live
+    from analysis.claims_arms import live
 
     relu, gated = _arm(0.0, seed=5), _arm(-0.01, seed=6)
     dead = {s: {**_rung(0.5, 0.9, np.zeros(N_CHUNKS))} for s in range(2)}

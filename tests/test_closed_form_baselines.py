@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.claims import Arm, baseline_margin, single_run
+from analysis.claims_arms import Arm, baseline_margin, single_run
 from tests.test_claims import N_CHUNKS, _rung
 from training.closed_form_baselines import affine_least_squares, fit_linear_transcoder
 

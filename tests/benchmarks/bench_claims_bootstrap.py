@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-from analysis.claims import arms, live, load_sweep, matched_l0_profile, n_chunks, rung_figures
+from analysis.claims import load_sweep
+from analysis.claims_arms import arms, live, matched_l0_profile, n_chunks, rung_figures
 from analysis.claims_stats import N_DRAWS, Interval, chunk_weights, matched_grid
 
 
