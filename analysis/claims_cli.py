@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from replacement.errors import SparseCircuitsError
     from replacement.validation import check_device, check_output_dir, check_output_file
     from training.allocator import keep_freed_memory
-    from training.claims_sweep import RESULTS_FILE, SweepSettings, run_claims
+    from training.claims_results import RESULTS_FILE
+    from training.claims_settings import SweepSettings
+    from training.claims_sweep import run_claims
 
     keep_freed_memory()
 
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         rows=args.rows,
     ).validate()
     if args.merge:
-        from training.claims_sweep import merge_results
+        from training.claims_results import merge_results
 
         taken, kept = merge_results(args.out, args.merge)
         print(f"merged {args.merge}: {taken} runs taken, {kept} kept from {args.out}")

@@ -42,7 +42,8 @@ def test_a_sweep_recorded_before_the_floor_resumes_only_with_the_floor_it_had(tm
     """An older results file (no floor recorded) ran the relative rule alone: resuming it
     under the default floor would mix two rules in one sweep, so it is refused."""
     from replacement.errors import SparseCircuitsError
-    from training.claims_sweep import RESULTS_FILE, SweepSettings, load_results
+    from training.claims_results import RESULTS_FILE, load_results
+    from training.claims_settings import SweepSettings
 
     old = SweepSettings(out=str(tmp_path)).recorded()
     del old["floor"]
@@ -322,7 +323,7 @@ def test_the_shipped_sweep_gives_verdicts_only_where_every_run_ended():
 
 def _tiny_sweep(out, model, seeds=1):
     """Settings and data of a sweep that trains in seconds (skip claim; rows of the corpus)."""
-    from training.claims_sweep import SweepSettings
+    from training.claims_settings import SweepSettings
     from training.data import TokenData, load_token_data
 
     full = load_token_data(model, None, ctx_len=128)
@@ -345,7 +346,7 @@ def _tiny_sweep(out, model, seeds=1):
 def test_points_select_by_name_with_the_tuning_runs_they_need():
     from replacement.errors import SparseCircuitsError
     from training.claims_plan import claim_points
-    from training.claims_sweep import selected_points
+    from training.claims_settings import selected_points
 
     every = claim_points()
     assert selected_points(every, ()) == every
@@ -449,7 +450,8 @@ def test_raising_the_cap_extends_only_the_ladders_that_ended_there_and_it_never_
 
     import training.claims_plan as plan
     from replacement.errors import SparseCircuitsError
-    from training.claims_sweep import RESULTS_FILE, run_claims
+    from training.claims_results import RESULTS_FILE
+    from training.claims_sweep import run_claims
 
     monkeypatch.setattr(plan, "SKIP_KS", (4,))
     settings, data = _tiny_sweep(tmp_path, default_model)
@@ -493,7 +495,8 @@ def test_up_to_brings_every_ladder_to_one_budget_and_leaves_it_open_for_a_later_
 
     import training.claims_plan as plan
     from replacement.errors import SparseCircuitsError
-    from training.claims_sweep import RESULTS_FILE, run_claims
+    from training.claims_results import RESULTS_FILE
+    from training.claims_sweep import run_claims
 
     monkeypatch.setattr(plan, "SKIP_KS", (4,))
     settings, data = _tiny_sweep(tmp_path, default_model)
@@ -588,7 +591,8 @@ def test_e2e_ladders_trained_together_give_each_ones_result_alone_and_all_are_sa
     from dataclasses import replace
 
     import training.claims_plan as plan
-    from training.claims_sweep import RESULTS_FILE, run_claims
+    from training.claims_results import RESULTS_FILE
+    from training.claims_sweep import run_claims
 
     monkeypatch.setattr(plan, "TOPK_KS", (4, 8))
     settings, data = _tiny_sweep(tmp_path / "together", default_model)
@@ -625,7 +629,8 @@ def test_sweep_resumes_to_the_uninterrupted_result(tmp_path, default_model, monk
     """A sweep that lost its last rung reruns it to the same figures; a finished sweep trains
     nothing."""
     import training.claims_plan as plan
-    from training.claims_sweep import RESULTS_FILE, run_claims
+    from training.claims_results import RESULTS_FILE
+    from training.claims_sweep import run_claims
     from training.data import TokenData, token_mask
 
     monkeypatch.setattr(plan, "SKIP_KS", (4,))
@@ -676,7 +681,8 @@ def test_a_shipped_unfinished_sweep_continues_on_a_new_machine(
     of the uninterrupted sweep, and every ended ladder is left alone."""
     import training.claims_plan as plan
     from analysis.claims import shipped_form
-    from training.claims_sweep import merge_results, run_claims
+    from training.claims_results import merge_results
+    from training.claims_sweep import run_claims
 
     monkeypatch.setattr(plan, "SKIP_KS", (4,))
     settings, data = _tiny_sweep(tmp_path / "first", default_model)
@@ -876,7 +882,8 @@ def test_merging_a_sweep_run_elsewhere_takes_what_is_further_and_refuses_another
 ):
     from replacement.errors import SparseCircuitsError
     from sparse_circuits_cli import main
-    from training.claims_sweep import RESULTS_FILE, SweepSettings, merge_results
+    from training.claims_results import RESULTS_FILE, merge_results
+    from training.claims_settings import SweepSettings
 
     setup = SweepSettings(claims=("skip",)).recorded()
 

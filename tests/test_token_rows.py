@@ -56,7 +56,8 @@ def test_a_sweep_refuses_other_rows_and_a_merge_of_a_sweep_on_other_rows(
     from dataclasses import replace
 
     import training.claims_plan as plan
-    from training.claims_sweep import RESULTS_FILE, merge_results, run_claims
+    from training.claims_results import RESULTS_FILE, merge_results
+    from training.claims_sweep import run_claims
     from training.data import load_token_data
 
     from .test_claims import _tiny_sweep

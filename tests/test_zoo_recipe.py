@@ -177,7 +177,9 @@ def test_ladders_the_claims_sweep_trained_are_taken_not_trained_again(
     evaluated on another split is not taken from."""
     import training.claims_plan as plan
     import training.data
-    from training.claims_sweep import RESULTS_FILE, SweepSettings, run_claims
+    from training.claims_results import RESULTS_FILE
+    from training.claims_settings import SweepSettings
+    from training.claims_sweep import run_claims
     from training.data import TokenData, load_token_data
 
     full = load_token_data(default_model, None, ctx_len=128)

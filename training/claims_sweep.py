@@ -19,7 +19,9 @@ Local runs read their activations from one activation cache of the training rows
 (`<out>/activations/layer<L>`, written once, float32 by default so that they see exactly the
 model's activations): the model's forward was about two thirds of a local rung's time. The same
 command started in several shells shares the work (`training.sweep_locks`): each run is trained
-by one process, and every process's results land in the one results file.
+by one process, and every process's results land in the one results file
+(`training.claims_results`). What defines a sweep: `training.claims_settings`; its points:
+`training.claims_plan`; the closed-form baselines: `training.claims_baseline`.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
-from fnmatch import fnmatchcase
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,141 +37,21 @@ import torch
 
 from replacement.errors import SparseCircuitsError
 from replacement.hook_table import block_hook
+from training.claims_baseline import fit_baseline
 from training.claims_eval import original_side
 from training.claims_plan import CLAIMS, SweepPoint, claim_points
+from training.claims_results import RESULTS_FILE, load_results, point_record, refresh
+from training.claims_settings import SweepSettings, selected_points
 from training.config import TrainConfig, run_identity
-from training.convergence import (
-    DEFAULT_FLOOR,
-    DEFAULT_TOLERANCE,
-    budget_ladder,
-    merged_cap,
-    raised_cap,
-)
+from training.convergence import budget_ladder
 from training.data import TokenData, token_mask
-from training.ladder import Ladder, kept_on_merge, train_ladders
-from training.sweep_locks import (
-    claimed,
-    read_results,
-    save_entry,
-    shared_cache,
-    update_results,
-)
-from training.token_rows import check_rows, read_rows, record_rows, rows_digest, take_rows
+from training.ladder import Ladder, train_ladders
+from training.sweep_locks import claimed, save_entry, shared_cache
+from training.token_rows import read_rows, record_rows, rows_digest
 
-RESULTS_FILE = "claims_sweep.json"
-FORMAT_VERSION = 2
-CACHE_CHOICES = ("float32", "float16", "bfloat16", "none")
 WAIT_SECONDS = 30
 """How often a process with nothing else to do looks whether the lr-tuning runs another process
 holds have finished."""
-
-
-@dataclass
-class SweepSettings:
-    """What defines a claims sweep; a resumed sweep must match the recorded one."""
-
-    out: str = "runs/claims"
-    """Folder of the runs and of claims_sweep.json."""
-    claims: tuple[str, ...] = CLAIMS
-    """Which claims to sweep."""
-    points: tuple[str, ...] = ()
-    """Glob patterns on point names (`braun/e2e*`): this process trains only the matching
-    points (and the lr-tuning runs they need); empty for all. Splits a sweep across machines."""
-    layer: int = 1
-    """Block whose dictionaries are trained (each alone)."""
-    seeds: int = 2
-    """Seeds per point (>= 2 gives a spread)."""
-    start_tokens: int = 1_000_000
-    """First rung of every ladder (training tokens); no run of the pilot or the first sweep had
-    settled below 1M, and each rung costs a full held-out evaluation (about 90 s on 2 cores)."""
-    cap_tokens: int = 64_000_000
-    """Largest budget a run may train for (its last rung). It may be raised on resume (to a
-    doubling of the recorded cap): 32M until local TopK at k >= 16 was found unsettled there."""
-    tolerance: float = DEFAULT_TOLERANCE
-    """Converged when CE increase changed by less than this (relative) over the last doubling."""
-    floor: float = DEFAULT_FLOOR
-    """... or by less than this many nats (absolute), for runs whose CE increase is near zero."""
-    tune_tokens: int = 1_000_000
-    """Budget of the lr-tuning runs (gated claim)."""
-    eval_tokens: int = 1_000_000
-    """Held-out evaluation tokens (at least)."""
-    n_chunks: int = 64
-    """Chunks of the evaluation rows: the bootstrap's units."""
-    n_features: int = 1024
-    """Dictionary width."""
-    batch_tokens: int = 4096
-    """Tokens per optimiser step."""
-    ctx_len: int = 128
-    """Row length of training and evaluation."""
-    activation_cache: str = "float32"
-    """dtype of the local runs' activation cache, or "none" to run the model on every step."""
-    device: str = "cpu"
-    """Where to train."""
-    together: int = 20
-    """e2e and e2e+ds ladders of one seed trained together by this process, rung by rung,
-    sharing the original model's pass of each step (the results equal training each alone;
-    about 1.6x the tokens/s per run for 4 together on one CPU thread); 1 trains each alone."""
-    up_to: int | None = None
-    """Largest budget this process trains, or None for --cap-tokens: the ladders stay open (no
-    ladder ends here unless it converged), so a later run without it goes on. Brings every
-    ladder to one budget before any goes further, for a reading at a common budget soonest."""
-    rows: str | None = None
-    """Token rows file (`training.token_rows`) to train and evaluate on instead of reading the
-    default corpus: a machine with another Python reads another standard library, so a sweep
-    split across machines carries this machine's rows."""
-
-    def validate(self) -> SweepSettings:
-        """Raise `SparseCircuitsError` naming the first bad setting; returns self."""
-        unknown = sorted(set(self.claims) - set(CLAIMS))
-        if unknown or not self.claims:
-            raise SparseCircuitsError(
-                f"--claims: unknown {unknown}; expected some of {list(CLAIMS)}"
-            )
-        for name, low in (
-            ("layer", 0),
-            ("seeds", 1),
-            ("start_tokens", self.batch_tokens),
-            ("eval_tokens", self.ctx_len),
-            ("n_chunks", 2),
-            ("n_features", 1),
-            ("tune_tokens", self.batch_tokens),
-            ("together", 1),
-        ):
-            if getattr(self, name) < low:
-                raise SparseCircuitsError(
-                    f"--{name.replace('_', '-')} must be >= {low}; got {getattr(self, name)}"
-                )
-        if self.cap_tokens < self.start_tokens:
-            raise SparseCircuitsError(
-                f"--cap-tokens {self.cap_tokens} is below --start-tokens {self.start_tokens}"
-            )
-        if self.up_to is not None and self.up_to < self.start_tokens:
-            raise SparseCircuitsError(
-                f"--up-to {self.up_to} is below --start-tokens {self.start_tokens}: it would "
-                "train nothing"
-            )
-        if not 0 < self.tolerance < 1:
-            raise SparseCircuitsError(f"--tolerance must be in (0, 1); got {self.tolerance}")
-        if not 0 <= self.floor < 1:
-            raise SparseCircuitsError(f"--floor must be in [0, 1) nats; got {self.floor}")
-        selected_points(claim_points(self.claims, self.layer), self.points)
-        if self.rows is not None:
-            check_rows(self.rows)
-        if self.activation_cache not in CACHE_CHOICES:
-            raise SparseCircuitsError(
-                f"--activation-cache {self.activation_cache!r} is unknown; expected one of "
-                f"{list(CACHE_CHOICES)}"
-            )
-        return self
-
-    def recorded(self) -> dict[str, Any]:
-        """The settings that make results comparable (the folder, the device and which points
-        this process takes are not)."""
-        out = asdict(self)
-        out["claims"] = list(self.claims)
-        for name in ("out", "device", "claims", "points", "rows", "together", "up_to"):
-            out.pop(name)
-        return out
 
 
 def split_rows(data: TokenData, eval_tokens: int) -> tuple[TokenData, torch.Tensor, int]:
@@ -286,85 +167,9 @@ def _take_twin(
 
     entry = copy.deepcopy(results["runs"][twin.name]["seeds"][str(seed)])
     entry["same_run_as"] = twin.name
-    _point_record(results, point)["seeds"][str(seed)] = entry
+    point_record(results, point)["seeds"][str(seed)] = entry
     save_entry(path, results, ("runs", point.name, "seeds", str(seed)))
     log(f"{point.name} seed {seed}: the same run as {twin.name}; its ladder taken, none trained")
-
-
-def _point_record(results: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
-    return results["runs"].setdefault(
-        point.name,
-        {
-            "claim": point.claim,
-            "arm": point.arm,
-            "stage": point.stage,
-            "fields": dict(point.fields),
-            "seeds": {},
-        },
-    )
-
-
-def recorded_setup(setup: dict[str, Any]) -> dict[str, Any]:
-    """A results file's setup with the values older sweeps used where they did not record one:
-    they ran the model on every step and had no absolute convergence floor."""
-    return {"activation_cache": "none", "floor": 0.0, **setup}
-
-
-def _check_setup(path: Path, results: dict[str, Any], settings: SweepSettings) -> None:
-    if results.get("version") != FORMAT_VERSION:
-        raise SparseCircuitsError(
-            f"{str(path)!r} is not a claims sweep of format {FORMAT_VERSION}; use another --out"
-        )
-    recorded = recorded_setup(results["setup"])
-    diff = {
-        k: (recorded.get(k), v)
-        for k, v in settings.recorded().items()
-        if recorded.get(k) != v and k != "cap_tokens"
-    }
-    if diff:
-        raise SparseCircuitsError(
-            f"{str(path)!r} was recorded with other settings {diff} (recorded, given); rerun with "
-            "the recorded values to resume, or use another --out"
-        )
-
-
-def load_results(out: Path, settings: SweepSettings) -> dict[str, Any]:
-    """The results file (a new one if absent); refuses one recorded with other settings."""
-    path = out / RESULTS_FILE
-    results = read_results(path)
-    if results is None:
-        return {"version": FORMAT_VERSION, "setup": settings.recorded(), "runs": {}}
-    _check_setup(path, results, settings)
-    results["setup"]["cap_tokens"] = raised_cap(
-        results["setup"], settings.start_tokens, settings.cap_tokens, str(path)
-    )
-    return results
-
-
-def selected_points(points: list[SweepPoint], patterns: tuple[str, ...]) -> list[SweepPoint]:
-    """The points whose names match one of the glob `patterns` (all when there are none), plus
-    the lr-tuning points of the selected points' claims and arms, which they need.
-
-    Raises `SparseCircuitsError` naming a pattern that matches no point.
-    """
-    if not patterns:
-        return points
-    for pattern in patterns:
-        if not any(fnmatchcase(p.name, pattern) for p in points):
-            raise SparseCircuitsError(
-                f"--points {pattern!r} matches no point of this sweep; its points are "
-                f"{[p.name for p in points]}"
-            )
-    chosen = [p for p in points if any(fnmatchcase(p.name, pat) for pat in patterns)]
-    tuned = {(p.claim, p.arm) for p in chosen if p.fields.get("lr") == "tuned"}
-    return [p for p in points if p in chosen or (p.stage == "tune" and (p.claim, p.arm) in tuned)]
-
-
-def _refresh(path: Path, results: dict[str, Any]) -> None:
-    """Take in every run other processes recorded (the file is the reference)."""
-    current = read_results(path)
-    if current is not None:
-        results["runs"] = current["runs"]
 
 
 def run_claims(
@@ -376,15 +181,12 @@ def run_claims(
     rung is left to train). Runs another process holds (the same command in another shell)
     are left to it.
     """
-    from replacement.hooks import layer_hooks
     from replacement.model import load_model
     from training.data import load_token_data
-    from training.dictionary_factory import dictionary_hooks
 
     settings.validate()
     out = Path(settings.out).resolve()
     results = load_results(out, settings)
-    path = out / RESULTS_FILE
     ladder = budget_ladder(settings.start_tokens, settings.cap_tokens)
     if settings.up_to is not None:  # this process only; a ladder is still ended by the cap
         ladder = [t for t in ladder if t <= settings.up_to]
@@ -407,143 +209,219 @@ def run_claims(
     if data is None and settings.rows is not None:
         data = read_rows(settings.rows)
     data = data if data is not None else load_token_data(model, None, ctx_len=settings.ctx_len)
-    train_data, rows, reserved = split_rows(data, settings.eval_tokens)
-    digest = rows_digest(train_data.train, rows)
-    record_rows(results["setup"], digest, str(path), "--out")
-    results["setup"]["eval_rows"] = {"heldout": int(data.val.shape[0]), "reserved": reserved}
-    # distinct training tokens (the ones a loss counts): a budget above them repeats rows
-    results["setup"]["train_tokens"] = int(token_mask(train_data.train, data.special_ids).sum())
-    save_entry(path, results, ("setup",))  # recorded before any run, so others can check
-    local = [
-        (p, s)
-        for p, s in pending
-        if p.fields.get("objective", "local") == "local" and p.stage != "baseline"
-    ]
-    # the transcoder pair always, so that every claim's local runs at this layer share one cache
-    pair = layer_hooks(settings.layer)
-    local_hooks = sorted(
-        {pair.mlp_in, pair.mlp_out}
-        | {
-            h
-            for p, s in local
-            for h in dictionary_hooks(
-                _config(p, s, settings.start_tokens, 1e-3, settings, out), settings.layer
-            )
-        }
-    )
-    # e2e runs read the model, not the cache: a process given only those writes none
-    cache = (
-        None
-        if settings.activation_cache == "none" or not local
-        else shared_cache(
-            out / "activations" / f"layer{settings.layer}",
-            settings.activation_cache,
-            local_hooks,
-            model,
-            train_data,
-            log,
-        )
-    )
-    hooks = sorted(
-        {block_hook(m, "hook_resid_post") for m in range(int(model.cfg.n_layers))}
-        | {block_hook(settings.layer, s) for s in ("hook_mlp_out", "hook_resid_pre")}
-    )
-    original = original_side(model, rows, hooks, data.special_ids, settings.n_chunks)
-    plan = claim_points(CLAIMS, settings.layer)
+    sweep = _Sweep.start(settings, out, results, ladder, model, data, pending, log)
+    sweep.train_e2e_groups(pending)
+    sweep.train_pending(pending)
+    refresh(sweep.path, results)
+    return results
 
-    def ladder_of(point: SweepPoint, seed: int, lr: float) -> Ladder:
-        entry = _point_record(results, point)["seeds"].setdefault(
+
+@dataclass
+class _Sweep:
+    """One process's part of a sweep: the results it shares with other processes, the rows
+    and the original model's side of the evaluation it trains and measures with."""
+
+    settings: SweepSettings
+    out: Path
+    results: dict[str, Any]
+    ladder: list[int]
+    """The budgets this process trains (`--up-to` may stop it below the cap)."""
+    model: Any
+    train_data: TokenData
+    original: Any
+    """The unchanged model's side of every rung's evaluation (`original_side`)."""
+    cache: Path | None
+    """The local runs' activation cache, or None."""
+    plan: list[SweepPoint]
+    """Every point of every claim at the layer: a run's twin may be another claim's."""
+    log: Any
+
+    @property
+    def path(self) -> Path:
+        return self.out / RESULTS_FILE
+
+    @classmethod
+    def start(
+        cls,
+        settings: SweepSettings,
+        out: Path,
+        results: dict[str, Any],
+        ladder: list[int],
+        model: Any,
+        data: TokenData,
+        pending: list[tuple[SweepPoint, int]],
+        log: Any,
+    ) -> _Sweep:
+        """Record the rows in the results (before any run, so that other processes can check
+        theirs), write or open the activation cache the pending local runs need, and measure
+        the original model on the evaluation rows."""
+        from replacement.hooks import layer_hooks
+        from training.dictionary_factory import dictionary_hooks
+
+        path = out / RESULTS_FILE
+        train_data, rows, reserved = split_rows(data, settings.eval_tokens)
+        digest = rows_digest(train_data.train, rows)
+        record_rows(results["setup"], digest, str(path), "--out")
+        results["setup"]["eval_rows"] = {"heldout": int(data.val.shape[0]), "reserved": reserved}
+        # distinct training tokens (the ones a loss counts): a budget above them repeats rows
+        results["setup"]["train_tokens"] = int(token_mask(train_data.train, data.special_ids).sum())
+        save_entry(path, results, ("setup",))
+        local = [
+            (p, s)
+            for p, s in pending
+            if p.fields.get("objective", "local") == "local" and p.stage != "baseline"
+        ]
+        # the transcoder pair always, so that every claim's local runs at this layer share one
+        # cache
+        pair = layer_hooks(settings.layer)
+        local_hooks = sorted(
+            {pair.mlp_in, pair.mlp_out}
+            | {
+                h
+                for p, s in local
+                for h in dictionary_hooks(
+                    _config(p, s, settings.start_tokens, 1e-3, settings, out), settings.layer
+                )
+            }
+        )
+        # e2e runs read the model, not the cache: a process given only those writes none
+        cache = (
+            None
+            if settings.activation_cache == "none" or not local
+            else shared_cache(
+                out / "activations" / f"layer{settings.layer}",
+                settings.activation_cache,
+                local_hooks,
+                model,
+                train_data,
+                log,
+            )
+        )
+        hooks = sorted(
+            {block_hook(m, "hook_resid_post") for m in range(int(model.cfg.n_layers))}
+            | {block_hook(settings.layer, s) for s in ("hook_mlp_out", "hook_resid_pre")}
+        )
+        original = original_side(model, rows, hooks, data.special_ids, settings.n_chunks)
+        plan = claim_points(CLAIMS, settings.layer)
+        return cls(settings, out, results, ladder, model, train_data, original, cache, plan, log)
+
+    def ladder_of(self, point: SweepPoint, seed: int, lr: float) -> Ladder:
+        """The ladder of (point, seed) at `lr`, recorded in the results file after each rung."""
+        entry = point_record(self.results, point)["seeds"].setdefault(
             str(seed), {"rungs": [], "converged": False}
         )
-
+        where = ("runs", point.name, "seeds", str(seed))
         return Ladder(
             entry,
-            lambda tokens, f: _config(point, seed, tokens, lr, settings, f, cache),
-            out / "runs" / point.name / f"seed{seed}",
-            lambda: save_entry(path, results, ("runs", point.name, "seeds", str(seed))),
+            lambda tokens, f: _config(point, seed, tokens, lr, self.settings, f, self.cache),
+            self.out / "runs" / point.name / f"seed{seed}",
+            lambda: save_entry(self.path, self.results, where),
             f"{point.name} seed {seed}",
         )
 
-    def train(ladders: list[Ladder], tune: bool = False) -> None:
+    def train(self, ladders: list[Ladder], tune: bool = False) -> None:
+        """Train `ladders` together, rung by rung (a tuning run: its one budget)."""
         train_ladders(
             ladders,
-            [settings.tune_tokens] if tune else ladder,
-            settings.layer,
-            model,
-            train_data,
-            original,
-            log,
-            tolerance=settings.tolerance,
-            floor=settings.floor,
+            [self.settings.tune_tokens] if tune else self.ladder,
+            self.settings.layer,
+            self.model,
+            self.train_data,
+            self.original,
+            self.log,
+            tolerance=self.settings.tolerance,
+            floor=self.settings.floor,
             converge=not tune,
         )
 
-    # e2e ladders of one seed train together (they share the original model's pass)
-    for group in _e2e_groups(pending, settings.together):
-        with contextlib.ExitStack() as stack:
-            mine = [
-                (point, seed)
-                for point, seed in group
-                if stack.enter_context(claimed(out / "runs" / point.name / f"seed{seed}"))
-            ]
-            _refresh(path, results)
-            due = [
-                (p, s)
-                for p, s in mine
-                if not _finished(results, p, s, ladder, settings)
-                and _twin(results, plan, p, s, float(p.fields["lr"]), settings) is None
-            ]
-            if len(due) > 1:
-                log(f"training {len(due)} e2e ladders of seed {due[0][1]} together")
-                train([ladder_of(p, s, float(p.fields["lr"])) for p, s in due])
+    def finished(self, point: SweepPoint, seed: int) -> bool:
+        return _finished(self.results, point, seed, self.ladder, self.settings)
 
-    while pending:
-        held, waiting = [], []
-        for point, seed in pending:
-            folder = out / "runs" / point.name / f"seed{seed}"
-            with claimed(folder) as mine:
-                if not mine:
-                    held.append((point, seed))
-                    continue
-                _refresh(path, results)
-                if _finished(results, point, seed, ladder, settings):
-                    continue
-                if point.stage == "baseline":
-                    _fit_baseline(point, settings, model, train_data, original, results, path, log)
-                    continue
-                lr = point.fields["lr"]
-                if lr == "tuned":
-                    lr = tuned_lr(results, point.claim, point.arm)
-                    if lr is None:
-                        waiting.append((point, seed))
-                        continue
-                twin = _twin(results, plan, point, seed, float(lr), settings)
-                if twin is None:
-                    train([ladder_of(point, seed, float(lr))], point.stage == "tune")
-                    continue
-                # the same run under another point's name: trained once, in the first point's
-                # folder, and recorded under both
-                with claimed(out / "runs" / twin.name / f"seed{seed}") as free:
-                    if not free:
+    def twin(self, point: SweepPoint, seed: int, lr: float) -> SweepPoint | None:
+        return _twin(self.results, self.plan, point, seed, lr, self.settings)
+
+    def train_e2e_groups(self, pending: list[tuple[SweepPoint, int]]) -> None:
+        """The e2e ladders of one seed, trained together (they share the original model's
+        pass); those another process holds are left to it."""
+        for group in _e2e_groups(pending, self.settings.together):
+            with contextlib.ExitStack() as stack:
+                mine = [
+                    (point, seed)
+                    for point, seed in group
+                    if stack.enter_context(claimed(self.out / "runs" / point.name / f"seed{seed}"))
+                ]
+                refresh(self.path, self.results)
+                due = [
+                    (p, s)
+                    for p, s in mine
+                    if not self.finished(p, s) and self.twin(p, s, float(p.fields["lr"])) is None
+                ]
+                if len(due) > 1:
+                    self.log(f"training {len(due)} e2e ladders of seed {due[0][1]} together")
+                    self.train([self.ladder_of(p, s, float(p.fields["lr"])) for p, s in due])
+
+    def train_pending(self, pending: list[tuple[SweepPoint, int]]) -> None:
+        """Every pending run one by one: baselines fitted, tuned lrs awaited, a run that is
+        another point's twin trained once and recorded under both."""
+        while pending:
+            held, waiting = [], []
+            for point, seed in pending:
+                with claimed(self.out / "runs" / point.name / f"seed{seed}") as mine:
+                    if not mine:
                         held.append((point, seed))
                         continue
-                    _refresh(path, results)
-                    if not _finished(results, twin, seed, ladder, settings):
-                        train([ladder_of(twin, seed, float(lr))], twin.stage == "tune")
-                _take_twin(results, path, point, twin, seed, log)
-        tuning_elsewhere = any(p.stage == "tune" for p, _ in held)
-        if waiting and not tuning_elsewhere:
-            names = sorted({p.name for p, _ in waiting})
-            raise SparseCircuitsError(f"{names}: their lr-tuning runs gave no finite loss")
-        if held:
-            log(f"{len(held)} runs are being trained by another process; left to it")
-        if not (waiting and tuning_elsewhere):
-            break
-        log(f"{len(waiting)} runs wait for lr-tuning runs another process is training")
-        time.sleep(WAIT_SECONDS)
-        pending = waiting + [pw for pw in held if pw[0].stage == "tune"]
-    _refresh(path, results)
-    return results
+                    refresh(self.path, self.results)
+                    if self.finished(point, seed):
+                        continue
+                    if point.stage == "baseline":
+                        fit_baseline(
+                            point,
+                            self.settings,
+                            self.model,
+                            self.train_data,
+                            self.original,
+                            self.results,
+                            self.path,
+                            self.log,
+                        )
+                        continue
+                    lr = point.fields["lr"]
+                    if lr == "tuned":
+                        lr = tuned_lr(self.results, point.claim, point.arm)
+                        if lr is None:
+                            waiting.append((point, seed))
+                            continue
+                    if not self._train_one(point, seed, float(lr)):
+                        held.append((point, seed))
+            tuning_elsewhere = any(p.stage == "tune" for p, _ in held)
+            if waiting and not tuning_elsewhere:
+                names = sorted({p.name for p, _ in waiting})
+                raise SparseCircuitsError(f"{names}: their lr-tuning runs gave no finite loss")
+            if held:
+                self.log(f"{len(held)} runs are being trained by another process; left to it")
+            if not (waiting and tuning_elsewhere):
+                break
+            self.log(f"{len(waiting)} runs wait for lr-tuning runs another process is training")
+            time.sleep(WAIT_SECONDS)
+            pending = waiting + [pw for pw in held if pw[0].stage == "tune"]
+
+    def _train_one(self, point: SweepPoint, seed: int, lr: float) -> bool:
+        """Train (point, seed), or take its twin's ladder; False when another process holds
+        the twin."""
+        twin = self.twin(point, seed, lr)
+        if twin is None:
+            self.train([self.ladder_of(point, seed, lr)], point.stage == "tune")
+            return True
+        # the same run under another point's name: trained once, in the first point's folder,
+        # and recorded under both
+        with claimed(self.out / "runs" / twin.name / f"seed{seed}") as free:
+            if not free:
+                return False
+            refresh(self.path, self.results)
+            if not self.finished(twin, seed):
+                self.train([self.ladder_of(twin, seed, lr)], twin.stage == "tune")
+        _take_twin(self.results, self.path, point, twin, seed, self.log)
+        return True
 
 
 def _e2e_groups(
@@ -566,111 +444,6 @@ def _e2e_groups(
         for _, items in sorted(by_seed.items())
         for i in range(0, len(items), size)
     ]
-
-
-def _fit_baseline(
-    point: SweepPoint,
-    settings: SweepSettings,
-    model: Any,
-    data: TokenData,
-    original: Any,
-    results: dict[str, Any],
-    path: Path,
-    log: Any,
-) -> None:
-    """Fit the point's closed-form baseline (the skip claim's affine map, the SAE claims' mean)
-    on the first `start_tokens` training tokens and record it as a one-rung, converged entry (a
-    closed-form fit has nothing left to converge)."""
-    from replacement.hooks import layer_hooks
-    from training.claims_eval import evaluate_dictionary
-    from training.closed_form_baselines import fit_linear_transcoder, fit_mean_sae
-    from training.config import TrainConfig
-    from training.ladder import machine, rung_record
-
-    start = time.perf_counter()
-    if point.arm == "linear":
-        pair = layer_hooks(settings.layer)
-        fitted_dict, seen = fit_linear_transcoder(
-            model, data.train, data.special_ids, pair.mlp_in, pair.mlp_out, settings.start_tokens
-        )
-        how = "least squares"
-    elif point.arm == "mean":
-        site = block_hook(settings.layer, TrainConfig.site)  # where the claims' SAEs sit
-        fitted_dict, seen = fit_mean_sae(
-            model, data.train, data.special_ids, site, settings.start_tokens
-        )
-        how = "the mean"
-    else:
-        raise ValueError(f"{point.name}: no closed-form baseline named {point.arm!r}")
-    fitted = time.perf_counter() - start
-    start = time.perf_counter()
-    measured = evaluate_dictionary(model, fitted_dict.eval(), original)
-    entry = _point_record(results, point)["seeds"].setdefault("0", {})
-    eval_seconds = time.perf_counter() - start
-    entry["rungs"] = [  # no steps, lr or training loss: a closed-form fit
-        rung_record(machine(settings.device), seen, 0, 0.0, fitted, eval_seconds, None, measured)
-    ]
-    entry["converged"] = True
-    save_entry(path, results, ("runs", point.name, "seeds", "0"))
-    f = entry["rungs"][-1]["figures"]
-    log(
-        f"{point.name}: {how} of {seen:,} tokens in {fitted:.0f} s, "
-        f"CE increase {f['ce_increase']:.4f}, FVU {f['fvu']:.3f}"
-    )
-
-
-def merge_results(out: str | Path, other: str | Path) -> tuple[int, int]:
-    """Take into `out`'s results every run of the sweep results file `other` (the same sweep
-    run elsewhere, e.g. its e2e runs on an accelerator); returns (entries taken, kept).
-
-    A (point, seed) is taken when `out` lacks it or holds fewer rungs of an unfinished ladder;
-    an entry `out` already has at least as far is kept. Both files must record the same
-    settings (checked before anything is written).
-    """
-    import json
-
-    path = Path(out).resolve() / RESULTS_FILE
-    if not Path(other).is_file():
-        raise SparseCircuitsError(
-            f"--merge {str(other)!r} is not a file; expected a {RESULTS_FILE}"
-        )
-    try:
-        theirs = json.loads(Path(other).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SparseCircuitsError(f"--merge {str(other)!r} is not JSON ({exc})") from exc
-    if theirs.get("version") != FORMAT_VERSION:
-        raise SparseCircuitsError(
-            f"{str(other)!r} is not a claims sweep of format {FORMAT_VERSION}; nothing merged"
-        )
-    counts = [0, 0]
-
-    def merge(current: dict[str, Any] | None) -> dict[str, Any]:
-        if current is None:
-            counts[0] = sum(len(r["seeds"]) for r in theirs["runs"].values())
-            return theirs
-        take_rows(current["setup"], theirs["setup"], str(path), str(other))
-        if "train_tokens" in theirs["setup"]:  # follows from the rows, checked just above
-            current["setup"].setdefault("train_tokens", theirs["setup"]["train_tokens"])
-        volatile = ("eval_rows", "rows_sha256", "cap_tokens", "train_tokens")
-        mine = {k: v for k, v in current["setup"].items() if k not in volatile}
-        given = {k: v for k, v in theirs["setup"].items() if k not in volatile}
-        if recorded_setup(mine) != recorded_setup(given):
-            raise SparseCircuitsError(
-                f"{str(other)!r} was recorded with settings {given}; {str(path)!r} with {mine}: "
-                "only runs of the same sweep can be merged"
-            )
-        current["setup"]["cap_tokens"] = merged_cap(current["setup"], theirs["setup"], str(other))
-        for name, run in theirs["runs"].items():
-            record = current["runs"].setdefault(name, {**run, "seeds": {}})
-            for seed, entry in run["seeds"].items():
-                have = record["seeds"].get(seed)
-                ahead = kept_on_merge(have, entry)
-                record["seeds"][seed] = have if ahead else entry
-                counts[1 if ahead else 0] += 1
-        return current
-
-    update_results(path, merge)
-    return counts[0], counts[1]
 
 
 def _finished(

@@ -21,7 +21,8 @@ from training.convergence import DEFAULT_FLOOR, DEFAULT_TOLERANCE, has_converged
 
 
 def _sweep_settings(setup: dict[str, Any], out: Path) -> Any:
-    from training.claims_sweep import SweepSettings, recorded_setup
+    from training.claims_results import recorded_setup
+    from training.claims_settings import SweepSettings
 
     names = {f.name for f in fields(SweepSettings)}
     known = {k: v for k, v in recorded_setup(setup).items() if k in names}
@@ -34,7 +35,7 @@ def same_evaluation(
     """Whether the sweep's ladders are trained, evaluated and ended as the zoo's (`args`; its
     held-out and reserved row counts `eval_rows`, its rows' `training.token_rows.rows_digest`)
     would be. Sweeps that recorded no digest are checked on the row counts."""
-    from training.claims_sweep import recorded_setup
+    from training.claims_results import recorded_setup
 
     recorded = recorded_setup(setup)
     return (
@@ -112,7 +113,7 @@ def sweep_twin(
 ) -> SweepTwin | None:
     """The claims sweep in `claims_out`'s run of the zoo ladder whose first rung is
     `zoo_config`, or None when the sweep has no such run or evaluates otherwise."""
-    from training.claims_sweep import RESULTS_FILE
+    from training.claims_results import RESULTS_FILE
     from training.sweep_locks import read_results
 
     results = read_results(claims_out / RESULTS_FILE)
