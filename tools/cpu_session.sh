@@ -18,11 +18,15 @@
 #                                          and wait for them to exit
 #   bash tools/cpu_session.sh record       the zoo's e2e ladders and the sweep's results back
 #                                          into the committed records, to commit
+#   bash tools/cpu_session.sh beside CMD...  CMD (say, some tests) at low priority beside the
+#                                          workers, taking what they leave ($BESIDE_NICE,
+#                                          default 5; 19 leaves CMD almost nothing)
 #
 # Folders: $RUNS (default /work/zoo_runs), $CLAIMS (default /work/claims_runs/cached), logs in
 # $LOGS (default /work/logs). Workers run detached (setsid), so they outlive the shell. Run it
 # with the project's environment active (`sparse-circuits` and its `python` on PATH).
 set -euo pipefail
+CALLER_DIR="$PWD"  # `beside` runs its command where it was called from
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-/work/zoo_runs}"
 CLAIMS="${CLAIMS:-/work/claims_runs/cached}"
@@ -80,8 +84,18 @@ case "${1:-}" in
     python -m analysis.zoo_ladders training/zoo_staged/ladders.json \
       training/zoo_progress/zoo_ladders.json
     ;;
+  beside)
+    shift
+    cd "$CALLER_DIR"
+    # The workers run in sessions of their own (setsid), and with the kernel's autogroups
+    # (/proc/sys/kernel/sched_autogroup_enabled) the scheduler first shares the CPU equally
+    # between sessions and only then reads nice: a `nice -n 19` test took a third of the
+    # workers' time here (2026-12-07). A new session whose autogroup is niced does not.
+    exec setsid --wait bash -c \
+      'echo "${BESIDE_NICE:-5}" >/proc/self/autogroup 2>/dev/null; exec nice -n 19 "$@"' _ "$@"
+    ;;
   *)
-    sed -n '2,23p' "$0"
+    sed -n '2,26p' "$0"
     exit 2
     ;;
 esac
