@@ -39,8 +39,20 @@ detached() {  # detached LOGNAME COMMAND...: run COMMAND in its own session, out
   local log="$LOGS/$1.log"
   shift
   mkdir -p "$LOGS"
+  # Job control on: without it bash starts a background command with SIGINT ignored, and the
+  # worker then ignores `stop` everywhere outside its training loop (setup, a rung's evaluation),
+  # where the loop's own handler is not installed (seen 2026-12-07).
+  set -m
   setsid nohup "$@" >>"$log" 2>&1 </dev/null &
+  set +m
   echo "started $* (log: $log)"
+}
+
+workers() { pgrep -f "training.build_zoo --stage train|sparse-circuits claims --out" || true; }
+ignores_int() {  # ignores_int PID: bit 1 of the process's SigIgn mask is SIGINT
+  local mask
+  mask=$(awk '/^SigIgn/ {print $2}' "/proc/$1/status" 2>/dev/null) || return 1
+  [ -n "$mask" ] && (( 0x$mask & 2 ))
 }
 
 case "${1:-}" in
@@ -69,10 +81,24 @@ case "${1:-}" in
       --runs "$RUNS" --sets "$sets" --layers "$layers" --together "$n" --claims-runs "$CLAIMS"
     ;;
   stop)
-    pkill -INT -f "training.build_zoo --stage train" || true
-    pkill -INT -f "sparse-circuits claims --out" || true
-    while pgrep -f "training.build_zoo --stage train|sparse-circuits claims --out" >/dev/null; do
+    dropped=()  # workers that ignore SIGINT now: it reaches them only once their loop catches it
+    for pid in $(workers); do
+      if ignores_int "$pid"; then
+        echo "worker $pid ignores SIGINT outside its training loop: it stops once inside it" >&2
+        dropped+=("$pid")
+      else
+        kill -INT "$pid" 2>/dev/null || true
+      fi
+    done
+    while [ -n "$(workers)" ]; do
       sleep 5
+      waiting=()
+      for pid in "${dropped[@]}"; do
+        if ! kill -0 "$pid" 2>/dev/null; then continue; fi
+        # once it catches SIGINT, one is enough: its handler then ignores SIGINT again
+        if ignores_int "$pid"; then waiting+=("$pid"); else kill -INT "$pid" 2>/dev/null || true; fi
+      done
+      dropped=("${waiting[@]}")
     done
     echo "workers stopped"
     ;;
