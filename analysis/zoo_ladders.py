@@ -135,7 +135,7 @@ def _ce_draws(chunks: dict[str, list[float]], weights: Draws) -> Float[np.ndarra
 def _downstream(chunks: dict[str, list[float]] | None, weights: Draws) -> str:
     """`plain / normalised` downstream FVU with intervals ("-" for a figure a record lacks)."""
     found = figures(chunks, weights) if chunks else {}
-    cells = [_text(_interval(np.asarray(found[k], dtype=float))) if k in found else "-"
+    cells = [_text(draws_interval(np.asarray(found[k], dtype=float))) if k in found else "-"
              for k in ("downstream_fvu", "downstream_fvu_normed")]  # fmt: skip
     return " / ".join(cells) if chunks else "-"
 
@@ -147,10 +147,11 @@ def _last_doubling(entry: dict[str, Any] | None, weights: Draws) -> Interval | N
     if len(rungs) < 2 or not all("chunks" in r for r in rungs[-2:]):
         return None
     before, after = (_ce_draws(r["chunks"], weights) for r in rungs[-2:])
-    return _interval(after / before - 1)
+    return draws_interval(after / before - 1)
 
 
-def _interval(values: Float[np.ndarray, " draws"]) -> Interval:
+def draws_interval(values: Float[np.ndarray, " draws"]) -> Interval:
+    """Draw 0 (every chunk once) as the estimate, with the 2.5 and 97.5 percentiles of all."""
     low, high = np.percentile(values, [2.5, 97.5])
     return Interval(float(values[0]), float(low), float(high))
 
@@ -221,7 +222,7 @@ def ladder_tables(ladders: ZooLadders, n_draws: int = 2000, seed: int = 0) -> La
     tables = LadderTables(layers, {}, {}, {}, {})
     for kind, label in BASELINE_LABELS.items():
         draws = per_layer(baseline_chunks(kind))
-        tables.baselines[label] = {k: None if v is None else _interval(v) for k, v in draws.items()}
+        tables.baselines[label] = {k: None if v is None else draws_interval(v) for k, v in draws.items()}
         tables.downstream[label] = {
             layer: _downstream(baseline_chunks(kind)(layer), weights) for layer in layers
         }
@@ -237,10 +238,10 @@ def ladder_tables(ladders: ZooLadders, n_draws: int = 2000, seed: int = 0) -> La
             for layer in layers
         }
         tables.ce_increase[name] = {
-            k: None if v is None else _interval(v) for k, v in draws.items()
+            k: None if v is None else draws_interval(v) for k, v in draws.items()
         }
         tables.minus_affine[name] = {
-            k: None if v is None or affine[k] is None else _interval(v - affine[k])
+            k: None if v is None or affine[k] is None else draws_interval(v - affine[k])
             for k, v in draws.items()
         }
         tables.last_doubling[name] = {

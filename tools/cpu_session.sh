@@ -109,6 +109,8 @@ case "${1:-}" in
       --quiet
     python -m analysis.zoo_ladders training/zoo_staged/ladders.json \
       training/zoo_progress/zoo_ladders.json
+    python -m analysis.zoo_pairs training/zoo_staged/ladders.json \
+      training/zoo_progress/zoo_ladders.json
     ;;
   beside)
     shift
