@@ -303,6 +303,13 @@ def test_an_interrupted_build_says_where_it_resumes(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="interrupted after step 35 of 976; checkpoint"):
         build_zoo.main(["--stage", "train", "--runs", str(tmp_path / "runs")])
 
+    def in_setup(args):  # Ctrl-C before a loop's handler is installed: a plain KeyboardInterrupt
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_zoo, "train_sets", in_setup)
+    with pytest.raises(SystemExit, match="outside a training loop .* resumes each run from"):
+        build_zoo.main(["--stage", "train", "--runs", str(tmp_path / "runs")])
+
 
 def test_a_recorded_ladder_resumes_at_its_next_rung_on_a_new_machine(tmp_path, monkeypatch, capsys):
     """`--stage record` keeps unfinished ladders as figures only (committed, they outlive the

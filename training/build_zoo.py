@@ -406,6 +406,12 @@ def main(argv: list[str] | None = None) -> None:
             train_sets(args)
         except TrainingInterrupted as exc:  # Ctrl-C: say where it resumes, no traceback
             raise SystemExit(str(exc)) from None
+        except KeyboardInterrupt:  # outside a training loop: setup or a rung's evaluation
+            raise SystemExit(
+                "interrupted outside a training loop (setup, or a finished rung's evaluation, "
+                "whose weights were checkpointed first); running again resumes each run from "
+                "its last checkpoint"
+            ) from None
     if args.stage in ("ship", "all"):
         ship(args)
     if args.stage == "card":
