@@ -23,8 +23,9 @@
 #                                          default 5; 19 leaves CMD almost nothing)
 #
 # Folders: $RUNS (default /work/zoo_runs), $CLAIMS (default /work/claims_runs/cached), logs in
-# $LOGS (default /work/logs). Workers run detached (setsid), so they outlive the shell. Run it
-# with the project's environment active (`sparse-circuits` and its `python` on PATH).
+# $LOGS (default /work/logs); `stop` signals the processes $WORKERS_MATCH (pgrep -f) matches.
+# Workers run detached (setsid), so they outlive the shell. Run it with the project's
+# environment active (`sparse-circuits` and its `python` on PATH).
 set -euo pipefail
 CALLER_DIR="$PWD"  # `beside` runs its command where it was called from
 cd "$(dirname "$0")/.."
@@ -48,7 +49,10 @@ detached() {  # detached LOGNAME COMMAND...: run COMMAND in its own session, out
   echo "started $* (log: $log)"
 }
 
-workers() { pgrep -f "training.build_zoo --stage train|sparse-circuits claims --out" || true; }
+# what `stop` signals (a test narrows it to its own stand-in) and how often it looks again
+WORKERS_MATCH="${WORKERS_MATCH:-training.build_zoo --stage train|sparse-circuits claims --out}"
+STOP_POLL="${STOP_POLL:-5}"
+workers() { pgrep -f "$WORKERS_MATCH" || true; }
 ignores_int() {  # ignores_int PID: bit 1 of the process's SigIgn mask is SIGINT
   local mask
   mask=$(awk '/^SigIgn/ {print $2}' "/proc/$1/status" 2>/dev/null) || return 1
@@ -91,7 +95,7 @@ case "${1:-}" in
       fi
     done
     while [ -n "$(workers)" ]; do
-      sleep 5
+      sleep "$STOP_POLL"
       waiting=()
       for pid in "${dropped[@]}"; do
         if ! kill -0 "$pid" 2>/dev/null; then continue; fi
