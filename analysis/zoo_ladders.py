@@ -222,7 +222,9 @@ def ladder_tables(ladders: ZooLadders, n_draws: int = 2000, seed: int = 0) -> La
     tables = LadderTables(layers, {}, {}, {}, {})
     for kind, label in BASELINE_LABELS.items():
         draws = per_layer(baseline_chunks(kind))
-        tables.baselines[label] = {k: None if v is None else draws_interval(v) for k, v in draws.items()}
+        tables.baselines[label] = {
+            k: None if v is None else draws_interval(v) for k, v in draws.items()
+        }
         tables.downstream[label] = {
             layer: _downstream(baseline_chunks(kind)(layer), weights) for layer in layers
         }
@@ -338,13 +340,12 @@ def tables_markdown(tables: LadderTables) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the tables of the ladder files named on the command line."""
-    p = argparse.ArgumentParser(
-        prog="python -m analysis.zoo_ladders",
-        description="The zoo's ladder tables (budgets, held-out CE increase, baselines) with "
-        "chunk-bootstrap intervals, from build_zoo's ladder files.",
-    )
+def read_command_line(
+    prog: str, description: str, argv: Sequence[str] | None
+) -> tuple[ZooLadders, argparse.Namespace]:
+    """The ladder files named on a command line, merged, and its --draws and --seed: shared by
+    this module's command and `analysis.zoo_pairs`'. Bad arguments exit 2 naming the problem."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("files", nargs="+", type=Path, help="ladder files, merged in order")
     p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default: 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
@@ -352,9 +353,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.draws < 2:
         p.error(f"--draws must be at least 2; got {args.draws}")
     try:
-        ladders = read_ladders(args.files)
+        return read_ladders(args.files), args
     except ValueError as err:
         p.error(str(err))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the tables of the ladder files named on the command line."""
+    ladders, args = read_command_line(
+        "python -m analysis.zoo_ladders",
+        "The zoo's ladder tables (budgets, held-out CE increase, baselines) with "
+        "chunk-bootstrap intervals, from build_zoo's ladder files.",
+        argv,
+    )
     print(tables_markdown(ladder_tables(ladders, args.draws, args.seed)))
     print("Held-out CE increase at every rung (change over the doubling):\n")
     print(curves_markdown(ladders), end="")

@@ -24,15 +24,13 @@ of one layer; the claim's verdict over layers and seeds is the claims sweep's.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from analysis.claims_stats import Interval, chunk_weights, verdict
-from analysis.zoo_ladders import ZooLadders, draws_interval, ended_at, read_ladders
+from analysis.zoo_ladders import ZooLadders, draws_interval, ended_at, read_command_line
 from training.claims_eval import figures
 
 PAIRS: tuple[tuple[str, str, str | None], ...] = (
@@ -173,21 +171,12 @@ def pairs_markdown(rows: Sequence[PairedRow]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the paired table of the ladder files named on the command line."""
-    p = argparse.ArgumentParser(
-        prog="python -m analysis.zoo_pairs",
-        description="The zoo's sets compared layer by layer (e2e against local, e2e+ds against "
-        "e2e, skip against plain transcoders), paired over the held-out chunks.",
+    ladders, args = read_command_line(
+        "python -m analysis.zoo_pairs",
+        "The zoo's sets compared layer by layer (e2e against local, e2e+ds against e2e, skip "
+        "against plain transcoders), paired over the held-out chunks.",
+        argv,
     )
-    p.add_argument("files", nargs="+", type=Path, help="ladder files, merged in order")
-    p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default: 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    args = p.parse_args(argv)
-    if args.draws < 2:
-        p.error(f"--draws must be at least 2; got {args.draws}")
-    try:
-        ladders = read_ladders(args.files)
-    except ValueError as err:
-        p.error(str(err))
     print(pairs_markdown(paired_rows(ladders, PAIRS, args.draws, args.seed)), end="")
     return 0
 
