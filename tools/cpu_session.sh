@@ -16,6 +16,7 @@
 #                                          once they have ended or are taken
 #   bash tools/cpu_session.sh stop         SIGINT to every worker (each writes its checkpoint)
 #                                          and wait for them to exit
+#   bash tools/cpu_session.sh status       the workers and their logs' latest lines
 #   bash tools/cpu_session.sh record       the zoo's e2e ladders and the sweep's results back
 #                                          into the committed records, to commit
 #   bash tools/cpu_session.sh beside CMD...  CMD (say, some tests) at low priority beside the
@@ -106,6 +107,20 @@ case "${1:-}" in
     done
     echo "workers stopped"
     ;;
+  status)
+    # each worker: its command, how long it has run, whether SIGINT reaches it now, and the
+    # last line of each log written in the last hour (the heartbeats come every 10 minutes)
+    for pid in $(workers); do
+      sigint="reaches it"
+      if ignores_int "$pid"; then sigint="ignored (stop waits for its loop)"; fi
+      echo "worker $pid, up $(ps -o etime= -p "$pid" | tr -d ' '), SIGINT: $sigint"
+      echo "  $(tr '\0' ' ' <"/proc/$pid/cmdline")"
+    done
+    [ -n "$(workers)" ] || echo "no workers"
+    find "$LOGS" -name '*.log' -mmin -60 2>/dev/null | sort | while read -r log; do
+      echo "$(basename "$log"): $(tail -n 1 "$log")"
+    done
+    ;;
   record)
     python -m training.build_zoo --stage record --runs "$RUNS" --transfer training/zoo_progress \
       --sets "$E2E_SETS"
@@ -127,7 +142,7 @@ case "${1:-}" in
       'echo "${BESIDE_NICE:-5}" >/proc/self/autogroup 2>/dev/null; exec nice -n 19 "$@"' _ "$@"
     ;;
   *)
-    sed -n '2,26p' "$0"
+    sed -n '2,29p' "$0"
     exit 2
     ;;
 esac
