@@ -123,6 +123,20 @@ def test_docs_quote_the_staged_ladders_tables():
     assert not missing, f"docs/claims.md does not quote: {missing}"
 
 
+def test_docs_quote_the_e2e_ladders_rows_from_the_committed_progress():
+    # docs/claims.md's e2e tables are this command's rows for the e2e sets, on both records:
+    # budget, CE increase, last doubling and minus affine (the downstream figures are in prose)
+    docs = (ROOT / "docs" / "claims.md").read_text()
+    files = [ROOT / "training" / "zoo_staged" / "ladders.json",
+             ROOT / "training" / "zoo_progress" / "zoo_ladders.json"]  # fmt: skip
+    text = tables_markdown(ladder_tables(read_ladders(files))).split("Downstream FVU")[0]
+    e2e = tuple(f"| `{name}`" for name in ("sae_e2e", "sae_e2e_ds", "skip_transcoder_e2e"))
+    rows = [line for line in text.splitlines() if line.startswith(e2e)]
+    assert len(rows) == 3 * 4
+    missing = [row for row in rows if row not in docs]
+    assert not missing, f"docs/claims.md does not quote: {missing}"
+
+
 def test_the_curve_lists_every_rung_and_each_doublings_change(tmp_path):
     rungs = [rung(1_000_000, 0.5, False), rung(2_000_000, 0.4, False), rung(4_000_000, 0.41)]
     path = ladder_file(
