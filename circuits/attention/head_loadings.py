@@ -45,8 +45,9 @@ from torch import Tensor
 
 from circuits.attention.graph_nodes import NodeMap, as_long, split_targets
 from circuits.attention.stream import ResidualStream
-from circuits.attribution.attribute import _ordered, _RowEngine
+from circuits.attribution.attribute import _ordered
 from circuits.attribution.linear_rows import linear_path_problem
+from circuits.attribution.row_engine import RowEngine
 from circuits.attribution.sources import collect_sources
 from replacement.errors import SparseCircuitsError
 from replacement.hook_table import block_hook, hook_layer
@@ -89,7 +90,7 @@ class HeadLoadings:
         return [(int(j) // n_heads, int(j) % n_heads, float(flat[j])) for j in order]
 
 
-class _CutRowEngine(_RowEngine):
+class _CutRowEngine(RowEngine):
     """The autograd row engine with a per-batch-row cut of attention heads."""
 
     def __init__(self, *args: Any, cut_mask: Tensor, **kwargs: Any):

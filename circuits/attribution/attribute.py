@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -34,18 +34,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.attribution.crosslayer_slices import expand_crosslayer
-from circuits.attribution.linear_rows import LinearRowEngine, auto_batch_size, linear_path_problem
-from circuits.attribution.replacement_forward import FINAL_HOOK, frozen_forward
-from circuits.attribution.sources import PromptSources, collect_sources
-from circuits.graph.attribution_graph import AttributionGraph
-from circuits.graph.sparse_rows import (
-    RowSparsity,
-    SparseRowStore,
-    coo,
-    sparse_adjacency,
-    sparse_normalize_rows,
-    sparse_vector_product,
+from circuits.attribution.feature_rows import (
+    all_feature_rows,
+    budgeted_feature_rows,
+    sparse_feature_rows,
 )
+from circuits.attribution.linear_rows import LinearRowEngine, auto_batch_size, linear_path_problem
+from circuits.attribution.row_engine import RowEngine
+from circuits.attribution.sources import collect_sources
+from circuits.graph.attribution_graph import AttributionGraph
+from circuits.graph.sparse_rows import RowSparsity
 from replacement.crosslayer import CrossLayerTranscoder
 from replacement.dictionary import Dictionary
 from replacement.errors import ShapeError, SparseCircuitsError
@@ -276,20 +274,20 @@ def attribute(
     bar = tqdm(total=n_logit + budget, desc="attribution rows", disable=not verbose, leave=False)
     # no wider a batch than the most rows one backward pass will read
     batch_size = min(batch_size, max(n_logit, budget))
-    engine_class = LinearRowEngine if method == "linear" else _RowEngine
+    engine_class = LinearRowEngine if method == "linear" else RowEngine
     with engine_class(model, dictionaries, tokens, sources, batch_size) as engine:
         # rows: logits first, then features in order of estimated influence
         logit_rows = engine.rows_for_logits(logit_dirs).to(row_device)  # [n_logit, n_src]
         bar.update(n_logit)
         if sparse:
-            keep, adjacency = _sparse_feature_rows(
+            keep, adjacency = sparse_feature_rows(
                 engine, logit_rows, logit_weights, n_feat, budget, batch_size, rule, bar
             )
         elif budget == n_feat:
             # every feature is kept: no ordering needed, rows go straight to their place
-            keep, adjacency = _all_feature_rows(engine, logit_rows, n_feat, batch_size, bar)
+            keep, adjacency = all_feature_rows(engine, logit_rows, n_feat, batch_size, bar)
         else:
-            keep, adjacency = _budgeted_feature_rows(
+            keep, adjacency = budgeted_feature_rows(
                 engine, logit_rows, logit_weights, n_feat, budget, batch_size, row_device, bar
             )
     bar.close()
@@ -325,267 +323,6 @@ def attribute(
             {"row_top_k": row_top_k, "row_min_abs": row_min_abs, "nnz": adjacency._nnz()}
         )
     return graph
-
-
-def _all_feature_rows(
-    engine: Any, logit_rows: Tensor, n_feat: int, batch_size: int, bar: Any
-) -> tuple[Int[Tensor, " n_feat"], Float[Tensor, "n n"]]:
-    """Adjacency with the row of every active feature, written in place batch by batch."""
-    n_logit, n_src = logit_rows.shape
-    n_nodes = n_src + n_logit
-    adjacency = torch.zeros(n_nodes, n_nodes)
-    adjacency[n_src:, :n_src] = logit_rows.cpu()
-    for start in range(0, n_feat, batch_size):
-        chosen = torch.arange(start, min(start + batch_size, n_feat))
-        device = engine.sources.feat_dict.device
-        adjacency[start : start + len(chosen), :n_src] = engine.rows_for_features(
-            chosen.to(device)
-        ).cpu()
-        bar.update(len(chosen))
-    return torch.arange(n_feat), adjacency
-
-
-def _budgeted_feature_rows(
-    engine: Any,
-    logit_rows: Tensor,
-    logit_weights: Tensor,
-    n_feat: int,
-    budget: int,
-    batch_size: int,
-    row_device: torch.device,
-    bar: Any,
-) -> tuple[Int[Tensor, " budget"], Float[Tensor, "n n"]]:
-    """Rows of the `budget` features of largest estimated influence, and the adjacency over
-    the features kept (assembled a block of rows at a time, never a second full copy)."""
-    n_logit, n_src = logit_rows.shape
-    logit_weights_dev = logit_weights.to(row_device)
-    # only the rows of visited features are stored: [budget, n_src], never [n_feat, n_src]
-    feature_rows = torch.zeros(budget, n_src, device=row_device)
-    order = torch.empty(0, dtype=torch.long, device=row_device)  # feature of each row
-
-    def influence(order: Tensor) -> Tensor:
-        rows = feature_rows[: len(order)]
-        return _estimated_influence(logit_rows, rows, order, logit_weights_dev, n_feat)
-
-    for chosen in _greedy_batches(influence, budget, batch_size, row_device):
-        rows = engine.rows_for_features(chosen.to(engine.sources.feat_dict.device))
-        feature_rows[len(order) : len(order) + len(chosen)] = rows.to(row_device)
-        order = torch.cat([order, chosen])
-        bar.update(len(chosen))
-    keep, perm = order.cpu().sort()  # feature nodes kept, in source order
-    src_keep = torch.cat([keep, torch.arange(n_feat, n_src)])
-    n_keep = len(keep)
-    n_nodes = n_keep + (n_src - n_feat) + n_logit
-    adjacency = torch.zeros(n_nodes, n_nodes)
-    n_cols = n_keep + n_src - n_feat
-    for start in range(0, n_keep, 1024):
-        block = perm[start : start + 1024].to(feature_rows.device)
-        rows = feature_rows[block][:, src_keep.to(feature_rows.device)]
-        adjacency[start : start + len(block), :n_cols] = rows.cpu()
-    adjacency[n_nodes - n_logit :, :n_cols] = logit_rows.cpu()[:, src_keep]
-    return keep, adjacency
-
-
-def _greedy_batches(
-    influence: Callable[[Tensor], Tensor] | None,
-    budget: int,
-    batch_size: int,
-    device: torch.device,
-) -> Iterator[Int[Tensor, " batch"]]:
-    """Batches of features to compute rows for, `budget` in all: each time the unvisited
-    features of largest estimated influence given the rows visited so far (`influence(order)`
-    is called after the caller has stored the previous batch's rows); in index order when
-    `influence` is None."""
-    order = torch.empty(0, dtype=torch.long, device=device)
-    while len(order) < budget:
-        take = min(batch_size, budget - len(order))
-        if influence is None:
-            chosen = torch.arange(len(order), len(order) + take, device=device)
-        else:
-            infl = influence(order)
-            infl[order] = -1.0
-            chosen = infl.argsort(descending=True)[:take]
-        yield chosen
-        order = torch.cat([order, chosen])
-
-
-def _sparse_feature_rows(
-    engine: Any,
-    logit_rows: Tensor,
-    logit_weights: Tensor,
-    n_feat: int,
-    budget: int,
-    batch_size: int,
-    rule: RowSparsity,
-    bar: Any,
-) -> tuple[Int[Tensor, " budget"], Tensor]:
-    """`_budgeted_feature_rows` (or every feature's row when budget == n_feat) with each batch
-    of rows thresholded as it is computed: no dense row buffer and a sparse adjacency."""
-    n_logit, n_src = logit_rows.shape
-    logits = SparseRowStore(n_src, rule)
-    logits.append(logit_rows)
-    store = SparseRowStore(n_src, rule)
-    order = torch.empty(0, dtype=torch.long)  # feature of each stored row
-
-    def influence(order: Tensor) -> Tensor:
-        return _sparse_estimated_influence(logits, store, order, logit_weights, n_feat)
-
-    # every feature kept: no ordering needed
-    estimate = None if budget == n_feat else influence
-    for chosen in _greedy_batches(estimate, budget, batch_size, order.device):
-        store.append(engine.rows_for_features(chosen.to(engine.sources.feat_dict.device)))
-        order = torch.cat([order, chosen])
-        bar.update(len(chosen))
-    keep, perm = order.sort()  # feature nodes kept, in source order
-    n_keep = len(keep)
-    n_nodes = n_keep + (n_src - n_feat) + n_logit
-    # sources -> node columns (features not kept have no node: -1), stored rows -> node rows
-    column = torch.full((n_src,), -1, dtype=torch.long)
-    column[keep] = torch.arange(n_keep)
-    column[n_feat:] = torch.arange(n_keep, n_keep + n_src - n_feat)
-    node_row = torch.empty(n_keep, dtype=torch.long)
-    node_row[perm] = torch.arange(n_keep)
-    row, col, value = store.entries()
-    lrow, lcol, lvalue = logits.entries()
-    row = torch.cat([node_row[row], lrow + n_nodes - n_logit])
-    col = column[torch.cat([col, lcol])]
-    value = torch.cat([value, lvalue])
-    kept = col >= 0
-    return keep, sparse_adjacency(row[kept], col[kept], value[kept], n_nodes)
-
-
-def _sparse_estimated_influence(
-    logits: SparseRowStore, store: SparseRowStore, order: Tensor, weights: Tensor, n_feat: int
-) -> Float[Tensor, " n_feat"]:
-    """`_estimated_influence` over thresholded rows (entries not stored count as zero)."""
-
-    def normalised(rows: SparseRowStore) -> Tensor:
-        r, c, v = rows.entries()
-        a = sparse_normalize_rows(coo(torch.stack([r, c]), v, (rows.n_rows, rows.n_cols)))
-        (r, c), v = a.indices(), a.values()
-        is_feature = c < n_feat
-        return coo(
-            torch.stack([r[is_feature], c[is_feature]]), v[is_feature], (rows.n_rows, n_feat)
-        )
-
-    term = sparse_vector_product(weights.float(), normalised(logits))
-    total = term.clone()
-    if len(order) == 0:
-        return total
-    a_feat = normalised(store).coalesce()
-    for _ in range(64):  # paths through at most 64 feature hops
-        term = sparse_vector_product(term[order], a_feat)
-        if not term.abs().max() > 1e-12:
-            break
-        total += term
-    return total
-
-
-def _estimated_influence(
-    logit_rows: Tensor, feature_rows: Tensor, order: Tensor, weights: Tensor, n_feat: int
-) -> Float[Tensor, " n_feat"]:
-    """Influence of every feature on the logits through the rows computed so far.
-
-    `feature_rows[i]` is the row of feature `order[i]`; rows not computed yet count as zero.
-    """
-
-    def normalise(rows: Tensor) -> Tensor:
-        return rows[:, :n_feat].abs() / rows.abs().sum(1, keepdim=True).clamp_min(1e-30)
-
-    a_logit, a_feat = normalise(logit_rows), normalise(feature_rows)
-    term = weights.float() @ a_logit
-    total = term.clone()
-    for _ in range(64):  # paths through at most 64 feature hops
-        if len(order) == 0:
-            break
-        term = term[order] @ a_feat
-        if not term.abs().max() > 1e-12:
-            break
-        total += term
-    return total
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass early."""
-
-
-def _stop_forward(act: Tensor, hook: Any) -> Tensor:
-    raise _StopForward
-
-
-class _RowEngine:
-    """Computes adjacency rows by backward passes over a batch of repeated prompts.
-
-    A context manager: the frozen forward (and its autograd graph) is built on entry and
-    released on exit.
-    """
-
-    def __init__(self, model, dictionaries, tokens, sources: PromptSources, batch_size: int):
-        self.model, self.dictionaries, self.sources = model, dictionaries, sources
-        self.tokens, self.batch_size = tokens, batch_size
-        self._state = None
-
-    def __enter__(self) -> _RowEngine:
-        # hooks are installed only for this forward; the autograd graph outlives them. The
-        # forward stops after the final norm: batch x pos x vocab logits are never needed.
-        stop = [(FINAL_HOOK, _stop_forward)]
-        with frozen_forward(self.model, self.dictionaries, stop) as state, torch.enable_grad():
-            try:
-                self.model(self.tokens.unsqueeze(0).expand(self.batch_size, -1))
-            except _StopForward:
-                pass
-        if state.final is None:
-            raise SparseCircuitsError(f"the model has no {FINAL_HOOK} hook")
-        self._state = state
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._state = None
-
-    def _rows(self, objective_fn, n: int) -> Float[Tensor, "n n_src"]:
-        state = self._state
-        outputs = [state.outputs[d.out_hook] for d in self.dictionaries]
-        with torch.enable_grad():
-            objective = objective_fn(state, n)
-            grads = torch.autograd.grad(
-                objective, [*outputs, state.embed], retain_graph=True, allow_unused=True
-            )
-        return self.sources.rows_from_grads(grads[:-1], grads[-1], n)
-
-    def rows_for_logits(self, directions: Float[Tensor, "n d_model"]) -> Tensor:
-        out = []
-        for start in range(0, len(directions), self.batch_size):
-            dirs = directions[start : start + self.batch_size].to(self.tokens.device)
-
-            def objective(state, n, dirs=dirs):
-                final = state.final[:n, -1]
-                return (final * dirs.to(final.dtype)).sum()
-
-            out.append(self._rows(objective, len(dirs)))
-        return torch.cat(out)
-
-    def rows_for_features(self, chosen: Int[Tensor, " n"]) -> Tensor:
-        src = self.sources
-        out = []
-        for start in range(0, len(chosen), self.batch_size):
-            idx = chosen[start : start + self.batch_size]
-
-            def objective(state, n, idx=idx):
-                total = 0.0
-                rows = torch.arange(n, device=self.tokens.device)
-                for k, d in enumerate(self.dictionaries):
-                    mine = src.feat_dict[idx] == k
-                    if not mine.any():
-                        continue
-                    readout = state.readouts[d.out_hook]
-                    pos = src.feat_pos[idx][mine].to(readout.device)
-                    enc = d.W_enc[:, src.feat_index[idx][mine].to(d.W_enc.device)].T
-                    x = readout[rows[mine.to(rows.device)], pos]
-                    total = total + (x * enc.to(x.dtype)).sum()
-                return total
-
-            out.append(self._rows(objective, len(idx)))
-        return torch.cat(out)
 
 
 def _assemble(

@@ -175,7 +175,7 @@ def _norm_weight(module: Any, dtype: torch.dtype) -> Tensor | None:
 class LinearRowEngine:
     """Rows of the adjacency for batches of targets, by the transposed frozen linear map.
 
-    A context manager like the autograd `_RowEngine`: frozen patterns and scales are captured
+    A context manager like the autograd `RowEngine`: frozen patterns and scales are captured
     by one no-grad forward on entry (and folded into per-layer matrices) and released on exit.
     Gradients are laid out positions first, [pos, rows, d_model], so that the causal
     truncation to the first p positions is a contiguous slice and every per-position product
