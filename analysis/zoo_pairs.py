@@ -144,7 +144,7 @@ def _cell(interval: Interval | None) -> str:
 def pairs_markdown(rows: Sequence[PairedRow]) -> str:
     """The rows as a markdown table (docs/claims.md quotes it)."""
     head = (
-        "| layer | B - A | A | B | CE increase B - A | A / B | FVU B - A | downstream FVU B - A "
+        "| layer | B - A | A | B | CE increase B - A | CE A / B | FVU B - A | downstream FVU B - A "
         "(plain; normalised) | L0 A / B | CE reading | seed claim: B lower at equal L0 |"
     )
     lines = [head, "|---" * 11 + "|"]
