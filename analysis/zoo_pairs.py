@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from jaxtyping import Float
 
 from analysis.claims_stats import Interval, chunk_weights, verdict
 from analysis.zoo_ladders import ZooLadders, draws_interval, ended_at, read_command_line
@@ -63,6 +64,9 @@ class PairedRow:
     b_state: str
     direction: str
     claim: str | None
+    over_baseline: tuple[Interval, Interval] | None = None
+    """A's and B's CE increase minus the layer's affine map (the dictionary-free baseline each
+    must beat, `training.zoo_baselines`), paired over the same chunks; None without its sums."""
 
 
 def paired_rows(
@@ -109,6 +113,7 @@ def paired_rows(
                     ended_at(ladders.setup, entries[1]),
                     _direction(ce),
                     claim,
+                    _over_baseline(ladders, layer, draws, weights),
                 )
             )
     return rows
@@ -129,6 +134,18 @@ def _claim(ce: Interval, l0: tuple[float, float] | None, converged: bool) -> str
     return f"inconclusive (L0 {l0[1]:.1f} against {l0[0]:.1f})"
 
 
+def _over_baseline(
+    ladders: ZooLadders, layer: str, draws: list[dict], weights: Float[np.ndarray, "draws chunks"]
+) -> tuple[Interval, Interval] | None:
+    """Each side's CE increase minus the affine map's, on the same draws (paired)."""
+    chunks = ladders.baselines.get(layer, {}).get("linear", {}).get("chunks")
+    if not chunks or len(chunks["tokens"]) != weights.shape[1]:
+        return None
+    affine = np.asarray(figures(chunks, weights)["ce_increase"], dtype=float)
+    a, b = (draws_interval(np.asarray(d["ce_increase"], dtype=float) - affine) for d in draws)
+    return a, b
+
+
 def _direction(ce: Interval) -> str:
     if ce.high < 0:
         return "B lower"
@@ -145,9 +162,10 @@ def pairs_markdown(rows: Sequence[PairedRow]) -> str:
     """The rows as a markdown table (docs/claims.md quotes it)."""
     head = (
         "| layer | B - A | A | B | CE increase B - A | CE A / B | FVU B - A | downstream FVU B - A "
-        "(plain; normalised) | L0 A / B | CE reading | seed claim: B lower at equal L0 |"
+        "(plain; normalised) | L0 A / B | CE A; B - affine map | CE reading | seed claim: B "
+        "lower at equal L0 |"
     )
-    lines = [head, "|---" * 11 + "|"]
+    lines = [head, "|---" * 12 + "|"]
     for r in rows:
         ce = r.points["ce_increase"]
         l0 = r.points["l0"]
@@ -162,6 +180,7 @@ def pairs_markdown(rows: Sequence[PairedRow]) -> str:
             _cell(r.difference["fvu"]),
             down,
             f"{l0[0]:.1f} / {l0[1]:.1f}" if l0 else "-",
+            "; ".join(x.text(4) for x in r.over_baseline) if r.over_baseline else "-",
             r.direction,
             r.claim or "-",
         ]

@@ -24,9 +24,9 @@ def entry(rates, converged: bool = True, l0: float = 1.0) -> dict:
     }
 
 
-def rows_of(tmp_path, a: dict, b: dict, draws: int = 400):
+def rows_of(tmp_path, a: dict, b: dict, draws: int = 400, baselines: dict | None = None):
     sets = {"sae_local": {"layers": {"1": a}}, "sae_e2e": {"layers": {"1": b}}}
-    ladders = read_ladders([ladder_file(tmp_path / "l.json", sets)])
+    ladders = read_ladders([ladder_file(tmp_path / "l.json", sets, baselines)])
     return paired_rows(ladders, [("sae_local", "sae_e2e", "Braun et al.")], draws)
 
 
@@ -99,3 +99,16 @@ def test_docs_quote_the_committed_records_pairs(capsys):
     docs = (ROOT / "docs" / "claims.md").read_text()
     missing = [row for row in rows if row not in docs]
     assert not missing, f"docs/claims.md does not quote: {missing}"
+
+
+def test_each_side_is_read_against_the_affine_map_on_the_same_chunks(tmp_path):
+    # the map costs each chunk's rate plus 0.05: A (the rates) beats it by exactly 0.05, B
+    # (0.02 above the rates) by 0.03, in every draw; without its sums the cell is "-"
+    base = {"1": {"linear": {"chunks": chunks(list(RATES + 0.05))}}}
+    (row,) = rows_of(tmp_path, entry(RATES), entry(RATES + 0.02), baselines=base)
+    a, b = row.over_baseline
+    assert (a.estimate, a.low, a.high) == pytest.approx((-0.05, -0.05, -0.05), abs=1e-12)
+    assert (b.estimate, b.low, b.high) == pytest.approx((-0.03, -0.03, -0.03), abs=1e-12)
+    assert "| -0.0500 [-0.0500, -0.0500]; -0.0300 [-0.0300, -0.0300] |" in pairs_markdown([row])
+    (row,) = rows_of(tmp_path, entry(RATES), entry(RATES + 0.02))
+    assert row.over_baseline is None
