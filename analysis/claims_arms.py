@@ -247,6 +247,7 @@ def _scaled_l0(rung: dict[str, Any], factor: float) -> dict[str, Any]:
 
 
 def drift_range(*arms_: Arm) -> str:
+    """One line giving the range of the arms' L0 changes over their ladders' last doubling."""
     found = [c for a in arms_ for c in a.l0_changes if c is not None]
     if not found:
         return "no point's L0 moved"

@@ -230,6 +230,7 @@ class GatedDictionary(Dictionary):
         return self._encoder_input(x) @ (self.W_enc * self.r_mag.exp()) + self.b_mag
 
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... F"]:
+        """Feature activations: the magnitude path's ReLU where the gate is open (pi_gate > 0)."""
         return (self.gate_pre_acts(x) > 0) * torch.relu(self.pre_acts(x))
 
     def _sparse_block(self, block):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sysconfig
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from replacement.atomic import write_json
 from replacement.errors import SparseCircuitsError
@@ -17,8 +19,12 @@ from replacement.validation import (
     read_text_file,
 )
 
+if TYPE_CHECKING:  # torch loads only when the command runs
+    import torch
+    from jaxtyping import Int
 
-def heldout_text(n_tokens: int, model) -> str:
+
+def heldout_text(n_tokens: int, model: Any) -> str:
     """Concatenated standard-library files held out from the default model's training.
 
     Returns enough text for about `n_tokens` tokens (more is trimmed by the caller).
@@ -47,7 +53,7 @@ def heldout_text(n_tokens: int, model) -> str:
     return "\n".join(parts)
 
 
-def read_token_file(path: str | Path):
+def read_token_file(path: str | Path) -> Int[torch.Tensor, "rows pos"]:
     """Token ids [sequences, positions] from a .safetensors (one tensor, or `tokens`), .pt or .npy.
 
     A 1-D file is one sequence. `run_evaluate` adds BOS to rows that lack it.
@@ -92,7 +98,7 @@ def read_token_file(path: str | Path):
     return tokens.long().reshape(-1, tokens.shape[-1])
 
 
-def recorded_ctx_len(dictionaries, n_ctx: int) -> int | None:
+def recorded_ctx_len(dictionaries: Sequence[Any], n_ctx: int) -> int | None:
     """The context length the dictionaries were trained at (None: not recorded, use n_ctx).
 
     Loss grows with the position, so the default evaluates at the training length: the zoo

@@ -42,7 +42,11 @@ def _summary(atlas, seconds: float) -> str:
 
 
 def build_one(
-    model, set_name: str, out: Path | OutputFolder, settings: AtlasSettings, args
+    model: Any,
+    set_name: str,
+    out: Path | OutputFolder,
+    settings: AtlasSettings,
+    args: argparse.Namespace,
 ) -> None:
     """Build and write one set's atlas (and its pages unless --no-pages)."""
     from replacement.atlas.build import build_atlas

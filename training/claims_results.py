@@ -24,6 +24,7 @@ FORMAT_VERSION = 2
 
 
 def point_record(results: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
+    """The results entry of `point` (created, with no seeds, if the sweep has none yet)."""
     return results["runs"].setdefault(
         point.name,
         {
@@ -43,6 +44,8 @@ def recorded_setup(setup: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_setup(path: Path, results: dict[str, Any], settings: SweepSettings) -> None:
+    """Refuse to resume a results file of another format or recorded with other settings
+    (the cap may differ: `raised_cap` checks it)."""
     if results.get("version") != FORMAT_VERSION:
         raise SparseCircuitsError(
             f"{str(path)!r} is not a claims sweep of format {FORMAT_VERSION}; use another --out"

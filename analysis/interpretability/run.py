@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Int
 from tqdm.auto import tqdm
 
-from analysis.interpretability.atoms import NONE, TOKEN, render, token_table
+from analysis.interpretability.atoms import NONE, TOKEN, TokenTable, render, token_table
 from analysis.interpretability.corpus import LabelledSplit, vocabulary
 from analysis.interpretability.explainer import ExplainerSettings, explain
 from analysis.interpretability.probing import probe_concepts
@@ -117,7 +118,7 @@ class SourceResult:
         )
 
 
-def baseline_atoms(acts: UnitActs, table) -> torch.Tensor:
+def baseline_atoms(acts: UnitActs, table: TokenTable) -> Int[torch.Tensor, "units 2 3"]:
     """The label's explanation: the most frequent firing token, or the two most frequent
     when the first carries less than half of the firing (fit split)."""
     out = torch.full((acts.n_units, 2, 3), NONE, dtype=torch.long)

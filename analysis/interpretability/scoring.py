@@ -33,13 +33,20 @@ class Scores:
 
 
 def balanced(
-    holds: Bool[torch.Tensor, "... samples window"], ex_act, ex_valid, fires, wrong
-) -> tuple[torch.Tensor, torch.Tensor]:
+    holds: Bool[torch.Tensor, "... samples window"],
+    ex_act: Bool[torch.Tensor, "units ... samples"],
+    ex_valid: Bool[torch.Tensor, "units ... samples"],
+    fires: Bool[torch.Tensor, "units ... samples window"],
+    wrong: Bool[torch.Tensor, "units ... samples window"],
+) -> tuple[Float[torch.Tensor, "units ..."], Float[torch.Tensor, "units ..."]]:
     """Detection and fuzzing balanced accuracies from where an explanation holds.
 
-    `holds` may carry one extra dim (candidate explanations) after the unit dim, [u, m, S, W];
-    the example masks are [u, 1, S(, W)] then. Counts go through float einsums (bool sums
-    are slow on CPU).
+    `ex_act`: the sample is an activating context (else a non-activating one); `ex_valid`: the
+    sample exists; `fires`: where the unit fires in it; `wrong`: randomly highlighted
+    non-firing tokens (fuzzing's decoys). `holds` may carry one extra dim (candidate
+    explanations) after the unit dim, [u, m, S, W]; the example masks are [u, 1, S(, W)] then,
+    and the results [u, m] instead of [u]. Counts go through float einsums (bool sums are slow
+    on CPU).
     """
     h = holds.float()
     h4 = h if h.dim() == 4 else h.unsqueeze(1)

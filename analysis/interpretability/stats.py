@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 FREQUENCY_BINS = (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1.0)
 """Edges of the firing-frequency bins (share of tokens) for density-matched comparisons."""
@@ -24,7 +24,9 @@ def bootstrap_mean(
     return float(v.mean()), float(lo), float(hi)
 
 
-def frequency_bin(frequency: Float[np.ndarray, " n"], edges: Sequence[float] = FREQUENCY_BINS):
+def frequency_bin(
+    frequency: Float[np.ndarray, " n"], edges: Sequence[float] = FREQUENCY_BINS
+) -> Int[np.ndarray, " n"]:
     """Bin index of each unit's firing frequency (-1: never fires)."""
     out = np.searchsorted(np.asarray(edges), frequency, side="right") - 1
     return np.where(frequency > 0, out.clip(0, len(edges) - 2), -1)
@@ -32,9 +34,9 @@ def frequency_bin(frequency: Float[np.ndarray, " n"], edges: Sequence[float] = F
 
 def matched_difference(
     a: Float[np.ndarray, " n"],
-    freq_a,
+    freq_a: Float[np.ndarray, " n"],
     b: Float[np.ndarray, " m"],
-    freq_b,
+    freq_b: Float[np.ndarray, " m"],
     n_boot: int = 1000,
     seed: int = 0,
     min_per_bin: int = 5,

@@ -62,7 +62,9 @@ class RowEngine:
             )
         return self.sources.rows_from_grads(grads[:-1], grads[-1], n)
 
-    def rows_for_logits(self, directions: Float[Tensor, "n d_model"]) -> Tensor:
+    def rows_for_logits(self, directions: Float[Tensor, "n d_model"]) -> Float[Tensor, "n n_src"]:
+        """Each source's direct effect on the final norm's output at the last position, read
+        along each direction (a logit's unembedding column): one backward pass per batch."""
         out = []
         for start in range(0, len(directions), self.batch_size):
             dirs = directions[start : start + self.batch_size].to(self.tokens.device)
@@ -74,7 +76,9 @@ class RowEngine:
             out.append(self._rows(objective, len(dirs)))
         return torch.cat(out)
 
-    def rows_for_features(self, chosen: Int[Tensor, " n"]) -> Tensor:
+    def rows_for_features(self, chosen: Int[Tensor, " n"]) -> Float[Tensor, "n n_src"]:
+        """Each source's direct effect on each chosen feature's encoder readout (`chosen`
+        indexes the prompt's active features): one backward pass per batch of features."""
         src = self.sources
         out = []
         for start in range(0, len(chosen), self.batch_size):

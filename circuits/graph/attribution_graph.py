@@ -30,6 +30,9 @@ from replacement.errors import NonFiniteError, ShapeError, SparseCircuitsError
 from replacement.file_pair import check_pair, save_pair
 
 if TYPE_CHECKING:  # the methods delegate to modules that never import this one at run time
+    import networkx as nx
+    from matplotlib.figure import Figure
+
     from circuits.graph.scores import GraphScores
 
 KINDS = ("feature", "error", "token", "logit")
@@ -296,7 +299,7 @@ class AttributionGraph:
 
         return graph_to_json(self, slug=slug, path=path, node_threshold=node_threshold)
 
-    def to_networkx(self):
+    def to_networkx(self) -> nx.DiGraph:
         """A networkx DiGraph (edges source -> target, attribute `weight`)."""
         from circuits.graph.export import graph_to_networkx
 
@@ -314,7 +317,7 @@ class AttributionGraph:
 
         return label_features(self, atlas)
 
-    def draw(self, **kwargs: Any):
+    def draw(self, **kwargs: Any) -> Figure:
         """A matplotlib figure of the graph (see `circuits.views.draw.draw_graph`)."""
         from circuits.views.draw import draw_graph
 

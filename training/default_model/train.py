@@ -197,7 +197,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW with weight decay on 2-D weight matrices only (the tied embedding included)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
