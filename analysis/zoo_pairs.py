@@ -162,7 +162,7 @@ def pairs_markdown(rows: Sequence[PairedRow]) -> str:
     """The rows as a markdown table (docs/claims.md quotes it)."""
     head = (
         "| layer | B - A | A | B | CE increase B - A | CE A / B | FVU B - A | downstream FVU B - A "
-        "(plain; normalised) | L0 A / B | CE A; B - affine map | CE reading | seed claim: B "
+        "(plain; normalised) | L0 A / B | CE increase - affine map, A; B | CE reading | seed claim: B "
         "lower at equal L0 |"
     )
     lines = [head, "|---" * 12 + "|"]
